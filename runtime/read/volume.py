@@ -1,0 +1,46 @@
+"""The :class:`Volume`: one 3-D image series as the rest of the runtime sees it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One 3-D series, whatever file format it came from.
+
+    * ``array``: voxel values, shape (I, J, K), float32, rescale slope/intercept already applied.
+    * ``affine``: 4x4 float64 mapping voxel (i, j, k, 1) to RAS+ world millimetres (nibabel convention).
+      Masks written for this volume carry exactly this shape and affine.
+    * ``source``: the file (NIfTI, PAR) or folder (DICOM) the series was read from.
+    * ``kind``: "nifti", "parrec" or "dicom".
+    * ``series_uid``: DICOM SeriesInstanceUID, or None for non-DICOM input.
+    * ``name``: a file-name-safe stem for outputs (never contains path separators or "..").
+    * ``dicom_files``: DICOM source instances in slice order (k = 0..K-1); one file for enhanced multi-frame.
+    * ``nifti_header``: the original NIfTI header when read from NIfTI (outputs copy its qform/sform codes).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    source: Path
+    kind: str
+    name: str
+    series_uid: str | None = None
+    description: str = ""
+    dicom_files: tuple[Path, ...] = ()
+    nifti_header: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size (di, dj, dk) in mm, from the affine's column norms."""
+        s = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+        return (float(s[0]), float(s[1]), float(s[2]))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        i, j, k = self.array.shape
+        return (int(i), int(j), int(k))
