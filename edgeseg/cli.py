@@ -1,0 +1,75 @@
+"""The ``edgeseg`` command line. The only place that configures logging.
+
+Sub-commands are registered by the stage that owns them (export, runtime, watcher); heavy modules are imported
+only when their sub-command runs, so ``edgeseg segment`` never imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from edgeseg import __version__
+from edgeseg.errors import EdgesegError
+
+log = logging.getLogger("edgeseg")
+
+# (name, module, function) of every sub-command's parser-registration function
+_COMMANDS: tuple[tuple[str, str], ...] = (
+    ("edgeseg.export.commands", "add_parsers"),
+    ("edgeseg.runtime.commands", "add_parsers"),
+    ("edgeseg.runtime.watch.commands", "add_parsers"),
+)
+
+
+def configure_logging(verbosity: int, log_file: str | None = None) -> None:
+    """Human-readable structured lines: time, level, logger, message (key=value pairs inside the message)."""
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        from logging.handlers import RotatingFileHandler
+
+        handlers.append(RotatingFileHandler(log_file, maxBytes=10_000_000, backupCount=5, encoding="utf-8"))
+    logging.basicConfig(level=level, format=fmt, datefmt="%Y-%m-%dT%H:%M:%S", handlers=handlers, force=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="edgeseg", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edgeseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module, func in _COMMANDS:
+        try:
+            register: Callable[[argparse._SubParsersAction], None] = getattr(importlib.import_module(module), func)
+        except ModuleNotFoundError as err:  # a stage not shipped in this build (e.g. export in the frozen app)
+            if err.name and module.startswith(err.name):
+                continue
+            raise
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(-1 if args.quiet else args.verbose, getattr(args, "log_file", None))
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EdgesegError as err:
+        log.error("%s", err)
+        return err.exit_code
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
