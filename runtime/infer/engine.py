@@ -1,0 +1,166 @@
+"""OpenVINO engine: compile a bundle part's IR on CPU, Intel iGPU or AUTO, with precision fallback.
+
+Precision requests:
+
+* ``fp32``: the FP32 IR with ``INFERENCE_PRECISION_HINT=f32`` (exact parity with the FP32 network).
+* ``fp16``: the FP16 IR (f16 on GPU; f32 execution on CPU).
+* ``int8``: the NNCF INT8 IR; unquantized layers in bf16 where the CPU supports it, else f32.
+* ``auto``: the fastest that compiles, in this order: int8+bf16, int8+f32, fp16/fp32+bf16, fp32+f32.
+
+OpenVINO can refuse a combination at compile time ("No suitable implementations"), so every candidate is
+compiled and run once on zeros before it is accepted; what was used is recorded (``Engine.precision``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.bundle.schema import Bundle, Part
+from edgeseg.errors import ConfigError, InferenceError
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("CPU", "GPU", "AUTO")
+PRECISIONS = ("auto", "int8", "fp16", "fp32")
+
+_core_lock = threading.Lock()
+_core: Any = None
+
+
+def core() -> Any:
+    """The process-wide ``openvino.Core`` (creating one is slow: plugins are discovered on first use)."""
+    global _core
+    with _core_lock:
+        if _core is None:
+            import openvino as ov
+
+            _core = ov.Core()
+        return _core
+
+
+def available_devices() -> list[str]:
+    return list(core().available_devices)
+
+
+def _supports_bf16(device: str) -> bool:
+    if device != "CPU":
+        return False
+    try:
+        return "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # noqa: BLE001 - property missing on some builds
+        return False
+
+
+def candidates(part: Part, precision: str, device: str) -> list[tuple[str, str | None]]:
+    """(model precision, inference precision hint) pairs to try, fastest first."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}.")
+    have = set(part.models)
+    gpu = device.startswith("GPU")
+    bf16 = _supports_bf16(device)
+    out: list[tuple[str, str | None]] = []
+    if precision == "fp32":
+        out = [("fp32", "f32")]
+    elif precision == "fp16":
+        out = [("fp16", "f16" if gpu else "f32"), ("fp32", "f16" if gpu else "f32")]
+    elif precision == "int8":
+        out = ([("int8", "bf16")] if bf16 else []) + [("int8", "f16" if gpu else "f32")]
+    else:
+        out = ([("int8", "bf16")] if bf16 else []) + [("int8", "f16" if gpu else "f32")]
+        out += ([("fp32", "bf16")] if bf16 else []) + ([("fp16", "f16"), ("fp32", "f16")] if gpu else [])
+        out += [("fp32", "f32")]
+    usable = [c for c in out if c[0] in have]
+    if not usable:
+        raise InferenceError(
+            f"Part '{part.name}' has no {precision} model (it has {', '.join(sorted(have))}). "
+            "Choose --precision auto or one the bundle holds."
+        )
+    return usable
+
+
+@dataclass
+class Engine:
+    """One compiled model part. ``precision`` is what was used, e.g. "int8+bf16"; ``compile_s`` the time to
+    compile (or load from the cache) and warm up."""
+
+    part: Part
+    compiled: Any
+    device: str
+    precision: str
+    compile_s: float
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (1, self.part.num_input_channels, *self.part.patch_size)
+
+    def infer(self, tile: np.ndarray) -> np.ndarray:
+        """Synchronous inference of one (1, C, *patch) float32 tile -> (K, *patch) float32 logits."""
+        result = self.compiled({0: np.ascontiguousarray(tile, dtype=np.float32)})
+        return np.asarray(result[0])[0]
+
+
+def compile_part(bundle: Bundle, part: Part, device: str = "CPU", precision: str = "auto",
+                 threads: int | None = None, cache_dir: Path | None = None) -> Engine:
+    """Compile the part's model on ``device`` with the fastest precision that works (see module docstring)."""
+    if device.split(".")[0].split(":")[0] not in DEVICES:
+        raise ConfigError(f"device '{device}' is not one of {', '.join(DEVICES)} (GPU means an Intel iGPU).")
+    c = core()
+    if device.startswith("GPU") and not any(d.startswith("GPU") for d in c.available_devices):
+        raise InferenceError(
+            f"No Intel GPU visible to OpenVINO (devices: {', '.join(c.available_devices)}). "
+            "Use device CPU, or install the Intel GPU driver (compute runtime)."
+        )
+    errors: list[str] = []
+    for model_precision, hint in candidates(part, precision, device):
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if hint and device != "AUTO":
+            config["INFERENCE_PRECISION_HINT"] = hint
+        if threads and device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(cache_dir)
+        xml = bundle.model_path(part, model_precision)
+        t0 = time.perf_counter()
+        try:
+            compiled = c.compile_model(str(xml), device, config)
+            zeros = np.zeros((1, part.num_input_channels, *part.patch_size), dtype=np.float32)
+            compiled({0: zeros})
+        except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
+            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            log.info("compile part=%s precision=%s hint=%s device=%s failed: %s", part.name, model_precision,
+                     hint, device, msg)
+            errors.append(f"{model_precision}+{hint}: {msg}")
+            continue
+        dt = time.perf_counter() - t0
+        used = f"{model_precision}+{hint}" if hint else model_precision
+        log.info("compiled part=%s device=%s precision=%s in %.1fs", part.name, device, used, dt)
+        return Engine(part, compiled, device, used, dt)
+    raise InferenceError(
+        f"OpenVINO could not compile part '{part.name}' on {device} with precision {precision}: "
+        f"{'; '.join(errors)}. Try --precision fp32 or --device CPU."
+    )
+
+
+def measure_tile_latency(bundle: Bundle, part: Part, precision: str = "auto", device: str = "CPU",
+                         threads: int | None = None, cache_dir: Path | None = None, repeats: int = 3) -> float:
+    """Median seconds per tile of the compiled part on this machine (for the watcher's time-budget planner)."""
+    engine = compile_part(bundle, part, device, precision, threads, cache_dir)
+    tile = np.random.default_rng(0).standard_normal(engine.input_shape).astype(np.float32)
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        engine.infer(tile)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def default_threads() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,166 @@
+"""nnU-Net's sliding-window prediction with an OpenVINO model (or any callable, for tests).
+
+Behaviour matched to nnunetv2's predictor: pad to at least the patch size (content centred, extra voxel
+above), tiles from :func:`compute_steps`, optional mirroring (mean over all flip combinations of the allowed
+axes), multiplication by the fp16 Gaussian importance map, accumulation of logits and weights in fp16, division,
+removal of the padding. Memory: the accumulator is (K, Z, Y, X) float16, i.e. half of float32 logits; at most
+``jobs`` tiles are in flight.
+
+Tiles are submitted to an ``openvino.AsyncInferQueue`` so the next tile is cut while the current one runs.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from edgeseg.runtime.infer.tiling import compute_steps, gaussian_importance
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+def pad_to_patch(data: np.ndarray, patch: Sequence[int]) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Zero-pad (C, *spatial) to at least ``patch``; return the padded array and the slicer that undoes it."""
+    spatial = data.shape[1:]
+    new = [max(p, s) for p, s in zip(patch, spatial)]
+    if list(spatial) == new:
+        return data, tuple(slice(0, s) for s in spatial)
+    pads = [(0, 0)]
+    slicer = []
+    for s, n in zip(spatial, new):
+        diff = n - s
+        below, above = diff // 2, diff // 2 + diff % 2
+        pads.append((below, above))
+        slicer.append(slice(below, below + s))
+    return np.pad(data, pads, mode="constant", constant_values=0), tuple(slicer)
+
+
+def tile_slicers(shape: Sequence[int], patch: Sequence[int], step: float) -> list[tuple[slice, ...]]:
+    steps = compute_steps(tuple(shape), tuple(patch), step)
+    return [tuple(slice(s, s + p) for s, p in zip(start, patch)) for start in itertools.product(*steps)]
+
+
+def mirror_combinations(axes: Sequence[int] | None) -> list[tuple[int, ...]]:
+    """() (no flip) plus every non-empty combination of the spatial mirror axes, as nnU-Net enumerates them."""
+    if not axes:
+        return [()]
+    combos: list[tuple[int, ...]] = [()]
+    for i in range(len(axes)):
+        combos.extend(itertools.combinations(axes, i + 1))
+    return combos
+
+
+class _Accumulator:
+    """fp16 logits/weight accumulation; each tile's mirrored predictions are averaged in fp32 first."""
+
+    def __init__(self, num_outputs: int, shape: Sequence[int], patch: Sequence[int], use_gaussian: bool,
+                 n_mirror: int) -> None:
+        self.logits = np.zeros((num_outputs, *shape), dtype=np.float16)
+        self.weights = np.zeros(tuple(shape), dtype=np.float16)
+        self.gaussian = gaussian_importance(tuple(patch)) if use_gaussian else np.ones(tuple(patch), np.float16)
+        self.n_mirror = n_mirror
+        self.pending: dict[int, tuple[np.ndarray, int]] = {}
+        self.lock = threading.Lock()
+        self.done = 0
+
+    def add(self, index: int, sl: tuple[slice, ...], flip: tuple[int, ...], logits: np.ndarray) -> bool:
+        """Add one (possibly flipped) prediction (K, *patch) float32; True when the tile is complete."""
+        if flip:
+            logits = np.flip(logits, axis=tuple(a + 1 for a in flip))
+        with self.lock:
+            if self.n_mirror > 1:
+                total, count = self.pending.pop(index, (None, 0))
+                total = logits.astype(np.float32, copy=True) if total is None else total + logits
+                count += 1
+                if count < self.n_mirror:
+                    self.pending[index] = (total, count)
+                    return False
+                pred = total / self.n_mirror
+            else:
+                pred = np.array(logits, dtype=np.float32, copy=True)
+            pred *= self.gaussian
+            region = self.logits[(slice(None), *sl)]
+            np.add(region, pred, out=region, casting="unsafe")
+            wregion = self.weights[sl]
+            np.add(wregion, self.gaussian, out=wregion)
+            self.done += 1
+            return True
+
+    def finish(self) -> np.ndarray:
+        for c in range(self.logits.shape[0]):  # per class: no full-size temporaries
+            np.divide(self.logits[c], self.weights, out=self.logits[c])
+            if not np.isfinite(self.logits[c]).all():
+                raise FloatingPointError(
+                    "non-finite logits after aggregation (fp16 overflow); re-export the model or use fp32")
+        return self.logits
+
+
+def _jobs(slicers: list[tuple[slice, ...]], flips: list[tuple[int, ...]]) -> Iterator[tuple[int, tuple, tuple]]:
+    for i, sl in enumerate(slicers):
+        for f in flips:
+            yield i, sl, f
+
+
+def predict_logits(data: np.ndarray, model: Any, patch: Sequence[int], num_outputs: int, tile_step_size: float,
+                   use_gaussian: bool = True, mirror_axes: Sequence[int] | None = None,
+                   progress: Progress | None = None, jobs: int = 2) -> np.ndarray:
+    """Sliding-window logits (K, *data.shape[1:]) float16 for one preprocessed (C, Z, Y, X) volume.
+
+    ``model`` is an ``openvino.CompiledModel`` (run through an AsyncInferQueue) or any callable mapping a
+    (1, C, *patch) float32 array to (1, K, *patch) logits (used by tests with constant/synthetic models).
+    """
+    padded, unpad = pad_to_patch(data, patch)
+    slicers = tile_slicers(padded.shape[1:], patch, tile_step_size)
+    flips = mirror_combinations(mirror_axes)
+    acc = _Accumulator(num_outputs, padded.shape[1:], patch, use_gaussian, len(flips))
+    total = len(slicers)
+    log.debug("sliding window: %d tiles x %d flips, shape %s, patch %s, step %s", total, len(flips),
+              padded.shape[1:], tuple(patch), tile_step_size)
+
+    def cut(sl: tuple[slice, ...], flip: tuple[int, ...]) -> np.ndarray:
+        tile = padded[(slice(None), *sl)]
+        if flip:
+            tile = np.flip(tile, axis=tuple(a + 1 for a in flip))
+        return np.ascontiguousarray(tile[None], dtype=np.float32)
+
+    def report(finished: bool) -> None:
+        if finished and progress:
+            progress(acc.done, total)
+
+    if _is_openvino(model):
+        import openvino as ov
+
+        errors: list[BaseException] = []
+        queue = ov.AsyncInferQueue(model, max(1, jobs))
+
+        def on_done(request: Any, userdata: tuple[int, tuple, tuple]) -> None:
+            try:
+                index, sl, flip = userdata
+                out = request.get_output_tensor(0).data[0]
+                report(acc.add(index, sl, flip, out))
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(err)
+
+        queue.set_callback(on_done)
+        for index, sl, flip in _jobs(slicers, flips):
+            if errors:
+                break
+            queue.start_async({0: cut(sl, flip)}, (index, sl, flip))
+        queue.wait_all()
+        if errors:
+            raise errors[0]
+    else:
+        for index, sl, flip in _jobs(slicers, flips):
+            out = np.asarray(model(cut(sl, flip)))[0]
+            report(acc.add(index, sl, flip, out.astype(np.float32)))
+    logits = acc.finish()
+    return logits[(slice(None), *unpad)]
+
+
+def _is_openvino(model: Any) -> bool:
+    return type(model).__module__.startswith("openvino")

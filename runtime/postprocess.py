@@ -1,0 +1,54 @@
+"""Postprocess stage: network logits -> labels on exactly the input's voxel grid.
+
+Reverses :mod:`edgeseg.runtime.preprocess` in the opposite order: resample the logits back to the cropped
+shape and argmax (class by class, bounded memory), put the crop back into the full array, undo
+``transpose_forward`` and the SimpleITK order, map each part's labels to the bundle's merged labels (later parts
+overwrite earlier ones where they found a structure, as TotalSegmentator merges its parts), bring a pre-resampled
+mask back with order 0 to the input shape, and undo the reorientation.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeseg.bundle.schema import Part
+from edgeseg.runtime.preprocess import Oriented, Preprocessed
+from edgeseg.runtime.resample import argmax_resampled, zoom_to_shape
+
+
+def logits_to_part_labels(logits: np.ndarray, pre: Preprocessed, part: Part) -> np.ndarray:
+    """(K, *network shape) fp16 logits -> the part's own labels (uint8) in (i, j, k) order of the oriented image."""
+    r = part.resampling_probabilities
+    cropped = argmax_resampled(logits, pre.shape_after_cropping, pre.network_spacing,
+                               pre.spacing_before_resampling, r.order, r.order_z, r.force_separate_z,
+                               r.anisotropy_threshold)
+    full = np.zeros(pre.shape_before_cropping, dtype=cropped.dtype)
+    full[tuple(slice(a, b) for a, b in pre.bbox)] = cropped
+    full = full.transpose(part.transpose_backward)
+    return np.ascontiguousarray(full.transpose(2, 1, 0))
+
+
+def merge_part(merged: np.ndarray, part_labels: np.ndarray, part: Part) -> None:
+    """Write the part's structures into ``merged`` with the bundle's numbering (in place)."""
+    lut = np.zeros(max(part.num_outputs, int(part_labels.max()) + 1), dtype=merged.dtype)
+    for src, dst in part.label_map.items():
+        lut[src] = dst
+    mapped = lut[part_labels]
+    found = mapped != 0
+    merged[found] = mapped[found]
+
+
+def to_input_grid(labels: np.ndarray, oriented: Oriented) -> np.ndarray:
+    """Undo pre-resampling (order 0 to the exact input shape) and reorientation."""
+    import nibabel as nib
+
+    if oriented.pre_resampled and tuple(labels.shape) != oriented.input_shape:
+        labels = zoom_to_shape(labels, oriented.input_shape, order=0)
+    if oriented.ornt is not None:
+        canonical = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+        back = nib.orientations.ornt_transform(canonical, oriented.ornt)
+        labels = nib.orientations.apply_orientation(labels, back)
+    return np.ascontiguousarray(labels)
+
+
+def empty_labels(shape: tuple[int, ...], max_label: int) -> np.ndarray:
+    return np.zeros(shape, dtype=np.uint8 if max_label < 256 else np.uint16)

@@ -1,0 +1,168 @@
+"""Preprocess stage: a :class:`Volume` -> the network's input, with nnU-Net's predictor semantics.
+
+Order of operations (each undone in reverse by :mod:`edgeseg.runtime.postprocess`):
+
+1. ``reorient`` (bundle variant): "RAS" reorients to the closest canonical orientation (TotalSegmentator does
+   this before nnU-Net); pure axis flips/permutations, exactly invertible.
+2. ``pre_resample`` (TotalSegmentator's wrapper, optional): spline order 3 zoom to the task spacing, then
+   truncation to int32 as TotalSegmentator does.
+3. To nnU-Net's order: the SimpleITK array order (k, j, i) with spacing reversed, then ``transpose_forward``.
+4. Crop to the non-zero region (holes filled), normalize per channel, resample to the plans' spacing.
+
+Shapes: the network input is (C, Z, Y, X) float32 in the network's axis order.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from edgeseg.bundle.schema import Normalization, Part, PreResample, Variant
+from edgeseg.errors import InvalidSeriesError
+from edgeseg.runtime.read.volume import Volume
+from edgeseg.runtime.resample import compute_new_shape, resample_data
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Oriented:
+    """The series after the variant's reorientation and pre-resampling, in (i, j, k) order.
+
+    ``ornt`` is nibabel's orientation transform applied (None: as stored); ``input_shape`` the shape before
+    pre-resampling (what the mask must come back to).
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    ornt: np.ndarray | None
+    input_shape: tuple[int, int, int]
+    pre_resampled: bool
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """One part's network input and what is needed to bring its prediction back.
+
+    ``data``: (C, Z, Y, X) float32, network axis order, cropped, normalized, at ``network_spacing``.
+    ``bbox``: half-open crop box in the transposed (pre-crop) array; ``shape_before_cropping`` its shape.
+    """
+
+    data: np.ndarray
+    spacing_before_resampling: tuple[float, ...]
+    network_spacing: tuple[float, ...]
+    shape_before_cropping: tuple[int, ...]
+    shape_after_cropping: tuple[int, ...]
+    bbox: tuple[tuple[int, int], ...]
+
+
+def orient(volume: Volume, variant: Variant) -> Oriented:
+    """Steps 1-2: reorientation and TotalSegmentator-style pre-resampling (float32 result)."""
+    import nibabel as nib
+
+    array = np.asarray(volume.array, dtype=np.float32)
+    if array.ndim != 3:
+        raise InvalidSeriesError(
+            f"Series {volume.series_uid or volume.source} is {array.ndim}-D; edgeseg segments 3-D volumes.")
+    affine = np.asarray(volume.affine, dtype=np.float64)
+    ornt = None
+    if variant.reorient == "RAS":
+        ornt = nib.orientations.io_orientation(affine)
+        array = nib.orientations.apply_orientation(array, ornt)
+        affine = affine @ nib.orientations.inv_ornt_aff(ornt, volume.shape)
+    spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    input_shape = tuple(int(s) for s in array.shape)
+    pre = variant.pre_resample
+    if pre is not None:
+        array, spacing = _pre_resample(array, spacing, pre)
+    return Oriented(np.ascontiguousarray(array), spacing, ornt, input_shape, pre is not None)  # type: ignore[arg-type]
+
+
+def _pre_resample(array: np.ndarray, spacing: Sequence[float], pre: PreResample) -> tuple[np.ndarray, tuple]:
+    zoom = np.asarray(spacing, dtype=np.float64) / np.asarray(pre.spacing, dtype=np.float64)
+    if np.allclose(zoom, 1.0):
+        out = array.astype(np.float64)
+    else:
+        out = ndimage.zoom(array.astype(np.float64), zoom, order=pre.order)
+    if pre.cast == "int32":
+        out = out.astype(np.int32)
+    new_spacing = tuple(float(s) / float(z) for s, z in zip(spacing, zoom))
+    return out.astype(np.float32), new_spacing
+
+
+def to_network_order(oriented: Oriented, part: Part) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Step 3: (i, j, k) -> SimpleITK (k, j, i) -> ``transpose_forward``; returns (1, Z, Y, X) and spacing."""
+    data = oriented.array.transpose(2, 1, 0)[None]
+    spacing = tuple(oriented.spacing[::-1])
+    tf = part.transpose_forward
+    data = data.transpose(0, *[i + 1 for i in tf])
+    return data, tuple(spacing[i] for i in tf)
+
+
+def nonzero_bbox(data: np.ndarray) -> tuple[tuple[tuple[int, int], ...], np.ndarray]:
+    """nnU-Net's crop_to_nonzero box: non-zero in any channel, holes filled; half-open; whole image if empty."""
+    mask = np.any(data != 0, axis=0)
+    mask = ndimage.binary_fill_holes(mask)
+    bbox = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        present = np.flatnonzero(np.any(mask, axis=other))
+        bbox.append((int(present[0]), int(present[-1]) + 1) if present.size else (0, mask.shape[axis]))
+    return tuple(bbox), mask
+
+
+def normalize(data: np.ndarray, schemes: Sequence[Normalization], mask: np.ndarray) -> np.ndarray:
+    """nnU-Net's default normalization schemes, per channel, in float32 (in place on a float32 copy)."""
+    for c, norm in enumerate(schemes):
+        image = data[c]
+        eps = 1e-8
+        if norm.scheme == "ZScoreNormalization":
+            if norm.use_mask_for_norm:
+                mean = image[mask].mean()
+                std = image[mask].std()
+                image[mask] = (image[mask] - mean) / max(std, eps)
+            else:
+                mean = image.mean()
+                std = image.std()
+                image -= mean
+                image /= max(std, eps)
+        elif norm.scheme == "CTNormalization":
+            p = norm.intensity_properties
+            np.clip(image, p["percentile_00_5"], p["percentile_99_5"], out=image)
+            image -= p["mean"]
+            image /= max(p["std"], eps)
+        elif norm.scheme == "RescaleTo01Normalization":
+            image -= image.min()
+            image /= np.clip(image.max(), a_min=eps, a_max=None)
+        elif norm.scheme == "NoNormalization":
+            pass
+        else:  # the bundle loader only admits the schemes above
+            raise ValueError(f"unknown normalization scheme {norm.scheme}")
+    return data
+
+
+def preprocess(oriented: Oriented, part: Part) -> Preprocessed:
+    """Steps 3-4 for one model part."""
+    data, spacing = to_network_order(oriented, part)
+    if part.num_input_channels != data.shape[0]:
+        raise InvalidSeriesError(
+            f"The model part '{part.name}' needs {part.num_input_channels} input channels; a series gives 1.")
+    shape_before = tuple(int(s) for s in data.shape[1:])
+    bbox, mask = nonzero_bbox(data)
+    slicer = tuple(slice(a, b) for a, b in bbox)
+    data = np.array(data[(slice(None), *slicer)], dtype=np.float32)  # copy: the input is never modified
+    mask = mask[slicer]
+    shape_after = tuple(int(s) for s in data.shape[1:])
+    data = normalize(data, part.normalization, mask)
+    target = tuple(float(s) for s in part.spacing)
+    new_shape = compute_new_shape(shape_after, spacing, target)
+    r = part.resampling_data
+    data = resample_data(data, new_shape, spacing, target, r.order, r.order_z, r.force_separate_z,
+                         r.anisotropy_threshold)
+    log.debug("preprocessed part=%s shape_before=%s crop=%s network_shape=%s spacing=%s->%s", part.name,
+              shape_before, shape_after, data.shape[1:], spacing, target)
+    return Preprocessed(np.ascontiguousarray(data, dtype=np.float32), spacing, target, shape_before, shape_after,
+                        bbox)
