@@ -4,9 +4,22 @@ This is the one entry point the command line (``edgeseg segment``) and the watch
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+import platform
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
+
+from edgeseg import __version__
+from edgeseg.bundle.schema import Bundle, Part, Variant, load_bundle
+from edgeseg.errors import InferenceError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,8 @@ class SegmentOptions:
     threads: int | None = None
     cache_dir: Path | None = None
     time_budget_s: float | None = None
+    #: override the bundle's tile step (the planner may coarsen it to meet a budget)
+    tile_step_size: float | None = None
     outputs: OutputOptions = field(default_factory=OutputOptions)
 
 
@@ -46,3 +61,173 @@ class SegmentResult:
 
 
 ProgressCallback = Callable[[str, float], None]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# compiled models are kept between series (the watcher segments many): keyed by bundle, part, device, precision
+
+_ENGINES: "OrderedDict[tuple, Any]" = OrderedDict()
+_ENGINES_LOCK = threading.Lock()
+_MAX_ENGINES = 4
+
+
+def get_engine(bundle: Bundle, part: Part, options: SegmentOptions) -> Any:
+    """A compiled :class:`~edgeseg.runtime.infer.engine.Engine` for the part, reused across calls."""
+    from edgeseg.runtime.infer.engine import compile_part
+
+    key = (str(bundle.path), bundle.files.get(next(iter(part.models.values())).xml), part.name, options.device,
+           options.precision, options.threads, str(options.cache_dir))
+    with _ENGINES_LOCK:
+        if key in _ENGINES:
+            _ENGINES.move_to_end(key)
+            return _ENGINES[key]
+    engine = compile_part(bundle, part, options.device, options.precision, options.threads, options.cache_dir)
+    with _ENGINES_LOCK:
+        _ENGINES[key] = engine
+        while len(_ENGINES) > _MAX_ENGINES:
+            _ENGINES.popitem(last=False)
+    return engine
+
+
+def clear_engines() -> None:
+    with _ENGINES_LOCK:
+        _ENGINES.clear()
+
+
+@dataclass
+class Timings:
+    """Seconds per stage, summed over parts."""
+
+    read: float = 0.0
+    preprocess: float = 0.0
+    compile: float = 0.0
+    infer: float = 0.0
+    postprocess: float = 0.0
+    write: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.read + self.preprocess + self.compile + self.infer + self.postprocess + self.write
+
+
+def segment_volume(volume: Any, bundle: Bundle, options: SegmentOptions | None = None,
+                   progress: ProgressCallback | None = None,
+                   timings: Timings | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Segment an in-memory :class:`~edgeseg.runtime.read.volume.Volume`; no files are written.
+
+    Returns the merged label map on exactly ``volume``'s grid ((I, J, K), uint8/uint16, bundle label numbers)
+    and a run record (variant, parts, precision used per part, tiles, timings).
+    """
+    from edgeseg.runtime.infer.sliding_window import predict_logits
+    from edgeseg.runtime.postprocess import empty_labels, logits_to_part_labels, merge_part, to_input_grid
+    from edgeseg.runtime.preprocess import orient, preprocess
+
+    options = options or SegmentOptions()
+    timings = timings if timings is not None else Timings()
+    variant: Variant = bundle.variant(options.variant)
+    t0 = time.perf_counter()
+    oriented = orient(volume, variant)
+    timings.preprocess += time.perf_counter() - t0
+    merged = empty_labels(oriented.array.shape, max(bundle.labels))
+    parts_record = []
+    for index, part in enumerate(variant.parts):
+        t0 = time.perf_counter()
+        pre = preprocess(oriented, part)
+        timings.preprocess += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        engine = get_engine(bundle, part, options)
+        timings.compile += time.perf_counter() - t0
+
+        step = options.tile_step_size or part.tile_step_size
+        mirror = part.mirror_axes if part.use_mirroring else None
+
+        def tile_progress(done: int, total: int, _i: int = index) -> None:
+            if progress:
+                progress(f"part {_i + 1}/{len(variant.parts)} ({part.name}): tile {done}/{total}",
+                         (_i + done / max(total, 1)) / len(variant.parts))
+
+        t0 = time.perf_counter()
+        try:
+            logits = predict_logits(pre.data, engine.compiled, part.patch_size, part.num_outputs, step,
+                                    part.use_gaussian, mirror, tile_progress)
+        except FloatingPointError as err:
+            raise InferenceError(f"Part '{part.name}': {err}") from err
+        timings.infer += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        part_labels = logits_to_part_labels(logits, pre, part)
+        del logits
+        merge_part(merged, part_labels, part)
+        timings.postprocess += time.perf_counter() - t0
+        from edgeseg.runtime.infer.tiling import tile_count
+
+        parts_record.append({
+            "name": part.name, "precision": engine.precision, "device": engine.device,
+            "network_shape": list(pre.data.shape[1:]), "tile_step_size": step,
+            "tiles": tile_count(pre.data.shape[1:], part.patch_size, step),
+            "mirroring": list(mirror) if mirror else None,
+        })
+    t0 = time.perf_counter()
+    labels = to_input_grid(merged, oriented)
+    timings.postprocess += time.perf_counter() - t0
+    if tuple(labels.shape) != tuple(volume.array.shape):  # geometry is sacred: never write a wrong grid
+        raise InferenceError(f"internal error: mask shape {labels.shape} != input shape {volume.array.shape}")
+    record = {
+        "variant": variant.name, "parts": parts_record,
+        "timings_s": {k: round(v, 3) for k, v in asdict(timings).items()} | {"total": round(timings.total, 3)},
+    }
+    return labels, record
+
+
+def run_manifest(bundle: Bundle, volume: Any, options: SegmentOptions, record: dict[str, Any]) -> dict[str, Any]:
+    """What a PACS admin or auditor needs to know about one run."""
+    import openvino
+
+    return {
+        "edgeseg_version": __version__,
+        "bundle": {"name": bundle.name, "path": str(bundle.path), "intended_use": bundle.intended_use,
+                   "bundle_json_sha256": _bundle_digest(bundle)},
+        "input": {"source": str(volume.source), "kind": volume.kind, "series_uid": volume.series_uid,
+                  "shape": list(volume.shape), "spacing_mm": [round(s, 4) for s in volume.spacing]},
+        "options": {"device": options.device, "precision_requested": options.precision,
+                    "variant_requested": options.variant, "threads": options.threads,
+                    "time_budget_s": options.time_budget_s},
+        "run": record,
+        "versions": {"openvino": openvino.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
+    }
+
+
+def _bundle_digest(bundle: Bundle) -> str:
+    from edgeseg.bundle.hashing import sha256_file
+
+    return sha256_file(bundle.path / "bundle.json")
+
+
+def segment_series(source: Any, bundle: Bundle | Path | str, options: SegmentOptions | None = None,
+                   progress: ProgressCallback | None = None, plan: dict[str, Any] | None = None) -> SegmentResult:
+    """Read a series (NIfTI/PAR file, DICOM folder or a ``SeriesRef``), segment it and write the results
+    atomically into ``<name>.edgeseg/`` beside it. ``plan`` (from the watcher's planner) is recorded in the
+    manifest. Raises :class:`~edgeseg.errors.EdgesegError` subclasses for bad input; never modifies the input."""
+    from edgeseg.runtime.read import read_series
+    from edgeseg.runtime.write import write_results
+
+    options = options or SegmentOptions()
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    timings = Timings()
+    t0 = time.perf_counter()
+    volume = read_series(source)
+    timings.read = time.perf_counter() - t0
+    log.info("segmenting series=%s shape=%s spacing=%s", volume.name, volume.shape,
+             tuple(round(s, 3) for s in volume.spacing))
+    labels, record = segment_volume(volume, bundle, options, progress, timings)
+    t0 = time.perf_counter()
+    manifest = run_manifest(bundle, volume, options, record)
+    if plan is not None:
+        manifest["plan"] = plan
+    result = write_results(volume, labels, bundle.labels, options.outputs, manifest)
+    timings.write = time.perf_counter() - t0
+    log.info("done series=%s output=%s total_s=%.2f", volume.name, result.output_dir, timings.total)
+    return result

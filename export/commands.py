@@ -1,0 +1,89 @@
+"""``edgeseg export``: the build-machine command (heavy imports happen inside the handler)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="nnU-Net v2 model folder(s)/zip -> INT8 OpenVINO model bundle",
+        description="Export nnU-Net v2 trained-model folders (or release zips) into one edgeseg bundle: ONNX, "
+                    "OpenVINO IR, INT8 calibrated on real series, validated against FP32. Several MODELs form one "
+                    "variant whose parts are merged into one label map (e.g. total_mr Dataset850 + Dataset851).")
+    p.add_argument("models", nargs="*", type=Path, metavar="MODEL",
+                   help="nnU-Net results folder(s) or release zip(s): the parts of the default variant")
+    p.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "MODEL"),
+                   help="a named variant and its parts, most accurate first; repeat for several (e.g. "
+                        "--variant 1.5mm part1 part2 --variant 3mm fast_model)")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--calibration", type=Path, required=True,
+                   help="folder of real NIfTI/DICOM series for INT8 calibration")
+    p.add_argument("--validation", type=Path, help="held-out series for the report (default: the calibration set)")
+    p.add_argument("--labels", type=Path, help='merged label map JSON {"1": "spleen", ...} (default: parts in order)')
+    p.add_argument("--folds", nargs="+", help="folds to export (default: all present); several are ensembled")
+    p.add_argument("--precisions", default="fp32,int8", help="comma list of fp32, fp16, int8 (default fp32,int8)")
+    p.add_argument("--totalseg", action="store_true",
+                   help="TotalSegmentator wrapping: RAS reorientation, pre-resampling to the task spacing with "
+                        "int32 truncation, tile step 0.8, as TotalSegmentator runs nnU-Net")
+    p.add_argument("--reorient", choices=("RAS", "none"), help="reorient input before the network (default: RAS "
+                   "with --totalseg, else none = array as stored, like nnU-Net's SimpleITK reader)")
+    p.add_argument("--tile-step", type=float, help="sliding-window tile step (default 0.5; 0.8 with --totalseg)")
+    p.add_argument("--mirroring", choices=("auto", "on", "off"), default="auto",
+                   help="test-time mirroring (auto: as the trainer allows)")
+    p.add_argument("--calibration-patches", type=int, default=20, help="NNCF subset size (default 20)")
+    p.add_argument("--bias-correction", choices=("fast", "full"), default="fast",
+                   help="NNCF bias correction (fast: half the time and memory)")
+    p.add_argument("--accuracy-control", action="store_true",
+                   help="NNCF accuracy-controlled quantization with a maximum Dice drop")
+    p.add_argument("--max-dice-drop", type=float, default=0.01, help="with --accuracy-control (default 0.01)")
+    p.add_argument("--contrasts", default="original,inverted,gamma0.5,gamma2",
+                   help="contrast variants of the validation series for the report")
+    p.add_argument("--name", default="edgeseg-bundle", help="bundle name")
+    p.add_argument("--description", default="", help="free text")
+    p.add_argument("--intended-use", default="", help="e.g. 'research only'")
+    p.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from edgeseg.errors import ConfigError
+    from edgeseg.export.pipeline import ExportSettings, VariantSpec, export_bundle
+    from edgeseg.export.quantize import QuantizeSettings
+
+    variants = [VariantSpec(v[0], tuple(Path(m) for m in v[1:]), rank=i) for i, v in enumerate(args.variant)]
+    if args.models:
+        variants.insert(0, VariantSpec("default", tuple(args.models), rank=0))
+        variants = [VariantSpec(v.name, v.models, rank=i) for i, v in enumerate(variants)]
+    if not variants or any(not v.models for v in variants):
+        raise ConfigError("Name at least one model: `edgeseg export MODEL --out B --calibration DIR` or "
+                          "`--variant NAME MODEL [MODEL...]`.")
+    precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
+    bad = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
+    if bad:
+        raise ConfigError(f"--precisions: unknown {bad}; use fp32, fp16 and/or int8.")
+    settings = ExportSettings(
+        precisions=precisions, folds=tuple(args.folds) if args.folds else None, totalseg=args.totalseg,
+        reorient=args.reorient, tile_step_size=args.tile_step, mirroring=args.mirroring, labels_file=args.labels,
+        quantize=QuantizeSettings(subset_size=args.calibration_patches,
+                                  fast_bias_correction=args.bias_correction == "fast",
+                                  accuracy_control=args.accuracy_control, max_dice_drop=args.max_dice_drop),
+        validation_contrasts=tuple(c.strip() for c in args.contrasts.split(",") if c.strip()),
+        name=args.name, description=args.description, intended_use=args.intended_use,
+    )
+    bundle = export_bundle(variants, args.out, args.calibration, settings, args.validation, force=args.force)
+    report = json.loads((bundle.path / "validation.json").read_text())
+    print(f"bundle written: {bundle.path}")
+    for prec, s in report["summary"].items():
+        print(f"  {prec} vs fp32: mean Dice {s['mean_dice_vs_fp32']:.4f} (worst series {s['worst_series_mean_dice']:.4f})")
+    for t in report["fp32_vs_torch"]:
+        print(f"  fp32 IR vs torch [{t['variant']}/{t['part']}]: argmax agreement {t['argmax_agreement']:.6f}, "
+              f"max |logit diff| {t['max_abs_logit_diff']:.2e}")
+    for lat in report["latency_per_tile"]:
+        if "seconds_per_tile" in lat:
+            print(f"  latency [{lat['variant']}/{lat['part']}] {lat['precision']}: {lat['seconds_per_tile']:.3f} s/tile")
+    return 0

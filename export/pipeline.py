@@ -1,0 +1,411 @@
+"""The export pipeline: nnU-Net v2 model(s) -> ONNX -> OpenVINO IR -> INT8 -> validated bundle.
+
+Everything is built in a temporary sibling folder ``.<bundle>.partial-*`` and renamed to its final name only
+when complete, so a failed export (bad input, disk full) never leaves a folder that looks like a bundle.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeseg import __version__
+from edgeseg.bundle.hashing import hash_tree, sha256_file
+from edgeseg.bundle.schema import BUNDLE_FILE, SCHEMA_VERSION, Bundle, load_bundle, parse_bundle
+from edgeseg.errors import EdgesegError, ExportError
+from edgeseg.export.model_folder import ModelFolder, open_model
+from edgeseg.export.quantize import QuantizeSettings, mean_dice
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One variant to export: its name, accuracy rank (0 = best) and the model parts (paths or zips)."""
+
+    name: str
+    models: tuple[Path, ...]
+    rank: int = 0
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """Everything that decides what the bundle contains; recorded in the validation report."""
+
+    precisions: tuple[str, ...] = ("fp32", "int8")
+    folds: tuple[str, ...] | None = None
+    totalseg: bool = False
+    reorient: str | None = None  # None: "RAS" with totalseg, else "none"
+    tile_step_size: float | None = None  # None: 0.8 with totalseg, else nnU-Net's 0.5
+    mirroring: str = "auto"  # auto: as the trainer allows (off for *NoMirroring)
+    labels_file: Path | None = None
+    quantize: QuantizeSettings = field(default_factory=QuantizeSettings)
+    validation_contrasts: tuple[str, ...] = ("original", "inverted", "gamma0.5", "gamma2")
+    torch_check_patches: int = 4
+    latency_repeats: int = 2
+    name: str = "edgeseg-bundle"
+    description: str = ""
+    intended_use: str = ""
+
+
+def _merged_labels(parts: Sequence[ModelFolder], labels_file: Path | None) -> dict[int, str]:
+    if labels_file is not None:
+        try:
+            raw = json.loads(Path(labels_file).read_text(encoding="utf-8"))
+            return {int(k): str(v) for k, v in raw.items()}
+        except (OSError, ValueError) as err:
+            raise ExportError(f"--labels {labels_file}: expected a JSON object {{\"1\": \"spleen\", ...}} ({err}).") \
+                from err
+    merged: dict[int, str] = {}
+    for part in parts:
+        for _, name in part.foreground_labels.items():
+            if name not in merged.values():
+                merged[len(merged) + 1] = name
+    return merged
+
+
+def _label_map(part: ModelFolder, merged: dict[int, str]) -> dict[int, int]:
+    by_name = {v: k for k, v in merged.items()}
+    missing = [n for n in part.foreground_labels.values() if n not in by_name]
+    if missing:
+        raise ExportError(
+            f"Part {part.name} has labels {missing} that the merged label map does not name; add them to --labels."
+        )
+    return {value: by_name[name] for value, name in part.foreground_labels.items()}
+
+
+def _resampling(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {"order": int(kwargs.get("order", 3)), "order_z": int(kwargs.get("order_z", 0)),
+            "force_separate_z": kwargs.get("force_separate_z"), "anisotropy_threshold": 3.0}
+
+
+def _part_entry(part: ModelFolder, merged: dict[int, str], settings: ExportSettings, rel_dir: str,
+                mirror_axes: tuple[int, ...] | None) -> dict[str, Any]:
+    cfg = part.configuration
+    fn_data = cfg.get("resampling_fn_data", "resample_data_or_seg_to_shape")
+    fn_prob = cfg.get("resampling_fn_probabilities", "resample_data_or_seg_to_shape")
+    for fn in (fn_data, fn_prob):
+        if fn not in ("resample_data_or_seg_to_shape", "resample_data_or_seg_to_spacing"):
+            raise ExportError(f"{part.path}: resampling function '{fn}' is not supported by the edgeseg runtime.")
+    props = part.plans.get("foreground_intensity_properties_per_channel", {})
+    norms = []
+    for c, scheme in enumerate(cfg["normalization_schemes"]):
+        norms.append({"scheme": scheme, "use_mask_for_norm": bool(cfg["use_mask_for_norm"][c]),
+                      "intensity_properties": {k: float(v) for k, v in props.get(str(c), {}).items()}})
+    use_mirroring = {"on": True, "off": False}.get(settings.mirroring, mirror_axes is not None)
+    step = settings.tile_step_size or (0.8 if settings.totalseg else 0.5)
+    return {
+        "name": part.name,
+        "label_map": {str(k): v for k, v in _label_map(part, merged).items()},
+        "num_input_channels": part.num_input_channels,
+        "num_outputs": part.num_outputs,
+        "spacing": [float(s) for s in cfg["spacing"]],
+        "patch_size": [int(s) for s in cfg["patch_size"]],
+        "transpose_forward": [int(i) for i in part.plans.get("transpose_forward", [0, 1, 2])],
+        "transpose_backward": [int(i) for i in part.plans.get("transpose_backward", [0, 1, 2])],
+        "normalization": norms,
+        "resampling_data": _resampling(cfg.get("resampling_fn_data_kwargs", {})),
+        "resampling_probabilities": _resampling(cfg.get("resampling_fn_probabilities_kwargs", {"order": 1})),
+        "tile_step_size": float(step),
+        "use_gaussian": True,
+        "use_mirroring": bool(use_mirroring),
+        "mirror_axes": list(mirror_axes) if mirror_axes else [0, 1, 2],
+        "folds": list(part.checkpoints),
+        "models": {},
+        "source": {
+            "folder": part.path.name, "dataset": part.dataset_name, "trainer": part.trainer,
+            "plans": part.plans_name, "configuration": part.configuration_name,
+            "checkpoints_sha256": {f: sha256_file(p) for f, p in part.checkpoints.items()},
+            "plans_sha256": sha256_file(part.path / "plans.json"),
+            "dataset_json_sha256": sha256_file(part.path / "dataset.json"),
+            "dir": rel_dir,
+        },
+    }
+
+
+def _versions() -> dict[str, str]:
+    out = {"edgeseg": __version__, "python": platform.python_version()}
+    for mod in ("openvino", "nncf", "onnx", "torch", "numpy", "dynamic_network_architectures", "nnunetv2"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - optional
+            continue
+    return out
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _manifest(root: Path, settings: ExportSettings, labels: dict[int, str], variants: list[dict[str, Any]],
+              validation: str | None) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": settings.name,
+        "description": settings.description,
+        "intended_use": settings.intended_use,
+        "labels": {str(k): v for k, v in sorted(labels.items())},
+        "variants": variants,
+        "files": hash_tree(root),
+        "validation_report": validation,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+
+
+class Progress:
+    """Logs long export steps with elapsed time."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str, *args: Any) -> None:
+        log.info("[%6.1fs] " + msg, time.perf_counter() - self.t0, *args)
+
+
+def export_bundle(variants: Sequence[VariantSpec], out: Path, calibration: Path, settings: ExportSettings,
+                  validation: Path | None = None, force: bool = False) -> Bundle:
+    """Export ``variants`` into the bundle folder ``out`` (see module docstring); returns the loaded bundle."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        bundle = _export_into(variants, work, calibration, settings, validation)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            work.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            work.rename(out)
+        return load_bundle(out)
+    except OSError as err:
+        shutil.rmtree(work, ignore_errors=True)
+        raise ExportError(f"Writing the bundle failed ({err}); is the disk full? Nothing was left at {out}.") from err
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path, settings: ExportSettings,
+                 validation_dir: Path | None) -> Bundle:
+    from edgeseg.export.calibration import find_series
+    from edgeseg.export.convert import export_onnx, save_ir, to_openvino
+    from edgeseg.export.network import fold_ensemble, load_fold_networks, mirroring_axes_from_checkpoint
+
+    progress = Progress()
+    scratch = root / ".scratch"
+    scratch.mkdir()
+    opened: list[tuple[VariantSpec, list[ModelFolder]]] = []
+    for spec in variants:
+        parts: list[ModelFolder] = []
+        for model in spec.models:
+            parts.extend(open_model(model, settings.folds, workdir=scratch))
+        opened.append((spec, parts))
+    labels = _merged_labels([p for _, parts in opened for p in parts], settings.labels_file)
+    progress("opened %d variant(s): %s", len(opened),
+             "; ".join(f"{s.name}: {', '.join(p.name for p in ps)}" for s, ps in opened))
+
+    calib_series = find_series(calibration)
+    valid_series = find_series(validation_dir) if validation_dir else calib_series
+    progress("calibration series: %s; validation series: %s", [s.name for s in calib_series],
+             [s.name for s in valid_series])
+
+    variant_entries: list[dict[str, Any]] = []
+    torch_checks: list[dict[str, Any]] = []
+    quant_times: dict[str, float] = {}
+    ov_models: dict[tuple[str, str], Any] = {}
+    modules: dict[tuple[str, str], Any] = {}
+    for spec, parts in opened:
+        reorient = settings.reorient or ("RAS" if settings.totalseg else "none")
+        pre = None
+        if settings.totalseg:
+            sp = parts[0].configuration["spacing"]  # (z, y, x) in nnU-Net order of the RAS image
+            pre = {"spacing": [float(sp[2]), float(sp[1]), float(sp[0])], "order": 3, "cast": "int32"}
+        entry: dict[str, Any] = {"name": spec.name, "rank": spec.rank, "reorient": reorient, "pre_resample": pre,
+                                 "parts": []}
+        for part in parts:
+            rel = f"{spec.name}/{part.name}"
+            nets = load_fold_networks(part)
+            module = fold_ensemble(nets)
+            mirror = mirroring_axes_from_checkpoint(part)
+            pentry = _part_entry(part, labels, settings, rel, mirror)
+            onnx_path = export_onnx(module, (1, part.num_input_channels, *pentry["patch_size"]),
+                                    scratch / f"{spec.name}-{part.name}.onnx")
+            ov_model = to_openvino(onnx_path)
+            (root / rel).mkdir(parents=True, exist_ok=True)
+            for prec in ("fp32", "fp16"):
+                if prec in settings.precisions or (prec == "fp32" and "int8" in settings.precisions):
+                    xml, binf = save_ir(ov_model, root / rel / f"{prec}.xml", fp16=prec == "fp16")
+                    pentry["models"][prec] = {"xml": f"{rel}/{xml.name}", "bin": f"{rel}/{binf.name}"}
+            ov_models[(spec.name, part.name)] = ov_model
+            modules[(spec.name, part.name)] = module
+            entry["parts"].append(pentry)
+            progress("converted %s/%s (%d fold(s), %d outputs)", spec.name, part.name, len(nets), part.num_outputs)
+        variant_entries.append(entry)
+
+    def current_bundle() -> Bundle:
+        manifest = _manifest(root, settings, labels, variant_entries, None)
+        return parse_bundle(manifest, root)
+
+    # FP32 IR vs torch on real preprocessed patches
+    bundle = current_bundle()
+    for variant in bundle.variants:
+        for part in variant.parts:
+            torch_checks.append(_check_against_torch(bundle, variant, part, modules[(variant.name, part.name)],
+                                                     calib_series, settings.torch_check_patches))
+            progress("FP32 vs torch %s/%s: max|dlogit|=%.2e argmax agreement=%.6f", variant.name, part.name,
+                     torch_checks[-1]["max_abs_logit_diff"], torch_checks[-1]["argmax_agreement"])
+
+    # INT8
+    if "int8" in settings.precisions:
+        from edgeseg.export.calibration import calibration_patches
+        from edgeseg.export.quantize import quantize
+        from edgeseg.runtime.infer.engine import core
+
+        for entry, variant in zip(variant_entries, bundle.variants):
+            for pentry, part in zip(entry["parts"], variant.parts):
+                t0 = time.perf_counter()
+                calib = calibration_patches(calib_series, variant, part, settings.quantize.subset_size)
+                fp32_compiled = None
+                valid = None
+                if settings.quantize.accuracy_control:
+                    fp32_compiled = core().compile_model(str(bundle.model_path(part, "fp32")), "CPU",
+                                                         {"INFERENCE_PRECISION_HINT": "f32"})
+                    valid = calibration_patches(valid_series, variant, part, max(4, settings.quantize.subset_size // 2),
+                                                seed=1)
+                int8 = quantize(ov_models[(variant.name, part.name)], calib, settings.quantize, valid, fp32_compiled)
+                rel = pentry["source"]["dir"]
+                xml, binf = save_ir(int8, root / rel / "int8.xml")
+                pentry["models"]["int8"] = {"xml": f"{rel}/{xml.name}", "bin": f"{rel}/{binf.name}"}
+                quant_times[f"{variant.name}/{part.name}"] = round(time.perf_counter() - t0, 1)
+                progress("quantized %s/%s on %d patches in %.0fs", variant.name, part.name, len(calib),
+                         quant_times[f"{variant.name}/{part.name}"])
+        if "fp32" not in settings.precisions:
+            pass  # fp32 is kept as the validation reference and the runtime's exact-parity fallback
+        bundle = current_bundle()
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    report = _validate(bundle, valid_series, settings, progress)
+    report["fp32_vs_torch"] = torch_checks
+    report["quantization_s"] = quant_times
+    report["settings"] = _settings_record(settings)
+    report["calibration_series"] = [s.name for s in calib_series]
+    report["validation_series"] = [s.name for s in valid_series]
+    report["versions"] = _versions()
+    report["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                         "processor": platform.processor() or platform.machine()}
+    _write_json(root / "validation.json", report)
+    manifest = _manifest(root, settings, labels, variant_entries, "validation.json")
+    _write_json(root / BUNDLE_FILE, manifest)
+    progress("bundle complete")
+    return parse_bundle(manifest, root)
+
+
+def _settings_record(settings: ExportSettings) -> dict[str, Any]:
+    d = asdict(settings)
+    d["labels_file"] = str(settings.labels_file) if settings.labels_file else None
+    return d
+
+
+def _check_against_torch(bundle: Bundle, variant: Any, part: Any, module: Any, series: list[Any],
+                         limit: int) -> dict[str, Any]:
+    import torch
+
+    from edgeseg.export.calibration import calibration_patches
+    from edgeseg.runtime.infer.engine import core
+
+    compiled = core().compile_model(str(bundle.model_path(part, "fp32")), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    max_diff = 0.0
+    agree = 0
+    total = 0
+    for p in calibration_patches(series, variant, part, limit, seed=2):
+        ov_out = np.asarray(compiled({0: p})[0])
+        with torch.no_grad():
+            ref = module(torch.from_numpy(p)).numpy()
+        max_diff = max(max_diff, float(np.abs(ov_out - ref).max()))
+        agree += int((ov_out.argmax(1) == ref.argmax(1)).sum())
+        total += ov_out[:, 0].size
+    return {"variant": variant.name, "part": part.name, "patches": limit, "max_abs_logit_diff": max_diff,
+            "argmax_agreement": agree / max(total, 1)}
+
+
+def _validate(bundle: Bundle, series: list[Any], settings: ExportSettings, progress: Progress) -> dict[str, Any]:
+    """Dice of INT8 (and FP16) vs FP32 through the full runtime on each validation series and contrast; latency
+    per tile for each precision."""
+    from edgeseg.export.calibration import contrast_variant
+    from edgeseg.runtime.infer.engine import measure_tile_latency
+    from edgeseg.runtime.segment import SegmentOptions, clear_engines, segment_volume
+
+    precisions = [p for p in ("int8", "fp16") if p in settings.precisions]
+    results: list[dict[str, Any]] = []
+    for variant in bundle.variants:
+        for s in series:
+            for contrast in settings.validation_contrasts:
+                vol = contrast_variant(s.volume, contrast)
+                ref, _ = segment_volume(vol, bundle, SegmentOptions(precision="fp32", variant=variant.name))
+                for prec in precisions:
+                    pred, rec = segment_volume(vol, bundle, SegmentOptions(precision=prec, variant=variant.name))
+                    per_class = _per_class_dice(ref, pred, bundle.labels)
+                    present = [d for d in per_class.values() if d is not None]
+                    results.append({
+                        "variant": variant.name, "series": s.name, "contrast": contrast, "precision": prec,
+                        "precision_used": [p["precision"] for p in rec["parts"]],
+                        "mean_dice_vs_fp32": float(np.mean(present)) if present else None,
+                        "min_dice_vs_fp32": float(np.min(present)) if present else None,
+                        "voxel_agreement": float((ref == pred).mean()),
+                        "classes_compared": len(present),
+                        "per_class_dice_vs_fp32": per_class,
+                    })
+                    progress("validation %s %s %s %s: mean Dice vs FP32 %.4f (%d classes), voxel agreement %.5f",
+                             variant.name, s.name, contrast, prec, results[-1]["mean_dice_vs_fp32"] or float("nan"),
+                             len(present), results[-1]["voxel_agreement"])
+    clear_engines()
+    latency: list[dict[str, Any]] = []
+    for variant in bundle.variants:
+        for part in variant.parts:
+            for prec in ("fp32", *precisions):
+                if prec not in part.models:
+                    continue
+                try:
+                    sec = measure_tile_latency(bundle, part, prec, "CPU", repeats=settings.latency_repeats)
+                except EdgesegError as err:
+                    latency.append({"variant": variant.name, "part": part.name, "precision": prec, "error": str(err)})
+                    continue
+                latency.append({"variant": variant.name, "part": part.name, "precision": prec,
+                                "seconds_per_tile": round(sec, 4), "patch_size": list(part.patch_size)})
+                progress("latency %s/%s %s: %.3f s/tile", variant.name, part.name, prec, sec)
+    summary = {}
+    for prec in precisions:
+        vals = [r["mean_dice_vs_fp32"] for r in results if r["precision"] == prec and r["mean_dice_vs_fp32"] is not None]
+        summary[prec] = {"mean_dice_vs_fp32": float(np.mean(vals)) if vals else None,
+                         "worst_series_mean_dice": float(np.min(vals)) if vals else None}
+    return {"dice_note": "Dice per class over classes present in FP32 or the compared precision; classes absent "
+                         "from both are left out of means.",
+            "summary": summary, "segmentation_vs_fp32": results, "latency_per_tile": latency}
+
+
+def _per_class_dice(ref: np.ndarray, pred: np.ndarray, labels: dict[int, str]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for value, name in labels.items():
+        a, b = ref == value, pred == value
+        denom = int(a.sum()) + int(b.sum())
+        out[name] = (2.0 * int(np.logical_and(a, b).sum()) / denom) if denom else None
+    return out
+
+
+__all__ = ["VariantSpec", "ExportSettings", "export_bundle", "mean_dice"]

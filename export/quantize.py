@@ -1,0 +1,75 @@
+"""INT8 post-training quantization with NNCF, calibrated on real preprocessed patches.
+
+Default: ``nncf.quantize`` with the PERFORMANCE preset (symmetric weights and activations, what NNCF
+recommends for CPU); InstanceNorm (MVN) stays in float between quantized convolutions. ``fast_bias_correction`` halves time and memory (measured in PITFALLS) at no measured
+Dice cost. Optional accuracy-controlled mode: ``nncf.quantize_with_accuracy_control`` keeps layers in float
+until the Dice drop against the FP32 model on validation patches is at most ``max_dice_drop``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgeseg._deps import require
+from edgeseg.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    """Recorded in the bundle's validation report."""
+
+    subset_size: int = 20
+    fast_bias_correction: bool = True
+    preset: str = "performance"
+    accuracy_control: bool = False
+    max_dice_drop: float = 0.01
+
+
+def mean_dice(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
+    """Mean Dice over foreground classes present in ``a`` or ``b`` (classes absent from both are left out)."""
+    scores = []
+    for c in range(1, num_classes):
+        x, y = a == c, b == c
+        denom = int(x.sum()) + int(y.sum())
+        if denom:
+            scores.append(2.0 * int(np.logical_and(x, y).sum()) / denom)
+    return float(np.mean(scores)) if scores else 1.0
+
+
+def quantize(model: Any, calibration: list[np.ndarray], settings: QuantizeSettings,
+             validation: list[np.ndarray] | None = None, fp32_compiled: Any = None) -> Any:
+    """Quantize an ``openvino.Model``; returns the INT8 ``openvino.Model``."""
+    nncf = require("nncf", "INT8 quantization")
+    preset = nncf.QuantizationPreset.PERFORMANCE if settings.preset == "performance" else \
+        nncf.QuantizationPreset.MIXED
+    calib = nncf.Dataset(calibration)
+    subset = min(settings.subset_size, len(calibration))
+    try:
+        if not settings.accuracy_control:
+            return nncf.quantize(model, calib, preset=preset, subset_size=subset,
+                                 fast_bias_correction=settings.fast_bias_correction,
+                                 target_device=nncf.TargetDevice.CPU)
+        if not validation or fp32_compiled is None:
+            raise ExportError("Accuracy-controlled quantization needs validation patches and the FP32 model.")
+        num_classes = int(model.outputs[0].get_partial_shape()[1].get_length())
+        references = [np.asarray(fp32_compiled({0: p})[0])[0].argmax(0) for p in validation]
+        items = list(zip(validation, references))
+
+        def validate(compiled: Any, data: Any) -> tuple[float, list[float]]:
+            scores = [mean_dice(np.asarray(compiled({0: x})[0])[0].argmax(0), ref, num_classes) for x, ref in data]
+            return float(np.mean(scores)), scores
+
+        return nncf.quantize_with_accuracy_control(
+            model, calib, nncf.Dataset(items), validation_fn=validate, max_drop=settings.max_dice_drop,
+            drop_type=nncf.DropType.ABSOLUTE, preset=preset, subset_size=subset,
+            fast_bias_correction=settings.fast_bias_correction, target_device=nncf.TargetDevice.CPU,
+        )
+    except ExportError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise ExportError(f"NNCF quantization failed: {type(err).__name__}: {err}") from err
