@@ -1,0 +1,214 @@
+"""Atomic publication of results beside a series, the error file, and the names we write.
+
+Layout beside a series (``<name>`` is :attr:`Volume.name`)::
+
+    <series folder>/
+        <name>.edgeseg/                       finished results (published by one rename)
+        <name>.edgeseg-error.json             why the last attempt failed (replaced atomically)
+        .<name>.edgeseg.partial-<random>/     results being written (removed on failure)
+        .<name>.edgeseg.old-<random>/         a previous result being replaced (deleted after the swap)
+        .<name>.edgeseg-error.json.partial-<random>   error file being written
+
+A reader therefore sees either the previous complete ``<name>.edgeseg`` folder or the new complete one, never a
+half-written folder under the final name. :func:`is_edgeseg_output` recognises every one of these names so that
+the watcher and :func:`edgeseg.runtime.read.discover_series` ignore them. Input files are never touched: every
+path created or removed here carries one of these names.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import secrets
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from edgeseg import __version__
+from edgeseg.errors import EdgesegError, OutputError
+from edgeseg.typing import StrPath
+
+log = logging.getLogger(__name__)
+
+#: suffix of the finished result folder
+RESULT_SUFFIX = ".edgeseg"
+#: suffix of the error file written when a series fails
+ERROR_SUFFIX = ".edgeseg-error.json"
+_PARTIAL = ".edgeseg.partial-"
+_OLD = ".edgeseg.old-"
+_ERROR_PARTIAL = ERROR_SUFFIX + ".partial-"
+
+
+def result_dir_name(name: str) -> str:
+    """``<name>.edgeseg``: the folder name of finished results for the series named ``name``."""
+    return f"{name}{RESULT_SUFFIX}"
+
+
+def error_file_name(name: str) -> str:
+    """``<name>.edgeseg-error.json``: the error file name for the series named ``name``."""
+    return f"{name}{ERROR_SUFFIX}"
+
+
+def _is_output_component(part: str) -> bool:
+    if part.endswith(RESULT_SUFFIX) or part.endswith(ERROR_SUFFIX):
+        return True
+    if part.startswith(".") and (_PARTIAL in part or _OLD in part or _ERROR_PARTIAL in part):
+        return True
+    return False
+
+
+def is_edgeseg_output(path: StrPath) -> bool:
+    """True if ``path`` is something edgeseg writes, or lies inside such a folder.
+
+    Recognised: ``*.edgeseg`` folders and anything inside them, ``*.edgeseg-error.json``, and the hidden
+    temporaries ``.*.edgeseg.partial-*``, ``.*.edgeseg.old-*``, ``.*.edgeseg-error.json.partial-*`` (and their
+    contents). Works on relative or absolute paths, existing or not.
+    """
+    return any(_is_output_component(part) for part in Path(path).parts)
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or "\\" in name or name in (".", "..") or ".." in name or "\x00" in name:
+        raise ValueError(f"output name {name!r} is not a safe file-name stem (no path separators or '..')")
+
+
+def output_error(err: OSError, where: Path, action: str) -> OutputError:
+    """Turn an OSError while writing into an :class:`OutputError` whose message says what to do."""
+    code = err.errno
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        fix = f"the disk holding {where} is full: free some space there (or choose another output folder) and run again"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = (f"edgeseg may not write in {where}: give the user running edgeseg write permission there "
+               "(or choose another output folder) and run again")
+    else:
+        fix = f"check that {where} exists and is writable, then run again"
+    return OutputError(f"Could not {action} ({err.strerror or err}): {fix}.")
+
+
+def _random() -> str:
+    return secrets.token_hex(4)
+
+
+class ResultFolder:
+    """Build results in a hidden temporary sibling and publish them as ``<parent>/<name>.edgeseg`` by rename.
+
+    Use as a context manager; the body writes into :attr:`path` (the partial folder)::
+
+        with ResultFolder(series_dir, volume.name) as folder:
+            write_labelmap(folder.path / "seg.nii.gz", ...)
+        folder.final_path  # now exists and holds the new results
+
+    On success an existing ``<name>.edgeseg`` is first renamed aside to ``.<name>.edgeseg.old-<random>``, the new
+    folder renamed in, then the old one deleted (restored if the swap fails). On an exception the partial folder
+    is removed and nothing under the final name changes; an OSError is re-raised as :class:`OutputError`.
+    """
+
+    def __init__(self, parent: StrPath, name: str) -> None:
+        _check_name(name)
+        self.parent = Path(parent)
+        self.name = name
+        self.final_path = self.parent / result_dir_name(name)
+        self.path = self.parent / f".{name}{_PARTIAL}{_random()}"
+        self.published = False
+
+    def __enter__(self) -> ResultFolder:
+        try:
+            self.path.mkdir(parents=False, exist_ok=False)
+        except OSError as err:
+            raise output_error(err, self.parent, f"create the result folder {self.path}") from err
+        log.debug("building results in %s", self.path)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        if exc is None:
+            self.publish()
+            return False
+        log.debug("writing results for %s failed (%s); removing %s", self.name, exc_type, self.path)
+        shutil.rmtree(self.path, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, EdgesegError):
+            raise output_error(exc, self.parent, f"write the results for {self.name}") from exc
+        return False
+
+    def publish(self) -> Path:
+        """Move the partial folder to the final name (replacing an older result); returns the final path."""
+        if self.published:
+            return self.final_path
+        old: Path | None = None
+        try:
+            if self.final_path.exists():
+                old = self.parent / f".{self.name}{_OLD}{_random()}"
+                os.rename(self.final_path, old)
+            try:
+                os.rename(self.path, self.final_path)
+            except OSError:
+                if old is not None:  # put the previous result back under its name
+                    os.rename(old, self.final_path)
+                    old = None
+                raise
+        except OSError as err:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise output_error(err, self.parent, f"publish the results as {self.final_path}") from err
+        self.published = True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            if old.exists():
+                log.warning("could not delete the replaced result %s; it is safe to delete by hand", old)
+        log.info("results published in %s", self.final_path)
+        return self.final_path
+
+
+def _write_json_atomically(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.partial-{_random()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise output_error(err, path.parent, f"write {path}") from err
+
+
+def write_error_file(series_dir: StrPath, name: str, error: BaseException | str, what_to_do: str) -> Path:
+    """Write ``<series_dir>/<name>.edgeseg-error.json`` atomically (temporary file + ``os.replace``).
+
+    The JSON holds ``series`` (the name), ``kind`` (the error class's ``kind``, e.g. "invalid_series"),
+    ``error`` (the message), ``what_to_do``, ``edgeseg_version`` and ``time_utc`` (ISO 8601).
+    Returns the path. Raises :class:`OutputError` if the folder is not writable or the disk is full.
+    """
+    _check_name(name)
+    path = Path(series_dir) / error_file_name(name)
+    payload = {
+        "series": name,
+        "kind": getattr(error, "kind", type(error).__name__ if isinstance(error, BaseException) else "error"),
+        "error": str(error),
+        "what_to_do": what_to_do,
+        "edgeseg_version": __version__,
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_json_atomically(path, payload)
+    log.info("wrote error file %s", path)
+    return path
+
+
+def clear_error_file(series_dir: StrPath, name: str) -> bool:
+    """Remove ``<series_dir>/<name>.edgeseg-error.json`` if present; True if one was removed."""
+    _check_name(name)
+    path = Path(series_dir) / error_file_name(name)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise output_error(err, path.parent, f"remove the old error file {path}") from err
+    log.debug("removed error file %s", path)
+    return True
