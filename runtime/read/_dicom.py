@@ -1,0 +1,525 @@
+"""DICOM -> :class:`Volume`: discovery of series in a console export, and stacking of one series.
+
+Discovery reads headers only (``stop_before_pixels``), groups instances by SeriesInstanceUID and keeps image
+instances: files that are not DICOM (no "DICM" preamble), DICOMDIR, and non-image objects (SR, PR, KO, SEG,
+RT structure sets, raw data, spectroscopy, anything without Rows/Columns or without patient geometry) are skipped.
+
+Reading a series turns every instance into *frames* (one per classic single-frame image; one per frame of an
+enhanced multi-frame image, geometry from its Per-frame / Shared Functional Groups) and stacks them:
+
+1. localizer frames (ImageType / FrameType containing LOCALIZER) are dropped;
+2. only the majority geometry is kept: the most frequent (Rows, Columns, ImageOrientationPatient, PixelSpacing)
+   (orientation and spacing compared within ``ORIENTATION_TOL`` / ``PIXEL_SPACING_REL_TOL``);
+3. frames are ordered by ImagePositionPatient projected on the slice normal n = row cosine x column cosine
+   (never by file name or InstanceNumber);
+4. the stack must be regular: with ``s`` the median gap between neighbouring positions and
+   ``tol = max(SPACING_ABS_TOL_MM, SPACING_REL_TOL * s)`` (0.02 mm or 1 %, whichever is larger), every gap must be
+   within ``tol`` of ``s`` and every position within ``tol`` of the straight line from the first to the last.
+   Otherwise :class:`InvalidSeriesError` names the series and the reason (missing slices, uneven spacing,
+   duplicate positions, all slices at one position, a single slice).
+
+Geometry of the result: ``array[i, j, k]`` is column i, row j of the k-th slice (``pixel_array.T`` per slice),
+float32 with RescaleSlope/RescaleIntercept applied. In DICOM's LPS patient space the voxel (i, j, k) lies at
+``IPP_0 + i * Δc * row_cos + j * Δr * col_cos + k * step`` with PixelSpacing = [Δr (between rows), Δc (between
+columns)] and ``step = (IPP_last - IPP_0) / (K - 1)``; the RAS+ affine negates the first two rows of that LPS
+affine. Input files are only ever opened for reading.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from edgeseg.errors import InvalidSeriesError
+from edgeseg.runtime.read._naming import dicom_series_name
+from edgeseg.runtime.read.series_ref import SeriesRef
+from edgeseg.runtime.read.volume import Volume
+
+log = logging.getLogger(__name__)
+
+#: absolute tolerance on slice positions and gaps, mm
+SPACING_ABS_TOL_MM = 0.02
+#: relative tolerance on slice gaps (fraction of the median gap)
+SPACING_REL_TOL = 0.01
+#: absolute tolerance on each ImageOrientationPatient direction cosine when grouping frames
+ORIENTATION_TOL = 1e-3
+#: relative tolerance on PixelSpacing when grouping frames
+PIXEL_SPACING_REL_TOL = 1e-3
+
+#: Media Storage Directory Storage (DICOMDIR)
+_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+#: SOP classes that carry no image volume for us, by UID prefix -> what they are
+_NON_IMAGE_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.88.": "structured report",
+    "1.2.840.10008.5.1.4.1.1.11.": "presentation state",
+    "1.2.840.10008.5.1.4.1.1.66": "raw data / segmentation / registration",
+    "1.2.840.10008.5.1.4.1.1.481.": "radiotherapy object",
+    "1.2.840.10008.5.1.4.1.1.104.": "encapsulated document",
+    "1.2.840.10008.5.1.4.1.1.4.2": "MR spectroscopy",
+    "1.2.840.10008.5.1.4.1.1.9.": "waveform",
+}
+_NON_IMAGE_MODALITIES = {"SR", "PR", "KO", "SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "RWV", "DOC", "PLAN",
+                         "FID", "RAW"}
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+# ---------------------------------------------------------------------------------------------- headers
+
+
+def read_dicom_header(path: str | os.PathLike[str]) -> Any | None:
+    """Read a DICOM file's header (``stop_before_pixels``), or return None if it is not a readable DICOM file.
+
+    Files without the DICOM preamble/"DICM" prefix (``force=False``) are non-DICOM: None, logged at debug level.
+    Unreadable or truncated DICOM files also give None (logged at warning level). Never modifies the file.
+    Returns a ``pydicom.Dataset`` (file meta included) otherwise.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(os.fspath(path), stop_before_pixels=True, force=False)
+    except InvalidDicomError:
+        log.debug("not a DICOM file, skipped: %s", path)
+    except IsADirectoryError:
+        log.debug("a folder, not a DICOM file: %s", path)
+    except Exception as err:  # truncated, still being copied, unreadable: pydicom raises many types
+        log.warning("could not read DICOM header of %s (%s: %s); skipped", path, type(err).__name__, err)
+    return None
+
+
+def _str(ds: Any, keyword: str, default: str = "") -> str:
+    value = ds.get(keyword, default)
+    return default if value is None else str(value).strip()
+
+
+def _int_or_none(ds: Any, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_localizer(image_type: Any) -> bool:
+    if image_type is None:
+        return False
+    values = [image_type] if isinstance(image_type, str) else list(image_type)
+    return any(str(v).strip().upper() == "LOCALIZER" for v in values)
+
+
+def _is_multiframe(ds: Any) -> bool:
+    return "PerFrameFunctionalGroupsSequence" in ds or (_int_or_none(ds, "NumberOfFrames") or 1) > 1
+
+
+def non_image_reason(ds: Any) -> str | None:
+    """Why ``ds`` is not an image instance we can stack (None if it is one). Works on headers only."""
+    media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
+    sop_class = _str(ds, "SOPClassUID") or media_class
+    if _DICOMDIR_CLASS in (sop_class, media_class) or "DirectoryRecordSequence" in ds:
+        return "DICOMDIR"
+    for prefix, what in _NON_IMAGE_CLASSES.items():
+        if sop_class.startswith(prefix):
+            return what
+    modality = _str(ds, "Modality").upper()
+    if modality in _NON_IMAGE_MODALITIES:
+        return f"non-image object (Modality {modality})"
+    if "Rows" not in ds or "Columns" not in ds:
+        return "no image pixel data (no Rows/Columns)"
+    if _int_or_none(ds, "SamplesPerPixel") not in (None, 1):
+        return "not a greyscale image (SamplesPerPixel > 1)"
+    if _is_multiframe(ds):
+        if "PerFrameFunctionalGroupsSequence" not in ds:
+            return "multi-frame image without functional groups (no per-frame geometry)"
+        return None
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        if keyword not in ds:
+            return f"no patient geometry ({keyword} missing)"
+    return None
+
+
+# -------------------------------------------------------------------------------------------- discovery
+
+
+def discover_dicom(files: Iterable[Path]) -> list[SeriesRef]:
+    """Group the DICOM image instances among ``files`` into one :class:`SeriesRef` per SeriesInstanceUID.
+
+    Headers only. Non-DICOM files, DICOMDIR and non-image objects are skipped; series made only of localizers
+    are skipped (logged at info level). ``SeriesRef.source`` is the folder holding the series' files (their
+    common parent). Refs are sorted by (SeriesNumber, SeriesInstanceUID).
+    """
+    groups: dict[str, list[tuple[Path, dict[str, Any]]]] = defaultdict(list)
+    for path in files:
+        ds = read_dicom_header(path)
+        if ds is None:
+            continue
+        reason = non_image_reason(ds)
+        if reason is not None:
+            log.debug("skipping %s: %s", path, reason)
+            continue
+        uid = _str(ds, "SeriesInstanceUID")
+        if not uid:
+            log.warning("skipping %s: no SeriesInstanceUID", path)
+            continue
+        groups[uid].append((path, {
+            "description": _str(ds, "SeriesDescription"),
+            "modality": _str(ds, "Modality"),
+            "series_number": _int_or_none(ds, "SeriesNumber"),
+            "images_in_acquisition": _int_or_none(ds, "ImagesInAcquisition"),
+            "localizer": _is_localizer(ds.get("ImageType")),
+        }))
+    refs: list[SeriesRef] = []
+    for uid, members in groups.items():
+        if all(info["localizer"] for _, info in members):
+            log.info("skipping series %s (%s): only localizer images", uid, members[0][1]["description"])
+            continue
+        members.sort(key=lambda m: str(m[0]))
+        first = next(info for _, info in members if not info["localizer"])
+        paths = tuple(p for p, _ in members)
+        folder = Path(os.path.commonpath([str(p.parent) for p in paths]))
+        refs.append(SeriesRef(
+            kind="dicom",
+            source=folder,
+            files=paths,
+            uid=uid,
+            description=first["description"],
+            modality=first["modality"],
+            series_number=first["series_number"],
+            expected_instances=first["images_in_acquisition"],
+        ))
+    refs.sort(key=lambda r: (r.series_number if r.series_number is not None else 1 << 30, r.uid or ""))
+    return refs
+
+
+# -------------------------------------------------------------------------------------------- frames
+
+
+@dataclass
+class _Frame:
+    """One 2-D image plane: from a classic instance (``index`` None) or a frame of a multi-frame instance."""
+
+    path: Path
+    index: int | None
+    rows: int
+    cols: int
+    iop: np.ndarray  # (6,) LPS row cosine then column cosine
+    ipp: np.ndarray  # (3,) LPS position of the centre of the first transmitted pixel, mm
+    pixel_spacing: np.ndarray  # (2,) [between rows, between columns], mm
+    slope: float
+    intercept: float
+    localizer: bool
+    sop_uid: str
+
+
+def _floats(value: Any, n: int, what: str) -> np.ndarray:
+    arr = np.asarray([float(v) for v in value], dtype=np.float64)
+    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what} has {arr.size} values, expected {n}")
+    return arr
+
+
+def _fg_item(per_frame: Any, shared: Any, sequence: str) -> Any | None:
+    for group in (per_frame, shared):
+        if group is not None and sequence in group and len(group[sequence].value) > 0:
+            return group[sequence].value[0]
+    return None
+
+
+def _frame_type_localizer(per_frame: Any, shared: Any) -> bool:
+    for group in (per_frame, shared):
+        if group is None:
+            continue
+        for elem in group:
+            if elem.keyword.endswith("FrameTypeSequence") and elem.VR == "SQ" and len(elem.value) > 0:
+                if _is_localizer(elem.value[0].get("FrameType")):
+                    return True
+    return False
+
+
+def _rescale(item: Any) -> tuple[float, float]:
+    if item is None:
+        return 1.0, 0.0
+    slope = item.get("RescaleSlope", 1.0)
+    intercept = item.get("RescaleIntercept", 0.0)
+    return float(slope if slope not in (None, "") else 1.0), float(intercept if intercept not in (None, "") else 0.0)
+
+
+def _frames_of(ds: Any, path: Path) -> list[_Frame]:
+    """The frames of one instance, geometry read from its header (no pixel decoding)."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    sop_uid = _str(ds, "SOPInstanceUID")
+    file_localizer = _is_localizer(ds.get("ImageType"))
+    if not _is_multiframe(ds):
+        slope, intercept = _rescale(ds)
+        return [_Frame(
+            path=path, index=None, rows=rows, cols=cols,
+            iop=_floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient"),
+            ipp=_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient"),
+            pixel_spacing=_floats(ds.PixelSpacing, 2, "PixelSpacing"),
+            slope=slope, intercept=intercept, localizer=file_localizer, sop_uid=sop_uid,
+        )]
+    n_frames = _int_or_none(ds, "NumberOfFrames") or 1
+    per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
+    if len(per_frame) != n_frames:
+        raise ValueError(f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for {n_frames} frames")
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else None
+    frames = []
+    for f, pf in enumerate(per_frame):
+        position = _fg_item(pf, shared, "PlanePositionSequence")
+        orientation = _fg_item(pf, shared, "PlaneOrientationSequence")
+        measures = _fg_item(pf, shared, "PixelMeasuresSequence")
+        if position is None or orientation is None or measures is None:
+            raise ValueError(f"frame {f + 1} has no plane position, plane orientation or pixel measures")
+        slope, intercept = _rescale(_fg_item(pf, shared, "PixelValueTransformationSequence"))
+        frames.append(_Frame(
+            path=path, index=f, rows=rows, cols=cols,
+            iop=_floats(orientation.ImageOrientationPatient, 6, "ImageOrientationPatient"),
+            ipp=_floats(position.ImagePositionPatient, 3, "ImagePositionPatient"),
+            pixel_spacing=_floats(measures.PixelSpacing, 2, "PixelSpacing"),
+            slope=slope, intercept=intercept,
+            localizer=file_localizer or _frame_type_localizer(pf, shared), sop_uid=sop_uid,
+        ))
+    return frames
+
+
+def _same_geometry(a: _Frame, b: _Frame) -> bool:
+    return (a.rows == b.rows and a.cols == b.cols
+            and bool(np.all(np.abs(a.iop - b.iop) <= ORIENTATION_TOL))
+            and bool(np.allclose(a.pixel_spacing, b.pixel_spacing, rtol=PIXEL_SPACING_REL_TOL, atol=1e-6)))
+
+
+def _majority(frames: list[_Frame]) -> tuple[list[_Frame], list[list[_Frame]]]:
+    """Split frames into geometry groups; return the largest group and the others."""
+    groups: list[list[_Frame]] = []
+    for frame in frames:
+        for group in groups:
+            if _same_geometry(group[0], frame):
+                group.append(frame)
+                break
+        else:
+            groups.append([frame])
+    groups.sort(key=len, reverse=True)
+    return groups[0], groups[1:]
+
+
+# -------------------------------------------------------------------------------------------- stacking
+
+
+def _describe_positions(d: np.ndarray) -> str:
+    return ", ".join(f"{x:.2f}" for x in d[:8]) + (" ..." if d.size > 8 else "")
+
+
+def _stack_geometry(frames: list[_Frame], uid: str, where: Path) -> tuple[list[_Frame], np.ndarray]:
+    """Order frames along the slice normal, check the stack is regular, return (ordered frames, RAS affine)."""
+    ref = frames[0]
+    row_cos, col_cos = ref.iop[:3], ref.iop[3:]
+    if abs(np.linalg.norm(row_cos) - 1) > 0.01 or abs(np.linalg.norm(col_cos) - 1) > 0.01 \
+            or abs(float(np.dot(row_cos, col_cos))) > 0.01:
+        raise InvalidSeriesError(
+            f"Series {uid} in {where}: ImageOrientationPatient {ref.iop.tolist()} is not a pair of orthogonal "
+            "unit vectors. The series cannot be placed in space; re-export it from the scanner."
+        )
+    row_cos = row_cos / np.linalg.norm(row_cos)
+    col_cos = col_cos / np.linalg.norm(col_cos)
+    normal = np.cross(row_cos, col_cos)
+    if len(frames) < 2:
+        raise InvalidSeriesError(
+            f"Series {uid} in {where} has only one image slice usable as a volume (after dropping localizers "
+            "and images of another size or orientation); a 3-D series is needed. Select a 3-D acquisition or "
+            "wait until all images of the series have arrived."
+        )
+    dist = np.array([float(np.dot(f.ipp, normal)) for f in frames])
+    order = np.argsort(dist, kind="stable")
+    frames = [frames[i] for i in order]
+    dist = dist[order]
+    extent = float(dist[-1] - dist[0])
+    if extent <= SPACING_ABS_TOL_MM:
+        raise InvalidSeriesError(
+            f"Series {uid} in {where}: all {len(frames)} images lie at one position (a cine or dynamic series "
+            "of a single slice), so they do not form a 3-D volume. Select a 3-D series."
+        )
+    gaps = np.diff(dist)
+    spacing = float(np.median(gaps))
+    tol = max(SPACING_ABS_TOL_MM, SPACING_REL_TOL * spacing)
+    if spacing <= tol or np.any(gaps <= tol):
+        n_dup = int(np.sum(gaps <= tol))
+        raise InvalidSeriesError(
+            f"Series {uid} in {where}: {n_dup} image(s) repeat a slice position already present (duplicate "
+            "positions: several echoes, time points or repeated acquisitions in one series). edgeseg needs "
+            "exactly one image per position; export a single echo/time point as its own series."
+        )
+    bad = np.abs(gaps - spacing) > tol
+    if np.any(bad):
+        ratios = gaps[bad] / spacing
+        if np.all(ratios > 1.5) and np.all(np.abs(ratios - np.round(ratios)) * spacing <= tol):
+            missing = int(np.sum(np.round(ratios) - 1))
+            where_gap = ", ".join(f"after {dist[i]:.2f} mm" for i in np.flatnonzero(bad)[:5])
+            raise InvalidSeriesError(
+                f"Series {uid} in {where}: {missing} slice(s) missing ({where_gap} along the slice normal; "
+                f"regular spacing {spacing:.3f} mm, {len(frames)} images present). Wait until the transfer has "
+                "finished, or send the complete series again."
+            )
+        raise InvalidSeriesError(
+            f"Series {uid} in {where}: uneven slice spacing (gaps between {gaps.min():.3f} and {gaps.max():.3f} mm, "
+            f"tolerance ±{tol:.3f} mm around {spacing:.3f} mm); positions {_describe_positions(dist)}. edgeseg "
+            "only reads regularly spaced stacks; resample the series on the scanner or convert it to NIfTI first."
+        )
+    first, last = frames[0].ipp, frames[-1].ipp
+    step = (last - first) / (len(frames) - 1)
+    expected = first[None, :] + np.arange(len(frames))[:, None] * step[None, :]
+    residual = float(np.max(np.linalg.norm(np.stack([f.ipp for f in frames]) - expected, axis=1)))
+    if residual > tol:
+        raise InvalidSeriesError(
+            f"Series {uid} in {where}: the slice positions do not lie on one straight line (deviation "
+            f"{residual:.3f} mm > {tol:.3f} mm), e.g. a variable in-plane shift between slices. edgeseg cannot "
+            "represent it as one volume; convert the series with a tool that resamples it."
+        )
+    d_row, d_col = ref.pixel_spacing
+    lps = np.eye(4)
+    lps[:3, 0] = row_cos * d_col  # i runs along a row, i.e. across columns
+    lps[:3, 1] = col_cos * d_row  # j runs down a column, i.e. across rows
+    lps[:3, 2] = step
+    lps[:3, 3] = first
+    return frames, _LPS_TO_RAS @ lps
+
+
+def _decode_error(uid: str, path: Path, ds: Any, err: BaseException) -> InvalidSeriesError:
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    ts_name = getattr(ts, "name", str(ts))
+    return InvalidSeriesError(
+        f"Series {uid}: the pixel data of {path} (transfer syntax {ts_name}) cannot be decoded "
+        f"({type(err).__name__}: {err}). Install a pydicom pixel data plugin for this transfer syntax "
+        "(pylibjpeg with pylibjpeg-libjpeg/-openjpeg/-rle, or python-gdcm), or export the series uncompressed."
+    )
+
+
+def read_dicom_series(ref: SeriesRef) -> Volume:
+    """Read one DICOM series (a :class:`SeriesRef` from discovery) into a :class:`Volume`.
+
+    See the module docstring for how frames are selected, ordered and checked. ``Volume.dicom_files`` holds the
+    source instances in k order (one file for an enhanced multi-frame image); ``Volume.extra`` holds
+    ``frames`` (per k: (path, frame index or None)), ``sop_instance_uids`` (per k), ``slice_spacing_mm``,
+    ``excluded`` (reason -> count) and a few identifying header values.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    uid = ref.uid or "(no SeriesInstanceUID)"
+    where = ref.source
+    datasets: dict[Path, Any] = {}
+    frames: list[_Frame] = []
+    excluded: dict[str, int] = defaultdict(int)
+    for path in ref.files:
+        try:
+            ds = pydicom.dcmread(os.fspath(path), force=False)
+        except InvalidDicomError:
+            log.debug("not a DICOM file any more, skipped: %s", path)
+            excluded["not DICOM"] += 1
+            continue
+        except Exception as err:
+            log.warning("series %s: could not read %s (%s: %s); skipped", uid, path, type(err).__name__, err)
+            excluded["unreadable file"] += 1
+            continue
+        if ref.uid is not None and _str(ds, "SeriesInstanceUID") != ref.uid:
+            log.warning("series %s: %s now belongs to another series; skipped", uid, path)
+            excluded["other series"] += 1
+            continue
+        reason = non_image_reason(ds)
+        if reason is None and not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            reason = "no pixel data"
+        if reason is not None:
+            log.debug("series %s: skipping %s: %s", uid, path, reason)
+            excluded[reason] += 1
+            continue
+        try:
+            new = _frames_of(ds, path)
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError) as err:
+            log.warning("series %s: %s has unusable geometry (%s); skipped", uid, path, err)
+            excluded["unusable geometry"] += 1
+            continue
+        datasets[path] = ds
+        frames.extend(new)
+    if not frames:
+        raise InvalidSeriesError(
+            f"Series {uid} in {where}: none of its {len(ref.files)} file(s) is a readable image with patient "
+            "geometry. Check that the export is complete and holds image data (not only reports or raw data)."
+        )
+    kept = [f for f in frames if not f.localizer]
+    if len(kept) < len(frames):
+        excluded["localizer"] += len(frames) - len(kept)
+    if not kept:
+        raise InvalidSeriesError(
+            f"Series {uid} in {where} holds only localizer images, which are not a 3-D volume. Select the "
+            "diagnostic 3-D series instead."
+        )
+    kept, others = _majority(kept)
+    for group in others:
+        excluded[f"other matrix/orientation ({group[0].rows}x{group[0].cols})"] += len(group)
+        log.info("series %s: %d image(s) of another matrix or orientation (%dx%d) not stacked", uid, len(group),
+                 group[0].rows, group[0].cols)
+    ordered, affine = _stack_geometry(kept, uid, where)
+
+    rows, cols = ordered[0].rows, ordered[0].cols
+    array = np.empty((cols, rows, len(ordered)), dtype=np.float32)
+    decoded: dict[Path, np.ndarray] = {}
+    for k, frame in enumerate(ordered):
+        ds = datasets[frame.path]
+        if frame.path not in decoded:
+            try:
+                decoded[frame.path] = np.asarray(ds.pixel_array)
+            except Exception as err:
+                raise _decode_error(uid, frame.path, ds, err) from err
+        pixels = decoded[frame.path]
+        if frame.index is not None and pixels.ndim == 3:
+            pixels = pixels[frame.index]
+        if pixels.shape != (rows, cols):
+            raise InvalidSeriesError(
+                f"Series {uid}: the pixel data of {frame.path} has shape {pixels.shape}, but its header says "
+                f"{rows} rows x {cols} columns. The file is damaged; export the series again."
+            )
+        if frame.slope != 1.0 or frame.intercept != 0.0:
+            array[:, :, k] = pixels.T.astype(np.float64) * frame.slope + frame.intercept
+        else:
+            array[:, :, k] = pixels.T
+        if frame.index is None:  # a multi-frame file stays decoded for its other frames
+            del decoded[frame.path]
+    first_ds = datasets[ordered[0].path]
+    description = _str(first_ds, "SeriesDescription") or ref.description
+    dicom_files: list[Path] = []
+    for frame in ordered:
+        if frame.path not in dicom_files:
+            dicom_files.append(frame.path)
+    spacing = float(np.linalg.norm(affine[:3, 2]))
+    extra: dict[str, Any] = {
+        "frames": tuple((f.path, f.index) for f in ordered),
+        "sop_instance_uids": tuple(f.sop_uid for f in ordered),
+        "multiframe": ordered[0].index is not None,
+        "slice_spacing_mm": spacing,
+        "excluded": dict(excluded),
+        "modality": _str(first_ds, "Modality"),
+        "study_instance_uid": _str(first_ds, "StudyInstanceUID"),
+        "frame_of_reference_uid": _str(first_ds, "FrameOfReferenceUID"),
+        "series_number": _int_or_none(first_ds, "SeriesNumber"),
+        "transfer_syntax_uid": str(getattr(getattr(first_ds, "file_meta", None), "TransferSyntaxUID", "")),
+    }
+    if excluded:
+        log.info("series %s: not stacked: %s", uid, dict(excluded))
+    vol = Volume(
+        array=array,
+        affine=affine,
+        source=where,
+        kind="dicom",
+        name=dicom_series_name(description, ref.uid or ""),
+        series_uid=ref.uid,
+        description=description,
+        dicom_files=tuple(dicom_files),
+        extra=extra,
+    )
+    log.info("read DICOM series %s (%s) from %s: shape %s, spacing %s", uid, description, where, vol.shape,
+             tuple(round(s, 4) for s in vol.spacing))
+    return vol

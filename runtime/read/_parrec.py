@@ -1,0 +1,72 @@
+"""Philips PAR/REC -> :class:`Volume` through nibabel's PAR/REC reader."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.errors import InvalidSeriesError
+from edgeseg.runtime.read._naming import nifti_name
+from edgeseg.runtime.read._nifti import check_affine, finite_float32, to_3d
+from edgeseg.runtime.read.volume import Volume
+
+log = logging.getLogger(__name__)
+
+
+def is_parrec_path(path: Path) -> bool:
+    """True for names ending in .par or .rec (any case)."""
+    return path.suffix.lower() in (".par", ".rec")
+
+
+def par_of(path: Path) -> Path:
+    """The .PAR header belonging to ``path`` (a .PAR or .REC file), keeping the case of the suffix."""
+    if path.suffix.lower() == ".par":
+        return path
+    for suffix in (".PAR", ".par", ".Par"):
+        candidate = path.with_suffix(suffix)
+        if candidate.exists():
+            return candidate
+    return path.with_suffix(".PAR" if path.suffix.isupper() else ".par")
+
+
+def read_parrec(path: Path) -> Volume:
+    """Read a Philips PAR/REC pair into a :class:`Volume`.
+
+    Geometry: nibabel's PAR/REC image, shape (I, J, K) float32 with nibabel's default scaling ("dv", the
+    values the console displays); ``affine`` is nibabel's voxel -> RAS+ mm affine. Several dynamics, echoes or
+    image types (a 4th dimension > 1) raise :class:`InvalidSeriesError`.
+    """
+    import nibabel as nib
+
+    par = par_of(Path(path))
+    try:
+        img: Any = nib.load(str(par))
+    except FileNotFoundError as err:
+        raise InvalidSeriesError(
+            f"{par}: the PAR header or its REC data file is missing ({err}). Copy both files of the pair."
+        ) from err
+    except Exception as err:
+        raise InvalidSeriesError(
+            f"{par} is not a readable Philips PAR/REC pair ({type(err).__name__}: {err}). Re-export the series "
+            "(PAR/REC v4.x or DICOM)."
+        ) from err
+    shape = to_3d(img.shape, par)
+    try:
+        data = img.get_fdata(dtype=np.float32)
+    except Exception as err:
+        raise InvalidSeriesError(
+            f"{par}: the REC data could not be read ({type(err).__name__}: {err}); it is probably truncated. "
+            "Copy the REC file again."
+        ) from err
+    vol = Volume(
+        array=finite_float32(data.reshape(shape), par),
+        affine=check_affine(img.affine, par),
+        source=par,
+        kind="parrec",
+        name=nifti_name(par.name),
+        description=par.name,
+    )
+    log.info("read PAR/REC %s: shape %s", par, vol.shape)
+    return vol

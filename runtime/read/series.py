@@ -1,0 +1,114 @@
+"""Public entry points of the read stage: find series on disk, read one into a :class:`Volume`.
+
+``discover_series`` accepts a folder (walked recursively), a DICOM file, a NIfTI file or a PAR/REC file and
+returns :class:`SeriesRef` objects from headers only. ``read_series`` dispatches on ``SeriesRef.kind`` to the
+private readers ``_nifti``, ``_parrec`` and ``_dicom``. Every reader returns the same contract: ``Volume.array``
+(I, J, K) float32 with scaling applied, ``Volume.affine`` voxel -> RAS+ mm. Input files are never modified.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from edgeseg.errors import InvalidSeriesError
+from edgeseg.runtime.read._dicom import discover_dicom, read_dicom_series
+from edgeseg.runtime.read._nifti import is_nifti_path, read_nifti
+from edgeseg.runtime.read._parrec import is_parrec_path, par_of, read_parrec
+from edgeseg.runtime.read.series_ref import SeriesRef
+from edgeseg.runtime.read.volume import Volume
+from edgeseg.runtime.write.atomic import is_edgeseg_output
+from edgeseg.typing import StrPath
+
+log = logging.getLogger(__name__)
+
+
+def _walk(folder: Path, recursive: bool) -> list[Path]:
+    """Regular files under ``folder`` (sorted), skipping hidden entries and everything edgeseg writes."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if recursive and not d.startswith(".") and not is_edgeseg_output(d))
+        for name in sorted(files):
+            if name.startswith(".") or is_edgeseg_output(name):
+                continue
+            path = Path(root) / name
+            if path.is_file():
+                found.append(path)
+    return found
+
+
+def _file_ref(path: Path) -> SeriesRef:
+    kind = "nifti" if is_nifti_path(path) else "parrec"
+    return SeriesRef(kind=kind, source=path, files=(path,), description=path.name)
+
+
+def discover_series(path: StrPath, *, recursive: bool = True) -> list[SeriesRef]:
+    """Find the image series at ``path`` without reading pixel data.
+
+    * a folder: every NIfTI file, every PAR/REC pair (one ref per .PAR) and every DICOM image series (grouped by
+      SeriesInstanceUID, any file names, DICOMDIR/non-image/non-DICOM files skipped, localizer-only series
+      skipped); sub-folders are walked when ``recursive``; hidden entries and edgeseg's own outputs are ignored;
+    * a NIfTI or PAR/REC file: one ref for it;
+    * any other file: the DICOM series of that one file (enough for an enhanced multi-frame image).
+
+    Returns refs in a stable order (NIfTI/PAR by path, then DICOM by SeriesNumber and UID); an empty list when
+    nothing readable is there. Raises :class:`InvalidSeriesError` if ``path`` does not exist.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InvalidSeriesError(f"{path} does not exist: check the path of the series to segment.")
+    if path.is_file():
+        if is_nifti_path(path):
+            return [_file_ref(path)]
+        if is_parrec_path(path):
+            return [_file_ref(par_of(path))]
+        return discover_dicom([path])
+    files = _walk(path, recursive)
+    refs: list[SeriesRef] = []
+    seen_par: set[Path] = set()
+    dicom_candidates: list[Path] = []
+    for f in files:
+        if is_nifti_path(f):
+            refs.append(_file_ref(f))
+        elif is_parrec_path(f):
+            par = par_of(f)
+            if par not in seen_par:
+                seen_par.add(par)
+                refs.append(_file_ref(par))
+        else:
+            dicom_candidates.append(f)
+    refs.extend(discover_dicom(dicom_candidates))
+    log.debug("discovered %d series under %s", len(refs), path)
+    return refs
+
+
+def read_series(ref_or_path: SeriesRef | StrPath) -> Volume:
+    """Read one series into a :class:`Volume` (array (I, J, K) float32, affine voxel -> RAS+ mm).
+
+    ``ref_or_path`` is a :class:`SeriesRef` from :func:`discover_series`, or a path that holds exactly one
+    series (a NIfTI/PAR file, an enhanced DICOM file, or a folder with one DICOM series). A path holding no
+    series or several raises :class:`InvalidSeriesError` (listing the series UIDs to choose from).
+    """
+    if isinstance(ref_or_path, SeriesRef):
+        ref = ref_or_path
+    else:
+        refs = discover_series(ref_or_path)
+        if not refs:
+            raise InvalidSeriesError(
+                f"{ref_or_path} holds no readable image series (no NIfTI, PAR/REC or DICOM image files). "
+                "Check that the export finished and that the path points at the series."
+            )
+        if len(refs) > 1:
+            listing = "; ".join(f"{r.uid or r.source} ({r.description})" for r in refs)
+            raise InvalidSeriesError(
+                f"{ref_or_path} holds {len(refs)} series: {listing}. Pass the one to segment (a SeriesRef from "
+                "discover_series, or a folder or file holding only that series)."
+            )
+        ref = refs[0]
+    if ref.kind == "nifti":
+        return read_nifti(ref.source)
+    if ref.kind == "parrec":
+        return read_parrec(ref.source)
+    if ref.kind == "dicom":
+        return read_dicom_series(ref)
+    raise InvalidSeriesError(f"{ref.source}: unknown series kind {ref.kind!r} (expected dicom, nifti or parrec).")
