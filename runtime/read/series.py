@@ -17,7 +17,6 @@ from edgeseg.runtime.read._nifti import is_nifti_path, read_nifti
 from edgeseg.runtime.read._parrec import is_parrec_path, par_of, read_parrec
 from edgeseg.runtime.read.series_ref import SeriesRef
 from edgeseg.runtime.read.volume import Volume
-from edgeseg.runtime.write.atomic import is_edgeseg_output
 from edgeseg.typing import StrPath
 
 log = logging.getLogger(__name__)
@@ -25,6 +24,8 @@ log = logging.getLogger(__name__)
 
 def _walk(folder: Path, recursive: bool) -> list[Path]:
     """Regular files under ``folder`` (sorted), skipping hidden entries and everything edgeseg writes."""
+    from edgeseg.runtime.write.atomic import is_edgeseg_output  # imported here: write imports read
+
     found: list[Path] = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if recursive and not d.startswith(".") and not is_edgeseg_output(d))

@@ -1,0 +1,149 @@
+"""``preview.png``: the mask over the image on a few representative slices, with a legend.
+
+Geometry: both arrays are first reoriented (axis permutation and flips only, no resampling) with nibabel's
+``io_orientation``/``apply_orientation`` to the closest RAS+ orientation. Panels are drawn in the radiological
+convention: axial slices with anterior up and the patient's right on the image's left; coronal with superior up
+and right on the left; sagittal with superior up and anterior on the left. All panels share one millimetre ->
+pixel scale (the tallest panel is ``panel_height`` pixels), so anisotropic voxels are stretched to square
+millimetres and the views are comparable.
+
+Panels: three axial slices at the 25th, 50th and 75th percentile of the labelled voxels' height, plus one coronal
+and one sagittal slice through the labelled voxels' centroid (the volume's centre when nothing is labelled).
+Grey levels: the image windowed between its 1st and 99th percentile. Label n is drawn in :func:`label_color` (n)
+at 45 % opacity; the legend lists the labels present.
+"""
+from __future__ import annotations
+
+import colorsys
+import logging
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from edgeseg.runtime.read.volume import Volume
+from edgeseg.typing import StrPath
+
+log = logging.getLogger(__name__)
+
+PREVIEW_FILE = "preview.png"
+_ALPHA = 0.45
+_GAP = 4
+_LEGEND_ROW = 14
+_LEGEND_COL = 190
+
+
+def label_color(value: int) -> tuple[int, int, int]:
+    """A colour for label ``value`` (>= 1): hues spread by the golden ratio, alternating saturation/brightness,
+    so neighbouring label numbers get clearly different colours."""
+    hue = (value * 0.618033988749895) % 1.0
+    sat = (0.95, 0.65, 0.85)[value % 3]
+    val = (1.0, 0.85, 0.7)[(value // 3) % 3]
+    r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _canonical(volume: Volume, labelmap: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from nibabel.orientations import apply_orientation, io_orientation
+
+    ornt = io_orientation(volume.affine)
+    image = apply_orientation(volume.array, ornt)
+    labels = apply_orientation(np.asarray(labelmap), ornt)
+    spacing = np.empty(3)
+    for axis, (out_axis, _flip) in enumerate(ornt):
+        spacing[int(out_axis)] = volume.spacing[axis]
+    return image, labels, spacing
+
+
+def _display(plane: np.ndarray) -> np.ndarray:
+    """(first axis, second axis) plane of a RAS+ array -> (rows, cols) display: second axis up, first axis
+    reversed left to right (radiological for axial/coronal, anterior-left for sagittal)."""
+    return plane[::-1, ::-1].T
+
+
+def _window(image: np.ndarray) -> tuple[float, float]:
+    flat = image.ravel()
+    step = max(1, flat.size // 1_000_000)
+    lo, hi = np.percentile(flat[::step], [1.0, 99.0])
+    lo, hi = float(lo), float(hi)
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def render_preview(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str], *,
+                   panel_height: int = 256) -> Any:
+    """Render the preview as a ``PIL.Image.Image`` (RGB); see the module docstring for what is drawn."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if tuple(labelmap.shape) != tuple(volume.array.shape):
+        raise ValueError(f"labelmap shape {labelmap.shape} differs from the volume's {volume.array.shape}")
+    image, lab, spacing = _canonical(volume, labelmap)
+    lo, hi = _window(image)
+    top = int(lab.max()) if lab.size else 0
+    lut = np.zeros((top + 1, 3), dtype=np.uint8)
+    for value in range(1, top + 1):
+        lut[value] = label_color(value)
+
+    coords = np.nonzero(lab)
+    shape = np.array(lab.shape)
+    if coords[0].size:
+        centroid = np.array([int(round(float(c.mean()))) for c in coords])
+        zs = np.percentile(coords[2], [25, 50, 75]).round().astype(int)
+    else:
+        centroid = shape // 2
+        zs = np.array([shape[2] // 4, shape[2] // 2, (3 * shape[2]) // 4])
+    zs = np.clip(zs, 0, shape[2] - 1)
+    views = [(f"axial {z + 1}/{shape[2]}", image[:, :, z], lab[:, :, z], spacing[1], spacing[0]) for z in zs]
+    y, x = int(centroid[1]), int(centroid[0])
+    views.append((f"coronal {y + 1}/{shape[1]}", image[:, y, :], lab[:, y, :], spacing[2], spacing[0]))
+    views.append((f"sagittal {x + 1}/{shape[0]}", image[x, :, :], lab[x, :, :], spacing[2], spacing[1]))
+
+    # one millimetre -> pixel scale for all panels: the tallest panel is panel_height pixels high
+    scale = panel_height / max(plane.shape[1] * row_mm for _, plane, _, row_mm, _ in views)
+    panels = []
+    for title, plane, lplane, row_mm, col_mm in views:
+        grey = _display(plane)
+        lbl = _display(lplane)
+        rows, cols = grey.shape
+        height = int(min(max(8, round(rows * row_mm * scale)), panel_height))
+        width = int(min(max(8, round(cols * col_mm * scale)), 4 * panel_height))
+        g8 = np.clip((grey - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+        g_img = Image.fromarray(np.ascontiguousarray(g8)).resize((width, height), Image.BILINEAR)
+        l_img = Image.fromarray(np.ascontiguousarray(lbl.astype(np.int32))).resize((width, height), Image.NEAREST)
+        g = np.asarray(g_img, dtype=np.float32)
+        lv = np.clip(np.asarray(l_img), 0, top)
+        rgb = np.repeat(g[:, :, None], 3, axis=2)
+        mask = lv > 0
+        rgb[mask] = (1 - _ALPHA) * rgb[mask] + _ALPHA * lut[lv[mask]].astype(np.float32)
+        panels.append((title, Image.fromarray(rgb.astype(np.uint8), "RGB")))
+
+    present = [int(v) for v in np.unique(lab) if v > 0]
+    total_w = sum(p.width for _, p in panels) + _GAP * (len(panels) + 1)
+    n_cols = max(1, total_w // _LEGEND_COL)
+    legend_h = (math.ceil(len(present) / n_cols) * _LEGEND_ROW + 2 * _GAP) if present else _LEGEND_ROW + 2 * _GAP
+    title_h = _LEGEND_ROW
+    canvas = Image.new("RGB", (total_w, title_h + panel_height + 2 * _GAP + legend_h), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    x0 = _GAP
+    for title, panel in panels:
+        draw.text((x0, 1), title, fill=(220, 220, 220), font=font)
+        canvas.paste(panel, (x0, title_h + _GAP))
+        x0 += panel.width + _GAP
+    y0 = title_h + panel_height + 2 * _GAP
+    if not present:
+        draw.text((_GAP, y0), "no structure found", fill=(220, 220, 220), font=font)
+    for n, value in enumerate(present):
+        col, row = n % n_cols, n // n_cols
+        x, y = _GAP + col * _LEGEND_COL, y0 + row * _LEGEND_ROW
+        draw.rectangle([x, y + 2, x + 9, y + 11], fill=label_color(value))
+        name = str(labels.get(value, f"label_{value}"))[:28]
+        draw.text((x + 13, y), f"{value} {name}", fill=(230, 230, 230), font=font)
+    return canvas
+
+
+def write_preview(path: StrPath, volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str]) -> Path:
+    """Render (:func:`render_preview`) and save as PNG."""
+    path = Path(path)
+    render_preview(volume, labelmap, labels).save(str(path), format="PNG", optimize=False, compress_level=3)
+    return path
