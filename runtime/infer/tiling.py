@@ -51,7 +51,7 @@ def gaussian_importance(tile_size: tuple[int, ...], sigma_scale: float = 1.0 / 8
     tmp[tuple(i // 2 for i in tile_size)] = 1
     g = gaussian_filter(tmp, [i * sigma_scale for i in tile_size], 0, mode="constant", cval=0)
     g /= np.max(g) / value_scaling_factor
-    g = g.astype(np.float16)  # nnU-Net keeps the map in fp16; match its rounding
+    g = g.astype(np.float32).astype(np.float16)  # nnU-Net: float64 -> torch fp16 rounds via float32
     nonzero = g != 0
     g[~nonzero] = np.min(g[nonzero])
     g.setflags(write=False)

@@ -1,0 +1,83 @@
+"""The sliding-window aggregator, tested with constant and identity models (TorchIO's approach)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeseg.runtime.infer.sliding_window import mirror_combinations, pad_to_patch, predict_logits, tile_slicers
+from edgeseg.runtime.infer.tiling import compute_steps, gaussian_importance, tile_count
+
+
+def test_constant_model_gives_constant_logits_everywhere():
+    data = np.random.default_rng(0).standard_normal((1, 21, 30, 17)).astype(np.float32)
+    constants = np.array([0.5, -1.25, 3.0], dtype=np.float32)
+
+    def model(x):
+        return np.broadcast_to(constants.reshape(1, 3, 1, 1, 1), (1, 3, *x.shape[2:])).copy()
+
+    out = predict_logits(data, model, (8, 16, 8), 3, 0.5)
+    assert out.shape == (3, 21, 30, 17) and out.dtype == np.float16
+    # Image corners reached only by tile corners get weights below fp16's range and come out 0, exactly as in
+    # nnU-Net (it accumulates in fp16 too); everywhere else the weighted mean is the constant.
+    inner = (slice(None), slice(2, -2), slice(3, -3), slice(2, -2))
+    for c in range(3):
+        np.testing.assert_allclose(out[inner][c], constants[c], rtol=2e-3, atol=2e-3)
+    assert (out.argmax(0)[1:-1, 1:-1, 1:-1] == 2).all()
+
+
+@pytest.mark.parametrize("shape", [(21, 30, 17), (5, 6, 7), (8, 16, 8)])
+def test_identity_model_puts_every_tile_back_in_place(shape):
+    data = np.random.default_rng(1).standard_normal((1, *shape)).astype(np.float32)
+    out = predict_logits(data, lambda x: np.concatenate([x, 0 * x], axis=1), (8, 16, 8), 2, 0.5)
+    assert out.shape == (2, *shape)
+    # fp16 accumulation as in nnU-Net: voxels on the image border seen only by a tile's far border carry weights
+    # near fp16's smallest subnormal and lose precision; inside, every tile's output lands where it came from
+    inner = tuple(slice(2, -2) if s > 6 else slice(None) for s in shape)
+    np.testing.assert_allclose(out[0][inner], data[0][inner], rtol=4e-3, atol=5e-3)
+    assert not out[1].any()
+
+
+def test_mirroring_of_a_flip_equivariant_model_changes_nothing():
+    data = np.random.default_rng(2).standard_normal((1, 12, 20, 12)).astype(np.float32)
+    model = lambda x: np.concatenate([x, -x], axis=1)  # noqa: E731 - commutes with flips
+    plain = predict_logits(data, model, (8, 16, 8), 2, 0.5)
+    mirrored = predict_logits(data, model, (8, 16, 8), 2, 0.5, mirror_axes=(0, 1, 2))
+    np.testing.assert_allclose(plain.astype(np.float32), mirrored.astype(np.float32), atol=5e-3)
+    assert len(mirror_combinations((0, 1, 2))) == 8
+
+
+def test_padding_centres_content_and_is_undone():
+    data = np.ones((1, 3, 5, 8), dtype=np.float32)
+    padded, unpad = pad_to_patch(data, (8, 8, 8))
+    assert padded.shape == (1, 8, 8, 8)
+    assert unpad == (slice(2, 5), slice(1, 6), slice(0, 8))  # extra voxel above, as nnU-Net pads
+    assert padded[(slice(None), *unpad)].sum() == data.sum() == padded.sum()
+
+
+def test_tiles_cover_the_image_exactly_once_at_least():
+    cover = np.zeros((40, 33, 50), dtype=int)
+    for sl in tile_slicers(cover.shape, (16, 16, 16), 0.5):
+        cover[sl] += 1
+    assert cover.min() >= 1
+    assert tile_count((40, 33, 50), (16, 16, 16), 0.5) == len(tile_slicers(cover.shape, (16, 16, 16), 0.5))
+
+
+def test_gaussian_has_no_zeros_and_peaks_at_ten():
+    g = gaussian_importance((16, 80, 96))
+    assert g.dtype == np.float16 and g.min() > 0 and float(g.max()) == pytest.approx(10.0, rel=1e-3)
+
+
+@pytest.mark.reference
+def test_steps_and_gaussian_match_nnunetv2():
+    pytest.importorskip("nnunetv2")
+    import torch
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        patch = tuple(int(p) for p in rng.integers(4, 64, 3))
+        image = tuple(int(p + rng.integers(0, 200)) for p in patch)
+        step = float(rng.choice([0.5, 0.8, 1.0, 0.33]))
+        assert compute_steps(image, patch, step) == compute_steps_for_sliding_window(image, patch, step)
+    ref = compute_gaussian((16, 80, 96), 1 / 8, 10, dtype=torch.float16, device=torch.device("cpu")).numpy()
+    np.testing.assert_array_equal(gaussian_importance((16, 80, 96)), ref)
