@@ -414,4 +414,4 @@ def bundle_to_dict(bundle: Bundle) -> dict[str, Any]:
             p["label_map"] = {str(k): val for k, val in p["label_map"].items()}
             for m in p["models"].values():
                 m.pop("precision")
-    return d
+    return json.loads(json.dumps(d))  # tuples -> lists, as in the file
