@@ -1,0 +1,263 @@
+"""Write stage: mask geometry and labels, statistics, preview, manifest, atomic publication, landmarks."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from io_helpers import GEOMETRIES, geometry_variants, tree_digest
+from edgeseg.errors import InvalidSeriesError, OutputError
+from edgeseg.runtime.read import read_series
+from edgeseg.runtime.segment import OutputOptions, SegmentResult
+from edgeseg.runtime.write import (ResultFolder, clear_error_file, is_edgeseg_output, read_label_map,
+                                   write_error_file, write_results)
+from edgeseg.runtime.write import results as results_module
+from edgeseg.runtime.write.preview import render_preview
+
+Image3 = tuple[np.ndarray, np.ndarray]
+NO_EXTRAS = OutputOptions(per_structure=False, dicom_seg=False, statistics=False, preview=False)
+
+
+@pytest.fixture
+def nifti_copy(tmp_path: Path, mr_path: Path) -> Path:
+    """The real MRI copied into a fresh folder (results are written beside it)."""
+    dst = tmp_path / "case" / "example_mr_sm.nii.gz"
+    dst.parent.mkdir()
+    shutil.copy(mr_path, dst)
+    return dst
+
+
+def _partials(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".partial-" in p.name or ".old-" in p.name)
+
+
+def test_write_results_for_nifti(nifti_copy: Path, seg_array: np.ndarray, labels: dict[int, str]) -> None:
+    vol = read_series(nifti_copy)
+    before = tree_digest(nifti_copy.parent)
+    result = write_results(vol, seg_array, labels, OutputOptions(per_structure=True), {"bundle": "test", "n": 1})
+    assert isinstance(result, SegmentResult)
+    assert result.output_dir == nifti_copy.parent / "example_mr_sm.edgeseg"
+    assert sorted(os.listdir(result.output_dir)) == ["manifest.json", "preview.png", "seg.labels.json", "seg.nii.gz",
+                                                     "statistics.json", "structures"]
+    assert set(result.files) == {"labelmap", "labels", "structures", "statistics", "preview", "manifest"}
+    assert tree_digest(nifti_copy.parent, ignore=is_edgeseg_output) == before  # input untouched
+    assert _partials(nifti_copy.parent) == []
+
+    src = nib.load(str(nifti_copy))
+    mask = nib.load(str(result.files["labelmap"]))
+    assert mask.shape == src.shape and mask.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(mask.affine, src.affine)
+    for code in ("qform_code", "sform_code"):
+        assert int(mask.header[code]) == int(src.header[code])
+    np.testing.assert_array_equal(np.asanyarray(mask.dataobj), seg_array)
+    assert read_label_map(result.files["labelmap"]) == labels
+    assert json.loads(result.files["labels"].read_text()) == {str(k): v for k, v in labels.items()}
+
+    structures = sorted(os.listdir(result.output_dir / "structures"))
+    assert len(structures) == len(labels) and "liver.nii.gz" in structures
+    liver = nib.load(str(result.output_dir / "structures" / "liver.nii.gz"))
+    np.testing.assert_array_equal(np.asanyarray(liver.dataobj), (seg_array == 5).astype(np.uint8))
+    assert read_label_map(result.output_dir / "structures" / "liver.nii.gz") == {1: "liver"}
+
+    stats = json.loads(result.files["statistics"].read_text())["structures"]
+    assert set(stats) == set(labels.values())
+    liver_n = int((seg_array == 5).sum())
+    assert stats["liver"]["voxels"] == liver_n
+    assert stats["liver"]["volume_ml"] == pytest.approx(liver_n * 27 / 1000)
+    assert stats["liver"]["mean_intensity"] == pytest.approx(float(vol.array[seg_array == 5].mean()), rel=1e-6)
+    absent = next(v for k, v in labels.items() if not (seg_array == k).any())
+    assert stats[absent] == {"label": next(k for k, v in labels.items() if v == absent), "voxels": 0,
+                             "volume_ml": 0.0, "mean_intensity": None}
+
+    with Image.open(result.files["preview"]) as png:
+        assert png.mode == "RGB" and png.width > 500 and png.height > 200
+
+    manifest = json.loads(result.files["manifest"].read_text())
+    assert manifest["bundle"] == "test" and manifest["n"] == 1
+    assert manifest["writer"]["name"] == "edgeseg" and manifest["written_utc"].endswith("+00:00")
+    assert manifest["series"]["shape"] == [117, 91, 20]
+    assert manifest["outputs"]["labelmap"] == "seg.nii.gz"
+    assert "5" in manifest["labels_present"] and "dicom_seg" not in manifest["outputs"]
+    assert result.manifest == manifest
+
+
+def test_labels_above_255_use_uint16(tmp_path: Path, mr_image: Image3) -> None:
+    arr, aff = mr_image
+    path = tmp_path / "img.nii.gz"
+    nib.save(nib.Nifti1Image(arr, aff), str(path))
+    vol = read_series(path)
+    lab = np.zeros(vol.shape, np.uint16)
+    lab[10, 20, 5] = 300
+    result = write_results(vol, lab, {300: "many_labels_model_structure", 1: "a"}, NO_EXTRAS, {})
+    mask = nib.load(str(result.files["labelmap"]))
+    assert mask.get_data_dtype() == np.uint16
+    assert np.asanyarray(mask.dataobj)[10, 20, 5] == 300
+    assert read_label_map(result.files["labelmap"])[300] == "many_labels_model_structure"
+
+
+def test_wrong_grid_is_refused(nifti_copy: Path, labels: dict[int, str]) -> None:
+    vol = read_series(nifti_copy)
+    with pytest.raises(ValueError, match="shape"):
+        write_results(vol, np.zeros((117, 91, 19), np.uint8), labels, NO_EXTRAS, {})
+    with pytest.raises(ValueError, match="integer"):
+        write_results(vol, np.zeros(vol.shape, np.float32), labels, NO_EXTRAS, {})
+    assert sorted(os.listdir(nifti_copy.parent)) == ["example_mr_sm.nii.gz"]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_landmark_lands_at_the_same_world_position(geometry: str, mr_image: Image3, tmp_path: Path,
+                                                   dicom_series_dirs: dict[str, Path]) -> None:
+    """A single labelled voxel at a known world point is found at that point in the written mask."""
+    arr, aff = geometry_variants(*mr_image)[geometry]
+    series = tmp_path / "series"
+    shutil.copytree(dicom_series_dirs[geometry], series)
+    vol = read_series(series)
+    # a world point: the centre of an off-centre voxel of this geometry's source grid
+    src_idx = (np.array(arr.shape) * [0.55, 0.4, 0.3]).astype(int)
+    point = aff @ np.array([*src_idx, 1.0])
+    idx = np.linalg.solve(vol.affine, point)[:3]
+    np.testing.assert_allclose(idx, np.round(idx), atol=1e-3)
+    idx_i = tuple(int(v) for v in np.round(idx))
+    lab = np.zeros(vol.shape, np.uint8)
+    lab[idx_i] = 7
+    result = write_results(vol, lab, {7: "pancreas"}, OutputOptions(statistics=False, preview=False,
+                                                                     dicom_seg=False), {})
+    mask = nib.load(str(result.files["labelmap"]))
+    np.testing.assert_allclose(mask.affine, vol.affine, atol=1e-6)
+    found = np.argwhere(np.asanyarray(mask.dataobj) == 7)
+    assert found.shape == (1, 3)
+    np.testing.assert_allclose((mask.affine @ np.array([*found[0], 1.0]))[:3], point[:3], atol=1e-3)
+    assert int(mask.header["sform_code"]) == 1 and int(mask.header["qform_code"]) == 1
+
+
+def test_failure_leaves_nothing_and_keeps_the_old_result(nifti_copy: Path, seg_array: np.ndarray,
+                                                         labels: dict[int, str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    vol = read_series(nifti_copy)
+    folder = nifti_copy.parent
+    first = write_results(vol, seg_array, labels, NO_EXTRAS, {"attempt": 1})
+    old_files = tree_digest(first.output_dir)
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("preview renderer crashed")
+
+    monkeypatch.setattr(results_module, "write_preview", boom)
+    with pytest.raises(RuntimeError, match="crashed"):
+        write_results(vol, seg_array, labels, OutputOptions(preview=True), {"attempt": 2})
+    assert _partials(folder) == []
+    assert tree_digest(first.output_dir) == old_files  # previous result unchanged
+
+    shutil.rmtree(first.output_dir)
+    with pytest.raises(RuntimeError):
+        write_results(vol, seg_array, labels, OutputOptions(preview=True), {"attempt": 3})
+    assert sorted(os.listdir(folder)) == ["example_mr_sm.nii.gz"]  # no <name>.edgeseg, no partial folder
+
+
+def test_replacing_an_old_result(nifti_copy: Path, seg_array: np.ndarray, labels: dict[int, str]) -> None:
+    vol = read_series(nifti_copy)
+    write_results(vol, seg_array, labels, NO_EXTRAS, {"attempt": 1})
+    write_error_file(nifti_copy.parent, vol.name, InvalidSeriesError("old failure"), "nothing")
+    second = write_results(vol, np.zeros_like(seg_array), labels, NO_EXTRAS, {"attempt": 2})
+    assert json.loads(second.files["manifest"].read_text())["attempt"] == 2
+    assert not np.asanyarray(nib.load(str(second.files["labelmap"])).dataobj).any()
+    assert sorted(os.listdir(nifti_copy.parent)) == ["example_mr_sm.edgeseg", "example_mr_sm.nii.gz"]
+
+
+def test_error_file_round_trip(tmp_path: Path) -> None:
+    path = write_error_file(tmp_path, "T1_12345678", InvalidSeriesError("Series 1.2.3: 1 slice(s) missing"),
+                            "send the series again")
+    assert path.name == "T1_12345678.edgeseg-error.json"
+    record = json.loads(path.read_text())
+    assert record["kind"] == "invalid_series" and "1.2.3" in record["error"]
+    assert record["what_to_do"] == "send the series again"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert clear_error_file(tmp_path, "T1_12345678") and not path.exists()
+    assert not clear_error_file(tmp_path, "T1_12345678")
+    with pytest.raises(ValueError):
+        write_error_file(tmp_path, "../evil", "x", "y")
+
+
+def test_disk_full_becomes_output_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_rename = os.rename
+
+    def full(src: str, dst: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    folder = ResultFolder(tmp_path, "T1_1")
+    with pytest.raises(OutputError, match="full"):
+        with folder:
+            (folder.path / "seg.nii.gz").write_bytes(b"x")
+            monkeypatch.setattr(os, "rename", full)
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert os.listdir(tmp_path) == []
+
+    with pytest.raises(OutputError, match="permission"):
+        with ResultFolder(tmp_path, "T1_2") as f2:
+            raise PermissionError(errno.EACCES, "Permission denied", str(f2.path / "x"))
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user")
+def test_read_only_folder_gives_output_error(tmp_path: Path) -> None:
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(OutputError, match="permission"):
+            with ResultFolder(tmp_path, "T1_3"):
+                pass
+    finally:
+        tmp_path.chmod(0o755)
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("T1_123.edgeseg", True),
+    ("/data/in/T1_123.edgeseg/seg.nii.gz", True),
+    ("T1_123.edgeseg/structures/liver.nii.gz", True),
+    ("T1_123.edgeseg-error.json", True),
+    (".T1_123.edgeseg.partial-1a2b3c4d", True),
+    (".T1_123.edgeseg.partial-1a2b3c4d/seg.nii.gz", True),
+    (".T1_123.edgeseg.old-1a2b3c4d", True),
+    (".T1_123.edgeseg-error.json.partial-99", True),
+    ("/data/in/IM0001", False),
+    ("/data/in/case.nii.gz", False),
+    ("/data/edgeseg/study/IM1", False),
+    ("notes.edgeseg.txt", False),
+])
+def test_is_edgeseg_output(path: str, expected: bool) -> None:
+    assert is_edgeseg_output(path) is expected
+
+
+def test_preview_is_fast_and_radiological(tmp_path: Path) -> None:
+    """256x256x160 in well under a second; a label on the patient's right is drawn on the image's left."""
+    import time
+
+    from edgeseg.runtime.read.volume import Volume
+
+    rng = np.random.default_rng(0)
+    vol = Volume(array=rng.random((256, 256, 160), dtype=np.float32), affine=np.diag([-1.0, -1.0, 1.2, 1.0]),
+                 source=tmp_path / "x.nii.gz", kind="nifti", name="x")
+    lab = np.zeros(vol.shape, np.uint8)
+    lab[:40, 100:150, 60:100] = 1  # i small = patient's right side (x = -i)
+    start = time.perf_counter()
+    img = render_preview(vol, lab, {1: "right_thing"})
+    assert time.perf_counter() - start < 1.5
+    rgb = np.asarray(img).astype(int)
+    first_axial = rgb[20:270, 4:260]  # first panel
+    coloured = np.argwhere(first_axial.max(axis=2) - first_axial.min(axis=2) > 30)
+    assert coloured.size and coloured[:, 1].mean() < 128  # left half of the panel
+
+
+def test_read_and_write_stages_import_light() -> None:
+    """Importing the stages pulls in neither torch nor the DICOM/imaging libraries (they load on use)."""
+    code = ("import sys, edgeseg.runtime.read, edgeseg.runtime.write; "
+            "print(sorted(m for m in ('torch', 'onnx', 'nncf', 'highdicom', 'pydicom', 'PIL') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
