@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 #: an (array, affine) pair
 SourceLike = Union[StrPath, Any, tuple[np.ndarray, np.ndarray]]
 
-_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 
@@ -67,23 +66,15 @@ def _ds(value: float) -> Any:
 
 
 def _geometry(affine: np.ndarray, shape: tuple[int, ...]) -> dict[str, Any]:
-    lps = _LPS @ affine
-    ci, cj, ck = lps[:3, 0], lps[:3, 1], lps[:3, 2]
-    d_col, d_row = float(np.linalg.norm(ci)), float(np.linalg.norm(cj))
-    row_cos, col_cos = ci / d_col, cj / d_row
-    if abs(float(np.dot(row_cos, col_cos))) > 1e-6:
-        raise ValueError("the affine's i and j axes are not orthogonal; DICOM cannot represent that plane")
-    normal = np.cross(row_cos, col_cos)
-    spacing = abs(float(np.dot(ck, normal)))
-    if spacing < 1e-6:
-        raise ValueError("the affine's k axis lies in the slice plane")
-    positions = [(lps @ np.array([0.0, 0.0, float(k), 1.0]))[:3] for k in range(shape[2])]
+    from edgeseg.runtime.read import planes_from_affine
+
+    geo = planes_from_affine(affine, shape[2])
     return {
-        "iop": [_ds(v) for v in (*row_cos, *col_cos)],
-        "pixel_spacing": [_ds(d_row), _ds(d_col)],
-        "spacing": spacing,
-        "positions": positions,
-        "normal": normal,
+        "iop": [_ds(v) for v in geo["iop"]],
+        "pixel_spacing": [_ds(v) for v in geo["pixel_spacing"]],
+        "spacing": geo["slice_spacing"],
+        "positions": list(geo["positions"]),
+        "normal": geo["normal"],
     }
 
 

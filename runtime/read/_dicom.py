@@ -65,7 +65,8 @@ _NON_IMAGE_CLASSES = {
 }
 _NON_IMAGE_MODALITIES = {"SR", "PR", "KO", "SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "RWV", "DOC", "PLAN",
                          "FID", "RAW"}
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: RAS <-> LPS (its own inverse)
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 # ---------------------------------------------------------------------------------------------- headers
@@ -385,7 +386,36 @@ def _stack_geometry(frames: list[_Frame], uid: str, where: Path) -> tuple[list[_
     lps[:3, 1] = col_cos * d_row  # j runs down a column, i.e. across rows
     lps[:3, 2] = step
     lps[:3, 3] = first
-    return frames, _LPS_TO_RAS @ lps
+    return frames, LPS_TO_RAS @ lps
+
+
+def planes_from_affine(affine: np.ndarray, n_slices: int) -> dict[str, Any]:
+    """The DICOM plane geometry of a voxel grid: the inverse of the stacking in :func:`read_dicom_series`.
+
+    ``affine`` maps (i, j, k, 1) to RAS+ mm; slice k is the plane ``array[:, :, k]`` shown as ``.T``. Returns
+    ``iop`` (6 floats: LPS row cosine = direction of i, column cosine = direction of j), ``pixel_spacing``
+    ([between rows = |j step|, between columns = |i step|] mm), ``positions`` ((K, 3) LPS ImagePositionPatient
+    of slice k), ``normal`` (row x column cosine) and ``slice_spacing`` (|k step . normal| mm).
+    Raises ValueError if the i and j axes are not orthogonal (DICOM cannot shear a plane) or k lies in the plane.
+    """
+    lps = LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
+    ci, cj, ck = lps[:3, 0], lps[:3, 1], lps[:3, 2]
+    d_col, d_row = float(np.linalg.norm(ci)), float(np.linalg.norm(cj))
+    row_cos, col_cos = ci / d_col, cj / d_row
+    if abs(float(np.dot(row_cos, col_cos))) > 1e-6:
+        raise ValueError("the affine's i and j axes are not orthogonal; DICOM cannot represent that plane")
+    normal = np.cross(row_cos, col_cos)
+    slice_spacing = abs(float(np.dot(ck, normal)))
+    if slice_spacing < 1e-6:
+        raise ValueError("the affine's k axis lies in the slice plane")
+    positions = lps[:3, 3][None, :] + np.arange(n_slices)[:, None] * ck[None, :]
+    return {
+        "iop": [float(v) for v in (*row_cos, *col_cos)],
+        "pixel_spacing": [d_row, d_col],
+        "positions": positions,
+        "normal": normal,
+        "slice_spacing": slice_spacing,
+    }
 
 
 def _decode_error(uid: str, path: Path, ds: Any, err: BaseException) -> InvalidSeriesError:

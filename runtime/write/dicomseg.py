@@ -26,6 +26,7 @@ import numpy as np
 
 from edgeseg import __version__
 from edgeseg.errors import OutputError
+from edgeseg.runtime.read import planes_from_affine
 from edgeseg.runtime.read.volume import Volume
 from edgeseg.typing import StrPath
 
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 
 DICOM_SEG_FILE = "seg.dcm"
 SERIES_DESCRIPTION = "edgeseg segmentation"
-_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def _sources(volume: Volume) -> list[Any]:
@@ -54,18 +54,13 @@ def _sources(volume: Volume) -> list[Any]:
 def _explicit_planes(volume: Volume) -> dict[str, Any]:
     import highdicom as hd
 
-    lps = _LPS @ volume.affine
-    ci, cj = lps[:3, 0], lps[:3, 1]
-    d_col, d_row = float(np.linalg.norm(ci)), float(np.linalg.norm(cj))
-    iop = [*(ci / d_col), *(cj / d_row)]
-    thickness = float(np.linalg.norm(lps[:3, 2]))
-    positions = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT,
-                                          [float(v) for v in (lps @ np.array([0.0, 0.0, k, 1.0]))[:3]])
-                 for k in range(volume.shape[2])]
+    geo = planes_from_affine(volume.affine, volume.shape[2])
     return {
-        "plane_positions": positions,
-        "plane_orientation": hd.PlaneOrientationSequence(hd.CoordinateSystemNames.PATIENT, iop),
-        "pixel_measures": hd.PixelMeasuresSequence([d_row, d_col], thickness, thickness),
+        "plane_positions": [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, [float(v) for v in ipp])
+                            for ipp in geo["positions"]],
+        "plane_orientation": hd.PlaneOrientationSequence(hd.CoordinateSystemNames.PATIENT, geo["iop"]),
+        "pixel_measures": hd.PixelMeasuresSequence(geo["pixel_spacing"], geo["slice_spacing"],
+                                                   geo["slice_spacing"]),
     }
 
 
