@@ -139,3 +139,30 @@ def test_seg_failure_keeps_other_results(axial_series: Path, seg_array: np.ndarr
     result = write_results(vol, seg_array, labels, OutputOptions(preview=False), {})
     assert (result.output_dir / "seg.nii.gz").exists() and not (result.output_dir / "seg.dcm").exists()
     assert any("inconsistent geometry" in w for w in result.manifest["warnings"])
+
+
+def test_enhanced_source_with_a_dropped_frame(mr_image: Image3, tmp_path: Path) -> None:
+    """A localizer frame inside an enhanced image is not stacked; the SEG then carries explicit plane positions
+    and still lands on the same world points."""
+    from pydicom.dataset import Dataset
+
+    arr, aff = geometry_variants(*mr_image)["oblique"]
+    src = write_enhanced_mr((arr, aff), tmp_path / "enh" / "MF0001", frame_order="ordered")
+    ds = pydicom.dcmread(src)
+    frame_type = Dataset()
+    frame_type.FrameType = ["ORIGINAL", "PRIMARY", "LOCALIZER", "NONE"]
+    ds.PerFrameFunctionalGroupsSequence[0].MRImageFrameTypeSequence = [frame_type]  # the lowest slice
+    ds.save_as(src, enforce_file_format=True)
+    vol = read_series(src)
+    assert vol.shape == (arr.shape[0], arr.shape[1], arr.shape[2] - 1)
+    assert vol.extra["excluded"] == {"localizer": 1}
+    point = aff @ np.array([40, 50, 9, 1.0])
+    idx = tuple(int(v) for v in np.round(np.linalg.solve(vol.affine, point)[:3]))
+    lab = np.zeros(vol.shape, np.uint8)
+    lab[idx] = 4
+    write_dicom_seg(tmp_path / "seg.dcm", vol, lab, {4: "gallbladder"})
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    volume = seg.get_volume(combine_segments=True)
+    found = np.argwhere(volume.array == 1)
+    assert found.shape == (1, 3)
+    np.testing.assert_allclose((_LPS @ volume.affine @ np.array([*found[0], 1.0]))[:3], point[:3], atol=1e-3)
