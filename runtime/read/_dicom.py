@@ -438,6 +438,7 @@ def read_dicom_series(ref: SeriesRef) -> Volume:
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import pixel_array
 
     uid = ref.uid or "(no SeriesInstanceUID)"
     where = ref.source
@@ -496,17 +497,12 @@ def read_dicom_series(ref: SeriesRef) -> Volume:
 
     rows, cols = ordered[0].rows, ordered[0].cols
     array = np.empty((cols, rows, len(ordered)), dtype=np.float32)
-    decoded: dict[Path, np.ndarray] = {}
     for k, frame in enumerate(ordered):
         ds = datasets[frame.path]
-        if frame.path not in decoded:
-            try:
-                decoded[frame.path] = np.asarray(ds.pixel_array)
-            except Exception as err:
-                raise _decode_error(uid, frame.path, ds, err) from err
-        pixels = decoded[frame.path]
-        if frame.index is not None and pixels.ndim == 3:
-            pixels = pixels[frame.index]
+        try:  # decodes one frame, without caching the array in the dataset
+            pixels = np.asarray(pixel_array(ds, index=frame.index))
+        except Exception as err:
+            raise _decode_error(uid, frame.path, ds, err) from err
         if pixels.shape != (rows, cols):
             raise InvalidSeriesError(
                 f"Series {uid}: the pixel data of {frame.path} has shape {pixels.shape}, but its header says "
@@ -516,8 +512,8 @@ def read_dicom_series(ref: SeriesRef) -> Volume:
             array[:, :, k] = pixels.T.astype(np.float64) * frame.slope + frame.intercept
         else:
             array[:, :, k] = pixels.T
-        if frame.index is None:  # a multi-frame file stays decoded for its other frames
-            del decoded[frame.path]
+        if frame.index is None:  # free the encoded bytes (in memory only; the file is untouched)
+            del ds.PixelData
     first_ds = datasets[ordered[0].path]
     description = _str(first_ds, "SeriesDescription") or ref.description
     dicom_files: list[Path] = []
