@@ -1,0 +1,39 @@
+"""edgeseg.runtime.watch: the hands-free watcher beside the scanner.
+
+One module per role:
+
+* :mod:`~edgeseg.runtime.watch.config`: ``watch_config.yaml`` -> frozen :class:`WatchConfig` (CLI > env > file).
+* :mod:`~edgeseg.runtime.watch.observer`: watchdog observer (native or polling), an enqueue-only handler, the
+  input path filter.
+* :mod:`~edgeseg.runtime.watch.completion`: when a series has finished arriving (quiet period, expected count).
+* :mod:`~edgeseg.runtime.watch.store`: the SQLite job store that survives crashes.
+* :mod:`~edgeseg.runtime.watch.budget`: the time-budget planner and the per-tile latency table.
+* :mod:`~edgeseg.runtime.watch.service`: the :class:`Watcher` (scheduler and worker threads, stop, signals).
+* :mod:`~edgeseg.runtime.watch.commands`: ``edgeseg watch | status | doctor | demo``.
+* :mod:`~edgeseg.runtime.watch.jobs`, :mod:`~edgeseg.runtime.watch.adapters`,
+  :mod:`~edgeseg.runtime.watch.fake`: the job record, the lazy door to the reader/writer/segmenter, and a fake
+  segmenter for tests.
+
+Importing this package is light: heavy modules load on first attribute access.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "WatchConfig": "config", "load_config": "config",
+    "Watcher": "service",
+    "CompletionTracker": "completion",
+    "JobStore": "store",
+    "Plan": "budget", "Planner": "budget", "LatencyTable": "budget", "plan_series": "budget",
+    "SeriesJob": "jobs", "SeriesGeometry": "jobs",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -1,0 +1,490 @@
+"""``watch_config.yaml``: the watcher's one typed configuration object and its one loader.
+
+The file is read with ``yaml.safe_load`` into a frozen, validated :class:`WatchConfig`. Layers, strongest first::
+
+    command line  >  environment (EDGESEG_<KEY>, dots as "__": EDGESEG_OUTPUTS__PREVIEW)  >  file  >  defaults
+
+Every unknown key, wrong type or missing input path fails at start with a :class:`~edgeseg.errors.ConfigError`
+naming the key path, where the value came from, and the fix (``outputs.preveiw: unknown key; did you mean
+preview?``). Relative paths in the file are resolved against the file's folder; relative paths from the
+environment or the command line against the current folder. ``bundle: demo`` means the packaged demo bundle.
+"""
+from __future__ import annotations
+
+import difflib
+import enum
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from edgeseg.errors import ConfigError
+
+#: ``bundle: demo`` resolves to this folder inside the installed package
+DEMO_BUNDLE_KEYWORD = "demo"
+ENV_PREFIX = "EDGESEG_"
+PRECISIONS = ("auto", "int8", "fp16", "fp32")
+_DEVICE_RE = re.compile(r"^(CPU|GPU(\.\d+)?|NPU(\.\d+)?|AUTO(:[A-Z0-9.,]+)?|HETERO:[A-Z0-9.,]+|MULTI:[A-Z0-9.,]+)$")
+
+#: files that are never series: sidecars, our own outputs, half-written copies, OS litter, DICOMDIR indexes
+DEFAULT_EXCLUDE: tuple[str, ...] = (
+    "*.json", "*.txt", "*.md", "*.xml", "*.csv", "*.log", "*.tmp", "*.part", "*.partial", "*.crdownload",
+    "~*", "Thumbs.db", "desktop.ini", "DICOMDIR", "LOCKFILE", "VERSION",
+)
+
+
+class ObserverKind(str, enum.Enum):
+    """How file-system changes are noticed. ``native``: OS notifications (inotify, ReadDirectoryChangesW, FSEvents);
+    ``polling``: periodic directory snapshots, the only kind that sees changes made on network shares by another
+    machine."""
+
+    NATIVE = "native"
+    POLLING = "polling"
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Which optional results to write beside each series (see :class:`edgeseg.runtime.segment.OutputOptions`)."""
+
+    per_structure: bool = False
+    dicom_seg: bool = True
+    statistics: bool = True
+    preview: bool = True
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """The validated watcher configuration. Paths are absolute; durations are seconds."""
+
+    roots: tuple[Path, ...]
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    observer: ObserverKind = ObserverKind.NATIVE
+    polling_interval_s: float = 5.0
+    rescan_interval_s: float = 300.0
+    quiet_period_s: float = 60.0
+    bundle: Path = Path(DEMO_BUNDLE_KEYWORD)
+    device: str = "CPU"
+    threads: int | None = None
+    precision: str = "auto"
+    time_budget_s: float | None = 120.0
+    outputs: Outputs = field(default_factory=Outputs)
+    state_dir: Path = Path.home() / ".edgeseg" / "watch"
+    log_dir: Path = Path.home() / ".edgeseg" / "watch" / "logs"
+    max_concurrent_series: int = 1
+    max_attempts: int = 3
+    stop_grace_s: float = 30.0
+    #: the file this configuration was read from (None: defaults, environment and command line only)
+    source: Path | None = None
+
+    @property
+    def log_file(self) -> Path:
+        """The rotated log file of the watcher."""
+        return self.log_dir / "watch.log"
+
+    @property
+    def store_path(self) -> Path:
+        """The SQLite job store."""
+        return self.state_dir / "jobs.sqlite3"
+
+    @property
+    def latency_path(self) -> Path:
+        """The per-tile latency table measured on this machine."""
+        return self.state_dir / "latency.json"
+
+    def segment_options(self, variant: str | None = None, tile_step_size: float | None = None) -> Any:
+        """The :class:`~edgeseg.runtime.segment.SegmentOptions` every series is segmented with.
+
+        ``variant`` and ``tile_step_size`` come from the time-budget planner; the step is passed only if
+        SegmentOptions has a ``tile_step_size`` field.
+        """
+        import dataclasses
+
+        from edgeseg.runtime.segment import OutputOptions, SegmentOptions
+
+        kwargs: dict[str, Any] = dict(
+            device=self.device,
+            precision=self.precision,
+            variant=variant,
+            threads=self.threads,
+            cache_dir=self.state_dir / "model_cache",
+            time_budget_s=self.time_budget_s,
+            outputs=OutputOptions(
+                per_structure=self.outputs.per_structure,
+                dicom_seg=self.outputs.dicom_seg,
+                statistics=self.outputs.statistics,
+                preview=self.outputs.preview,
+            ),
+        )
+        if tile_step_size is not None and "tile_step_size" in {f.name for f in dataclasses.fields(SegmentOptions)}:
+            kwargs["tile_step_size"] = tile_step_size
+        return SegmentOptions(**kwargs)
+
+
+def demo_bundle_path() -> Path:
+    """Where the packaged demo bundle lives (it may be absent from a build)."""
+    import edgeseg.demo
+
+    return Path(edgeseg.demo.__file__).resolve().parent / "bundle"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the key table: one entry per key path, with its type check and documentation
+
+
+@dataclass(frozen=True)
+class _Key:
+    path: str
+    kind: str  # "paths", "path", "bundle", "globs", "float", "int", "bool", "enum", "device"
+    default: Any
+    help: str
+    minimum: float | None = None
+    nullable: bool = False
+    choices: tuple[str, ...] = ()
+    exclusive_minimum: bool = False
+
+
+_KEYS: tuple[_Key, ...] = (
+    _Key("roots", "paths", (), "folders to watch (recursively)"),
+    _Key("include", "globs", ("*",), "file-name globs to consider"),
+    _Key("exclude", "globs", DEFAULT_EXCLUDE, "file-name globs to ignore (wins over include)"),
+    _Key("observer", "enum", "native", "how changes are noticed", choices=tuple(k.value for k in ObserverKind)),
+    _Key("polling_interval_s", "float", 5.0, "seconds between directory snapshots (observer: polling)",
+         minimum=0.0, exclusive_minimum=True),
+    _Key("rescan_interval_s", "float", 300.0, "seconds between safety rescans of the roots (0: off)", minimum=0.0),
+    _Key("quiet_period_s", "float", 60.0, "a series is complete when no instance arrived for this long",
+         minimum=0.0, exclusive_minimum=True),
+    _Key("bundle", "bundle", DEMO_BUNDLE_KEYWORD, "model bundle folder, or 'demo' for the packaged demo bundle"),
+    _Key("device", "device", "CPU", "OpenVINO device: CPU, GPU, GPU.1, NPU, AUTO or AUTO:GPU,CPU"),
+    _Key("threads", "int", None, "inference threads (null: OpenVINO decides)", minimum=1, nullable=True),
+    _Key("precision", "enum", "auto", "model precision", choices=PRECISIONS),
+    _Key("time_budget_s", "float", 120.0, "seconds one series may take (null: always most accurate)",
+         minimum=0.0, exclusive_minimum=True, nullable=True),
+    _Key("outputs.per_structure", "bool", False, "one NIfTI mask per structure"),
+    _Key("outputs.dicom_seg", "bool", True, "a DICOM-SEG object (DICOM input only)"),
+    _Key("outputs.statistics", "bool", True, "volume and intensity per structure (JSON, CSV)"),
+    _Key("outputs.preview", "bool", True, "a PNG overview"),
+    _Key("state_dir", "path", None, "job store, latency table and model cache"),
+    _Key("log_dir", "path", None, "rotated log files (default: <state_dir>/logs)", nullable=True),
+    _Key("max_concurrent_series", "int", 1, "series segmented at the same time", minimum=1),
+    _Key("max_attempts", "int", 3, "attempts before a failing series is given up", minimum=1),
+    _Key("stop_grace_s", "float", 30.0, "seconds a running series may finish after a stop request", minimum=0.0),
+)
+KEYS: dict[str, _Key] = {k.path: k for k in _KEYS}
+_SECTIONS = {p.split(".")[0] for p in KEYS if "." in p}
+
+
+def env_name(key_path: str) -> str:
+    """The environment variable that sets ``key_path``: EDGESEG_QUIET_PERIOD_S, EDGESEG_OUTPUTS__PREVIEW."""
+    return ENV_PREFIX + key_path.upper().replace(".", "__")
+
+
+@dataclass(frozen=True)
+class _Value:
+    value: Any
+    origin: str  # "file", "environment", "command line", "default"
+    where: str  # human text: "/etc/watch_config.yaml", "EDGESEG_DEVICE", "--device"
+    base: Path  # folder relative paths are resolved against
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, where: str, key: str, problem: str, fix: str) -> None:
+        end = "" if problem.endswith("?") else "."
+        self.lines.append(f"{where}: {key}: {problem}{end} Fix: {fix}.")
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            more = f" (and {len(self.lines) - 1} more problem(s) below)" if len(self.lines) > 1 else ""
+            raise ConfigError("Invalid watcher configuration" + more + ":\n  " + "\n  ".join(self.lines))
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _read_file(path: Path, problems: _Problems) -> dict[str, _Value]:
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(
+            f"Configuration file {path} does not exist. Fix: pass --config with the path of your "
+            "watch_config.yaml (the documented example is in the edgeseg folder), or leave --config out and give "
+            "--root and --bundle on the command line."
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at} ({getattr(err, 'problem', err)}). Fix the syntax.") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read ({err}). Fix: check the file's permissions and encoding.") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (roots:, bundle:, ...), "
+                          f"not a {type(data).__name__}. Fix: see the documented watch_config.yaml.")
+    out: dict[str, _Value] = {}
+    base = path.parent.resolve()
+    top_known = sorted({p.split(".")[0] for p in KEYS})
+    for key, value in data.items():
+        key = str(key)
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                problems.add(str(path), key, f"must be a mapping of {', '.join(_section_keys(key))}",
+                             f"write '{key}:' followed by indented keys")
+                continue
+            sub_known = _section_keys(key)
+            for sub, sub_value in value.items():
+                full = f"{key}.{sub}"
+                if full not in KEYS:
+                    problems.add(str(path), full, "unknown key" + _suggest(str(sub), sub_known),
+                                 f"correct or remove it (keys under {key}: {', '.join(sub_known)})")
+                    continue
+                out[full] = _Value(sub_value, "file", str(path), base)
+        elif key in KEYS:
+            out[key] = _Value(value, "file", str(path), base)
+        else:
+            problems.add(str(path), key, "unknown key" + _suggest(key, top_known),
+                         f"correct or remove it (known keys: {', '.join(top_known)})")
+    return out
+
+
+def _section_keys(section: str) -> list[str]:
+    return [p.split(".", 1)[1] for p in KEYS if p.startswith(section + ".")]
+
+
+def _read_env(env: Mapping[str, str], problems: _Problems) -> dict[str, _Value]:
+    import yaml
+
+    out: dict[str, _Value] = {}
+    cwd = Path.cwd()
+    for key in KEYS.values():
+        name = env_name(key.path)
+        if name not in env:
+            continue
+        raw = env[name]
+        value: Any = raw
+        if key.kind in ("paths", "globs"):
+            value = yaml.safe_load(raw) if raw.strip().startswith("[") else [s for s in raw.split(os.pathsep) if s]
+        elif key.kind in ("float", "int", "bool"):
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                value = raw
+        elif key.nullable and raw.strip().lower() in ("null", "none", ""):
+            value = None
+        out[key.path] = _Value(value, "environment", name, cwd)
+    return out
+
+
+def _read_overrides(overrides: Mapping[str, Any], problems: _Problems) -> dict[str, _Value]:
+    out: dict[str, _Value] = {}
+    cwd = Path.cwd()
+    for path, value in overrides.items():
+        if value is None:
+            continue
+        if path not in KEYS:
+            problems.add("command line", path, "unknown key" + _suggest(path, list(KEYS)), "correct the option")
+            continue
+        out[path] = _Value(value, "command line", "--" + path.replace("_", "-").replace(".", "-"), Path.cwd())
+    return out
+
+
+def _check(key: _Key, v: _Value, problems: _Problems, check_paths: bool) -> Any:
+    """Validate and convert one value; on failure record a problem and return the default."""
+    value = v.value
+    where = v.where
+    if value is None:
+        if key.nullable:
+            return None
+        problems.add(where, key.path, "must not be empty (null)", f"give a value, e.g. {key.default!r}")
+        return key.default
+    kind = key.kind
+    if kind == "bool":
+        if not isinstance(value, bool):
+            problems.add(where, key.path, f"must be true or false, got {value!r}", "write true or false")
+            return key.default
+        return value
+    if kind in ("float", "int"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind == "int" and isinstance(value, float)
+                                                                               and not value.is_integer()):
+            want = "a whole number" if kind == "int" else "a number of seconds"
+            problems.add(where, key.path, f"must be {want}, got {value!r} ({type(value).__name__})",
+                         f"write e.g. {key.default if key.default is not None else 1}")
+            return key.default
+        num = int(value) if kind == "int" else float(value)
+        if key.minimum is not None and (num < key.minimum or (key.exclusive_minimum and num <= key.minimum)):
+            rel = ">" if key.exclusive_minimum else ">="
+            problems.add(where, key.path, f"must be {rel} {key.minimum:g}, got {num:g}", "choose a larger value")
+            return key.default
+        return num
+    if kind == "enum":
+        text = value.value if isinstance(value, enum.Enum) else value
+        if not isinstance(text, str) or text.lower() not in key.choices:
+            problems.add(where, key.path, f"must be one of {', '.join(key.choices)}, got {value!r}"
+                         + (_suggest(str(text).lower(), list(key.choices)) if isinstance(text, str) else ""),
+                         f"use one of {', '.join(key.choices)}")
+            return key.default
+        return text.lower()
+    if kind == "device":
+        if not isinstance(value, str) or not _DEVICE_RE.match(value.strip().upper()):
+            problems.add(where, key.path, f"is not an OpenVINO device name: {value!r}",
+                         "use CPU, GPU, GPU.1, NPU, AUTO or AUTO:GPU,CPU (see `edgeseg doctor` for this PC's devices)")
+            return key.default
+        return value.strip().upper()
+    if kind == "globs":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(g, str) and g for g in value):
+            problems.add(where, key.path, f"must be a list of glob patterns, got {value!r}",
+                         "write a YAML list, e.g. [\"*.dcm\", \"*.nii.gz\"]")
+            return key.default
+        return tuple(value)
+    if kind == "paths":
+        if isinstance(value, (str, os.PathLike)):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(p, (str, os.PathLike)) and str(p) for p in value):
+            problems.add(where, key.path, f"must be a list of folders, got {value!r}",
+                         "write a YAML list of folders, e.g. [D:/export]")
+            return key.default
+        out = []
+        for i, p in enumerate(value):
+            path = _resolve(p, v.base)
+            if check_paths and not path.is_dir():
+                what = "is not a folder" if path.exists() else "does not exist"
+                problems.add(where, f"{key.path}[{i}]", f"{path} {what}",
+                             "create the folder, mount the share, or correct the path")
+            out.append(path)
+        return tuple(out)
+    if kind in ("path", "bundle"):
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            problems.add(where, key.path, f"must be a folder path, got {value!r}", "write a path")
+            return key.default
+        if kind == "bundle" and str(value) == DEMO_BUNDLE_KEYWORD:
+            path = demo_bundle_path()
+            if check_paths and not (path / "bundle.json").is_file():
+                problems.add(where, key.path, f"'demo' means the packaged demo bundle, which is not in this build "
+                             f"({path} has no bundle.json)",
+                             "build the demo bundle (edgeseg/demo/bundle) or point bundle at an exported bundle folder")
+            return path
+        path = _resolve(value, v.base)
+        if kind == "bundle" and check_paths and not path.exists():
+            problems.add(where, key.path, f"{path} does not exist",
+                         "point bundle at the folder `edgeseg export` wrote (it holds bundle.json), or use 'demo'")
+        return path
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def _resolve(p: str | os.PathLike[str], base: Path) -> Path:
+    path = Path(os.path.expandvars(os.path.expanduser(os.fspath(p))))
+    if not path.is_absolute():
+        path = base / path
+    return Path(os.path.abspath(path))
+
+
+def _ensure_writable_dir(path: Path, key: str, where: str, problems: _Problems) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        problems.add(where, key, f"{path} cannot be created ({err.strerror or err})",
+                     "choose a folder this user may write to")
+        return
+    if not os.access(path, os.W_OK):
+        problems.add(where, key, f"{path} is not writable", "choose a folder this user may write to")
+
+
+def load_config(
+    path: Path | str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    check_paths: bool = True,
+) -> WatchConfig:
+    """Read, merge and validate the configuration.
+
+    ``path``: the YAML file (None: none). ``overrides``: command-line values by key path (None values are
+    ignored, so unset flags fall through). ``env``: the environment (default ``os.environ``). With
+    ``check_paths`` the watch roots and the bundle must exist and the state and log folders are created.
+    Raises :class:`ConfigError` listing every problem.
+    """
+    problems = _Problems()
+    layers: dict[str, _Value] = {}
+    source = Path(os.path.abspath(path)) if path is not None else None
+    if source is not None:
+        layers.update(_read_file(source, problems))
+    layers.update(_read_env(os.environ if env is None else env, problems))
+    layers.update(_read_overrides(overrides or {}, problems))
+
+    values: dict[str, Any] = {}
+    for key in KEYS.values():
+        v = layers.get(key.path)
+        if v is None:
+            values[key.path] = key.default
+            continue
+        values[key.path] = _check(key, v, problems, check_paths)
+    # derived defaults
+    if values["state_dir"] is None:
+        values["state_dir"] = (source.parent / "edgeseg-state") if source else Path.home() / ".edgeseg" / "watch"
+    if values["log_dir"] is None:
+        values["log_dir"] = values["state_dir"] / "logs"
+    if isinstance(values["bundle"], str):
+        values["bundle"] = demo_bundle_path() if values["bundle"] == DEMO_BUNDLE_KEYWORD else Path(values["bundle"])
+        if check_paths and not values["bundle"].exists():
+            problems.add("default", "bundle", f"'demo' means the packaged demo bundle, which is not in this build "
+                         f"({values['bundle']})", "set bundle: to an exported bundle folder")
+    if not values["roots"]:
+        problems.add(str(source) if source else "command line", "roots", "no folder to watch",
+                     "list at least one folder under roots: in the file, or pass --root DIR")
+    if check_paths:
+        for key in ("state_dir", "log_dir"):
+            origin = layers.get(key)
+            _ensure_writable_dir(values[key], key, origin.where if origin else "default", problems)
+    problems.raise_if_any()
+
+    return WatchConfig(
+        roots=tuple(dict.fromkeys(values["roots"])),
+        include=values["include"],
+        exclude=values["exclude"],
+        observer=ObserverKind(values["observer"]),
+        polling_interval_s=values["polling_interval_s"],
+        rescan_interval_s=values["rescan_interval_s"],
+        quiet_period_s=values["quiet_period_s"],
+        bundle=values["bundle"],
+        device=values["device"],
+        threads=values["threads"],
+        precision=values["precision"],
+        time_budget_s=values["time_budget_s"],
+        outputs=Outputs(
+            per_structure=values["outputs.per_structure"],
+            dicom_seg=values["outputs.dicom_seg"],
+            statistics=values["outputs.statistics"],
+            preview=values["outputs.preview"],
+        ),
+        state_dir=values["state_dir"],
+        log_dir=values["log_dir"],
+        max_concurrent_series=values["max_concurrent_series"],
+        max_attempts=values["max_attempts"],
+        stop_grace_s=values["stop_grace_s"],
+        source=source,
+    )
+
+
+def describe(config: WatchConfig) -> list[tuple[str, str]]:
+    """(key path, value) pairs for logs and ``edgeseg doctor``."""
+    def show(v: Any) -> str:
+        if isinstance(v, tuple):
+            return ", ".join(show(x) for x in v) or "(none)"
+        if isinstance(v, enum.Enum):
+            return str(v.value)
+        return "null" if v is None else str(v)
+
+    getters: dict[str, Callable[[WatchConfig], Any]] = {
+        k: (lambda c, k=k: getattr(c.outputs, k.split(".")[1]) if k.startswith("outputs.") else getattr(c, k))
+        for k in KEYS
+    }
+    return [(k, show(get(config))) for k, get in getters.items()]
