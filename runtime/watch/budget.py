@@ -1,0 +1,324 @@
+"""Time-budget planner: pick the most accurate way to segment a series that is predicted to fit its budget.
+
+Prediction, per plan (variant, tile step)::
+
+    seconds = sum over parts (tiles x mirror evaluations x seconds per tile)
+              + seconds_per_mvoxel x (input voxels + network-grid voxels of every part) / 1e6
+              + fixed_s
+
+* ``seconds per tile`` is measured on this machine (``measure(bundle, part, precision, device, threads)``,
+  injected) and cached in a :class:`LatencyTable` (JSON in the state folder) keyed by bundle identity, part,
+  precision, device and threads.
+* Tiles: the volume's extent in mm is brought to the part's spacing in the network's axis order (after the
+  variant's RAS pre-resampling, SimpleITK (z, y, x) order, ``transpose_forward``) and counted with nnU-Net's
+  sliding window (:func:`edgeseg.runtime.infer.tiling.tile_count`). Cropping to the body is ignored, so
+  predictions are upper bounds.
+* The per-voxel and fixed terms start from conservative guesses and are refined from real runs
+  (:meth:`LatencyTable.record_run`, an exponential moving average).
+
+Order of preference: lowest variant rank, then smallest tile step (the variant's own, then the coarser steps
+0.8 and 1.0). The first plan that fits wins; if none fits the fastest is returned with ``fits=False``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from edgeseg.runtime.watch.jobs import SeriesGeometry
+
+log = logging.getLogger(__name__)
+
+#: tile steps coarser than a part's own that the planner may fall back to (TotalSegmentator uses 0.8 for total_mr)
+COARSER_STEPS = (0.8, 1.0)
+#: guesses until a run on this machine has been measured
+DEFAULT_SECONDS_PER_MVOXEL = 1.5
+DEFAULT_FIXED_S = 3.0
+_EMA = 0.3
+
+MeasureFn = Callable[[Any, Any, str, str, "int | None"], float]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chosen way to segment one series.
+
+    ``tile_step_size``: None means each part's own step from the bundle; a number overrides the step of every
+    part whose own step is finer. ``predicted_s``: None when no latency is known. ``fits``: predicted within
+    the budget. ``reason``: one sentence for the log and the store.
+    """
+
+    variant: str
+    tile_step_size: float | None
+    predicted_s: float | None
+    fits: bool
+    reason: str
+    tiles: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def bundle_identity(bundle: Any) -> str:
+    """A short, stable identity of a bundle: sha256 over its recorded file hashes."""
+    files = getattr(bundle, "files", None) or {}
+    blob = json.dumps(files, sort_keys=True) + str(getattr(bundle, "name", ""))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+class LatencyTable:
+    """Measured seconds per tile and run overheads on this machine, cached as JSON (``path`` None: in memory).
+
+    Thread-safe; saved atomically after every change.
+    """
+
+    VERSION = 1
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = Path(path) if path else None
+        self._lock = threading.Lock()
+        self._tiles: dict[str, dict[str, Any]] = {}
+        self._overheads: dict[str, dict[str, Any]] = {}
+        if self.path and self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                if data.get("version") == self.VERSION:
+                    self._tiles = dict(data.get("tiles", {}))
+                    self._overheads = dict(data.get("overheads", {}))
+            except (OSError, ValueError, AttributeError) as err:
+                log.warning("latency table unreadable, starting empty: path=%s error=%s", self.path, err)
+
+    @staticmethod
+    def key(bundle_id: str, part: str, precision: str, device: str, threads: int | None) -> str:
+        return f"{bundle_id}|{part}|{precision}|{device}|{threads if threads else 'auto'}"
+
+    @staticmethod
+    def overhead_key(bundle_id: str, device: str, threads: int | None) -> str:
+        return f"{bundle_id}|{device}|{threads if threads else 'auto'}"
+
+    def __len__(self) -> int:
+        return len(self._tiles)
+
+    def get(self, bundle_id: str, part: str, precision: str, device: str, threads: int | None) -> float | None:
+        entry = self._tiles.get(self.key(bundle_id, part, precision, device, threads))
+        return float(entry["seconds_per_tile"]) if entry else None
+
+    def put(self, bundle_id: str, part: str, precision: str, device: str, threads: int | None,
+            seconds_per_tile: float) -> None:
+        with self._lock:
+            self._tiles[self.key(bundle_id, part, precision, device, threads)] = {
+                "seconds_per_tile": float(seconds_per_tile),
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            self._save()
+
+    def overhead(self, bundle_id: str, device: str, threads: int | None) -> tuple[float, float]:
+        """(seconds per million voxels, fixed seconds) for pre/post-processing, reading and writing."""
+        entry = self._overheads.get(self.overhead_key(bundle_id, device, threads))
+        if not entry:
+            return DEFAULT_SECONDS_PER_MVOXEL, DEFAULT_FIXED_S
+        return float(entry["seconds_per_mvoxel"]), float(entry.get("fixed_s", DEFAULT_FIXED_S))
+
+    def record_run(self, bundle_id: str, device: str, threads: int | None, mvoxels: float, tile_seconds: float,
+                   actual_s: float) -> None:
+        """Refine the per-voxel term from a finished run (actual time minus its predicted tile time)."""
+        if mvoxels <= 0 or actual_s <= 0:
+            return
+        per, fixed = self.overhead(bundle_id, device, threads)
+        observed = max(0.0, actual_s - tile_seconds - fixed) / mvoxels
+        with self._lock:
+            k = self.overhead_key(bundle_id, device, threads)
+            runs = int(self._overheads.get(k, {}).get("runs", 0))
+            new = observed if runs == 0 else (1 - _EMA) * per + _EMA * observed
+            self._overheads[k] = {"seconds_per_mvoxel": new, "fixed_s": fixed, "runs": runs + 1}
+            self._save()
+
+    def get_or_measure(self, bundle: Any, part: Any, precision: str, device: str, threads: int | None,
+                       measure: MeasureFn | None) -> float | None:
+        """The cached latency, or measure it now (and cache it) when ``measure`` is given."""
+        bid = bundle_identity(bundle)
+        got = self.get(bid, part.name, precision, device, threads)
+        if got is not None or measure is None:
+            return got
+        log.info("measuring tile latency: part=%s precision=%s device=%s threads=%s", part.name, precision, device,
+                 threads)
+        t0 = time.perf_counter()
+        seconds = float(measure(bundle, part, precision, device, threads))
+        log.info("tile latency measured: part=%s seconds_per_tile=%.3f (took %.1f s)", part.name, seconds,
+                 time.perf_counter() - t0)
+        self.put(bid, part.name, precision, device, threads, seconds)
+        return seconds
+
+    def _save(self) -> None:
+        if not self.path:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"version": self.VERSION, "tiles": self._tiles, "overheads": self._overheads}
+        fd, tmp = tempfile.mkstemp(prefix=".latency.", suffix=".tmp", dir=self.path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# geometry
+
+
+def network_shape(geometry: SeriesGeometry, variant: Any, part: Any) -> tuple[int, int, int]:
+    """Shape of the volume on the part's grid, in the network's axis order."""
+    extent_voxel = [n * s for n, s in zip(geometry.shape, geometry.spacing)]  # mm along voxel axes i, j, k
+    if getattr(variant, "reorient", "none") == "RAS":
+        world = [0.0, 0.0, 0.0]  # mm along x, y, z
+        for axis, mm in zip(geometry.world_axes, extent_voxel):
+            world[axis] = mm
+        sitk_extent = [world[2], world[1], world[0]]  # SimpleITK array order of the RAS image: (z, y, x)
+    else:
+        sitk_extent = [extent_voxel[2], extent_voxel[1], extent_voxel[0]]  # array as stored, (k, j, i)
+    tf = tuple(part.transpose_forward)
+    net_extent = [sitk_extent[a] for a in tf]
+    return tuple(max(1, int(round(mm / sp))) for mm, sp in zip(net_extent, part.spacing))  # type: ignore[return-value]
+
+
+def part_tiles(geometry: SeriesGeometry, variant: Any, part: Any, step: float) -> int:
+    """Network evaluations for one part: sliding-window tiles times mirror evaluations."""
+    from edgeseg.runtime.infer.tiling import tile_count
+
+    tiles = tile_count(network_shape(geometry, variant, part), tuple(part.patch_size), step)
+    mirrors = 2 ** len(part.mirror_axes) if getattr(part, "use_mirroring", False) else 1
+    return tiles * mirrors
+
+
+def _candidate_steps(variant: Any, coarser: Iterable[float]) -> list[float | None]:
+    own = [float(p.tile_step_size) for p in variant.parts]
+    out: list[float | None] = [None]
+    out.extend(s for s in sorted(set(coarser)) if s > min(own) + 1e-9)
+    return out
+
+
+def _effective_step(part: Any, override: float | None) -> float:
+    return float(part.tile_step_size) if override is None else max(float(part.tile_step_size), override)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# planning
+
+LatencyFn = Callable[[Any], "float | None"]
+
+
+def predict(geometry: SeriesGeometry, variant: Any, step: float | None, latency: LatencyFn,
+            overhead: tuple[float, float]) -> tuple[float | None, int, dict[str, Any]]:
+    """(predicted seconds or None, total network evaluations, per-part details) of one plan."""
+    per_mvoxel, fixed = overhead
+    total_tiles = 0
+    tile_seconds = 0.0
+    voxels = float(geometry.voxels)
+    unknown = []
+    details: dict[str, Any] = {}
+    for part in variant.parts:
+        eff = _effective_step(part, step)
+        n = part_tiles(geometry, variant, part, eff)
+        shape = network_shape(geometry, variant, part)
+        voxels += shape[0] * shape[1] * shape[2]
+        total_tiles += n
+        lat = latency(part)
+        details[part.name] = {"tiles": n, "step": eff, "shape": list(shape), "seconds_per_tile": lat}
+        if lat is None:
+            unknown.append(part.name)
+        else:
+            tile_seconds += n * lat
+    details["tile_seconds"] = tile_seconds
+    details["mvoxels"] = voxels / 1e6
+    if unknown:
+        return None, total_tiles, details
+    return tile_seconds + per_mvoxel * voxels / 1e6 + fixed, total_tiles, details
+
+
+def plan_series(
+    bundle: Any,
+    geometry: SeriesGeometry | None,
+    budget_s: float | None,
+    latency: LatencyFn,
+    overhead: tuple[float, float] = (DEFAULT_SECONDS_PER_MVOXEL, DEFAULT_FIXED_S),
+    coarser_steps: Iterable[float] = COARSER_STEPS,
+) -> Plan:
+    """The most accurate plan predicted to fit ``budget_s``, else the fastest (``fits=False``).
+
+    ``latency(part)`` returns seconds per tile for a part, or None when unknown.
+    """
+    variants = sorted(bundle.variants, key=lambda v: (v.rank, v.name))
+    best = variants[0]
+    if budget_s is None:
+        return Plan(best.name, None, None, True, "no time budget: the most accurate variant")
+    if geometry is None:
+        return Plan(best.name, None, None, False, "volume size unknown from the headers: the most accurate variant, "
+                    "unplanned")
+    candidates: list[Plan] = []
+    for variant in variants:
+        for step in _candidate_steps(variant, coarser_steps):
+            seconds, tiles, details = predict(geometry, variant, step, latency, overhead)
+            if seconds is None:
+                missing = [k for k, v in details.items() if isinstance(v, dict) and v.get("seconds_per_tile") is None]
+                return Plan(best.name, None, None, False,
+                            f"no tile latency measured for part(s) {', '.join(missing)} of variant {variant.name}: "
+                            "the most accurate variant, unplanned", tiles, details)
+            plan = Plan(variant.name, step, seconds, seconds <= budget_s, "", tiles, details)
+            if plan.fits:
+                what = "its own tile step" if step is None else f"tile step {step:g}"
+                first = not candidates
+                reason = (f"most accurate plan fits: variant {variant.name} with {what}, predicted {seconds:.0f} s "
+                          f"of {budget_s:.0f} s" if first else
+                          f"variant {variant.name} with {what} is the most accurate plan that fits: predicted "
+                          f"{seconds:.0f} s of {budget_s:.0f} s")
+                return Plan(variant.name, step, seconds, True, reason, tiles, details)
+            candidates.append(plan)
+    fastest = min(candidates, key=lambda p: (p.predicted_s or math.inf, p.tiles))
+    what = "its own tile step" if fastest.tile_step_size is None else f"tile step {fastest.tile_step_size:g}"
+    return Plan(fastest.variant, fastest.tile_step_size, fastest.predicted_s, False,
+                f"no plan fits the {budget_s:.0f} s budget; running the fastest (variant {fastest.variant} with {what}, "
+                f"predicted {fastest.predicted_s:.0f} s)", fastest.tiles, fastest.details)
+
+
+class Planner:
+    """Plans series for one bundle on one device with a latency table (and optionally measures missing entries)."""
+
+    def __init__(self, bundle: Any, table: LatencyTable, device: str, precision: str, threads: int | None,
+                 measure: MeasureFn | None = None, coarser_steps: Iterable[float] = COARSER_STEPS) -> None:
+        self.bundle = bundle
+        self.table = table
+        self.device = device
+        self.precision = precision
+        self.threads = threads
+        self.measure = measure
+        self.coarser_steps = tuple(coarser_steps)
+        self.bundle_id = bundle_identity(bundle)
+
+    def latency(self, part: Any) -> float | None:
+        try:
+            return self.table.get_or_measure(self.bundle, part, self.precision, self.device, self.threads,
+                                             self.measure)
+        except Exception as err:  # noqa: BLE001 - a failed measurement must not stop segmentation
+            log.warning("tile latency measurement failed, planning without it: part=%s error=%s", part.name, err)
+            self.measure = None
+            return None
+
+    def plan(self, geometry: SeriesGeometry | None, budget_s: float | None) -> Plan:
+        return plan_series(self.bundle, geometry, budget_s, self.latency,
+                           self.table.overhead(self.bundle_id, self.device, self.threads), self.coarser_steps)
+
+    def record(self, plan: Plan, actual_s: float) -> None:
+        """Refine the overhead term from a finished run that followed ``plan``."""
+        tile_seconds = plan.details.get("tile_seconds")
+        mvoxels = plan.details.get("mvoxels")
+        if plan.predicted_s is None or tile_seconds is None or not mvoxels:
+            return
+        self.table.record_run(self.bundle_id, self.device, self.threads, float(mvoxels), float(tile_seconds),
+                              actual_s)

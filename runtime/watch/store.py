@@ -1,0 +1,321 @@
+"""The persistent job store: one SQLite row per series key, surviving crashes and restarts.
+
+States::
+
+    discovered -> complete -> running -> done
+                                    \\-> failed   (retried while attempts < max_attempts, or when the input changes)
+
+* A row is keyed by the series key (``<folder>::<SeriesInstanceUID>`` or the image file's path) and carries the
+  input *fingerprint* (hash of the sorted (relative name, size, mtime_ns) list) it was last handed out with.
+* :meth:`JobStore.reconcile` runs once at start: ``running`` rows were interrupted (crash, kill, forced stop):
+  they go back to ``complete`` and run again, unless they were interrupted ``max_attempts`` times already (a
+  series that kills the process, e.g. out of memory), which makes them ``failed``.
+* :meth:`JobStore.decide` is asked for every complete series: ``done`` rows are not repeated unless the
+  fingerprint changed or the output folder is gone; ``failed`` rows are retried only if the fingerprint changed or
+  attempts < max_attempts.
+
+sqlite3 from the standard library, WAL journal, synchronous=FULL (a committed transition survives kill -9 and
+power loss); one connection shared by the watcher's threads behind a lock.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from edgeseg.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DISCOVERED, COMPLETE, RUNNING, DONE, FAILED = "discovered", "complete", "running", "done", "failed"
+STATES = (DISCOVERED, COMPLETE, RUNNING, DONE, FAILED)
+SCHEMA_VERSION = 1
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS jobs (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    name TEXT NOT NULL,
+    series_uid TEXT,
+    description TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL CHECK (state IN ({", ".join(repr(s) for s in STATES)})),
+    fingerprint TEXT,
+    n_files INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    interruptions INTEGER NOT NULL DEFAULT 0,
+    error_kind TEXT,
+    last_error TEXT,
+    output_path TEXT,
+    plan TEXT,
+    budget_s REAL,
+    predicted_s REAL,
+    actual_s REAL,
+    discovered_at REAL NOT NULL,
+    completed_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_updated ON jobs(updated_at);
+"""
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One row of the store (times are epoch seconds)."""
+
+    key: str
+    kind: str
+    folder: str
+    name: str
+    series_uid: str | None
+    description: str
+    state: str
+    fingerprint: str | None
+    n_files: int
+    attempts: int
+    interruptions: int
+    error_kind: str | None
+    last_error: str | None
+    output_path: str | None
+    plan: str | None
+    budget_s: float | None
+    predicted_s: float | None
+    actual_s: float | None
+    discovered_at: float
+    completed_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+
+    @property
+    def plan_dict(self) -> dict[str, Any]:
+        return json.loads(self.plan) if self.plan else {}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a complete series should run, and why (for the log)."""
+
+    run: bool
+    reason: str
+
+
+class JobStore:
+    """The SQLite job store at ``path`` (created with its folder if missing)."""
+
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        try:
+            if readonly:
+                self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
+                                           timeout=10)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
+                self._db.row_factory = sqlite3.Row
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                with self._tx():
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                    if version == 0:
+                        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                    elif version != SCHEMA_VERSION:
+                        raise ConfigError(
+                            f"Job store {self.path} has schema version {version}; this edgeseg reads version "
+                            f"{SCHEMA_VERSION}. Fix: move the state_dir aside (series will be re-checked) or "
+                            "use the matching edgeseg version.")
+        except sqlite3.Error as err:
+            raise ConfigError(f"Job store {self.path} cannot be opened ({err}). Fix: check that state_dir is a "
+                              "local, writable folder (SQLite does not work reliably on network shares).") from err
+        self._db.row_factory = sqlite3.Row
+
+    # ------------------------------------------------------------------------------------------------- plumbing
+
+    class _Tx:
+        def __init__(self, store: JobStore) -> None:
+            self.store = store
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.store._lock.acquire()
+            self.store._db.execute("BEGIN IMMEDIATE")
+            return self.store._db
+
+        def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+            try:
+                self.store._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            finally:
+                self.store._lock.release()
+
+    def _tx(self) -> JobStore._Tx:
+        return JobStore._Tx(self)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def get(self, key: str) -> JobRow | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
+        return JobRow(**dict(row)) if row else None
+
+    def rows(self, state: str | None = None, limit: int | None = None) -> list[JobRow]:
+        """Rows, most recently updated first."""
+        sql = "SELECT * FROM jobs" + (" WHERE state = ?" if state else "") + " ORDER BY updated_at DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        with self._lock:
+            cur = self._db.execute(sql, (state,) if state else ())
+            return [JobRow(**dict(r)) for r in cur.fetchall()]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            got = dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        return {s: int(got.get(s, 0)) for s in STATES}
+
+    def __iter__(self) -> Iterator[JobRow]:
+        return iter(self.rows())
+
+    # ---------------------------------------------------------------------------------------------- transitions
+
+    def discover(self, key: str, kind: str, folder: Path, name: str, series_uid: str | None = None,
+                 description: str = "") -> None:
+        """Insert a ``discovered`` row; an existing row (any state) is left as it is."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO jobs (key, kind, folder, name, series_uid, description, state, discovered_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, kind, str(folder), name, series_uid, description, DISCOVERED, now, now))
+
+    def decide(self, key: str, fingerprint: str, max_attempts: int) -> Decision:
+        """Should the complete series ``key`` with input ``fingerprint`` run now?"""
+        row = self.get(key)
+        if row is None:
+            return Decision(True, "new series")
+        if row.state == RUNNING:
+            return Decision(False, "already running")
+        changed = row.fingerprint != fingerprint
+        if row.state == DONE:
+            if changed:
+                return Decision(True, "input changed since it was segmented")
+            if not row.output_path or not Path(row.output_path).is_dir():
+                return Decision(True, "output folder is missing")
+            return Decision(False, "already segmented, input unchanged")
+        if row.state == FAILED:
+            if changed:
+                return Decision(True, "input changed since it failed")
+            if row.attempts >= max_attempts or row.interruptions >= max_attempts:
+                return Decision(False, f"given up after {max(row.attempts, row.interruptions)} attempts; "
+                                "change or re-copy the series to try again")
+            return Decision(True, f"retry {row.attempts + 1} of {max_attempts}")
+        return Decision(True, "complete, not yet segmented")
+
+    def mark_complete(self, key: str, kind: str, folder: Path, name: str, fingerprint: str, n_files: int,
+                      series_uid: str | None = None, description: str = "") -> None:
+        """The series is complete with ``fingerprint``; a new fingerprint resets the attempt counters."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT fingerprint FROM jobs WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO jobs (key, kind, folder, name, series_uid, description, state, fingerprint, n_files,"
+                    " discovered_at, completed_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, kind, str(folder), name, series_uid, description, COMPLETE, fingerprint, n_files, now, now,
+                     now))
+                return
+            reset = row["fingerprint"] != fingerprint
+            db.execute(
+                "UPDATE jobs SET state = ?, fingerprint = ?, n_files = ?, name = ?, completed_at = ?, updated_at = ?"
+                + (", attempts = 0, interruptions = 0" if reset else "") + " WHERE key = ?",
+                (COMPLETE, fingerprint, n_files, name, now, now, key))
+
+    def mark_running(self, key: str, plan: dict[str, Any] | None = None, budget_s: float | None = None,
+                     predicted_s: float | None = None) -> int:
+        """Start an attempt; returns the attempt number (1-based)."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, attempts = attempts + 1, started_at = ?, finished_at = NULL, plan = ?,"
+                " budget_s = ?, predicted_s = ?, actual_s = NULL, updated_at = ? WHERE key = ?",
+                (RUNNING, now, json.dumps(plan) if plan else None, budget_s, predicted_s, now, key))
+            row = db.execute("SELECT attempts FROM jobs WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def mark_done(self, key: str, output_path: Path | None, actual_s: float) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, output_path = ?, actual_s = ?, finished_at = ?, error_kind = NULL,"
+                " last_error = NULL, updated_at = ? WHERE key = ?",
+                (DONE, str(output_path) if output_path else None, actual_s, now, now, key))
+
+    def mark_failed(self, key: str, error_kind: str, message: str, actual_s: float | None = None,
+                    give_up: bool = False, max_attempts: int | None = None) -> None:
+        """Record a failed attempt; ``give_up`` (a deterministic problem) sets attempts to ``max_attempts``."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, error_kind = ?, last_error = ?, actual_s = ?, finished_at = ?,"
+                " updated_at = ?" + (", attempts = MAX(attempts, ?)" if give_up and max_attempts else "")
+                + " WHERE key = ?",
+                (FAILED, error_kind, message[:4000], actual_s, now, now,
+                 *((max_attempts,) if give_up and max_attempts else ()), key))
+
+    def mark_cancelled(self, key: str) -> None:
+        """A stop request cancelled the attempt cleanly: back to ``complete``, the attempt not counted."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), started_at = NULL,"
+                       " updated_at = ? WHERE key = ? AND state = ?", (COMPLETE, now, key, RUNNING))
+
+    def forget(self, key: str) -> None:
+        """Remove a row (a series with nothing to do, e.g. localizer images only)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM jobs WHERE key = ?", (key,))
+
+    def reconcile(self, max_attempts: int) -> list[JobRow]:
+        """At start: interrupted (``running``) rows go back to ``complete``, or to ``failed`` once they were
+        interrupted ``max_attempts`` times. Returns the rows that were given up (the caller writes error files)."""
+        now = time.time()
+        given_up: list[JobRow] = []
+        with self._tx() as db:
+            rows = [JobRow(**dict(r)) for r in db.execute("SELECT * FROM jobs WHERE state = ?", (RUNNING,))]
+            for row in rows:
+                interruptions = row.interruptions + 1
+                if interruptions >= max_attempts:
+                    msg = (f"the watcher stopped {interruptions} times while segmenting this series (crash, "
+                           "out-of-memory kill or forced stop), so it is not retried automatically")
+                    db.execute("UPDATE jobs SET state = ?, interruptions = ?, error_kind = 'interrupted',"
+                               " last_error = ?, finished_at = ?, updated_at = ? WHERE key = ?",
+                               (FAILED, interruptions, msg, now, now, row.key))
+                    given_up.append(self._row(db, row.key))
+                    log.error("series given up after repeated interruptions: key=%s interruptions=%d", row.key,
+                              interruptions)
+                else:
+                    db.execute("UPDATE jobs SET state = ?, interruptions = ?, attempts = MAX(attempts - 1, 0),"
+                               " updated_at = ? WHERE key = ?", (COMPLETE, interruptions, now, row.key))
+                    log.info("series was interrupted, it will run again: key=%s interruptions=%d", row.key,
+                             interruptions)
+        return given_up
+
+    @staticmethod
+    def _row(db: sqlite3.Connection, key: str) -> JobRow:
+        return JobRow(**dict(db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()))

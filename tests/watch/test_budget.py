@@ -1,0 +1,154 @@
+"""The time-budget planner with a fake latency table (no model runs)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeseg.bundle import ModelFile, Normalization, Part, Resampling, Variant
+from edgeseg.runtime.infer.tiling import tile_count
+from edgeseg.runtime.watch.budget import (
+    LatencyTable, Planner, bundle_identity, network_shape, part_tiles, plan_series,
+)
+from edgeseg.runtime.watch.jobs import SeriesGeometry
+
+
+def make_part(name: str, spacing: float, patch: int = 32, step: float = 0.5, mirror: bool = False,
+              tf: tuple[int, int, int] = (0, 1, 2)) -> Part:
+    tb = tuple(tf.index(i) for i in range(3))
+    return Part(name=name, label_map={1: 1}, num_input_channels=1, num_outputs=2, spacing=(spacing,) * 3,
+                patch_size=(patch,) * 3, transpose_forward=tf, transpose_backward=tb,
+                normalization=(Normalization("ZScoreNormalization"),), resampling_data=Resampling(),
+                resampling_probabilities=Resampling(), tile_step_size=step, use_gaussian=True, use_mirroring=mirror,
+                mirror_axes=(0, 1, 2) if mirror else (), folds=("0",),
+                models={"int8": ModelFile("int8", f"{name}.xml", f"{name}.bin")})
+
+
+class FakeBundle:
+    """What the planner reads of a bundle: variants (with rank) and the recorded file hashes."""
+
+    def __init__(self, *variants: Variant) -> None:
+        self.variants = variants
+        self.files = {"a.xml": "0" * 64}
+        self.name = "fake"
+
+
+ACCURATE = Variant("accurate_1.5mm", 0, "RAS", None, (make_part("organs", 1.5), make_part("muscles", 1.5)))
+FAST = Variant("fast_3mm", 1, "RAS", None, (make_part("all", 3.0),))
+BUNDLE = FakeBundle(FAST, ACCURATE)  # listed out of rank order on purpose
+TYPICAL = SeriesGeometry((256, 208, 160), (1.5, 1.5, 1.5))
+NO_OVERHEAD = (0.0, 0.0)
+
+
+def latency(seconds: dict[str, float]):
+    return lambda part: seconds.get(part.name)
+
+
+def test_network_shape_follows_ras_sitk_order_and_transpose() -> None:
+    geometry = SeriesGeometry((100, 80, 50), (1.0, 1.0, 2.0), world_axes=(0, 1, 2))  # 100 x 80 x 100 mm
+    part = make_part("p", 2.0)
+    assert network_shape(geometry, ACCURATE, part) == (50, 40, 50)  # (z, y, x)
+    sagittal = SeriesGeometry((50, 80, 100), (2.0, 1.0, 1.0), world_axes=(2, 1, 0))  # i along z, k along x
+    assert network_shape(sagittal, ACCURATE, part) == (50, 40, 50)
+    transposed = make_part("t", 2.0, tf=(2, 0, 1))
+    assert network_shape(geometry, ACCURATE, transposed) == (50, 50, 40)
+    plain = Variant("plain", 0, "none", None, (part,))  # array as stored: (k, j, i)
+    assert network_shape(geometry, plain, part) == (50, 40, 50)
+
+
+def test_tiles_match_nnunet_sliding_window_and_mirroring() -> None:
+    geometry = SeriesGeometry((100, 80, 50), (1.0, 1.0, 2.0))
+    part = make_part("p", 2.0, patch=32, step=0.5)
+    assert part_tiles(geometry, ACCURATE, part, 0.5) == 3 * 2 * 3 == tile_count((50, 40, 50), (32, 32, 32), 0.5)
+    mirrored = make_part("m", 2.0, patch=32, step=0.5, mirror=True)
+    assert part_tiles(geometry, ACCURATE, mirrored, 0.5) == 18 * 8
+    assert part_tiles(geometry, ACCURATE, part, 1.0) < 18
+
+
+def test_most_accurate_plan_when_it_fits() -> None:
+    plan = plan_series(BUNDLE, TYPICAL, 2000.0, latency({"organs": 0.5, "muscles": 0.5, "all": 0.5}), NO_OVERHEAD)
+    assert plan.variant == "accurate_1.5mm" and plan.tile_step_size is None and plan.fits
+    expected_tiles = 2 * tile_count((160, 208, 256), (32, 32, 32), 0.5)
+    assert plan.tiles == expected_tiles
+    assert plan.predicted_s == pytest.approx(expected_tiles * 0.5)
+    assert "most accurate plan fits" in plan.reason
+
+
+def test_coarser_tile_step_of_the_same_variant_before_a_less_accurate_variant() -> None:
+    lat = latency({"organs": 0.5, "muscles": 0.5, "all": 0.01})
+    full = plan_series(BUNDLE, TYPICAL, None, lat, NO_OVERHEAD)
+    assert full.variant == "accurate_1.5mm" and full.predicted_s is None  # no budget: no prediction needed
+    own = 2 * tile_count((160, 208, 256), (32, 32, 32), 0.5) * 0.5
+    at_08 = 2 * tile_count((160, 208, 256), (32, 32, 32), 0.8) * 0.5
+    plan = plan_series(BUNDLE, TYPICAL, (own + at_08) / 2, lat, NO_OVERHEAD)
+    assert (plan.variant, plan.tile_step_size, plan.fits) == ("accurate_1.5mm", 0.8, True)
+    assert plan.predicted_s == pytest.approx(at_08)
+    assert "tile step 0.8" in plan.reason
+
+
+def test_less_accurate_variant_when_the_accurate_one_cannot_fit() -> None:
+    lat = latency({"organs": 0.5, "muscles": 0.5, "all": 0.1})
+    plan = plan_series(BUNDLE, TYPICAL, 30.0, lat, NO_OVERHEAD)
+    assert plan.variant == "fast_3mm" and plan.fits and plan.tile_step_size is None
+
+
+def test_nothing_fits_runs_the_fastest_and_says_so() -> None:
+    lat = latency({"organs": 5.0, "muscles": 5.0, "all": 5.0})
+    plan = plan_series(BUNDLE, TYPICAL, 1.0, lat, (0.5, 2.0))
+    assert not plan.fits
+    assert (plan.variant, plan.tile_step_size) == ("fast_3mm", 1.0)
+    assert "no plan fits the 1 s budget" in plan.reason and "fastest" in plan.reason
+    voxels = TYPICAL.voxels + 86 * 70 * 54  # input + the 3 mm network grid
+    tiles = tile_count((80, 104, 128), (32, 32, 32), 1.0)
+    assert plan.predicted_s == pytest.approx(tiles * 5.0 + 0.5 * voxels / 1e6 + 2.0, rel=0.02)
+
+
+def test_unknown_latency_or_geometry_gives_an_unplanned_most_accurate_run() -> None:
+    plan = plan_series(BUNDLE, TYPICAL, 60.0, latency({"organs": 0.5}), NO_OVERHEAD)
+    assert plan.variant == "accurate_1.5mm" and plan.predicted_s is None and not plan.fits
+    assert "muscles" in plan.reason
+    plan = plan_series(BUNDLE, None, 60.0, latency({}), NO_OVERHEAD)
+    assert plan.variant == "accurate_1.5mm" and "volume size unknown" in plan.reason
+
+
+def test_latency_table_is_cached_on_disk_and_measured_once(tmp_path: Path) -> None:
+    path = tmp_path / "latency.json"
+    calls: list[tuple] = []
+
+    def measure(bundle, part, precision, device, threads):
+        calls.append((part.name, precision, device, threads))
+        return {"organs": 0.4, "muscles": 0.6, "all": 0.2}[part.name]
+
+    planner = Planner(BUNDLE, LatencyTable(path), "CPU", "int8", 2, measure)
+    plan = planner.plan(TYPICAL, 1000.0)
+    assert plan.fits and sorted(calls) == [("muscles", "int8", "CPU", 2), ("organs", "int8", "CPU", 2)]
+    data = json.loads(path.read_text())
+    bid = bundle_identity(BUNDLE)
+    assert data["tiles"][f"{bid}|organs|int8|CPU|2"]["seconds_per_tile"] == 0.4
+    again = Planner(BUNDLE, LatencyTable(path), "CPU", "int8", 2, measure)
+    assert again.plan(TYPICAL, 1000.0).predicted_s == plan.predicted_s
+    assert len(calls) == 2  # cached: not measured again
+    Planner(BUNDLE, LatencyTable(path), "GPU", "int8", 2, measure).plan(TYPICAL, 1000.0)
+    assert len(calls) == 4  # another device is another key
+
+
+def test_failed_measurement_does_not_stop_planning(tmp_path: Path) -> None:
+    def broken(*args):
+        raise RuntimeError("no device")
+
+    plan = Planner(BUNDLE, LatencyTable(tmp_path / "l.json"), "GPU", "auto", None, broken).plan(TYPICAL, 60.0)
+    assert plan.predicted_s is None and plan.variant == "accurate_1.5mm"
+
+
+def test_overhead_is_refined_from_real_runs(tmp_path: Path) -> None:
+    table = LatencyTable(tmp_path / "l.json")
+    for name, s in {"organs": 0.1, "muscles": 0.1, "all": 0.1}.items():
+        table.put(bundle_identity(BUNDLE), name, "int8", "CPU", None, s)
+    planner = Planner(BUNDLE, table, "CPU", "int8", None)
+    plan = planner.plan(TYPICAL, 1000.0)
+    mvox = plan.details["mvoxels"]
+    actual = plan.details["tile_seconds"] + 3.0 + 4.0 * mvox  # the machine spends 4 s per Mvoxel
+    planner.record(plan, actual)
+    assert LatencyTable(tmp_path / "l.json").overhead(bundle_identity(BUNDLE), "CPU", None)[0] == pytest.approx(4.0)
+    assert planner.plan(TYPICAL, 1000.0).predicted_s == pytest.approx(actual)
