@@ -58,8 +58,13 @@ def run_segment(args: argparse.Namespace) -> int:
         return 6
     failures = 0
     for ref in refs:
+        shown = [-1]
+
         def progress(msg: str, frac: float) -> None:
-            log.info("%3.0f%% %s", 100 * frac, msg)
+            decile = int(frac * 10)  # long work shows progress, about every 10 %
+            if decile > shown[0]:
+                shown[0] = decile
+                log.info("%3.0f%% %s", 100 * frac, msg)
 
         try:
             result = segment_series(ref, bundle, options, progress)
