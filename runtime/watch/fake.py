@@ -1,0 +1,164 @@
+"""A fake segmenter for tests and for measuring the watcher's own overhead. No model runs.
+
+It checks its input the way the reader is specified to (every DICOM instance readable with complete pixel
+data, slices evenly spaced; a NIfTI that opens) and raises :class:`~edgeseg.errors.InvalidSeriesError`
+otherwise, then writes a dummy ``<name>.edgeseg/`` folder beside the series atomically: into
+``.<name>.edgeseg.partial-<random>/`` first, then renamed into place (an existing result is moved to
+``.<name>.edgeseg.old-<random>`` and removed after), so a kill at any moment leaves either no result or a
+complete one. ``manifest.json`` records the input fingerprint and file list, which tests compare with the inputs.
+
+Selected in a watcher process by the environment variable ``EDGESEG_WATCH_SEGMENTER=fake`` or
+``fake:<seconds>`` (sleep that long inside, to widen the window a kill test can hit). A test hook: the watcher
+logs a warning when it is active.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeseg.errors import InvalidSeriesError
+from edgeseg.runtime.watch.jobs import DICOM, SeriesJob, check_name, fingerprint, stamp_files
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "EDGESEG_WATCH_SEGMENTER"
+
+
+def _check_dicom(job: SeriesJob) -> None:
+    import pydicom
+
+    positions = []
+    normal = None
+    for path in job.image_files or job.files:
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as err:  # noqa: BLE001
+            raise InvalidSeriesError(f"Series {job.series_uid}: {path.name} is not readable DICOM ({err}). "
+                                     "Re-export the series from the scanner.") from err
+        if "PixelData" not in ds or "Rows" not in ds:
+            continue
+        bits = int(ds.get("BitsAllocated", 16))
+        need = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1) * int(
+            ds.get("SamplesPerPixel", 1)) * bits // 8
+        if len(ds.PixelData) < need:
+            raise InvalidSeriesError(f"Series {job.series_uid}: {path.name} is truncated ({len(ds.PixelData)} of "
+                                     f"{need} pixel bytes). Re-export the series from the scanner.")
+        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
+            iop = np.array([float(x) for x in ds.ImageOrientationPatient])
+            normal = np.cross(iop[:3], iop[3:])
+            positions.append(float(np.dot(normal, [float(x) for x in ds.ImagePositionPatient])))
+    if not positions:
+        raise InvalidSeriesError(f"Series {job.series_uid} has no image with a position; it is not a 3-D volume.")
+    if len(positions) > 2:
+        gaps = np.diff(np.sort(positions))
+        if gaps.min() <= 1e-3 or gaps.max() > 1.5 * np.median(gaps):
+            raise InvalidSeriesError(
+                f"Series {job.series_uid}: slices are not evenly spaced (gaps {gaps.min():.2f}..{gaps.max():.2f} mm), "
+                "a slice is missing or duplicated. Re-send the complete series.")
+
+
+def _check_nifti(job: SeriesJob) -> None:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(job.source))
+        np.asarray(img.dataobj[..., 0] if len(img.shape) > 3 else img.dataobj)
+    except Exception as err:  # noqa: BLE001
+        raise InvalidSeriesError(f"{job.source.name} does not open as an image ({err}). Copy it again.") from err
+
+
+def write_atomically(folder: Path, name: str, write: Callable[[Path], None]) -> Path:
+    """Write ``<folder>/<name>.edgeseg/`` through a temporary folder and renames; clears stale temporaries of
+    this name left by a killed process."""
+    name = check_name(name)
+    final = folder / f"{name}.edgeseg"
+    for stale in folder.glob(f".{name}.edgeseg.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in folder.glob(f".{name}.edgeseg.old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    partial = folder / f".{name}.edgeseg.partial-{secrets.token_hex(4)}"
+    partial.mkdir()
+    try:
+        write(partial)
+        old = None
+        if final.exists():
+            old = folder / f".{name}.edgeseg.old-{secrets.token_hex(4)}"
+            os.replace(final, old)
+        os.replace(partial, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return final
+
+
+def fake_segment(source: SeriesJob, bundle: Any, options: Any, progress: Callable[[str, float], None] | None = None,
+                 plan: dict[str, Any] | None = None, delay_s: float = 0.0) -> Any:
+    """Check ``source`` like a reader, wait ``delay_s``, write a dummy result; returns a SegmentResult."""
+    from edgeseg.runtime.segment import SegmentResult
+
+    job = source
+    if progress:
+        progress("read", 0.0)
+    if job.kind == DICOM:
+        _check_dicom(job)
+    else:
+        _check_nifti(job)
+    if delay_s:
+        steps = max(1, int(delay_s / 0.05))
+        for i in range(steps):
+            time.sleep(delay_s / steps)
+            if progress:
+                progress("infer", (i + 1) / steps)
+    stamps = stamp_files(job.folder, job.files)
+    manifest = {
+        "writer": "edgeseg.runtime.watch.fake",
+        "series_key": job.key,
+        "series_uid": job.series_uid,
+        "input_fingerprint": fingerprint(stamps),
+        "inputs": [[s.rel, s.size, s.mtime_ns] for s in stamps],
+        "device": getattr(options, "device", None),
+        "variant": getattr(options, "variant", None),
+        "tile_step_size": getattr(options, "tile_step_size", None),
+        "plan": plan,
+        "written_at": time.time(),
+    }
+
+    def write(folder: Path) -> None:
+        (folder / "labels.txt").write_text("0 background\n", encoding="utf-8")
+        with open(folder / "manifest.json", "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    out = write_atomically(job.folder, job.name, write)
+    if progress:
+        progress("write", 1.0)
+    return SegmentResult(out, {"manifest": out / "manifest.json", "labels": out / "labels.txt"}, manifest)
+
+
+def from_env(value: str | None = None) -> Callable[..., Any] | None:
+    """The segmenter the test hook names (``fake`` or ``fake:<seconds>``), or None when the hook is unset."""
+    value = os.environ.get(ENV_VAR, "") if value is None else value
+    if not value:
+        return None
+    kind, _, arg = value.partition(":")
+    if kind != "fake":
+        raise ValueError(f"{ENV_VAR}={value!r}: only 'fake' or 'fake:<seconds>' is known")
+    delay = float(arg) if arg else 0.0
+
+    def segmenter(source: SeriesJob, bundle: Any, options: Any,
+                  progress: Callable[[str, float], None] | None = None, plan: dict[str, Any] | None = None) -> Any:
+        return fake_segment(source, bundle, options, progress, plan, delay)
+
+    segmenter.__name__ = f"fake_segment(delay={delay})"
+    return segmenter

@@ -1,0 +1,546 @@
+"""The hands-free watcher: observer -> scheduler -> workers, with a persistent job store.
+
+Threads (every loop waits on one stop :class:`threading.Event`)::
+
+    watchdog observer ──paths──▶ events queue ──▶ scheduler thread ──complete series──▶ job queue ──▶ worker(s)
+                                                   │ CompletionTracker (owned here)        │ segmenter
+                                                   │ JobStore.decide / discover            │ JobStore.mark_*
+                                                   ◀──────────── finished queue ───────────┘
+
+* The observer's handler only enqueues paths. At start the roots are scanned once (files that arrived while the
+  watcher was down), and again every ``rescan_interval_s`` as a safety net for lost events.
+* The scheduler is the only user of the :class:`CompletionTracker`; it asks the store whether a complete series
+  should run (not repeated when done with the same input; a failing series is given up after ``max_attempts``)
+  and hands it to up to ``max_concurrent_series`` workers.
+* A worker plans the run against the time budget, calls the segmenter and records the outcome. Any exception
+  (EdgesegError or not) becomes a ``failed`` row and ``<name>.edgeseg-error.json`` beside the series; a failure
+  is retried with back-off until ``max_attempts``. The watcher does not die on bad input.
+* Stop (SIGTERM, SIGINT, :meth:`Watcher.stop`): the observer and scheduler stop at once; a running series gets
+  ``stop_grace_s`` to finish, then is cancelled at its next progress report, and if it does not report it is
+  abandoned: its row stays ``running`` and it runs again at the next start.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeseg.errors import (
+    BundleError, EdgesegError, InferenceError, InvalidSeriesError, MissingDependencyError, OutputError,
+)
+from edgeseg.runtime.watch import adapters
+from edgeseg.runtime.watch.budget import LatencyTable, MeasureFn, Plan, Planner
+from edgeseg.runtime.watch.completion import CompletionTracker
+from edgeseg.runtime.watch.config import WatchConfig
+from edgeseg.runtime.watch.jobs import DICOM, INVALID, SeriesJob
+from edgeseg.runtime.watch.observer import EnqueueHandler, PathFilter, start_observer
+from edgeseg.runtime.watch.store import JobStore
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, float], None]
+#: segmenter(job, bundle, options, progress, plan) -> SegmentResult; the real one wraps segment_series
+Segmenter = Callable[[SeriesJob, Any, Any, "ProgressCallback | None", "dict[str, Any] | None"], Any]
+
+
+class JobCancelled(Exception):
+    """Raised from the progress callback to cancel a running series at a stop request."""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One finished attempt, kept in memory for ``--once`` summaries and benchmarks."""
+
+    key: str
+    name: str
+    ok: bool
+    seconds: float
+    output: Path | None
+    error: str | None
+    plan: Plan | None
+    budget_s: float | None
+
+    @property
+    def within_budget(self) -> bool | None:
+        return None if self.budget_s is None else self.seconds <= self.budget_s
+
+
+def real_segmenter(job: SeriesJob, bundle: Any, options: Any, progress: ProgressCallback | None = None,
+                   plan: dict[str, Any] | None = None) -> Any:
+    """Hand a complete series to :func:`edgeseg.runtime.segment.segment_series`.
+
+    DICOM: a :class:`~edgeseg.runtime.read.SeriesRef` of exactly the image instances the tracker grouped and
+    fingerprinted (several series may share the folder); NIfTI/PAR: the file.
+    """
+    segment = adapters.segment_series_function()
+    source: Any = job.source
+    if job.kind == DICOM:
+        source = adapters.series_ref("dicom", job.folder, job.image_files or job.files, job.series_uid,
+                                     job.description, job.series_number, job.expected_instances)
+    return segment(source, bundle, options, progress=progress, plan=plan)
+
+
+def _what_to_do(err: BaseException, config: WatchConfig, job: SeriesJob) -> str:
+    if isinstance(err, InvalidSeriesError):
+        return ("This series cannot be segmented as it is. Check it on the scanner console (one complete 3-D "
+                "series) and send it again; the watcher tries again by itself when the files change.")
+    if isinstance(err, BundleError):
+        return "The model bundle is damaged or incomplete: run `edgeseg doctor` and copy the bundle again."
+    if isinstance(err, InferenceError):
+        return (f"OpenVINO could not run the model on {config.device}: run `edgeseg doctor`; if it persists set "
+                "device: CPU in watch_config.yaml.")
+    if isinstance(err, OutputError):
+        return f"Results could not be written: check free disk space and write permission in {job.folder}."
+    if isinstance(err, MissingDependencyError):
+        return "This edgeseg installation is incomplete: reinstall it."
+    if isinstance(err, EdgesegError):
+        return "See the error above; `edgeseg doctor` checks the installation."
+    return (f"Unexpected error (a bug in edgeseg): the log {config.log_file} has the details; please report it "
+            "with that file.")
+
+
+class Watcher:
+    """Watches ``config.roots`` and segments every series that completes there.
+
+    ``segmenter``: injected segmenter (tests: :func:`edgeseg.runtime.watch.fake.fake_segment`); default the test
+    hook ``EDGESEG_WATCH_SEGMENTER`` if set, else :func:`real_segmenter` with the configured bundle.
+    ``bundle``: an already loaded bundle (default: loaded from ``config.bundle`` for the real segmenter).
+    ``measure``: tile latency measurement for the planner (default: edgeseg.runtime.infer's, if present).
+    ``once``: no observer; scan, process what is there, stop when idle.
+    """
+
+    def __init__(self, config: WatchConfig, segmenter: Segmenter | None = None, *, bundle: Any = None,
+                 measure: MeasureFn | None = None, once: bool = False, settle_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.once = once
+        self.clock = clock
+        self._segmenter = segmenter
+        self._bundle = bundle
+        self._measure = measure
+        self._settle_s = settle_s
+        self._stop = threading.Event()
+        self._cancel = threading.Event()
+        self._events: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        self._jobs: queue.Queue[SeriesJob] = queue.Queue()
+        self._finished: queue.SimpleQueue[tuple[SeriesJob, str]] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._observer: Any = None
+        self._inflight: set[str] = set()
+        self._rerun: dict[str, SeriesJob] = {}
+        self._retries: dict[str, tuple[float, SeriesJob]] = {}
+        self._running: dict[str, float] = {}
+        self._idle_since: float | None = None
+        self._scanned = threading.Event()
+        self._started_at = 0.0
+        self._lock = threading.Lock()
+        self.poll_interval_s = min(0.5, max(0.05, config.quiet_period_s / 5))
+        self.filter = PathFilter(config.roots, config.include, config.exclude,
+                                 ignore=(config.state_dir, config.log_dir))
+        self.tracker: CompletionTracker | None = None
+        self.store: JobStore | None = None
+        self.planner: Planner | None = None
+        self.history: list[JobRecord] = []
+        self.results: dict[str, Any] = {}
+        self.stats: Counter[str] = Counter()
+
+    # --------------------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Open the store, reconcile it, resolve the segmenter, start observer, scheduler and workers.
+
+        Raises :class:`EdgesegError` (bundle, store, missing segmenter) before any thread is started.
+        """
+        if self._threads:
+            raise RuntimeError("watcher already started")
+        cfg = self.config
+        self._resolve_segmenter()
+        self.store = JobStore(cfg.store_path)
+        for row in self.store.reconcile(cfg.max_attempts):
+            self._write_error(Path(row.folder), row.name, InvalidSeriesError(row.last_error or "interrupted"),
+                              "Segmenting this series stopped the watcher repeatedly (crash or out-of-memory kill). "
+                              "Check the series; re-copy it to try again, or segment it by hand with `edgeseg "
+                              "segment` to see the error.", {"series_key": row.key})
+        self.tracker = CompletionTracker(cfg.quiet_period_s, self.filter, settle_s=self._settle_s, clock=self.clock)
+        self._started_at = time.time()
+        if not self.once:
+            handler = EnqueueHandler(self.filter, self._events)
+            self._observer = start_observer(cfg.observer, cfg.polling_interval_s, cfg.roots, handler)
+        sched = threading.Thread(target=self._guard(self._schedule_loop), name="edgeseg-scheduler", daemon=True)
+        self._threads.append(sched)
+        for i in range(cfg.max_concurrent_series):
+            self._threads.append(threading.Thread(target=self._guard(self._work_loop), name=f"edgeseg-worker-{i + 1}",
+                                                  daemon=True))
+        for t in self._threads:
+            t.start()
+        log.info("watcher started: roots=%s quiet_period_s=%g observer=%s workers=%d segmenter=%s once=%s",
+                 ", ".join(map(str, cfg.roots)), cfg.quiet_period_s, cfg.observer.value, cfg.max_concurrent_series,
+                 getattr(self._segmenter, "__name__", type(self._segmenter).__name__), self.once)
+
+    def _resolve_segmenter(self) -> None:
+        from edgeseg.runtime.watch import fake
+
+        cfg = self.config
+        if self._segmenter is None:
+            hook = fake.from_env()
+            if hook is not None:
+                log.warning("TEST HOOK %s is set: using the fake segmenter, no model runs", fake.ENV_VAR)
+                self._segmenter = hook
+            else:
+                adapters.segment_series_function()  # fail at start, not at the first series
+                self._segmenter = real_segmenter
+        if self._segmenter is real_segmenter and self._bundle is None:
+            self._bundle = adapters.load_bundle(cfg.bundle, verify=True)
+        if self._bundle is not None and hasattr(self._bundle, "variants"):
+            measure = self._measure if self._measure is not None else adapters.measure_function()
+            self.planner = Planner(self._bundle, LatencyTable(cfg.latency_path), cfg.device, cfg.precision,
+                                   cfg.threads, measure)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop everything; a running series gets ``stop_grace_s`` (or ``timeout``) to finish. True when every
+        thread ended (False: a series was abandoned and stays ``running`` in the store, to be redone)."""
+        grace = self.config.stop_grace_s if timeout is None else timeout
+        self._stop.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=10)
+        deadline = time.monotonic() + grace
+        for t in self._threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        alive = [t for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning("series still running after %.0f s grace, cancelling at its next progress report: %s", grace,
+                        ", ".join(self._running))
+            self._cancel.set()
+            for t in alive:
+                t.join(timeout=5)
+            alive = [t for t in alive if t.is_alive()]
+        if alive:
+            log.warning("abandoning %d running series; they stay 'running' in the store and run again at the next "
+                        "start: %s", len(alive), ", ".join(self._running))
+        else:
+            self._write_heartbeat(stopped=True)
+            if self.store is not None:
+                self.store.close()
+        log.info("watcher stopped: done=%d failed=%d skipped=%d", self.stats["done"], self.stats["failed"],
+                 self.stats["skipped"])
+        return not alive
+
+    def run(self) -> int:
+        """Start, block until SIGTERM/SIGINT (or, with ``once``, until everything present is processed), stop.
+
+        Returns 0, or 1 when ``once`` and a series failed in this run.
+        """
+        self.start()
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            sigs = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])
+            for sig in sigs:
+                previous[sig] = signal.signal(sig, self._on_signal)
+        try:
+            while not self._stop.wait(0.5):
+                pass
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 1 if self.once and self.stats["failed"] else 0
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop.is_set():
+            log.warning("second stop signal: cancelling the running series now")
+            self._cancel.set()
+            return
+        log.info("stop requested (signal %d): finishing the running series, then stopping", signum)
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def alive(self) -> bool:
+        """True while the scheduler and every worker thread run."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def wait_idle(self, timeout: float, settle_s: float | None = None) -> bool:
+        """Wait until nothing is pending and the state has stayed so for ``settle_s`` (default: long enough for a
+        polling observer to have delivered recent changes). False on timeout."""
+        settle = settle_s if settle_s is not None else (
+            3 * self.poll_interval_s + (self.config.polling_interval_s if self.config.observer.value == "polling"
+                                        else 0.2))
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            since = self._idle_since
+            if since is not None and self.clock() - since >= settle:
+                return True
+            if self._stop.is_set() and not self.alive():
+                return since is not None
+            time.sleep(0.05)
+        return False
+
+    # --------------------------------------------------------------------------------------------- scheduler
+
+    def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                loop()
+            except BaseException:  # noqa: BLE001 - a dying loop must at least say so
+                log.exception("%s crashed; stopping the watcher", threading.current_thread().name)
+                self._stop.set()
+                raise
+        return run
+
+    def _schedule_loop(self) -> None:
+        assert self.tracker is not None and self.store is not None
+        for root in self.config.roots:
+            try:
+                n = self.tracker.scan(root, initial=True)
+                log.info("initial scan: root=%s files=%d", root, n)
+            except OSError as err:
+                log.error("cannot scan root %s: %s", root, err)
+        self._scanned.set()
+        last_rescan = self.clock()
+        last_beat = 0.0
+        while not self._stop.is_set():
+            try:
+                self._drain_events()
+                self._drain_finished()
+                now = self.clock()
+                if (not self.once and self.config.rescan_interval_s
+                        and now - last_rescan >= self.config.rescan_interval_s):
+                    last_rescan = now
+                    for root in self.config.roots:
+                        self.tracker.scan(root)
+                result = self.tracker.poll()
+                for info in result.discovered:
+                    self.store.discover(info.key, info.kind, info.folder, info.name, info.series_uid,
+                                        info.description)
+                for job in result.complete:
+                    self._dispatch(job)
+                self._dispatch_due_retries(now)
+                self._update_idle(now)
+                if now - last_beat >= 2.0:
+                    last_beat = now
+                    self._write_heartbeat()
+                if self.once and self._idle_since is not None:
+                    log.info("--once: everything present is processed")
+                    self._stop.set()
+                    break
+            except Exception:  # noqa: BLE001 - the scheduler never dies on one bad iteration
+                log.exception("scheduler iteration failed; continuing")
+            self._stop.wait(self.poll_interval_s)
+
+    def _drain_events(self) -> None:
+        assert self.tracker is not None
+        for _ in range(100_000):
+            try:
+                path = self._events.get_nowait()
+            except queue.Empty:
+                return
+            self.tracker.touch(path)
+
+    def _drain_finished(self) -> None:
+        while True:
+            try:
+                job, outcome = self._finished.get_nowait()
+            except queue.Empty:
+                return
+            self._inflight.discard(job.key)
+            if outcome == "retry":
+                delay = self.config.quiet_period_s * (2 ** max(0, self._attempts(job.key) - 1))
+                self._retries[job.key] = (self.clock() + delay, job)
+                log.info("series will be retried: key=%s in_s=%.0f", job.key, delay)
+            again = self._rerun.pop(job.key, None)
+            if again is not None:
+                self._retries.pop(job.key, None)
+                self._dispatch(again)
+
+    def _attempts(self, key: str) -> int:
+        row = self.store.get(key) if self.store else None
+        return row.attempts if row else 0
+
+    def _dispatch(self, job: SeriesJob) -> None:
+        assert self.store is not None
+        if job.key in self._inflight:
+            log.info("series changed while being segmented, it will run again after: key=%s", job.key)
+            self._rerun[job.key] = job
+            return
+        self._retries.pop(job.key, None)
+        decision = self.store.decide(job.key, job.fingerprint, self.config.max_attempts)
+        if not decision.run:
+            self.stats["skipped"] += 1
+            log.info("series not run: key=%s reason=%s", job.key, decision.reason)
+            return
+        self.store.mark_complete(job.key, job.kind, job.folder, job.name, job.fingerprint, len(job.files),
+                                 job.series_uid, job.description)
+        self._inflight.add(job.key)
+        log.info("series queued: key=%s reason=%s", job.key, decision.reason)
+        self._jobs.put(job)
+
+    def _dispatch_due_retries(self, now: float) -> None:
+        assert self.store is not None
+        for key, (due, job) in list(self._retries.items()):
+            if due > now:
+                continue
+            del self._retries[key]
+            row = self.store.get(key)
+            if row is None or row.fingerprint != job.fingerprint:
+                continue  # the input changed meanwhile: the tracker hands out the new version itself
+            self._dispatch(job)
+
+    def _update_idle(self, now: float) -> None:
+        assert self.tracker is not None
+        idle = (self._scanned.is_set() and self._events.empty() and self._finished.empty() and self._jobs.empty()
+                and not self._inflight and not self._retries and not self._rerun and self.tracker.idle())
+        if not idle:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = now
+
+    def _write_heartbeat(self, stopped: bool = False) -> None:
+        """``<state_dir>/watcher.json``: pid, liveness and the open series, for ``edgeseg status``."""
+        try:
+            data = {
+                "pid": os.getpid(),
+                "started_at": self._started_at,
+                "heartbeat_at": time.time(),
+                "stopped": stopped,
+                "roots": [str(r) for r in self.config.roots],
+                "running": sorted(self._running),
+                "open_series": self.tracker.pending() if self.tracker else [],
+                "queued": self._jobs.qsize(),
+                "stats": dict(self.stats),
+            }
+            fd, tmp = tempfile.mkstemp(prefix=".watcher.", suffix=".tmp", dir=self.config.state_dir)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=1)
+            os.replace(tmp, self.config.state_dir / "watcher.json")
+        except OSError as err:
+            log.debug("heartbeat not written: %s", err)
+
+    # ------------------------------------------------------------------------------------------------ workers
+
+    def _work_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self._jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if self._stop.is_set():  # stays 'complete' in the store: found again at the next start
+                self._finished.put((job, "not started"))
+                break
+            outcome = "failed"
+            try:
+                outcome = self._run(job)
+            except Exception:  # noqa: BLE001 - bookkeeping failed (store, disk); keep the worker alive
+                log.exception("worker could not record series %s", job.key)
+            finally:
+                self._finished.put((job, outcome))
+
+    def _progress(self, job: SeriesJob) -> ProgressCallback:
+        def progress(stage: str, fraction: float) -> None:
+            log.debug("progress: key=%s stage=%s fraction=%.2f", job.key, stage, fraction)
+            if self._cancel.is_set():
+                raise JobCancelled(job.key)
+        return progress
+
+    def _run(self, job: SeriesJob) -> str:
+        assert self.store is not None
+        cfg = self.config
+        for note in job.notes:
+            log.warning("series note: key=%s %s", job.key, note)
+        if job.skip is not None:
+            self.store.forget(job.key)
+            self.stats["skipped"] += 1
+            log.info("series skipped: key=%s reason=%s", job.key, job.skip)
+            return "skipped"
+        plan = None
+        if job.problem is None and self.planner is not None and job.kind != INVALID:
+            plan = self.planner.plan(job.geometry, cfg.time_budget_s)
+            log.info("plan: key=%s variant=%s tile_step=%s predicted_s=%s fits=%s reason=%s", job.key, plan.variant,
+                     plan.tile_step_size, None if plan.predicted_s is None else round(plan.predicted_s, 1), plan.fits,
+                     plan.reason)
+        attempt = self.store.mark_running(job.key, plan.to_dict() if plan else None, cfg.time_budget_s,
+                                          plan.predicted_s if plan else None)
+        with self._lock:
+            self._running[job.key] = time.time()
+        t0 = time.perf_counter()
+        try:
+            if job.problem is not None:
+                raise InvalidSeriesError(f"{job.problem}.")
+            options = cfg.segment_options(plan.variant if plan else None, plan.tile_step_size if plan else None)
+            result = self._segmenter(job, self._bundle, options, self._progress(job),  # type: ignore[misc]
+                                     plan.to_dict() if plan else None)
+        except JobCancelled:
+            self.store.mark_cancelled(job.key)
+            log.info("series cancelled by stop request; it runs again at the next start: key=%s", job.key)
+            return "cancelled"
+        except Exception as err:  # noqa: BLE001 - every failure is recorded, none stops the watcher
+            seconds = time.perf_counter() - t0
+            return self._fail(job, err, attempt, seconds, plan)
+        finally:
+            with self._lock:
+                self._running.pop(job.key, None)
+        seconds = time.perf_counter() - t0
+        output = Path(result.output_dir) if getattr(result, "output_dir", None) else None
+        self.store.mark_done(job.key, output, seconds)
+        try:
+            adapters.clear_error_file(job.folder, job.name)
+        except OSError as err:
+            log.warning("old error file not removed: key=%s error=%s", job.key, err)
+        if plan is not None and self.planner is not None:
+            self.planner.record(plan, seconds)
+        self.results[job.key] = result
+        self.stats["done"] += 1
+        self.history.append(JobRecord(job.key, job.name, True, seconds, output, None, plan, cfg.time_budget_s))
+        over = "" if cfg.time_budget_s is None or seconds <= cfg.time_budget_s else " OVER BUDGET"
+        log.info("series done: key=%s seconds=%.1f output=%s%s", job.key, seconds, output, over)
+        return "done"
+
+    def _fail(self, job: SeriesJob, err: Exception, attempt: int, seconds: float, plan: Plan | None) -> str:
+        assert self.store is not None
+        cfg = self.config
+        # bad input fails the same way every time: no retry until the files change
+        deterministic = job.problem is not None or isinstance(err, InvalidSeriesError)
+        kind = adapters.error_kind(err)
+        if isinstance(err, EdgesegError):
+            log.error("series failed: key=%s kind=%s attempt=%d/%d error=%s", job.key, kind, attempt,
+                      cfg.max_attempts, err)
+        else:
+            log.exception("series failed with an unexpected error: key=%s attempt=%d/%d", job.key, attempt,
+                          cfg.max_attempts)
+        message = str(err) or type(err).__name__
+        self.store.mark_failed(job.key, kind, message, seconds, give_up=deterministic, max_attempts=cfg.max_attempts)
+        final = deterministic or attempt >= cfg.max_attempts or self.once
+        if deterministic:
+            retry_text = "The watcher tries again when the files change."
+        elif attempt >= cfg.max_attempts:
+            retry_text = (f"Attempt {attempt} of {cfg.max_attempts}: given up. Change or re-copy the series to try "
+                          "again.")
+        elif self.once:
+            retry_text = f"Attempt {attempt} of {cfg.max_attempts}; the next start of the watcher tries again."
+        else:
+            retry_text = f"Attempt {attempt} of {cfg.max_attempts}; the watcher tries again later by itself."
+        extra = {"series_key": job.key, "series_uid": job.series_uid, "attempt": attempt,
+                 "max_attempts": cfg.max_attempts, "files": len(job.files),
+                 "invalid_files": [list(x) for x in job.invalid_files], "notes": list(job.notes)}
+        self._write_error(job.folder, job.name, err, _what_to_do(err, cfg, job) + " " + retry_text, extra)
+        self.stats["failed"] += 1
+        self.history.append(JobRecord(job.key, job.name, False, seconds, None, message, plan, cfg.time_budget_s))
+        return "failed" if final else "retry"
+
+    def _write_error(self, folder: Path, name: str, err: BaseException, what_to_do: str,
+                     extra: dict[str, Any]) -> None:
+        try:
+            adapters.write_error_file(folder, name, err, what_to_do, extra)
+        except Exception as werr:  # noqa: BLE001 - a read-only folder must not stop the watcher
+            log.error("error file not written: folder=%s name=%s error=%s", folder, name, werr)
