@@ -16,7 +16,7 @@ from edgeseg.runtime.resample import argmax_resampled, zoom_to_shape
 
 
 def logits_to_part_labels(logits: np.ndarray, pre: Preprocessed, part: Part) -> np.ndarray:
-    """(K, *network shape) fp16 logits -> the part's own labels (uint8) in (i, j, k) order of the oriented image."""
+    """(K, *network shape) float32 logits -> the part's own labels (uint8) in (i, j, k) order of the oriented image."""
     r = part.resampling_probabilities
     cropped = argmax_resampled(logits, pre.shape_after_cropping, pre.network_spacing,
                                pre.spacing_before_resampling, r.order, r.order_z, r.force_separate_z,

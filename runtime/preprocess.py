@@ -102,10 +102,14 @@ def to_network_order(oriented: Oriented, part: Part) -> tuple[np.ndarray, tuple[
     return data, tuple(spacing[i] for i in tf)
 
 
-def nonzero_bbox(data: np.ndarray) -> tuple[tuple[tuple[int, int], ...], np.ndarray]:
-    """nnU-Net's crop_to_nonzero box: non-zero in any channel, holes filled; half-open; whole image if empty."""
+def nonzero_bbox(data: np.ndarray, fill_holes: bool = False) -> tuple[tuple[tuple[int, int], ...], np.ndarray]:
+    """nnU-Net's crop_to_nonzero box: non-zero in any channel; half-open; whole image if empty.
+
+    nnU-Net fills holes in the mask first; that never changes the bounding box, so it is only done when the mask
+    itself is needed (``use_mask_for_norm``): on large volumes hole filling costs seconds."""
     mask = np.any(data != 0, axis=0)
-    mask = ndimage.binary_fill_holes(mask)
+    if fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
     bbox = []
     for axis in range(mask.ndim):
         other = tuple(a for a in range(mask.ndim) if a != axis)
@@ -151,7 +155,7 @@ def preprocess(oriented: Oriented, part: Part) -> Preprocessed:
         raise InvalidSeriesError(
             f"The model part '{part.name}' needs {part.num_input_channels} input channels; a series gives 1.")
     shape_before = tuple(int(s) for s in data.shape[1:])
-    bbox, mask = nonzero_bbox(data)
+    bbox, mask = nonzero_bbox(data, fill_holes=any(n.use_mask_for_norm for n in part.normalization))
     slicer = tuple(slice(a, b) for a, b in bbox)
     data = np.array(data[(slice(None), *slicer)], dtype=np.float32)  # copy: the input is never modified
     mask = mask[slicer]

@@ -113,11 +113,10 @@ def argmax_resampled(logits: np.ndarray, new_shape: Sequence[int], current_spaci
     if tuple(logits.shape[1:]) == new_shape:
         return argmax_chunked(logits, dtype)
     axis = separate_z_axis(force_separate_z, current_spacing, new_spacing, threshold)
-    # nnU-Net keeps the resampled logits in the logits' dtype (fp16) before its argmax: compare in that dtype
-    best = np.full(new_shape, -np.inf, dtype=logits.dtype)
+    best = np.full(new_shape, -np.inf, dtype=np.float32)
     labels = np.zeros(new_shape, dtype=dtype)
     for c in range(logits.shape[0]):
-        resampled = resample_channel(logits[c], new_shape, order, order_z, axis).astype(logits.dtype)
+        resampled = resample_channel(logits[c], new_shape, order, order_z, axis).astype(np.float32)
         better = resampled > best
         labels[better] = c
         np.maximum(best, resampled, out=best)

@@ -2,9 +2,13 @@
 
 Behaviour matched to nnunetv2's predictor: pad to at least the patch size (content centred, extra voxel
 above), tiles from :func:`compute_steps`, optional mirroring (mean over all flip combinations of the allowed
-axes), multiplication by the fp16 Gaussian importance map, accumulation of logits and weights in fp16, division,
-removal of the padding. Memory: the accumulator is (K, Z, Y, X) float16, i.e. half of float32 logits; at most
-``jobs`` tiles are in flight.
+axes), multiplication by nnU-Net's (fp16-rounded) Gaussian importance map, accumulation of weighted logits and weights,
+division, removal of the padding.
+
+Accumulation is in float32, not fp16 as nnU-Net does: numpy has no fast fp16 arithmetic (adding one 30-class
+128^3 tile into an fp16 accumulator took 2.8 s here, into float32 0.1 s). The results differ from nnU-Net's
+only where two classes are within fp16 rounding of each other (parity is tested against nnunetv2). Memory: the
+accumulator is (K, Z, Y, X) float32; at most ``jobs`` tiles are in flight.
 
 Tiles are submitted to an ``openvino.AsyncInferQueue`` so the next tile is cut while the current one runs.
 """
@@ -56,13 +60,14 @@ def mirror_combinations(axes: Sequence[int] | None) -> list[tuple[int, ...]]:
 
 
 class _Accumulator:
-    """fp16 logits/weight accumulation; each tile's mirrored predictions are averaged in fp32 first."""
+    """float32 logits/weight accumulation; each tile's mirrored predictions are averaged first."""
 
     def __init__(self, num_outputs: int, shape: Sequence[int], patch: Sequence[int], use_gaussian: bool,
                  n_mirror: int) -> None:
-        self.logits = np.zeros((num_outputs, *shape), dtype=np.float16)
-        self.weights = np.zeros(tuple(shape), dtype=np.float16)
-        self.gaussian = gaussian_importance(tuple(patch)) if use_gaussian else np.ones(tuple(patch), np.float16)
+        self.logits = np.zeros((num_outputs, *shape), dtype=np.float32)
+        self.weights = np.zeros(tuple(shape), dtype=np.float32)
+        g = gaussian_importance(tuple(patch)) if use_gaussian else np.ones(tuple(patch), np.float16)
+        self.gaussian = g.astype(np.float32)
         self.n_mirror = n_mirror
         self.pending: dict[int, tuple[np.ndarray, int]] = {}
         self.lock = threading.Lock()
@@ -85,7 +90,7 @@ class _Accumulator:
                 pred = np.array(logits, dtype=np.float32, copy=True)
             pred *= self.gaussian
             region = self.logits[(slice(None), *sl)]
-            np.add(region, pred, out=region, casting="unsafe")
+            np.add(region, pred, out=region)
             wregion = self.weights[sl]
             np.add(wregion, self.gaussian, out=wregion)
             self.done += 1
@@ -96,7 +101,7 @@ class _Accumulator:
             np.divide(self.logits[c], self.weights, out=self.logits[c])
             if not np.isfinite(self.logits[c]).all():
                 raise FloatingPointError(
-                    "non-finite logits after aggregation (fp16 overflow); re-export the model or use fp32")
+                    "non-finite logits after aggregation; the model produced inf/NaN: re-export it or use fp32")
         return self.logits
 
 
@@ -109,7 +114,7 @@ def _jobs(slicers: list[tuple[slice, ...]], flips: list[tuple[int, ...]]) -> Ite
 def predict_logits(data: np.ndarray, model: Any, patch: Sequence[int], num_outputs: int, tile_step_size: float,
                    use_gaussian: bool = True, mirror_axes: Sequence[int] | None = None,
                    progress: Progress | None = None, jobs: int = 2) -> np.ndarray:
-    """Sliding-window logits (K, *data.shape[1:]) float16 for one preprocessed (C, Z, Y, X) volume.
+    """Sliding-window logits (K, *data.shape[1:]) float32 for one preprocessed (C, Z, Y, X) volume.
 
     ``model`` is an ``openvino.CompiledModel`` (run through an AsyncInferQueue) or any callable mapping a
     (1, C, *patch) float32 array to (1, K, *patch) logits (used by tests with constant/synthetic models).
