@@ -141,6 +141,7 @@ class Watcher:
         self._running: dict[str, float] = {}
         self._idle_since: float | None = None
         self._scanned = threading.Event()
+        self._beat_now = threading.Event()
         self._started_at = 0.0
         self._lock = threading.Lock()
         self.poll_interval_s = min(0.5, max(0.05, config.quiet_period_s / 5))
@@ -328,8 +329,9 @@ class Watcher:
                     self._dispatch(job)
                 self._dispatch_due_retries(now)
                 self._update_idle(now)
-                if now - last_beat >= 2.0:
+                if now - last_beat >= 2.0 or self._beat_now.is_set():
                     last_beat = now
+                    self._beat_now.clear()
                     self._write_heartbeat()
                 if self.once and self._idle_since is not None:
                     log.info("--once: everything present is processed")
@@ -473,6 +475,7 @@ class Watcher:
                                           plan.predicted_s if plan else None)
         with self._lock:
             self._running[job.key] = time.time()
+        self._beat_now.set()
         t0 = time.perf_counter()
         try:
             if job.problem is not None:
@@ -490,6 +493,7 @@ class Watcher:
         finally:
             with self._lock:
                 self._running.pop(job.key, None)
+            self._beat_now.set()
         seconds = time.perf_counter() - t0
         output = Path(result.output_dir) if getattr(result, "output_dir", None) else None
         self.store.mark_done(job.key, output, seconds)

@@ -99,6 +99,7 @@ def test_restart_does_not_repeat_done_series_but_redoes_a_deleted_output(make_co
     assert w.stop()
 
 
+@pytest.mark.filterwarnings("ignore:The value length .* exceeds the maximum length")  # the 300-char description
 def test_bad_inputs_get_error_files_and_nothing_escapes_the_series_folder(start_watcher, segmenter, roots,
                                                                          tmp_path) -> None:
     good = write_series(tmp_path / "good", 4)

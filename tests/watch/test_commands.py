@@ -1,0 +1,113 @@
+"""``edgeseg watch | status | doctor | demo`` through the command line (fake segmenter via the test hook)."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from watch_helpers import error_files, results, write_series
+
+from edgeseg.cli import main
+from edgeseg.runtime.watch.config import demo_bundle_path
+from edgeseg.runtime.watch.fake import ENV_VAR
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """``main`` reconfigures the root logger (file handler included); put pytest's handlers back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for h in root.handlers:
+        if h not in handlers:
+            h.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "bundle").mkdir()
+    path = tmp_path / "watch_config.yaml"
+    path.write_text("roots: [in]\nbundle: bundle\nquiet_period_s: 60\nstate_dir: state\ntime_budget_s: null\n",
+                    encoding="utf-8")
+    return path
+
+
+def test_watch_once_with_command_line_overrides(config_file: Path, tmp_path: Path, monkeypatch, real_mri) -> None:
+    monkeypatch.setenv(ENV_VAR, "fake")
+    other = tmp_path / "other_root"
+    write_series(other / "exam", 3)
+    shutil.copyfile(real_mri, other / "case.nii.gz")
+    # the file says 60 s of quiet and another root: the flags win, so this returns within seconds
+    code = main(["-q", "watch", "--config", str(config_file), "--root", str(other), "--quiet-period", "0.3",
+                 "--once"])
+    assert code == 0
+    assert len(results(other)) == 2 and results(tmp_path / "in") == []
+    assert (tmp_path / "state" / "logs" / "watch.log").is_file()
+
+
+def test_watch_bad_config_exits_2_with_the_key(config_file: Path, capsys) -> None:
+    config_file.write_text(config_file.read_text() + "outputs:\n  preveiw: true\n")
+    assert main(["watch", "--config", str(config_file), "--once"]) == 2
+    assert "outputs.preveiw: unknown key; did you mean preview?" in capsys.readouterr().err
+
+
+def test_status_shows_counts_and_recent_results(config_file: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    assert main(["status", "--config", str(config_file)]) == 1
+    assert "has not run" in capsys.readouterr().out
+    monkeypatch.setenv(ENV_VAR, "fake")
+    write_series(tmp_path / "in" / "exam", 3, description="abdomen t1")
+    (tmp_path / "in" / "bad").mkdir()
+    (tmp_path / "in" / "bad" / "empty").write_bytes(b"")
+    assert main(["-q", "watch", "--config", str(config_file), "--quiet-period", "0.3", "--once"]) == 1
+    capsys.readouterr()
+    assert main(["status", "--config", str(config_file)]) == 0
+    out = capsys.readouterr().out
+    assert "watcher: stopped" in out
+    assert "1 done" in out and "1 failed" in out
+    assert "abdomen_t1" in out and "empty file" in out
+    assert "STATE" in out and "TRIES" in out
+    assert main(["status", "--config", str(config_file), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["counts"]["done"] == 1 and len(data["recent"]) == 2
+
+
+def test_doctor_reports_each_check(config_file: Path, capsys) -> None:
+    code = main(["doctor", "--config", str(config_file)])
+    out = capsys.readouterr().out
+    assert code == 1  # the dummy bundle is not a bundle
+    lines = out.splitlines()
+    assert any(l.startswith("OK    roots[0]") for l in lines)
+    assert any(l.startswith("OK    state_dir") for l in lines)
+    assert any(l.startswith("FAIL  bundle") and "bundle.json" in l for l in lines)
+    assert any(l.startswith(("OK    openvino devices", "FAIL  openvino devices")) for l in lines)
+    assert any(l.startswith("SKIP  time budget") for l in lines)
+
+
+def test_doctor_on_a_broken_config_fails_first_line(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text("roots: [x]\nfoo: 1\n")
+    assert main(["doctor", "--config", str(bad)]) == 1
+    assert capsys.readouterr().out.startswith("FAIL  config")
+
+
+@pytest.mark.slow
+def test_demo_with_the_fake_segmenter(monkeypatch, capsys) -> None:
+    monkeypatch.setenv(ENV_VAR, "fake")
+    code = main(["-q", "demo", "--timeout", "60", "--quiet-period", "0.5"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "DICOM series of 20 slices" in out
+    assert "Results in" in out and "manifest" in out
+    assert "removed on exit" in out
+
+
+def test_demo_without_the_bundle_says_so(monkeypatch, capsys) -> None:
+    if (demo_bundle_path() / "bundle.json").is_file():
+        pytest.skip("the demo bundle is in this build")
+    assert main(["demo"]) == 5
+    assert "demo bundle is not in this build" in capsys.readouterr().out
