@@ -130,16 +130,19 @@ class LatencyTable:
 
     def record_run(self, bundle_id: str, device: str, threads: int | None, mvoxels: float, tile_seconds: float,
                    actual_s: float) -> None:
-        """Refine the per-voxel term from a finished run (actual time minus its predicted tile time)."""
+        """Refine the overhead terms from a finished run: both are scaled so that, for a volume of this size,
+        they predict the observed time beyond the tiles (an exponential moving average of that scale)."""
         if mvoxels <= 0 or actual_s <= 0:
             return
         per, fixed = self.overhead(bundle_id, device, threads)
-        observed = max(0.0, actual_s - tile_seconds - fixed) / mvoxels
+        predicted = fixed + per * mvoxels
+        residual = max(0.05, actual_s - tile_seconds)
+        scale = residual / predicted if predicted > 0 else 1.0
         with self._lock:
             k = self.overhead_key(bundle_id, device, threads)
             runs = int(self._overheads.get(k, {}).get("runs", 0))
-            new = observed if runs == 0 else (1 - _EMA) * per + _EMA * observed
-            self._overheads[k] = {"seconds_per_mvoxel": new, "fixed_s": fixed, "runs": runs + 1}
+            factor = scale if runs == 0 else (1 - _EMA) + _EMA * scale
+            self._overheads[k] = {"seconds_per_mvoxel": per * factor, "fixed_s": fixed * factor, "runs": runs + 1}
             self._save()
 
     def get_or_measure(self, bundle: Any, part: Any, precision: str, device: str, threads: int | None,
