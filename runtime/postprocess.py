@@ -11,16 +11,23 @@ from __future__ import annotations
 import numpy as np
 
 from edgeseg.bundle.schema import Part
+from edgeseg.runtime.infer.sliding_window import Aggregated
 from edgeseg.runtime.preprocess import Oriented, Preprocessed
 from edgeseg.runtime.resample import argmax_resampled, zoom_to_shape
 
 
-def logits_to_part_labels(logits: np.ndarray, pre: Preprocessed, part: Part) -> np.ndarray:
-    """(K, *network shape) float32 logits -> the part's own labels (uint8) in (i, j, k) order of the oriented image."""
-    r = part.resampling_probabilities
-    cropped = argmax_resampled(logits, pre.shape_after_cropping, pre.network_spacing,
-                               pre.spacing_before_resampling, r.order, r.order_z, r.force_separate_z,
-                               r.anisotropy_threshold)
+def logits_to_part_labels(prediction: Aggregated, pre: Preprocessed, part: Part) -> np.ndarray:
+    """Sliding-window result -> the part's own labels (uint8) in (i, j, k) order of the oriented image.
+
+    Without resampling the argmax is read slab by slab from the fp16 accumulator; with resampling the logits
+    are resampled class by class with a running argmax (memory independent of the number of classes)."""
+    if tuple(pre.data.shape[1:]) == tuple(pre.shape_after_cropping):
+        cropped = prediction.argmax()
+    else:
+        r = part.resampling_probabilities
+        cropped = argmax_resampled(prediction.logits(), pre.shape_after_cropping, pre.network_spacing,
+                                   pre.spacing_before_resampling, r.order, r.order_z, r.force_separate_z,
+                                   r.anisotropy_threshold)
     full = np.zeros(pre.shape_before_cropping, dtype=cropped.dtype)
     full[tuple(slice(a, b) for a, b in pre.bbox)] = cropped
     full = full.transpose(part.transpose_backward)

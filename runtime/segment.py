@@ -118,7 +118,7 @@ def segment_volume(volume: Any, bundle: Bundle, options: SegmentOptions | None =
     Returns the merged label map on exactly ``volume``'s grid ((I, J, K), uint8/uint16, bundle label numbers)
     and a run record (variant, parts, precision used per part, tiles, timings).
     """
-    from edgeseg.runtime.infer.sliding_window import predict_logits
+    from edgeseg.runtime.infer.sliding_window import sliding_window
     from edgeseg.runtime.postprocess import empty_labels, logits_to_part_labels, merge_part, to_input_grid
     from edgeseg.runtime.preprocess import orient, preprocess
 
@@ -149,15 +149,18 @@ def segment_volume(volume: Any, bundle: Bundle, options: SegmentOptions | None =
 
         t0 = time.perf_counter()
         try:
-            logits = predict_logits(pre.data, engine.compiled, part.patch_size, part.num_outputs, step,
-                                    part.use_gaussian, mirror, tile_progress)
+            prediction = sliding_window(pre.data, engine.compiled, part.patch_size, part.num_outputs, step,
+                                        part.use_gaussian, mirror, tile_progress)
         except FloatingPointError as err:
             raise InferenceError(f"Part '{part.name}': {err}") from err
         timings.infer += time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        part_labels = logits_to_part_labels(logits, pre, part)
-        del logits
+        try:
+            part_labels = logits_to_part_labels(prediction, pre, part)
+        except FloatingPointError as err:
+            raise InferenceError(f"Part '{part.name}': {err}") from err
+        del prediction
         merge_part(merged, part_labels, part)
         timings.postprocess += time.perf_counter() - t0
         from edgeseg.runtime.infer.tiling import tile_count

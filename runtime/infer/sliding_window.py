@@ -2,13 +2,9 @@
 
 Behaviour matched to nnunetv2's predictor: pad to at least the patch size (content centred, extra voxel
 above), tiles from :func:`compute_steps`, optional mirroring (mean over all flip combinations of the allowed
-axes), multiplication by nnU-Net's (fp16-rounded) Gaussian importance map, accumulation of weighted logits and weights,
-division, removal of the padding.
-
-Accumulation is in float32, not fp16 as nnU-Net does: numpy has no fast fp16 arithmetic (adding one 30-class
-128^3 tile into an fp16 accumulator took 2.8 s here, into float32 0.1 s). The results differ from nnU-Net's
-only where two classes are within fp16 rounding of each other (parity is tested against nnunetv2). Memory: the
-accumulator is (K, Z, Y, X) float32; at most ``jobs`` tiles are in flight.
+axes), multiplication by nnU-Net's fp16 Gaussian importance map, accumulation of weighted logits and weights in fp16
+with nnU-Net's rounding (:mod:`edgeseg.runtime.infer.aggregate`), division, removal of the padding, argmax.
+Memory: the accumulator is (K, Z, Y, X) fp16; at most ``jobs`` tiles are in flight.
 
 Tiles are submitted to an ``openvino.AsyncInferQueue`` so the next tile is cut while the current one runs.
 """
@@ -21,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from edgeseg.runtime.infer.aggregate import Fp16Aggregator, argmax_first, divide_fp16
 from edgeseg.runtime.infer.tiling import compute_steps, gaussian_importance
 
 log = logging.getLogger(__name__)
@@ -60,14 +57,12 @@ def mirror_combinations(axes: Sequence[int] | None) -> list[tuple[int, ...]]:
 
 
 class _Accumulator:
-    """float32 logits/weight accumulation; each tile's mirrored predictions are averaged first."""
+    """Averages each tile's mirrored predictions (float32), then hands the tile to the fp16 aggregator."""
 
     def __init__(self, num_outputs: int, shape: Sequence[int], patch: Sequence[int], use_gaussian: bool,
                  n_mirror: int) -> None:
-        self.logits = np.zeros((num_outputs, *shape), dtype=np.float32)
-        self.weights = np.zeros(tuple(shape), dtype=np.float32)
         g = gaussian_importance(tuple(patch)) if use_gaussian else np.ones(tuple(patch), np.float16)
-        self.gaussian = g.astype(np.float32)
+        self.fp16 = Fp16Aggregator(num_outputs, shape, patch, g)
         self.n_mirror = n_mirror
         self.pending: dict[int, tuple[np.ndarray, int]] = {}
         self.lock = threading.Lock()
@@ -85,24 +80,36 @@ class _Accumulator:
                 if count < self.n_mirror:
                     self.pending[index] = (total, count)
                     return False
-                pred = total / self.n_mirror
+                pred = total / np.float32(self.n_mirror)
             else:
-                pred = np.array(logits, dtype=np.float32, copy=True)
-            pred *= self.gaussian
-            region = self.logits[(slice(None), *sl)]
-            np.add(region, pred, out=region)
-            wregion = self.weights[sl]
-            np.add(wregion, self.gaussian, out=wregion)
+                pred = logits
+            self.fp16.add(sl, pred)
             self.done += 1
             return True
 
-    def finish(self) -> np.ndarray:
-        for c in range(self.logits.shape[0]):  # per class: no full-size temporaries
-            np.divide(self.logits[c], self.weights, out=self.logits[c])
-            if not np.isfinite(self.logits[c]).all():
-                raise FloatingPointError(
-                    "non-finite logits after aggregation; the model produced inf/NaN: re-export it or use fp32")
-        return self.logits
+
+class Aggregated:
+    """The finished sliding window: nnU-Net's fp16 logits, read out as labels or as float32 logits.
+
+    ``argmax`` never materialises all classes in float32 (slab by slab); ``logits`` does (needed only when the
+    prediction must be resampled back to another grid)."""
+
+    def __init__(self, acc: _Accumulator, unpad: tuple[slice, ...]) -> None:
+        self._acc = acc.fp16
+        self.unpad = unpad
+
+    def argmax(self, slab: int = 8) -> np.ndarray:
+        """uint8 (uint16 above 256 classes) labels of the unpadded region; first maximum wins, as torch."""
+        logits = self._acc.logits[(slice(None), *self.unpad)]
+        weights = self._acc.weights[self.unpad]
+        out = np.empty(logits.shape[1:], dtype=np.uint8 if logits.shape[0] <= 256 else np.uint16)
+        for z in range(0, logits.shape[1], slab):
+            out[z:z + slab] = argmax_first(divide_fp16(logits[:, z:z + slab], weights[z:z + slab]))
+        return out
+
+    def logits(self) -> np.ndarray:
+        """float32 copy of the unpadded fp16 logits (exact values)."""
+        return self._acc.finish()[(slice(None), *self.unpad)]
 
 
 def _jobs(slicers: list[tuple[slice, ...]], flips: list[tuple[int, ...]]) -> Iterator[tuple[int, tuple, tuple]]:
@@ -114,7 +121,16 @@ def _jobs(slicers: list[tuple[slice, ...]], flips: list[tuple[int, ...]]) -> Ite
 def predict_logits(data: np.ndarray, model: Any, patch: Sequence[int], num_outputs: int, tile_step_size: float,
                    use_gaussian: bool = True, mirror_axes: Sequence[int] | None = None,
                    progress: Progress | None = None, jobs: int = 2) -> np.ndarray:
-    """Sliding-window logits (K, *data.shape[1:]) float32 for one preprocessed (C, Z, Y, X) volume.
+    """Sliding-window logits (K, *data.shape[1:]) float32 (holding nnU-Net's fp16 values)."""
+    return sliding_window(data, model, patch, num_outputs, tile_step_size, use_gaussian, mirror_axes, progress,
+                          jobs).logits()
+
+
+def sliding_window(data: np.ndarray, model: Any, patch: Sequence[int], num_outputs: int, tile_step_size: float,
+                   use_gaussian: bool = True, mirror_axes: Sequence[int] | None = None,
+                   progress: Progress | None = None, jobs: int = 2) -> Aggregated:
+    """nnU-Net's sliding window over one preprocessed (C, Z, Y, X) volume; read the result with
+    :meth:`Aggregated.argmax` or :meth:`Aggregated.logits`.
 
     ``model`` is an ``openvino.CompiledModel`` (run through an AsyncInferQueue) or any callable mapping a
     (1, C, *patch) float32 array to (1, K, *patch) logits (used by tests with constant/synthetic models).
@@ -146,7 +162,7 @@ def predict_logits(data: np.ndarray, model: Any, patch: Sequence[int], num_outpu
         def on_done(request: Any, userdata: tuple[int, tuple, tuple]) -> None:
             try:
                 index, sl, flip = userdata
-                out = request.get_output_tensor(0).data[0]
+                out = request.get_output_tensor(0).data[0]  # the request's buffer: used before it is reused
                 report(acc.add(index, sl, flip, out))
             except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
                 errors.append(err)
@@ -163,8 +179,7 @@ def predict_logits(data: np.ndarray, model: Any, patch: Sequence[int], num_outpu
         for index, sl, flip in _jobs(slicers, flips):
             out = np.asarray(model(cut(sl, flip)))[0]
             report(acc.add(index, sl, flip, out.astype(np.float32)))
-    logits = acc.finish()
-    return logits[(slice(None), *unpad)]
+    return Aggregated(acc, unpad)
 
 
 def _is_openvino(model: Any) -> bool:

@@ -16,10 +16,13 @@ def test_constant_model_gives_constant_logits_everywhere():
         return np.broadcast_to(constants.reshape(1, 3, 1, 1, 1), (1, 3, *x.shape[2:])).copy()
 
     out = predict_logits(data, model, (8, 16, 8), 3, 0.5)
-    assert out.shape == (3, 21, 30, 17) and out.dtype == np.float32
+    assert out.shape == (3, 21, 30, 17)
+    # nnU-Net accumulates in fp16 and so do we: image corners reached only by tile corners get weights below
+    # fp16's range and come out 0; everywhere else the weighted mean is the constant (to fp16 precision)
+    inner = (slice(None), slice(2, -2), slice(3, -3), slice(2, -2))
     for c in range(3):
-        np.testing.assert_allclose(out[c], constants[c], rtol=1e-5)
-    assert (out.argmax(0) == 2).all()
+        np.testing.assert_allclose(out[inner][c], constants[c], rtol=5e-3, atol=2e-3)
+    assert (out.argmax(0)[1:-1, 1:-1, 1:-1] == 2).all()
 
 
 @pytest.mark.parametrize("shape", [(21, 30, 17), (5, 6, 7), (8, 16, 8)])
@@ -27,7 +30,10 @@ def test_identity_model_puts_every_tile_back_in_place(shape):
     data = np.random.default_rng(1).standard_normal((1, *shape)).astype(np.float32)
     out = predict_logits(data, lambda x: np.concatenate([x, 0 * x], axis=1), (8, 16, 8), 2, 0.5)
     assert out.shape == (2, *shape)
-    np.testing.assert_allclose(out[0], data[0], rtol=1e-5, atol=1e-6)  # every tile's output lands in place
+    # fp16 accumulation (as nnU-Net): border voxels seen only by a tile's far border carry weights near fp16's
+    # smallest subnormal and lose precision; inside, every tile's output lands where it came from
+    inner = tuple(slice(2, -2) if s > 6 else slice(None) for s in shape)
+    np.testing.assert_allclose(out[0][inner], data[0][inner], rtol=4e-3, atol=5e-3)
     assert not out[1].any()
 
 
@@ -36,7 +42,7 @@ def test_mirroring_of_a_flip_equivariant_model_changes_nothing():
     model = lambda x: np.concatenate([x, -x], axis=1)  # noqa: E731 - commutes with flips
     plain = predict_logits(data, model, (8, 16, 8), 2, 0.5)
     mirrored = predict_logits(data, model, (8, 16, 8), 2, 0.5, mirror_axes=(0, 1, 2))
-    np.testing.assert_allclose(plain, mirrored, atol=1e-5)
+    np.testing.assert_allclose(plain, mirrored, atol=5e-3)
     assert len(mirror_combinations((0, 1, 2))) == 8
 
 
@@ -75,3 +81,40 @@ def test_steps_and_gaussian_match_nnunetv2():
         assert compute_steps(image, patch, step) == compute_steps_for_sliding_window(image, patch, step)
     ref = compute_gaussian((16, 80, 96), 1 / 8, 10, dtype=torch.float16, device=torch.device("cpu")).numpy()
     np.testing.assert_array_equal(gaussian_importance((16, 80, 96)), ref)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("mirror", [False, True])
+def test_aggregation_is_bit_identical_to_nnunetv2(mirror):
+    """Same network (a fixed random conv), same input: our logits equal nnunetv2's fp16 logits exactly."""
+    pytest.importorskip("nnunetv2")
+    import types
+
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 4, 3, padding=1).eval()
+    patch = (8, 16, 12)
+    data = np.random.default_rng(4).standard_normal((1, 19, 37, 20)).astype(np.float32)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirror,
+                                device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+    predictor.network = net
+    predictor.configuration_manager = types.SimpleNamespace(patch_size=list(patch))
+    predictor.label_manager = types.SimpleNamespace(num_segmentation_heads=4)
+    predictor.allowed_mirroring_axes = (0, 1, 2)
+    with torch.no_grad():
+        ref = predictor.predict_sliding_window_return_logits(torch.from_numpy(data)).numpy()
+
+    def model(x):
+        with torch.no_grad():
+            return net(torch.from_numpy(x)).numpy()
+
+    ours = predict_logits(data, model, patch, 4, 0.5, mirror_axes=(0, 1, 2) if mirror else None)
+    assert ref.dtype == np.float16
+    ref = ref.astype(np.float32)
+    if not mirror:
+        np.testing.assert_array_equal(ours, ref)
+    else:  # the 8 flips are summed in float32 in another order: at most a stray fp16 ulp
+        assert (ours != ref).mean() < 1e-4
+        np.testing.assert_allclose(ours, ref, rtol=2e-3, atol=2e-4)
