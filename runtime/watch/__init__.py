@@ -10,9 +10,8 @@ One module per role:
 * :mod:`~edgeseg.runtime.watch.budget`: the time-budget planner and the per-tile latency table.
 * :mod:`~edgeseg.runtime.watch.service`: the :class:`Watcher` (scheduler and worker threads, stop, signals).
 * :mod:`~edgeseg.runtime.watch.commands`: ``edgeseg watch | status | doctor | demo``.
-* :mod:`~edgeseg.runtime.watch.jobs`, :mod:`~edgeseg.runtime.watch.adapters`,
-  :mod:`~edgeseg.runtime.watch.fake`: the job record, the lazy door to the reader/writer/segmenter, and a fake
-  segmenter for tests.
+* :mod:`~edgeseg.runtime.watch.jobs`, :mod:`~edgeseg.runtime.watch.fake`: the job record (key, name,
+  fingerprint) and a fake segmenter for tests.
 
 Importing this package is light: heavy modules load on first attribute access.
 """

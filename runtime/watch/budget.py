@@ -197,7 +197,7 @@ def part_tiles(geometry: SeriesGeometry, variant: Any, part: Any, step: float) -
 
     tiles = tile_count(network_shape(geometry, variant, part), tuple(part.patch_size), step)
     mirrors = 2 ** len(part.mirror_axes) if getattr(part, "use_mirroring", False) else 1
-    return tiles * mirrors
+    return int(tiles) * mirrors
 
 
 def _candidate_steps(variant: Any, coarser: Iterable[float]) -> list[float | None]:

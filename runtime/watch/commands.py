@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -95,7 +96,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         "polling_interval_s", "state_dir", "log_dir", "max_concurrent_series")}
     config = load_config(args.config, overrides)
     _configure_file_logging(args, config.log_file)
-    return Watcher(config, once=args.once).run()
+    return int(Watcher(config, once=args.once).run())
 
 
 # ----------------------------------------------------------------------------------------------------- status
@@ -114,7 +115,10 @@ def _age(seconds: float) -> str:
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
@@ -214,10 +218,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for key, value in describe(config):
         log.debug("config %s = %s", key, value)
 
+    def root_check(root: Path) -> tuple[str, str]:
+        problem = _writable(root)
+        if problem:
+            return "FAIL", f"{root} {problem}; results are written beside each series"
+        return "OK", "exists and is writable"
+
     for i, root in enumerate(config.roots):
-        check(f"roots[{i}] {root}", lambda root=root: ("FAIL", f"{root} {_writable(root)}; results are written "
-                                                        "beside each series") if _writable(root) else
-              ("OK", "exists and is writable"))
+        check(f"roots[{i}] {root}", functools.partial(root_check, root))
     for key in ("state_dir", "log_dir"):
         folder = getattr(config, key)
 
@@ -255,21 +263,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     bundle_holder: list[Any] = []
 
     def bundle_check() -> tuple[str, str]:
-        from edgeseg.runtime.watch import adapters
+        from edgeseg.bundle import load_bundle
 
-        bundle = adapters.load_bundle(config.bundle, verify=True)
+        bundle = load_bundle(config.bundle, verify=True)
         bundle_holder.append(bundle)
         return "OK", (f"{config.bundle}: '{bundle.name}', {len(bundle.variants)} variant(s) "
                       f"({', '.join(v.name for v in sorted(bundle.variants, key=lambda v: v.rank))}), "
                       f"{len(bundle.files)} files verified")
     check("bundle", bundle_check)
-
-    def segmenter_check() -> tuple[str, str]:
-        from edgeseg.runtime.watch import adapters
-
-        adapters.segment_series_function()
-        return "OK", "edgeseg.runtime.segment.segment_series is available"
-    check("segmenter", segmenter_check)
 
     def budget_check() -> tuple[str, str]:
         from edgeseg.runtime.watch.budget import LatencyTable, Planner
@@ -309,18 +310,11 @@ def demo_mri_path() -> Path | None:
     return None
 
 
-def _stage_demo_series(mri: Path, staging: Path) -> tuple[list[Path], str]:
-    """Files to copy in, and what they are: a DICOM series from the demo MRI, or (if the DICOM writer is not
-    in this build) the NIfTI file itself."""
-    try:
-        from edgeseg.demo.dicom_series import write_dicom_series  # type: ignore[import-not-found]
-    except ImportError as err:
-        log.warning("edgeseg.demo.dicom_series is not in this build (%s); the demo drops the MRI in as NIfTI", err)
-        return [mri], "NIfTI file (the DICOM series writer is not in this build)"
-    staging.mkdir(parents=True, exist_ok=True)
-    written = write_dicom_series(mri, staging)
-    files = sorted(Path(p) for p in written) if written else sorted(p for p in staging.rglob("*") if p.is_file())
-    return files, f"DICOM series of {len(files)} slices"
+def _stage_demo_series(mri: Path, staging: Path) -> list[Path]:
+    """The demo MRI written as a classic MR DICOM series (one file per slice) into ``staging``."""
+    from edgeseg.demo.dicom_series import write_dicom_series
+
+    return sorted(write_dicom_series(mri, staging, series_description="edgeseg demo abdomen"))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -355,10 +349,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"(test hook {fake.ENV_VAR} is set: a fake segmenter stands in for the model)")
     watcher.start()
     try:
-        files, what = _stage_demo_series(mri, tmp / "staging")
+        files = _stage_demo_series(mri, tmp / "staging")
         target = incoming / "demo_patient" / "mr_series"
         target.mkdir(parents=True)
-        print(f"Sending {mri.name} as a {what} into {target} ...")
+        print(f"Sending {mri.name} as a DICOM series of {len(files)} slices into {target} ...")
         rng = random.Random(0)
         for src in files:
             shutil.copyfile(src, target / src.name)

@@ -34,10 +34,11 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from edgeseg.runtime.watch import adapters
+from edgeseg.runtime.read import read_dicom_header
+from edgeseg.runtime.read._dicom import _is_localizer, non_image_reason
 from edgeseg.runtime.watch.jobs import (
     DICOM, INVALID, NIFTI, PARREC, SeriesGeometry, SeriesInfo, SeriesJob, dicom_series_name, file_series_name,
-    fingerprint, safe_name, stamp_files,
+    fingerprint, invalid_file_name, stamp_files,
 )
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ class Instance:
     sop_class: str
     description: str
     series_number: int | None
-    is_image: bool
+    #: why the reader would not stack this instance (None: an image it stacks)
+    non_image: str | None
     is_localizer: bool
     rows: int | None
     columns: int | None
@@ -91,6 +93,11 @@ class Instance:
     images_in_acquisition: int | None
     temporal_positions: int | None
     concatenation_total: int | None
+
+    @property
+    def is_image(self) -> bool:
+        """An instance the reader stacks (the same rule as :func:`edgeseg.runtime.read.discover_series`)."""
+        return self.non_image is None
 
 
 def _num(ds: Any, name: str, cast: Callable[[Any], Any] = int) -> Any:
@@ -114,13 +121,6 @@ def _floats(ds: Any, name: str, n: int) -> tuple[float, ...] | None:
         return None
 
 
-def _is_localizer(image_type: Any) -> bool:
-    if image_type is None:
-        return False
-    values = [image_type] if isinstance(image_type, str) else list(image_type)
-    return any(str(v).strip().upper() == "LOCALIZER" for v in values)
-
-
 def instance_from_header(ds: Any) -> Instance:
     """Extract the grouping and geometry fields; raises ValueError if there is no SeriesInstanceUID."""
     uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
@@ -134,7 +134,7 @@ def instance_from_header(ds: Any) -> Instance:
         sop_class=str(ds.get("SOPClassUID", "") or ""),
         description=str(ds.get("SeriesDescription", "") or ""),
         series_number=_num(ds, "SeriesNumber"),
-        is_image=bool(rows and cols),
+        non_image=non_image_reason(ds),
         is_localizer=_is_localizer(ds.get("ImageType")),
         rows=rows,
         columns=cols,
@@ -186,7 +186,7 @@ def dicom_geometry(instances: list[Instance]) -> SeriesGeometry | None:
     ps = first.pixel_spacing or (1.0, 1.0)
     frames = max((i.frames or 1) for i in images)
     if frames > 1:  # enhanced: geometry per frame is in functional groups; take the count and nominal spacing
-        return SeriesGeometry((first.columns, first.rows, frames * len(images)),  # type: ignore[arg-type]
+        return SeriesGeometry((first.columns or 0, first.rows or 0, frames * len(images)),
                               (ps[1], ps[0], first.slice_spacing or 1.0))
     dz = first.slice_spacing or 1.0
     axes = (0, 1, 2)
@@ -209,7 +209,7 @@ def check_image_file(path: Path, kind: str) -> tuple[str | None, SeriesGeometry 
     try:
         import nibabel as nib
 
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))
         shape = tuple(int(s) for s in img.shape)
         if len(shape) < 3:
             return f"{path.name} is a {len(shape)}-D image; a 3-D volume is needed", None
@@ -224,7 +224,8 @@ def check_image_file(path: Path, kind: str) -> tuple[str | None, SeriesGeometry 
                     return f"{path.name} is shorter than its header says ({os.path.getsize(path)} < {need} bytes)", None
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
         affine = np.asarray(img.affine)
-        geom = SeriesGeometry(shape[:3], zooms, _world_axes([affine[:3, a] for a in range(3)]))  # type: ignore[arg-type]
+        geom = SeriesGeometry((shape[0], shape[1], shape[2]), (zooms[0], zooms[1], zooms[2]),
+                              _world_axes([affine[:3, a] for a in range(3)]))
         return None, geom
     except Exception as err:  # noqa: BLE001 - any failure to open means "does not open"
         return f"{path.name} does not open as {'NIfTI' if kind == NIFTI else 'PAR/REC'} ({type(err).__name__}: {err})", None
@@ -416,7 +417,7 @@ class CompletionTracker:
             f.status, f.error = _FAILING, "empty file (0 bytes)"
             return
         try:
-            ds = adapters.read_dicom_header(f.path)
+            ds = read_dicom_header(f.path)
             if ds is None:
                 raise ValueError("not a readable DICOM file (no DICOM preamble, or truncated/corrupt)")
             info = instance_from_header(ds)
@@ -550,9 +551,8 @@ class CompletionTracker:
                         images, expected)
         problem = skip = None
         if not images:
-            classes = sorted({i.sop_class for i in instances})
-            problem = (f"the series has no image instances (SOP class {', '.join(classes) or 'unknown'}); "
-                       "only images can be segmented")
+            reasons = sorted({i.non_image or "" for i in instances})
+            problem = f"the series has no image the reader can stack ({'; '.join(reasons)}); only images can be segmented"
         elif all(i.is_localizer for i in instances if i.is_image):
             skip = "only localizer images"
         invalid = self._invalid_in(series.folder)
@@ -609,7 +609,7 @@ class CompletionTracker:
                 continue
             self._reported_invalid.add(f.path)
             stamps = stamp_files(f.path.parent, [f.path])
-            name = safe_name(f.path.name, fallback="file")
+            name = invalid_file_name(f.path)
             out.append(SeriesJob(str(f.path), INVALID, f.path.parent, name, (f.path,), fingerprint(stamps),
                                  problem=f"{f.path.name} is not a readable image: {f.error}",
                                  invalid_files=((f.path.name, f.error or "unreadable"),)))

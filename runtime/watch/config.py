@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from edgeseg.errors import ConfigError
 
@@ -432,18 +432,19 @@ def load_config(
         values["state_dir"] = (source.parent / "edgeseg-state") if source else Path.home() / ".edgeseg" / "watch"
     if values["log_dir"] is None:
         values["log_dir"] = values["state_dir"] / "logs"
-    if isinstance(values["bundle"], str):
-        values["bundle"] = demo_bundle_path() if values["bundle"] == DEMO_BUNDLE_KEYWORD else Path(values["bundle"])
-        if check_paths and not values["bundle"].exists():
+    if values["bundle"] == DEMO_BUNDLE_KEYWORD:  # the default, not set anywhere
+        demo = demo_bundle_path()
+        if check_paths and not (demo / "bundle.json").is_file():
             problems.add("default", "bundle", f"'demo' means the packaged demo bundle, which is not in this build "
-                         f"({values['bundle']})", "set bundle: to an exported bundle folder")
+                         f"({demo} has no bundle.json)", "set bundle: to an exported bundle folder")
+        values["bundle"] = demo
     if not values["roots"]:
         problems.add(str(source) if source else "command line", "roots", "no folder to watch",
                      "list at least one folder under roots: in the file, or pass --root DIR")
     if check_paths:
-        for key in ("state_dir", "log_dir"):
-            origin = layers.get(key)
-            _ensure_writable_dir(values[key], key, origin.where if origin else "default", problems)
+        for dir_key in ("state_dir", "log_dir"):
+            origin = layers.get(dir_key)
+            _ensure_writable_dir(values[dir_key], dir_key, origin.where if origin else "default", problems)
     problems.raise_if_any()
 
     return WatchConfig(
@@ -483,8 +484,8 @@ def describe(config: WatchConfig) -> list[tuple[str, str]]:
             return str(v.value)
         return "null" if v is None else str(v)
 
-    getters: dict[str, Callable[[WatchConfig], Any]] = {
-        k: (lambda c, k=k: getattr(c.outputs, k.split(".")[1]) if k.startswith("outputs.") else getattr(c, k))
-        for k in KEYS
-    }
-    return [(k, show(get(config))) for k, get in getters.items()]
+    def value(key: str) -> Any:
+        section, _, name = key.partition(".")
+        return getattr(getattr(config, section), name) if name else getattr(config, key)
+
+    return [(k, show(value(k))) for k in KEYS]

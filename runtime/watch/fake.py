@@ -2,10 +2,9 @@
 
 It checks its input the way the reader is specified to (every DICOM instance readable with complete pixel
 data, slices evenly spaced; a NIfTI that opens) and raises :class:`~edgeseg.errors.InvalidSeriesError`
-otherwise, then writes a dummy ``<name>.edgeseg/`` folder beside the series atomically: into
-``.<name>.edgeseg.partial-<random>/`` first, then renamed into place (an existing result is moved to
-``.<name>.edgeseg.old-<random>`` and removed after), so a kill at any moment leaves either no result or a
-complete one. ``manifest.json`` records the input fingerprint and file list, which tests compare with the inputs.
+otherwise, then writes a dummy ``<name>.edgeseg/`` folder beside the series with the writer's own
+:class:`~edgeseg.runtime.write.atomic.ResultFolder` (partial folder, then renames), so a kill at any moment
+leaves either no result or a complete one. ``manifest.json`` records the input fingerprint and file list, which tests compare with the inputs.
 
 Selected in a watcher process by the environment variable ``EDGESEG_WATCH_SEGMENTER=fake`` or
 ``fake:<seconds>`` (sleep that long inside, to widen the window a kill test can hit). A test hook: the watcher
@@ -16,8 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +22,8 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeseg.errors import InvalidSeriesError
-from edgeseg.runtime.watch.jobs import DICOM, SeriesJob, check_name, fingerprint, stamp_files
+from edgeseg.runtime.watch.jobs import DICOM, SeriesJob, fingerprint, stamp_files
+from edgeseg.runtime.write.atomic import ResultFolder
 
 log = logging.getLogger(__name__)
 
@@ -69,36 +67,10 @@ def _check_nifti(job: SeriesJob) -> None:
     import nibabel as nib
 
     try:
-        img = nib.load(str(job.source))
+        img: Any = nib.load(str(job.source))
         np.asarray(img.dataobj[..., 0] if len(img.shape) > 3 else img.dataobj)
     except Exception as err:  # noqa: BLE001
         raise InvalidSeriesError(f"{job.source.name} does not open as an image ({err}). Copy it again.") from err
-
-
-def write_atomically(folder: Path, name: str, write: Callable[[Path], None]) -> Path:
-    """Write ``<folder>/<name>.edgeseg/`` through a temporary folder and renames; clears stale temporaries of
-    this name left by a killed process."""
-    name = check_name(name)
-    final = folder / f"{name}.edgeseg"
-    for stale in folder.glob(f".{name}.edgeseg.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for stale in folder.glob(f".{name}.edgeseg.old-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    partial = folder / f".{name}.edgeseg.partial-{secrets.token_hex(4)}"
-    partial.mkdir()
-    try:
-        write(partial)
-        old = None
-        if final.exists():
-            old = folder / f".{name}.edgeseg.old-{secrets.token_hex(4)}"
-            os.replace(final, old)
-        os.replace(partial, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return final
 
 
 def fake_segment(source: SeriesJob, bundle: Any, options: Any, progress: Callable[[str, float], None] | None = None,
@@ -133,14 +105,13 @@ def fake_segment(source: SeriesJob, bundle: Any, options: Any, progress: Callabl
         "written_at": time.time(),
     }
 
-    def write(folder: Path) -> None:
-        (folder / "labels.txt").write_text("0 background\n", encoding="utf-8")
-        with open(folder / "manifest.json", "w", encoding="utf-8") as fh:
+    with ResultFolder(job.folder, job.name) as folder:
+        (folder.path / "labels.txt").write_text("0 background\n", encoding="utf-8")
+        with open(folder.path / "manifest.json", "w", encoding="utf-8") as fh:
             json.dump(manifest, fh, indent=2)
             fh.flush()
             os.fsync(fh.fileno())
-
-    out = write_atomically(job.folder, job.name, write)
+    out = folder.final_path
     if progress:
         progress("write", 1.0)
     return SegmentResult(out, {"manifest": out / "manifest.json", "labels": out / "labels.txt"}, manifest)

@@ -1,16 +1,14 @@
 """What one unit of watcher work is: a complete series (:class:`SeriesJob`), its safe name and its fingerprint.
 
 A series is identified by its *key*: ``<folder>::<SeriesInstanceUID>`` for DICOM (several series may share a
-folder) and the absolute file path for NIfTI/PAR input. Everything the watcher writes for a series (the error
-file; the segmenter writes the ``<name>.edgeseg/`` folder) goes into the series' own folder under a name built by
-:func:`safe_name`, which can never contain a path separator or "..".
+folder) and the absolute file path for NIfTI/PAR input. Everything written for a series (the watcher's error
+file, the segmenter's ``<name>.edgeseg/`` folder) goes into the series' own folder under the reader's name for it
+(``Volume.name``: sanitized, never a path separator or "..").
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import re
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -24,66 +22,26 @@ PARREC = "parrec"
 #: a file that is not a readable image and belongs to no series; it gets its own error file
 INVALID = "invalid"
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_MAX_NAME = 80
-#: names Windows refuses for files, whatever the extension
-_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
-
-
-def safe_name(text: str, fallback: str = "series") -> str:
-    """A file-name-safe stem: ASCII letters, digits, ``.``, ``_`` and ``-`` only, no leading dot, no "..",
-    at most 80 characters, never empty and never a reserved Windows device name."""
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    name = _UNSAFE.sub("_", text)
-    name = re.sub(r"\.{2,}", "_", name)  # no ".." anywhere
-    name = re.sub(r"_{2,}", "_", name).strip("._-")
-    name = name[:_MAX_NAME].rstrip("._-")
-    if not name or name.split(".")[0].upper() in _RESERVED:
-        name = f"{fallback}_{name}" if name else fallback
-    return name
-
-
-def short_hash(text: str, n: int = 8) -> str:
-    """First ``n`` hex digits of sha1(text): a stable suffix that keeps names of same-named series apart."""
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:n]
-
-
 def dicom_series_name(description: str, uid: str) -> str:
-    """The output name of a DICOM series: the reader's own (``Volume.name``) so that the error file and the
-    ``<name>.edgeseg/`` folder of one series share ``<name>``; a local equivalent if the reader is absent."""
-    try:
-        from edgeseg.runtime.read._naming import dicom_series_name as reader_name
-    except ImportError:
-        digits = re.sub(r"\D", "", uid or "")[-8:] or short_hash(uid or "")
-        return f"{safe_name(description, fallback='series')}_{digits}"
-    return str(reader_name(description, uid))
+    """The output name of a DICOM series: the reader's own (``Volume.name``), so that the error file and the
+    ``<name>.edgeseg/`` folder of one series share ``<name>``."""
+    from edgeseg.runtime.read._naming import dicom_series_name as reader_name
+
+    return reader_name(description, uid)
 
 
 def file_series_name(path: Path) -> str:
     """The output name of a NIfTI/PAR file (its stem without image extensions), as the reader names it."""
-    try:
-        from edgeseg.runtime.read._naming import nifti_name
-    except ImportError:
-        name = path.name
-        for ext in (".nii.gz", ".nii", ".par", ".rec"):
-            if name.lower().endswith(ext):
-                name = name[: -len(ext)]
-                break
-        return safe_name(name, fallback="image")
-    return str(nifti_name(path.name))
+    from edgeseg.runtime.read._naming import nifti_name
+
+    return nifti_name(path.name)
 
 
-def check_name(name: str) -> str:
-    """``name`` if it is a safe file-name stem (no separator, no "..", no leading dot), else ValueError."""
-    if (not name or "/" in name or "\\" in name or ".." in name or name.startswith(".") or "\x00" in name
-            or os.sep in name or (os.altsep and os.altsep in name)):
-        raise ValueError(f"unsafe output name {name!r}")
-    return name
+def invalid_file_name(path: Path) -> str:
+    """The name of the error file of an unreadable file that belongs to no series (``photo.jpg`` keeps its dot)."""
+    from edgeseg.runtime.read._naming import safe_stem
 
-
-def error_file_path(folder: Path, name: str) -> Path:
-    """``<folder>/<name>.edgeseg-error.json``; raises ValueError if the name could leave the folder."""
-    return folder / f"{check_name(name)}.edgeseg-error.json"
+    return safe_stem(path.name, max_len=120, allow_dots=True, fallback="file")
 
 
 @dataclass(frozen=True)
@@ -170,7 +128,10 @@ class SeriesJob:
 
     @property
     def error_file(self) -> Path:
-        return error_file_path(self.folder, self.name)
+        """``<folder>/<name>.edgeseg-error.json``."""
+        from edgeseg.runtime.write.atomic import error_file_name
+
+        return self.folder / error_file_name(self.name)
 
     @property
     def source(self) -> Path:

@@ -17,8 +17,8 @@ from typing import Any, Iterable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from edgeseg.runtime.watch import adapters
 from edgeseg.runtime.watch.config import ObserverKind
+from edgeseg.runtime.write.atomic import is_edgeseg_output
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class PathFilter:
             return True
         if any(path == ig or ig in path.parents for ig in self.ignore):
             return True
-        return adapters.is_edgeseg_output(path)
+        return bool(parts) and is_edgeseg_output(Path(*parts))  # only below the root: the root's own name is free
 
     def folder(self, path: Path) -> bool:
         """May files below this folder be input?"""

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import signal
 import tempfile
 import threading
@@ -37,13 +38,13 @@ from typing import Any, Callable
 from edgeseg.errors import (
     BundleError, EdgesegError, InferenceError, InvalidSeriesError, MissingDependencyError, OutputError,
 )
-from edgeseg.runtime.watch import adapters
 from edgeseg.runtime.watch.budget import LatencyTable, MeasureFn, Plan, Planner
 from edgeseg.runtime.watch.completion import CompletionTracker
 from edgeseg.runtime.watch.config import WatchConfig
 from edgeseg.runtime.watch.jobs import DICOM, INVALID, SeriesJob
 from edgeseg.runtime.watch.observer import EnqueueHandler, PathFilter, start_observer
 from edgeseg.runtime.watch.store import JobStore
+from edgeseg.runtime.write.atomic import clear_error_file, write_error_file
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +82,24 @@ def real_segmenter(job: SeriesJob, bundle: Any, options: Any, progress: Progress
     DICOM: a :class:`~edgeseg.runtime.read.SeriesRef` of exactly the image instances the tracker grouped and
     fingerprinted (several series may share the folder); NIfTI/PAR: the file.
     """
-    segment = adapters.segment_series_function()
+    from edgeseg.runtime.read import SeriesRef
+    from edgeseg.runtime.segment import segment_series
+
     source: Any = job.source
     if job.kind == DICOM:
-        source = adapters.series_ref("dicom", job.folder, job.image_files or job.files, job.series_uid,
-                                     job.description, job.series_number, job.expected_instances)
-    return segment(source, bundle, options, progress=progress, plan=plan)
+        source = SeriesRef(kind="dicom", source=job.folder, files=job.image_files or job.files, uid=job.series_uid,
+                           description=job.description, series_number=job.series_number,
+                           expected_instances=job.expected_instances)
+    return segment_series(source, bundle, options, progress=progress, plan=plan)
+
+
+def _remove_stale_temporaries(job: SeriesJob) -> None:
+    """Remove ``.<name>.edgeseg.partial-*`` / ``.old-*`` folders a killed run of this series left behind (the
+    writer cleans up after itself unless the process is killed). Only hidden temporaries of this very name."""
+    for pattern in (f".{job.name}.edgeseg.partial-*", f".{job.name}.edgeseg.old-*"):
+        for stale in job.folder.glob(pattern):
+            log.info("removing a temporary folder left by an interrupted run: %s", stale)
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _what_to_do(err: BaseException, config: WatchConfig, job: SeriesJob) -> str:
@@ -170,7 +183,7 @@ class Watcher:
             self._write_error(Path(row.folder), row.name, InvalidSeriesError(row.last_error or "interrupted"),
                               "Segmenting this series stopped the watcher repeatedly (crash or out-of-memory kill). "
                               "Check the series; re-copy it to try again, or segment it by hand with `edgeseg "
-                              "segment` to see the error.", {"series_key": row.key})
+                              "segment` to see the error.")
         self.tracker = CompletionTracker(cfg.quiet_period_s, self.filter, settle_s=self._settle_s, clock=self.clock)
         self._started_at = time.time()
         if not self.once:
@@ -197,12 +210,20 @@ class Watcher:
                 log.warning("TEST HOOK %s is set: using the fake segmenter, no model runs", fake.ENV_VAR)
                 self._segmenter = hook
             else:
-                adapters.segment_series_function()  # fail at start, not at the first series
                 self._segmenter = real_segmenter
         if self._segmenter is real_segmenter and self._bundle is None:
-            self._bundle = adapters.load_bundle(cfg.bundle, verify=True)
+            from edgeseg.bundle import load_bundle
+
+            self._bundle = load_bundle(cfg.bundle, verify=True)  # a bad bundle fails at start, not per series
         if self._bundle is not None and hasattr(self._bundle, "variants"):
-            measure = self._measure if self._measure is not None else adapters.measure_function()
+            measure: MeasureFn | None = self._measure
+            if measure is None:
+                from edgeseg.runtime.infer.engine import measure_tile_latency
+
+                cache = cfg.state_dir / "model_cache"
+
+                def measure(bundle: Any, part: Any, precision: str, device: str, threads: int | None) -> float:
+                    return float(measure_tile_latency(bundle, part, precision, device, threads, cache_dir=cache))
             self.planner = Planner(self._bundle, LatencyTable(cfg.latency_path), cfg.device, cfg.precision,
                                    cfg.threads, measure)
 
@@ -471,6 +492,7 @@ class Watcher:
             log.info("plan: key=%s variant=%s tile_step=%s predicted_s=%s fits=%s reason=%s", job.key, plan.variant,
                      plan.tile_step_size, None if plan.predicted_s is None else round(plan.predicted_s, 1), plan.fits,
                      plan.reason)
+        _remove_stale_temporaries(job)
         attempt = self.store.mark_running(job.key, plan.to_dict() if plan else None, cfg.time_budget_s,
                                           plan.predicted_s if plan else None)
         with self._lock:
@@ -498,8 +520,8 @@ class Watcher:
         output = Path(result.output_dir) if getattr(result, "output_dir", None) else None
         self.store.mark_done(job.key, output, seconds)
         try:
-            adapters.clear_error_file(job.folder, job.name)
-        except OSError as err:
+            clear_error_file(job.folder, job.name)
+        except (OSError, EdgesegError) as err:
             log.warning("old error file not removed: key=%s error=%s", job.key, err)
         if plan is not None and self.planner is not None:
             self.planner.record(plan, seconds)
@@ -515,7 +537,7 @@ class Watcher:
         cfg = self.config
         # bad input fails the same way every time: no retry until the files change
         deterministic = job.problem is not None or isinstance(err, InvalidSeriesError)
-        kind = adapters.error_kind(err)
+        kind = err.kind if isinstance(err, EdgesegError) else "internal"
         if isinstance(err, EdgesegError):
             log.error("series failed: key=%s kind=%s attempt=%d/%d error=%s", job.key, kind, attempt,
                       cfg.max_attempts, err)
@@ -534,17 +556,14 @@ class Watcher:
             retry_text = f"Attempt {attempt} of {cfg.max_attempts}; the next start of the watcher tries again."
         else:
             retry_text = f"Attempt {attempt} of {cfg.max_attempts}; the watcher tries again later by itself."
-        extra = {"series_key": job.key, "series_uid": job.series_uid, "attempt": attempt,
-                 "max_attempts": cfg.max_attempts, "files": len(job.files),
-                 "invalid_files": [list(x) for x in job.invalid_files], "notes": list(job.notes)}
-        self._write_error(job.folder, job.name, err, _what_to_do(err, cfg, job) + " " + retry_text, extra)
+        also = f" Also noted: {' '.join(job.notes)}" if job.notes else ""
+        self._write_error(job.folder, job.name, err, f"{_what_to_do(err, cfg, job)} {retry_text}{also}")
         self.stats["failed"] += 1
         self.history.append(JobRecord(job.key, job.name, False, seconds, None, message, plan, cfg.time_budget_s))
         return "failed" if final else "retry"
 
-    def _write_error(self, folder: Path, name: str, err: BaseException, what_to_do: str,
-                     extra: dict[str, Any]) -> None:
+    def _write_error(self, folder: Path, name: str, err: BaseException, what_to_do: str) -> None:
         try:
-            adapters.write_error_file(folder, name, err, what_to_do, extra)
+            write_error_file(folder, name, err, what_to_do)
         except Exception as werr:  # noqa: BLE001 - a read-only folder must not stop the watcher
             log.error("error file not written: folder=%s name=%s error=%s", folder, name, werr)
