@@ -166,6 +166,8 @@ class Watcher:
         self.history: list[JobRecord] = []
         self.results: dict[str, Any] = {}
         self.stats: Counter[str] = Counter()
+        #: set when the scheduler or a worker loop died (a bug): ``run`` then returns 1
+        self.crashed = False
 
     # --------------------------------------------------------------------------------------------- lifecycle
 
@@ -260,7 +262,7 @@ class Watcher:
     def run(self) -> int:
         """Start, block until SIGTERM/SIGINT (or, with ``once``, until everything present is processed), stop.
 
-        Returns 0, or 1 when ``once`` and a series failed in this run.
+        Returns 0; 1 when ``once`` and a series failed in this run, or when a watcher thread crashed.
         """
         self.start()
         previous: dict[int, Any] = {}
@@ -275,7 +277,7 @@ class Watcher:
             self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return 1 if self.once and self.stats["failed"] else 0
+        return 1 if self.crashed or (self.once and self.stats["failed"]) else 0
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._stop.is_set():
@@ -317,6 +319,7 @@ class Watcher:
                 loop()
             except BaseException:  # noqa: BLE001 - a dying loop must at least say so
                 log.exception("%s crashed; stopping the watcher", threading.current_thread().name)
+                self.crashed = True
                 self._stop.set()
                 raise
         return run

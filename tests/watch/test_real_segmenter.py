@@ -56,3 +56,30 @@ def test_real_segmenter_end_to_end(make_config, roots, tmp_path, bundle, real_mr
         assert w.alive()
     finally:
         assert w.stop()
+
+
+def test_doctor_with_a_real_bundle_and_a_measured_latency_table(tmp_path, bundle, capsys) -> None:
+    from edgeseg.bundle import load_bundle
+    from edgeseg.cli import main
+    from edgeseg.runtime.watch.budget import LatencyTable, Planner
+    from edgeseg.runtime.watch.config import load_config
+
+    (tmp_path / "in").mkdir()
+    cfg_path = tmp_path / "watch_config.yaml"
+    cfg_path.write_text(f"roots: [in]\nbundle: {bundle}\nstate_dir: state\ntime_budget_s: 60\n")
+    assert main(["doctor", "--config", str(cfg_path)]) == 0
+    out = capsys.readouterr().out
+    assert "OK    bundle:" in out and "files verified" in out
+    assert "SKIP  time budget: no latency table yet" in out
+    cfg = load_config(cfg_path, env={})
+    from edgeseg.runtime.infer.engine import measure_tile_latency
+
+    Planner(load_bundle(bundle), LatencyTable(cfg.latency_path), cfg.device, cfg.precision, cfg.threads,
+            measure_tile_latency).plan(None, 60.0)  # no geometry: nothing measured
+    table = LatencyTable(cfg.latency_path)
+    planner = Planner(load_bundle(bundle), table, cfg.device, cfg.precision, cfg.threads, measure_tile_latency)
+    for part in load_bundle(bundle).variants[0].parts:
+        planner.latency(part)
+    assert main(["doctor", "--config", str(cfg_path)]) == 0
+    out = capsys.readouterr().out
+    assert "OK    time budget: typical 256x208x160 volume at 1.5 mm: most accurate plan fits" in out

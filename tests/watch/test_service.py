@@ -266,11 +266,49 @@ def test_state_dir_inside_a_root_is_ignored(make_config, roots, tmp_path) -> Non
         assert w.stop()
 
 
-@pytest.mark.parametrize("missing", ["segment"])
-def test_real_segmenter_is_resolved_at_start(make_config, missing, monkeypatch) -> None:
+def test_real_segmenter_is_resolved_at_start(make_config) -> None:
     from edgeseg.errors import BundleError
 
-    w = Watcher(make_config())  # no fake, no hook: the real segmenter needs a real bundle
+    w = Watcher(make_config())  # no fake, no hook: the real segmenter needs a real bundle (this one is empty)
     with pytest.raises(BundleError):
         w.start()
     assert not w.alive()
+
+
+def test_a_series_that_keeps_killing_the_watcher_is_given_up_at_start(make_config, roots) -> None:
+    cfg = make_config(max_attempts=2)
+    write_series(roots / "exam", 3)
+    seg = CountingSegmenter()
+    w = Watcher(cfg, seg, settle_s=0.1)
+    w.start()
+    assert wait_for(lambda: len(results(roots)) == 1) and w.wait_idle(10)
+    assert w.stop()
+    shutil.rmtree(results(roots)[0])
+    with JobStore(cfg.store_path) as store:  # as if the process died twice while segmenting it
+        (row,) = store.rows()
+        store.mark_running(row.key)
+    with JobStore(cfg.store_path) as store:
+        store.reconcile(cfg.max_attempts)
+        store.mark_running(row.key)
+    seg2 = CountingSegmenter()
+    w = Watcher(cfg, seg2, settle_s=0.1)
+    w.start()
+    try:
+        assert w.wait_idle(10)
+        assert sum(seg2.calls.values()) == 0
+        (err,) = error_files(roots)
+        assert "stopped 2 times" in json.loads(err.read_text())["error"]
+        assert w.store.get(row.key).state == FAILED
+    finally:
+        assert w.stop()
+
+
+def test_a_crashed_loop_makes_run_return_1(make_config, roots, monkeypatch) -> None:
+    w = Watcher(make_config(), CountingSegmenter(), settle_s=0.1)
+
+    def broken_loop() -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(w, "_schedule_loop", broken_loop)
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the traceback is logged already
+    assert w.run() == 1
