@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeseg.errors import (
-    BundleError, EdgesegError, InferenceError, InvalidSeriesError, MissingDependencyError, OutputError,
+    BundleError, ConfigError, EdgesegError, InferenceError, InvalidSeriesError, MissingDependencyError, OutputError,
 )
 from edgeseg.runtime.watch.budget import LatencyTable, MeasureFn, Plan, Planner
 from edgeseg.runtime.watch.completion import CompletionTracker
@@ -190,7 +190,13 @@ class Watcher:
         self._started_at = time.time()
         if not self.once:
             handler = EnqueueHandler(self.filter, self._events)
-            self._observer = start_observer(cfg.observer, cfg.polling_interval_s, cfg.roots, handler)
+            try:
+                self._observer = start_observer(cfg.observer, cfg.polling_interval_s, cfg.roots, handler)
+            except OSError as err:  # e.g. the inotify watch limit on a large tree
+                self.store.close()
+                raise ConfigError(
+                    f"Cannot watch {', '.join(map(str, cfg.roots))} with {cfg.observer.value} events ({err}). Fix: "
+                    "set observer: polling in watch_config.yaml (or raise the system's file-watch limit).") from err
         sched = threading.Thread(target=self._guard(self._schedule_loop), name="edgeseg-scheduler", daemon=True)
         self._threads.append(sched)
         for i in range(cfg.max_concurrent_series):
@@ -264,13 +270,13 @@ class Watcher:
 
         Returns 0; 1 when ``once`` and a series failed in this run, or when a watcher thread crashed.
         """
-        self.start()
         previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread():  # before any thread runs a series
             sigs = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])
             for sig in sigs:
                 previous[sig] = signal.signal(sig, self._on_signal)
         try:
+            self.start()
             while not self._stop.wait(0.5):
                 pass
         finally:
@@ -434,6 +440,8 @@ class Watcher:
 
     def _write_heartbeat(self, stopped: bool = False) -> None:
         """``<state_dir>/watcher.json``: pid, liveness and the open series, for ``edgeseg status``."""
+        with self._lock:
+            running = sorted(self._running)
         try:
             data = {
                 "pid": os.getpid(),
@@ -441,7 +449,7 @@ class Watcher:
                 "heartbeat_at": time.time(),
                 "stopped": stopped,
                 "roots": [str(r) for r in self.config.roots],
-                "running": sorted(self._running),
+                "running": running,
                 "open_series": self.tracker.pending() if self.tracker else [],
                 "queued": self._jobs.qsize(),
                 "stats": dict(self.stats),
