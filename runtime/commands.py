@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ def resolve_bundle_path(value: str | Path) -> Path:
 def run_segment(args: argparse.Namespace) -> int:
     from edgeseg.bundle import load_bundle
     from edgeseg.errors import EdgesegError
-    from edgeseg.runtime.read import discover_series
+    from edgeseg.runtime.read import discover_series, read_series
     from edgeseg.runtime.segment import OutputOptions, SegmentOptions, segment_series
 
     bundle = load_bundle(resolve_bundle_path(args.bundle))
@@ -57,6 +59,7 @@ def run_segment(args: argparse.Namespace) -> int:
         print(f"No image series found in {args.input}.", file=sys.stderr)
         return 6
     failures = 0
+    planner = _planner(bundle, options) if args.time_budget else None
     for ref in refs:
         shown = [-1]
 
@@ -67,7 +70,14 @@ def run_segment(args: argparse.Namespace) -> int:
                 log.info("%3.0f%% %s", 100 * frac, msg)
 
         try:
-            result = segment_series(ref, bundle, options, progress)
+            source, run_options, plan = ref, options, None
+            if planner is not None:
+                source = read_series(ref)
+                plan = planner.plan(_geometry(source), args.time_budget)
+                log.info("plan: %s", plan.reason)
+                run_options = replace(options, variant=plan.variant, tile_step_size=plan.tile_step_size)
+            result = segment_series(source, bundle, run_options, progress,
+                                    plan=plan.to_dict() if plan else None)
         except EdgesegError as err:
             failures += 1
             log.error("%s", err)
@@ -78,3 +88,30 @@ def run_segment(args: argparse.Namespace) -> int:
         for role, path in sorted(result.files.items()):
             print(f"  {role:12s} {path}")
     return 6 if failures else 0
+
+
+def _planner(bundle: Any, options: Any) -> Any:
+    """The watcher's time-budget planner, with tile latencies measured once and cached per user."""
+    import os
+
+    from edgeseg.runtime.infer.engine import measure_tile_latency
+    from edgeseg.runtime.watch.budget import LatencyTable, Planner
+
+    cache = Path(options.cache_dir) if options.cache_dir else \
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeseg"
+    cache.mkdir(parents=True, exist_ok=True)
+
+    def measure(b: Any, part: Any, precision: str, device: str, threads: int | None) -> float:
+        return measure_tile_latency(b, part, precision, device, threads, options.cache_dir)
+
+    return Planner(bundle, LatencyTable(cache / "latency.json"), options.device, options.precision, options.threads,
+                   measure)
+
+
+def _geometry(volume: Any) -> Any:
+    import numpy as np
+
+    from edgeseg.runtime.watch.jobs import SeriesGeometry
+
+    axes = tuple(int(np.argmax(np.abs(volume.affine[:3, a]))) for a in range(3))
+    return SeriesGeometry(volume.shape, volume.spacing, axes if sorted(axes) == [0, 1, 2] else (0, 1, 2))

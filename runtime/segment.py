@@ -139,7 +139,8 @@ def segment_volume(volume: Any, bundle: Bundle, options: SegmentOptions | None =
         engine = get_engine(bundle, part, options)
         timings.compile += time.perf_counter() - t0
 
-        step = options.tile_step_size or part.tile_step_size
+        # a planner's coarser step only ever coarsens a part's own step
+        step = max(part.tile_step_size, options.tile_step_size or 0.0)
         mirror = part.mirror_axes if part.use_mirroring else None
 
         def tile_progress(done: int, total: int, _i: int = index) -> None:
@@ -210,10 +211,12 @@ def _bundle_digest(bundle: Bundle) -> str:
 
 def segment_series(source: Any, bundle: Bundle | Path | str, options: SegmentOptions | None = None,
                    progress: ProgressCallback | None = None, plan: dict[str, Any] | None = None) -> SegmentResult:
-    """Read a series (NIfTI/PAR file, DICOM folder or a ``SeriesRef``), segment it and write the results
+    """Read a series (NIfTI/PAR file, DICOM folder, ``SeriesRef`` or an already read ``Volume``), segment it and
+    write the results
     atomically into ``<name>.edgeseg/`` beside it. ``plan`` (from the watcher's planner) is recorded in the
     manifest. Raises :class:`~edgeseg.errors.EdgesegError` subclasses for bad input; never modifies the input."""
     from edgeseg.runtime.read import read_series
+    from edgeseg.runtime.read.volume import Volume
     from edgeseg.runtime.write import write_results
 
     options = options or SegmentOptions()
@@ -221,7 +224,7 @@ def segment_series(source: Any, bundle: Bundle | Path | str, options: SegmentOpt
         bundle = load_bundle(bundle)
     timings = Timings()
     t0 = time.perf_counter()
-    volume = read_series(source)
+    volume = source if isinstance(source, Volume) else read_series(source)
     timings.read = time.perf_counter() - t0
     log.info("segmenting series=%s shape=%s spacing=%s", volume.name, volume.shape,
              tuple(round(s, 3) for s in volume.spacing))
