@@ -243,7 +243,9 @@ def checkpoint_dict(
     torch = require("torch", "Writing an nnU-Net checkpoint")
     from collections import OrderedDict
 
-    weights = OrderedDict((k, v.detach().to("cpu").contiguous().clone()) for k, v in network_weights.items())
+    # no clone(): PlainConvUNet's state dict aliases tensors (decoder.encoder.* = encoder.*, ...all_modules.0.* =
+    # ...conv.*); torch.save stores a shared storage once, as in nnU-Net's own checkpoints (~3x smaller)
+    weights = OrderedDict((k, v.detach()) for k, v in network_weights.items())
     return {
         "network_weights": weights,
         "optimizer_state": None if optimizer_state is None else dict(optimizer_state),
@@ -309,23 +311,66 @@ def make_release_zip(model_folder: Path, zip_path: Path) -> Path:
     return zip_path
 
 
+#: where nnunetv2 (2.5 .. 2.8) defines the trainers our generators name; used only when nnunetv2's own lookup fails
+KNOWN_TRAINER_MODULES = {
+    "nnUNetTrainer": "nnunetv2.training.nnUNetTrainer.nnUNetTrainer",
+    "nnUNetTrainerNoMirroring":
+        "nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring",
+    "nnUNetTrainer_2000epochs_NoMirroring":
+        "nnunetv2.training.nnUNetTrainer.variants.training_length.nnUNetTrainer_Xepochs_NoMirroring",
+}
+
+
+def find_trainer_class(trainer_name: str) -> type:
+    """The nnunetv2 trainer class called ``trainer_name``.
+
+    First nnunetv2's own ``recursive_find_trainer_class_by_name``. That one imports every trainer module in
+    alphabetical order until it finds the name, so one broken optional dependency stops it (here: the Primus
+    trainers import timm -> torchvision, and a CUDA torchvision wheel beside CPU torch raises
+    ``RuntimeError: operator torchvision::nms does not exist`` before ``variants/`` is reached). In that case the
+    class is imported from the module that defines it (:data:`KNOWN_TRAINER_MODULES`): the same class object.
+    """
+    import importlib
+
+    find_objects = require("nnunetv2.utilities.find_objects", "Finding nnU-Net trainer classes")
+    try:
+        cls = find_objects.recursive_find_trainer_class_by_name(trainer_name)
+        if cls is not None:
+            return cls
+    except Exception as err:  # noqa: BLE001 - any import failure in an unrelated trainer module
+        if trainer_name not in KNOWN_TRAINER_MODULES:
+            raise
+        log.warning("nnunetv2's trainer lookup failed (%s: %s); importing %s from %s directly",
+                    type(err).__name__, str(err).splitlines()[0] if str(err) else "", trainer_name,
+                    KNOWN_TRAINER_MODULES[trainer_name])
+    if trainer_name not in KNOWN_TRAINER_MODULES:
+        raise LookupError(f"nnunetv2 has no trainer class {trainer_name!r}")
+    return getattr(importlib.import_module(KNOWN_TRAINER_MODULES[trainer_name]), trainer_name)
+
+
 def nnunet_predictor(model_folder: Path, *, tile_step_size: float = 0.5, use_gaussian: bool = True,
                      use_mirroring: bool = False, checkpoint_name: str = "checkpoint_final.pth") -> Any:
-    """nnU-Net's own ``nnUNetPredictor`` (CPU) initialised from ``model_folder``, fold 0.
+    """nnU-Net's own ``nnUNetPredictor`` (CPU) initialised with ``initialize_from_trained_model_folder``, fold 0.
 
-    nnU-Net prints to stdout; that output is captured and logged at DEBUG level.
+    The only substitution: the predictor's trainer lookup goes through :func:`find_trainer_class` (nnunetv2's
+    lookup first). nnU-Net prints to stdout; that output is captured and logged at DEBUG level.
     """
     torch = require("torch", "Running nnU-Net's predictor")
     pred_mod = require("nnunetv2.inference.predict_from_raw_data", "Running nnU-Net's reference predictor")
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        predictor = pred_mod.nnUNetPredictor(
-            tile_step_size=tile_step_size, use_gaussian=use_gaussian, use_mirroring=use_mirroring,
-            perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
-            verbose_preprocessing=False, allow_tqdm=False,
-        )
-        predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(0,),
-                                                       checkpoint_name=checkpoint_name)
+    original_lookup = pred_mod.recursive_find_trainer_class_by_name
+    pred_mod.recursive_find_trainer_class_by_name = find_trainer_class
+    try:
+        with contextlib.redirect_stdout(buf):
+            predictor = pred_mod.nnUNetPredictor(
+                tile_step_size=tile_step_size, use_gaussian=use_gaussian, use_mirroring=use_mirroring,
+                perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
+                verbose_preprocessing=False, allow_tqdm=False,
+            )
+            predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(0,),
+                                                           checkpoint_name=checkpoint_name)
+    finally:
+        pred_mod.recursive_find_trainer_class_by_name = original_lookup
     if buf.getvalue().strip():
         log.debug("nnU-Net: %s", buf.getvalue().strip())
     return predictor

@@ -99,6 +99,9 @@ class TrainResult:
     iterations: int
     wall_time_s: float
     losses: list[float]
+    bf16: bool = False
+    #: os.getloadavg() when training ended: wall times on a shared machine depend on it
+    load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def load_case(image_path: Path, seg_path: Path) -> Case:
@@ -271,21 +274,36 @@ def _loss(outputs: list[torch.Tensor], target: torch.Tensor, num_outputs: int) -
         tgt = target
         if out.shape[2:] != target.shape[1:]:
             tgt = F.interpolate(target[:, None].float(), size=out.shape[2:], mode="nearest")[:, 0].long()
-        ce = F.cross_entropy(out, tgt)
-        probs = torch.softmax(out, 1)[:, 1:]
-        onehot = F.one_hot(tgt, num_outputs).permute(0, 4, 1, 2, 3)[:, 1:].to(probs.dtype)
-        axes = (0, 2, 3, 4)  # batch dice
-        tp = (probs * onehot).sum(axes)
-        fp = (probs * (1 - onehot)).sum(axes)
-        fn = ((1 - probs) * onehot).sum(axes)
-        dice = (2 * tp + 1e-5) / torch.clamp(2 * tp + fp + fn + 1e-5, min=1e-8)
+        logp = torch.log_softmax(out, 1)
+        ce = F.nll_loss(logp, tgt)
+        probs = logp.exp()
+        # soft Dice without a one-hot tensor: tp = sum of p[target], |pred| = sum of p, |ref| = voxel counts
+        flat_t = tgt.reshape(-1)
+        p_at_t = probs.gather(1, tgt[:, None]).reshape(-1)
+        tp = probs.new_zeros(num_outputs).index_add(0, flat_t, p_at_t)
+        pred_sum = probs.sum((0, 2, 3, 4))
+        ref_sum = torch.bincount(flat_t, minlength=num_outputs).to(probs.dtype)
+        dice = ((2 * tp + 1e-5) / torch.clamp(pred_sum + ref_sum + 1e-5, min=1e-8))[1:]  # batch dice, fg only
         loss = loss + (w / total_w) * (ce + (1.0 - dice.mean()))
     return loss
 
 
+def cpu_has_bf16() -> bool:
+    """True when the CPU advertises native bfloat16 (AVX512_BF16 or AMX_BF16) in /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def train(case: Case, architecture: Mapping[str, Any], *, iterations: int, seed: int, batch_size: int = 2,
-          lr: float = 3e-3, log_every: int = 50, threads: int = 2) -> TrainResult:
-    """Train the PlainConvUNet on random 16x80x96 patches of ``case`` (deterministic for a given seed)."""
+          lr: float = 3e-3, log_every: int = 50, threads: int = 2, bf16: bool = False) -> TrainResult:
+    """Train the PlainConvUNet on random 16x80x96 patches of ``case`` (deterministic for a given seed).
+
+    ``bf16``: run the forward pass under ``torch.autocast("cpu", torch.bfloat16)`` (mixed precision, like nnU-Net's
+    fp16 autocast on GPUs; weights, optimizer and loss stay float32). About 1.7x faster on CPUs with native bf16.
+    """
     torch = require("torch", "Training the demo model")
     F = torch.nn.functional
     torch.set_num_threads(threads)
@@ -334,8 +352,10 @@ def train(case: Case, architecture: Mapping[str, Any], *, iterations: int, seed:
 
         for g in opt.param_groups:
             g["lr"] = lr_at(it)
-        out = net(x)
-        loss = _loss(list(out) if isinstance(out, (list, tuple)) else [out], y, num_outputs)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = net(x)
+        outs = list(out) if isinstance(out, (list, tuple)) else [out]
+        loss = _loss([o.float() for o in outs], y, num_outputs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
@@ -347,8 +367,10 @@ def train(case: Case, architecture: Mapping[str, Any], *, iterations: int, seed:
                      sum(recent) / len(recent), lr_at(it), time.perf_counter() - t0)
     wall = time.perf_counter() - t0
     net.eval()
-    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    return TrainResult(state_dict=state, iterations=iterations, wall_time_s=wall, losses=losses)
+    state = dict(net.state_dict())  # keeps nnU-Net's aliased keys sharing storage
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return TrainResult(state_dict=state, iterations=iterations, wall_time_s=wall, losses=losses, bf16=bf16,
+                       load_average=(float(load[0]), float(load[1]), float(load[2])))
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
@@ -432,11 +454,14 @@ def write_training_record(folder: Path, *, command: str, seed: int, result: Trai
         f"{list(PATCH_SIZE_ZYX)}",
         "- optimiser: AdamW (lr 3e-3, weight decay 3e-5, 20 warm-up iterations, poly 0.9 decay); loss: cross-entropy",
         "  + batch soft Dice over the 50 foreground channels, deep supervision (weights 1, 1/2, 0)",
+        f"- precision: forward pass under bf16 autocast: {'yes' if result.bf16 else 'no'} (weights, optimiser and"
+        " loss float32; the saved weights are float32)",
         "- augmentation: raw-intensity (before z-scoring) inversion, gamma, clipped contrast, bias field, blur,",
         "  noise; light scale/shift after z-scoring; scaling 0.85-1.15 and rotation +-15 deg in the axial plane;",
         "  no mirroring; foreground oversampling 50 % (class-balanced)",
         f"- training wall time: {result.wall_time_s:.0f} s ({result.wall_time_s / 60:.1f} min); whole script"
-        f" incl. evaluation: {total_time_s:.0f} s",
+        f" incl. evaluation: {total_time_s:.0f} s; load average when training ended (1/5/15 min):"
+        f" {' / '.join(f'{v:.1f}' for v in result.load_average)} (other jobs on the same cores slow it down)",
         f"- final loss (mean of the last 50 iterations): {np.mean(result.losses[-50:]):.4f}",
         f"- machine: {_cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {threads}, {platform.system()}"
         f" {platform.release()}",
@@ -489,7 +514,8 @@ def write_training_record(folder: Path, *, command: str, seed: int, result: Trai
 
 
 def build(out_root: Path, *, image: Path, seg: Path, labels_json: Path, iterations: int = 700, seed: int = 0,
-          batch_size: int = 2, threads: int = 2, command: str = "", evaluate_after: bool = True) -> Path:
+          batch_size: int = 2, threads: int = 2, bf16: bool | None = None, command: str = "",
+          evaluate_after: bool = True) -> Path:
     """Train the demo model and write its nnU-Net v2 folder under ``out_root``; return the trainer folder."""
     t0 = time.perf_counter()
     case = load_case(image, seg)
@@ -498,7 +524,12 @@ def build(out_root: Path, *, image: Path, seg: Path, labels_json: Path, iteratio
     label_names = load_label_names(labels_json)
     plans, dataset = make_plans(case, label_names, batch_size=batch_size)
     arch = plans["configurations"][nf.CONFIGURATION]["architecture"]
-    result = train(case, arch, iterations=iterations, seed=seed, batch_size=batch_size, threads=threads)
+    if bf16 is None:
+        bf16 = cpu_has_bf16()
+    log.info("training %d iterations, seed %d, batch %d, %d threads, bf16 autocast %s", iterations, seed,
+             batch_size, threads, bf16)
+    result = train(case, arch, iterations=iterations, seed=seed, batch_size=batch_size, threads=threads,
+                   bf16=bf16)
     checkpoint = nf.checkpoint_dict(
         result.state_dict, plans=plans, dataset=dataset, trainer_name=TRAINER_NAME,
         current_epoch=math.ceil(iterations / ITERATIONS_PER_EPOCH), inference_allowed_mirroring_axes=None)
@@ -526,6 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast for the forward pass (default: on when the CPU has native bf16)")
     parser.add_argument("--no-eval", action="store_true", help="skip the nnU-Net predictor check")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -535,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         *(sys.argv[1:] if argv is None else list(argv))])
     folder = build(args.out, image=args.image, seg=args.seg, labels_json=args.labels,
                    iterations=args.iterations, seed=args.seed, batch_size=args.batch_size, threads=args.threads,
-                   command=command, evaluate_after=not args.no_eval)
+                   bf16=args.bf16, command=command, evaluate_after=not args.no_eval)
     print(folder)
     return 0
 
