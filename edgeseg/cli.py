@@ -48,10 +48,28 @@ def build_parser() -> argparse.ArgumentParser:
             register: Callable[[argparse._SubParsersAction], None] = getattr(importlib.import_module(module), func)
         except ModuleNotFoundError as err:  # a stage not shipped in this build (e.g. export in the frozen app)
             if err.name and module.startswith(err.name):
+                if module == "edgeseg.export.commands":
+                    _add_missing_export_parser(sub)
                 continue
             raise
         register(sub)
     return parser
+
+
+def _add_missing_export_parser(sub: argparse._SubParsersAction) -> None:
+    """``edgeseg export`` in a build without the export stage (the frozen runtime): say how to get it."""
+    p = sub.add_parser("export", help="not in this runtime build (needs the export extra on a build machine)",
+                       add_help=False, prefix_chars="\0")  # no option prefix: every argument, --help too, is taken
+    p.add_argument("args", nargs="*")
+    p.set_defaults(func=_missing_export)
+
+
+def _missing_export(args: argparse.Namespace) -> int:
+    from edgeseg.errors import MissingDependencyError
+
+    raise MissingDependencyError(
+        "The export stage is not part of this runtime build; install edgeseg with the export extra on a build "
+        "machine: pip install 'edgeseg[export]'")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

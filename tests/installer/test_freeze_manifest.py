@@ -1,0 +1,193 @@
+"""The freeze manifest (installer/freeze_manifest.py) against the packages installed here: no build needed.
+
+PyInstaller only sees ``import`` statements; pydicom's decoders, OpenVINO's plugins and frontends, watchdog's
+observers and edgeseg's own sub-commands are loaded by name. A new release that adds one must fail here, not in
+the frozen program on the scanner PC.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from installer_helpers import INSTALLER, REPO
+
+
+def _submodules(package: str) -> list[str]:
+    mod = importlib.import_module(package)
+    return sorted(f"{package}.{m.name}" for m in pkgutil.iter_modules(mod.__path__))
+
+
+@pytest.mark.parametrize("package", ["pydicom.pixels.decoders", "pydicom.pixels.encoders"])
+def test_every_pydicom_pixel_module_is_a_hidden_import(manifest: ModuleType, package: str) -> None:
+    listed = set(manifest.hidden_imports())
+    modules = _submodules(package)
+    assert modules, f"no modules found in {package}"
+    assert package in listed
+    missing = [m for m in modules if m not in listed]
+    assert not missing, f"add to PYDICOM_HIDDEN_IMPORTS in installer/freeze_manifest.py: {missing}"
+
+
+@pytest.mark.parametrize("package", ["pydicom.pixels.decoders", "pydicom.pixels.encoders"])
+def test_every_module_pydicom_names_in_strings_is_listed(manifest: ModuleType, package: str) -> None:
+    """pydicom's registries name their plugin modules as strings ("pydicom.pixels.decoders.gdcm", ...)."""
+    base = Path(importlib.import_module(f"{package}.base").__file__)  # type: ignore[arg-type]
+    named = set(re.findall(r"[\"'](pydicom\.pixels\.(?:de|en)coders\.\w+)[\"']", base.read_text(encoding="utf-8")))
+    assert named, f"no module names found in {base}; has pydicom changed how it registers plugins?"
+    missing = sorted(named - set(manifest.hidden_imports()))
+    assert not missing, f"add to PYDICOM_HIDDEN_IMPORTS in installer/freeze_manifest.py: {missing}"
+
+
+def test_jpeg_ls_backend_is_listed(manifest: ModuleType) -> None:
+    """highdicom installs pyjpegls (import name jpeg_ls); the decoder imports it lazily."""
+    pytest.importorskip("jpeg_ls")
+    assert "jpeg_ls" in manifest.hidden_imports()
+
+
+def _openvino_libs() -> Path:
+    ov = pytest.importorskip("openvino")
+    libs = Path(ov.__file__).parent / "libs"
+    if not libs.is_dir():
+        pytest.skip(f"this OpenVINO wheel has no libs folder ({libs})")
+    return libs
+
+
+def test_every_openvino_plugin_and_frontend_library_is_classified(manifest: ModuleType) -> None:
+    """Each plugin/frontend library of the installed OpenVINO is either kept or dropped with a reason."""
+    names = sorted(p.name for p in _openvino_libs().iterdir() if re.search(r"_(plugin|frontend)\b", p.name))
+    assert names
+    known = set(manifest.OPENVINO_KEEP) | set(manifest.OPENVINO_DROP)
+    unknown = [n for n in names if manifest.library_stem(n) not in known]
+    assert not unknown, f"classify in OPENVINO_KEEP/OPENVINO_DROP of installer/freeze_manifest.py: {unknown}"
+
+
+def test_every_frontend_openvino_reports_is_classified(manifest: ModuleType) -> None:
+    """The frontends OpenVINO actually finds at run time (FrontEndManager), by name."""
+    ov = pytest.importorskip("openvino")
+    names = ov.frontend.FrontEndManager().get_available_front_ends()
+    assert "ir" in names
+    alias = {"tf": "tensorflow", "tflite": "tensorflow_lite"}
+    known = set(manifest.OPENVINO_KEEP) | set(manifest.OPENVINO_DROP)
+    unknown = [n for n in names if f"openvino_{alias.get(n, n)}_frontend" not in known]
+    assert not unknown, f"classify these OpenVINO frontends in installer/freeze_manifest.py: {unknown}"
+    assert "openvino_ir_frontend" in manifest.OPENVINO_KEEP
+
+
+def test_every_openvino_python_frontend_module_is_classified(manifest: ModuleType) -> None:
+    """openvino.frontend.<x> Python packages: excluded (conversion side) or collected (kept)."""
+    pytest.importorskip("openvino")
+    for module in _submodules("openvino.frontend"):
+        if module == "openvino.frontend.frontend":
+            continue
+        assert manifest.excluded(module) or manifest.keep_openvino_module(module), module
+        # nothing the runtime reads IR with lives there: all of them are left out
+        assert manifest.excluded(module), f"{module} is collected; the runtime only reads IR"
+
+
+def test_runtime_devices_and_ir_reader_are_kept(manifest: ModuleType) -> None:
+    libs = [p.name for p in _openvino_libs().iterdir()]
+    for stem in ("openvino", "openvino_intel_cpu_plugin", "openvino_ir_frontend"):
+        hits = [n for n in libs if manifest.library_stem(n) == stem]
+        assert hits, f"{stem} not in the installed OpenVINO"
+        assert all(manifest.keep_openvino_library(h) for h in hits)
+    gpu = [n for n in libs if manifest.library_stem(n) == "openvino_intel_gpu_plugin"]
+    assert all(manifest.keep_openvino_library(h) for h in gpu), "the iGPU is a target device: keep its plugin"
+
+
+@pytest.mark.parametrize("name, stem", [
+    ("libopenvino_intel_cpu_plugin.so", "openvino_intel_cpu_plugin"),
+    ("libopenvino_ir_frontend.so.2641", "openvino_ir_frontend"),
+    ("openvino_ir_frontend.dll", "openvino_ir_frontend"),
+    ("libopenvino.so.2641", "openvino"),
+    ("libtbb.so.12", "tbb"),
+    ("tbb12.dll", "tbb"),
+    ("libtbbbind_2_5.so.3", "tbbbind_2_5"),
+    ("libopenvino_intel_npu_plugin.dylib", "openvino_intel_npu_plugin"),
+])
+def test_library_stem(manifest: ModuleType, name: str, stem: str) -> None:
+    assert manifest.library_stem(name) == stem
+
+
+def test_versioned_library_names_match_the_collection_patterns(manifest: ModuleType) -> None:
+    """PyInstaller's default patterns ('lib*.so') miss libopenvino_ir_frontend.so.2641: the frozen app then reads
+    no IR ("Available frontends: ...")."""
+    import fnmatch
+
+    for name in ("libopenvino_ir_frontend.so.2641", "libopenvino_intel_cpu_plugin.so", "openvino.dll"):
+        assert any(fnmatch.fnmatch(name, pat) for pat in manifest.OPENVINO_LIBRARY_PATTERNS), name
+
+
+def test_watchdog_observers_of_this_platform_are_listed(manifest: ModuleType) -> None:
+    listed = set(manifest.hidden_imports())
+    wanted = {"watchdog.observers.polling", "watchdog.observers.api"}
+    if sys.platform.startswith("linux"):
+        wanted |= {"watchdog.observers.inotify", "watchdog.observers.inotify_c"}
+    elif sys.platform == "win32":
+        wanted |= {"watchdog.observers.read_directory_changes", "watchdog.observers.winapi"}
+    assert wanted <= listed, wanted - listed
+    found, _ = manifest.importable(sorted(wanted))
+    assert set(found) == wanted, "a listed watchdog observer does not exist in the installed watchdog"
+    # every observer module the installed watchdog has for this platform
+    platform_specific = {"inotify": "linux", "read_directory_changes": "win32", "winapi": "win32",
+                         "fsevents": "darwin", "fsevents2": "darwin", "kqueue": "bsd"}
+    for module in _submodules("watchdog.observers"):
+        short = module.rsplit(".", 1)[1]
+        owner = next((v for k, v in platform_specific.items() if short.startswith(k)), None)
+        if owner is None or sys.platform.startswith(owner):
+            assert module in listed, f"add {module} to WATCHDOG_HIDDEN_IMPORTS"
+
+
+def test_hidden_imports_exist_here(manifest: ModuleType) -> None:
+    """Everything listed for this platform can be found, except backends of other package versions."""
+    _, missing = manifest.importable(manifest.hidden_imports())
+    allowed = {"watchdog.observers.inotify_buffer", "watchdog.observers.inotify_move_event_grouper"}
+    assert set(missing) <= allowed, set(missing) - allowed
+
+
+def test_heavy_packages_and_export_are_excluded(manifest: ModuleType) -> None:
+    for name in ("torch", "torchvision", "onnx", "nncf", "nnunetv2", "timm", "matplotlib", "pandas",
+                 "edgeseg.export", "edgeseg.export.commands", "openvino.tools.ovc", "openvino.frontend.pytorch"):
+        assert manifest.excluded(name), name
+    for name in ("edgeseg.runtime.segment", "openvino.runtime", "scipy.ndimage", "scipy.special", "pydicom"):
+        assert not manifest.excluded(name), name
+    assert not manifest.keep_edgeseg_module("edgeseg.export.commands")
+    assert manifest.keep_edgeseg_module("edgeseg.runtime.watch.commands")
+
+
+def test_required_edgeseg_modules_exist(manifest: ModuleType) -> None:
+    _, missing = manifest.importable(list(manifest.EDGESEG_REQUIRED))
+    assert not missing, missing
+
+
+def test_runtime_scipy_use_stays_within_what_is_kept(manifest: ModuleType) -> None:
+    """The frozen app keeps scipy.ndimage/special/_lib only: the runtime must not import other scipy parts."""
+    pattern = re.compile(r"^\s*(?:from|import)\s+(scipy(?:\.\w+)*)", re.M)
+    used = set()
+    for folder in ("runtime", "bundle", "edgeseg"):
+        for path in (REPO / folder).rglob("*.py"):
+            used |= set(pattern.findall(path.read_text(encoding="utf-8")))
+    bad = sorted(u for u in used if manifest.excluded(u))
+    assert not bad, f"the runtime imports {bad}, which installer/freeze_manifest.py excludes"
+
+
+def test_entry_point_calls_freeze_support_before_the_cli() -> None:
+    tree = ast.parse((INSTALLER / "edgeseg_main.py").read_text(encoding="utf-8"))
+    main_block = next(n for n in tree.body if isinstance(n, ast.If))
+    statements = [ast.unparse(n) for n in main_block.body]
+    first = next(i for i, s in enumerate(statements) if "freeze_support" in s or "edgeseg" in s)
+    assert statements[first] == "multiprocessing.freeze_support()", statements
+    assert any("from edgeseg.cli import main" in s for s in statements[first + 1:]), statements
+
+
+def test_spec_is_one_folder_and_uses_the_manifest() -> None:
+    spec = (INSTALLER / "edgeseg.spec").read_text(encoding="utf-8")
+    assert "COLLECT(" in spec and "exclude_binaries=True" in spec, "one-folder build expected"
+    assert "import freeze_manifest" in spec
+    assert "edgeseg_main.py" in spec
+    assert "excludes=list(fm.EXCLUDES)" in spec
