@@ -33,6 +33,9 @@ def configure_logging(verbosity: int, log_file: str | None = None) -> None:
 
         handlers.append(RotatingFileHandler(log_file, maxBytes=10_000_000, backupCount=5, encoding="utf-8"))
     logging.basicConfig(level=level, format=fmt, datefmt="%Y-%m-%dT%H:%M:%S", handlers=handlers, force=True)
+    if verbosity < 2:  # third-party chatter (highdicom logs every copied module at INFO) only with -vv
+        for name in ("highdicom", "nncf", "PIL"):
+            logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 def build_parser() -> argparse.ArgumentParser:
