@@ -154,6 +154,9 @@ def segment_volume(volume: Any, bundle: Bundle, options: SegmentOptions | None =
                                         part.use_gaussian, mirror, tile_progress)
         except FloatingPointError as err:
             raise InferenceError(f"Part '{part.name}': {err}") from err
+        finally:
+            if index < len(variant.parts) - 1:
+                engine.release()  # memory bound: this part's activations are not needed while the next runs
         timings.infer += time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -17,7 +17,7 @@ import numpy as np
 
 
 @lru_cache(maxsize=8)
-def _accumulate_kernel(num_outputs: int, patch: tuple[int, ...], gaussian_key: bytes) -> Any:
+def _accumulate_kernel(num_outputs: int, patch: tuple[int, ...], gaussian_key: bytes, pred_type: str) -> Any:
     import openvino as ov
     import openvino.opset13 as ops
 
@@ -25,10 +25,11 @@ def _accumulate_kernel(num_outputs: int, patch: tuple[int, ...], gaussian_key: b
 
     g16 = np.frombuffer(gaussian_key, dtype=np.float16).reshape(patch)
     acc = ops.parameter([num_outputs, *patch], ov.Type.f16, name="acc")
-    pred = ops.parameter([num_outputs, *patch], ov.Type.f32, name="pred")
+    pred = ops.parameter([num_outputs, *patch], ov.Type.f16 if pred_type == "f16" else ov.Type.f32, name="pred")
     w = ops.parameter(list(patch), ov.Type.f16, name="w")
     g = ops.convert(ops.constant(g16), ov.Type.f32)
-    new_acc = ops.convert(ops.add(ops.convert(acc, ov.Type.f32), ops.multiply(pred, g)), ov.Type.f16)
+    pred32 = ops.convert(pred, ov.Type.f32) if pred_type != "f32" else pred
+    new_acc = ops.convert(ops.add(ops.convert(acc, ov.Type.f32), ops.multiply(pred32, g)), ov.Type.f16)
     new_w = ops.convert(ops.add(ops.convert(w, ov.Type.f32), g), ov.Type.f16)
     model = ov.Model([new_acc, new_w], [acc, pred, w], "nnunet_fp16_accumulate")
     return core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
@@ -75,19 +76,26 @@ class Fp16Aggregator:
         self.logits = np.zeros((num_outputs, *shape), dtype=np.float16)
         self.weights = np.zeros(tuple(shape), dtype=np.float16)
         self.patch = tuple(int(p) for p in patch)
-        g16 = np.ascontiguousarray(gaussian, dtype=np.float16)
-        self._request = _accumulate_kernel(num_outputs, self.patch, g16.tobytes()).create_infer_request()
+        self._gaussian = np.ascontiguousarray(gaussian, dtype=np.float16).tobytes()
+        self._num_outputs = num_outputs
+        self._requests: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def add(self, sl: tuple[slice, ...], pred: np.ndarray) -> None:
-        """Accumulate one tile's (K, *patch) float32 prediction (not yet weighted) at ``sl``."""
+        """Accumulate one tile's (K, *patch) prediction (float32, or float16 from an INT8/FP16 network; not
+        yet weighted) at ``sl``. Inputs and outputs are shared with OpenVINO, not copied."""
         region = (slice(None), *sl)
+        kind = "f16" if pred.dtype == np.float16 else "f32"
         with self._lock:
-            out = self._request.infer({
+            request = self._requests.get(kind)
+            if request is None:
+                kernel = _accumulate_kernel(self._num_outputs, self.patch, self._gaussian, kind)
+                request = self._requests[kind] = kernel.create_infer_request()
+            out = request.infer({
                 "acc": np.ascontiguousarray(self.logits[region]),
-                "pred": np.ascontiguousarray(pred, dtype=np.float32),
+                "pred": np.ascontiguousarray(pred, dtype=np.float16 if kind == "f16" else np.float32),
                 "w": np.ascontiguousarray(self.weights[sl]),
-            })
+            }, share_inputs=True, share_outputs=True)
             self.logits[region] = out[0]
             self.weights[sl] = out[1]
 
@@ -101,7 +109,9 @@ class Fp16Aggregator:
 
 def divide_fp16(acc: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``f16(f32(acc) / f32(weights))`` (nnU-Net's fp16 division); raises on non-finite results."""
-    res = np.asarray(_divide_kernel()({"acc": np.ascontiguousarray(acc), "w": np.ascontiguousarray(weights)})[0])
+    request = _divide_kernel().create_infer_request()
+    res = np.array(request.infer({"acc": np.ascontiguousarray(acc), "w": np.ascontiguousarray(weights)},
+                                 share_inputs=True)[0])
     if not np.isfinite(res).all():
         raise FloatingPointError("non-finite logits after aggregation (fp16 overflow or an inf/NaN model output)")
     return res
@@ -109,4 +119,5 @@ def divide_fp16(acc: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 def argmax_first(logits16: np.ndarray) -> np.ndarray:
     """argmax over axis 0 of fp16 logits, first maximum wins (as torch/numpy); int32."""
-    return np.asarray(_argmax_kernel()({"q": np.ascontiguousarray(logits16, dtype=np.float16)})[0])[0]
+    request = _argmax_kernel().create_infer_request()
+    return np.array(request.infer({"q": np.ascontiguousarray(logits16, dtype=np.float16)}, share_inputs=True)[0])[0]

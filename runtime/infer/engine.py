@@ -102,8 +102,14 @@ class Engine:
 
     def infer(self, tile: np.ndarray) -> np.ndarray:
         """Synchronous inference of one (1, C, *patch) float32 tile -> (K, *patch) float32 logits."""
-        result = self.compiled({0: np.ascontiguousarray(tile, dtype=np.float32)})
-        return np.asarray(result[0])[0]
+        request = self.compiled.create_infer_request()
+        result = request.infer({0: np.ascontiguousarray(tile, dtype=np.float32)})
+        return np.asarray(result[0], dtype=np.float32)[0]
+
+    def release(self) -> None:
+        """Free the intermediate buffers (the compiled model stays loaded); the next inference allocates them
+        again, which costs about a second for a 128^3 network."""
+        self.compiled.release_memory()
 
 
 def compile_part(bundle: Bundle, part: Part, device: str = "CPU", precision: str = "auto",
@@ -130,9 +136,21 @@ def compile_part(bundle: Bundle, part: Part, device: str = "CPU", precision: str
         xml = bundle.model_path(part, model_precision)
         t0 = time.perf_counter()
         try:
-            compiled = c.compile_model(str(xml), device, config)
-            zeros = np.zeros((1, part.num_input_channels, *part.patch_size), dtype=np.float32)
-            compiled({0: zeros})
+            model = c.read_model(str(xml))
+            if model_precision != "fp32":
+                # logits leave the network as fp16: half the output memory per request (a 51-class 128^3 tile
+                # is 428 MB in f32); an INT8/FP16 network's logits carry no more precision than that anyway
+                import openvino as ov
+
+                ppp = ov.preprocess.PrePostProcessor(model)
+                ppp.output(0).tensor().set_element_type(ov.Type.f16)
+                model = ppp.build()
+            compiled = c.compile_model(model, device, config)
+            # one inference on zeros: proves this precision runs here and pays the one-off kernel set-up now;
+            # a request of its own, freed with its output buffer
+            warmup = compiled.create_infer_request()
+            warmup.infer({0: np.zeros((1, part.num_input_channels, *part.patch_size), dtype=np.float32)})
+            del warmup
         except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
             msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             log.info("compile part=%s precision=%s hint=%s device=%s failed: %s", part.name, model_precision,
@@ -154,11 +172,14 @@ def measure_tile_latency(bundle: Bundle, part: Part, precision: str = "auto", de
     """Median seconds per tile of the compiled part on this machine (for the watcher's time-budget planner)."""
     engine = compile_part(bundle, part, device, precision, threads, cache_dir)
     tile = np.random.default_rng(0).standard_normal(engine.input_shape).astype(np.float32)
+    request = engine.compiled.create_infer_request()
     times = []
     for _ in range(max(1, repeats)):
         t0 = time.perf_counter()
-        engine.infer(tile)
+        request.infer({0: tile}, share_inputs=True, share_outputs=True)
         times.append(time.perf_counter() - t0)
+    del request
+    engine.release()
     return float(np.median(times))
 
 

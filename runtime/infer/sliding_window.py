@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 from typing import Any, Callable, Iterator, Sequence
 
@@ -75,7 +76,8 @@ class _Accumulator:
         with self.lock:
             if self.n_mirror > 1:
                 total, count = self.pending.pop(index, (None, 0))
-                total = logits.astype(np.float32, copy=True) if total is None else total + logits
+                logits = logits.astype(np.float32, copy=False)
+                total = logits.copy() if total is None else total + logits
                 count += 1
                 if count < self.n_mirror:
                     self.pending[index] = (total, count)
@@ -120,7 +122,7 @@ def _jobs(slicers: list[tuple[slice, ...]], flips: list[tuple[int, ...]]) -> Ite
 
 def predict_logits(data: np.ndarray, model: Any, patch: Sequence[int], num_outputs: int, tile_step_size: float,
                    use_gaussian: bool = True, mirror_axes: Sequence[int] | None = None,
-                   progress: Progress | None = None, jobs: int = 2) -> np.ndarray:
+                   progress: Progress | None = None, jobs: int | None = None) -> np.ndarray:
     """Sliding-window logits (K, *data.shape[1:]) float32 (holding nnU-Net's fp16 values)."""
     return sliding_window(data, model, patch, num_outputs, tile_step_size, use_gaussian, mirror_axes, progress,
                           jobs).logits()
@@ -128,13 +130,18 @@ def predict_logits(data: np.ndarray, model: Any, patch: Sequence[int], num_outpu
 
 def sliding_window(data: np.ndarray, model: Any, patch: Sequence[int], num_outputs: int, tile_step_size: float,
                    use_gaussian: bool = True, mirror_axes: Sequence[int] | None = None,
-                   progress: Progress | None = None, jobs: int = 2) -> Aggregated:
+                   progress: Progress | None = None, jobs: int | None = None) -> Aggregated:
     """nnU-Net's sliding window over one preprocessed (C, Z, Y, X) volume; read the result with
     :meth:`Aggregated.argmax` or :meth:`Aggregated.logits`.
 
     ``model`` is an ``openvino.CompiledModel`` (run through an AsyncInferQueue) or any callable mapping a
     (1, C, *patch) float32 array to (1, K, *patch) logits (used by tests with constant/synthetic models).
+    ``jobs``: tiles in flight; None: 2 on machines with more than 4 cores (cutting and aggregating the next
+    tile overlaps the running one), else 1 (on 2 cores there is no idle core to overlap with, and every request
+    holds its own output buffer).
     """
+    if jobs is None:
+        jobs = 2 if (os.cpu_count() or 1) > 4 else 1
     padded, unpad = pad_to_patch(data, patch)
     slicers = tile_slicers(padded.shape[1:], patch, tile_step_size)
     flips = mirror_combinations(mirror_axes)
