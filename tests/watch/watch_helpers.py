@@ -65,18 +65,28 @@ def copy_slowly(files: list[Path], target: Path, delay_s: float = 0.05) -> list[
     return out
 
 
+def _glob(root: Path, pattern: str) -> list[Path]:
+    """rglob that tolerates the watcher renaming a temporary folder away while we walk (retries)."""
+    for _ in range(20):
+        try:
+            return list(root.rglob(pattern))
+        except FileNotFoundError:
+            time.sleep(0.01)
+    return list(root.rglob(pattern))
+
+
 def tree(root: Path) -> set[str]:
     """Every path below ``root`` (relative, posix)."""
-    return {p.relative_to(root).as_posix() for p in root.rglob("*")}
+    return {p.relative_to(root).as_posix() for p in _glob(root, "*")}
 
 
 def results(root: Path) -> list[Path]:
     """Finished ``*.edgeseg`` result folders below ``root``."""
-    return sorted(p for p in root.rglob("*.edgeseg") if p.is_dir())
+    return sorted(p for p in _glob(root, "*.edgeseg") if p.is_dir())
 
 
 def error_files(root: Path) -> list[Path]:
-    return sorted(root.rglob("*.edgeseg-error.json"))
+    return sorted(_glob(root, "*.edgeseg-error.json"))
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05) -> bool:
