@@ -23,6 +23,7 @@ SETTINGS = [
     ("2 patches, fast BC", ["--calibration-patches", "2"]),
     ("4 patches, fast BC", ["--calibration-patches", "4"]),
     ("8 patches, fast BC", ["--calibration-patches", "8"]),
+    ("20 patches (8 tiles + 12 random), fast BC: default", ["--calibration-patches", "20"]),
     ("8 patches, full BC", ["--calibration-patches", "8", "--bias-correction", "full"]),
     ("8 patches, accuracy control 0.01", ["--calibration-patches", "8", "--accuracy-control",
                                           "--max-dice-drop", "0.01"]),
