@@ -102,3 +102,20 @@ def test_cli_exit_codes_for_bad_input(tmp_path, calibration_dir, capsys):
                  str(calibration_dir)]) == 3  # ModelFolderError
     assert main(["export", "--out", str(tmp_path / "b"), "--calibration", str(calibration_dir)]) == 2  # no model
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_fp16_ir_is_exported_and_runs(tmp_path, tiny_model, calibration_dir):
+    from edgeseg.runtime.read import read_series
+    from edgeseg.runtime.segment import SegmentOptions, segment_volume
+
+    bundle = export_bundle([VariantSpec("d", (tiny_model,))], tmp_path / "b", calibration_dir,
+                           ExportSettings(precisions=("fp32", "fp16"), **FAST))
+    part = bundle.variant().parts[0]
+    assert set(part.models) == {"fp32", "fp16"}
+    assert (bundle.path / part.models["fp16"].bin).stat().st_size < 0.6 * (bundle.path / part.models["fp32"].bin).stat().st_size
+    vol = read_series(next(calibration_dir.iterdir()))
+    labels, record = segment_volume(vol, bundle, SegmentOptions(precision="fp16"))
+    assert labels.shape == vol.shape and record["parts"][0]["precision"].startswith("fp16")
+    report = json.loads((bundle.path / "validation.json").read_text())
+    assert report["summary"]["fp16"]["mean_dice_vs_fp32"] is not None

@@ -112,3 +112,18 @@ def test_transpose_forward_is_undone(tmp_path):
     vol = _volume((13, 11, 9), np.eye(4), landmark=(4, 6, 2))
     labels, _ = segment_volume(vol, bundle, SegmentOptions(precision="fp32"))
     np.testing.assert_array_equal(labels == 1, vol.array > 0.5)
+
+
+def test_missing_gpu_and_unknown_device_give_clear_errors(tmp_path):
+    from edgeseg.errors import ConfigError, InferenceError
+    from edgeseg.runtime.infer.engine import available_devices
+
+    bundle = load_bundle(make_bundle(tmp_path / "b"))
+    vol = _volume((10, 10, 10), np.eye(4), landmark=(3, 3, 3))
+    with pytest.raises(ConfigError, match="not one of CPU, GPU, AUTO"):
+        segment_volume(vol, bundle, SegmentOptions(device="TPU", precision="fp32"))
+    if not any(d.startswith("GPU") for d in available_devices()):
+        with pytest.raises(InferenceError, match="No Intel GPU visible to OpenVINO"):
+            segment_volume(vol, bundle, SegmentOptions(device="GPU", precision="fp32"))
+    with pytest.raises(InferenceError, match="has no int8 model"):
+        segment_volume(vol, bundle, SegmentOptions(precision="int8"))
