@@ -42,7 +42,8 @@ def worker_edgeseg(args: argparse.Namespace) -> dict[str, Any]:
     vol = read_series(Path(args.volume))
     read_s = time.perf_counter() - t0
     timings = Timings()
-    options = SegmentOptions(precision=args.precision, variant=args.variant, threads=args.threads)
+    options = SegmentOptions(precision=args.precision, variant=args.variant, threads=args.threads,
+                             cache_dir=Path(args.cache_dir) if args.cache_dir else None)
     t0 = time.perf_counter()
     labels, record = segment_volume(vol, bundle, options, timings=timings)
     total = time.perf_counter() - t0
@@ -125,6 +126,7 @@ def main() -> int:
     p.add_argument("--models", nargs="*")
     p.add_argument("--tile-step", type=float, default=0.5)
     p.add_argument("--save-labels")
+    p.add_argument("--cache-dir", help="OpenVINO compiled-model cache for the edgeseg rows (a workstation keeps one)")
     p.add_argument("--small", action="store_true", help="the demo model on the real MRI")
     p.add_argument("--ts-sized", action="store_true", help="TotalSegmentator-sized nets, 256x208x160 @ 1.5 mm")
     p.add_argument("--work", type=Path, default=Path("/tmp/edgeseg-bench"))
@@ -187,6 +189,12 @@ def main() -> int:
         for prec in ("int8",):
             measure(f"ts 3mm: edgeseg {prec}", ["--worker", "edgeseg", "--bundle", str(bundle), "--volume", vol,
                                                 "--precision", prec, "--variant", "3mm"])
+        cache = str(work / "model_cache")
+        for run in ("fills the cache", "from the cache"):
+            for variant in ("1.5mm", "3mm"):
+                measure(f"ts {variant}: edgeseg int8, model cache {run}",
+                        ["--worker", "edgeseg", "--bundle", str(bundle), "--volume", vol, "--precision", "int8",
+                         "--variant", variant, "--cache-dir", cache])
     if not rows:
         p.error("choose --small and/or --ts-sized")
     print()

@@ -24,7 +24,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="auto: fastest the device compiles (recorded in the manifest); fp32: exact parity")
     p.add_argument("--variant", help="bundle variant (default: most accurate, or the planner's choice)")
     p.add_argument("--threads", type=int, help="CPU inference threads (default: all cores)")
-    p.add_argument("--cache-dir", type=Path, help="OpenVINO compiled-model cache (speeds up iGPU start)")
+    p.add_argument("--cache-dir", type=Path,
+                   help="OpenVINO compiled-model cache (default: ~/.cache/edgeseg/model_cache; speeds up every "
+                        "start, the iGPU's most)")
+    p.add_argument("--no-cache", action="store_true", help="do not use or write a compiled-model cache")
     p.add_argument("--time-budget", type=float, help="seconds; pick the most accurate variant that fits")
     p.add_argument("--per-structure", action="store_true", help="also one NIfTI per structure")
     p.add_argument("--no-dicom-seg", action="store_true", help="do not write a DICOM-SEG for DICOM input")
@@ -49,9 +52,10 @@ def run_segment(args: argparse.Namespace) -> int:
     from edgeseg.runtime.segment import OutputOptions, SegmentOptions, segment_series
 
     bundle = load_bundle(resolve_bundle_path(args.bundle))
+    cache_dir = None if args.no_cache else (args.cache_dir or _user_cache() / "model_cache")
     options = SegmentOptions(
         device=args.device, precision=args.precision, variant=args.variant, threads=args.threads,
-        cache_dir=args.cache_dir, time_budget_s=args.time_budget,
+        cache_dir=cache_dir, time_budget_s=args.time_budget,
         outputs=OutputOptions(per_structure=args.per_structure, dicom_seg=not args.no_dicom_seg,
                               statistics=not args.no_statistics, preview=not args.no_preview))
     refs = discover_series(args.input)
@@ -90,15 +94,18 @@ def run_segment(args: argparse.Namespace) -> int:
     return 6 if failures else 0
 
 
-def _planner(bundle: Any, options: Any) -> Any:
-    """The watcher's time-budget planner, with tile latencies measured once and cached per user."""
+def _user_cache() -> Path:
     import os
 
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgeseg"
+
+
+def _planner(bundle: Any, options: Any) -> Any:
+    """The watcher's time-budget planner, with tile latencies measured once and cached per user."""
     from edgeseg.runtime.infer.engine import measure_tile_latency
     from edgeseg.runtime.watch.budget import LatencyTable, Planner
 
-    cache = Path(options.cache_dir) if options.cache_dir else \
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeseg"
+    cache = _user_cache()
     cache.mkdir(parents=True, exist_ok=True)
 
     def measure(b: Any, part: Any, precision: str, device: str, threads: int | None) -> float:

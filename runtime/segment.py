@@ -5,6 +5,7 @@ This is the one entry point the command line (``edgeseg segment``) and the watch
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import threading
 import time
@@ -150,7 +151,9 @@ def segment_volume(volume: Any, bundle: Bundle, options: SegmentOptions | None =
 
         t0 = time.perf_counter()
         try:
-            prediction = sliding_window(pre.data, engine.compiled, part.patch_size, part.num_outputs, step,
+            # few cores: the engine's own request, tile after tile; more cores: overlap requests
+            model = engine.request if (os.cpu_count() or 1) <= 4 and engine.request is not None else engine.compiled
+            prediction = sliding_window(pre.data, model, part.patch_size, part.num_outputs, step,
                                         part.use_gaussian, mirror, tile_progress)
         except FloatingPointError as err:
             raise InferenceError(f"Part '{part.name}': {err}") from err

@@ -95,6 +95,8 @@ class Engine:
     device: str
     precision: str
     compile_s: float
+    #: the engine's own infer request, reused series after series (its buffers stay allocated)
+    request: Any = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -146,11 +148,10 @@ def compile_part(bundle: Bundle, part: Part, device: str = "CPU", precision: str
                 ppp.output(0).tensor().set_element_type(ov.Type.f16)
                 model = ppp.build()
             compiled = c.compile_model(model, device, config)
-            # one inference on zeros: proves this precision runs here and pays the one-off kernel set-up now;
-            # a request of its own, freed with its output buffer
-            warmup = compiled.create_infer_request()
-            warmup.infer({0: np.zeros((1, part.num_input_channels, *part.patch_size), dtype=np.float32)})
-            del warmup
+            # one inference on zeros: proves this precision runs here and pays the one-off kernel set-up and
+            # buffer allocation now; the request is kept and reused for every series (no re-allocation)
+            request = compiled.create_infer_request()
+            request.infer({0: np.zeros((1, part.num_input_channels, *part.patch_size), dtype=np.float32)})
         except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
             msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             log.info("compile part=%s precision=%s hint=%s device=%s failed: %s", part.name, model_precision,
@@ -160,7 +161,7 @@ def compile_part(bundle: Bundle, part: Part, device: str = "CPU", precision: str
         dt = time.perf_counter() - t0
         used = f"{model_precision}+{hint}" if hint else model_precision
         log.info("compiled part=%s device=%s precision=%s in %.1fs", part.name, device, used, dt)
-        return Engine(part, compiled, device, used, dt)
+        return Engine(part, compiled, device, used, dt, request)
     raise InferenceError(
         f"OpenVINO could not compile part '{part.name}' on {device} with precision {precision}: "
         f"{'; '.join(errors)}. Try --precision fp32 or --device CPU."

@@ -134,7 +134,8 @@ def sliding_window(data: np.ndarray, model: Any, patch: Sequence[int], num_outpu
     """nnU-Net's sliding window over one preprocessed (C, Z, Y, X) volume; read the result with
     :meth:`Aggregated.argmax` or :meth:`Aggregated.logits`.
 
-    ``model`` is an ``openvino.CompiledModel`` (run through an AsyncInferQueue) or any callable mapping a
+    ``model`` is an ``openvino.InferRequest`` (run tile after tile, its buffers reused), an
+    ``openvino.CompiledModel`` (run through an AsyncInferQueue of ``jobs`` requests) or any callable mapping a
     (1, C, *patch) float32 array to (1, K, *patch) logits (used by tests with constant/synthetic models).
     ``jobs``: tiles in flight; None: 2 on machines with more than 4 cores (cutting and aggregating the next
     tile overlaps the running one), else 1 (on 2 cores there is no idle core to overlap with, and every request
@@ -160,7 +161,11 @@ def sliding_window(data: np.ndarray, model: Any, patch: Sequence[int], num_outpu
         if finished and progress:
             progress(acc.done, total)
 
-    if _is_openvino(model):
+    if type(model).__name__ == "InferRequest":  # one reusable request: synchronous, zero-copy output
+        for index, sl, flip in _jobs(slicers, flips):
+            out = model.infer({0: cut(sl, flip)}, share_inputs=True, share_outputs=True)
+            report(acc.add(index, sl, flip, out[0][0]))
+    elif _is_openvino(model):
         import openvino as ov
 
         errors: list[BaseException] = []
