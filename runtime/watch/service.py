@@ -143,6 +143,7 @@ class Watcher:
         self._settle_s = settle_s
         self._stop = threading.Event()
         self._cancel = threading.Event()
+        self._signal: int | None = None
         self._events: queue.SimpleQueue[Path] = queue.SimpleQueue()
         self._jobs: queue.Queue[SeriesJob] = queue.Queue()
         self._finished: queue.SimpleQueue[tuple[SeriesJob, str]] = queue.SimpleQueue()
@@ -245,7 +246,10 @@ class Watcher:
             self._observer.join(timeout=10)
         deadline = time.monotonic() + grace
         for t in self._threads:
-            t.join(timeout=max(0.0, deadline - time.monotonic()))
+            while t.is_alive() and time.monotonic() < deadline and not self._cancel.is_set():
+                t.join(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+        if self._cancel.is_set():
+            log.warning("second stop signal: cancelling the running series now")
         alive = [t for t in self._threads if t.is_alive()]
         if alive:
             log.warning("series still running after %.0f s grace, cancelling at its next progress report: %s", grace,
@@ -279,6 +283,9 @@ class Watcher:
             self.start()
             while not self._stop.wait(0.5):
                 pass
+            if self._signal is not None:
+                log.info("stop requested (signal %d): finishing the running series, then stopping (a second "
+                         "signal cancels it)", self._signal)
         finally:
             self.stop()
             for sig, handler in previous.items():
@@ -286,11 +293,12 @@ class Watcher:
         return 1 if self.crashed or (self.once and self.stats["failed"]) else 0
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        # Only set events here: a handler that logs can interrupt the main thread inside a write to the same
+        # stream ("reentrant call inside BufferedWriter") and kill the watcher. The main thread logs the stop.
         if self._stop.is_set():
-            log.warning("second stop signal: cancelling the running series now")
             self._cancel.set()
             return
-        log.info("stop requested (signal %d): finishing the running series, then stopping", signum)
+        self._signal = signum
         self._stop.set()
 
     @property
