@@ -184,7 +184,7 @@ def export_bundle(variants: Sequence[VariantSpec], out: Path, calibration: Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        bundle = _export_into(variants, work, calibration, settings, validation)
+        _export_into(variants, work, calibration, settings, validation)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -249,7 +249,7 @@ def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path,
             ov_model = to_openvino(onnx_path)
             (root / rel).mkdir(parents=True, exist_ok=True)
             for prec in ("fp32", "fp16"):
-                if prec in settings.precisions or (prec == "fp32" and "int8" in settings.precisions):
+                if prec == "fp32" or prec in settings.precisions:  # FP32: reference and exact-parity mode
                     xml, binf = save_ir(ov_model, root / rel / f"{prec}.xml", fp16=prec == "fp16")
                     pentry["models"][prec] = {"xml": f"{rel}/{xml.name}", "bin": f"{rel}/{binf.name}"}
             ov_models[(spec.name, part.name)] = ov_model
@@ -295,9 +295,7 @@ def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path,
                 quant_times[f"{variant.name}/{part.name}"] = round(time.perf_counter() - t0, 1)
                 progress("quantized %s/%s on %d patches in %.0fs", variant.name, part.name, len(calib),
                          quant_times[f"{variant.name}/{part.name}"])
-        if "fp32" not in settings.precisions:
-            pass  # fp32 is kept as the validation reference and the runtime's exact-parity fallback
-        bundle = current_bundle()
+        bundle = current_bundle()  # the FP32 IR stays in every bundle: validation reference, exact-parity mode
 
     shutil.rmtree(scratch, ignore_errors=True)
     report = _validate(bundle, valid_series, settings, progress)

@@ -285,7 +285,6 @@ def _read_env(env: Mapping[str, str], problems: _Problems) -> dict[str, _Value]:
 
 def _read_overrides(overrides: Mapping[str, Any], problems: _Problems) -> dict[str, _Value]:
     out: dict[str, _Value] = {}
-    cwd = Path.cwd()
     for path, value in overrides.items():
         if value is None:
             continue

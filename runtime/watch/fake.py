@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np

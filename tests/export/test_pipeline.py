@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from edgeseg.bundle import load_bundle
 from edgeseg.cli import main
 from edgeseg.errors import ExportError
 from edgeseg.export.pipeline import ExportSettings, VariantSpec, export_bundle

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from watch_helpers import error_files, results, write_series
+from watch_helpers import results, write_series
 
 from edgeseg.cli import main
 from edgeseg.runtime.watch.config import demo_bundle_path

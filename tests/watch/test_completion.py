@@ -1,12 +1,10 @@
 """Series completion with a controlled clock: files arrive, settle, group, complete, re-open."""
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from watch_helpers import write_non_image, write_series
 
