@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edgeseg.errors import ConfigError
+from edgeseg.runtime.segment import OutputOptions
 
 #: ``bundle: demo`` resolves to this folder inside the installed package
 DEMO_BUNDLE_KEYWORD = "demo"
@@ -44,16 +45,6 @@ class ObserverKind(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class Outputs:
-    """Which optional results to write beside each series (see :class:`edgeseg.runtime.segment.OutputOptions`)."""
-
-    per_structure: bool = False
-    dicom_seg: bool = True
-    statistics: bool = True
-    preview: bool = True
-
-
-@dataclass(frozen=True)
 class WatchConfig:
     """The validated watcher configuration. Paths are absolute; durations are seconds."""
 
@@ -69,7 +60,7 @@ class WatchConfig:
     threads: int | None = None
     precision: str = "auto"
     time_budget_s: float | None = 120.0
-    outputs: Outputs = field(default_factory=Outputs)
+    outputs: OutputOptions = field(default_factory=OutputOptions)
     state_dir: Path = Path.home() / ".edgeseg" / "watch"
     log_dir: Path = Path.home() / ".edgeseg" / "watch" / "logs"
     max_concurrent_series: int = 1
@@ -96,30 +87,13 @@ class WatchConfig:
     def segment_options(self, variant: str | None = None, tile_step_size: float | None = None) -> Any:
         """The :class:`~edgeseg.runtime.segment.SegmentOptions` every series is segmented with.
 
-        ``variant`` and ``tile_step_size`` come from the time-budget planner; the step is passed only if
-        SegmentOptions has a ``tile_step_size`` field.
+        ``variant`` and ``tile_step_size`` come from the time-budget planner.
         """
-        import dataclasses
+        from edgeseg.runtime.segment import SegmentOptions
 
-        from edgeseg.runtime.segment import OutputOptions, SegmentOptions
-
-        kwargs: dict[str, Any] = dict(
-            device=self.device,
-            precision=self.precision,
-            variant=variant,
-            threads=self.threads,
-            cache_dir=self.state_dir / "model_cache",
-            time_budget_s=self.time_budget_s,
-            outputs=OutputOptions(
-                per_structure=self.outputs.per_structure,
-                dicom_seg=self.outputs.dicom_seg,
-                statistics=self.outputs.statistics,
-                preview=self.outputs.preview,
-            ),
-        )
-        if tile_step_size is not None and "tile_step_size" in {f.name for f in dataclasses.fields(SegmentOptions)}:
-            kwargs["tile_step_size"] = tile_step_size
-        return SegmentOptions(**kwargs)
+        return SegmentOptions(device=self.device, precision=self.precision, variant=variant, threads=self.threads,
+                              cache_dir=self.state_dir / "model_cache", time_budget_s=self.time_budget_s,
+                              tile_step_size=tile_step_size, outputs=self.outputs)
 
 
 def demo_bundle_path() -> Path:
@@ -459,7 +433,7 @@ def load_config(
         threads=values["threads"],
         precision=values["precision"],
         time_budget_s=values["time_budget_s"],
-        outputs=Outputs(
+        outputs=OutputOptions(
             per_structure=values["outputs.per_structure"],
             dicom_seg=values["outputs.dicom_seg"],
             statistics=values["outputs.statistics"],
