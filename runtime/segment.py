@@ -37,8 +37,8 @@ class OutputOptions:
 @dataclass(frozen=True)
 class SegmentOptions:
     """How to run. ``precision``: "auto" (fastest the device compiles), "int8", "fp16" or "fp32".
-    ``variant``: bundle variant name, or None for the planner/most accurate. ``time_budget_s``: the planner picks
-    the most accurate variant and tile step predicted to fit (None: most accurate)."""
+    ``variant``: bundle variant name (None: the most accurate). ``time_budget_s``: recorded in the manifest; the
+    time-budget planner (watcher, ``segment --time-budget``) turns it into ``variant`` and ``tile_step_size``."""
 
     device: str = "CPU"
     precision: str = "auto"
@@ -120,6 +120,7 @@ def segment_volume(volume: Any, bundle: Bundle, options: SegmentOptions | None =
     and a run record (variant, parts, precision used per part, tiles, timings).
     """
     from edgeseg.runtime.infer.sliding_window import sliding_window
+    from edgeseg.runtime.infer.tiling import tile_count
     from edgeseg.runtime.postprocess import empty_labels, logits_to_part_labels, merge_part, to_input_grid
     from edgeseg.runtime.preprocess import orient, preprocess
 
@@ -170,8 +171,6 @@ def segment_volume(volume: Any, bundle: Bundle, options: SegmentOptions | None =
         del prediction
         merge_part(merged, part_labels, part)
         timings.postprocess += time.perf_counter() - t0
-        from edgeseg.runtime.infer.tiling import tile_count
-
         parts_record.append({
             "name": part.name, "precision": engine.precision, "device": engine.device,
             "network_shape": list(pre.data.shape[1:]), "tile_step_size": step,
