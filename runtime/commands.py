@@ -50,6 +50,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from edgeseg.errors import EdgesegError
     from edgeseg.runtime.read import discover_series, read_series
     from edgeseg.runtime.segment import OutputOptions, SegmentOptions, segment_series
+    from edgeseg.runtime.watch.jobs import SeriesGeometry
 
     bundle = load_bundle(resolve_bundle_path(args.bundle))
     cache_dir = None if args.no_cache else (args.cache_dir or _user_cache() / "model_cache")
@@ -77,7 +78,7 @@ def run_segment(args: argparse.Namespace) -> int:
             source, run_options, plan = ref, options, None
             if planner is not None:
                 source = read_series(ref)
-                plan = planner.plan(_geometry(source), args.time_budget)
+                plan = planner.plan(SeriesGeometry.from_volume(source), args.time_budget)
                 log.info("plan: %s", plan.reason)
                 run_options = replace(options, variant=plan.variant, tile_step_size=plan.tile_step_size)
             result = segment_series(source, bundle, run_options, progress,
@@ -113,12 +114,3 @@ def _planner(bundle: Any, options: Any) -> Any:
 
     return Planner(bundle, LatencyTable(cache / "latency.json"), options.device, options.precision, options.threads,
                    measure)
-
-
-def _geometry(volume: Any) -> Any:
-    import numpy as np
-
-    from edgeseg.runtime.watch.jobs import SeriesGeometry
-
-    axes = tuple(int(np.argmax(np.abs(volume.affine[:3, a]))) for a in range(3))
-    return SeriesGeometry(volume.shape, volume.spacing, axes if sorted(axes) == [0, 1, 2] else (0, 1, 2))

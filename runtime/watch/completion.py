@@ -38,7 +38,7 @@ from edgeseg.runtime.read import read_dicom_header
 from edgeseg.runtime.read._dicom import _is_localizer, non_image_reason
 from edgeseg.runtime.watch.jobs import (
     DICOM, INVALID, NIFTI, PARREC, SeriesGeometry, SeriesInfo, SeriesJob, dicom_series_name, file_series_name,
-    fingerprint, invalid_file_name, stamp_files,
+    fingerprint, invalid_file_name, stamp_files, world_axes,
 )
 
 log = logging.getLogger(__name__)
@@ -172,11 +172,6 @@ def expected_instances(instances: list[Instance]) -> int | None:
     return None
 
 
-def _world_axes(columns: list[np.ndarray]) -> tuple[int, int, int]:
-    axes = tuple(int(np.argmax(np.abs(c))) for c in columns)
-    return axes if len(set(axes)) == 3 else (0, 1, 2)  # type: ignore[return-value]
-
-
 def dicom_geometry(instances: list[Instance]) -> SeriesGeometry | None:
     """Shape (Columns, Rows, slices) and spacing of a DICOM series from its headers; None if they do not say."""
     images = [i for i in instances if i.is_image and i.rows and i.columns]
@@ -195,7 +190,7 @@ def dicom_geometry(instances: list[Instance]) -> SeriesGeometry | None:
         row = np.array(first.orientation[:3])
         col = np.array(first.orientation[3:])
         normal = np.cross(row, col)
-        axes = _world_axes([row, col, normal])
+        axes = world_axes([row, col, normal])
         along = sorted({round(float(np.dot(normal, i.position)), 3) for i in images})  # type: ignore[arg-type]
         n = len(along)
         if n > 1:
@@ -225,7 +220,7 @@ def check_image_file(path: Path, kind: str) -> tuple[str | None, SeriesGeometry 
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
         affine = np.asarray(img.affine)
         geom = SeriesGeometry((shape[0], shape[1], shape[2]), (zooms[0], zooms[1], zooms[2]),
-                              _world_axes([affine[:3, a] for a in range(3)]))
+                              world_axes([affine[:3, a] for a in range(3)]))
         return None, geom
     except Exception as err:  # noqa: BLE001 - any failure to open means "does not open"
         return f"{path.name} does not open as {'NIfTI' if kind == NIFTI else 'PAR/REC'} ({type(err).__name__}: {err})", None

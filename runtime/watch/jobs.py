@@ -11,7 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from edgeseg.typing import Shape3, Spacing
 
@@ -94,6 +94,19 @@ class SeriesGeometry:
     @property
     def voxels(self) -> int:
         return int(self.shape[0]) * int(self.shape[1]) * int(self.shape[2])
+
+    @classmethod
+    def from_volume(cls, volume: Any) -> SeriesGeometry:
+        """The geometry of an already read :class:`~edgeseg.runtime.read.volume.Volume`."""
+        return cls(volume.shape, volume.spacing, world_axes([volume.affine[:3, a] for a in range(3)]))
+
+
+def world_axes(directions: Iterable[Any]) -> tuple[int, int, int]:
+    """For each voxel axis direction (i, j, k), the patient axis it runs closest to; (0, 1, 2) if ambiguous."""
+    import numpy as np
+
+    axes = tuple(int(np.argmax(np.abs(np.asarray(d, dtype=float)))) for d in directions)
+    return axes if len(set(axes)) == 3 else (0, 1, 2)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
