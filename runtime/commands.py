@@ -103,14 +103,12 @@ def _user_cache() -> Path:
 
 def _planner(bundle: Any, options: Any) -> Any:
     """The watcher's time-budget planner, with tile latencies measured once and cached per user."""
+    from functools import partial
+
     from edgeseg.runtime.infer.engine import measure_tile_latency
     from edgeseg.runtime.watch.budget import LatencyTable, Planner
 
     cache = _user_cache()
     cache.mkdir(parents=True, exist_ok=True)
-
-    def measure(b: Any, part: Any, precision: str, device: str, threads: int | None) -> float:
-        return measure_tile_latency(b, part, precision, device, threads, options.cache_dir)
-
     return Planner(bundle, LatencyTable(cache / "latency.json"), options.device, options.precision, options.threads,
-                   measure)
+                   partial(measure_tile_latency, cache_dir=options.cache_dir))

@@ -227,12 +227,11 @@ class Watcher:
         if self._bundle is not None and hasattr(self._bundle, "variants"):
             measure: MeasureFn | None = self._measure
             if measure is None:
+                from functools import partial
+
                 from edgeseg.runtime.infer.engine import measure_tile_latency
 
-                cache = cfg.state_dir / "model_cache"
-
-                def measure(bundle: Any, part: Any, precision: str, device: str, threads: int | None) -> float:
-                    return float(measure_tile_latency(bundle, part, precision, device, threads, cache_dir=cache))
+                measure = partial(measure_tile_latency, cache_dir=cfg.state_dir / "model_cache")
             self.planner = Planner(self._bundle, LatencyTable(cfg.latency_path), cfg.device, cfg.precision,
                                    cfg.threads, measure)
 
