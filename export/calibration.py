@@ -85,38 +85,49 @@ def contrast_variant(volume: Volume, contrast: str) -> Volume:
     return replace(volume, array=out, name=f"{volume.name}-{contrast}")
 
 
-def patches(volume: Volume, variant: Variant, part: Part, extra: int = 0, seed: int = 0) -> Iterator[np.ndarray]:
-    """The (1, C, *patch) float32 network inputs the runtime would feed for this series and part: every
-    sliding-window tile, then ``extra`` patches at random positions of the same preprocessed volume (more
-    calibration data from few series; deterministic for a seed)."""
-    from edgeseg.runtime.infer.sliding_window import pad_to_patch, tile_slicers
+def network_input(volume: Volume, variant: Variant, part: Part) -> np.ndarray:
+    """The series preprocessed exactly as the runtime does for this part, padded to at least one patch."""
+    from edgeseg.runtime.infer.sliding_window import pad_to_patch
     from edgeseg.runtime.preprocess import orient, preprocess
 
-    pre = preprocess(orient(volume, variant), part)
-    padded, _ = pad_to_patch(pre.data, part.patch_size)
+    padded, _ = pad_to_patch(preprocess(orient(volume, variant), part).data, part.patch_size)
+    return padded
+
+
+def _cut(padded: np.ndarray, sl: tuple[slice, ...]) -> np.ndarray:
+    return np.ascontiguousarray(padded[(slice(None), *sl)][None], dtype=np.float32)
+
+
+def tiles(padded: np.ndarray, part: Part) -> Iterator[np.ndarray]:
+    """The (1, C, *patch) float32 sliding-window tiles the runtime would feed for this preprocessed series."""
+    from edgeseg.runtime.infer.sliding_window import tile_slicers
+
     for sl in tile_slicers(padded.shape[1:], part.patch_size, part.tile_step_size):
-        yield np.ascontiguousarray(padded[(slice(None), *sl)][None], dtype=np.float32)
+        yield _cut(padded, sl)
+
+
+def random_patches(padded: np.ndarray, part: Part, count: int, seed: int) -> Iterator[np.ndarray]:
+    """``count`` patches at seeded random positions of the same preprocessed series (more calibration data from
+    few series)."""
     rng = np.random.default_rng(seed)
-    for _ in range(extra):
+    for _ in range(count):
         start = [int(rng.integers(0, s - p + 1)) for s, p in zip(padded.shape[1:], part.patch_size)]
-        sl = tuple(slice(a, a + p) for a, p in zip(start, part.patch_size))
-        yield np.ascontiguousarray(padded[(slice(None), *sl)][None], dtype=np.float32)
+        yield _cut(padded, tuple(slice(a, a + p) for a, p in zip(start, part.patch_size)))
 
 
 def calibration_patches(series: list[Series], variant: Variant, part: Part, limit: int,
                         seed: int = 0) -> list[np.ndarray]:
     """``limit`` patches spread over all series: their sliding-window tiles, topped up with patches at random
-    positions when the tiles are fewer than ``limit`` (deterministic: seeded)."""
-    pool: list[np.ndarray] = []
-    for s in series:
-        pool.extend(patches(s.volume, variant, part))
+    positions when the tiles are fewer than ``limit`` (deterministic: seeded). Each series is preprocessed once."""
+    inputs = [network_input(s.volume, variant, part) for s in series]
+    pool: list[np.ndarray] = [t for padded in inputs for t in tiles(padded, part)]
     if not pool:
         raise ExportError(f"The calibration series gave no patches for part '{part.name}'.")
     if len(pool) < limit:
         missing = limit - len(pool)
-        for i, s in enumerate(series):
-            share = missing // len(series) + (1 if i < missing % len(series) else 0)
-            pool.extend(list(patches(s.volume, variant, part, extra=share, seed=seed + i))[-share:] if share else [])
+        for i, padded in enumerate(inputs):
+            share = missing // len(inputs) + (1 if i < missing % len(inputs) else 0)
+            pool.extend(random_patches(padded, part, share, seed + i))
     if len(pool) <= limit:
         return pool
     idx = np.random.default_rng(seed).choice(len(pool), size=limit, replace=False)
