@@ -162,10 +162,12 @@ def sliding_window(data: np.ndarray, model: Any, patch: Sequence[int], num_outpu
             progress(acc.done, total)
 
     if type(model).__name__ == "InferRequest":  # one reusable request: synchronous, zero-copy output
-        for index, sl, flip in _jobs(slicers, flips):
-            out = model.infer({0: cut(sl, flip)}, share_inputs=True, share_outputs=True)
-            report(acc.add(index, sl, flip, out[0][0]))
-    elif _is_openvino(model):
+        request = model
+
+        def model(x: np.ndarray) -> np.ndarray:
+            return request.infer({0: x}, share_inputs=True, share_outputs=True)[0]
+
+    if _is_openvino(model):
         import openvino as ov
 
         errors: list[BaseException] = []
@@ -187,10 +189,10 @@ def sliding_window(data: np.ndarray, model: Any, patch: Sequence[int], num_outpu
         queue.wait_all()
         if errors:
             raise errors[0]
-    else:
+    else:  # synchronous: the engine's own request, or a plain callable (tests)
         for index, sl, flip in _jobs(slicers, flips):
-            out = np.asarray(model(cut(sl, flip)))[0]
-            report(acc.add(index, sl, flip, out.astype(np.float32)))
+            out = np.asarray(model(cut(sl, flip)))[0]  # fp16 or fp32; the aggregator takes either
+            report(acc.add(index, sl, flip, out))
     return Aggregated(acc, unpad)
 
 
