@@ -13,7 +13,6 @@ compiled and run once on zeros before it is accepted; what was used is recorded 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -102,12 +101,6 @@ class Engine:
     def input_shape(self) -> tuple[int, ...]:
         return (1, self.part.num_input_channels, *self.part.patch_size)
 
-    def infer(self, tile: np.ndarray) -> np.ndarray:
-        """Synchronous inference of one (1, C, *patch) float32 tile -> (K, *patch) float32 logits."""
-        request = self.compiled.create_infer_request()
-        result = request.infer({0: np.ascontiguousarray(tile, dtype=np.float32)})
-        return np.asarray(result[0], dtype=np.float32)[0]
-
     def release(self) -> None:
         """Free the intermediate buffers (the compiled model stays loaded); the next inference allocates them
         again, which costs about a second for a 128^3 network."""
@@ -182,7 +175,3 @@ def measure_tile_latency(bundle: Bundle, part: Part, precision: str = "auto", de
     del request
     engine.release()
     return float(np.median(times))
-
-
-def default_threads() -> int:
-    return os.cpu_count() or 1

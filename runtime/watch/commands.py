@@ -246,9 +246,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     check("job store", store_check)
 
     def devices_check() -> tuple[str, str]:
-        import openvino as ov
+        from edgeseg.runtime.infer.engine import available_devices
 
-        devices = list(ov.Core().available_devices)
+        devices = available_devices()
         if not devices:
             return "FAIL", "OpenVINO finds no device (its plugins are missing from this installation)"
         wanted = config.device.split(":")[0].split(".")[0]
