@@ -24,7 +24,8 @@ from edgeseg.bundle.hashing import hash_tree, sha256_file
 from edgeseg.bundle.schema import BUNDLE_FILE, SCHEMA_VERSION, Bundle, load_bundle, parse_bundle
 from edgeseg.errors import EdgesegError, ExportError
 from edgeseg.export.model_folder import ModelFolder, open_model
-from edgeseg.export.quantize import QuantizeSettings, mean_dice
+from edgeseg.export.metrics import dice_per_class, mean_dice
+from edgeseg.export.quantize import QuantizeSettings
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +359,7 @@ def _validate(bundle: Bundle, series: list[Any], settings: ExportSettings, progr
                 ref, _ = segment_volume(vol, bundle, SegmentOptions(precision="fp32", variant=variant.name))
                 for prec in precisions:
                     pred, rec = segment_volume(vol, bundle, SegmentOptions(precision=prec, variant=variant.name))
-                    per_class = _per_class_dice(ref, pred, bundle.labels)
+                    per_class = {bundle.labels[v]: d for v, d in dice_per_class(pred, ref, bundle.labels).items()}
                     present = [d for d in per_class.values() if d is not None]
                     results.append({
                         "variant": variant.name, "series": s.name, "contrast": contrast, "precision": prec,
@@ -395,15 +396,6 @@ def _validate(bundle: Bundle, series: list[Any], settings: ExportSettings, progr
     return {"dice_note": "Dice per class over classes present in FP32 or the compared precision; classes absent "
                          "from both are left out of means.",
             "summary": summary, "segmentation_vs_fp32": results, "latency_per_tile": latency}
-
-
-def _per_class_dice(ref: np.ndarray, pred: np.ndarray, labels: dict[int, str]) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for value, name in labels.items():
-        a, b = ref == value, pred == value
-        denom = int(a.sum()) + int(b.sum())
-        out[name] = (2.0 * int(np.logical_and(a, b).sum()) / denom) if denom else None
-    return out
 
 
 __all__ = ["VariantSpec", "ExportSettings", "export_bundle", "mean_dice"]

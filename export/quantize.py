@@ -15,6 +15,7 @@ import numpy as np
 
 from edgeseg._deps import require
 from edgeseg.errors import ExportError
+from edgeseg.export.metrics import mean_dice
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +29,6 @@ class QuantizeSettings:
     preset: str = "performance"
     accuracy_control: bool = False
     max_dice_drop: float = 0.01
-
-
-def mean_dice(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
-    """Mean Dice over foreground classes present in ``a`` or ``b`` (classes absent from both are left out)."""
-    scores = []
-    for c in range(1, num_classes):
-        x, y = a == c, b == c
-        denom = int(x.sum()) + int(y.sum())
-        if denom:
-            scores.append(2.0 * int(np.logical_and(x, y).sum()) / denom)
-    return float(np.mean(scores)) if scores else 1.0
 
 
 def quantize(model: Any, calibration: list[np.ndarray], settings: QuantizeSettings,

@@ -56,6 +56,7 @@ import numpy as np
 from scipy import ndimage
 
 from edgeseg._deps import require
+from edgeseg.export.metrics import dice_per_class
 from edgeseg.export.testmodels import _nnunet_folder as nf
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -376,16 +377,6 @@ def train(case: Case, architecture: Mapping[str, Any], *, iterations: int, seed:
 # ------------------------------------------------------------------------------------------------- evaluation
 
 
-def dice_per_class(pred: np.ndarray, ref: np.ndarray, classes: Sequence[int]) -> dict[int, float]:
-    """Dice of each label value in ``classes`` (pred and ref on the same grid)."""
-    out = {}
-    for c in classes:
-        p, r = pred == c, ref == c
-        denom = int(p.sum()) + int(r.sum())
-        out[int(c)] = 2.0 * int(np.logical_and(p, r).sum()) / denom if denom else float("nan")
-    return out
-
-
 def evaluate(model_folder: Path, case: Case) -> dict[str, dict[int, float]]:
     """Segment the training case with nnU-Net's own predictor (CPU, step 0.5, Gaussian, no mirroring).
 
@@ -404,7 +395,8 @@ def evaluate(model_folder: Path, case: Case) -> dict[str, dict[int, float]]:
         t0 = time.perf_counter()
         pred = nf.predict_with_nnunet(predictor, img, case.spacing)
         classes = sorted((set(np.unique(case.seg).tolist()) | set(np.unique(pred).tolist())) - {0})
-        results[name] = dice_per_class(pred, case.seg, classes)
+        dice = dice_per_class(pred, case.seg, classes)
+        results[name] = {c: float("nan") if d is None else d for c, d in dice.items()}
         log.info("nnU-Net predictor, %s contrast: mean Dice %.4f over %d classes (%.1f s)", name,
                  float(np.nanmean(list(results[name].values()))), len(classes), time.perf_counter() - t0)
     return results
