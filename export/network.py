@@ -58,31 +58,38 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def build_network(model: ModelFolder) -> Any:
-    """Instantiate the (untrained) network described by the plans, deep supervision off, eval mode."""
+def network_from_architecture(architecture: dict[str, Any], num_input_channels: int, num_outputs: int,
+                              deep_supervision: bool = False, source: Any = "plans") -> Any:
+    """Instantiate a plans ``architecture`` entry the way nnU-Net does: the dotted class name and every
+    ``_kw_requires_import`` entry located, then ``cls(input_channels, num_classes, deep_supervision, **kwargs)``.
+    Untrained weights; ``source`` names the plans in error messages."""
     require("torch", "Building the nnU-Net network")
     require("dynamic_network_architectures", "Building the nnU-Net network")
-    arch = model.configuration["architecture"]
-    class_name = arch["network_class_name"]
-    kwargs = dict(arch["arch_kwargs"])
-    for key in arch.get("_kw_requires_import", []):
+    class_name = architecture["network_class_name"]
+    kwargs = dict(architecture["arch_kwargs"])
+    for key in architecture.get("_kw_requires_import", []):
         if kwargs.get(key) is not None:
             located = pydoc.locate(kwargs[key])
             if located is None:
-                raise ModelFolderError(f"{model.path}: plans name '{kwargs[key]}' for {key}, which cannot be imported.")
+                raise ModelFolderError(f"{source}: plans name '{kwargs[key]}' for {key}, which cannot be imported.")
             kwargs[key] = located
     cls = pydoc.locate(class_name)
     if cls is None:
         raise ModelFolderError(
-            f"{model.path}: architecture class '{class_name}' cannot be imported. Install the package that "
+            f"{source}: architecture class '{class_name}' cannot be imported. Install the package that "
             "defines it (dynamic-network-architectures for nnU-Net's U-Nets)."
         )
     try:
-        net = cls(input_channels=model.num_input_channels, num_classes=model.num_outputs,
-                  deep_supervision=False, **kwargs)
+        return cls(input_channels=num_input_channels, num_classes=num_outputs, deep_supervision=deep_supervision,
+                   **kwargs)
     except TypeError as err:
-        raise ModelFolderError(f"{model.path}: plans arch_kwargs do not fit {class_name}: {err}") from err
-    return net.eval()
+        raise ModelFolderError(f"{source}: plans arch_kwargs do not fit {class_name}: {err}") from err
+
+
+def build_network(model: ModelFolder) -> Any:
+    """Instantiate the (untrained) network described by the plans, deep supervision off, eval mode."""
+    return network_from_architecture(model.configuration["architecture"], model.num_input_channels,
+                                     model.num_outputs, source=model.path).eval()
 
 
 def load_fold_networks(model: ModelFolder) -> list[Any]:

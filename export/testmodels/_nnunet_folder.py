@@ -31,7 +31,6 @@ import contextlib
 import io
 import json
 import logging
-import pydoc
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -197,17 +196,9 @@ def build_network(architecture: Mapping[str, Any], num_input_channels: int, num_
     list, full resolution first, when ``deep_supervision``). The state dict keys do not depend on
     ``deep_supervision`` for PlainConvUNet (its decoder always holds every ``seg_layers`` entry).
     """
-    require("torch", "Building an nnU-Net network")
-    require("dynamic_network_architectures", "Building an nnU-Net network")
-    kwargs = dict(architecture["arch_kwargs"])
-    for key in architecture["_kw_requires_import"]:
-        if kwargs[key] is not None:
-            kwargs[key] = pydoc.locate(kwargs[key])
-    cls = pydoc.locate(architecture["network_class_name"])
-    if cls is None:
-        raise ImportError(f"cannot import {architecture['network_class_name']}")
-    net = cls(input_channels=num_input_channels, num_classes=num_outputs, deep_supervision=deep_supervision,
-              **kwargs)
+    from edgeseg.export.network import network_from_architecture
+
+    net = network_from_architecture(dict(architecture), num_input_channels, num_outputs, deep_supervision)
     if initialize and hasattr(net, "initialize"):
         net.apply(net.initialize)
     return net
