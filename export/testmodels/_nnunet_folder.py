@@ -340,8 +340,9 @@ def find_trainer_class(trainer_name: str) -> type:
 
 
 def nnunet_predictor(model_folder: Path, *, tile_step_size: float = 0.5, use_gaussian: bool = True,
-                     use_mirroring: bool = False, checkpoint_name: str = "checkpoint_final.pth") -> Any:
-    """nnU-Net's own ``nnUNetPredictor`` (CPU) initialised with ``initialize_from_trained_model_folder``, fold 0.
+                     use_mirroring: bool = False, checkpoint_name: str = "checkpoint_final.pth",
+                     folds: Sequence[int | str] = (0,)) -> Any:
+    """nnU-Net's own ``nnUNetPredictor`` (CPU) initialised with ``initialize_from_trained_model_folder``.
 
     The only substitution: the predictor's trainer lookup goes through :func:`find_trainer_class` (nnunetv2's
     lookup first). nnU-Net prints to stdout; that output is captured and logged at DEBUG level.
@@ -358,7 +359,7 @@ def nnunet_predictor(model_folder: Path, *, tile_step_size: float = 0.5, use_gau
                 perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
                 verbose_preprocessing=False, allow_tqdm=False,
             )
-            predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(0,),
+            predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
                                                            checkpoint_name=checkpoint_name)
     finally:
         pred_mod.recursive_find_trainer_class_by_name = original_lookup
