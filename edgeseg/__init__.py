@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import logging
 
+from edgeseg._offline import disable_openvino_telemetry
+
+disable_openvino_telemetry()  # before any edgeseg module imports openvino: no network, nothing under ~/intel
+
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
