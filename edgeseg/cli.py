@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError
@@ -23,8 +24,50 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
 )
 
 
+# C0/C1 control characters but tab (CR, LF, ESC of ANSI sequences, ...), Unicode line separators, lone surrogates
+_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    c = m.group()
+    if c in _NAMED:
+        return _NAMED[c]
+    code = ord(c)
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of an OS name (surrogateescape): the byte itself
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\n``, ``\\r``, ``\\x1b``) and undecodable bytes of
+    file names as ``\\xNN``: a DICOM attribute or a file name can neither forge a log line nor send terminal
+    escape sequences."""
+    return text if text.isprintable() else _UNSAFE.sub(_escape_char, text)
+
+
+class SafeFormatter(logging.Formatter):
+    """The one log format. Whatever a message holds (SeriesDescription, PatientName, file names), a record is one
+    line: control characters in the message are escaped; traceback and stack lines are escaped the same way except
+    their line breaks, and indented, so that only a record's first line starts at column 0."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return self._block(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return self._block(super().formatStack(stack_info))
+
+    @staticmethod
+    def _block(text: str) -> str:
+        return "\n".join("  " + escape_controls(line) for line in text.split("\n"))
+
+
 def configure_logging(verbosity: int, log_file: str | None = None) -> None:
-    """Human-readable structured lines: time, level, logger, message (key=value pairs inside the message)."""
+    """Human-readable structured lines: time, level, logger, message (key=value pairs inside the message), one line
+    per record whatever the message holds (:class:`SafeFormatter`)."""
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
     fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
@@ -32,7 +75,10 @@ def configure_logging(verbosity: int, log_file: str | None = None) -> None:
         from logging.handlers import RotatingFileHandler
 
         handlers.append(RotatingFileHandler(log_file, maxBytes=10_000_000, backupCount=5, encoding="utf-8"))
-    logging.basicConfig(level=level, format=fmt, datefmt="%Y-%m-%dT%H:%M:%S", handlers=handlers, force=True)
+    formatter = SafeFormatter(fmt, datefmt="%Y-%m-%dT%H:%M:%S")
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    logging.basicConfig(level=level, handlers=handlers, force=True)
     if verbosity < 2:  # third-party chatter (highdicom logs every copied module at INFO) only with -vv
         for name in ("highdicom", "nncf", "PIL"):
             logging.getLogger(name).setLevel(max(level, logging.WARNING))

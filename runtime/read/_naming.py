@@ -1,6 +1,15 @@
-"""File-name-safe stems for outputs (``Volume.name``)."""
+"""File-name-safe stems for outputs (``Volume.name``), unique per series: the one naming of edgeseg.
+
+The reader names every :class:`~edgeseg.runtime.read.volume.Volume` with these functions and the watcher names its
+jobs (error files, result folders) with the same ones, so both agree. Two series in one folder never share a name
+by construction for image files (:func:`nifti_name`); where they still could (two DICOM series with the same
+description whose UIDs end in the same 8 digits), the writer publishes the second under
+:func:`disambiguated` instead of replacing the first (see :class:`~edgeseg.runtime.write.atomic.ResultFolder`).
+"""
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 
 _NOT_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -27,11 +36,52 @@ def dicom_series_name(description: str, series_uid: str) -> str:
     return f"{safe_stem(description or '', max_len=60)}_{digits}"
 
 
+def name_tag(identity: str) -> str:
+    """8 hex digits of the sha256 of ``identity`` (as the OS's bytes for a name that is not valid Unicode): a
+    short, stable disambiguator."""
+    try:
+        data = os.fsencode(identity)
+    except UnicodeEncodeError:
+        data = identity.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()[:8]
+
+
+def disambiguated(name: str, identity: str) -> str:
+    """``<name>_<name_tag(identity)>``: ``name`` made unique for the series ``identity``."""
+    return f"{name}_{name_tag(identity)}"
+
+
+_EXTENSION_SUFFIX = re.compile(r"_(nii|par|rec)$", re.IGNORECASE)
+
+
 def nifti_name(file_name: str) -> str:
-    """The file name without ``.nii``/``.nii.gz`` (or ``.par``/``.rec``), made file-name safe."""
+    """A file-name-safe name for an image file, unique per file name in a folder (one result folder each).
+
+    ``<stem>.nii.gz`` -> ``<stem>`` (``case.nii.gz`` -> ``case``); ``.nii``, ``.PAR`` (or ``.REC``) keep their
+    extension as a suffix as written (``scan.nii`` -> ``scan_nii``, ``exam.PAR`` -> ``exam_PAR``), so ``a.nii`` beside
+    ``a.nii.gz`` never share a name. Where sanitizing changed the stem (``T1 post.nii.gz`` next to
+    ``T1_post.nii.gz``), the extension is written otherwise (``.NII.GZ``), or a ``.nii.gz`` stem already ends like
+    such a suffix (``x_nii.nii.gz``), ``_<8 hex digits>`` of the file name's hash is appended
+    (``T1_post_3f0c9a1b``).
+    """
     lower = file_name.lower()
-    for ext in (".nii.gz", ".nii", ".par", ".rec"):
-        if lower.endswith(ext):
-            file_name = file_name[: -len(ext)]
+    stem, ext = file_name, ""
+    for candidate in (".nii.gz", ".nii", ".par", ".rec"):
+        if lower.endswith(candidate):
+            stem, ext = file_name[: -len(candidate)], file_name[-len(candidate):]
             break
-    return safe_stem(file_name, max_len=120, allow_dots=True, fallback="image")
+    name = safe_stem(stem, max_len=120, allow_dots=True, fallback="image")
+    exact = name == stem
+    if ext == ".nii.gz":
+        exact = exact and not _EXTENSION_SUFFIX.search(name)
+    elif ext.lower() in (".nii", ".par", ".rec"):
+        name += "_" + ext[1:]
+    else:
+        exact = False
+    return name if exact else disambiguated(name, file_name)
+
+
+def series_key(kind: str, source: str | os.PathLike[str], series_uid: str | None = None) -> str:
+    """The identity of a series: ``<folder>::<SeriesInstanceUID>`` for DICOM (several series may share a folder),
+    the file's path for NIfTI/PAR. The watcher's job key; results record it as their owner."""
+    return f"{os.fspath(source)}::{series_uid}" if kind == "dicom" else os.fspath(source)

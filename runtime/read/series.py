@@ -15,6 +15,7 @@ from edgeseg.errors import InvalidSeriesError
 from edgeseg.runtime.read._dicom import discover_dicom, read_dicom_series
 from edgeseg.runtime.read._nifti import is_nifti_path, read_nifti
 from edgeseg.runtime.read._parrec import is_parrec_path, par_of, read_parrec
+from edgeseg.runtime.read.paths import CandidateFilter
 from edgeseg.runtime.read.series_ref import SeriesRef
 from edgeseg.runtime.read.volume import Volume
 from edgeseg.typing import StrPath
@@ -22,18 +23,24 @@ from edgeseg.typing import StrPath
 log = logging.getLogger(__name__)
 
 
-def _walk(folder: Path, recursive: bool) -> list[Path]:
-    """Regular files under ``folder`` (sorted), skipping hidden entries and everything edgeseg writes."""
+def _walk(folder: Path, recursive: bool, candidates: CandidateFilter) -> list[Path]:
+    """Regular files under ``folder`` (sorted), skipping hidden entries, everything edgeseg writes and, by the one
+    symlink rule (:mod:`edgeseg.runtime.read.paths`), every symbolic link below ``folder`` (logged once)."""
     from edgeseg.runtime.write.atomic import is_edgeseg_output  # imported here: write imports read
 
     found: list[Path] = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if recursive and not d.startswith(".") and not is_edgeseg_output(d))
+        if not recursive:
+            dirs[:] = []
+        for d in [d for d in dirs if not d.startswith(".") and is_edgeseg_output(d)]:
+            candidates.output_lookalike(Path(root) / d)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not is_edgeseg_output(d)
+                         and candidates.allows(Path(root) / d))
         for name in sorted(files):
             if name.startswith(".") or is_edgeseg_output(name):
                 continue
             path = Path(root) / name
-            if path.is_file():
+            if candidates.allows(path) and path.is_file():
                 found.append(path)
     return found
 
@@ -48,7 +55,8 @@ def discover_series(path: StrPath, *, recursive: bool = True) -> list[SeriesRef]
 
     * a folder: every NIfTI file, every PAR/REC pair (one ref per .PAR) and every DICOM image series (grouped by
       SeriesInstanceUID, any file names, DICOMDIR/non-image/non-DICOM files skipped, localizer-only series
-      skipped); sub-folders are walked when ``recursive``; hidden entries and edgeseg's own outputs are ignored;
+      skipped); sub-folders are walked when ``recursive``; hidden entries and edgeseg's own outputs are ignored,
+      and so is every symbolic link below ``path`` (never followed; logged once; :mod:`edgeseg.runtime.read.paths`);
     * a NIfTI or PAR/REC file: one ref for it;
     * any other file: the DICOM series of that one file (enough for an enhanced multi-frame image).
 
@@ -64,7 +72,8 @@ def discover_series(path: StrPath, *, recursive: bool = True) -> list[SeriesRef]
         if is_parrec_path(path):
             return [_file_ref(par_of(path))]
         return discover_dicom([path])
-    files = _walk(path, recursive)
+    candidates = CandidateFilter([path])
+    files = _walk(path, recursive, candidates)
     refs: list[SeriesRef] = []
     seen_par: set[Path] = set()
     dicom_candidates: list[Path] = []
@@ -75,7 +84,9 @@ def discover_series(path: StrPath, *, recursive: bool = True) -> list[SeriesRef]
             par = par_of(f)
             if par not in seen_par:
                 seen_par.add(par)
-                refs.append(_file_ref(par))
+                pair = [par] + [r for r in (par.with_suffix(s) for s in (".REC", ".rec", ".Rec")) if os.path.lexists(r)]
+                if all(candidates.allows(p) for p in pair):  # nibabel opens the other file of the pair by name
+                    refs.append(_file_ref(par))
         else:
             dicom_candidates.append(f)
     refs.extend(discover_dicom(dicom_candidates))

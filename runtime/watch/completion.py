@@ -30,16 +30,19 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
 from edgeseg.runtime.read import read_dicom_header
 from edgeseg.runtime.read._dicom import _is_localizer, non_image_reason
+from edgeseg.runtime.read._naming import series_key
+from edgeseg.runtime.read.paths import CandidateFilter
 from edgeseg.runtime.watch.jobs import (
     DICOM, INVALID, NIFTI, PARREC, SeriesGeometry, SeriesInfo, SeriesJob, dicom_series_name, file_series_name,
     fingerprint, invalid_file_name, stamp_files, world_axes,
 )
+from edgeseg.runtime.write.atomic import is_edgeseg_output
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +269,9 @@ class PollResult:
 class CompletionTracker:
     """Tracks candidate files and the series they form; see the module docstring for the rules.
 
-    ``path_filter``: which files and folders are input (see :class:`~edgeseg.runtime.watch.observer.PathFilter`).
+    ``path_filter``: which files and folders are input (see :class:`~edgeseg.runtime.watch.observer.PathFilter`);
+    on top of it the one symlink rule (:mod:`edgeseg.runtime.read.paths`) holds for every scanned and touched
+    path: nothing reached through a symbolic link below ``roots`` (default: the filter's roots) is input.
     ``settle_s``: minimum time between the two identical looks before a header is read (default
     min(2 s, quiet/2)). ``clock``: monotonic seconds; ``wall``: epoch seconds (to back-date scanned files).
     """
@@ -279,9 +284,11 @@ class CompletionTracker:
         count_timeout_factor: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        roots: Iterable[Path] | None = None,
     ) -> None:
         self.quiet = float(quiet_period_s)
         self.filter = path_filter
+        self.candidates = CandidateFilter(roots if roots is not None else getattr(path_filter, "roots", ()))
         self.settle = float(settle_s) if settle_s is not None else min(2.0, self.quiet / 2)
         self.count_timeout = count_timeout_factor * self.quiet
         self.clock = clock
@@ -297,6 +304,11 @@ class CompletionTracker:
     def touch(self, path: Path) -> None:
         """Something happened at ``path`` (created, modified, moved here or away, deleted; file or folder)."""
         path = Path(path)
+        if not self.candidates.allows(path):  # a symbolic link (or below one): never followed, never input
+            prefix = str(path) + os.sep
+            for p in [p for p in self._files if p == path or str(p).startswith(prefix)]:
+                self._forget(p)
+            return
         if path in self._files:
             self._dirty.add(path)
             return
@@ -320,12 +332,18 @@ class CompletionTracker:
         (capped) so that series that arrived while the watcher was down are not held for a quiet period."""
         n = 0
         now_wall = self.wall()
+        if not self.candidates.allows(root):
+            return n
         for dirpath, dirnames, filenames in os.walk(root):
             here = Path(dirpath)
-            dirnames[:] = sorted(d for d in dirnames if self.filter.folder(here / d))
+            for d in dirnames:
+                if not d.startswith(".") and is_edgeseg_output(d) and not self.filter.folder(here / d):
+                    self.candidates.output_lookalike(here / d)
+            dirnames[:] = sorted(d for d in dirnames
+                                 if self.filter.folder(here / d) and self.candidates.allows(here / d))
             for name in sorted(filenames):
                 p = here / name
-                if not self.filter.file(p):
+                if not self.filter.file(p) or not self.candidates.allows(p):
                     continue
                 n += 1
                 if p in self._files:
@@ -360,6 +378,9 @@ class CompletionTracker:
         return PollResult(tuple(discovered), tuple(complete))
 
     def _look(self, path: Path, now: float, discovered: list[SeriesInfo]) -> None:
+        if not self.candidates.allows(path):  # replaced by a symbolic link since it was seen: never read through it
+            self._forget(path)
+            return
         try:
             st = os.stat(path)
         except OSError:
@@ -421,7 +442,7 @@ class CompletionTracker:
             f.error = str(err) if isinstance(err, ValueError) else f"DICOM header unreadable ({type(err).__name__}: {err})"
             return
         f.status, f.error, f.info = _PARSED, None, info
-        key = f"{f.path.parent}::{info.series_uid}"
+        key = series_key(DICOM, f.path.parent, info.series_uid)
         series = self._series.get(key)
         if series is None:
             series = _Series(key, DICOM, f.path.parent, dicom_series_name(info.description, info.series_uid),
@@ -437,7 +458,7 @@ class CompletionTracker:
         series.last_arrival = max(series.last_arrival, f.changed_at)
 
     def _file_series(self, f: _File, now: float, discovered: list[SeriesInfo]) -> None:
-        key = str(f.path)
+        key = series_key(f.kind, f.path)
         f.series = key
         if key in self._series:
             return
@@ -454,12 +475,12 @@ class CompletionTracker:
 
     # ------------------------------------------------------------------------------------------------- PAR/REC
 
-    @staticmethod
-    def _rec_of(par: Path) -> Path | None:
+    def _rec_of(self, par: Path) -> Path | None:
+        """The .REC beside ``par``; None when there is none, or it is a symbolic link (the reader would follow it)."""
         for ext in (".REC", ".rec", ".Rec"):
             candidate = par.with_suffix(ext)
-            if candidate.exists():
-                return candidate
+            if os.path.lexists(candidate):
+                return candidate if self.candidates.allows(candidate) else None
         return None
 
     def _par_of(self, rec: Path) -> _Series | None:

@@ -104,7 +104,7 @@ def fake_segment(source: SeriesJob, bundle: Any, options: Any, progress: Callabl
         "written_at": time.time(),
     }
 
-    with ResultFolder(job.folder, job.name) as folder:
+    with ResultFolder(job.folder, job.name, owner=job.key) as folder:
         (folder.path / "labels.txt").write_text("0 background\n", encoding="utf-8")
         with open(folder.path / "manifest.json", "w", encoding="utf-8") as fh:
             json.dump(manifest, fh, indent=2)

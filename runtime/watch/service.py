@@ -27,6 +27,7 @@ import os
 import queue
 import shutil
 import signal
+import sqlite3
 import tempfile
 import threading
 import time
@@ -152,6 +153,8 @@ class Watcher:
         self._inflight: set[str] = set()
         self._rerun: dict[str, SeriesJob] = {}
         self._retries: dict[str, tuple[float, SeriesJob]] = {}
+        #: complete series whose bookkeeping failed (job store error, disk full): key -> (due, failures, job)
+        self._requeued: dict[str, tuple[float, int, SeriesJob]] = {}
         self._running: dict[str, float] = {}
         self._idle_since: float | None = None
         self._scanned = threading.Event()
@@ -183,7 +186,7 @@ class Watcher:
         self._resolve_segmenter()
         self.store = JobStore(cfg.store_path)
         for row in self.store.reconcile(cfg.max_attempts):
-            self._write_error(Path(row.folder), row.name, InvalidSeriesError(row.last_error or "interrupted"),
+            self._write_error(row.folder_path, row.name, InvalidSeriesError(row.last_error or "interrupted"),
                               "Segmenting this series stopped the watcher repeatedly (crash or out-of-memory kill). "
                               "Check the series; re-copy it to try again, or segment it by hand with `edgeseg "
                               "segment` to see the error.")
@@ -360,11 +363,16 @@ class Watcher:
                         self.tracker.scan(root)
                 result = self.tracker.poll()
                 for info in result.discovered:
-                    self.store.discover(info.key, info.kind, info.folder, info.name, info.series_uid,
-                                        info.description)
-                for job in result.complete:
-                    self._dispatch(job)
+                    try:
+                        self.store.discover(info.key, info.kind, info.folder, info.name, info.series_uid,
+                                            info.description)
+                    except Exception as err:  # noqa: BLE001 - only a note; the row is written when it completes
+                        log.error("series not recorded as discovered (it is when complete): key=%s error=%s: %s",
+                                  info.key, type(err).__name__, err)
+                for job in result.complete:  # each on its own: one failing never drops the others
+                    self._dispatch_safely(job)
                 self._dispatch_due_retries(now)
+                self._dispatch_requeued(now)
                 self._update_idle(now)
                 if now - last_beat >= 2.0 or self._beat_now.is_set():
                     last_beat = now
@@ -401,11 +409,43 @@ class Watcher:
             again = self._rerun.pop(job.key, None)
             if again is not None:
                 self._retries.pop(job.key, None)
-                self._dispatch(again)
+                self._dispatch_safely(again)
 
     def _attempts(self, key: str) -> int:
-        row = self.store.get(key) if self.store else None
+        try:
+            row = self.store.get(key) if self.store else None
+        except Exception as err:  # noqa: BLE001 - a store error must not lose the finished series' retry
+            log.error("attempts of series unknown (job store error), assuming 1: key=%s error=%s: %s", key,
+                      type(err).__name__, err)
+            return 1
         return row.attempts if row else 0
+
+    def _dispatch_safely(self, job: SeriesJob) -> None:
+        """:meth:`_dispatch` one series on its own. A bookkeeping failure (a job store error such as "database or
+        disk is full", a bug) re-queues that series with a logged error: it is dispatched again at a later poll
+        (back-off up to 60 s; with ``once``, given up after ``max_attempts`` tries and counted as failed), and the
+        other series are not affected."""
+        try:
+            self._dispatch(job)
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            failures = self._requeued.get(job.key, (0.0, 0, job))[1] + 1
+            if self.once and failures >= self.config.max_attempts:
+                self._requeued.pop(job.key, None)
+                self.stats["failed"] += 1
+                log.error("series not dispatched after %d tries (job store error), left for the next start: key=%s "
+                          "error=%s: %s", failures, job.key, type(err).__name__, err)
+                return
+            delay = min(60.0, self.poll_interval_s * 2 ** failures)
+            self._requeued[job.key] = (self.clock() + delay, failures, job)
+            log.error("series not dispatched (job store error), trying again in %.1f s: key=%s error=%s: %s", delay,
+                      job.key, type(err).__name__, err, exc_info=not isinstance(err, sqlite3.Error))
+        else:
+            self._requeued.pop(job.key, None)
+
+    def _dispatch_requeued(self, now: float) -> None:
+        for due, _, job in list(self._requeued.values()):
+            if due <= now:
+                self._dispatch_safely(job)
 
     def _dispatch(self, job: SeriesJob) -> None:
         assert self.store is not None
@@ -414,6 +454,9 @@ class Watcher:
             self._rerun[job.key] = job
             return
         self._retries.pop(job.key, None)
+        assert self.tracker is not None
+        if not all(self.tracker.candidates.allows(p) for p in {job.folder, job.source}):
+            return  # became a symbolic link since it was scanned (logged once by the filter): never written through
         decision = self.store.decide(job.key, job.fingerprint, self.config.max_attempts)
         if not decision.run:
             self.stats["skipped"] += 1
@@ -431,7 +474,13 @@ class Watcher:
             if due > now:
                 continue
             del self._retries[key]
-            row = self.store.get(key)
+            try:
+                row = self.store.get(key)
+            except Exception as err:  # noqa: BLE001 - keep the retry; the store may answer at a later poll
+                self._retries[key] = (now + max(1.0, self.poll_interval_s), job)
+                log.error("retry of series postponed (job store error): key=%s error=%s: %s", key,
+                          type(err).__name__, err)
+                continue
             if row is None or row.fingerprint != job.fingerprint:
                 continue  # the input changed meanwhile: the tracker hands out the new version itself
             self._dispatch(job)
@@ -439,7 +488,8 @@ class Watcher:
     def _update_idle(self, now: float) -> None:
         assert self.tracker is not None
         idle = (self._scanned.is_set() and self._events.empty() and self._finished.empty() and self._jobs.empty()
-                and not self._inflight and not self._retries and not self._rerun and self.tracker.idle())
+                and not self._inflight and not self._retries and not self._rerun and not self._requeued
+                and self.tracker.idle())
         if not idle:
             self._idle_since = None
         elif self._idle_since is None:

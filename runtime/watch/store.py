@@ -7,6 +7,9 @@ States::
 
 * A row is keyed by the series key (``<folder>::<SeriesInstanceUID>`` or the image file's path) and carries the
   input *fingerprint* (hash of the sorted (relative name, size, mtime_ns) list) it was last handed out with.
+  Any name the OS gives is a valid key: a key, folder or output path that is not valid Unicode (a Latin-1 file
+  name on Linux) is stored in the reversible escaped text form of :func:`edgeseg.runtime.read.paths.fs_text`
+  (``JobRow`` holds the stored text; :attr:`JobRow.folder_path` and :attr:`JobRow.output_dir` the real paths).
 * :meth:`JobStore.reconcile` runs once at start: ``running`` rows were interrupted (crash, kill, forced stop):
   they go back to ``complete`` and run again, unless they were interrupted ``max_attempts`` times already (a
   series that kills the process, e.g. out of memory), which makes them ``failed``.
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from edgeseg.errors import ConfigError
+from edgeseg.runtime.read.paths import from_fs_text, fs_text, printable
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,16 @@ class JobRow:
     @property
     def plan_dict(self) -> dict[str, Any]:
         return json.loads(self.plan) if self.plan else {}
+
+    @property
+    def folder_path(self) -> Path:
+        """The series' folder as a path (``folder`` is its stored text form)."""
+        return Path(from_fs_text(self.folder))
+
+    @property
+    def output_dir(self) -> Path | None:
+        """The result folder as a path, or None."""
+        return Path(from_fs_text(self.output_path)) if self.output_path else None
 
 
 @dataclass(frozen=True)
@@ -172,6 +186,7 @@ class JobStore:
         self.close()
 
     def get(self, key: str) -> JobRow | None:
+        key = fs_text(key)
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE key = ?", (key,)).fetchone()
         return JobRow(**dict(row)) if row else None
@@ -198,12 +213,13 @@ class JobStore:
     def discover(self, key: str, kind: str, folder: Path, name: str, series_uid: str | None = None,
                  description: str = "") -> None:
         """Insert a ``discovered`` row; an existing row (any state) is left as it is."""
+        key, description = fs_text(key), printable(description)
         now = time.time()
         with self._tx() as db:
             db.execute(
                 "INSERT OR IGNORE INTO jobs (key, kind, folder, name, series_uid, description, state, discovered_at,"
                 " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, kind, str(folder), name, series_uid, description, DISCOVERED, now, now))
+                (key, kind, fs_text(str(folder)), name, series_uid, description, DISCOVERED, now, now))
 
     def decide(self, key: str, fingerprint: str, max_attempts: int) -> Decision:
         """Should the complete series ``key`` with input ``fingerprint`` run now?"""
@@ -216,7 +232,7 @@ class JobStore:
         if row.state == DONE:
             if changed:
                 return Decision(True, "input changed since it was segmented")
-            if not row.output_path or not Path(row.output_path).is_dir():
+            if row.output_dir is None or not row.output_dir.is_dir():
                 return Decision(True, "output folder is missing")
             return Decision(False, "already segmented, input unchanged")
         if row.state == FAILED:
@@ -231,6 +247,7 @@ class JobStore:
     def mark_complete(self, key: str, kind: str, folder: Path, name: str, fingerprint: str, n_files: int,
                       series_uid: str | None = None, description: str = "") -> None:
         """The series is complete with ``fingerprint``; a new fingerprint resets the attempt counters."""
+        key, description = fs_text(key), printable(description)
         now = time.time()
         with self._tx() as db:
             row = db.execute("SELECT fingerprint FROM jobs WHERE key = ?", (key,)).fetchone()
@@ -238,8 +255,8 @@ class JobStore:
                 db.execute(
                     "INSERT INTO jobs (key, kind, folder, name, series_uid, description, state, fingerprint, n_files,"
                     " discovered_at, completed_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key, kind, str(folder), name, series_uid, description, COMPLETE, fingerprint, n_files, now, now,
-                     now))
+                    (key, kind, fs_text(str(folder)), name, series_uid, description, COMPLETE, fingerprint, n_files,
+                     now, now, now))
                 return
             reset = row["fingerprint"] != fingerprint
             db.execute(
@@ -250,6 +267,7 @@ class JobStore:
     def mark_running(self, key: str, plan: dict[str, Any] | None = None, budget_s: float | None = None,
                      predicted_s: float | None = None) -> int:
         """Start an attempt; returns the attempt number (1-based)."""
+        key = fs_text(key)
         now = time.time()
         with self._tx() as db:
             db.execute(
@@ -260,16 +278,18 @@ class JobStore:
         return int(row[0]) if row else 0
 
     def mark_done(self, key: str, output_path: Path | None, actual_s: float) -> None:
+        key = fs_text(key)
         now = time.time()
         with self._tx() as db:
             db.execute(
                 "UPDATE jobs SET state = ?, output_path = ?, actual_s = ?, finished_at = ?, error_kind = NULL,"
                 " last_error = NULL, updated_at = ? WHERE key = ?",
-                (DONE, str(output_path) if output_path else None, actual_s, now, now, key))
+                (DONE, fs_text(str(output_path)) if output_path else None, actual_s, now, now, key))
 
     def mark_failed(self, key: str, error_kind: str, message: str, actual_s: float | None = None,
                     give_up: bool = False, max_attempts: int | None = None) -> None:
         """Record a failed attempt; ``give_up`` (a deterministic problem) sets attempts to ``max_attempts``."""
+        key, message = fs_text(key), printable(message)
         now = time.time()
         with self._tx() as db:
             db.execute(
@@ -281,6 +301,7 @@ class JobStore:
 
     def mark_cancelled(self, key: str) -> None:
         """A stop request cancelled the attempt cleanly: back to ``complete``, the attempt not counted."""
+        key = fs_text(key)
         now = time.time()
         with self._tx() as db:
             db.execute("UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), started_at = NULL,"
@@ -288,6 +309,7 @@ class JobStore:
 
     def forget(self, key: str) -> None:
         """Remove a row (a series with nothing to do, e.g. localizer images only)."""
+        key = fs_text(key)
         with self._tx() as db:
             db.execute("DELETE FROM jobs WHERE key = ?", (key,))
 

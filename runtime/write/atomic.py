@@ -104,12 +104,18 @@ class ResultFolder:
     On success an existing ``<name>.edgeseg`` is first renamed aside to ``.<name>.edgeseg.old-<random>``, the new
     folder renamed in, then the old one deleted (restored if the swap fails). On an exception the partial folder
     is removed and nothing under the final name changes; an OSError is re-raised as :class:`OutputError`.
+
+    ``owner``: the series key of the results (the body records it as ``series_key`` in ``manifest.json``). A
+    result under the final name whose manifest names another series is never replaced: the results are then
+    published as ``<name>_<tag>.edgeseg`` (:func:`edgeseg.runtime.read._naming.disambiguated`) and a warning
+    logged; :attr:`final_path` tells where they went.
     """
 
-    def __init__(self, parent: StrPath, name: str) -> None:
+    def __init__(self, parent: StrPath, name: str, owner: str | None = None) -> None:
         _check_name(name)
         self.parent = Path(parent)
         self.name = name
+        self.owner = owner
         self.final_path = self.parent / result_dir_name(name)
         self.path = self.parent / f".{name}{_PARTIAL}{_random()}"
         self.published = False
@@ -138,6 +144,7 @@ class ResultFolder:
         if self.published:
             return self.final_path
         old: Path | None = None
+        self._avoid_collision()
         try:
             if self.final_path.exists():
                 old = self.parent / f".{self.name}{_OLD}{_random()}"
@@ -161,12 +168,58 @@ class ResultFolder:
         return self.final_path
 
 
+    def _avoid_collision(self) -> None:
+        if self.owner is None:
+            return
+        from edgeseg.runtime.read._naming import disambiguated  # imported here: read imports write lazily
+
+        for attempt in range(2):
+            holder = result_owner(self.final_path)
+            if holder is None or _owner_text(holder) == _owner_text(self.owner):
+                return
+            if attempt:
+                shutil.rmtree(self.path, ignore_errors=True)
+                raise OutputError(f"Could not publish the results of {self.owner}: {self.final_path} holds the "
+                                  f"results of another series ({holder}). Rename one of the series and run again.")
+            alternative = self.parent / result_dir_name(disambiguated(self.name, _owner_text(self.owner)))
+            log.warning("output name collision: %s holds the results of another series (%s); the results of %s go "
+                        "to %s instead", self.final_path, holder, self.owner, alternative.name)
+            self.final_path = alternative
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _owner_text(owner: str) -> str:
+    from edgeseg.runtime.read.paths import fs_text
+
+    return fs_text(owner)
+
+
+def result_owner(folder: StrPath) -> str | None:
+    """The series key recorded in ``<folder>/manifest.json`` (``series_key``), or None (no folder, no manifest,
+    or a result written before edgeseg recorded it)."""
+    try:
+        with open(Path(folder) / "manifest.json", encoding="utf-8") as fh:
+            key = json.load(fh).get("series_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) and key else None
+
+
 def _write_json_atomically(path: Path, payload: Any) -> None:
     tmp = path.with_name(f".{path.name}.partial-{_random()}")
     try:
+        text = json.dumps(payload, indent=2, ensure_ascii=False)
+        if not _is_utf8(text):  # a name that is not valid Unicode (Latin-1 on Linux): JSON's \u escapes instead
+            text = json.dumps(payload, indent=2)
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
+            fh.write(text + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

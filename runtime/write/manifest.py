@@ -33,6 +33,10 @@ def write_manifest(path: StrPath, manifest: Mapping[str, Any]) -> dict[str, Any]
     record["writer"] = {"name": "edgeseg", "version": __version__}
     record["written_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     text = json.dumps(record, indent=1, ensure_ascii=False, default=_default)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a name that is not valid Unicode (Latin-1 on Linux): JSON's \u escapes instead
+        text = json.dumps(record, indent=1, default=_default)
     Path(path).write_text(text + "\n", encoding="utf-8")
     written: dict[str, Any] = json.loads(text)
     return written

@@ -8,22 +8,26 @@ Layout of ``<name>.edgeseg/``::
     statistics.json     voxels, volume_ml, mean_intensity per structure (OutputOptions.statistics)
     preview.png         overlay on 5 slices with a legend (OutputOptions.preview)
     seg.dcm             DICOM-SEG, DICOM input only, when at least one structure is present (OutputOptions.dicom_seg)
-    manifest.json       the caller's manifest + outputs, series, writer and time (always)
+    manifest.json       the caller's manifest + outputs, series, series_key, writer and time (always)
 
 Results land in the DICOM series' folder (``Volume.source``) or beside the NIfTI/PAR file, unless ``out_parent``
-is given. The folder is published only when every role was written; a previous result is replaced, and a stale
+is given. The folder is published only when every role was written; a previous result of the same series (its
+manifest's ``series_key``) is replaced, one of another series never (see ``ResultFolder``), and a stale
 ``<name>.edgeseg-error.json`` is removed after success. A DICOM-SEG that highdicom refuses (an unusual source) does
 not fail the run: the other results are published and the manifest records the reason under ``warnings``.
 """
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from edgeseg.errors import OutputError
+from edgeseg.runtime.read._naming import series_key
+from edgeseg.runtime.read.paths import fs_text
 from edgeseg.runtime.read.volume import Volume
 from edgeseg.runtime.segment import OutputOptions, SegmentResult
 from edgeseg.runtime.write.atomic import ResultFolder, clear_error_file
@@ -81,7 +85,9 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
     outputs: dict[str, str] = {}
     present = [int(v) for v in np.unique(labelmap) if v > 0]
 
-    with ResultFolder(parent, volume.name) as folder:
+    owner = series_key(volume.kind, os.path.abspath(volume.source), volume.series_uid)
+    record["series_key"] = fs_text(owner)
+    with ResultFolder(parent, volume.name, owner=owner) as folder:
         root = folder.path
         write_labelmap(root / LABELMAP_FILE, labelmap, volume, labels)
         outputs["labelmap"] = LABELMAP_FILE

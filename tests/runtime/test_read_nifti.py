@@ -39,7 +39,7 @@ def test_nifti_scaling_and_singleton_4d(tmp_path: Path, mr_image: tuple[np.ndarr
     vol = read_series(path)
     assert vol.shape == arr.shape
     np.testing.assert_allclose(vol.array, arr * 2.0 - 10.0)
-    assert vol.name == "scaled"
+    assert vol.name == "scaled_nii"  # the extension stays in the name: never the same as scaled.nii.gz's
 
 
 def test_true_4d_nifti_is_rejected(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_discovery_in_a_folder(tmp_path: Path, mr_image: tuple[np.ndarray, np.nd
     with pytest.raises(InvalidSeriesError, match="holds 2 series"):
         read_series(tmp_path)
     vol = read_series(refs[1])
-    assert vol.name == "b"
+    assert vol.name == "b_nii"
 
 
 def test_missing_path_and_empty_folder(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_real_parrec(tmp_path: Path) -> None:
     n_bytes = int(np.prod(full.shape[:3])) * 2
     (tmp_path / "one_dyn.REC").write_bytes(PHANTOM_PAR.with_suffix(".REC").read_bytes()[:n_bytes])
     vol = read_series(tmp_path / "one_dyn.REC")  # either file of the pair
-    assert vol.kind == "parrec" and vol.name == "one_dyn"
+    assert vol.kind == "parrec" and vol.name == "one_dyn_PAR"
     assert vol.shape == full.shape[:3]
     np.testing.assert_allclose(vol.affine, full.affine)
     np.testing.assert_allclose(vol.array, full.get_fdata()[..., 0], rtol=1e-5)
