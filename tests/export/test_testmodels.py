@@ -107,11 +107,9 @@ def test_small_model_loads_in_nnunet_predictor_and_segments_its_case(real_mri: P
     ("851", "Dataset851_TotalSegMRI_part2_muscles_1088subj", 22, [1.5, 1.5, 1.5]),
     ("852", "Dataset852_TotalSegMRI_total_3mm_1088subj", 51, [3.0, 3.0, 3.0]),
 ])
-def test_ts_sized_plans(which: str, name: str, outputs: int, spacing: list[float]) -> None:
-    parts_file = ts_sized.DEFAULT_DATA_DIR / "total_mr_parts.json"
-    if not parts_file.is_file():
-        pytest.skip(f"{parts_file} not found")
-    plans, dataset = ts_sized.model_plans(which)
+def test_ts_sized_plans(which: str, name: str, outputs: int, spacing: list[float], total_mr_data_dir: Path) -> None:
+    parts_file = total_mr_data_dir / "total_mr_parts.json"
+    plans, dataset = ts_sized.model_plans(which, total_mr_data_dir)
     assert plans["dataset_name"] == name
     assert nf.num_segmentation_heads(dataset) == outputs == len(dataset["labels"])
     cfg = plans["configurations"]["3d_fullres"]
@@ -126,11 +124,9 @@ def test_ts_sized_plans(which: str, name: str, outputs: int, spacing: list[float
 
 
 @pytest.fixture(scope="module")
-def part2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not (ts_sized.DEFAULT_DATA_DIR / "total_mr_parts.json").is_file():
-        pytest.skip("shared total_mr_parts.json not found")
+def part2_folder(tmp_path_factory: pytest.TempPathFactory, total_mr_data_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("ts_sized")
-    folders = ts_sized.generate(out, which=("851",), seed=0)
+    folders = ts_sized.generate(out, which=("851",), seed=0, data_dir=total_mr_data_dir)
     return folders["851"]
 
 

@@ -32,7 +32,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.installer]
 
 ENABLED = os.environ.get("EDGESEG_BUILD_FROZEN") == "1" or os.environ.get("CI", "").lower() == "true"
 DEMO_BUNDLE = REPO / "edgeseg" / "demo" / "bundle"
-SHARED_MRI = REPO.parent / "shared" / "data" / "total_mr_example" / "example_mr_sm.nii.gz"
 PACKAGED_MRI = REPO / "edgeseg" / "demo" / "mri" / "example_mr_sm.nii.gz"
 EXE_NAME = "edgeseg.exe" if sys.platform == "win32" else "edgeseg"
 
@@ -50,10 +49,9 @@ class Frozen:
 
 
 def _mri() -> Path:
-    for path in (SHARED_MRI, PACKAGED_MRI):
-        if path.is_file():
-            return path
-    pytest.skip("the real MRI is not here (../shared/data/total_mr_example or edgeseg/demo/mri)")
+    """The real MRI: the packaged demo copy (committed; a missing one fails, it does not skip)."""
+    assert PACKAGED_MRI.is_file(), f"{PACKAGED_MRI} is missing: it is committed to the repository"
+    return PACKAGED_MRI
 
 
 def _clean_env() -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Fixtures for the read/write tests: the real MRI in ../shared and DICOM series written from it.
+"""Fixtures for the read/write tests: the real MRI (packaged copy), its reference labels (a committed test fixture)
+and DICOM series written from it.
 
 Pure helpers live in ``io_helpers.py`` (a unique module name, so it cannot clash with other conftest files).
 """
@@ -13,29 +14,17 @@ import pytest
 
 from io_helpers import geometry_variants
 
-REPO_ROOT = Path(__file__).parents[2]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "total_mr_example"
-MR_FILE = SHARED_DATA / "example_mr_sm.nii.gz"
-SEG_FILE = SHARED_DATA / "example_seg_mr.nii.gz"
-LABELS_FILE = SHARED_DATA / "total_mr_labels.json"
 
-
-def _need_shared() -> None:
-    if not (MR_FILE.exists() and SEG_FILE.exists() and LABELS_FILE.exists()):
-        pytest.skip(f"real test data not found at {SHARED_DATA} (../shared relative to the repository root)")
+@pytest.fixture(scope="session")
+def mr_path(real_mri: Path) -> Path:
+    """The real abdominal MRI: 117x91x20 int16 at 3 mm, axis codes L,P,S (tests/conftest.py's ``real_mri``)."""
+    return real_mri
 
 
 @pytest.fixture(scope="session")
-def mr_path() -> Path:
-    """The real abdominal MRI: 117x91x20 int16 at 3 mm, axis codes L,P,S."""
-    _need_shared()
-    return MR_FILE
-
-
-@pytest.fixture(scope="session")
-def seg_path() -> Path:
-    _need_shared()
-    return SEG_FILE
+def seg_path(real_labels: Path) -> Path:
+    """Its TotalSegmentator total_mr labels (tests/conftest.py's ``real_labels``)."""
+    return real_labels
 
 
 @pytest.fixture(scope="session")
@@ -56,9 +45,9 @@ def seg_array(seg_path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def labels() -> dict[int, str]:
-    _need_shared()
-    with open(LABELS_FILE, encoding="utf-8") as fh:
+def labels(real_mri: Path) -> dict[int, str]:
+    """The 50 total_mr structure names by label number (shipped beside the packaged MRI)."""
+    with open(real_mri.parent / "total_mr_labels.json", encoding="utf-8") as fh:
         return {int(k): v for k, v in json.load(fh).items()}
 
 

@@ -10,7 +10,6 @@ import pytest
 from watch_helpers import results, write_series
 
 from edgeseg.cli import main
-from edgeseg.runtime.watch.config import demo_bundle_path
 from edgeseg.runtime.watch.fake import ENV_VAR
 
 
@@ -84,8 +83,25 @@ def test_doctor_reports_each_check(config_file: Path, capsys) -> None:
     assert any(l.startswith("OK    roots[0]") for l in lines)
     assert any(l.startswith("OK    state_dir") for l in lines)
     assert any(l.startswith("FAIL  bundle") and "bundle.json" in l for l in lines)
-    assert any(l.startswith(("OK    openvino devices", "FAIL  openvino devices")) for l in lines)
+    # the configured default device is CPU, which every OpenVINO installation has
+    assert any(l.startswith("OK    openvino devices: available: ") and "CPU" in l and l.endswith("configured CPU")
+               for l in lines), out
     assert any(l.startswith("SKIP  time budget") for l in lines)
+
+
+def test_doctor_fails_the_device_check_when_the_device_is_absent(config_file: Path, monkeypatch, capsys) -> None:
+    import edgeseg.runtime.infer.engine as engine
+
+    config_file.write_text(config_file.read_text() + "device: GPU\n", encoding="utf-8")
+    monkeypatch.setattr(engine, "available_devices", lambda: ["CPU"])
+    assert main(["doctor", "--config", str(config_file)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert any(l.startswith("FAIL  openvino devices: configured device GPU is not available (available: CPU)")
+               for l in lines), lines
+    monkeypatch.setattr(engine, "available_devices", lambda: [])
+    assert main(["doctor", "--config", str(config_file)]) == 1
+    assert any(l.startswith("FAIL  openvino devices: OpenVINO finds no device")
+               for l in capsys.readouterr().out.splitlines())
 
 
 def test_doctor_on_a_broken_config_fails_first_line(tmp_path: Path, capsys) -> None:
@@ -106,8 +122,12 @@ def test_demo_with_the_fake_segmenter(monkeypatch, capsys) -> None:
     assert "removed on exit" in out
 
 
-def test_demo_without_the_bundle_says_so(monkeypatch, capsys) -> None:
-    if (demo_bundle_path() / "bundle.json").is_file():
-        pytest.skip("the demo bundle is in this build")
+def test_demo_without_the_bundle_says_so(monkeypatch, capsys, tmp_path: Path) -> None:
+    """A build without the packaged demo bundle (the bundle path is pointed at an empty folder)."""
+    import edgeseg.runtime.watch.config as watch_config
+
+    missing = tmp_path / "no_bundle"
+    monkeypatch.setattr(watch_config, "demo_bundle_path", lambda: missing)
     assert main(["demo"]) == 5
-    assert "demo bundle is not in this build" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "demo bundle is not in this build" in out and str(missing) in out

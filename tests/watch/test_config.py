@@ -125,13 +125,18 @@ def test_command_line_roots_and_null_budget(tmp_path: Path) -> None:
     assert cfg.roots == (tmp_path / "a",)
 
 
-def test_demo_keyword_means_the_packaged_bundle(tmp_path: Path) -> None:
-    cfg = load_config(_write(tmp_path, "roots: [../in]\nbundle: demo\nstate_dir: ../s\n"), env={},
-                      check_paths=False)
-    assert cfg.bundle == demo_bundle_path()
-    if not (demo_bundle_path() / "bundle.json").is_file():
-        with pytest.raises(ConfigError, match="'demo' means the packaged demo bundle, which is not in this build"):
-            load_config(_write(tmp_path, "roots: [../in]\nbundle: demo\nstate_dir: ../s\n"), env={})
+def test_demo_keyword_means_the_packaged_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeseg.runtime.watch.config as watch_config
+
+    text = "roots: [../in]\nbundle: demo\nstate_dir: ../s\n"
+    cfg = load_config(_write(tmp_path, text), env={})
+    assert cfg.bundle == demo_bundle_path() and (cfg.bundle / "bundle.json").is_file()
+    # a build without the demo bundle: the keyword still resolves, and checking the paths says what is missing
+    missing = tmp_path / "no_demo_bundle"
+    monkeypatch.setattr(watch_config, "demo_bundle_path", lambda: missing)
+    assert load_config(_write(tmp_path, text), env={}, check_paths=False).bundle == missing
+    with pytest.raises(ConfigError, match="'demo' means the packaged demo bundle, which is not in this build"):
+        load_config(_write(tmp_path, text), env={})
 
 
 def test_the_documented_example_file_is_valid_and_complete() -> None:
@@ -151,4 +156,7 @@ def test_segment_options_carry_the_settings(tmp_path: Path) -> None:
     assert (opts.device, opts.threads, opts.precision, opts.time_budget_s, opts.variant) == ("GPU", 3, "fp32", 50,
                                                                                           "fast")
     assert opts.outputs.dicom_seg is False and opts.outputs.preview is True
-    assert getattr(opts, "tile_step_size", 0.8) == 0.8
+    assert opts.tile_step_size == 0.8  # the planner's step override reaches the segmenter
+    assert opts.cache_dir == tmp_path / "state" / "model_cache"
+    default = cfg.segment_options()
+    assert default.variant is None and default.tile_step_size is None  # no plan: each part's own variant and step
