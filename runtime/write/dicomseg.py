@@ -15,11 +15,16 @@ classic series the frames are passed in k order together with the source instanc
 (``Volume.dicom_files``); for an enhanced multi-frame source whose every frame is in the volume they are put
 back in the file's frame order (``Volume.extra["frames"]``); otherwise explicit plane positions (from the
 affine, RAS -> LPS) are given to highdicom.
+
+Patient and study attributes are copied from the first source by highdicom; person names (VR PN) are sanitised
+first (:func:`_sanitise_person_names`), since a console may export a PatientName with a backslash (the DICOM value
+separator: pydicom then reads several values, which highdicom refuses) or with control characters.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any, Mapping
 
 import numpy as np
@@ -49,6 +54,39 @@ def _sources(volume: Volume) -> list[Any]:
                 f"readable ({type(err).__name__}: {err}). Keep the series folder unchanged until edgeseg is done."
             ) from err
     return datasets
+
+
+_PN_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\]+")
+
+
+def _clean_pn(value: Any) -> str:
+    return _PN_UNSAFE.sub(" ", str(value)).strip(" ")
+
+
+def _sanitise_person_names(dataset: Any) -> list[str]:
+    """In place, on the in-memory copy of a source: every top-level person name (VR PN) loses backslashes and
+    control characters (CR, LF, ESC, ...; each run becomes one space), and one whose dictionary VM is 1 but which
+    was read as several values (``DOE\\JOHN``) becomes one value (``DOE JOHN``). Returns the keywords changed.
+    Carets and "=" (the PN component separators) are kept."""
+    from pydicom.datadict import dictionary_VM
+    from pydicom.multival import MultiValue
+
+    changed = []
+    for elem in dataset:
+        if elem.VR != "PN" or elem.value is None or elem.value == "":
+            continue
+        try:
+            single = dictionary_VM(elem.tag) == "1"
+        except KeyError:  # a private or unknown tag
+            single = False
+        values = list(elem.value) if isinstance(elem.value, MultiValue) else [elem.value]
+        cleaned = [_clean_pn(v) for v in values]
+        if single and len(cleaned) > 1:
+            cleaned = [" ".join(v for v in cleaned if v)]
+        if cleaned != [str(v) for v in values]:
+            elem.value = cleaned[0] if len(cleaned) == 1 else cleaned
+            changed.append(elem.keyword or str(elem.tag))
+    return changed
 
 
 def _explicit_planes(volume: Volume) -> dict[str, Any]:
@@ -94,6 +132,11 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
     frames = lut[np.asarray(labelmap)].transpose(2, 1, 0)  # (K, Rows, Columns), segment numbers
 
     sources = _sources(volume)
+    changed = sorted({kw for ds in sources for kw in _sanitise_person_names(ds)})
+    if changed:
+        log.warning("DICOM-SEG for series %s: person name(s) %s held a backslash or control characters; the SEG "
+                    "carries them as one value with those characters replaced by spaces", volume.series_uid,
+                    ", ".join(changed))
     kwargs: dict[str, Any] = {}
     frame_refs = volume.extra.get("frames") or ()
     if len(sources) == 1 and volume.extra.get("multiframe"):
