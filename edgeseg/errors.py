@@ -69,3 +69,45 @@ class MissingDependencyError(EdgesegError, ImportError):
 
     kind = "missing_dependency"
     exit_code = 9
+
+
+class StateStoreError(EdgesegError):
+    """The watcher's state folder or job store is damaged, empty or gone (names the path and the exact fix)."""
+
+    kind = "state_store"
+    exit_code = 10
+
+
+class WatcherRunningError(EdgesegError):
+    """Another watcher holds the lock on the same state folder (names its pid and the folder)."""
+
+    kind = "watcher_running"
+    exit_code = 11
+
+
+class SeriesTooLargeError(InvalidSeriesError):
+    """A series' headers promise more voxels, frames or decompressed bytes than the configured limits allow."""
+
+    kind = "too_large"
+    exit_code = 12
+
+
+class TimeCeilingError(EdgesegError):
+    """A series cannot finish, or did not finish, within the hard time ceiling per series."""
+
+    kind = "time_ceiling"
+    exit_code = 13
+
+
+class SeriesInterruptedError(EdgesegError):
+    """Segmenting a series stopped the watcher process repeatedly (out-of-memory kill, crash, forced stop)."""
+
+    kind = "interrupted"
+    exit_code = 14
+
+
+class OutOfMemoryError(EdgesegError, MemoryError):
+    """The PC ran out of memory while segmenting a series."""
+
+    kind = "out_of_memory"
+    exit_code = 15

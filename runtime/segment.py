@@ -4,6 +4,7 @@ This is the one entry point the command line (``edgeseg segment``) and the watch
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import platform
@@ -49,6 +50,8 @@ class SegmentOptions:
     #: override the bundle's tile step (the planner may coarsen it to meet a budget)
     tile_step_size: float | None = None
     outputs: OutputOptions = field(default_factory=OutputOptions)
+    #: what the input's headers may promise (:class:`~edgeseg.runtime.read.limits.ReadLimits`; None: defaults)
+    limits: Any = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class SegmentResult:
     output_dir: Path
     files: dict[str, Path]
     manifest: dict[str, Any]
+    #: seconds per stage of this run (read, preprocess, compile, infer, postprocess, write), when known
+    timings: dict[str, float] | None = None
 
 
 ProgressCallback = Callable[[str, float], None]
@@ -229,7 +234,7 @@ def segment_series(source: Any, bundle: Bundle | Path | str, options: SegmentOpt
         bundle = load_bundle(bundle)
     timings = Timings()
     t0 = time.perf_counter()
-    volume = source if isinstance(source, Volume) else read_series(source)
+    volume = source if isinstance(source, Volume) else read_series(source, options.limits)
     timings.read = time.perf_counter() - t0
     log.info("segmenting series=%s shape=%s spacing=%s", volume.name, volume.shape,
              tuple(round(s, 3) for s in volume.spacing))
@@ -241,4 +246,4 @@ def segment_series(source: Any, bundle: Bundle | Path | str, options: SegmentOpt
     result = write_results(volume, labels, bundle.labels, options.outputs, manifest)
     timings.write = time.perf_counter() - t0
     log.info("done series=%s output=%s total_s=%.2f", volume.name, result.output_dir, timings.total)
-    return result
+    return dataclasses.replace(result, timings={k: round(v, 3) for k, v in asdict(timings).items()})

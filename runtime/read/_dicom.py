@@ -37,6 +37,7 @@ import numpy as np
 
 from edgeseg.errors import InvalidSeriesError
 from edgeseg.runtime.read._naming import dicom_series_name
+from edgeseg.runtime.read.limits import ReadLimits, check_frames, check_voxels
 from edgeseg.runtime.read.series_ref import SeriesRef
 from edgeseg.runtime.read.volume import Volume
 
@@ -428,13 +429,14 @@ def _decode_error(uid: str, path: Path, ds: Any, err: BaseException) -> InvalidS
     )
 
 
-def read_dicom_series(ref: SeriesRef) -> Volume:
+def read_dicom_series(ref: SeriesRef, limits: ReadLimits | None = None) -> Volume:
     """Read one DICOM series (a :class:`SeriesRef` from discovery) into a :class:`Volume`.
 
     See the module docstring for how frames are selected, ordered and checked. ``Volume.dicom_files`` holds the
     source instances in k order (one file for an enhanced multi-frame image); ``Volume.extra`` holds
     ``frames`` (per k: (path, frame index or None)), ``sop_instance_uids`` (per k), ``slice_spacing_mm``,
-    ``excluded`` (reason -> count) and a few identifying header values.
+    ``excluded`` (reason -> count) and a few identifying header values. ``limits``: the series' frames and voxels
+    (from the headers) must stay within them, checked before any pixel is decoded (:class:`SeriesTooLargeError`).
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -493,6 +495,8 @@ def read_dicom_series(ref: SeriesRef) -> Volume:
         excluded[f"other matrix/orientation ({group[0].rows}x{group[0].cols})"] += len(group)
         log.info("series %s: %d image(s) of another matrix or orientation (%dx%d) not stacked", uid, len(group),
                  group[0].rows, group[0].cols)
+    check_frames(len(kept), f"Series {uid} in {where}", limits)
+    check_voxels((kept[0].cols, kept[0].rows, len(kept)), f"Series {uid} in {where}", limits)
     ordered, affine = _stack_geometry(kept, uid, where)
 
     rows, cols = ordered[0].rows, ordered[0].cols

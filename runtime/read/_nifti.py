@@ -9,6 +9,7 @@ import numpy as np
 
 from edgeseg.errors import InvalidSeriesError
 from edgeseg.runtime.read._naming import nifti_name
+from edgeseg.runtime.read.limits import ReadLimits, check_nifti_file
 from edgeseg.runtime.read.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -60,17 +61,21 @@ def check_affine(affine: np.ndarray, path: Path) -> np.ndarray:
     return aff
 
 
-def read_nifti(path: Path) -> Volume:
+def read_nifti(path: Path, limits: ReadLimits | None = None) -> Volume:
     """Read a NIfTI file into a :class:`Volume`.
 
     Geometry: ``array`` is nibabel's data array, shape (I, J, K), float32 with scl_slope/scl_inter applied;
     ``affine`` is nibabel's ``img.affine`` (sform if its code is set, else qform, else pixdim), voxel -> RAS+ mm.
     A trailing singleton 4th dimension is dropped; a true 4-D image raises :class:`InvalidSeriesError`.
     The original header is kept in ``nifti_header`` (writers copy its qform/sform codes).
+    ``limits``: what the header may promise (voxels, unpacked bytes); checked on the header before any voxel is
+    read, and a gzip stream is unpacked at most that far (trailing data refused): :func:`check_nifti_file`.
     """
     import nibabel as nib
 
     path = Path(path)
+    if path.exists():
+        check_nifti_file(path, limits)
     try:
         img: Any = nib.load(str(path))
     except FileNotFoundError as err:

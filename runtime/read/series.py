@@ -16,6 +16,7 @@ from edgeseg.runtime.read._dicom import discover_dicom, read_dicom_series
 from edgeseg.runtime.read._nifti import is_nifti_path, read_nifti
 from edgeseg.runtime.read._parrec import is_parrec_path, par_of, read_parrec
 from edgeseg.runtime.read.paths import CandidateFilter
+from edgeseg.runtime.read.limits import ReadLimits
 from edgeseg.runtime.read.series_ref import SeriesRef
 from edgeseg.runtime.read.volume import Volume
 from edgeseg.typing import StrPath
@@ -94,12 +95,14 @@ def discover_series(path: StrPath, *, recursive: bool = True) -> list[SeriesRef]
     return refs
 
 
-def read_series(ref_or_path: SeriesRef | StrPath) -> Volume:
+def read_series(ref_or_path: SeriesRef | StrPath, limits: ReadLimits | None = None) -> Volume:
     """Read one series into a :class:`Volume` (array (I, J, K) float32, affine voxel -> RAS+ mm).
 
     ``ref_or_path`` is a :class:`SeriesRef` from :func:`discover_series`, or a path that holds exactly one
     series (a NIfTI/PAR file, an enhanced DICOM file, or a folder with one DICOM series). A path holding no
     series or several raises :class:`InvalidSeriesError` (listing the series UIDs to choose from).
+    ``limits`` bounds what headers may promise (default :class:`ReadLimits`); beyond it
+    :class:`~edgeseg.errors.SeriesTooLargeError` is raised before pixel data is read.
     """
     if isinstance(ref_or_path, SeriesRef):
         ref = ref_or_path
@@ -118,9 +121,9 @@ def read_series(ref_or_path: SeriesRef | StrPath) -> Volume:
             )
         ref = refs[0]
     if ref.kind == "nifti":
-        return read_nifti(ref.source)
+        return read_nifti(ref.source, limits)
     if ref.kind == "parrec":
         return read_parrec(ref.source)
     if ref.kind == "dicom":
-        return read_dicom_series(ref)
+        return read_dicom_series(ref, limits)
     raise InvalidSeriesError(f"{ref.source}: unknown series kind {ref.kind!r} (expected dicom, nifti or parrec).")

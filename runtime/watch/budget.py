@@ -4,6 +4,7 @@ Prediction, per plan (variant, tile step)::
 
     seconds = sum over parts (tiles x mirror evaluations x seconds per tile)
               + seconds_per_mvoxel x (input voxels + network-grid voxels of every part) / 1e6
+              + seconds_per_instance x DICOM instances          (reading them, and the DICOM-SEG frames written)
               + fixed_s
 
 * ``seconds per tile`` is measured on this machine (``measure(bundle, part, precision, device, threads)``,
@@ -14,7 +15,11 @@ Prediction, per plan (variant, tile step)::
   sliding window (:func:`edgeseg.runtime.infer.tiling.tile_count`). Cropping to the body is ignored, so
   predictions are upper bounds.
 * The per-voxel and fixed terms start from conservative guesses and are refined from real runs
-  (:meth:`LatencyTable.record_run`, an exponential moving average).
+  (:meth:`LatencyTable.record_run`, an exponential moving average). The per-instance read+write term starts at
+  :data:`DEFAULT_SECONDS_PER_INSTANCE` and is learnt the same way from the measured read and write stages of
+  DICOM runs (a series of 2000 tiny slices is dominated by reading files and writing the SEG, not by tiles).
+* ``ceiling_s`` (the hard time ceiling per series): a plan whose prediction exceeds it, even the fastest, comes
+  back with ``over_ceiling=True`` and the watcher refuses the series before starting it.
 
 Order of preference: lowest variant rank, then smallest tile step (the variant's own, then the coarser steps
 0.8 and 1.0). The first plan that fits wins; if none fits the fastest is returned with ``fits=False``.
@@ -42,6 +47,9 @@ COARSER_STEPS = (0.8, 1.0)
 #: guesses until a run on this machine has been measured
 DEFAULT_SECONDS_PER_MVOXEL = 1.5
 DEFAULT_FIXED_S = 3.0
+#: reading one DICOM instance and writing its share of the DICOM-SEG: 2000 slices of 64 x 64 took 49 s here, of
+#: which 5.6 s were tiles and per-voxel work, so about 0.02 s per instance
+DEFAULT_SECONDS_PER_INSTANCE = 0.02
 _EMA = 0.3
 
 MeasureFn = Callable[[Any, Any, str, str, "int | None"], float]
@@ -63,6 +71,8 @@ class Plan:
     reason: str
     tiles: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    #: predicted above the hard time ceiling even though it is the fastest plan: refuse instead of running it
+    over_ceiling: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,21 +138,36 @@ class LatencyTable:
             return DEFAULT_SECONDS_PER_MVOXEL, DEFAULT_FIXED_S
         return float(entry["seconds_per_mvoxel"]), float(entry.get("fixed_s", DEFAULT_FIXED_S))
 
+    def per_instance(self, bundle_id: str, device: str, threads: int | None) -> float:
+        """Seconds to read one DICOM instance and write its share of the results (learnt, else the default)."""
+        entry = self._overheads.get(self.overhead_key(bundle_id, device, threads)) or {}
+        return float(entry.get("seconds_per_instance", DEFAULT_SECONDS_PER_INSTANCE))
+
     def record_run(self, bundle_id: str, device: str, threads: int | None, mvoxels: float, tile_seconds: float,
-                   actual_s: float) -> None:
-        """Refine the overhead terms from a finished run: both are scaled so that, for a volume of this size,
-        they predict the observed time beyond the tiles (an exponential moving average of that scale)."""
+                   actual_s: float, instances: int = 0, read_write_s: float | None = None) -> None:
+        """Refine the overhead terms from a finished run. With ``instances`` and the measured read+write seconds,
+        the per-instance term moves towards ``read_write_s / instances`` (first run: all the way). Then the
+        per-voxel and fixed terms are scaled so that, for a volume of this size, they predict the observed time
+        beyond the tiles and the per-instance term (an exponential moving average of that scale)."""
         if mvoxels <= 0 or actual_s <= 0:
             return
         per, fixed = self.overhead(bundle_id, device, threads)
+        k = self.overhead_key(bundle_id, device, threads)
+        entry = self._overheads.get(k, {})
+        per_instance = self.per_instance(bundle_id, device, threads)
+        rw_runs = int(entry.get("read_write_runs", 0))
+        if instances > 0 and read_write_s is not None and read_write_s >= 0:
+            observed = read_write_s / instances
+            per_instance = observed if rw_runs == 0 else (1 - _EMA) * per_instance + _EMA * observed
+            rw_runs += 1
         predicted = fixed + per * mvoxels
-        residual = max(0.05, actual_s - tile_seconds)
+        residual = max(0.05, actual_s - tile_seconds - per_instance * instances)
         scale = residual / predicted if predicted > 0 else 1.0
         with self._lock:
-            k = self.overhead_key(bundle_id, device, threads)
-            runs = int(self._overheads.get(k, {}).get("runs", 0))
+            runs = int(entry.get("runs", 0))
             factor = scale if runs == 0 else (1 - _EMA) + _EMA * scale
-            self._overheads[k] = {"seconds_per_mvoxel": per * factor, "fixed_s": fixed * factor, "runs": runs + 1}
+            self._overheads[k] = {"seconds_per_mvoxel": per * factor, "fixed_s": fixed * factor, "runs": runs + 1,
+                                  "seconds_per_instance": per_instance, "read_write_runs": rw_runs}
             self._save()
 
     def get_or_measure(self, bundle: Any, part: Any, precision: str, device: str, threads: int | None,
@@ -218,8 +243,10 @@ LatencyFn = Callable[[Any], "float | None"]
 
 
 def predict(geometry: SeriesGeometry, variant: Any, step: float | None, latency: LatencyFn,
-            overhead: tuple[float, float]) -> tuple[float | None, int, dict[str, Any]]:
-    """(predicted seconds or None, total network evaluations, per-part details) of one plan."""
+            overhead: tuple[float, float], instances: int = 0,
+            per_instance: float = DEFAULT_SECONDS_PER_INSTANCE) -> tuple[float | None, int, dict[str, Any]]:
+    """(predicted seconds or None, total network evaluations, per-part details) of one plan. ``instances``: DICOM
+    files to read (0 for NIfTI/PAR, whose reading is per voxel)."""
     per_mvoxel, fixed = overhead
     total_tiles = 0
     tile_seconds = 0.0
@@ -240,9 +267,11 @@ def predict(geometry: SeriesGeometry, variant: Any, step: float | None, latency:
             tile_seconds += n * lat
     details["tile_seconds"] = tile_seconds
     details["mvoxels"] = voxels / 1e6
+    details["instances"] = int(instances)
+    details["read_write_s"] = per_instance * instances
     if unknown:
         return None, total_tiles, details
-    return tile_seconds + per_mvoxel * voxels / 1e6 + fixed, total_tiles, details
+    return tile_seconds + per_mvoxel * voxels / 1e6 + per_instance * instances + fixed, total_tiles, details
 
 
 def plan_series(
@@ -252,22 +281,32 @@ def plan_series(
     latency: LatencyFn,
     overhead: tuple[float, float] = (DEFAULT_SECONDS_PER_MVOXEL, DEFAULT_FIXED_S),
     coarser_steps: Iterable[float] = COARSER_STEPS,
+    instances: int = 0,
+    per_instance: float = DEFAULT_SECONDS_PER_INSTANCE,
+    ceiling_s: float | None = None,
 ) -> Plan:
-    """The most accurate plan predicted to fit ``budget_s``, else the fastest (``fits=False``).
+    """The most accurate plan predicted to fit ``budget_s``, else the fastest (``fits=False``; ``over_ceiling``
+    when even that is predicted above ``ceiling_s``). Without a budget but with a ceiling, the ceiling is the
+    budget (a plan that cannot finish within it would be cancelled anyway).
 
-    ``latency(part)`` returns seconds per tile for a part, or None when unknown.
+    ``latency(part)`` returns seconds per tile for a part, or None when unknown. ``instances``: DICOM files of
+    the series, each costing ``per_instance`` seconds of reading and writing.
     """
     variants = sorted(bundle.variants, key=lambda v: (v.rank, v.name))
     best = variants[0]
-    if budget_s is None:
+    if budget_s is None and ceiling_s is None:
         return Plan(best.name, None, None, True, "no time budget: the most accurate variant")
     if geometry is None:
         return Plan(best.name, None, None, False, "volume size unknown from the headers: the most accurate variant, "
                     "unplanned")
+    limit_name = "budget" if budget_s is not None else "time ceiling"
+    if budget_s is None:
+        budget_s = ceiling_s
+    assert budget_s is not None
     candidates: list[Plan] = []
     for variant in variants:
         for step in _candidate_steps(variant, coarser_steps):
-            seconds, tiles, details = predict(geometry, variant, step, latency, overhead)
+            seconds, tiles, details = predict(geometry, variant, step, latency, overhead, instances, per_instance)
             if seconds is None:
                 missing = [k for k, v in details.items() if isinstance(v, dict) and v.get("seconds_per_tile") is None]
                 return Plan(best.name, None, None, False,
@@ -285,9 +324,15 @@ def plan_series(
             candidates.append(plan)
     fastest = min(candidates, key=lambda p: (p.predicted_s or math.inf, p.tiles))
     what = "its own tile step" if fastest.tile_step_size is None else f"tile step {fastest.tile_step_size:g}"
-    return Plan(fastest.variant, fastest.tile_step_size, fastest.predicted_s, False,
-                f"no plan fits the {budget_s:.0f} s budget; running the fastest (variant {fastest.variant} with {what}, "
-                f"predicted {fastest.predicted_s:.0f} s)", fastest.tiles, fastest.details)
+    over = ceiling_s is not None and fastest.predicted_s is not None and fastest.predicted_s > ceiling_s
+    if over:
+        reason = (f"even the fastest plan (variant {fastest.variant} with {what}) is predicted at "
+                  f"{fastest.predicted_s:.0f} s, above the {ceiling_s:.0f} s time ceiling: refused")
+    else:
+        reason = (f"no plan fits the {budget_s:.0f} s {limit_name}; running the fastest (variant {fastest.variant} "
+                  f"with {what}, predicted {fastest.predicted_s:.0f} s)")
+    return Plan(fastest.variant, fastest.tile_step_size, fastest.predicted_s, False, reason, fastest.tiles,
+                fastest.details, over_ceiling=over)
 
 
 class Planner:
@@ -313,15 +358,18 @@ class Planner:
             self.measure = None
             return None
 
-    def plan(self, geometry: SeriesGeometry | None, budget_s: float | None) -> Plan:
+    def plan(self, geometry: SeriesGeometry | None, budget_s: float | None, instances: int = 0,
+             ceiling_s: float | None = None) -> Plan:
         return plan_series(self.bundle, geometry, budget_s, self.latency,
-                           self.table.overhead(self.bundle_id, self.device, self.threads), self.coarser_steps)
+                           self.table.overhead(self.bundle_id, self.device, self.threads), self.coarser_steps,
+                           instances, self.table.per_instance(self.bundle_id, self.device, self.threads), ceiling_s)
 
-    def record(self, plan: Plan, actual_s: float) -> None:
-        """Refine the overhead term from a finished run that followed ``plan``."""
+    def record(self, plan: Plan, actual_s: float, read_write_s: float | None = None) -> None:
+        """Refine the overhead terms from a finished run that followed ``plan`` (``read_write_s``: the measured
+        read and write stages, when the segmenter reports them)."""
         tile_seconds = plan.details.get("tile_seconds")
         mvoxels = plan.details.get("mvoxels")
         if plan.predicted_s is None or tile_seconds is None or not mvoxels:
             return
         self.table.record_run(self.bundle_id, self.device, self.threads, float(mvoxels), float(tile_seconds),
-                              actual_s)
+                              actual_s, int(plan.details.get("instances", 0) or 0), read_write_s)

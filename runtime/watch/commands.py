@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import shutil
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -122,9 +123,32 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
+def _liveness(state_dir: Path, beat: dict[str, Any], now: float) -> str:
+    """The watcher's state from the state folder's lock (held only by a live process: a ``kill -9`` frees it at
+    once), then the heartbeat file; the pid is checked when there is no lock file (a watcher before the lock)."""
+    from edgeseg.runtime.watch.lock import lock_is_held, pid_alive, recorded_pid
+
+    held = lock_is_held(state_dir)
+    pid = recorded_pid(state_dir) if held else beat.get("pid")
+    if held is None and beat and not beat.get("stopped") and isinstance(beat.get("pid"), int):
+        held = pid_alive(int(beat["pid"]))
+    last = f"last heartbeat {_age(now - beat['heartbeat_at'])} ago" if beat.get("heartbeat_at") else "no heartbeat"
+    if held:
+        if beat and now - beat.get("heartbeat_at", 0) <= 30 and not beat.get("stopped"):
+            return f"running (pid {pid}, up {_age(now - beat.get('started_at', now))})"
+        return f"NOT RESPONDING (pid {pid} holds the state folder, {last})"
+    if not beat:
+        return "not running (no heartbeat file)"
+    if beat.get("stopped"):
+        return f"stopped {_age(now - beat.get('heartbeat_at', now))} ago"
+    return (f"NOT RUNNING: pid {beat.get('pid')} ended without stopping cleanly (killed or crashed; {last}); "
+            "start it again, interrupted series then run again")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    from edgeseg.errors import EdgesegError, StateStoreError
     from edgeseg.runtime.watch.config import load_config
-    from edgeseg.runtime.watch.store import JobStore
+    from edgeseg.runtime.watch.store import JobStore, is_damage, store_damaged
 
     config = load_config(args.config, {"state_dir": args.state_dir}, check_paths=False)
     beat_path = config.state_dir / "watcher.json"
@@ -135,28 +159,34 @@ def cmd_status(args: argparse.Namespace) -> int:
         except (OSError, ValueError):
             beat = {}
     if not config.store_path.is_file():
-        print(f"No job store at {config.store_path}: the watcher has not run with this state folder yet.")
+        print(f"No job store at {config.store_path}: the watcher has not run with this state folder yet (or the "
+              "folder was deleted or moved).")
         return 1
-    with JobStore(config.store_path, readonly=True) as store:
-        counts = store.counts()
-        rows = store.rows(limit=args.limit)
+    try:
+        with JobStore(config.store_path, readonly=True) as store:
+            try:
+                counts = store.counts()
+                rows = store.rows(limit=args.limit)
+            except sqlite3.DatabaseError as err:
+                if not is_damage(err):
+                    raise
+                raise store_damaged(config.store_path, f"SQLite says: {err}") from err
+    except StateStoreError as err:
+        print(str(err))
+        return err.exit_code
+    except (EdgesegError, sqlite3.Error) as err:
+        print(f"Job store {config.store_path} cannot be read: {err}")
+        return getattr(err, "exit_code", 1)
     now = time.time()
+    state = _liveness(config.state_dir, beat, now)
     if args.json:
-        print(json.dumps({"watcher": beat, "counts": counts, "recent": [r.__dict__ for r in rows]}, indent=2,
-                         default=str))
+        print(json.dumps({"watcher": beat, "state": state, "counts": counts, "recent": [r.__dict__ for r in rows]},
+                         indent=2, default=str))
         return 0
-    if not beat:
-        state = "unknown (no heartbeat file)"
-    elif beat.get("stopped"):
-        state = f"stopped {_age(now - beat.get('heartbeat_at', now))} ago"
-    elif now - beat.get("heartbeat_at", 0) > 30:
-        state = f"NOT RESPONDING (pid {beat.get('pid')}, last heartbeat {_age(now - beat['heartbeat_at'])} ago)"
-    else:
-        state = f"running (pid {beat.get('pid')}, up {_age(now - beat.get('started_at', now))})"
     print(f"watcher: {state}")
     print(f"store:   {config.store_path}")
     print("series:  " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    if beat and not beat.get("stopped"):
+    if beat and not beat.get("stopped") and state.startswith(("running", "NOT RESPONDING")):
         running = beat.get("running") or []
         print(f"running: {', '.join(running) if running else '-'}; queued: {beat.get('queued', 0)}")
         waiting = beat.get("open_series") or []

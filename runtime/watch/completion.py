@@ -24,7 +24,6 @@ Single-threaded by design: only the scheduler thread calls it. Time comes from a
 """
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import time
@@ -207,19 +206,22 @@ def check_image_file(path: Path, kind: str) -> tuple[str | None, SeriesGeometry 
     try:
         import nibabel as nib
 
-        img: Any = nib.load(str(path))
+        from edgeseg.runtime.read.limits import quick_gzip_problem, read_nifti_header
+
+        # NIfTI: the header only, and the gzip stream only when it promises little (bounded work on this thread,
+        # whatever the file holds); the worker checks the limits and larger streams
+        img: Any = read_nifti_header(path) if kind == NIFTI else nib.load(str(path))
         shape = tuple(int(s) for s in img.shape)
         if len(shape) < 3:
             return f"{path.name} is a {len(shape)}-D image; a 3-D volume is needed", None
-        if kind == NIFTI:
-            if path.name.lower().endswith(".gz"):
-                with gzip.open(path, "rb") as fh:  # a truncated stream raises EOFError at its end
-                    while fh.read(1 << 20):
-                        pass
-            else:
-                need = int(img.header.get_data_offset()) + int(np.prod(shape)) * img.get_data_dtype().itemsize
-                if os.path.getsize(path) < need:
-                    return f"{path.name} is shorter than its header says ({os.path.getsize(path)} < {need} bytes)", None
+        if kind == NIFTI and path.name.lower().endswith(".gz"):
+            problem = quick_gzip_problem(path, img)
+            if problem:
+                return f"{path.name} does not open as NIfTI ({problem})", None
+        elif kind == NIFTI:
+            need = int(img.header.get_data_offset()) + int(np.prod(shape)) * img.get_data_dtype().itemsize
+            if os.path.getsize(path) < need:
+                return f"{path.name} is shorter than its header says ({os.path.getsize(path)} < {need} bytes)", None
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
         affine = np.asarray(img.affine)
         geom = SeriesGeometry((shape[0], shape[1], shape[2]), (zooms[0], zooms[1], zooms[2]),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edgeseg.errors import ConfigError
+from edgeseg.runtime.read.limits import ReadLimits
 from edgeseg.runtime.segment import OutputOptions
 
 #: ``bundle: demo`` resolves to this folder inside the installed package
@@ -60,7 +61,11 @@ class WatchConfig:
     threads: int | None = None
     precision: str = "auto"
     time_budget_s: float | None = 120.0
+    #: hard limit per series: refused up front when even the fastest plan cannot fit, cancelled when run past it
+    time_ceiling_s: float | None = 900.0
     outputs: OutputOptions = field(default_factory=OutputOptions)
+    #: what a series' headers may promise (voxels, decompressed bytes, frames); beyond: refused, not retried
+    limits: ReadLimits = field(default_factory=ReadLimits)
     state_dir: Path = Path.home() / ".edgeseg" / "watch"
     log_dir: Path = Path.home() / ".edgeseg" / "watch" / "logs"
     max_concurrent_series: int = 1
@@ -93,7 +98,7 @@ class WatchConfig:
 
         return SegmentOptions(device=self.device, precision=self.precision, variant=variant, threads=self.threads,
                               cache_dir=self.state_dir / "model_cache", time_budget_s=self.time_budget_s,
-                              tile_step_size=tile_step_size, outputs=self.outputs)
+                              tile_step_size=tile_step_size, outputs=self.outputs, limits=self.limits)
 
 
 def demo_bundle_path() -> Path:
@@ -135,6 +140,15 @@ _KEYS: tuple[_Key, ...] = (
     _Key("precision", "enum", "auto", "model precision", choices=PRECISIONS),
     _Key("time_budget_s", "float", 120.0, "seconds one series may take (null: always most accurate)",
          minimum=0.0, exclusive_minimum=True, nullable=True),
+    _Key("time_ceiling_s", "float", 900.0, "hard limit of seconds per series: refused when even the fastest plan "
+         "is predicted to exceed it, cancelled when it runs past it (default 900, or 3 x time_budget_s when "
+         "larger; null: none)", minimum=0.0,
+         exclusive_minimum=True, nullable=True),
+    _Key("limits.max_voxels", "int", ReadLimits.max_voxels, "voxels a series may hold", minimum=1),
+    _Key("limits.max_decompressed_mb", "float", ReadLimits.max_decompressed_mb,
+         "MB of image data a (compressed) file may unpack to", minimum=0.0, exclusive_minimum=True),
+    _Key("limits.max_frames", "int", ReadLimits.max_frames, "images (slices, frames) a DICOM series may hold",
+         minimum=1),
     _Key("outputs.per_structure", "bool", False, "one NIfTI mask per structure"),
     _Key("outputs.dicom_seg", "bool", True, "a DICOM-SEG object (DICOM input only)"),
     _Key("outputs.statistics", "bool", True, "volume and intensity per structure (JSON, CSV)"),
@@ -411,6 +425,14 @@ def load_config(
             problems.add("default", "bundle", f"'demo' means the packaged demo bundle, which is not in this build "
                          f"({demo} has no bundle.json)", "set bundle: to an exported bundle folder")
         values["bundle"] = demo
+    if "time_ceiling_s" not in layers and values["time_budget_s"] is not None:  # the default follows the budget
+        values["time_ceiling_s"] = max(KEYS["time_ceiling_s"].default, 3 * values["time_budget_s"])
+    if (values["time_ceiling_s"] is not None and values["time_budget_s"] is not None
+            and values["time_ceiling_s"] < values["time_budget_s"]):
+        origin = layers.get("time_ceiling_s")
+        problems.add(origin.where if origin else "default", "time_ceiling_s",
+                     f"{values['time_ceiling_s']:g} s is below time_budget_s ({values['time_budget_s']:g} s)",
+                     "set time_ceiling_s to at least time_budget_s (or null for no ceiling)")
     if not values["roots"]:
         problems.add(str(source) if source else "command line", "roots", "no folder to watch",
                      "list at least one folder under roots: in the file, or pass --root DIR")
@@ -433,6 +455,12 @@ def load_config(
         threads=values["threads"],
         precision=values["precision"],
         time_budget_s=values["time_budget_s"],
+        time_ceiling_s=values["time_ceiling_s"],
+        limits=ReadLimits(
+            max_voxels=values["limits.max_voxels"],
+            max_decompressed_mb=values["limits.max_decompressed_mb"],
+            max_frames=values["limits.max_frames"],
+        ),
         outputs=OutputOptions(
             per_structure=values["outputs.per_structure"],
             dicom_seg=values["outputs.dicom_seg"],

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeseg.errors import InvalidSeriesError
-from edgeseg.runtime.watch.jobs import DICOM, SeriesJob, fingerprint, stamp_files
+from edgeseg.runtime.watch.jobs import DICOM, NIFTI, SeriesJob, fingerprint, stamp_files
 from edgeseg.runtime.write.atomic import ResultFolder
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,13 @@ def _check_dicom(job: SeriesJob) -> None:
                 "a slice is missing or duplicated. Re-send the complete series.")
 
 
-def _check_nifti(job: SeriesJob) -> None:
+def _check_nifti(job: SeriesJob, limits: Any = None) -> None:
     import nibabel as nib
 
+    from edgeseg.runtime.read.limits import check_nifti_file
+
+    if job.kind == NIFTI:
+        check_nifti_file(job.source, limits)  # the reader's own bounds: header promises, gzip stream, trailing data
     try:
         img: Any = nib.load(str(job.source))
         np.asarray(img.dataobj[..., 0] if len(img.shape) > 3 else img.dataobj)
@@ -83,7 +87,7 @@ def fake_segment(source: SeriesJob, bundle: Any, options: Any, progress: Callabl
     if job.kind == DICOM:
         _check_dicom(job)
     else:
-        _check_nifti(job)
+        _check_nifti(job, getattr(options, "limits", None))
     if delay_s:
         steps = max(1, int(delay_s / 0.05))
         for i in range(steps):

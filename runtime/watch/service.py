@@ -37,12 +37,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeseg.errors import (
-    BundleError, ConfigError, EdgesegError, InferenceError, InvalidSeriesError, MissingDependencyError, OutputError,
+    BundleError, ConfigError, EdgesegError, InferenceError, InvalidSeriesError, MissingDependencyError,
+    OutOfMemoryError, OutputError, SeriesInterruptedError, SeriesTooLargeError, StateStoreError, TimeCeilingError,
 )
 from edgeseg.runtime.watch.budget import LatencyTable, MeasureFn, Plan, Planner
 from edgeseg.runtime.watch.completion import CompletionTracker
 from edgeseg.runtime.watch.config import WatchConfig
-from edgeseg.runtime.watch.jobs import DICOM, INVALID, SeriesJob
+from edgeseg.runtime.watch.jobs import DICOM, INVALID, NIFTI, PARREC, SeriesJob
+from edgeseg.runtime.watch.lock import StateLock
 from edgeseg.runtime.watch.observer import EnqueueHandler, PathFilter, start_observer
 from edgeseg.runtime.watch.store import JobStore
 from edgeseg.runtime.write.atomic import clear_error_file, write_error_file
@@ -55,7 +57,13 @@ Segmenter = Callable[[SeriesJob, Any, Any, "ProgressCallback | None", "dict[str,
 
 
 class JobCancelled(Exception):
-    """Raised from the progress callback to cancel a running series at a stop request."""
+    """Raised from the progress callback to cancel a running series at a stop request, or (``ceiling_s`` set) when
+    it ran past the hard time ceiling per series."""
+
+    def __init__(self, key: str, ceiling_s: float | None = None, elapsed_s: float | None = None) -> None:
+        super().__init__(key)
+        self.ceiling_s = ceiling_s
+        self.elapsed_s = elapsed_s
 
 
 @dataclass(frozen=True)
@@ -103,10 +111,27 @@ def _remove_stale_temporaries(job: SeriesJob) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    """(device, inode) of a file or folder: a folder deleted and created again has another identity."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def _what_to_do(err: BaseException, config: WatchConfig, job: SeriesJob) -> str:
+    if isinstance(err, SeriesTooLargeError):
+        return ("This series is larger than the limits: in watch_config.yaml allow for it (limits.max_voxels, "
+                "limits.max_decompressed_mb, limits.max_frames) only if it is a genuine image this PC has the "
+                "memory for; otherwise check the export on the scanner console.")
+    if isinstance(err, TimeCeilingError):
+        return ("This series cannot be segmented within time_ceiling_s on this PC. Raise time_ceiling_s in "
+                "watch_config.yaml if a longer wait is acceptable, or segment it by hand with `edgeseg segment`.")
     if isinstance(err, InvalidSeriesError):
         return ("This series cannot be segmented as it is. Check it on the scanner console (one complete 3-D "
-                "series) and send it again; the watcher tries again by itself when the files change.")
+                "series) and send it again.")
+    if isinstance(err, OutOfMemoryError):
+        return ("This PC ran out of memory segmenting the series: close other programs, set "
+                "max_concurrent_series: 1 (and a smaller time_budget_s, which picks a lighter plan) in "
+                "watch_config.yaml.")
     if isinstance(err, BundleError):
         return "The model bundle is damaged or incomplete: run `edgeseg doctor` and copy the bundle again."
     if isinstance(err, InferenceError):
@@ -172,6 +197,10 @@ class Watcher:
         self.stats: Counter[str] = Counter()
         #: set when the scheduler or a worker loop died (a bug): ``run`` then returns 1
         self.crashed = False
+        #: set when the watcher stopped itself because it cannot go on (state folder deleted): ``run`` raises it
+        self.fatal: EdgesegError | None = None
+        self._state_lock = StateLock(config.state_dir)
+        self._state_ids: dict[Path, tuple[int, int]] = {}
 
     # --------------------------------------------------------------------------------------------- lifecycle
 
@@ -182,11 +211,23 @@ class Watcher:
         """
         if self._threads:
             raise RuntimeError("watcher already started")
+        self._state_lock.acquire()  # before the store is opened or reconciled: one watcher per state folder
+        try:
+            self._start()
+        except BaseException:
+            if self.store is not None and not self._threads:
+                self.store.close()
+            if not self._threads:
+                self._state_lock.release()
+            raise
+
+    def _start(self) -> None:
         cfg = self.config
         self._resolve_segmenter()
         self.store = JobStore(cfg.store_path)
+        self._state_ids = {p: _identity(p) for p in (cfg.state_dir, cfg.store_path)}
         for row in self.store.reconcile(cfg.max_attempts):
-            self._write_error(row.folder_path, row.name, InvalidSeriesError(row.last_error or "interrupted"),
+            self._write_error(row.folder_path, row.name, SeriesInterruptedError(row.last_error or "interrupted"),
                               "Segmenting this series stopped the watcher repeatedly (crash or out-of-memory kill). "
                               "Check the series; re-copy it to try again, or segment it by hand with `edgeseg "
                               "segment` to see the error.")
@@ -197,7 +238,6 @@ class Watcher:
             try:
                 self._observer = start_observer(cfg.observer, cfg.polling_interval_s, cfg.roots, handler)
             except OSError as err:  # e.g. the inotify watch limit on a large tree
-                self.store.close()
                 raise ConfigError(
                     f"Cannot watch {', '.join(map(str, cfg.roots))} with {cfg.observer.value} events ({err}). Fix: "
                     "set observer: polling in watch_config.yaml (or raise the system's file-watch limit).") from err
@@ -246,6 +286,8 @@ class Watcher:
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=10)
+        if not self._threads:  # never started, or refused at start: nothing of ours to record or release
+            return True
         deadline = time.monotonic() + grace
         for t in self._threads:
             while t.is_alive() and time.monotonic() < deadline and not self._cancel.is_set():
@@ -263,10 +305,12 @@ class Watcher:
         if alive:
             log.warning("abandoning %d running series; they stay 'running' in the store and run again at the next "
                         "start: %s", len(alive), ", ".join(self._running))
-        else:
-            self._write_heartbeat(stopped=True)
+        elif self._state_lock.held:  # a second stop() finds the lock released: another watcher may own it now
+            if self.fatal is None:
+                self._write_heartbeat(stopped=True)
             if self.store is not None:
                 self.store.close()
+            self._state_lock.release()  # kept while an abandoned series may still run in this process
         log.info("watcher stopped: done=%d failed=%d skipped=%d", self.stats["done"], self.stats["failed"],
                  self.stats["skipped"])
         return not alive
@@ -274,7 +318,8 @@ class Watcher:
     def run(self) -> int:
         """Start, block until SIGTERM/SIGINT (or, with ``once``, until everything present is processed), stop.
 
-        Returns 0; 1 when ``once`` and a series failed in this run, or when a watcher thread crashed.
+        Returns 0; 1 when ``once`` and a series failed in this run, or when a watcher thread crashed. Raises the
+        error that made the watcher stop itself (:attr:`fatal`, e.g. its state folder was deleted).
         """
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():  # before any thread runs a series
@@ -292,6 +337,8 @@ class Watcher:
             self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        if self.fatal is not None:
+            raise self.fatal
         return 1 if self.crashed or (self.once and self.stats["failed"]) else 0
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -495,8 +542,38 @@ class Watcher:
         elif self._idle_since is None:
             self._idle_since = now
 
+    def _state_problem(self) -> StateStoreError | None:
+        """None while the state folder and the job store opened at start are still there (same identity)."""
+        cfg = self.config
+        for path, ident in self._state_ids.items():
+            try:
+                same = _identity(path) == ident
+            except FileNotFoundError:
+                same = False
+            except OSError:
+                continue  # e.g. a share that does not answer now: not proof that it is gone
+            if not same:
+                return StateStoreError(
+                    f"The state folder {cfg.state_dir} (job store {cfg.store_path}) was deleted or replaced while the "
+                    "watcher ran; the watcher stopped, because without it it no longer knows which series are done "
+                    "and would write into deleted files. Fix: restore the state folder (move it back from where it "
+                    "went, or from a backup) and start the watcher again. Starting with an empty state folder "
+                    "instead re-segments every series under the roots.")
+        return None
+
     def _write_heartbeat(self, stopped: bool = False) -> None:
-        """``<state_dir>/watcher.json``: pid, liveness and the open series, for ``edgeseg status``."""
+        """``<state_dir>/watcher.json``: pid, liveness and the open series, for ``edgeseg status``. Before a live
+        beat, checks that the state folder and job store are still the ones opened at start; if not, stops the
+        watcher with :attr:`fatal` set."""
+        if self.fatal is not None:
+            return
+        if not stopped and self._state_ids:
+            problem = self._state_problem()
+            if problem is not None:
+                self.fatal = problem
+                log.error("%s", problem)
+                self._stop.set()
+                return
         with self._lock:
             running = sorted(self._running)
         try:
@@ -537,12 +614,33 @@ class Watcher:
             finally:
                 self._finished.put((job, outcome))
 
-    def _progress(self, job: SeriesJob) -> ProgressCallback:
+    def _progress(self, job: SeriesJob, started: float | None = None) -> ProgressCallback:
+        ceiling = self.config.time_ceiling_s
+        t0 = time.monotonic() if started is None else started
+
         def progress(stage: str, fraction: float) -> None:
             log.debug("progress: key=%s stage=%s fraction=%.2f", job.key, stage, fraction)
             if self._cancel.is_set():
                 raise JobCancelled(job.key)
+            elapsed = time.monotonic() - t0
+            if ceiling is not None and elapsed > ceiling:
+                raise JobCancelled(job.key, ceiling, elapsed)
         return progress
+
+    def _check_limits(self, job: SeriesJob) -> None:
+        """Refuse (:class:`SeriesTooLargeError`) a series whose headers promise more than ``limits`` allow; header
+        work only (the reader bounds the decompression itself)."""
+        from edgeseg.runtime.read.limits import check_frames, check_nifti_header, check_voxels
+
+        limits = self.config.limits
+        if job.kind == NIFTI:
+            check_nifti_header(Path(job.key), limits)
+            return
+        what = f"Series {job.series_uid}" if job.kind == DICOM else str(job.key)
+        if job.kind == DICOM:
+            check_frames(len(job.image_files or job.files), what, limits)
+        if job.geometry is not None and job.kind in (DICOM, PARREC):
+            check_voxels(tuple(job.geometry.shape), what, limits)
 
     def _run(self, job: SeriesJob) -> str:
         assert self.store is not None
@@ -555,11 +653,21 @@ class Watcher:
             log.info("series skipped: key=%s reason=%s", job.key, job.skip)
             return "skipped"
         plan = None
-        if job.problem is None and self.planner is not None and job.kind != INVALID:
-            plan = self.planner.plan(job.geometry, cfg.time_budget_s)
+        refused: EdgesegError | None = None
+        if job.problem is None and job.kind != INVALID:
+            try:
+                self._check_limits(job)
+            except InvalidSeriesError as err:  # SeriesTooLargeError, or a header that no longer reads
+                refused = err
+        if refused is None and job.problem is None and self.planner is not None and job.kind != INVALID:
+            instances = len(job.image_files or job.files) if job.kind == DICOM else 0
+            plan = self.planner.plan(job.geometry, cfg.time_budget_s, instances=instances,
+                                     ceiling_s=cfg.time_ceiling_s)
             log.info("plan: key=%s variant=%s tile_step=%s predicted_s=%s fits=%s reason=%s", job.key, plan.variant,
                      plan.tile_step_size, None if plan.predicted_s is None else round(plan.predicted_s, 1), plan.fits,
                      plan.reason)
+            if plan.over_ceiling:
+                refused = TimeCeilingError(f"{job.name}: {plan.reason} (not started).")
         _remove_stale_temporaries(job)
         attempt = self.store.mark_running(job.key, plan.to_dict() if plan else None, cfg.time_budget_s,
                                           plan.predicted_s if plan else None)
@@ -570,13 +678,27 @@ class Watcher:
         try:
             if job.problem is not None:
                 raise InvalidSeriesError(f"{job.problem}.")
+            if refused is not None:
+                raise refused
             options = cfg.segment_options(plan.variant if plan else None, plan.tile_step_size if plan else None)
             result = self._segmenter(job, self._bundle, options, self._progress(job),  # type: ignore[misc]
                                      plan.to_dict() if plan else None)
-        except JobCancelled:
+        except JobCancelled as cancelled:
+            if cancelled.ceiling_s is not None:
+                seconds = time.perf_counter() - t0
+                err = TimeCeilingError(
+                    f"{job.name}: cancelled after {cancelled.elapsed_s:.0f} s, past the time ceiling of "
+                    f"{cancelled.ceiling_s:g} s per series"
+                    + (f" (predicted {plan.predicted_s:.0f} s)." if plan and plan.predicted_s is not None else "."))
+                return self._fail(job, err, attempt, seconds, plan)
             self.store.mark_cancelled(job.key)
             log.info("series cancelled by stop request; it runs again at the next start: key=%s", job.key)
             return "cancelled"
+        except MemoryError as err:
+            seconds = time.perf_counter() - t0
+            oom = err if isinstance(err, OutOfMemoryError) else OutOfMemoryError(
+                f"{job.name}: out of memory while segmenting ({type(err).__name__}: {err or 'no details'}).")
+            return self._fail(job, oom, attempt, seconds, plan)
         except Exception as err:  # noqa: BLE001 - every failure is recorded, none stops the watcher
             seconds = time.perf_counter() - t0
             return self._fail(job, err, attempt, seconds, plan)
@@ -592,7 +714,10 @@ class Watcher:
         except (OSError, EdgesegError) as err:
             log.warning("old error file not removed: key=%s error=%s", job.key, err)
         if plan is not None and self.planner is not None:
-            self.planner.record(plan, seconds)
+            stages = getattr(result, "timings", None) or {}
+            read_write = (float(stages["read"]) + float(stages["write"])
+                          if "read" in stages and "write" in stages else None)
+            self.planner.record(plan, seconds, read_write_s=read_write)
         self.results[job.key] = result
         self.stats["done"] += 1
         self.history.append(JobRecord(job.key, job.name, True, seconds, output, None, plan, cfg.time_budget_s))
@@ -604,7 +729,7 @@ class Watcher:
         assert self.store is not None
         cfg = self.config
         # bad input fails the same way every time: no retry until the files change
-        deterministic = job.problem is not None or isinstance(err, InvalidSeriesError)
+        deterministic = job.problem is not None or isinstance(err, (InvalidSeriesError, TimeCeilingError))
         kind = err.kind if isinstance(err, EdgesegError) else "internal"
         if isinstance(err, EdgesegError):
             log.error("series failed: key=%s kind=%s attempt=%d/%d error=%s", job.key, kind, attempt,

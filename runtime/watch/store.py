@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from edgeseg.errors import ConfigError
+from edgeseg.errors import ConfigError, StateStoreError
 from edgeseg.runtime.read.paths import from_fs_text, fs_text, printable
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,81 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_updated ON jobs(updated_at);
 """
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def move_aside_command(path: Path, windows: bool | None = None) -> str:
+    """The exact shell command that moves a damaged job store (and its -wal/-shm files) aside."""
+    windows = sys.platform == "win32" if windows is None else windows
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    files = [path] + [p for p in (Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
+    verb, join = ("move", " & ") if windows else ("mv", " && ")
+    return join.join(f'{verb} "{p}" "{p}.damaged-{stamp}"' for p in files)
+
+
+def store_damaged(path: Path, why: str) -> StateStoreError:
+    """The error for a job store that is not a usable SQLite database: what is wrong and the exact fix."""
+    return StateStoreError(
+        f"Job store {path} is damaged: {why}. The watcher does not start on it: an empty store would silently "
+        "segment every series under the roots again. Fix: stop every watcher on this state folder, move the damaged "
+        f"store aside with\n    {move_aside_command(path)}\nand start the watcher again; it then starts a new store "
+        "and re-checks (and re-segments) every series under the roots. Keep the moved file for a bug report.")
+
+
+def check_store_file(path: Path) -> None:
+    """Refuse an existing store file that is empty (0 bytes) or not an SQLite database (SQLite itself would treat
+    an empty file as a new, empty store). A missing file is fine: it is created."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        raise store_damaged(path, "it is a folder, not a file") from None
+    except OSError:
+        return  # unreadable: sqlite reports it with its own words
+    if not head:
+        raise store_damaged(path, "the file is empty (0 bytes)")
+    if head != _SQLITE_MAGIC:
+        raise store_damaged(path, "the file is not an SQLite database (its first bytes are not 'SQLite format 3')")
+
+
+def _create_store(path: Path) -> None:
+    """Create an empty store (WAL journal, schema) under a hidden name and rename it into place, so that the store
+    file is never seen empty: an empty (0-byte) store file always means damage (:func:`check_store_file`)."""
+    tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{threading.get_ident()}")
+    for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+        leftover.unlink(missing_ok=True)
+    db = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    finally:
+        db.close()  # the last connection checkpoints and removes the -wal file
+    try:
+        os.link(tmp, path)  # never replaces a store another process created meanwhile
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links on this file system
+        if not path.exists():
+            os.replace(tmp, path)
+    tmp.unlink(missing_ok=True)
+
+
+def is_damage(err: sqlite3.Error) -> bool:
+    """True for SQLite errors that mean a damaged file (not a database, malformed), not a busy or missing one."""
+    name = getattr(err, "sqlite_errorname", "")
+    if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+        return True
+    text = str(err).lower()
+    return "not a database" in text or "malformed" in text
 
 
 @dataclass(frozen=True)
@@ -128,12 +205,15 @@ class JobStore:
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
+        check_store_file(self.path)
         try:
             if readonly:
                 self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
                                            timeout=10)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                if not self.path.exists():
+                    _create_store(self.path)
                 self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
                 self._db.row_factory = sqlite3.Row
                 self._db.execute("PRAGMA journal_mode=WAL")
@@ -151,6 +231,8 @@ class JobStore:
                             f"{SCHEMA_VERSION}. Fix: move the state_dir aside (series will be re-checked) or "
                             "use the matching edgeseg version.")
         except sqlite3.Error as err:
+            if is_damage(err):
+                raise store_damaged(self.path, f"SQLite says: {err}") from err
             raise ConfigError(f"Job store {self.path} cannot be opened ({err}). Fix: check that state_dir is a "
                               "local, writable folder (SQLite does not work reliably on network shares).") from err
         self._db.row_factory = sqlite3.Row
