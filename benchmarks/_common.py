@@ -53,7 +53,17 @@ def run_child(args: Sequence[str], env: dict[str, str] | None = None) -> tuple[d
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, MB (Linux reports KiB)."""
+    """This process's peak resident set size so far, MB.
+
+    Linux's ``VmHWM`` (the high-water mark of this process's own memory map) where there is one: ``getrusage``'s
+    ``ru_maxrss`` survives ``exec``, so a child started from a big parent would report at least the parent's size.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

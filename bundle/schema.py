@@ -24,6 +24,8 @@ from edgeseg.errors import BundleError
 SCHEMA_VERSION = 1
 BUNDLE_FILE = "bundle.json"
 PRECISIONS = ("fp32", "fp16", "int8")
+#: ``scipy.ndimage.zoom`` boundary modes a pre-resampling may name
+ZOOM_MODES = ("constant", "nearest", "reflect", "mirror", "wrap", "grid-constant", "grid-mirror", "grid-wrap")
 NORMALIZATION_SCHEMES = ("ZScoreNormalization", "CTNormalization", "NoNormalization", "RescaleTo01Normalization")
 
 
@@ -48,15 +50,30 @@ class Resampling:
 
 @dataclass(frozen=True)
 class PreResample:
-    """TotalSegmentator's wrapper: resample the RAS image to ``spacing`` (x, y, z mm) before nnU-Net.
+    """TotalSegmentator's wrapper around nnU-Net: resample the RAS image to ``spacing`` (x, y, z mm) first, and
+    the merged label map back to the exact input shape at the end.
 
-    ``order`` is the spline order of the way in (3); the mask goes back with order 0 to the exact input shape.
-    ``cast`` is the dtype the resampled image is truncated to (TotalSegmentator casts to int32), or None.
+    Every setting of that wrapper is recorded here (the runtime uses no constants of its own):
+
+    * ``order``: spline order of ``scipy.ndimage.zoom`` on the way in (TotalSegmentator's ``--resampling_order``:
+      1 since release 2.16, 3 before);
+    * ``mode``: the zoom's boundary mode on the way in and back ("nearest" in TotalSegmentator's
+      ``resample_img``);
+    * ``cast``: the dtype the resampled image is truncated to (TotalSegmentator casts to int32), or None;
+    * ``order_back``: spline order of the label map back to the input shape (0: nearest label; TotalSegmentator's
+      default ``change_spacing(..., order=0, force_affine=...)``);
+    * ``header_float32``: the zoom factors and the resampled spacing go through float32, as they do when
+      TotalSegmentator reads the voxel size from a NIfTI header and nnU-Net reads the resampled file back.
+
+    Defaults are what bundles written before these keys existed meant (order 3, mode "constant", float64).
     """
 
     spacing: tuple[float, float, float]
     order: int = 3
     cast: str | None = "int32"
+    mode: str = "constant"
+    order_back: int = 0
+    header_float32: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,9 @@ class Variant:
     reorient: str
     pre_resample: PreResample | None
     parts: tuple[Part, ...]
+    #: whose wrapping of nnU-Net this variant reproduces, e.g. "TotalSegmentator 2.18.0 (total_mr, --fast)";
+    #: empty for plain nnU-Net
+    follows: str = ""
 
 
 @dataclass(frozen=True)
@@ -290,7 +310,7 @@ def _part(r: _Reader, obj: dict[str, Any], path: str) -> Part:
 
 
 def _variant(r: _Reader, obj: dict[str, Any], path: str, labels: dict[int, str]) -> Variant:
-    r.no_extra(obj, path, {"name", "rank", "reorient", "pre_resample", "parts"})
+    r.no_extra(obj, path, {"name", "rank", "reorient", "pre_resample", "parts", "follows"})
     reorient = r.get(obj, "reorient", path, str)
     if reorient not in ("RAS", "none"):
         raise r.fail(f"{path}.reorient", "must be 'RAS' or 'none'")
@@ -300,11 +320,19 @@ def _variant(r: _Reader, obj: dict[str, Any], path: str, labels: dict[int, str])
         ppath = f"{path}.pre_resample"
         if not isinstance(pre, dict):
             raise r.fail(ppath, "must be an object or null")
-        r.no_extra(pre, ppath, {"spacing", "order", "cast"})
+        r.no_extra(pre, ppath, {"spacing", "order", "cast", "mode", "order_back", "header_float32"})
         cast = pre.get("cast", "int32")
         if cast not in (None, "int32"):
             raise r.fail(f"{ppath}.cast", "must be 'int32' or null")
-        pre_resample = PreResample(r.seq(pre, "spacing", ppath, float, 3), r.get(pre, "order", ppath, int, 3), cast)
+        order, order_back = r.get(pre, "order", ppath, int, 3), r.get(pre, "order_back", ppath, int, 0)
+        for key, value in (("order", order), ("order_back", order_back)):
+            if not 0 <= value <= 5:
+                raise r.fail(f"{ppath}.{key}", "must be a spline order from 0 to 5")
+        mode = r.get(pre, "mode", ppath, str, "constant")
+        if mode not in ZOOM_MODES:
+            raise r.fail(f"{ppath}.mode", f"must be one of {', '.join(ZOOM_MODES)}")
+        pre_resample = PreResample(r.seq(pre, "spacing", ppath, float, 3), order, cast, mode, order_back,
+                                   r.get(pre, "header_float32", ppath, bool, False))
     parts_raw = r.get(obj, "parts", path, list)
     if not parts_raw:
         raise r.fail(f"{path}.parts", "must list at least one model part")
@@ -317,7 +345,8 @@ def _variant(r: _Reader, obj: dict[str, Any], path: str, labels: dict[int, str])
         if unknown:
             raise r.fail(f"{path}.parts[{i}].label_map", f"maps to labels {unknown} that are not in 'labels'")
         parts.append(part)
-    return Variant(r.get(obj, "name", path, str), r.get(obj, "rank", path, int), reorient, pre_resample, tuple(parts))
+    return Variant(r.get(obj, "name", path, str), r.get(obj, "rank", path, int), reorient, pre_resample, tuple(parts),
+                   r.get(obj, "follows", path, str, ""))
 
 
 def parse_bundle(data: dict[str, Any], path: Path, source: Path | None = None) -> Bundle:

@@ -6,6 +6,8 @@ import json
 import logging
 from pathlib import Path
 
+from edgeseg.export import totalseg
+
 log = logging.getLogger(__name__)
 
 
@@ -28,8 +30,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", nargs="+", help="folds to export (default: all present); several are ensembled")
     p.add_argument("--precisions", default="fp32,int8", help="comma list of fp32, fp16, int8 (default fp32,int8)")
     p.add_argument("--totalseg", action="store_true",
-                   help="TotalSegmentator wrapping: RAS reorientation, pre-resampling to the task spacing with "
-                        "int32 truncation, tile step 0.8, as TotalSegmentator runs nnU-Net")
+                   help=f"TotalSegmentator's wrapping of nnU-Net (as release {totalseg.RELEASE} runs it): RAS reorientation, "
+                        "input resampled to the task spacing and truncated to int32, fold 0, tile step 0.8, no "
+                        "mirroring, parts merged in order, labels back to the input grid with order 0")
+    p.add_argument("--totalseg-order", type=int, default=totalseg.DEFAULT_ORDER, choices=range(6),
+                   help="with --totalseg: TotalSegmentator's --resampling_order of the input (default 1, its default "
+                        "since 2.16.0; 3 reproduces releases up to 2.15.0)")
     p.add_argument("--reorient", choices=("RAS", "none"), help="reorient input before the network (default: RAS "
                    "with --totalseg, else none = array as stored, like nnU-Net's SimpleITK reader)")
     p.add_argument("--tile-step", type=float, help="sliding-window tile step (default 0.5; 0.8 with --totalseg)")
@@ -68,6 +74,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"--precisions: unknown {bad}; use fp32, fp16 and/or int8.")
     settings = ExportSettings(
         precisions=precisions, folds=tuple(args.folds) if args.folds else None, totalseg=args.totalseg,
+        totalseg_order=args.totalseg_order,
         reorient=args.reorient, tile_step_size=args.tile_step, mirroring=args.mirroring, labels_file=args.labels,
         quantize=QuantizeSettings(subset_size=args.calibration_patches,
                                   fast_bias_correction=args.bias_correction == "fast",

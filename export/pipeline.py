@@ -25,6 +25,7 @@ from edgeseg.bundle.schema import BUNDLE_FILE, SCHEMA_VERSION, Bundle, load_bund
 from edgeseg.errors import EdgesegError, ExportError
 from edgeseg.export.model_folder import ModelFolder, open_model
 from edgeseg.export.metrics import dice_per_class, mean_dice
+from edgeseg.export import totalseg as ts_wrapper
 from edgeseg.export.quantize import QuantizeSettings
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,11 @@ class ExportSettings:
     precisions: tuple[str, ...] = ("fp32", "int8")
     folds: tuple[str, ...] | None = None
     totalseg: bool = False
+    #: with totalseg: TotalSegmentator's --resampling_order (1 since 2.16.0, 3 up to 2.15.0)
+    totalseg_order: int = ts_wrapper.DEFAULT_ORDER
     reorient: str | None = None  # None: "RAS" with totalseg, else "none"
     tile_step_size: float | None = None  # None: 0.8 with totalseg, else nnU-Net's 0.5
-    mirroring: str = "auto"  # auto: as the trainer allows (off for *NoMirroring)
+    mirroring: str = "auto"  # auto: as the trainer allows (off for *NoMirroring; off with totalseg)
     labels_file: Path | None = None
     quantize: QuantizeSettings = field(default_factory=QuantizeSettings)
     validation_contrasts: tuple[str, ...] = ("original", "inverted", "gamma0.5", "gamma2")
@@ -103,8 +106,10 @@ def _part_entry(part: ModelFolder, merged: dict[int, str], settings: ExportSetti
     for c, scheme in enumerate(cfg["normalization_schemes"]):
         norms.append({"scheme": scheme, "use_mask_for_norm": bool(cfg["use_mask_for_norm"][c]),
                       "intensity_properties": {k: float(v) for k, v in props.get(str(c), {}).items()}})
-    use_mirroring = {"on": True, "off": False}.get(settings.mirroring, mirror_axes is not None)
-    step = settings.tile_step_size or (0.8 if settings.totalseg else 0.5)
+    # TotalSegmentator runs nnU-Net without test-time augmentation whatever the trainer allows
+    use_mirroring = {"on": True, "off": False}.get(settings.mirroring,
+                                                    mirror_axes is not None and not settings.totalseg)
+    step = settings.tile_step_size or (ts_wrapper.TILE_STEP if settings.totalseg else 0.5)
     return {
         "name": part.name,
         "label_map": {str(k): v for k, v in _label_map(part, merged).items()},
@@ -215,7 +220,8 @@ def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path,
     for spec in variants:
         parts: list[ModelFolder] = []
         for model in spec.models:
-            parts.extend(open_model(model, settings.folds, workdir=scratch))
+            parts.extend(open_model(model, settings.folds or (ts_wrapper.FOLDS if settings.totalseg else None),
+                                    workdir=scratch))
         opened.append((spec, parts))
     labels = _merged_labels([p for _, parts in opened for p in parts], settings.labels_file)
     progress("opened %d variant(s): %s", len(opened),
@@ -233,12 +239,13 @@ def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path,
     modules: dict[tuple[str, str], Any] = {}
     for spec, parts in opened:
         reorient = settings.reorient or ("RAS" if settings.totalseg else "none")
-        pre = None
+        pre, follows = None, ""
         if settings.totalseg:
-            sp = parts[0].configuration["spacing"]  # (z, y, x) in nnU-Net order of the RAS image
-            pre = {"spacing": [float(sp[2]), float(sp[1]), float(sp[0])], "order": 3, "cast": "int32"}
+            first = parts[0]
+            pre = ts_wrapper.pre_resample(first.dataset_name, first.configuration["spacing"], settings.totalseg_order)
+            follows = ts_wrapper.follows(first.dataset_name, settings.totalseg_order)
         entry: dict[str, Any] = {"name": spec.name, "rank": spec.rank, "reorient": reorient, "pre_resample": pre,
-                                 "parts": []}
+                                 "follows": follows, "parts": []}
         for part in parts:
             rel = f"{spec.name}/{part.name}"
             nets = load_fold_networks(part)

@@ -4,7 +4,7 @@ Reverses :mod:`edgeseg.runtime.preprocess` in the opposite order: resample the l
 shape and argmax (class by class, bounded memory), put the crop back into the full array, undo
 ``transpose_forward`` and the SimpleITK order, map each part's labels to the bundle's merged labels (later parts
 overwrite earlier ones where they found a structure, as TotalSegmentator merges its parts), bring a pre-resampled
-mask back with order 0 to the input shape, and undo the reorientation.
+mask back to the input shape with the bundle's order (0), and undo the reorientation.
 """
 from __future__ import annotations
 
@@ -48,8 +48,9 @@ def to_input_grid(labels: np.ndarray, oriented: Oriented) -> np.ndarray:
     """Undo pre-resampling (order 0 to the exact input shape) and reorientation."""
     import nibabel as nib
 
-    if oriented.pre_resampled and tuple(labels.shape) != oriented.input_shape:
-        labels = zoom_to_shape(labels, oriented.input_shape, order=0)
+    pre = oriented.pre_resample
+    if pre is not None and tuple(labels.shape) != oriented.input_shape:
+        labels = zoom_to_shape(labels, oriented.input_shape, order=pre.order_back, mode=pre.mode)
     if oriented.ornt is not None:
         canonical = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
         back = nib.orientations.ornt_transform(canonical, oriented.ornt)

@@ -4,8 +4,9 @@ Order of operations (each undone in reverse by :mod:`edgeseg.runtime.postprocess
 
 1. ``reorient`` (bundle variant): "RAS" reorients to the closest canonical orientation (TotalSegmentator does
    this before nnU-Net); pure axis flips/permutations, exactly invertible.
-2. ``pre_resample`` (TotalSegmentator's wrapper, optional): spline order 3 zoom to the task spacing, then
-   truncation to int32 as TotalSegmentator does.
+2. ``pre_resample`` (TotalSegmentator's wrapper, optional): ``scipy.ndimage.zoom`` to the task spacing with the
+   bundle's spline order and boundary mode, then truncation to int32, as TotalSegmentator's ``change_spacing``
+   does (every setting comes from :class:`~edgeseg.bundle.schema.PreResample`).
 3. To nnU-Net's order: the SimpleITK array order (k, j, i) with spacing reversed, then ``transpose_forward``.
 4. Crop to the non-zero region (holes filled), normalize per channel, resample to the plans' spacing.
 
@@ -33,14 +34,14 @@ class Oriented:
     """The series after the variant's reorientation and pre-resampling, in (i, j, k) order.
 
     ``ornt`` is nibabel's orientation transform applied (None: as stored); ``input_shape`` the shape before
-    pre-resampling (what the mask must come back to).
+    pre-resampling (what the mask must come back to); ``pre_resample`` the wrapper settings applied (None: none).
     """
 
     array: np.ndarray
     spacing: tuple[float, float, float]
     ornt: np.ndarray | None
     input_shape: tuple[int, int, int]
-    pre_resampled: bool
+    pre_resample: PreResample | None
 
 
 @dataclass(frozen=True)
@@ -78,24 +79,36 @@ def orient(volume: Volume, variant: Variant) -> Oriented:
     pre = variant.pre_resample
     if pre is not None:
         array, spacing = _pre_resample(array, spacing, pre)
-    return Oriented(np.ascontiguousarray(array), spacing, ornt, input_shape, pre is not None)  # type: ignore[arg-type]
+    return Oriented(np.ascontiguousarray(array), spacing, ornt, input_shape, pre)  # type: ignore[arg-type]
 
 
 def _pre_resample(array: np.ndarray, spacing: Sequence[float], pre: PreResample) -> tuple[np.ndarray, tuple]:
-    zoom = np.asarray(spacing, dtype=np.float64) / np.asarray(pre.spacing, dtype=np.float64)
-    if np.allclose(zoom, 1.0):
-        out = array.astype(np.float64)
-    else:
-        out = ndimage.zoom(array.astype(np.float64), zoom, order=pre.order)
+    """TotalSegmentator's ``change_spacing(img, pre.spacing, order=pre.order, dtype=int32)`` on the RAS array.
+
+    As there, the zoom factors are the header voxel size over the target spacing (float32 when the bundle says
+    so: a NIfTI header holds float32), an input already at exactly the target spacing is passed on unchanged
+    (no cast either), and the resampled spacing is what the written file's header then says."""
+    voxel = np.asarray(spacing, dtype=np.float64)
+    header = voxel.astype(np.float32).astype(np.float64) if pre.header_float32 else voxel
+    target = np.asarray(pre.spacing, dtype=np.float64)
+    if np.array_equal(header, target):
+        return array, tuple(float(s) for s in voxel)
+    zoom = header / target
+    out = ndimage.zoom(array.astype(np.float64), zoom, order=pre.order, mode=pre.mode)
     if pre.cast == "int32":
         out = out.astype(np.int32)
-    new_spacing = tuple(float(s) / float(z) for s, z in zip(spacing, zoom))
-    return out.astype(np.float32), new_spacing
+    new_spacing = voxel / zoom
+    if pre.header_float32:
+        new_spacing = new_spacing.astype(np.float32).astype(np.float64)
+    return out.astype(np.float32), tuple(float(s) for s in new_spacing)
 
 
 def to_network_order(oriented: Oriented, part: Part) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Step 3: (i, j, k) -> SimpleITK (k, j, i) -> ``transpose_forward``; returns (1, Z, Y, X) and spacing."""
-    data = oriented.array.transpose(2, 1, 0)[None]
+    """Step 3: (i, j, k) -> SimpleITK (k, j, i) -> ``transpose_forward``; returns (1, Z, Y, X) and spacing.
+
+    The result is a float32 copy laid out as nnU-Net's is (C-contiguous in SimpleITK order, then a transposed
+    view): numpy's sums, hence the normalization's mean and std, depend on the memory layout."""
+    data = np.ascontiguousarray(oriented.array.transpose(2, 1, 0)[None], dtype=np.float32)
     spacing = tuple(oriented.spacing[::-1])
     tf = part.transpose_forward
     data = data.transpose(0, *[i + 1 for i in tf])
@@ -157,7 +170,7 @@ def preprocess(oriented: Oriented, part: Part) -> Preprocessed:
     shape_before = tuple(int(s) for s in data.shape[1:])
     bbox, mask = nonzero_bbox(data, fill_holes=any(n.use_mask_for_norm for n in part.normalization))
     slicer = tuple(slice(a, b) for a, b in bbox)
-    data = np.array(data[(slice(None), *slicer)], dtype=np.float32)  # copy: the input is never modified
+    data = data[(slice(None), *slicer)]  # a view of to_network_order's copy, as nnU-Net's crop_to_nonzero
     mask = mask[slicer]
     shape_after = tuple(int(s) for s in data.shape[1:])
     data = normalize(data, part.normalization, mask)

@@ -104,8 +104,9 @@ def argmax_resampled(logits: np.ndarray, new_shape: Sequence[int], current_spaci
                      progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """argmax over classes of the logits resampled to ``new_shape``, one class at a time.
 
-    Equivalent to resampling all (C, ...) logits (nnU-Net's ``resampling_fn_probabilities``) and then taking
-    the argmax, but holds only one resampled class plus the running maximum: memory does not grow with C.
+    Equivalent to resampling all (C, ...) logits (nnU-Net's ``resampling_fn_probabilities``, whose output keeps
+    the logits' dtype) and then taking the argmax (first class on ties), but holds only one resampled class plus
+    the running maximum: memory does not grow with C.
     Returns uint8 (uint16 above 255 classes) labels of shape ``new_shape``.
     """
     new_shape = tuple(int(s) for s in new_shape)
@@ -116,7 +117,10 @@ def argmax_resampled(logits: np.ndarray, new_shape: Sequence[int], current_spaci
     best = np.full(new_shape, -np.inf, dtype=np.float32)
     labels = np.zeros(new_shape, dtype=dtype)
     for c in range(logits.shape[0]):
-        resampled = resample_channel(logits[c], new_shape, order, order_z, axis).astype(np.float32)
+        # nnU-Net stores the resampled logits in their own dtype (fp16 from its fp16 aggregation) before the
+        # argmax: round the same way, or near-ties break differently
+        resampled = resample_channel(logits[c], new_shape, order, order_z, axis).astype(logits.dtype)
+        resampled = resampled.astype(np.float32, copy=False)
         better = resampled > best
         labels[better] = c
         np.maximum(best, resampled, out=best)
@@ -133,11 +137,11 @@ def argmax_chunked(logits: np.ndarray, dtype: type = np.uint8, slab: int = 16) -
     return out
 
 
-def zoom_to_shape(array: np.ndarray, new_shape: Sequence[int], order: int) -> np.ndarray:
+def zoom_to_shape(array: np.ndarray, new_shape: Sequence[int], order: int, mode: str = "constant") -> np.ndarray:
     """``scipy.ndimage.zoom`` with per-axis factors new/old (TotalSegmentator's ``change_spacing`` with a
-    target shape; no grid mode). Used to bring a pre-resampled mask back to the input grid with order 0."""
+    target shape; no grid mode). Used to bring a pre-resampled mask back to the input grid."""
     zoom = [n / o for n, o in zip(new_shape, array.shape)]
-    out = ndimage.zoom(array, zoom, order=order)
+    out = ndimage.zoom(array, zoom, order=order, mode=mode)
     if tuple(out.shape) != tuple(new_shape):  # scipy rounds the output shape; force the exact grid
         fixed = np.zeros(new_shape, dtype=out.dtype)
         sl = tuple(slice(0, min(a, b)) for a, b in zip(out.shape, new_shape))
