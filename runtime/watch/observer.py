@@ -112,9 +112,14 @@ def make_observer(kind: ObserverKind | str, polling_interval_s: float) -> Any:
     """A not yet started watchdog observer of the requested kind."""
     kind = ObserverKind(kind)
     if kind is ObserverKind.POLLING:
-        from watchdog.observers.polling import PollingObserver
+        from watchdog.observers.polling import PollingObserverVFS
 
-        return PollingObserver(timeout=polling_interval_s)
+        # lstat, not watchdog's default os.stat: a snapshot must not descend into linked folders. With os.stat one
+        # `ln -s . loop` made every poll walk the tree 40 times over (until ELOOP), two such links in one folder
+        # made the first snapshot (taken at start) walk 2**40 paths, and a link to a folder outside the roots had
+        # that folder listed at every poll. A link is now one entry of the snapshot, like a file (the scheduler
+        # ignores it, as with native events); a root that is itself a link is still listed through it.
+        return PollingObserverVFS(stat=os.lstat, listdir=os.scandir, polling_interval=polling_interval_s)
     from watchdog.observers import Observer
 
     return Observer()
