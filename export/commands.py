@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+from edgeseg.bundle.schema import PRECISIONS
 from edgeseg.export import totalseg
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,9 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError("Name at least one model: `edgeseg export MODEL --out B --calibration DIR` or "
                           "`--variant NAME MODEL [MODEL...]`.")
     precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
-    bad = [p for p in precisions if p not in ("fp32", "fp16", "int8")]
+    bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
-        raise ConfigError(f"--precisions: unknown {bad}; use fp32, fp16 and/or int8.")
+        raise ConfigError(f"--precisions: unknown {bad}; use {', '.join(PRECISIONS)} (one or more).")
     settings = ExportSettings(
         precisions=precisions, folds=tuple(args.folds) if args.folds else None, totalseg=args.totalseg,
         totalseg_order=args.totalseg_order,

@@ -12,6 +12,8 @@ log = logging.getLogger(__name__)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from edgeseg.runtime.infer.engine import PRECISIONS
+
     p = sub.add_parser(
         "segment", help="segment one series (NIfTI/PAR file or DICOM folder) with a model bundle",
         description="Read a series, run the bundle's OpenVINO model(s) on this PC and write the masks into "
@@ -20,7 +22,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", type=Path, help="NIfTI (.nii/.nii.gz), PAR/REC, or a DICOM folder")
     p.add_argument("--bundle", default="demo", help="model bundle folder ('demo': the bundled demo model)")
     p.add_argument("--device", default="CPU", help="CPU, GPU (Intel iGPU) or AUTO")
-    p.add_argument("--precision", default="auto", choices=("auto", "int8", "fp16", "fp32"),
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: fastest the device compiles (recorded in the manifest); fp32: exact parity")
     p.add_argument("--variant", help="bundle variant (default: most accurate, or the planner's choice)")
     p.add_argument("--threads", type=int, help="CPU inference threads (default: all cores)")

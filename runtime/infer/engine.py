@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.bundle.schema import Bundle, Part
+from edgeseg.bundle.schema import PRECISIONS as MODEL_PRECISIONS, Bundle, Part
 from edgeseg.errors import ConfigError, InferenceError
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("CPU", "GPU", "AUTO")
-PRECISIONS = ("auto", "int8", "fp16", "fp32")
+#: what a run may ask for: "auto", or one of the bundle's model precisions (fastest first)
+PRECISIONS = ("auto", *reversed(MODEL_PRECISIONS))
 
 _core_lock = threading.Lock()
 _core: Any = None
@@ -58,7 +59,8 @@ def _supports_bf16(device: str) -> bool:
 
 
 def candidates(part: Part, precision: str, device: str) -> list[tuple[str, str | None]]:
-    """(model precision, inference precision hint) pairs to try, fastest first."""
+    """(model precision, inference precision hint) pairs to try, fastest first; empty when the part holds none
+    of the models ``precision`` can use."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}.")
     have = set(part.models)
@@ -75,13 +77,7 @@ def candidates(part: Part, precision: str, device: str) -> list[tuple[str, str |
         out = ([("int8", "bf16")] if bf16 else []) + [("int8", "f16" if gpu else "f32")]
         out += ([("fp32", "bf16")] if bf16 else []) + ([("fp16", "f16"), ("fp32", "f16")] if gpu else [])
         out += [("fp32", "f32")]
-    usable = [c for c in out if c[0] in have]
-    if not usable:
-        raise InferenceError(
-            f"Part '{part.name}' has no {precision} model (it has {', '.join(sorted(have))}). "
-            "Choose --precision auto or one the bundle holds."
-        )
-    return usable
+    return [c for c in out if c[0] in have]
 
 
 @dataclass
@@ -118,8 +114,11 @@ def compile_part(bundle: Bundle, part: Part, device: str = "CPU", precision: str
             f"No Intel GPU visible to OpenVINO (devices: {', '.join(c.available_devices)}). "
             "Use device CPU, or install the Intel GPU driver (compute runtime)."
         )
+    todo = candidates(part, precision, device)
+    if not todo:  # the bundle lacks the model: the same BundleError as asking the bundle for it
+        bundle.model_path(part, "fp32" if precision == "auto" else precision)
     errors: list[str] = []
-    for model_precision, hint in candidates(part, precision, device):
+    for model_precision, hint in todo:
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if hint and device != "AUTO":
             config["INFERENCE_PRECISION_HINT"] = hint

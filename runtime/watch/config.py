@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edgeseg.errors import ConfigError
+from edgeseg.runtime.infer.engine import PRECISIONS
 from edgeseg.runtime.read.limits import ReadLimits
 from edgeseg.runtime.segment import OutputOptions
 
 #: ``bundle: demo`` resolves to this folder inside the installed package
 DEMO_BUNDLE_KEYWORD = "demo"
 ENV_PREFIX = "EDGESEG_"
-PRECISIONS = ("auto", "int8", "fp16", "fp32")
 _DEVICE_RE = re.compile(r"^(CPU|GPU(\.\d+)?|NPU(\.\d+)?|AUTO(:[A-Z0-9.,]+)?|HETERO:[A-Z0-9.,]+|MULTI:[A-Z0-9.,]+)$")
 
 #: files that are never series: sidecars, our own outputs, half-written copies, OS litter, DICOMDIR indexes

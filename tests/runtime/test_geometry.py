@@ -115,7 +115,7 @@ def test_transpose_forward_is_undone(tmp_path):
 
 
 def test_missing_gpu_and_unknown_device_give_clear_errors(tmp_path):
-    from edgeseg.errors import ConfigError, InferenceError
+    from edgeseg.errors import BundleError, ConfigError, InferenceError
     from edgeseg.runtime.infer.engine import available_devices
 
     bundle = load_bundle(make_bundle(tmp_path / "b"))
@@ -125,5 +125,5 @@ def test_missing_gpu_and_unknown_device_give_clear_errors(tmp_path):
     if not any(d.startswith("GPU") for d in available_devices()):
         with pytest.raises(InferenceError, match="No Intel GPU visible to OpenVINO"):
             segment_volume(vol, bundle, SegmentOptions(device="GPU", precision="fp32"))
-    with pytest.raises(InferenceError, match="has no int8 model"):
+    with pytest.raises(BundleError, match="has no int8 model"):  # the same class as asking the bundle for it
         segment_volume(vol, bundle, SegmentOptions(precision="int8"))
