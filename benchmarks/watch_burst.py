@@ -73,11 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
-    from edgeseg.runtime.watch.config import demo_bundle_path, load_config
+    from edgeseg.demo import BUNDLE_DIR
+    from edgeseg.runtime.watch.config import load_config
     from edgeseg.runtime.watch.fake import from_env
     from edgeseg.runtime.watch.service import Watcher
 
-    bundle = demo_bundle_path() if args.bundle == "demo" else Path(args.bundle).resolve()
+    bundle = BUNDLE_DIR if args.bundle == "demo" else Path(args.bundle).resolve()
     if args.fake is None and not (bundle / "bundle.json").is_file():
         print(f"The real-segmenter burst is unavailable: no model bundle at {bundle} (no bundle.json).\n"
               "Build the demo bundle, pass --bundle PATH, or run with --fake to measure the watcher alone.")

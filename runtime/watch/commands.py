@@ -328,18 +328,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------------- demo
 
 
-def demo_mri_path() -> Path | None:
-    """The packaged demo MRI, or the shared copy beside a source checkout."""
-    import edgeseg
-
-    package = Path(edgeseg.__file__).resolve().parent
-    for candidate in (package / "demo" / "mri" / "example_mr_sm.nii.gz",
-                      package.parent.parent / "shared" / "data" / "total_mr_example" / "example_mr_sm.nii.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def _stage_demo_series(mri: Path, staging: Path) -> list[Path]:
     """The demo MRI written as a classic MR DICOM series (one file per slice) into ``staging``."""
     from edgeseg.demo.dicom_series import write_dicom_series
@@ -348,22 +336,19 @@ def _stage_demo_series(mri: Path, staging: Path) -> list[Path]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import edgeseg.demo
     from edgeseg.runtime.watch import fake
-    from edgeseg.runtime.watch.config import demo_bundle_path, load_config
+    from edgeseg.runtime.watch.config import load_config
     from edgeseg.runtime.watch.service import Watcher
 
-    bundle = demo_bundle_path()
+    bundle = edgeseg.demo.BUNDLE_DIR
     fake_hook = fake.from_env() is not None
     if not (bundle / "bundle.json").is_file() and not fake_hook:
         print(f"The packaged demo bundle is not in this build: {bundle} has no bundle.json.\n"
               "`edgeseg demo` needs it to segment. Build it (see the README: demo bundle), or try the watcher on "
               "your own bundle with `edgeseg watch --root DIR --bundle BUNDLE`.")
         return 5
-    mri = demo_mri_path()
-    if mri is None:
-        print("The demo MRI is not in this build (edgeseg/demo/mri/example_mr_sm.nii.gz) and no source checkout "
-              "with ../shared/data/total_mr_example/ is beside it.")
-        return 1
+    mri = edgeseg.demo.demo_mri_path()  # a BundleError when this build lacks it
     tmp = Path(tempfile.mkdtemp(prefix="edgeseg-demo-"))
     incoming = tmp / "incoming"
     incoming.mkdir()

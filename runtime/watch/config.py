@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import edgeseg.demo
 from edgeseg.errors import ConfigError
 from edgeseg.runtime.infer.engine import PRECISIONS
 from edgeseg.runtime.read.limits import ReadLimits
@@ -99,13 +100,6 @@ class WatchConfig:
         return SegmentOptions(device=self.device, precision=self.precision, variant=variant, threads=self.threads,
                               cache_dir=self.state_dir / "model_cache", time_budget_s=self.time_budget_s,
                               tile_step_size=tile_step_size, outputs=self.outputs, limits=self.limits)
-
-
-def demo_bundle_path() -> Path:
-    """Where the packaged demo bundle lives (it may be absent from a build)."""
-    import edgeseg.demo
-
-    return Path(edgeseg.demo.__file__).resolve().parent / "bundle"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -354,7 +348,7 @@ def _check(key: _Key, v: _Value, problems: _Problems, check_paths: bool) -> Any:
             problems.add(where, key.path, f"must be a folder path, got {value!r}", "write a path")
             return key.default
         if kind == "bundle" and str(value) == DEMO_BUNDLE_KEYWORD:
-            path = demo_bundle_path()
+            path = edgeseg.demo.BUNDLE_DIR
             if check_paths and not (path / "bundle.json").is_file():
                 problems.add(where, key.path, f"'demo' means the packaged demo bundle, which is not in this build "
                              f"({path} has no bundle.json)",
@@ -420,7 +414,7 @@ def load_config(
     if values["log_dir"] is None:
         values["log_dir"] = values["state_dir"] / "logs"
     if values["bundle"] == DEMO_BUNDLE_KEYWORD:  # the default, not set anywhere
-        demo = demo_bundle_path()
+        demo = edgeseg.demo.BUNDLE_DIR
         if check_paths and not (demo / "bundle.json").is_file():
             problems.add("default", "bundle", f"'demo' means the packaged demo bundle, which is not in this build "
                          f"({demo} has no bundle.json)", "set bundle: to an exported bundle folder")

@@ -124,10 +124,22 @@ def test_demo_with_the_fake_segmenter(monkeypatch, capsys) -> None:
 
 def test_demo_without_the_bundle_says_so(monkeypatch, capsys, tmp_path: Path) -> None:
     """A build without the packaged demo bundle (the bundle path is pointed at an empty folder)."""
-    import edgeseg.runtime.watch.config as watch_config
+    import edgeseg.demo
 
     missing = tmp_path / "no_bundle"
-    monkeypatch.setattr(watch_config, "demo_bundle_path", lambda: missing)
+    monkeypatch.setattr(edgeseg.demo, "BUNDLE_DIR", missing)
     assert main(["demo"]) == 5
     out = capsys.readouterr().out
     assert "demo bundle is not in this build" in out and str(missing) in out
+
+
+def test_demo_without_the_mri_says_so(monkeypatch, capsys, tmp_path: Path) -> None:
+    """A build without the packaged demo MRI: no fallback to a development copy, the error names the path."""
+    import edgeseg.demo
+    from edgeseg.errors import BundleError
+
+    missing = tmp_path / "no_mri.nii.gz"
+    monkeypatch.setattr(edgeseg.demo, "MRI_FILE", missing)
+    monkeypatch.setenv(ENV_VAR, "fake")
+    assert main(["demo"]) == BundleError.exit_code
+    assert f"The demo MRI is missing from this installation ({missing})" in capsys.readouterr().err

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from edgeseg.demo import demo_bundle_path
 from edgeseg.errors import ConfigError
-from edgeseg.runtime.watch.config import ObserverKind, demo_bundle_path, env_name, load_config
+from edgeseg.runtime.watch.config import ObserverKind, env_name, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,14 +127,14 @@ def test_command_line_roots_and_null_budget(tmp_path: Path) -> None:
 
 
 def test_demo_keyword_means_the_packaged_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgeseg.runtime.watch.config as watch_config
+    import edgeseg.demo
 
     text = "roots: [../in]\nbundle: demo\nstate_dir: ../s\n"
     cfg = load_config(_write(tmp_path, text), env={})
     assert cfg.bundle == demo_bundle_path() and (cfg.bundle / "bundle.json").is_file()
     # a build without the demo bundle: the keyword still resolves, and checking the paths says what is missing
     missing = tmp_path / "no_demo_bundle"
-    monkeypatch.setattr(watch_config, "demo_bundle_path", lambda: missing)
+    monkeypatch.setattr(edgeseg.demo, "BUNDLE_DIR", missing)
     assert load_config(_write(tmp_path, text), env={}, check_paths=False).bundle == missing
     with pytest.raises(ConfigError, match="'demo' means the packaged demo bundle, which is not in this build"):
         load_config(_write(tmp_path, text), env={})
