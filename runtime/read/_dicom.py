@@ -36,7 +36,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from edgeseg.errors import InvalidSeriesError
-from edgeseg.runtime.read._naming import dicom_series_name
+from edgeseg.runtime.naming import dicom_series_name
 from edgeseg.runtime.read.limits import ReadLimits, check_frames, check_voxels
 from edgeseg.runtime.read.series_ref import SeriesRef
 from edgeseg.runtime.read.volume import Volume

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import InvalidSeriesError
-from edgeseg.runtime.read._naming import nifti_name
+from edgeseg.runtime.naming import nifti_name
 from edgeseg.runtime.read.limits import ReadLimits, check_nifti_file
 from edgeseg.runtime.read.volume import Volume
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import InvalidSeriesError
-from edgeseg.runtime.read._naming import nifti_name
+from edgeseg.runtime.naming import nifti_name
 from edgeseg.runtime.read._nifti import check_affine, finite_float32, to_3d
 from edgeseg.runtime.read.volume import Volume
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from edgeseg.errors import InvalidSeriesError
+from edgeseg.runtime.naming import is_edgeseg_output
 from edgeseg.runtime.read._dicom import discover_dicom, read_dicom_series
 from edgeseg.runtime.read._nifti import is_nifti_path, read_nifti
 from edgeseg.runtime.read._parrec import is_parrec_path, par_of, read_parrec
@@ -27,8 +28,6 @@ log = logging.getLogger(__name__)
 def _walk(folder: Path, recursive: bool, candidates: CandidateFilter) -> list[Path]:
     """Regular files under ``folder`` (sorted), skipping hidden entries, everything edgeseg writes and, by the one
     symlink rule (:mod:`edgeseg.runtime.read.paths`), every symbolic link below ``folder`` (logged once)."""
-    from edgeseg.runtime.write.atomic import is_edgeseg_output  # imported here: write imports read
-
     found: list[Path] = []
     for root, dirs, files in os.walk(folder):
         if not recursive:

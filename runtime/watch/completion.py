@@ -33,15 +33,14 @@ from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
+from edgeseg.runtime.naming import dicom_series_name, is_edgeseg_output, series_key
 from edgeseg.runtime.read import read_dicom_header
 from edgeseg.runtime.read._dicom import _is_localizer, non_image_reason
-from edgeseg.runtime.read._naming import series_key
 from edgeseg.runtime.read.paths import CandidateFilter
 from edgeseg.runtime.watch.jobs import (
-    DICOM, INVALID, NIFTI, PARREC, SeriesGeometry, SeriesInfo, SeriesJob, dicom_series_name, file_series_name,
+    DICOM, INVALID, NIFTI, PARREC, SeriesGeometry, SeriesInfo, SeriesJob, file_series_name,
     fingerprint, invalid_file_name, stamp_files, world_axes,
 )
-from edgeseg.runtime.write.atomic import is_edgeseg_output
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from edgeseg.runtime.naming import error_file_name, nifti_name, safe_stem
 from edgeseg.typing import Shape3, Spacing
 
 #: kinds of series
@@ -22,25 +23,13 @@ PARREC = "parrec"
 #: a file that is not a readable image and belongs to no series; it gets its own error file
 INVALID = "invalid"
 
-def dicom_series_name(description: str, uid: str) -> str:
-    """The output name of a DICOM series: the reader's own (``Volume.name``), so that the error file and the
-    ``<name>.edgeseg/`` folder of one series share ``<name>``."""
-    from edgeseg.runtime.read._naming import dicom_series_name as reader_name
-
-    return reader_name(description, uid)
-
-
 def file_series_name(path: Path) -> str:
     """The output name of a NIfTI/PAR file (its stem without image extensions), as the reader names it."""
-    from edgeseg.runtime.read._naming import nifti_name
-
     return nifti_name(path.name)
 
 
 def invalid_file_name(path: Path) -> str:
     """The name of the error file of an unreadable file that belongs to no series (``photo.jpg`` keeps its dot)."""
-    from edgeseg.runtime.read._naming import safe_stem
-
     return safe_stem(path.name, max_len=120, allow_dots=True, fallback="file")
 
 
@@ -142,8 +131,6 @@ class SeriesJob:
     @property
     def error_file(self) -> Path:
         """``<folder>/<name>.edgeseg-error.json``."""
-        from edgeseg.runtime.write.atomic import error_file_name
-
         return self.folder / error_file_name(self.name)
 
     @property

@@ -17,8 +17,8 @@ from typing import Any, Iterable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
+from edgeseg.runtime.naming import is_edgeseg_output
 from edgeseg.runtime.watch.config import ObserverKind
-from edgeseg.runtime.write.atomic import is_edgeseg_output
 
 log = logging.getLogger(__name__)
 

@@ -3,12 +3,13 @@
 Public API: :func:`write_results` (every requested role at once), the per-role writers
 (:func:`write_labelmap`, :func:`read_label_map`, :func:`compute_statistics`, :func:`write_preview`,
 :func:`write_dicom_seg`, :func:`write_manifest`) and the atomic helpers (:class:`ResultFolder`,
-:func:`write_error_file`, :func:`clear_error_file`, :func:`is_edgeseg_output`).
+:func:`write_error_file`, :func:`clear_error_file`) and the output names (:func:`is_edgeseg_output`,
+:func:`result_dir_name`, :func:`error_file_name`, from :mod:`edgeseg.runtime.naming`).
 """
 from __future__ import annotations
 
-from edgeseg.runtime.write.atomic import (ResultFolder, clear_error_file, error_file_name, is_edgeseg_output,
-                                          result_dir_name, write_error_file)
+from edgeseg.runtime.naming import error_file_name, is_edgeseg_output, result_dir_name
+from edgeseg.runtime.write.atomic import ResultFolder, clear_error_file, write_error_file
 from edgeseg.runtime.write.dicomseg import write_dicom_seg
 from edgeseg.runtime.write.manifest import write_manifest
 from edgeseg.runtime.write.nifti import read_label_map, write_label_sidecar, write_labelmap, write_structures

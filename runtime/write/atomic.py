@@ -10,8 +10,9 @@ Layout beside a series (``<name>`` is :attr:`Volume.name`)::
         .<name>.edgeseg-error.json.partial-<random>   error file being written
 
 A reader therefore sees either the previous complete ``<name>.edgeseg`` folder or the new complete one, never a
-half-written folder under the final name. :func:`is_edgeseg_output` recognises every one of these names so that
-the watcher and :func:`edgeseg.runtime.read.discover_series` ignore them. Input files are never touched: every
+half-written folder under the final name. :func:`~edgeseg.runtime.naming.is_edgeseg_output` recognises every one of
+these names (:mod:`edgeseg.runtime.naming` holds them all) so that the watcher and
+:func:`edgeseg.runtime.read.discover_series` ignore them. Input files are never touched: every
 path created or removed here carries one of these names.
 """
 from __future__ import annotations
@@ -29,45 +30,13 @@ from typing import Any
 
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError, OutputError
+from edgeseg.runtime.naming import OLD_MARK as _OLD
+from edgeseg.runtime.naming import PARTIAL_MARK as _PARTIAL
+from edgeseg.runtime.naming import disambiguated, error_file_name, result_dir_name
+from edgeseg.runtime.read.paths import fs_text
 from edgeseg.typing import StrPath
 
 log = logging.getLogger(__name__)
-
-#: suffix of the finished result folder
-RESULT_SUFFIX = ".edgeseg"
-#: suffix of the error file written when a series fails
-ERROR_SUFFIX = ".edgeseg-error.json"
-_PARTIAL = ".edgeseg.partial-"
-_OLD = ".edgeseg.old-"
-_ERROR_PARTIAL = ERROR_SUFFIX + ".partial-"
-
-
-def result_dir_name(name: str) -> str:
-    """``<name>.edgeseg``: the folder name of finished results for the series named ``name``."""
-    return f"{name}{RESULT_SUFFIX}"
-
-
-def error_file_name(name: str) -> str:
-    """``<name>.edgeseg-error.json``: the error file name for the series named ``name``."""
-    return f"{name}{ERROR_SUFFIX}"
-
-
-def _is_output_component(part: str) -> bool:
-    if part.endswith(RESULT_SUFFIX) or part.endswith(ERROR_SUFFIX):
-        return True
-    if part.startswith(".") and (_PARTIAL in part or _OLD in part or _ERROR_PARTIAL in part):
-        return True
-    return False
-
-
-def is_edgeseg_output(path: StrPath) -> bool:
-    """True if ``path`` is something edgeseg writes, or lies inside such a folder.
-
-    Recognised: ``*.edgeseg`` folders and anything inside them, ``*.edgeseg-error.json``, and the hidden
-    temporaries ``.*.edgeseg.partial-*``, ``.*.edgeseg.old-*``, ``.*.edgeseg-error.json.partial-*`` (and their
-    contents). Works on relative or absolute paths, existing or not.
-    """
-    return any(_is_output_component(part) for part in Path(path).parts)
 
 
 def _check_name(name: str) -> None:
@@ -107,7 +76,7 @@ class ResultFolder:
 
     ``owner``: the series key of the results (the body records it as ``series_key`` in ``manifest.json``). A
     result under the final name whose manifest names another series is never replaced: the results are then
-    published as ``<name>_<tag>.edgeseg`` (:func:`edgeseg.runtime.read._naming.disambiguated`) and a warning
+    published as ``<name>_<tag>.edgeseg`` (:func:`edgeseg.runtime.naming.disambiguated`) and a warning
     logged; :attr:`final_path` tells where they went.
     """
 
@@ -171,8 +140,6 @@ class ResultFolder:
     def _avoid_collision(self) -> None:
         if self.owner is None:
             return
-        from edgeseg.runtime.read._naming import disambiguated  # imported here: read imports write lazily
-
         for attempt in range(2):
             holder = result_owner(self.final_path)
             if holder is None or _owner_text(holder) == _owner_text(self.owner):
@@ -196,8 +163,6 @@ def _is_utf8(text: str) -> bool:
 
 
 def _owner_text(owner: str) -> str:
-    from edgeseg.runtime.read.paths import fs_text
-
     return fs_text(owner)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edgeseg.runtime.read._naming import safe_stem
+from edgeseg.runtime.naming import safe_stem
 from edgeseg.runtime.read.volume import Volume
 from edgeseg.typing import StrPath
 

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from edgeseg.errors import OutputError
-from edgeseg.runtime.read._naming import series_key
+from edgeseg.runtime.naming import series_key
 from edgeseg.runtime.read.paths import fs_text
 from edgeseg.runtime.read.volume import Volume
 from edgeseg.runtime.segment import OutputOptions, SegmentResult

@@ -321,7 +321,7 @@ def test_finding5_dicom_series_with_the_same_name_do_not_replace_each_other(make
 
 
 def test_finding5_names_are_unique_per_file_name() -> None:
-    from edgeseg.runtime.read._naming import nifti_name
+    from edgeseg.runtime.naming import nifti_name
 
     names = ["T1 post.nii.gz", "T1_post.nii.gz", "T1-post.nii.gz", "a.nii", "a.nii.gz", "a.NII.GZ", "a.PAR", "a.par",
              "a_nii.nii.gz", "a_nii.nii", "x" * 130 + "1.nii.gz", "x" * 130 + "2.nii.gz", "é.nii.gz", "e.nii.gz"]

@@ -53,7 +53,7 @@ def _start(config: Path, delay: float, *extra: str) -> subprocess.Popen:
 
 def _hashes(root: Path) -> dict[str, str]:
     """sha256 of every input file (outputs excluded)."""
-    from edgeseg.runtime.write.atomic import is_edgeseg_output
+    from edgeseg.runtime.naming import is_edgeseg_output
 
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file() and not is_edgeseg_output(p.relative_to(root))}

@@ -1,16 +1,26 @@
-"""File-name-safe stems for outputs (``Volume.name``), unique per series: the one naming of edgeseg.
+"""The one naming of edgeseg: series names, series keys, and the names of everything written beside a series.
 
-The reader names every :class:`~edgeseg.runtime.read.volume.Volume` with these functions and the watcher names its
-jobs (error files, result folders) with the same ones, so both agree. Two series in one folder never share a name
-by construction for image files (:func:`nifti_name`); where they still could (two DICOM series with the same
-description whose UIDs end in the same 8 digits), the writer publishes the second under
-:func:`disambiguated` instead of replacing the first (see :class:`~edgeseg.runtime.write.atomic.ResultFolder`).
+* Series names (``Volume.name``, the ``<name>`` of ``<name>.edgeseg/``): file-name-safe stems, unique per series.
+  The reader names every :class:`~edgeseg.runtime.read.volume.Volume` with :func:`dicom_series_name` /
+  :func:`nifti_name` and the watcher names its jobs (error files, result folders) with the same ones, so both agree.
+  Two series in one folder never share a name by construction for image files (:func:`nifti_name`); where they
+  still could (two DICOM series with the same description whose UIDs end in the same 8 digits), the writer
+  publishes the second under :func:`disambiguated` instead of replacing the first (see
+  :class:`~edgeseg.runtime.write.atomic.ResultFolder`).
+* Series keys (:func:`series_key`): the watcher's job key, recorded by results as their owner.
+* Output names (:func:`result_dir_name`, :func:`error_file_name`, and the hidden temporaries): what the writer
+  creates, and what the reader and the watcher recognise (:func:`is_edgeseg_output`) and skip.
+
+Imports nothing from the runtime's stages: read, write and watch all import it at their top.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+from pathlib import Path
+
+from edgeseg.typing import StrPath
 
 _NOT_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _NOT_SAFE_DOTS = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -85,3 +95,45 @@ def series_key(kind: str, source: str | os.PathLike[str], series_uid: str | None
     """The identity of a series: ``<folder>::<SeriesInstanceUID>`` for DICOM (several series may share a folder),
     the file's path for NIfTI/PAR. The watcher's job key; results record it as their owner."""
     return f"{os.fspath(source)}::{series_uid}" if kind == "dicom" else os.fspath(source)
+
+
+# ------------------------------------------------------------------------------------------- what edgeseg writes
+
+#: suffix of the finished result folder
+RESULT_SUFFIX = ".edgeseg"
+#: suffix of the error file written when a series fails
+ERROR_SUFFIX = ".edgeseg-error.json"
+#: marks a hidden result folder being written (``.<name>.edgeseg.partial-<random>``)
+PARTIAL_MARK = ".edgeseg.partial-"
+#: marks a hidden previous result being replaced (``.<name>.edgeseg.old-<random>``)
+OLD_MARK = ".edgeseg.old-"
+#: marks a hidden error file being written (``.<name>.edgeseg-error.json.partial-<random>``)
+ERROR_PARTIAL_MARK = ERROR_SUFFIX + ".partial-"
+
+
+def result_dir_name(name: str) -> str:
+    """``<name>.edgeseg``: the folder name of finished results for the series named ``name``."""
+    return f"{name}{RESULT_SUFFIX}"
+
+
+def error_file_name(name: str) -> str:
+    """``<name>.edgeseg-error.json``: the error file name for the series named ``name``."""
+    return f"{name}{ERROR_SUFFIX}"
+
+
+def _is_output_component(part: str) -> bool:
+    if part.endswith(RESULT_SUFFIX) or part.endswith(ERROR_SUFFIX):
+        return True
+    if part.startswith(".") and (PARTIAL_MARK in part or OLD_MARK in part or ERROR_PARTIAL_MARK in part):
+        return True
+    return False
+
+
+def is_edgeseg_output(path: StrPath) -> bool:
+    """True if ``path`` is something edgeseg writes, or lies inside such a folder.
+
+    Recognised: ``*.edgeseg`` folders and anything inside them, ``*.edgeseg-error.json``, and the hidden
+    temporaries ``.*.edgeseg.partial-*``, ``.*.edgeseg.old-*``, ``.*.edgeseg-error.json.partial-*`` (and their
+    contents). Works on relative or absolute paths, existing or not.
+    """
+    return any(_is_output_component(part) for part in Path(path).parts)
