@@ -11,60 +11,30 @@ import platform
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from edgeseg import __version__
+from edgeseg.bundle.hashing import sha256_file
 from edgeseg.bundle.schema import Bundle, Part, Variant, load_bundle
 from edgeseg.errors import InferenceError
+from edgeseg.runtime.infer.engine import Engine, compile_part
+from edgeseg.runtime.infer.sliding_window import sliding_window
+from edgeseg.runtime.infer.tiling import tile_count
+from edgeseg.runtime.options import OutputOptions, SegmentOptions
+from edgeseg.runtime.postprocess import empty_labels, logits_to_part_labels, merge_part, to_input_grid
+from edgeseg.runtime.preprocess import orient, preprocess
+from edgeseg.runtime.read import SeriesRef, Volume, read_series
+from edgeseg.runtime.write import SegmentResult, write_results
+from edgeseg.typing import StrPath
+
+__all__ = ["OutputOptions", "ProgressCallback", "SegmentOptions", "SegmentResult", "Timings", "clear_engines",
+           "get_engine", "run_manifest", "segment_series", "segment_volume"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    """Which results to write beside the series (the multilabel NIfTI, its label sidecar and the run manifest
-    are always written)."""
-
-    per_structure: bool = False
-    dicom_seg: bool = True
-    statistics: bool = True
-    preview: bool = True
-
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    """How to run. ``precision``: "auto" (fastest the device compiles), "int8", "fp16" or "fp32".
-    ``variant``: bundle variant name (None: the most accurate). ``time_budget_s``: recorded in the manifest; the
-    time-budget planner (watcher, ``segment --time-budget``) turns it into ``variant`` and ``tile_step_size``."""
-
-    device: str = "CPU"
-    precision: str = "auto"
-    variant: str | None = None
-    threads: int | None = None
-    cache_dir: Path | None = None
-    time_budget_s: float | None = None
-    #: override the bundle's tile step (the planner may coarsen it to meet a budget)
-    tile_step_size: float | None = None
-    outputs: OutputOptions = field(default_factory=OutputOptions)
-    #: what the input's headers may promise (:class:`~edgeseg.runtime.read.limits.ReadLimits`; None: defaults)
-    limits: Any = None
-
-
-@dataclass(frozen=True)
-class SegmentResult:
-    """Where the results landed: ``output_dir`` is the finished ``<name>.edgeseg`` folder beside the series;
-    ``files`` maps a role ("labelmap", "labels", "statistics", "preview", "dicom_seg", "manifest") to its path."""
-
-    output_dir: Path
-    files: dict[str, Path]
-    manifest: dict[str, Any]
-    #: seconds per stage of this run (read, preprocess, compile, infer, postprocess, write), when known
-    timings: dict[str, float] | None = None
-
 
 ProgressCallback = Callable[[str, float], None]
 
@@ -72,15 +42,13 @@ ProgressCallback = Callable[[str, float], None]
 # --------------------------------------------------------------------------------------------------------------
 # compiled models are kept between series (the watcher segments many): keyed by bundle, part, device, precision
 
-_ENGINES: "OrderedDict[tuple, Any]" = OrderedDict()
+_ENGINES: OrderedDict[tuple[Any, ...], Engine] = OrderedDict()
 _ENGINES_LOCK = threading.Lock()
 _MAX_ENGINES = 4
 
 
-def get_engine(bundle: Bundle, part: Part, options: SegmentOptions) -> Any:
+def get_engine(bundle: Bundle, part: Part, options: SegmentOptions) -> Engine:
     """A compiled :class:`~edgeseg.runtime.infer.engine.Engine` for the part, reused across calls."""
-    from edgeseg.runtime.infer.engine import compile_part
-
     key = (str(bundle.path), bundle.files.get(next(iter(part.models.values())).xml), part.name, options.device,
            options.precision, options.threads, str(options.cache_dir))
     with _ENGINES_LOCK:
@@ -116,7 +84,7 @@ class Timings:
         return self.read + self.preprocess + self.compile + self.infer + self.postprocess + self.write
 
 
-def segment_volume(volume: Any, bundle: Bundle, options: SegmentOptions | None = None,
+def segment_volume(volume: Volume, bundle: Bundle, options: SegmentOptions | None = None,
                    progress: ProgressCallback | None = None,
                    timings: Timings | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Segment an in-memory :class:`~edgeseg.runtime.read.volume.Volume`; no files are written.
@@ -124,11 +92,6 @@ def segment_volume(volume: Any, bundle: Bundle, options: SegmentOptions | None =
     Returns the merged label map on exactly ``volume``'s grid ((I, J, K), uint8/uint16, bundle label numbers)
     and a run record (variant, parts, precision used per part, tiles, timings).
     """
-    from edgeseg.runtime.infer.sliding_window import sliding_window
-    from edgeseg.runtime.infer.tiling import tile_count
-    from edgeseg.runtime.postprocess import empty_labels, logits_to_part_labels, merge_part, to_input_grid
-    from edgeseg.runtime.preprocess import orient, preprocess
-
     options = options or SegmentOptions()
     timings = timings if timings is not None else Timings()
     variant: Variant = bundle.variant(options.variant)
@@ -194,7 +157,7 @@ def segment_volume(volume: Any, bundle: Bundle, options: SegmentOptions | None =
     return labels, record
 
 
-def run_manifest(bundle: Bundle, volume: Any, options: SegmentOptions, record: dict[str, Any]) -> dict[str, Any]:
+def run_manifest(bundle: Bundle, volume: Volume, options: SegmentOptions, record: dict[str, Any]) -> dict[str, Any]:
     """What a PACS admin or auditor needs to know about one run."""
     import openvino
 
@@ -214,21 +177,16 @@ def run_manifest(bundle: Bundle, volume: Any, options: SegmentOptions, record: d
 
 
 def _bundle_digest(bundle: Bundle) -> str:
-    from edgeseg.bundle.hashing import sha256_file
-
     return sha256_file(bundle.path / "bundle.json")
 
 
-def segment_series(source: Any, bundle: Bundle | Path | str, options: SegmentOptions | None = None,
-                   progress: ProgressCallback | None = None, plan: dict[str, Any] | None = None) -> SegmentResult:
+def segment_series(source: SeriesRef | Volume | StrPath, bundle: Bundle | Path | str,
+                   options: SegmentOptions | None = None, progress: ProgressCallback | None = None,
+                   plan: dict[str, Any] | None = None) -> SegmentResult:
     """Read a series (NIfTI/PAR file, DICOM folder, ``SeriesRef`` or an already read ``Volume``), segment it and
     write the results
     atomically into ``<name>.edgeseg/`` beside it. ``plan`` (from the watcher's planner) is recorded in the
     manifest. Raises :class:`~edgeseg.errors.EdgesegError` subclasses for bad input; never modifies the input."""
-    from edgeseg.runtime.read import read_series
-    from edgeseg.runtime.read.volume import Volume
-    from edgeseg.runtime.write import write_results
-
     options = options or SegmentOptions()
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)

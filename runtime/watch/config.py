@@ -22,8 +22,8 @@ from typing import Any, Mapping
 import edgeseg.demo
 from edgeseg.errors import ConfigError
 from edgeseg.runtime.infer.engine import PRECISIONS
+from edgeseg.runtime.options import OutputOptions, SegmentOptions
 from edgeseg.runtime.read.limits import ReadLimits
-from edgeseg.runtime.segment import OutputOptions
 
 #: ``bundle: demo`` resolves to this folder inside the installed package
 DEMO_BUNDLE_KEYWORD = "demo"
@@ -90,13 +90,11 @@ class WatchConfig:
         """The per-tile latency table measured on this machine."""
         return self.state_dir / "latency.json"
 
-    def segment_options(self, variant: str | None = None, tile_step_size: float | None = None) -> Any:
-        """The :class:`~edgeseg.runtime.segment.SegmentOptions` every series is segmented with.
+    def segment_options(self, variant: str | None = None, tile_step_size: float | None = None) -> SegmentOptions:
+        """The :class:`~edgeseg.runtime.options.SegmentOptions` every series is segmented with.
 
         ``variant`` and ``tile_step_size`` come from the time-budget planner.
         """
-        from edgeseg.runtime.segment import SegmentOptions
-
         return SegmentOptions(device=self.device, precision=self.precision, variant=variant, threads=self.threads,
                               cache_dir=self.state_dir / "model_cache", time_budget_s=self.time_budget_s,
                               tile_step_size=tile_step_size, outputs=self.outputs, limits=self.limits)

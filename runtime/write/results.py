@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,9 +28,9 @@ import numpy as np
 
 from edgeseg.errors import OutputError
 from edgeseg.runtime.naming import series_key
+from edgeseg.runtime.options import OutputOptions
 from edgeseg.runtime.read.paths import fs_text
 from edgeseg.runtime.read.volume import Volume
-from edgeseg.runtime.segment import OutputOptions, SegmentResult
 from edgeseg.runtime.write.atomic import ResultFolder, clear_error_file
 from edgeseg.runtime.write.dicomseg import DICOM_SEG_FILE, write_dicom_seg
 from edgeseg.runtime.write.manifest import MANIFEST_FILE, write_manifest
@@ -39,6 +40,18 @@ from edgeseg.runtime.write.preview import PREVIEW_FILE, write_preview
 from edgeseg.runtime.write.statistics import STATISTICS_FILE, compute_statistics, write_statistics
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """Where the results landed: ``output_dir`` is the finished ``<name>.edgeseg`` folder beside the series;
+    ``files`` maps a role ("labelmap", "labels", "statistics", "preview", "dicom_seg", "manifest") to its path."""
+
+    output_dir: Path
+    files: dict[str, Path]
+    manifest: dict[str, Any]
+    #: seconds per stage of this run (read, preprocess, compile, infer, postprocess, write), when known
+    timings: dict[str, float] | None = None
 
 
 def series_folder(volume: Volume) -> Path:
