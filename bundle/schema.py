@@ -10,7 +10,9 @@ Geometry conventions recorded here are nnU-Net's: ``spacing`` and ``patch_size``
 order, i.e. the SimpleITK order (z, y, x) of the (reoriented) image permuted by ``transpose_forward``.
 Pre-resampling spacing (TotalSegmentator's wrapper) is in world (x, y, z) millimetres of the RAS image.
 
-The loader raises :class:`~edgeseg.errors.BundleError` naming the bad key path (``variants[0].parts[1].patch_size``).
+The dataclasses below are the contract: export builds them and writes them with :func:`bundle_to_dict`; the
+loader :func:`parse_bundle` is its inverse and raises :class:`~edgeseg.errors.BundleError` naming the bad key path
+(``variants[0].parts[1].patch_size``). Keys added later have defaults, so older bundles load unchanged.
 """
 from __future__ import annotations
 
@@ -434,7 +436,8 @@ def load_bundle(path: Path | str, verify: bool = True) -> Bundle:
 
 
 def bundle_to_dict(bundle: Bundle) -> dict[str, Any]:
-    """The JSON form of a bundle (inverse of :func:`parse_bundle`)."""
+    """The JSON form of a bundle, as export writes it to ``bundle.json``: every field of the dataclasses above
+    (``path`` excepted). :func:`parse_bundle` is its inverse: ``parse_bundle(bundle_to_dict(b), b.path) == b``."""
     d = asdict(bundle)
     d.pop("path")
     d["labels"] = {str(k): v for k, v in bundle.labels.items()}

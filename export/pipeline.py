@@ -12,7 +12,7 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +21,10 @@ import numpy as np
 
 from edgeseg import __version__
 from edgeseg.bundle.hashing import hash_tree, sha256_file
-from edgeseg.bundle.schema import BUNDLE_FILE, SCHEMA_VERSION, Bundle, load_bundle, parse_bundle
+from edgeseg.bundle.schema import (
+    BUNDLE_FILE, SCHEMA_VERSION, Bundle, ModelFile, Normalization, Part, Resampling, Variant, bundle_to_dict,
+    load_bundle, parse_bundle,
+)
 from edgeseg.errors import EdgesegError, ExportError
 from edgeseg.export.model_folder import ModelFolder, open_model
 from edgeseg.export.metrics import dice_per_class, mean_dice
@@ -88,13 +91,18 @@ def _label_map(part: ModelFolder, merged: dict[int, str]) -> dict[int, int]:
     return {value: by_name[name] for value, name in part.foreground_labels.items()}
 
 
-def _resampling(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {"order": int(kwargs.get("order", 3)), "order_z": int(kwargs.get("order_z", 0)),
-            "force_separate_z": kwargs.get("force_separate_z"), "anisotropy_threshold": 3.0}
+def _resampling(kwargs: dict[str, Any]) -> Resampling:
+    return Resampling(order=int(kwargs.get("order", 3)), order_z=int(kwargs.get("order_z", 0)),
+                      force_separate_z=kwargs.get("force_separate_z"), anisotropy_threshold=3.0)
 
 
-def _part_entry(part: ModelFolder, merged: dict[int, str], settings: ExportSettings, rel_dir: str,
-                mirror_axes: tuple[int, ...] | None) -> dict[str, Any]:
+def _model_file(precision: str, rel_dir: str, xml: Path, binf: Path) -> ModelFile:
+    return ModelFile(precision, f"{rel_dir}/{xml.name}", f"{rel_dir}/{binf.name}")
+
+
+def _part(part: ModelFolder, merged: dict[int, str], settings: ExportSettings, rel_dir: str,
+          mirror_axes: tuple[int, ...] | None) -> Part:
+    """The bundle's description of one model part, without its model files yet."""
     cfg = part.configuration
     fn_data = cfg.get("resampling_fn_data", "resample_data_or_seg_to_shape")
     fn_prob = cfg.get("resampling_fn_probabilities", "resample_data_or_seg_to_shape")
@@ -102,33 +110,32 @@ def _part_entry(part: ModelFolder, merged: dict[int, str], settings: ExportSetti
         if fn not in ("resample_data_or_seg_to_shape", "resample_data_or_seg_to_spacing"):
             raise ExportError(f"{part.path}: resampling function '{fn}' is not supported by the edgeseg runtime.")
     props = part.plans.get("foreground_intensity_properties_per_channel", {})
-    norms = []
-    for c, scheme in enumerate(cfg["normalization_schemes"]):
-        norms.append({"scheme": scheme, "use_mask_for_norm": bool(cfg["use_mask_for_norm"][c]),
-                      "intensity_properties": {k: float(v) for k, v in props.get(str(c), {}).items()}})
+    norms = tuple(Normalization(scheme, bool(cfg["use_mask_for_norm"][c]),
+                                {k: float(v) for k, v in props.get(str(c), {}).items()})
+                  for c, scheme in enumerate(cfg["normalization_schemes"]))
     # TotalSegmentator runs nnU-Net without test-time augmentation whatever the trainer allows
     use_mirroring = {"on": True, "off": False}.get(settings.mirroring,
                                                     mirror_axes is not None and not settings.totalseg)
     step = settings.tile_step_size or (ts_wrapper.TILE_STEP if settings.totalseg else 0.5)
-    return {
-        "name": part.name,
-        "label_map": {str(k): v for k, v in _label_map(part, merged).items()},
-        "num_input_channels": part.num_input_channels,
-        "num_outputs": part.num_outputs,
-        "spacing": [float(s) for s in cfg["spacing"]],
-        "patch_size": [int(s) for s in cfg["patch_size"]],
-        "transpose_forward": [int(i) for i in part.plans.get("transpose_forward", [0, 1, 2])],
-        "transpose_backward": [int(i) for i in part.plans.get("transpose_backward", [0, 1, 2])],
-        "normalization": norms,
-        "resampling_data": _resampling(cfg.get("resampling_fn_data_kwargs", {})),
-        "resampling_probabilities": _resampling(cfg.get("resampling_fn_probabilities_kwargs", {"order": 1})),
-        "tile_step_size": float(step),
-        "use_gaussian": True,
-        "use_mirroring": bool(use_mirroring),
-        "mirror_axes": list(mirror_axes) if mirror_axes else [0, 1, 2],
-        "folds": list(part.checkpoints),
-        "models": {},
-        "source": {
+    return Part(
+        name=part.name,
+        label_map=_label_map(part, merged),
+        num_input_channels=part.num_input_channels,
+        num_outputs=part.num_outputs,
+        spacing=tuple(float(s) for s in cfg["spacing"]),
+        patch_size=tuple(int(s) for s in cfg["patch_size"]),
+        transpose_forward=tuple(int(i) for i in part.plans.get("transpose_forward", [0, 1, 2])),
+        transpose_backward=tuple(int(i) for i in part.plans.get("transpose_backward", [0, 1, 2])),
+        normalization=norms,
+        resampling_data=_resampling(cfg.get("resampling_fn_data_kwargs", {})),
+        resampling_probabilities=_resampling(cfg.get("resampling_fn_probabilities_kwargs", {"order": 1})),
+        tile_step_size=float(step),
+        use_gaussian=True,
+        use_mirroring=bool(use_mirroring),
+        mirror_axes=tuple(mirror_axes) if mirror_axes else (0, 1, 2),
+        folds=tuple(part.checkpoints),
+        models={},
+        source={
             "folder": part.path.name, "dataset": part.dataset_name, "trainer": part.trainer,
             "plans": part.plans_name, "configuration": part.configuration_name,
             "checkpoints_sha256": {f: sha256_file(p) for f, p in part.checkpoints.items()},
@@ -136,7 +143,7 @@ def _part_entry(part: ModelFolder, merged: dict[int, str], settings: ExportSetti
             "dataset_json_sha256": sha256_file(part.path / "dataset.json"),
             "dir": rel_dir,
         },
-    }
+    )
 
 
 def _versions() -> dict[str, str]:
@@ -155,20 +162,24 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _manifest(root: Path, settings: ExportSettings, labels: dict[int, str], variants: list[dict[str, Any]],
-              validation: str | None) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "name": settings.name,
-        "description": settings.description,
-        "intended_use": settings.intended_use,
-        "labels": {str(k): v for k, v in sorted(labels.items())},
-        "variants": variants,
-        "files": hash_tree(root),
-        "validation_report": validation,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-    }
+def _bundle(root: Path, settings: ExportSettings, labels: dict[int, str], variants: Sequence[Variant],
+            validation: str | None) -> Bundle:
+    """The bundle as exported so far (every file below ``root`` hashed), checked by the schema's own loader: it
+    is serialised as bundle.json would be and parsed back."""
+    built = Bundle(
+        path=root,
+        schema_version=SCHEMA_VERSION,
+        name=settings.name,
+        description=settings.description,
+        intended_use=settings.intended_use,
+        labels=dict(sorted(labels.items())),
+        variants=tuple(variants),
+        files=hash_tree(root),
+        validation_report=validation,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        versions=_versions(),
+    )
+    return parse_bundle(bundle_to_dict(built), root)
 
 
 class Progress:
@@ -232,7 +243,7 @@ def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path,
     progress("calibration series: %s; validation series: %s", [s.name for s in calib_series],
              [s.name for s in valid_series])
 
-    variant_entries: list[dict[str, Any]] = []
+    bundle_variants: list[Variant] = []
     torch_checks: list[dict[str, Any]] = []
     quant_times: dict[str, float] = {}
     ov_models: dict[tuple[str, str], Any] = {}
@@ -244,34 +255,30 @@ def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path,
             first = parts[0]
             pre = ts_wrapper.pre_resample(first.dataset_name, first.configuration["spacing"], settings.totalseg_order)
             follows = ts_wrapper.follows(first.dataset_name, settings.totalseg_order)
-        entry: dict[str, Any] = {"name": spec.name, "rank": spec.rank, "reorient": reorient, "pre_resample": pre,
-                                 "follows": follows, "parts": []}
+        entries: list[Part] = []
         for part in parts:
             rel = f"{spec.name}/{part.name}"
             nets = load_fold_networks(part)
             module = fold_ensemble(nets)
             mirror = mirroring_axes_from_checkpoint(part)
-            pentry = _part_entry(part, labels, settings, rel, mirror)
-            onnx_path = export_onnx(module, (1, part.num_input_channels, *pentry["patch_size"]),
+            entry = _part(part, labels, settings, rel, mirror)
+            onnx_path = export_onnx(module, (1, part.num_input_channels, *entry.patch_size),
                                     scratch / f"{spec.name}-{part.name}.onnx")
             ov_model = to_openvino(onnx_path)
             (root / rel).mkdir(parents=True, exist_ok=True)
+            models: dict[str, ModelFile] = {}
             for prec in ("fp32", "fp16"):
                 if prec == "fp32" or prec in settings.precisions:  # FP32: reference and exact-parity mode
                     xml, binf = save_ir(ov_model, root / rel / f"{prec}.xml", fp16=prec == "fp16")
-                    pentry["models"][prec] = {"xml": f"{rel}/{xml.name}", "bin": f"{rel}/{binf.name}"}
+                    models[prec] = _model_file(prec, rel, xml, binf)
             ov_models[(spec.name, part.name)] = ov_model
             modules[(spec.name, part.name)] = module
-            entry["parts"].append(pentry)
+            entries.append(replace(entry, models=models))
             progress("converted %s/%s (%d fold(s), %d outputs)", spec.name, part.name, len(nets), part.num_outputs)
-        variant_entries.append(entry)
-
-    def current_bundle() -> Bundle:
-        manifest = _manifest(root, settings, labels, variant_entries, None)
-        return parse_bundle(manifest, root)
+        bundle_variants.append(Variant(spec.name, spec.rank, reorient, pre, tuple(entries), follows))
 
     # FP32 IR vs torch on real preprocessed patches
-    bundle = current_bundle()
+    bundle = _bundle(root, settings, labels, bundle_variants, None)
     for variant in bundle.variants:
         for part in variant.parts:
             torch_checks.append(_check_against_torch(bundle, variant, part, modules[(variant.name, part.name)],
@@ -285,8 +292,10 @@ def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path,
         from edgeseg.export.quantize import quantize
         from edgeseg.runtime.infer.engine import core
 
-        for entry, variant in zip(variant_entries, bundle.variants):
-            for pentry, part in zip(entry["parts"], variant.parts):
+        quantized: list[Variant] = []
+        for variant in bundle.variants:
+            entries = []
+            for part in variant.parts:
                 t0 = time.perf_counter()
                 calib = calibration_patches(calib_series, variant, part, settings.quantize.subset_size)
                 fp32_compiled = None
@@ -297,13 +306,16 @@ def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path,
                     valid = calibration_patches(valid_series, variant, part, max(4, settings.quantize.subset_size // 2),
                                                 seed=1)
                 int8 = quantize(ov_models[(variant.name, part.name)], calib, settings.quantize, valid, fp32_compiled)
-                rel = pentry["source"]["dir"]
+                rel = part.source["dir"]
                 xml, binf = save_ir(int8, root / rel / "int8.xml")
-                pentry["models"]["int8"] = {"xml": f"{rel}/{xml.name}", "bin": f"{rel}/{binf.name}"}
+                entries.append(replace(part, models={**part.models, "int8": _model_file("int8", rel, xml, binf)}))
                 quant_times[f"{variant.name}/{part.name}"] = round(time.perf_counter() - t0, 1)
                 progress("quantized %s/%s on %d patches in %.0fs", variant.name, part.name, len(calib),
                          quant_times[f"{variant.name}/{part.name}"])
-        bundle = current_bundle()  # the FP32 IR stays in every bundle: validation reference, exact-parity mode
+            quantized.append(replace(variant, parts=tuple(entries)))
+        bundle_variants = quantized
+        # the FP32 IR stays in every bundle: validation reference, exact-parity mode
+        bundle = _bundle(root, settings, labels, bundle_variants, None)
 
     shutil.rmtree(scratch, ignore_errors=True)
     report = _validate(bundle, valid_series, settings, progress)
@@ -316,10 +328,10 @@ def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path,
     report["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                          "processor": platform.processor() or platform.machine()}
     _write_json(root / "validation.json", report)
-    manifest = _manifest(root, settings, labels, variant_entries, "validation.json")
-    _write_json(root / BUNDLE_FILE, manifest)
+    bundle = _bundle(root, settings, labels, bundle_variants, "validation.json")
+    _write_json(root / BUNDLE_FILE, bundle_to_dict(bundle))
     progress("bundle complete")
-    return parse_bundle(manifest, root)
+    return bundle
 
 
 def _settings_record(settings: ExportSettings) -> dict[str, Any]:

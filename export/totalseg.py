@@ -21,7 +21,7 @@ logits resampling) is not reproduced. The task spacings below are TotalSegmentat
 """
 from __future__ import annotations
 
-from typing import Any
+from edgeseg.bundle.schema import PreResample
 
 #: the TotalSegmentator release whose wrapper these settings reproduce (and that the parity tests run)
 RELEASE = "2.18.0"
@@ -44,13 +44,15 @@ def dataset_id(dataset_name: str) -> int | None:
     return None
 
 
-def pre_resample(dataset_name: str, plans_spacing_zyx: list[float], order: int) -> dict[str, Any]:
-    """The ``pre_resample`` entry of a variant whose first part is ``dataset_name``."""
+def pre_resample(dataset_name: str, plans_spacing_zyx: list[float], order: int) -> PreResample:
+    """The pre-resampling of a variant whose first part is ``dataset_name`` (spacing in world x, y, z mm)."""
     known = TASK_SPACING.get(dataset_id(dataset_name) or -1)
-    spacing = [known[0]] * 3 if known else [float(plans_spacing_zyx[2]), float(plans_spacing_zyx[1]),
-                                            float(plans_spacing_zyx[0])]
-    return {"spacing": spacing, "order": int(order), "mode": "nearest", "cast": "int32", "order_back": 0,
-            "header_float32": True}
+    if known:
+        spacing = (known[0], known[0], known[0])
+    else:  # the plans' spacing, nnU-Net's (z, y, x) turned to world (x, y, z)
+        spacing = (float(plans_spacing_zyx[2]), float(plans_spacing_zyx[1]), float(plans_spacing_zyx[0]))
+    return PreResample(spacing=spacing, order=int(order), cast="int32", mode="nearest", order_back=0,
+                       header_float32=True)
 
 
 def follows(dataset_name: str, order: int) -> str:

@@ -1,12 +1,17 @@
 """bundle.json: typed loading, errors that name the bad key, and the sha256 integrity check."""
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edgeseg.bundle import bundle_to_dict, load_bundle
-from edgeseg.bundle.schema import parse_bundle
+from edgeseg.bundle.schema import (
+    SCHEMA_VERSION, Bundle, ModelFile, Normalization, Part, PreResample, Resampling, Variant, parse_bundle,
+)
 from edgeseg.errors import BundleError
 from helpers.synthetic import make_bundle
 
@@ -80,3 +85,67 @@ def test_unknown_variant_and_precision(bundle_dir):
         b.variant("fast")
     with pytest.raises(BundleError, match="has no int8 model"):
         b.model_path(b.variant().parts[0], "int8")
+
+
+def _every_field_set(path: Path) -> Bundle:
+    """A bundle whose every field with a default holds another value (see the test below)."""
+    model = {p: ModelFile(p, f"v/a/{p}.xml", f"v/a/{p}.bin") for p in ("fp32", "int8")}
+    part = Part(
+        name="a", label_map={1: 2, 2: 1}, num_input_channels=2, num_outputs=3, spacing=(1.5, 0.75, 0.75),
+        patch_size=(32, 64, 48), transpose_forward=(2, 0, 1), transpose_backward=(1, 2, 0),
+        normalization=(Normalization("ZScoreNormalization", True, {"mean": 1.5, "std": 2.0}),
+                       Normalization("CTNormalization", True, {"percentile_00_5": -10.0})),
+        resampling_data=Resampling(order=1, order_z=1, force_separate_z=True, anisotropy_threshold=2.5),
+        resampling_probabilities=Resampling(order=2, order_z=2, force_separate_z=False, anisotropy_threshold=4.0),
+        tile_step_size=0.8, use_gaussian=False, use_mirroring=True, mirror_axes=(0, 2), folds=("0", "all"),
+        models=model, source={"dataset": "Dataset850_X", "dir": "v/a"},
+    )
+    pre = PreResample(spacing=(1.5, 1.5, 3.0), order=1, cast=None, mode="nearest", order_back=1,
+                      header_float32=True)
+    variant = Variant("v", 0, "RAS", pre, (part,), follows="TotalSegmentator 2.18.0 (total_mr default)")
+    files = {f: "0" * 64 for m in model.values() for f in (m.xml, m.bin)}
+    return Bundle(path=path, schema_version=SCHEMA_VERSION, name="every-field", description="d",
+                  intended_use="tests", labels={1: "liver", 2: "spleen"}, variants=(variant,), files=files,
+                  validation_report="validation.json", created="2026-01-01T00:00:00+00:00",
+                  versions={"edgeseg": "0.0"})
+
+
+def _fields_left_at_default(obj: Any, where: str = "bundle") -> list[str]:
+    if isinstance(obj, (tuple, list)):
+        return [f for i, x in enumerate(obj) for f in _fields_left_at_default(x, f"{where}[{i}]")]
+    if isinstance(obj, dict):
+        return [f for k, x in obj.items() for f in _fields_left_at_default(x, f"{where}.{k}")]
+    if not dataclasses.is_dataclass(obj):
+        return []
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if default is not dataclasses.MISSING and value == default:
+            out.append(f"{where}.{f.name}")
+        out += _fields_left_at_default(value, f"{where}.{f.name}")
+    return out
+
+
+def test_every_field_round_trips_through_the_one_serialisation(tmp_path: Path) -> None:
+    """Export writes bundle.json with bundle_to_dict and the runtime reads it with parse_bundle: a field added to
+    a dataclass and not to the loader (or the other way round) fails here. Every field with a default is set to
+    another value, so a field the loader ignores shows too; a new field makes the first assertion name it."""
+    bundle = _every_field_set(tmp_path)
+    assert _fields_left_at_default(bundle) == []
+    data = bundle_to_dict(bundle)
+    assert json.loads(json.dumps(data)) == data  # plain JSON types only
+    assert parse_bundle(data, tmp_path) == bundle
+
+
+def test_the_demo_bundle_loads_unchanged_and_serialises_to_its_own_file() -> None:
+    """An existing bundle (the packaged demo, written before ``follows`` existed) loads as it is, and the one
+    serialisation writes back exactly its file, plus the keys added since (with their defaults)."""
+    from edgeseg.demo import demo_bundle_path
+
+    bundle = load_bundle(demo_bundle_path(), verify=True)
+    on_disk = json.loads((bundle.path / "bundle.json").read_text(encoding="utf-8"))
+    for variant in on_disk["variants"]:
+        variant.setdefault("follows", "")
+    assert bundle_to_dict(bundle) == on_disk
+    assert parse_bundle(bundle_to_dict(bundle), bundle.path) == bundle

@@ -118,3 +118,15 @@ def test_fp16_ir_is_exported_and_runs(tmp_path, tiny_model, calibration_dir):
     assert labels.shape == vol.shape and record["parts"][0]["precision"].startswith("fp16")
     report = json.loads((bundle.path / "validation.json").read_text())
     assert report["summary"]["fp16"]["mean_dice_vs_fp32"] is not None
+
+
+def test_totalseg_pre_resample_is_the_schema_dataclass():
+    """``--totalseg`` records TotalSegmentator's wrapper as the bundle schema's PreResample (no dict twin)."""
+    from edgeseg.bundle.schema import PreResample
+    from edgeseg.export import totalseg
+
+    fast = totalseg.pre_resample("Dataset852_TotalSegMRI_total_3mm_1088subj", [1.0, 2.0, 2.5], 1)
+    assert fast == PreResample(spacing=(3.0, 3.0, 3.0), order=1, cast="int32", mode="nearest", order_back=0,
+                               header_float32=True)
+    other = totalseg.pre_resample("Dataset123_Other", [3.0, 2.0, 1.0], 3)
+    assert other.spacing == (1.0, 2.0, 3.0) and other.order == 3  # the plans' (z, y, x) as world (x, y, z)
