@@ -1,20 +1,38 @@
 """``seg.dcm``: a DICOM Segmentation (highdicom) referencing the source images, for PACS and viewers.
 
-Type: BINARY by default (one 1-bit frame per segment and source plane, the most widely supported); "LABELMAP"
-(one frame per plane holding segment numbers; DICOM 2024, small, less viewer support) on request.
+Type (``segmentation_type``; for results ``OutputOptions.seg_type``, config ``outputs.seg_type``, ``edgeseg segment
+--seg-type``): "LABELMAP" (one frame per source plane holding segment numbers; DICOM 2024, highdicom >= 0.24) or
+"BINARY" (one 1-bit frame per segment and plane it occurs in: the most widely supported type, but thousands of
+frames for 50 structures). ``benchmarks/dicomseg_types.py`` measures both; the README has the figures and the
+reason for the default.
 
 Only labels present in the mask become segments. They are renumbered 1..n in ascending label order (DICOM needs
 consecutive segment numbers); each segment's SegmentLabel is the label name, and the mapping segment number ->
-(label value, name) is returned for the run manifest. Segmented property category/type: SCT "Anatomical
-Structure" / "Organ" (generic codes: the label names carry the meaning). Algorithm: AUTOMATIC, name "edgeseg",
-family DCM "Artificial Intelligence".
+(label value, name) is returned for the run manifest. What a segment *is*: SNOMED CT segmented property category,
+type and laterality modifier from :mod:`edgeseg.runtime.write.structure_codes` (a generic "Anatomical Structure"
+for a name it does not know); its RecommendedDisplayCIELabValue is the preview's colour of its label value
+(:func:`edgeseg.runtime.write.preview.label_color`). Algorithm: AUTOMATIC, name "edgeseg", family DCM "Artificial
+Intelligence". ContributingEquipmentSequence names edgeseg (Processing Equipment) and the model bundle.
 
 Geometry: ``labelmap`` is indexed (i, j, k) like :class:`Volume`, where plane k is ``pixel_array.T`` of source
-plane k; so source plane k's segmentation frame is ``labelmap[:, :, k].T`` with shape (Rows, Columns). For a
-classic series the frames are passed in k order together with the source instances in k order
-(``Volume.dicom_files``); for an enhanced multi-frame source whose every frame is in the volume they are put
-back in the file's frame order (``Volume.extra["frames"]``); otherwise explicit plane positions (from the
-affine, RAS -> LPS) are given to highdicom.
+plane k; so source plane k's segmentation frame is ``labelmap[:, :, k].T`` with shape (Rows, Columns).
+highdicom takes the plane geometry from the sources unless it is given explicitly (:func:`_plane_geometry`):
+
+* a classic series whose instances share one ImageOrientationPatient: frames in k order with the source instances
+  in k order (``Volume.dicom_files``), geometry copied by highdicom;
+* an enhanced multi-frame source: pixel measures and plane orientation are taken from the Per-frame or the Shared
+  Functional Groups, whichever the file has (Siemens XA and Philips keep them per frame), and passed explicitly;
+  when every frame is in the volume the frames are put back in the file's frame order (``Volume.extra["frames"]``);
+* orientation noise (GE writes ImageOrientationPatient with ~1e-7 differences between slices; the reader stacked
+  them as one orientation within its tolerance): one orientation for the stack -- the reader's, from the volume's
+  affine -- and explicit plane positions (each stacked plane's own ImagePositionPatient), so highdicom still links
+  each frame to its source plane;
+* a partial stack (a frame of an enhanced image not stacked, e.g. a localizer): explicit plane positions.
+
+highdicom 0.28 reads the orientation and pixel measures of a multi-frame source from its Shared Functional Groups
+and demands one identical ImageOrientationPatient from classic sources even when they are given explicitly, so
+the in-memory copies of the sources (read here without pixel data; the files are never written) carry the stack's
+one orientation and, for a multi-frame source, its pixel measures and orientation as shared groups.
 
 Patient and study attributes are copied from the first source by highdicom; person names (VR PN) are sanitised
 first (:func:`_sanitise_person_names`), since a console may export a PatientName with a backslash (the DICOM value
@@ -25,6 +43,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from datetime import datetime
 from typing import Any, Mapping
 
 import numpy as np
@@ -89,7 +108,33 @@ def _sanitise_person_names(dataset: Any) -> list[str]:
     return changed
 
 
+def _group_item(ds: Any, index: int, sequence: str) -> Any | None:
+    """The item of functional group ``sequence`` for frame ``index`` (0-based) of a multi-frame ``ds``: from its
+    Per-frame Functional Groups, else from the Shared Functional Groups; None if neither has it."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    shared = ds.get("SharedFunctionalGroupsSequence") or []
+    for group in (per_frame[index] if index < len(per_frame) else None, shared[0] if shared else None):
+        if group is not None and sequence in group and len(group[sequence].value) > 0:
+            return group[sequence].value[0]
+    return None
+
+
+def _share_group(ds: Any, sequence: str, item: Any) -> None:
+    """In the in-memory copy of a multi-frame source: ``item`` becomes the shared ``sequence`` (and per-frame copies
+    of it are dropped, as a functional group is either shared or per frame)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    if not ds.get("SharedFunctionalGroupsSequence"):
+        ds.SharedFunctionalGroupsSequence = Sequence([Dataset()])
+    setattr(ds.SharedFunctionalGroupsSequence[0], sequence, Sequence([item]))
+    for frame_item in ds.get("PerFrameFunctionalGroupsSequence") or []:
+        if sequence in frame_item:
+            delattr(frame_item, sequence)
+
+
 def _explicit_planes(volume: Volume) -> dict[str, Any]:
+    """Plane positions, orientation and pixel measures of the volume's own grid (from its affine, RAS -> LPS)."""
     import highdicom as hd
 
     geo = planes_from_affine(volume.affine, volume.shape[2])
@@ -102,9 +147,129 @@ def _explicit_planes(volume: Volume) -> dict[str, Any]:
     }
 
 
+def _plane_geometry(volume: Volume, sources: list[Any], frames: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """The segmentation frames in the order highdicom gets them and the geometry it must be given explicitly
+    (``plane_positions``, ``plane_orientation``, ``pixel_measures``); see the module docstring. Adjusts the
+    in-memory ``sources`` where highdicom would otherwise refuse them (never the files)."""
+    import copy
+
+    import highdicom as hd
+
+    patient = hd.CoordinateSystemNames.PATIENT
+    refs = list(volume.extra.get("frames") or ())
+    n_planes = volume.shape[2]
+    kwargs: dict[str, Any] = {}
+    multiframe = len(sources) == 1 and bool(volume.extra.get("multiframe"))
+    if not multiframe and (volume.extra.get("multiframe") or len(sources) != n_planes):
+        return frames, _explicit_planes(volume)  # several multi-frame files: the volume's own geometry
+    if multiframe:
+        ds = sources[0]
+        indices = [int(idx) for _, idx in refs]
+        if len(indices) != n_planes:
+            raise ValueError(f"the volume has {n_planes} planes but records {len(indices)} source frames")
+        orientations = [_group_item(ds, i, "PlaneOrientationSequence") for i in indices]
+        measures = _group_item(ds, indices[0], "PixelMeasuresSequence")
+        positions = [_group_item(ds, i, "PlanePositionSequence") for i in indices]
+        if any(o is None for o in orientations) or measures is None or any(p is None for p in positions):
+            raise ValueError("the multi-frame source lacks a frame's plane position, orientation or pixel measures")
+        iops = [[float(v) for v in o.ImageOrientationPatient] for o in orientations]
+        ipps = [[float(v) for v in p.ImagePositionPatient] for p in positions]
+    else:
+        measures = sources[0]
+        iops = [[float(v) for v in ds.ImageOrientationPatient] for ds in sources]
+        ipps = [[float(v) for v in ds.ImagePositionPatient] for ds in sources]
+
+    noisy = any(iop != iops[0] for iop in iops[1:])
+    if noisy:  # one orientation for the stack: the reader's (the stacked planes agree within its tolerance)
+        orientation = hd.PlaneOrientationSequence(patient, planes_from_affine(volume.affine, n_planes)["iop"])
+        spread = float(np.max(np.abs(np.asarray(iops) - np.asarray(iops[0]))))
+        log.info("DICOM-SEG for series %s: the source planes' orientations differ by up to %.2g; the SEG uses the "
+                 "stack's one orientation and explicit plane positions", volume.series_uid, spread)
+    else:
+        orientation = hd.PlaneOrientationSequence(patient, iops[0])
+    thickness = measures.get("SliceThickness")
+    between = measures.get("SpacingBetweenSlices")
+    pixel_measures = hd.PixelMeasuresSequence(
+        [float(v) for v in measures.PixelSpacing],
+        float(thickness) if thickness not in (None, "") else float(volume.extra.get("slice_spacing_mm") or 1.0),
+        float(between) if between not in (None, "") else None)
+
+    if multiframe:
+        ds = sources[0]
+        _share_group(ds, "PlaneOrientationSequence", copy.deepcopy(orientation[0]))
+        _share_group(ds, "PixelMeasuresSequence", copy.deepcopy(pixel_measures[0]))
+        kwargs.update(plane_orientation=orientation, pixel_measures=pixel_measures)
+        n_frames = int(ds.get("NumberOfFrames", 1))
+        if not noisy and n_frames == n_planes and sorted(indices) == list(range(n_frames)):
+            in_file_order = np.zeros_like(frames)
+            in_file_order[indices] = frames
+            return in_file_order, kwargs
+    elif noisy:
+        for ds in sources:
+            ds.ImageOrientationPatient = orientation[0].ImageOrientationPatient
+        kwargs.update(plane_orientation=orientation, pixel_measures=pixel_measures)
+    else:
+        return frames, kwargs
+    kwargs["plane_positions"] = [hd.PlanePositionSequence(patient, ipp) for ipp in ipps]
+    return frames, kwargs
+
+
+def _segment_description(number: int, value: int, name: str, algorithm: Any) -> Any:
+    """Segment ``number`` (label ``value`` called ``name``): label, SNOMED CT codes, the preview's colour."""
+    import highdicom as hd
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from edgeseg.runtime.write.preview import label_color
+    from edgeseg.runtime.write.structure_codes import structure_code
+
+    code = structure_code(name)
+    description = hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=name[:64],
+        segmented_property_category=hd.sr.CodedConcept(code.category[1], code.category[0], code.category[2]),
+        segmented_property_type=hd.sr.CodedConcept(code.type[1], code.type[0], code.type[2]),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        display_color=hd.color.CIELabColor.from_rgb(*label_color(value)),
+    )
+    if code.laterality is not None:
+        modifier = Dataset()
+        modifier.CodingSchemeDesignator, modifier.CodeValue, modifier.CodeMeaning = code.laterality
+        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = Sequence(
+            [modifier])
+    return description
+
+
+def _contributing_equipment(bundle: Mapping[str, Any] | None) -> Any:
+    """edgeseg as the Processing Equipment, with the model bundle (name, bundle.json sha256) that segmented."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    bundle = bundle or {}
+    name = str(bundle.get("name") or "unknown bundle")
+    digest = str(bundle.get("bundle_json_sha256") or "")
+    versions = [f"edgeseg {__version__}"[:64]]
+    if digest:
+        versions.append(f"bundle sha256 {digest[:16]}")
+    return hd.ContributingEquipment(
+        manufacturer="edgeseg",
+        contribution_datetime=datetime.now(),
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=f"edgeseg model bundle {name}"[:64],
+        software_versions=versions,
+        contribution_description=(f"Automatic segmentation by edgeseg {__version__} with the model bundle {name!r}"
+                                  + (f" (bundle.json sha256 {digest})" if digest else ""))[:1024],
+    )
+
+
 def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str], *,
-                    segmentation_type: str = "BINARY", series_number: int | None = None) -> dict[int, dict[str, Any]]:
+                    segmentation_type: str = "BINARY", series_number: int | None = None,
+                    bundle: Mapping[str, Any] | None = None) -> dict[int, dict[str, Any]]:
     """Write a DICOM Segmentation of ``labelmap`` (shape (I, J, K) of the DICOM ``volume``) to ``path``.
+
+    ``segmentation_type``: "BINARY" or "LABELMAP" (case-insensitive). ``bundle``: the run manifest's ``bundle``
+    record (``name``, ``bundle_json_sha256``), named in the ContributingEquipmentSequence.
 
     Returns {segment number: {"label": value, "name": name}} for the segments written (present labels only).
     Raises ValueError for a non-DICOM volume or an empty mask, :class:`OutputError` if the sources are unreadable;
@@ -137,33 +302,12 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
         log.warning("DICOM-SEG for series %s: person name(s) %s held a backslash or control characters; the SEG "
                     "carries them as one value with those characters replaced by spaces", volume.series_uid,
                     ", ".join(changed))
-    kwargs: dict[str, Any] = {}
-    frame_refs = volume.extra.get("frames") or ()
-    if len(sources) == 1 and volume.extra.get("multiframe"):
-        n_frames = int(sources[0].get("NumberOfFrames", 1))
-        indices = [int(idx) for _, idx in frame_refs]
-        if len(indices) == n_frames == volume.shape[2] and sorted(indices) == list(range(n_frames)):
-            in_file_order = np.zeros_like(frames)
-            in_file_order[indices] = frames
-            frames = in_file_order
-        else:
-            kwargs.update(_explicit_planes(volume))
-    elif len(sources) != volume.shape[2]:
-        kwargs.update(_explicit_planes(volume))
+    frames, geometry = _plane_geometry(volume, sources, frames)
 
     algorithm = hd.AlgorithmIdentificationSequence(
         name="edgeseg", family=codes.cid7162.ArtificialIntelligence, version=__version__, source="edgeseg")
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=info["name"][:64],
-            segmented_property_category=codes.SCT.AnatomicalStructure,
-            segmented_property_type=codes.SCT.Organ,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-        )
-        for number, info in segments.items()
-    ]
+    descriptions = [_segment_description(number, info["label"], info["name"], algorithm)
+                    for number, info in segments.items()]
     src_number = sources[0].get("SeriesNumber")
     if series_number is None:
         try:
@@ -188,7 +332,8 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
         content_label="EDGESEG",
         series_description=SERIES_DESCRIPTION,
         omit_empty_frames=True,
-        **kwargs,
+        contributing_equipment=[_contributing_equipment(bundle)],
+        **geometry,
     )
     seg.save_as(os.fspath(path))
     log.info("wrote %s DICOM-SEG with %d segment(s) to %s", seg_type, len(segments), path)
