@@ -13,6 +13,7 @@ log = logging.getLogger(__name__)
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from edgeseg.runtime.infer.engine import PRECISIONS
+    from edgeseg.runtime.options import SEG_TYPES, OutputOptions
 
     p = sub.add_parser(
         "segment", help="segment one series (NIfTI/PAR file or DICOM folder) with a model bundle",
@@ -33,6 +34,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=float, help="seconds; pick the most accurate variant that fits")
     p.add_argument("--per-structure", action="store_true", help="also one NIfTI per structure")
     p.add_argument("--no-dicom-seg", action="store_true", help="do not write a DICOM-SEG for DICOM input")
+    p.add_argument("--seg-type", choices=SEG_TYPES, default=OutputOptions.seg_type,
+                   help="DICOM-SEG type: labelmap (one frame per slice, small; the default) or binary (one frame per "
+                        "structure and slice, for viewers that do not read LABELMAP SEGs yet)")
     p.add_argument("--no-preview", action="store_true", help="do not write the preview PNG")
     p.add_argument("--no-statistics", action="store_true", help="do not write statistics.json")
     p.set_defaults(func=run_segment)
@@ -60,7 +64,8 @@ def run_segment(args: argparse.Namespace) -> int:
         device=args.device, precision=args.precision, variant=args.variant, threads=args.threads,
         cache_dir=cache_dir, time_budget_s=args.time_budget,
         outputs=OutputOptions(per_structure=args.per_structure, dicom_seg=not args.no_dicom_seg,
-                              statistics=not args.no_statistics, preview=not args.no_preview))
+                              statistics=not args.no_statistics, preview=not args.no_preview,
+                              seg_type=args.seg_type))
     refs = discover_series(args.input)
     if not refs:
         print(f"No image series found in {args.input}.", file=sys.stderr)

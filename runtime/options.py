@@ -11,6 +11,9 @@ from pathlib import Path
 
 from edgeseg.runtime.read.limits import ReadLimits
 
+#: DICOM-SEG types (:attr:`OutputOptions.seg_type`)
+SEG_TYPES = ("labelmap", "binary")
+
 
 @dataclass(frozen=True)
 class OutputOptions:
@@ -21,6 +24,15 @@ class OutputOptions:
     dicom_seg: bool = True
     statistics: bool = True
     preview: bool = True
+    #: DICOM-SEG type, one of :data:`SEG_TYPES`: "labelmap" (one frame per slice) or "binary" (one frame per
+    #: structure and slice); :mod:`edgeseg.runtime.write.dicomseg` says why the default is what it is
+    seg_type: str = "labelmap"
+
+    def __post_init__(self) -> None:
+        value = str(getattr(self.seg_type, "value", self.seg_type)).lower()
+        if value not in SEG_TYPES:
+            raise ValueError(f"seg_type must be one of {', '.join(SEG_TYPES)}, not {self.seg_type!r}")
+        object.__setattr__(self, "seg_type", value)
 
 
 @dataclass(frozen=True)

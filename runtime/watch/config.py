@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import edgeseg.demo
 from edgeseg.errors import ConfigError
 from edgeseg.runtime.infer.engine import PRECISIONS
-from edgeseg.runtime.options import OutputOptions, SegmentOptions
+from edgeseg.runtime.options import SEG_TYPES, OutputOptions, SegmentOptions
 from edgeseg.runtime.read.limits import ReadLimits
 
 #: ``bundle: demo`` resolves to this folder inside the installed package
@@ -143,6 +143,8 @@ _KEYS: tuple[_Key, ...] = (
          minimum=1),
     _Key("outputs.per_structure", "bool", False, "one NIfTI mask per structure"),
     _Key("outputs.dicom_seg", "bool", True, "a DICOM-SEG object (DICOM input only)"),
+    _Key("outputs.seg_type", "enum", OutputOptions.seg_type, "DICOM-SEG type: labelmap (one frame per slice) or "
+         "binary (one frame per structure and slice)", choices=SEG_TYPES),
     _Key("outputs.statistics", "bool", True, "volume and intensity per structure (JSON, CSV)"),
     _Key("outputs.preview", "bool", True, "a PNG overview"),
     _Key("state_dir", "path", None, "job store, latency table and model cache"),
@@ -456,6 +458,7 @@ def load_config(
         outputs=OutputOptions(
             per_structure=values["outputs.per_structure"],
             dicom_seg=values["outputs.dicom_seg"],
+            seg_type=values["outputs.seg_type"],
             statistics=values["outputs.statistics"],
             preview=values["outputs.preview"],
         ),

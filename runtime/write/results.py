@@ -7,7 +7,8 @@ Layout of ``<name>.edgeseg/``::
     structures/*.nii.gz one 0/1 mask per label (OutputOptions.per_structure)
     statistics.json     voxels, volume_ml, mean_intensity per structure (OutputOptions.statistics)
     preview.png         overlay on 5 slices with a legend (OutputOptions.preview)
-    seg.dcm             DICOM-SEG, DICOM input only, when at least one structure is present (OutputOptions.dicom_seg)
+    seg.dcm             DICOM-SEG, DICOM input only, when at least one structure is present (OutputOptions.dicom_seg,
+                        of type OutputOptions.seg_type)
     manifest.json       the caller's manifest + outputs, series, series_key, writer and time (always)
 
 Results land in the DICOM series' folder (``Volume.source``) or beside the NIfTI/PAR file, unless ``out_parent``
@@ -75,8 +76,7 @@ def _series_record(volume: Volume) -> dict[str, Any]:
 
 
 def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str], options: OutputOptions,
-                  manifest: Mapping[str, Any], out_parent: Path | None = None, *,
-                  dicom_seg_type: str = "BINARY") -> SegmentResult:
+                  manifest: Mapping[str, Any], out_parent: Path | None = None) -> SegmentResult:
     """Write the results of one series; returns where they landed.
 
     ``labelmap``: integer array of exactly ``volume.shape`` (I, J, K), 0 = background, values = keys of
@@ -121,7 +121,7 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
             else:
                 try:
                     segments = write_dicom_seg(root / DICOM_SEG_FILE, volume, labelmap, labels,
-                                               segmentation_type=dicom_seg_type)
+                                               segmentation_type=options.seg_type, bundle=record.get("bundle"))
                 except (OSError, OutputError):
                     raise
                 except Exception as err:  # highdicom refuses some sources; keep the other results
