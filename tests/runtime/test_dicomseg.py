@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from helpers.seg_validation import validate_result_folder, validate_seg
 from io_helpers import geometry_variants, tree_digest
 from edgeseg.demo.dicom_series import write_enhanced_mr
 from edgeseg.runtime.read import read_series
@@ -40,7 +41,8 @@ def test_binary_seg_maps_to_the_same_voxels(axial_series: Path, seg_array: np.nd
                                             labels: dict[int, str]) -> None:
     vol = read_series(axial_series)
     before = tree_digest(axial_series)
-    result = write_results(vol, seg_array, labels, OutputOptions(preview=False, statistics=False), {})
+    result = write_results(vol, seg_array, labels,
+                           OutputOptions(preview=False, statistics=False, seg_type="binary"), {})
     path = result.files["dicom_seg"]
     assert path == result.output_dir / "seg.dcm"
     assert tree_digest(axial_series, ignore=is_edgeseg_output) == before
@@ -66,6 +68,7 @@ def test_binary_seg_maps_to_the_same_voxels(axial_series: Path, seg_array: np.nd
     per_frame = seg.get_pixels_by_source_instance(source_uids, combine_segments=True)
     segments = {int(k): v for k, v in result.manifest["dicom_seg_segments"].items()}
     np.testing.assert_array_equal(_to_volume_labels(seg, segments, per_frame), seg_array)
+    validate_result_folder(result.output_dir)
 
 
 @pytest.mark.parametrize("geometry", ["sagittal", "oblique", "reversed_k"])
@@ -88,6 +91,7 @@ def test_seg_landmark_world_position(geometry: str, mr_image: Image3, tmp_path: 
     assert found.shape == (1, 3)
     world_lps = volume.affine @ np.array([*found[0], 1.0])
     np.testing.assert_allclose((_LPS @ world_lps)[:3], point[:3], atol=1e-3)
+    validate_seg(tmp_path / "seg.dcm", lab, vol.affine, {1: 3, 2: 9})
 
 
 def test_labelmap_type(axial_series: Path, seg_array: np.ndarray, labels: dict[int, str], tmp_path: Path) -> None:
@@ -97,6 +101,8 @@ def test_labelmap_type(axial_series: Path, seg_array: np.ndarray, labels: dict[i
     assert seg.segmentation_type == hd.seg.SegmentationTypeValues.LABELMAP
     per_frame = seg.get_pixels_by_source_instance(list(vol.extra["sop_instance_uids"]), combine_segments=True)
     np.testing.assert_array_equal(_to_volume_labels(seg, segments, per_frame), seg_array)
+    assert int(seg.NumberOfFrames) == vol.shape[2]  # one frame per slice, whatever the number of segments
+    validate_seg(tmp_path / "lm.dcm", seg_array, vol.affine, {n: s["label"] for n, s in segments.items()})
 
 
 def test_enhanced_multiframe_source(mr_image: Image3, seg_array: np.ndarray, labels: dict[int, str],
@@ -110,6 +116,7 @@ def test_enhanced_multiframe_source(mr_image: Image3, seg_array: np.ndarray, lab
     per_frame = seg.get_pixels_by_source_frame(vol.extra["sop_instance_uids"][0], frame_numbers,
                                                combine_segments=True)
     np.testing.assert_array_equal(_to_volume_labels(seg, segments, per_frame), seg_array)
+    validate_seg(tmp_path / "seg.dcm", seg_array, vol.affine, {n: s["label"] for n, s in segments.items()})
 
 
 def test_no_seg_for_empty_mask_or_nifti(axial_series: Path, mr_path: Path, tmp_path: Path) -> None:
@@ -166,3 +173,102 @@ def test_enhanced_source_with_a_dropped_frame(mr_image: Image3, tmp_path: Path) 
     found = np.argwhere(volume.array == 1)
     assert found.shape == (1, 3)
     np.testing.assert_allclose((_LPS @ volume.affine @ np.array([*found[0], 1.0]))[:3], point[:3], atol=1e-3)
+    validate_seg(tmp_path / "seg.dcm", lab, vol.affine, {1: 4})
+
+
+def test_segments_say_what_they_are(axial_series: Path, seg_array: np.ndarray, labels: dict[int, str]) -> None:
+    """SNOMED CT category/type/laterality per structure, the preview's colours, and edgeseg + the bundle as
+    contributing equipment (what PACS and viewers show)."""
+    from edgeseg.runtime.write.preview import label_color
+    from edgeseg.runtime.write.structure_codes import structure_code
+
+    vol = read_series(axial_series)
+    manifest = {"bundle": {"name": "total_mr_demo", "bundle_json_sha256": "ab" * 32}}
+    result = write_results(vol, seg_array, labels, OutputOptions(preview=False, statistics=False), manifest)
+    ds = pydicom.dcmread(result.files["dicom_seg"], stop_before_pixels=True)
+    segments = {int(k): v for k, v in result.manifest["dicom_seg_segments"].items()}
+    by_name = {}
+    ours = [item for item in ds.SegmentSequence if int(item.SegmentNumber) > 0]  # LABELMAP: 0 is "Background"
+    assert len(ours) == len(segments)
+    for item in ours:
+        info = segments[int(item.SegmentNumber)]
+        by_name[info["name"]] = item
+        code = structure_code(info["name"])
+        category, prop = item.SegmentedPropertyCategoryCodeSequence[0], item.SegmentedPropertyTypeCodeSequence[0]
+        assert (category.CodingSchemeDesignator, category.CodeValue) == ("SCT", "123037004")
+        assert (prop.CodingSchemeDesignator, prop.CodeValue, prop.CodeMeaning) == code.type
+        modifier = prop.get("SegmentedPropertyTypeModifierCodeSequence")
+        assert (modifier[0].CodeValue if modifier else None) == (code.laterality[1] if code.laterality else None)
+        expected = hd.color.CIELabColor.from_rgb(*label_color(info["label"])).value
+        assert list(item.RecommendedDisplayCIELabValue) == list(expected)
+    assert by_name["liver"].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+    kidney = by_name["kidney_left"].SegmentedPropertyTypeCodeSequence[0]
+    assert kidney.CodeMeaning == "Kidney" and kidney.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning == "Left"
+    assert len({tuple(item.RecommendedDisplayCIELabValue) for item in ours}) == len(segments)
+    ours = [e for e in ds.ContributingEquipmentSequence if e.Manufacturer == "edgeseg"]
+    assert len(ours) == 1
+    assert ours[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"  # Processing Equipment
+    assert "total_mr_demo" in ours[0].ManufacturerModelName and "ab" * 32 in ours[0].ContributionDescription
+
+
+def test_every_total_mr_structure_has_codes_from_totalsegmentator(labels: dict[int, str]) -> None:
+    """The table's codes are TotalSegmentator 2.18.0's SNOMED CT mapping (the facts) wherever it has the structure."""
+    import csv
+
+    import totalsegmentator
+
+    from edgeseg.runtime.write.structure_codes import GENERIC, LEFT, RIGHT, STRUCTURE_CODES
+
+    assert set(labels.values()) == set(STRUCTURE_CODES)
+    table = Path(totalsegmentator.__file__).parent / "resources" / "totalsegmentator_snomed_mapping.csv"
+    with open(table, newline="", encoding="utf-8") as fh:
+        rows = {row["Structure"]: row for row in csv.DictReader(fh)}
+    in_source = [name for name in STRUCTURE_CODES if name in rows]
+    assert len(in_source) == 46, sorted(set(STRUCTURE_CODES) - set(rows))
+    for name in in_source:
+        row, code = rows[name], STRUCTURE_CODES[name]
+        assert code.category[1] == row["SegmentedPropertyCategoryCodeSequence.CodeValue"], name
+        assert code.type[:2] == ("SCT", row["SegmentedPropertyTypeCodeSequence.CodeValue"]), name
+        side = row["SegmentedPropertyTypeModifierCodeSequence.CodeValue"] or None
+        assert (code.laterality[1] if code.laterality else None) == side, name
+    for name, code in STRUCTURE_CODES.items():
+        assert code.laterality == (LEFT if name.endswith("_left") else RIGHT if name.endswith("_right") else None)
+        assert code != GENERIC
+
+
+def test_unknown_structure_gets_generic_codes(axial_series: Path, tmp_path: Path) -> None:
+    vol = read_series(axial_series)
+    lab = np.zeros(vol.shape, np.uint8)
+    lab[30:40, 30:40, 5:8] = 7
+    write_dicom_seg(tmp_path / "seg.dcm", vol, lab, {7: "tumour_core"})
+    item = pydicom.dcmread(tmp_path / "seg.dcm", stop_before_pixels=True).SegmentSequence[0]
+    assert item.SegmentLabel == "tumour_core"
+    assert item.SegmentedPropertyTypeCodeSequence[0].CodeValue == "123037004"
+    validate_seg(tmp_path / "seg.dcm", lab, vol.affine, {1: 7})
+
+
+def test_seg_type_option(axial_series: Path, seg_array: np.ndarray, labels: dict[int, str]) -> None:
+    assert OutputOptions().seg_type == "labelmap"
+    assert OutputOptions(seg_type="BINARY").seg_type == "binary"
+    with pytest.raises(ValueError, match="seg_type"):
+        OutputOptions(seg_type="fractional")
+    vol = read_series(axial_series)
+    for seg_type, expected in (("labelmap", "LABELMAP"), ("binary", "BINARY")):
+        result = write_results(vol, seg_array, labels, OutputOptions(preview=False, statistics=False,
+                                                                     seg_type=seg_type), {})
+        seg = hd.seg.segread(result.files["dicom_seg"])
+        assert seg.segmentation_type.value == expected
+
+
+def test_validation_catches_a_mask_one_voxel_off(axial_series: Path, seg_array: np.ndarray,
+                                                 labels: dict[int, str], tmp_path: Path) -> None:
+    """The validator itself: a label map shifted by one voxel (or a wrong affine) must fail."""
+    vol = read_series(axial_series)
+    segments = write_dicom_seg(tmp_path / "seg.dcm", vol, seg_array, labels, segmentation_type="LABELMAP")
+    numbers = {n: s["label"] for n, s in segments.items()}
+    with pytest.raises(AssertionError, match="world coordinates|voxel"):
+        validate_seg(tmp_path / "seg.dcm", np.roll(seg_array, 1, axis=1), vol.affine, numbers)
+    moved = vol.affine.copy()
+    moved[:3, 3] += 0.5 * vol.affine[:3, 0]
+    with pytest.raises(AssertionError, match="voxel"):
+        validate_seg(tmp_path / "seg.dcm", seg_array, moved, numbers)
