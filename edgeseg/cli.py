@@ -12,7 +12,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from edgeseg import __version__
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EXIT_INTERRUPTED, EXIT_OK, ConfigError, EdgesegError
 
 log = logging.getLogger("edgeseg")
 
@@ -127,15 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(-1 if args.quiet else args.verbose, getattr(args, "log_file", None))
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return ConfigError.exit_code  # a usage error, as argparse's own
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(args) or EXIT_OK)
     except EdgesegError as err:
         log.error("%s", err)
         return err.exit_code
     except KeyboardInterrupt:
         log.warning("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

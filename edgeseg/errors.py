@@ -1,25 +1,55 @@
-"""The exception family of edgeseg: one class per failure class, each message says what to do.
+"""The exception family of edgeseg: one class per failure class, each carrying its remedy and exit code.
 
 Every error raised on purpose by edgeseg derives from :class:`EdgesegError`, so a caller (the watcher, the
-command line) can catch the family and carry on. Messages name the file, series UID or key concerned and the fix.
+command line) can catch the family and carry on. Messages name the file, series UID or key concerned and the fix
+for that case. Each class carries what is the same for every error of its class:
+
+* ``kind``: short machine-readable name, written as ``kind`` into ``<name>.edgeseg-error.json`` and the logs;
+* ``exit_code``: the command line's exit status for it (distinct per class; the table is in the README);
+* ``remedy``: what to do about this class of failure, written as ``what_to_do`` into the error file beside a
+  series. It may name ``{device}``, ``{folder}`` and ``{log_file}``, filled in by :func:`remedy_for`.
+
+Commands take their exit codes from here (``err.exit_code``, :data:`EXIT_FAILED`, ...), never from literals.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
+#: exit status of a command that did what it was asked
+EXIT_OK = 0
+#: exit status after Ctrl+C / SIGINT (128 + 2, as shells report a process killed by SIGINT)
+EXIT_INTERRUPTED = 130
+
+#: what the remedy of an error that is not an :class:`EdgesegError` (a bug) says; may name ``{log_file}``
+UNEXPECTED_REMEDY = ("Unexpected error (a bug in edgeseg): the log {log_file} has the details; please report it "
+                     "with that file.")
+#: ``kind`` recorded for an error that is not an :class:`EdgesegError`
+UNEXPECTED_KIND = "internal"
+
+#: what a remedy's placeholders say when the caller does not know the value
+_CONTEXT_DEFAULTS = {"device": "the configured device", "folder": "the output folder", "log_file": "file"}
+
 
 class EdgesegError(Exception):
-    """Base class of every error edgeseg raises on purpose."""
+    """Base class of every error edgeseg raises on purpose. Its exit code (1) is also the generic failure of a
+    command (``watch --once`` with a failed series, ``doctor`` with a failed check)."""
 
     #: short machine-readable name used in error files and logs
     kind = "error"
     #: process exit code used by the command line
     exit_code = 1
+    #: what to do about this class of failure (``what_to_do`` of the error file); see :func:`remedy_for`
+    remedy = "See the error above; `edgeseg doctor` checks the installation."
 
 
 class ConfigError(EdgesegError, ValueError):
-    """A configuration file, flag or option is invalid (names the key path and the fix)."""
+    """A configuration file, flag or option is invalid (names the key path and the fix). Its exit code (2) is
+    also the one of a command line that names no sub-command."""
 
     kind = "config"
     exit_code = 2
+    remedy = ("Correct the key or flag the message names (every key of watch_config.yaml is explained by its "
+              "comment) and start again.")
 
 
 class ModelFolderError(EdgesegError):
@@ -27,6 +57,8 @@ class ModelFolderError(EdgesegError):
 
     kind = "model_folder"
     exit_code = 3
+    remedy = ("Give `edgeseg export` the nnU-Net v2 trained-model folder as nnU-Net wrote it (plans.json, "
+              "dataset.json, fold_N/checkpoint_final.pth) or its release zip, and export again.")
 
 
 class ExportError(EdgesegError):
@@ -34,6 +66,8 @@ class ExportError(EdgesegError):
 
     kind = "export"
     exit_code = 4
+    remedy = ("Export again with -v to see the stage that failed; check the --calibration series and the free "
+              "disk space where --out is written.")
 
 
 class BundleError(EdgesegError):
@@ -41,6 +75,7 @@ class BundleError(EdgesegError):
 
     kind = "bundle"
     exit_code = 5
+    remedy = "The model bundle is damaged or incomplete: run `edgeseg doctor` and copy the bundle again."
 
 
 class InvalidSeriesError(EdgesegError, ValueError):
@@ -48,6 +83,8 @@ class InvalidSeriesError(EdgesegError, ValueError):
 
     kind = "invalid_series"
     exit_code = 6
+    remedy = ("This series cannot be segmented as it is. Check it on the scanner console (one complete 3-D "
+              "series) and send it again.")
 
 
 class InferenceError(EdgesegError):
@@ -55,6 +92,8 @@ class InferenceError(EdgesegError):
 
     kind = "inference"
     exit_code = 7
+    remedy = ("OpenVINO could not run the model on {device}: run `edgeseg doctor`; if it persists set device: CPU "
+              "in watch_config.yaml.")
 
 
 class OutputError(EdgesegError):
@@ -62,6 +101,7 @@ class OutputError(EdgesegError):
 
     kind = "output"
     exit_code = 8
+    remedy = "Results could not be written: check free disk space and write permission in {folder}."
 
 
 class MissingDependencyError(EdgesegError, ImportError):
@@ -69,6 +109,7 @@ class MissingDependencyError(EdgesegError, ImportError):
 
     kind = "missing_dependency"
     exit_code = 9
+    remedy = "This edgeseg installation is incomplete: reinstall it (with the extra the message names)."
 
 
 class StateStoreError(EdgesegError):
@@ -76,6 +117,8 @@ class StateStoreError(EdgesegError):
 
     kind = "state_store"
     exit_code = 10
+    remedy = ("The watcher's state folder or job store is gone or damaged: run the command the message gives (it "
+              "moves the damaged store aside), then start the watcher again.")
 
 
 class WatcherRunningError(EdgesegError):
@@ -83,6 +126,8 @@ class WatcherRunningError(EdgesegError):
 
     kind = "watcher_running"
     exit_code = 11
+    remedy = ("Another watcher already uses this state folder: stop it first (`edgeseg status` shows its pid), or "
+              "give this one a state_dir of its own.")
 
 
 class SeriesTooLargeError(InvalidSeriesError):
@@ -90,6 +135,9 @@ class SeriesTooLargeError(InvalidSeriesError):
 
     kind = "too_large"
     exit_code = 12
+    remedy = ("This series is larger than the limits: in watch_config.yaml allow for it (limits.max_voxels, "
+              "limits.max_decompressed_mb, limits.max_frames) only if it is a genuine image this PC has the "
+              "memory for; otherwise check the export on the scanner console.")
 
 
 class TimeCeilingError(EdgesegError):
@@ -97,6 +145,8 @@ class TimeCeilingError(EdgesegError):
 
     kind = "time_ceiling"
     exit_code = 13
+    remedy = ("This series cannot be segmented within time_ceiling_s on this PC. Raise time_ceiling_s in "
+              "watch_config.yaml if a longer wait is acceptable, or segment it by hand with `edgeseg segment`.")
 
 
 class SeriesInterruptedError(EdgesegError):
@@ -104,6 +154,8 @@ class SeriesInterruptedError(EdgesegError):
 
     kind = "interrupted"
     exit_code = 14
+    remedy = ("Segmenting this series stopped the watcher repeatedly (crash or out-of-memory kill). Check the "
+              "series; re-copy it to try again, or segment it by hand with `edgeseg segment` to see the error.")
 
 
 class OutOfMemoryError(EdgesegError, MemoryError):
@@ -111,3 +163,42 @@ class OutOfMemoryError(EdgesegError, MemoryError):
 
     kind = "out_of_memory"
     exit_code = 15
+    remedy = ("This PC ran out of memory segmenting the series: close other programs, set max_concurrent_series: "
+              "1 (and a smaller time_budget_s, which picks a lighter plan) in watch_config.yaml.")
+
+
+#: exit status of a command that failed without one error class to name (the base class's code)
+EXIT_FAILED = EdgesegError.exit_code
+
+
+def error_classes() -> Iterator[type[EdgesegError]]:
+    """:class:`EdgesegError` and every subclass (defined so far), depth first in definition order."""
+    stack: list[type[EdgesegError]] = [EdgesegError]
+    seen: set[type[EdgesegError]] = set()
+    while stack:
+        cls = stack.pop(0)
+        if cls in seen:
+            continue
+        seen.add(cls)
+        yield cls
+        stack[:0] = cls.__subclasses__()
+
+
+def exit_code_of(err: BaseException) -> int:
+    """The exit code for ``err``: its class's ``exit_code`` for the family, :data:`EXIT_FAILED` otherwise."""
+    return err.exit_code if isinstance(err, EdgesegError) else EXIT_FAILED
+
+
+def kind_of(err: BaseException) -> str:
+    """The ``kind`` for ``err``: its class's for the family, :data:`UNEXPECTED_KIND` otherwise."""
+    return err.kind if isinstance(err, EdgesegError) else UNEXPECTED_KIND
+
+
+def remedy_for(err: BaseException | type[BaseException], **context: object) -> str:
+    """The remedy of ``err``'s class with ``context`` filled in: ``device`` (the configured OpenVINO device),
+    ``folder`` (where results are written), ``log_file``. An error outside the family is a bug
+    (:data:`UNEXPECTED_REMEDY`). A placeholder without a value gets a neutral wording."""
+    cls = err if isinstance(err, type) else type(err)
+    template = cls.remedy if issubclass(cls, EdgesegError) else UNEXPECTED_REMEDY
+    values = {**_CONTEXT_DEFAULTS, **{k: v for k, v in context.items() if v is not None}}
+    return template.format_map(values)

@@ -58,7 +58,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from edgeseg.errors import ConfigError
+    from edgeseg.errors import EXIT_OK, ConfigError
     from edgeseg.export.pipeline import ExportSettings, VariantSpec, export_bundle
     from edgeseg.export.quantize import QuantizeSettings
 
@@ -94,4 +94,4 @@ def run_export(args: argparse.Namespace) -> int:
     for lat in report["latency_per_tile"]:
         if "seconds_per_tile" in lat:
             print(f"  latency [{lat['variant']}/{lat['part']}] {lat['precision']}: {lat['seconds_per_tile']:.3f} s/tile")
-    return 0
+    return EXIT_OK

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "segment", help="segment one series (NIfTI/PAR file or DICOM folder) with a model bundle",
         description="Read a series, run the bundle's OpenVINO model(s) on this PC and write the masks into "
                     "'<name>.edgeseg/' beside the series (atomically). A DICOM folder holding several series "
-                    "gets one result per image series.")
+                    "gets one result per image series. Exit status 0, else the code of the first series that failed "
+                    "(the README lists them).")
     p.add_argument("input", type=Path, help="NIfTI (.nii/.nii.gz), PAR/REC, or a DICOM folder")
     p.add_argument("--bundle", default="demo", help="model bundle folder ('demo': the bundled demo model)")
     p.add_argument("--device", default="CPU", help="CPU, GPU (Intel iGPU) or AUTO")
@@ -53,7 +53,7 @@ def resolve_bundle_path(value: str | Path) -> Path:
 
 def run_segment(args: argparse.Namespace) -> int:
     from edgeseg.bundle import load_bundle
-    from edgeseg.errors import EdgesegError
+    from edgeseg.errors import EXIT_OK, EdgesegError, InvalidSeriesError
     from edgeseg.runtime.read import discover_series, read_series
     from edgeseg.runtime.segment import OutputOptions, SegmentOptions, segment_series
     from edgeseg.runtime.watch.jobs import SeriesGeometry
@@ -68,9 +68,9 @@ def run_segment(args: argparse.Namespace) -> int:
                               seg_type=args.seg_type))
     refs = discover_series(args.input)
     if not refs:
-        print(f"No image series found in {args.input}.", file=sys.stderr)
-        return 6
-    failures = 0
+        raise InvalidSeriesError(f"No image series found in {args.input}: give a NIfTI (.nii/.nii.gz) or PAR/REC "
+                                 "file, or a folder holding the DICOM files of a series.")
+    failed: list[EdgesegError] = []
     planner = _planner(bundle, options) if args.time_budget else None
     for ref in refs:
         shown = [-1]
@@ -91,7 +91,7 @@ def run_segment(args: argparse.Namespace) -> int:
             result = segment_series(source, bundle, run_options, progress,
                                     plan=plan.to_dict() if plan else None)
         except EdgesegError as err:
-            failures += 1
+            failed.append(err)
             log.error("%s", err)
             continue
         t = result.manifest["run"]["timings_s"]
@@ -99,7 +99,7 @@ def run_segment(args: argparse.Namespace) -> int:
         print(f"{result.output_dir}  ({t['total']:.1f} s, {precisions})")
         for role, path in sorted(result.files.items()):
             print(f"  {role:12s} {path}")
-    return 6 if failures else 0
+    return failed[0].exit_code if failed else EXIT_OK
 
 
 def _user_cache() -> Path:

@@ -146,7 +146,7 @@ def _liveness(state_dir: Path, beat: dict[str, Any], now: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from edgeseg.errors import EdgesegError, StateStoreError
+    from edgeseg.errors import EXIT_FAILED, EXIT_OK, EdgesegError, StateStoreError, exit_code_of
     from edgeseg.runtime.watch.config import load_config
     from edgeseg.runtime.watch.store import JobStore, is_damage, store_damaged
 
@@ -161,7 +161,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not config.store_path.is_file():
         print(f"No job store at {config.store_path}: the watcher has not run with this state folder yet (or the "
               "folder was deleted or moved).")
-        return 1
+        return EXIT_FAILED
     try:
         with JobStore(config.store_path, readonly=True) as store:
             try:
@@ -176,13 +176,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         return err.exit_code
     except (EdgesegError, sqlite3.Error) as err:
         print(f"Job store {config.store_path} cannot be read: {err}")
-        return getattr(err, "exit_code", 1)
+        return exit_code_of(err)
     now = time.time()
     state = _liveness(config.state_dir, beat, now)
     if args.json:
         print(json.dumps({"watcher": beat, "state": state, "counts": counts, "recent": [r.__dict__ for r in rows]},
                          indent=2, default=str))
-        return 0
+        return EXIT_OK
     print(f"watcher: {state}")
     print(f"store:   {config.store_path}")
     print("series:  " + ", ".join(f"{n} {s}" for s, n in counts.items()))
@@ -204,7 +204,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         table_rows.append([_age(now - r.updated_at) + " ago", r.state, str(r.attempts), seconds, r.name,
                            r.folder, error[:70] + ("..." if len(error) > 70 else "")])
     print(_table(["UPDATED", "STATE", "TRIES", "SECONDS", "NAME", "FOLDER", "ERROR"], table_rows))
-    return 0
+    return EXIT_OK
 
 
 # ----------------------------------------------------------------------------------------------------- doctor
@@ -224,7 +224,7 @@ def _writable(folder: Path) -> str | None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from edgeseg.errors import EdgesegError
+    from edgeseg.errors import EXIT_FAILED, EXIT_OK, EdgesegError
     from edgeseg.runtime.watch.config import describe, load_config
 
     results: list[tuple[str, str, str]] = []
@@ -243,7 +243,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         config = load_config(args.config, check_paths=False)
     except EdgesegError as err:
         print(f"FAIL  config: {err}")
-        return 1
+        return EXIT_FAILED
     print(f"OK    config: {config.source or '(no file: defaults and environment)'}")
     for key, value in describe(config):
         log.debug("config %s = %s", key, value)
@@ -322,7 +322,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     failed = [r for r in results if r[0] == "FAIL"]
     print(f"\n{len(results) + 1 - len(failed)} OK/SKIP, {len(failed)} FAIL")
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 # ------------------------------------------------------------------------------------------------------- demo
@@ -336,6 +336,7 @@ def _stage_demo_series(mri: Path, staging: Path) -> list[Path]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from edgeseg.errors import EXIT_FAILED, EXIT_OK, BundleError
     import edgeseg.demo
     from edgeseg.runtime.watch import fake
     from edgeseg.runtime.watch.config import load_config
@@ -347,7 +348,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"The packaged demo bundle is not in this build: {bundle} has no bundle.json.\n"
               "`edgeseg demo` needs it to segment. Build it (see the README: demo bundle), or try the watcher on "
               "your own bundle with `edgeseg watch --root DIR --bundle BUNDLE`.")
-        return 5
+        return BundleError.exit_code
     mri = edgeseg.demo.demo_mri_path()  # a BundleError when this build lacks it
     tmp = Path(tempfile.mkdtemp(prefix="edgeseg-demo-"))
     incoming = tmp / "incoming"
@@ -378,12 +379,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         if not watcher.history:
             print(f"No result after {args.timeout:g} s; see the log {config.log_file}.")
-            return 1
+            return EXIT_FAILED
         record = watcher.history[0]
         if not record.ok:
             print(f"Segmentation FAILED after {record.seconds:.1f} s: {record.error}\nError file and log: "
                   f"{target}, {config.log_file}")
-            return 1
+            return EXIT_FAILED
         result = watcher.results[record.key]
         print(f"\nSegmented in {record.seconds:.1f} s. Results in {result.output_dir}:")
         files_by_role = dict(getattr(result, "files", {}) or {})
@@ -395,7 +396,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"  {role:<22} {path}")
         if not args.keep:
             print("(the demo folder is removed on exit; use --keep to keep it)")
-        return 0
+        return EXIT_OK
     finally:
         watcher.stop()
         if not args.keep:

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeseg.errors import (
-    BundleError, ConfigError, EdgesegError, InferenceError, InvalidSeriesError, MissingDependencyError,
-    OutOfMemoryError, OutputError, SeriesInterruptedError, SeriesTooLargeError, StateStoreError, TimeCeilingError,
+    EXIT_FAILED, EXIT_OK, ConfigError, EdgesegError, InvalidSeriesError, OutOfMemoryError, SeriesInterruptedError,
+    StateStoreError, TimeCeilingError, kind_of, remedy_for,
 )
 from edgeseg.runtime.watch.budget import LatencyTable, MeasureFn, Plan, Planner
 from edgeseg.runtime.watch.completion import CompletionTracker
@@ -115,36 +115,6 @@ def _identity(path: Path) -> tuple[int, int]:
     """(device, inode) of a file or folder: a folder deleted and created again has another identity."""
     st = os.stat(path)
     return st.st_dev, st.st_ino
-
-
-def _what_to_do(err: BaseException, config: WatchConfig, job: SeriesJob) -> str:
-    if isinstance(err, SeriesTooLargeError):
-        return ("This series is larger than the limits: in watch_config.yaml allow for it (limits.max_voxels, "
-                "limits.max_decompressed_mb, limits.max_frames) only if it is a genuine image this PC has the "
-                "memory for; otherwise check the export on the scanner console.")
-    if isinstance(err, TimeCeilingError):
-        return ("This series cannot be segmented within time_ceiling_s on this PC. Raise time_ceiling_s in "
-                "watch_config.yaml if a longer wait is acceptable, or segment it by hand with `edgeseg segment`.")
-    if isinstance(err, InvalidSeriesError):
-        return ("This series cannot be segmented as it is. Check it on the scanner console (one complete 3-D "
-                "series) and send it again.")
-    if isinstance(err, OutOfMemoryError):
-        return ("This PC ran out of memory segmenting the series: close other programs, set "
-                "max_concurrent_series: 1 (and a smaller time_budget_s, which picks a lighter plan) in "
-                "watch_config.yaml.")
-    if isinstance(err, BundleError):
-        return "The model bundle is damaged or incomplete: run `edgeseg doctor` and copy the bundle again."
-    if isinstance(err, InferenceError):
-        return (f"OpenVINO could not run the model on {config.device}: run `edgeseg doctor`; if it persists set "
-                "device: CPU in watch_config.yaml.")
-    if isinstance(err, OutputError):
-        return f"Results could not be written: check free disk space and write permission in {job.folder}."
-    if isinstance(err, MissingDependencyError):
-        return "This edgeseg installation is incomplete: reinstall it."
-    if isinstance(err, EdgesegError):
-        return "See the error above; `edgeseg doctor` checks the installation."
-    return (f"Unexpected error (a bug in edgeseg): the log {config.log_file} has the details; please report it "
-            "with that file.")
 
 
 class Watcher:
@@ -227,10 +197,8 @@ class Watcher:
         self.store = JobStore(cfg.store_path)
         self._state_ids = {p: _identity(p) for p in (cfg.state_dir, cfg.store_path)}
         for row in self.store.reconcile(cfg.max_attempts):
-            self._write_error(row.folder_path, row.name, SeriesInterruptedError(row.last_error or "interrupted"),
-                              "Segmenting this series stopped the watcher repeatedly (crash or out-of-memory kill). "
-                              "Check the series; re-copy it to try again, or segment it by hand with `edgeseg "
-                              "segment` to see the error.")
+            interrupted = SeriesInterruptedError(row.last_error or "interrupted")
+            self._write_error(row.folder_path, row.name, interrupted, remedy_for(interrupted))
         self.tracker = CompletionTracker(cfg.quiet_period_s, self.filter, settle_s=self._settle_s, clock=self.clock)
         self._started_at = time.time()
         if not self.once:
@@ -339,7 +307,7 @@ class Watcher:
                 signal.signal(sig, handler)
         if self.fatal is not None:
             raise self.fatal
-        return 1 if self.crashed or (self.once and self.stats["failed"]) else 0
+        return EXIT_FAILED if self.crashed or (self.once and self.stats["failed"]) else EXIT_OK
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only set events here: a handler that logs can interrupt the main thread inside a write to the same
@@ -730,7 +698,7 @@ class Watcher:
         cfg = self.config
         # bad input fails the same way every time: no retry until the files change
         deterministic = job.problem is not None or isinstance(err, (InvalidSeriesError, TimeCeilingError))
-        kind = err.kind if isinstance(err, EdgesegError) else "internal"
+        kind = kind_of(err)
         if isinstance(err, EdgesegError):
             log.error("series failed: key=%s kind=%s attempt=%d/%d error=%s", job.key, kind, attempt,
                       cfg.max_attempts, err)
@@ -750,7 +718,8 @@ class Watcher:
         else:
             retry_text = f"Attempt {attempt} of {cfg.max_attempts}; the watcher tries again later by itself."
         also = f" Also noted: {' '.join(job.notes)}" if job.notes else ""
-        self._write_error(job.folder, job.name, err, f"{_what_to_do(err, cfg, job)} {retry_text}{also}")
+        remedy = remedy_for(err, device=cfg.device, folder=job.folder, log_file=cfg.log_file)
+        self._write_error(job.folder, job.name, err, f"{remedy} {retry_text}{also}")
         self.stats["failed"] += 1
         self.history.append(JobRecord(job.key, job.name, False, seconds, None, message, plan, cfg.time_budget_s))
         return "failed" if final else "retry"

@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from edgeseg import __version__
-from edgeseg.errors import EdgesegError, OutputError
+from edgeseg.errors import EdgesegError, OutputError, kind_of
 from edgeseg.runtime.naming import OLD_MARK as _OLD
 from edgeseg.runtime.naming import PARTIAL_MARK as _PARTIAL
 from edgeseg.runtime.naming import disambiguated, error_file_name, result_dir_name
@@ -199,7 +199,8 @@ def _write_json_atomically(path: Path, payload: Any) -> None:
 def write_error_file(series_dir: StrPath, name: str, error: BaseException | str, what_to_do: str) -> Path:
     """Write ``<series_dir>/<name>.edgeseg-error.json`` atomically (temporary file + ``os.replace``).
 
-    The JSON holds ``series`` (the name), ``kind`` (the error class's ``kind``, e.g. "invalid_series"),
+    The JSON holds ``series`` (the name), ``kind`` (the error class's ``kind``, e.g. "invalid_series"; "internal"
+    for an error outside edgeseg's family, a bug; "error" for a message given as text),
     ``error`` (the message), ``what_to_do``, ``edgeseg_version`` and ``time_utc`` (ISO 8601).
     Returns the path. Raises :class:`OutputError` if the folder is not writable or the disk is full.
     """
@@ -207,7 +208,7 @@ def write_error_file(series_dir: StrPath, name: str, error: BaseException | str,
     path = Path(series_dir) / error_file_name(name)
     payload = {
         "series": name,
-        "kind": getattr(error, "kind", type(error).__name__ if isinstance(error, BaseException) else "error"),
+        "kind": kind_of(error) if isinstance(error, BaseException) else EdgesegError.kind,
         "error": str(error),
         "what_to_do": what_to_do,
         "edgeseg_version": __version__,

@@ -13,7 +13,7 @@ from watch_helpers import (
     QUIET, CountingSegmenter, copy_slowly, error_files, results, tree, wait_for, write_non_image, write_series,
 )
 
-from edgeseg.errors import InferenceError
+from edgeseg.errors import InferenceError, OutputError, kind_of, remedy_for
 from edgeseg.runtime.watch.jobs import fingerprint, stamp_files
 from edgeseg.runtime.watch.service import Watcher
 from edgeseg.runtime.watch.store import COMPLETE, DONE, FAILED, JobStore
@@ -183,6 +183,23 @@ def test_edgeseg_errors_are_recorded_with_their_kind(start_watcher, segmenter, r
     assert w.wait_idle(10)
     data = json.loads(error_files(roots)[0].read_text())
     assert data["kind"] == "inference" and "device: CPU" in data["what_to_do"]
+
+
+def test_error_file_says_what_the_error_class_says_to_do(start_watcher, segmenter, roots) -> None:
+    failures = {"full": OutputError("disk full"), "bug": RuntimeError("boom")}
+    for name, err in failures.items():
+        segmenter.fail[f"/{name}::"] = err
+    w = start_watcher(max_attempts=1)
+    for name in failures:
+        write_series(roots / name, 3)
+    assert wait_for(lambda: len(error_files(roots)) == 2)
+    assert w.wait_idle(10)
+    for path in error_files(roots):
+        err = failures[path.parent.name]
+        data = json.loads(path.read_text())
+        remedy = remedy_for(err, device=w.config.device, folder=path.parent, log_file=w.config.log_file)
+        assert data["kind"] == kind_of(err) and data["what_to_do"].startswith(remedy + " ")
+    assert str(roots / "full") in json.loads(error_files(roots / "full")[0].read_text())["what_to_do"]
 
 
 def test_success_after_failure_clears_the_error_file(start_watcher, segmenter, roots, tmp_path) -> None:

@@ -1,0 +1,46 @@
+"""``edgeseg segment``'s exit status comes from the error family: the class of the first series that failed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeseg.cli import main
+from edgeseg.errors import BundleError, EdgesegError, InvalidSeriesError, OutOfMemoryError, OutputError
+
+
+def test_a_folder_without_series_exits_with_the_invalid_series_code(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-q", "segment", str(tmp_path)]) == InvalidSeriesError.exit_code
+    assert f"No image series found in {tmp_path}" in capsys.readouterr().err
+
+
+def test_a_missing_bundle_exits_with_the_bundle_code(tmp_path: Path) -> None:
+    assert main(["-q", "segment", str(tmp_path), "--bundle", str(tmp_path / "nope")]) == BundleError.exit_code
+
+
+@pytest.mark.parametrize("failures, expected", [
+    ([OutputError("disk full")], OutputError.exit_code),
+    ([None, OutOfMemoryError("no memory")], OutOfMemoryError.exit_code),
+    ([InvalidSeriesError("one slice"), OutputError("disk full")], InvalidSeriesError.exit_code),
+    ([None, None], 0),
+])
+def test_the_first_failing_series_gives_the_exit_code(failures: list[EdgesegError | None], expected: int,
+                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    refs = [f"series{i}" for i in range(len(failures))]
+    outcome = dict(zip(refs, failures))
+
+    class Result:
+        output_dir = tmp_path
+        files: dict[str, Path] = {}
+        manifest = {"run": {"timings_s": {"total": 0.1}, "parts": [{"precision": "fp32"}]}}
+
+    def segment_series(source: str, *args: object, **kwargs: object) -> Result:
+        err = outcome[source]
+        if err is not None:
+            raise err
+        return Result()
+
+    monkeypatch.setattr("edgeseg.runtime.read.discover_series", lambda path: refs)
+    monkeypatch.setattr("edgeseg.runtime.segment.segment_series", segment_series)
+    assert main(["-q", "segment", str(tmp_path)]) == expected
