@@ -54,9 +54,8 @@ def resolve_bundle_path(value: str | Path) -> Path:
 def run_segment(args: argparse.Namespace) -> int:
     from edgeseg.bundle import load_bundle
     from edgeseg.errors import EXIT_OK, EdgesegError, InvalidSeriesError
-    from edgeseg.runtime.read import discover_series, read_series
+    from edgeseg.runtime.read import SeriesGeometry, discover_series, read_series
     from edgeseg.runtime.segment import OutputOptions, SegmentOptions, segment_series
-    from edgeseg.runtime.watch.jobs import SeriesGeometry
 
     bundle = load_bundle(resolve_bundle_path(args.bundle))
     cache_dir = None if args.no_cache else (args.cache_dir or _user_cache() / "model_cache")

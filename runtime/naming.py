@@ -61,6 +61,11 @@ def disambiguated(name: str, identity: str) -> str:
     return f"{name}_{name_tag(identity)}"
 
 
+def unreadable_file_name(file_name: str) -> str:
+    """The name of the error file of an unreadable file that belongs to no series (``photo.jpg`` keeps its dot)."""
+    return safe_stem(file_name, max_len=120, allow_dots=True, fallback="file")
+
+
 _EXTENSION_SUFFIX = re.compile(r"_(nii|par|rec)$", re.IGNORECASE)
 
 

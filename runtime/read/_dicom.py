@@ -37,8 +37,11 @@ import numpy as np
 
 from edgeseg.errors import InvalidSeriesError
 from edgeseg.runtime.naming import dicom_series_name
+from edgeseg.runtime.read.headers import (Instance, _int_or_none, _is_localizer, _is_multiframe, _str,
+                                          dicom_geometry, expected_instances, instance_from_header, non_image_reason,
+                                          read_dicom_header)
 from edgeseg.runtime.read.limits import ReadLimits, check_frames, check_voxels
-from edgeseg.runtime.read.series_ref import SeriesRef
+from edgeseg.runtime.read.series_ref import DICOM, SeriesRef
 from edgeseg.runtime.read.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -52,96 +55,8 @@ ORIENTATION_TOL = 1e-3
 #: relative tolerance on PixelSpacing when grouping frames
 PIXEL_SPACING_REL_TOL = 1e-3
 
-#: Media Storage Directory Storage (DICOMDIR)
-_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
-#: SOP classes that carry no image volume for us, by UID prefix -> what they are
-_NON_IMAGE_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.88.": "structured report",
-    "1.2.840.10008.5.1.4.1.1.11.": "presentation state",
-    "1.2.840.10008.5.1.4.1.1.66": "raw data / segmentation / registration",
-    "1.2.840.10008.5.1.4.1.1.481.": "radiotherapy object",
-    "1.2.840.10008.5.1.4.1.1.104.": "encapsulated document",
-    "1.2.840.10008.5.1.4.1.1.4.2": "MR spectroscopy",
-    "1.2.840.10008.5.1.4.1.1.9.": "waveform",
-}
-_NON_IMAGE_MODALITIES = {"SR", "PR", "KO", "SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "RWV", "DOC", "PLAN",
-                         "FID", "RAW"}
 #: RAS <-> LPS (its own inverse)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-# ---------------------------------------------------------------------------------------------- headers
-
-
-def read_dicom_header(path: str | os.PathLike[str]) -> Any | None:
-    """Read a DICOM file's header (``stop_before_pixels``), or return None if it is not a readable DICOM file.
-
-    Files without the DICOM preamble/"DICM" prefix (``force=False``) are non-DICOM: None, logged at debug level.
-    Unreadable or truncated DICOM files also give None (logged at warning level). Never modifies the file.
-    Returns a ``pydicom.Dataset`` (file meta included) otherwise.
-    """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        return pydicom.dcmread(os.fspath(path), stop_before_pixels=True, force=False)
-    except InvalidDicomError:
-        log.debug("not a DICOM file, skipped: %s", path)
-    except IsADirectoryError:
-        log.debug("a folder, not a DICOM file: %s", path)
-    except Exception as err:  # truncated, still being copied, unreadable: pydicom raises many types
-        log.warning("could not read DICOM header of %s (%s: %s); skipped", path, type(err).__name__, err)
-    return None
-
-
-def _str(ds: Any, keyword: str, default: str = "") -> str:
-    value = ds.get(keyword, default)
-    return default if value is None else str(value).strip()
-
-
-def _int_or_none(ds: Any, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return None if value in (None, "") else int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _is_localizer(image_type: Any) -> bool:
-    if image_type is None:
-        return False
-    values = [image_type] if isinstance(image_type, str) else list(image_type)
-    return any(str(v).strip().upper() == "LOCALIZER" for v in values)
-
-
-def _is_multiframe(ds: Any) -> bool:
-    return "PerFrameFunctionalGroupsSequence" in ds or (_int_or_none(ds, "NumberOfFrames") or 1) > 1
-
-
-def non_image_reason(ds: Any) -> str | None:
-    """Why ``ds`` is not an image instance we can stack (None if it is one). Works on headers only."""
-    media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
-    sop_class = _str(ds, "SOPClassUID") or media_class
-    if _DICOMDIR_CLASS in (sop_class, media_class) or "DirectoryRecordSequence" in ds:
-        return "DICOMDIR"
-    for prefix, what in _NON_IMAGE_CLASSES.items():
-        if sop_class.startswith(prefix):
-            return what
-    modality = _str(ds, "Modality").upper()
-    if modality in _NON_IMAGE_MODALITIES:
-        return f"non-image object (Modality {modality})"
-    if "Rows" not in ds or "Columns" not in ds:
-        return "no image pixel data (no Rows/Columns)"
-    if _int_or_none(ds, "SamplesPerPixel") not in (None, 1):
-        return "not a greyscale image (SamplesPerPixel > 1)"
-    if _is_multiframe(ds):
-        if "PerFrameFunctionalGroupsSequence" not in ds:
-            return "multi-frame image without functional groups (no per-frame geometry)"
-        return None
-    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-        if keyword not in ds:
-            return f"no patient geometry ({keyword} missing)"
-    return None
 
 
 # -------------------------------------------------------------------------------------------- discovery
@@ -150,48 +65,50 @@ def non_image_reason(ds: Any) -> str | None:
 def discover_dicom(files: Iterable[Path]) -> list[SeriesRef]:
     """Group the DICOM image instances among ``files`` into one :class:`SeriesRef` per SeriesInstanceUID.
 
-    Headers only. Non-DICOM files, DICOMDIR and non-image objects are skipped; series made only of localizers
-    are skipped (logged at info level). ``SeriesRef.source`` is the folder holding the series' files (their
-    common parent). Refs are sorted by (SeriesNumber, SeriesInstanceUID).
+    Headers only (:mod:`edgeseg.runtime.read.headers`, the rules the watcher's completion tracker uses too).
+    Non-DICOM files, DICOMDIR and non-image objects are skipped; series made only of localizers are skipped (logged
+    at info level). ``SeriesRef.source`` is the folder holding the series' files (their common parent); its
+    ``expected_instances`` and ``geometry`` are what the headers announce. Refs are sorted by (SeriesNumber,
+    SeriesInstanceUID).
     """
-    groups: dict[str, list[tuple[Path, dict[str, Any]]]] = defaultdict(list)
+    groups: dict[str, list[tuple[Path, Instance]]] = defaultdict(list)
     for path in files:
         ds = read_dicom_header(path)
         if ds is None:
             continue
-        reason = non_image_reason(ds)
-        if reason is not None:
-            log.debug("skipping %s: %s", path, reason)
+        try:
+            instance = instance_from_header(ds)
+        except ValueError:
+            reason = non_image_reason(ds)
+            if reason is None:
+                log.warning("skipping %s: no SeriesInstanceUID", path)
+            else:
+                log.debug("skipping %s: %s", path, reason)
             continue
-        uid = _str(ds, "SeriesInstanceUID")
-        if not uid:
-            log.warning("skipping %s: no SeriesInstanceUID", path)
+        if instance.non_image is not None:
+            log.debug("skipping %s: %s", path, instance.non_image)
             continue
-        groups[uid].append((path, {
-            "description": _str(ds, "SeriesDescription"),
-            "modality": _str(ds, "Modality"),
-            "series_number": _int_or_none(ds, "SeriesNumber"),
-            "images_in_acquisition": _int_or_none(ds, "ImagesInAcquisition"),
-            "localizer": _is_localizer(ds.get("ImageType")),
-        }))
+        groups[instance.series_uid].append((path, instance))
     refs: list[SeriesRef] = []
     for uid, members in groups.items():
-        if all(info["localizer"] for _, info in members):
-            log.info("skipping series %s (%s): only localizer images", uid, members[0][1]["description"])
+        if all(instance.is_localizer for _, instance in members):
+            log.info("skipping series %s (%s): only localizer images", uid, members[0][1].description)
             continue
         members.sort(key=lambda m: str(m[0]))
-        first = next(info for _, info in members if not info["localizer"])
+        instances = [instance for _, instance in members]
+        first = next(instance for instance in instances if not instance.is_localizer)
         paths = tuple(p for p, _ in members)
         folder = Path(os.path.commonpath([str(p.parent) for p in paths]))
         refs.append(SeriesRef(
-            kind="dicom",
+            kind=DICOM,
             source=folder,
             files=paths,
             uid=uid,
-            description=first["description"],
-            modality=first["modality"],
-            series_number=first["series_number"],
-            expected_instances=first["images_in_acquisition"],
+            description=first.description,
+            modality=first.modality,
+            series_number=first.series_number,
+            expected_instances=expected_instances(instances),
+            geometry=dicom_geometry([instance for instance in instances if not instance.is_localizer]),
         ))
     refs.sort(key=lambda r: (r.series_number if r.series_number is not None else 1 << 30, r.uid or ""))
     return refs
@@ -423,9 +340,11 @@ def _decode_error(uid: str, path: Path, ds: Any, err: BaseException) -> InvalidS
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     ts_name = getattr(ts, "name", str(ts))
     return InvalidSeriesError(
-        f"Series {uid}: the pixel data of {path} (transfer syntax {ts_name}) cannot be decoded "
-        f"({type(err).__name__}: {err}). Install a pydicom pixel data plugin for this transfer syntax "
-        "(pylibjpeg with pylibjpeg-libjpeg/-openjpeg/-rle, or python-gdcm), or export the series uncompressed."
+        f"Series {uid}: the images in {path} are compressed as {ts_name} ({ts}), which edgeseg cannot "
+        "decompress. On the scanner or PACS, export the series again uncompressed (Explicit VR Little Endian) or as "
+        "JPEG Lossless, JPEG-LS or JPEG 2000, and send it again. For the administrator: edgeseg decodes with "
+        "pydicom's plugins gdcm (python-gdcm), pyjpegls and pillow, installed with it (see the README, 'Compressed "
+        f"DICOM'); the decoder said: {type(err).__name__}: {err}"
     )
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,22 @@ def is_parrec_path(path: Path) -> bool:
     return path.suffix.lower() in (".par", ".rec")
 
 
+def par_candidates(rec: Path) -> tuple[Path, ...]:
+    """The names the .PAR header of the data file ``rec`` may have (``.PAR``, ``.par``, ``.Par``), in that order."""
+    return tuple(rec.with_suffix(suffix) for suffix in (".PAR", ".par", ".Par"))
+
+
+def rec_files(par: Path) -> list[Path]:
+    """The data files beside the header ``par`` (``.REC``, ``.rec``, ``.Rec``, in that order) that exist as names
+    (a symbolic link counts: whether to follow it is the caller's rule)."""
+    return [rec for rec in (par.with_suffix(suffix) for suffix in (".REC", ".rec", ".Rec")) if os.path.lexists(rec)]
+
+
 def par_of(path: Path) -> Path:
     """The .PAR header belonging to ``path`` (a .PAR or .REC file), keeping the case of the suffix."""
     if path.suffix.lower() == ".par":
         return path
-    for suffix in (".PAR", ".par", ".Par"):
-        candidate = path.with_suffix(suffix)
+    for candidate in par_candidates(path):
         if candidate.exists():
             return candidate
     return path.with_suffix(".PAR" if path.suffix.isupper() else ".par")

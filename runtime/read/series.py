@@ -14,11 +14,12 @@ from pathlib import Path
 from edgeseg.errors import InvalidSeriesError
 from edgeseg.runtime.naming import is_edgeseg_output
 from edgeseg.runtime.read._dicom import discover_dicom, read_dicom_series
-from edgeseg.runtime.read._nifti import is_nifti_path, read_nifti
-from edgeseg.runtime.read._parrec import is_parrec_path, par_of, read_parrec
-from edgeseg.runtime.read.paths import CandidateFilter
+from edgeseg.runtime.read._nifti import read_nifti
+from edgeseg.runtime.read._parrec import par_of, read_parrec, rec_files
+from edgeseg.runtime.read.headers import REC, file_kind
 from edgeseg.runtime.read.limits import ReadLimits
-from edgeseg.runtime.read.series_ref import SeriesRef
+from edgeseg.runtime.read.paths import CandidateFilter
+from edgeseg.runtime.read.series_ref import DICOM, NIFTI, PARREC, SeriesRef
 from edgeseg.runtime.read.volume import Volume
 from edgeseg.typing import StrPath
 
@@ -46,8 +47,8 @@ def _walk(folder: Path, recursive: bool, candidates: CandidateFilter) -> list[Pa
 
 
 def _file_ref(path: Path) -> SeriesRef:
-    kind = "nifti" if is_nifti_path(path) else "parrec"
-    return SeriesRef(kind=kind, source=path, files=(path,), description=path.name)
+    return SeriesRef(kind=NIFTI if file_kind(path) == NIFTI else PARREC, source=path, files=(path,),
+                     description=path.name)
 
 
 def discover_series(path: StrPath, *, recursive: bool = True) -> list[SeriesRef]:
@@ -67,9 +68,10 @@ def discover_series(path: StrPath, *, recursive: bool = True) -> list[SeriesRef]
     if not path.exists():
         raise InvalidSeriesError(f"{path} does not exist: check the path of the series to segment.")
     if path.is_file():
-        if is_nifti_path(path):
+        kind = file_kind(path)
+        if kind == NIFTI:
             return [_file_ref(path)]
-        if is_parrec_path(path):
+        if kind in (PARREC, REC):
             return [_file_ref(par_of(path))]
         return discover_dicom([path])
     candidates = CandidateFilter([path])
@@ -78,13 +80,14 @@ def discover_series(path: StrPath, *, recursive: bool = True) -> list[SeriesRef]
     seen_par: set[Path] = set()
     dicom_candidates: list[Path] = []
     for f in files:
-        if is_nifti_path(f):
+        kind = file_kind(f)
+        if kind == NIFTI:
             refs.append(_file_ref(f))
-        elif is_parrec_path(f):
+        elif kind in (PARREC, REC):
             par = par_of(f)
             if par not in seen_par:
                 seen_par.add(par)
-                pair = [par] + [r for r in (par.with_suffix(s) for s in (".REC", ".rec", ".Rec")) if os.path.lexists(r)]
+                pair = [par, *rec_files(par)]
                 if all(candidates.allows(p) for p in pair):  # nibabel opens the other file of the pair by name
                     refs.append(_file_ref(par))
         else:
@@ -119,10 +122,10 @@ def read_series(ref_or_path: SeriesRef | StrPath, limits: ReadLimits | None = No
                 "discover_series, or a folder or file holding only that series)."
             )
         ref = refs[0]
-    if ref.kind == "nifti":
+    if ref.kind == NIFTI:
         return read_nifti(ref.source, limits)
-    if ref.kind == "parrec":
+    if ref.kind == PARREC:
         return read_parrec(ref.source)
-    if ref.kind == "dicom":
+    if ref.kind == DICOM:
         return read_dicom_series(ref, limits)
     raise InvalidSeriesError(f"{ref.source}: unknown series kind {ref.kind!r} (expected dicom, nifti or parrec).")

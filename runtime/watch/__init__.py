@@ -10,8 +10,8 @@ One module per role:
 * :mod:`~edgeseg.runtime.watch.budget`: the time-budget planner and the per-tile latency table.
 * :mod:`~edgeseg.runtime.watch.service`: the :class:`Watcher` (scheduler and worker threads, stop, signals).
 * :mod:`~edgeseg.runtime.watch.commands`: ``edgeseg watch | status | doctor | demo``.
-* :mod:`~edgeseg.runtime.watch.jobs`, :mod:`~edgeseg.runtime.watch.fake`: the job record (key, name,
-  fingerprint) and a fake segmenter for tests.
+* :mod:`~edgeseg.runtime.watch.jobs`, :mod:`~edgeseg.runtime.watch.fake`: the job record (the reader's
+  :class:`~edgeseg.runtime.read.SeriesRef` plus the watcher's bookkeeping) and a fake segmenter for tests.
 
 Importing this package is light: heavy modules load on first attribute access.
 """
@@ -26,7 +26,7 @@ _EXPORTS = {
     "CompletionTracker": "completion",
     "JobStore": "store",
     "Plan": "budget", "Planner": "budget", "LatencyTable": "budget", "plan_series": "budget",
-    "SeriesJob": "jobs", "SeriesGeometry": "jobs",
+    "SeriesJob": "jobs",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from edgeseg.runtime.watch.jobs import SeriesGeometry
+from edgeseg.runtime.read import SeriesGeometry
 
 log = logging.getLogger(__name__)
 

@@ -304,7 +304,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     def budget_check() -> tuple[str, str]:
         from edgeseg.runtime.watch.budget import LatencyTable, Planner
-        from edgeseg.runtime.watch.jobs import SeriesGeometry
+        from edgeseg.runtime.read import SeriesGeometry
 
         if not bundle_holder:
             return "SKIP", "no bundle to plan with"

@@ -20,6 +20,12 @@ Files arrive one by one (DICOM instances), several series interleaved in one fol
 Files found by the first scan at start are back-dated by their mtime, so series that arrived while the watcher
 was down do not wait a full quiet period; files that keep arriving still restart the clock.
 
+What a file is, which series an instance belongs to, how many instances its headers announce, the series'
+geometry and its fingerprint come from the read stage's header API (:mod:`edgeseg.runtime.read.headers`, the rules
+:func:`~edgeseg.runtime.read.discover_series` follows too); a complete series is handed out as the reader's
+:class:`~edgeseg.runtime.read.SeriesRef` inside a :class:`~edgeseg.runtime.watch.jobs.SeriesJob`. The tracker
+itself keeps only timing (settling, quiet periods, count time-outs) and bookkeeping (files, states, hand-outs).
+
 Single-threaded by design: only the scheduler thread calls it. Time comes from an injectable monotonic clock.
 """
 from __future__ import annotations
@@ -27,20 +33,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
-import numpy as np
-
-from edgeseg.runtime.naming import dicom_series_name, is_edgeseg_output, series_key
-from edgeseg.runtime.read import read_dicom_header
-from edgeseg.runtime.read._dicom import _is_localizer, non_image_reason
-from edgeseg.runtime.read.paths import CandidateFilter
-from edgeseg.runtime.watch.jobs import (
-    DICOM, INVALID, NIFTI, PARREC, SeriesGeometry, SeriesInfo, SeriesJob, file_series_name,
-    fingerprint, invalid_file_name, stamp_files, world_axes,
-)
+from edgeseg.runtime.naming import is_edgeseg_output
+from edgeseg.runtime.read import (DICOM, NIFTI, PARREC, REC, CandidateFilter, FileKind, Instance, SeriesGeometry,
+                                  SeriesRef, check_image_file, dicom_geometry, expected_instances, file_kind,
+                                  fingerprint, instance_from_header, par_candidates, read_dicom_header, rec_files,
+                                  stamp_files)
+from edgeseg.runtime.watch.jobs import SeriesJob
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,6 @@ _PARSED = "parsed"  # DICOM header read and grouped
 _INVALID = "invalid"
 _WAITING = "waiting"  # NIfTI / PAR / REC: judged at series level
 
-_REC = "rec"  # a PAR's data file
-
 
 class PathFilterLike(Protocol):
     def file(self, path: Path) -> bool: ...
@@ -60,180 +60,10 @@ class PathFilterLike(Protocol):
     def folder(self, path: Path) -> bool: ...
 
 
-def file_kind(path: Path) -> str:
-    """``nifti``, ``parrec``, ``rec`` (a PAR's data) or ``dicom`` (anything else is a DICOM candidate)."""
-    name = path.name.lower()
-    if name.endswith(".nii") or name.endswith(".nii.gz"):
-        return NIFTI
-    if name.endswith(".par"):
-        return PARREC
-    if name.endswith(".rec"):
-        return _REC
-    return DICOM
-
-
-@dataclass(frozen=True)
-class Instance:
-    """What the tracker keeps of one DICOM header."""
-
-    series_uid: str
-    sop_uid: str
-    sop_class: str
-    description: str
-    series_number: int | None
-    #: why the reader would not stack this instance (None: an image it stacks)
-    non_image: str | None
-    is_localizer: bool
-    rows: int | None
-    columns: int | None
-    frames: int | None
-    pixel_spacing: tuple[float, float] | None
-    slice_spacing: float | None
-    position: tuple[float, float, float] | None
-    orientation: tuple[float, ...] | None
-    images_in_acquisition: int | None
-    temporal_positions: int | None
-    concatenation_total: int | None
-
-    @property
-    def is_image(self) -> bool:
-        """An instance the reader stacks (the same rule as :func:`edgeseg.runtime.read.discover_series`)."""
-        return self.non_image is None
-
-
-def _num(ds: Any, name: str, cast: Callable[[Any], Any] = int) -> Any:
-    try:
-        v = ds.get(name)
-        if v is None or v == "":
-            return None
-        return cast(v)
-    except (TypeError, ValueError, AttributeError):
-        return None
-
-
-def _floats(ds: Any, name: str, n: int) -> tuple[float, ...] | None:
-    try:
-        v = ds.get(name)
-        if v is None:
-            return None
-        out = tuple(float(x) for x in v)
-        return out if len(out) == n else None
-    except (TypeError, ValueError):
-        return None
-
-
-def instance_from_header(ds: Any) -> Instance:
-    """Extract the grouping and geometry fields; raises ValueError if there is no SeriesInstanceUID."""
-    uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
-    if not uid:
-        raise ValueError("DICOM object without SeriesInstanceUID (truncated, or not an image object)")
-    rows, cols = _num(ds, "Rows"), _num(ds, "Columns")
-    spacing = _floats(ds, "PixelSpacing", 2)
-    return Instance(
-        series_uid=uid,
-        sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
-        sop_class=str(ds.get("SOPClassUID", "") or ""),
-        description=str(ds.get("SeriesDescription", "") or ""),
-        series_number=_num(ds, "SeriesNumber"),
-        non_image=non_image_reason(ds),
-        is_localizer=_is_localizer(ds.get("ImageType")),
-        rows=rows,
-        columns=cols,
-        frames=_num(ds, "NumberOfFrames"),
-        pixel_spacing=(spacing[0], spacing[1]) if spacing else None,
-        slice_spacing=_num(ds, "SpacingBetweenSlices", float) or _num(ds, "SliceThickness", float),
-        position=_floats(ds, "ImagePositionPatient", 3),  # type: ignore[arg-type]
-        orientation=_floats(ds, "ImageOrientationPatient", 6),
-        images_in_acquisition=_num(ds, "ImagesInAcquisition"),
-        temporal_positions=_num(ds, "NumberOfTemporalPositions"),
-        concatenation_total=_num(ds, "InConcatenationTotalNumber"),
-    )
-
-
-def expected_instances(instances: list[Instance]) -> int | None:
-    """How many image instances the headers announce, or None when they do not say.
-
-    Enhanced multi-frame: all frames are in one file (or InConcatenationTotalNumber files). Otherwise
-    ImagesInAcquisition (as Orthanc), else NumberOfTemporalPositions x distinct slice positions.
-    """
-    images = [i for i in instances if i.is_image]
-    if not images:
-        return None
-    if any((i.frames or 1) > 1 for i in images):
-        totals = [i.concatenation_total for i in images if i.concatenation_total]
-        return max(totals) if totals else None
-    announced = [i.images_in_acquisition for i in images if i.images_in_acquisition]
-    if announced:
-        return max(announced)
-    ntp = max((i.temporal_positions or 0) for i in images)
-    if ntp > 1:
-        positions = {tuple(round(c, 2) for c in i.position) for i in images if i.position}
-        if positions:
-            return ntp * len(positions)
-    return None
-
-
-def dicom_geometry(instances: list[Instance]) -> SeriesGeometry | None:
-    """Shape (Columns, Rows, slices) and spacing of a DICOM series from its headers; None if they do not say."""
-    images = [i for i in instances if i.is_image and i.rows and i.columns]
-    if not images:
-        return None
-    first = images[0]
-    ps = first.pixel_spacing or (1.0, 1.0)
-    frames = max((i.frames or 1) for i in images)
-    if frames > 1:  # enhanced: geometry per frame is in functional groups; take the count and nominal spacing
-        return SeriesGeometry((first.columns or 0, first.rows or 0, frames * len(images)),
-                              (ps[1], ps[0], first.slice_spacing or 1.0))
-    dz = first.slice_spacing or 1.0
-    axes = (0, 1, 2)
-    n = len(images)
-    if first.orientation and all(i.position for i in images):
-        row = np.array(first.orientation[:3])
-        col = np.array(first.orientation[3:])
-        normal = np.cross(row, col)
-        axes = world_axes([row, col, normal])
-        along = sorted({round(float(np.dot(normal, i.position)), 3) for i in images})  # type: ignore[arg-type]
-        n = len(along)
-        if n > 1:
-            dz = float(np.median(np.diff(along))) or dz
-    return SeriesGeometry((int(first.columns), int(first.rows), int(n)),  # type: ignore[arg-type]
-                          (float(ps[1]), float(ps[0]), float(dz)), axes)
-
-
-def check_image_file(path: Path, kind: str) -> tuple[str | None, SeriesGeometry | None]:
-    """(problem or None, geometry) for a NIfTI or PAR file: it must open and hold all its data."""
-    try:
-        import nibabel as nib
-
-        from edgeseg.runtime.read.limits import quick_gzip_problem, read_nifti_header
-
-        # NIfTI: the header only, and the gzip stream only when it promises little (bounded work on this thread,
-        # whatever the file holds); the worker checks the limits and larger streams
-        img: Any = read_nifti_header(path) if kind == NIFTI else nib.load(str(path))
-        shape = tuple(int(s) for s in img.shape)
-        if len(shape) < 3:
-            return f"{path.name} is a {len(shape)}-D image; a 3-D volume is needed", None
-        if kind == NIFTI and path.name.lower().endswith(".gz"):
-            problem = quick_gzip_problem(path, img)
-            if problem:
-                return f"{path.name} does not open as NIfTI ({problem})", None
-        elif kind == NIFTI:
-            need = int(img.header.get_data_offset()) + int(np.prod(shape)) * img.get_data_dtype().itemsize
-            if os.path.getsize(path) < need:
-                return f"{path.name} is shorter than its header says ({os.path.getsize(path)} < {need} bytes)", None
-        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-        affine = np.asarray(img.affine)
-        geom = SeriesGeometry((shape[0], shape[1], shape[2]), (zooms[0], zooms[1], zooms[2]),
-                              world_axes([affine[:3, a] for a in range(3)]))
-        return None, geom
-    except Exception as err:  # noqa: BLE001 - any failure to open means "does not open"
-        return f"{path.name} does not open as {'NIfTI' if kind == NIFTI else 'PAR/REC'} ({type(err).__name__}: {err})", None
-
-
 @dataclass
 class _File:
     path: Path
-    kind: str
+    kind: FileKind
     size: int
     mtime_ns: int
     changed_at: float
@@ -246,24 +76,36 @@ class _File:
 
 @dataclass
 class _Series:
-    key: str
-    kind: str
-    folder: Path
-    name: str
-    uid: str | None
-    description: str = ""
+    """A series being tracked: the reader's ref as first seen (identity from the headers), and bookkeeping."""
+
+    ref: SeriesRef
     files: set[Path] = field(default_factory=set)
     last_arrival: float = 0.0
     handed_out: str | None = None  # fingerprint last handed out; None while open
     waiting_logged: bool = False
-    series_number: int | None = None
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = self.ref.key
+
+    @property
+    def kind(self) -> str:
+        return self.ref.kind
+
+    @property
+    def folder(self) -> Path:
+        return self.ref.folder
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
 
 
 @dataclass(frozen=True)
 class PollResult:
     """What changed at one poll: series seen for the first time, and series that became complete."""
 
-    discovered: tuple[SeriesInfo, ...] = ()
+    discovered: tuple[SeriesRef, ...] = ()
     complete: tuple[SeriesJob, ...] = ()
 
 
@@ -364,7 +206,7 @@ class CompletionTracker:
     def poll(self) -> PollResult:
         """Look at changed and unsettled files, then report newly seen and newly complete series."""
         now = self.clock()
-        discovered: list[SeriesInfo] = []
+        discovered: list[SeriesRef] = []
         for path in sorted(self._dirty):
             self._look(path, now, discovered)
         blocked = {p.parent for p in self._dirty
@@ -378,7 +220,7 @@ class CompletionTracker:
         complete.extend(self._orphans(blocked))
         return PollResult(tuple(discovered), tuple(complete))
 
-    def _look(self, path: Path, now: float, discovered: list[SeriesInfo]) -> None:
+    def _look(self, path: Path, now: float, discovered: list[SeriesRef]) -> None:
         if not self.candidates.allows(path):  # replaced by a symbolic link since it was seen: never read through it
             self._forget(path)
             return
@@ -393,7 +235,7 @@ class CompletionTracker:
             f = self._files[path] = _File(path, file_kind(path), st.st_size, st.st_mtime_ns, now - back, now)
             if f.kind in (NIFTI, PARREC):
                 self._file_series(f, now, discovered)
-            elif f.kind == _REC:
+            elif f.kind == REC:
                 self._touch_par_of(path, now)
             return  # stays dirty: needs a second look
         if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
@@ -404,7 +246,7 @@ class CompletionTracker:
                 self._reported_invalid.discard(path)
             if f.kind == DICOM:
                 f.status = _SETTLING
-            if f.kind == _REC:
+            if f.kind == REC:
                 self._touch_par_of(path, now)
             elif f.kind in (NIFTI, PARREC):
                 self._reopen(f.series, now)
@@ -414,7 +256,7 @@ class CompletionTracker:
             series = self._series.get(f.series or "")
             if series is not None and series.handed_out is not None:
                 self._dirty.discard(path)  # handed out and unchanged: look again only when touched
-            elif f.kind == _REC and series is None and self._par_of(path) is None and now - f.changed_at >= self.quiet:
+            elif f.kind == REC and series is None and self._par_of(path) is None and now - f.changed_at >= self.quiet:
                 f.status, f.error = _INVALID, "a PAR/REC data file (.REC) without its .PAR header file"
                 self._dirty.discard(path)
             return
@@ -429,7 +271,7 @@ class CompletionTracker:
         if f.status in (_PARSED, _INVALID):
             self._dirty.discard(path)
 
-    def _parse(self, f: _File, now: float, discovered: list[SeriesInfo]) -> None:
+    def _parse(self, f: _File, now: float, discovered: list[SeriesRef]) -> None:
         if f.size == 0:
             f.status, f.error = _FAILING, "empty file (0 bytes)"
             return
@@ -443,14 +285,14 @@ class CompletionTracker:
             f.error = str(err) if isinstance(err, ValueError) else f"DICOM header unreadable ({type(err).__name__}: {err})"
             return
         f.status, f.error, f.info = _PARSED, None, info
-        key = series_key(DICOM, f.path.parent, info.series_uid)
+        ref = SeriesRef(DICOM, f.path.parent, (), info.series_uid, info.description, info.modality,
+                        info.series_number)
+        key = ref.key
         series = self._series.get(key)
         if series is None:
-            series = _Series(key, DICOM, f.path.parent, dicom_series_name(info.description, info.series_uid),
-                             info.series_uid, info.description, series_number=info.series_number)
-            self._series[key] = series
-            discovered.append(SeriesInfo(key, DICOM, series.folder, series.name, info.series_uid, info.description))
-            log.info("new series: key=%s name=%s", key, series.name)
+            series = self._series[key] = _Series(ref)
+            discovered.append(ref)
+            log.info("new series: key=%s name=%s", key, ref.name)
         if f.path not in series.files and series.handed_out is not None:
             log.info("late instance re-opens series: key=%s file=%s", key, f.path.name)
             series.handed_out = None
@@ -458,15 +300,13 @@ class CompletionTracker:
         f.series = key
         series.last_arrival = max(series.last_arrival, f.changed_at)
 
-    def _file_series(self, f: _File, now: float, discovered: list[SeriesInfo]) -> None:
-        key = series_key(f.kind, f.path)
-        f.series = key
+    def _file_series(self, f: _File, now: float, discovered: list[SeriesRef]) -> None:
+        ref = SeriesRef(f.kind, f.path, (f.path,), description=f.path.name)
+        key = f.series = ref.key
         if key in self._series:
             return
-        series = _Series(key, f.kind, f.path.parent, file_series_name(f.path), None, f.path.name,
-                         {f.path}, f.changed_at)
-        self._series[key] = series
-        discovered.append(SeriesInfo(key, f.kind, series.folder, series.name, None, f.path.name))
+        series = self._series[key] = _Series(ref, {f.path}, f.changed_at)
+        discovered.append(ref)
         log.info("new image file: key=%s", key)
         if f.kind == PARREC:
             rec = self._rec_of(f.path)
@@ -478,15 +318,12 @@ class CompletionTracker:
 
     def _rec_of(self, par: Path) -> Path | None:
         """The .REC beside ``par``; None when there is none, or it is a symbolic link (the reader would follow it)."""
-        for ext in (".REC", ".rec", ".Rec"):
-            candidate = par.with_suffix(ext)
-            if os.path.lexists(candidate):
-                return candidate if self.candidates.allows(candidate) else None
-        return None
+        recs = rec_files(par)
+        return recs[0] if recs and self.candidates.allows(recs[0]) else None
 
     def _par_of(self, rec: Path) -> _Series | None:
-        for ext in (".PAR", ".par", ".Par"):
-            s = self._series.get(str(rec.with_suffix(ext)))
+        for par in par_candidates(rec):
+            s = self._series.get(str(par))
             if s is not None:
                 return s
         return None
@@ -607,9 +444,11 @@ class CompletionTracker:
             self._dirty.discard(p)
         log.info("series complete: key=%s files=%d expected=%s fingerprint=%s%s", series.key, len(files), expected,
                  fp, f" problem={problem!r}" if problem else "")
-        return SeriesJob(series.key, series.kind, series.folder, series.name, files, fp, series.uid,
-                         series.description, expected, geometry, problem, tuple(invalid), tuple(notes),
-                         image_files, skip, series.series_number)
+        ref = replace(series.ref, expected_instances=expected, geometry=geometry)
+        if ref.kind == DICOM:  # what the reader opens: the image instances the tracker grouped and fingerprinted
+            ref = replace(ref, files=image_files or files)
+        return SeriesJob.of(ref, files, fp, problem=problem, invalid_files=tuple(invalid), notes=tuple(notes),
+                            skip=skip)
 
     def _invalid_in(self, folder: Path) -> list[tuple[str, str]]:
         return sorted((f.path.name, f.error or "unreadable") for f in self._files.values()
@@ -626,10 +465,7 @@ class CompletionTracker:
                 continue
             self._reported_invalid.add(f.path)
             stamps = stamp_files(f.path.parent, [f.path])
-            name = invalid_file_name(f.path)
-            out.append(SeriesJob(str(f.path), INVALID, f.path.parent, name, (f.path,), fingerprint(stamps),
-                                 problem=f"{f.path.name} is not a readable image: {f.error}",
-                                 invalid_files=((f.path.name, f.error or "unreadable"),)))
+            out.append(SeriesJob.invalid_file(f.path, f.error or "unreadable", fingerprint(stamps)))
             log.warning("unreadable file with no series beside it: file=%s reason=%s", f.path, f.error)
         return out
 

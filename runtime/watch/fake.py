@@ -21,7 +21,8 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeseg.errors import InvalidSeriesError
-from edgeseg.runtime.watch.jobs import DICOM, NIFTI, SeriesJob, fingerprint, stamp_files
+from edgeseg.runtime.read import DICOM, NIFTI, fingerprint, stamp_files
+from edgeseg.runtime.watch.jobs import SeriesJob
 from edgeseg.runtime.write.atomic import ResultFolder
 
 log = logging.getLogger(__name__)

@@ -36,14 +36,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from edgeseg.bundle.schema import Bundle
 from edgeseg.errors import (
     EXIT_FAILED, EXIT_OK, ConfigError, EdgesegError, InvalidSeriesError, OutOfMemoryError, SeriesInterruptedError,
     StateStoreError, TimeCeilingError, kind_of, remedy_for,
 )
+from edgeseg.runtime.options import SegmentOptions
+from edgeseg.runtime.read import DICOM, NIFTI, PARREC
+from edgeseg.runtime.read.limits import check_frames, check_nifti_header, check_voxels
+from edgeseg.runtime.segment import SegmentResult, segment_series
 from edgeseg.runtime.watch.budget import LatencyTable, MeasureFn, Plan, Planner
 from edgeseg.runtime.watch.completion import CompletionTracker
 from edgeseg.runtime.watch.config import WatchConfig
-from edgeseg.runtime.watch.jobs import DICOM, INVALID, NIFTI, PARREC, SeriesJob
+from edgeseg.runtime.watch.jobs import INVALID, SeriesJob
 from edgeseg.runtime.watch.lock import StateLock
 from edgeseg.runtime.watch.observer import EnqueueHandler, PathFilter, start_observer
 from edgeseg.runtime.watch.store import JobStore
@@ -84,22 +89,15 @@ class JobRecord:
         return None if self.budget_s is None else self.seconds <= self.budget_s
 
 
-def real_segmenter(job: SeriesJob, bundle: Any, options: Any, progress: ProgressCallback | None = None,
-                   plan: dict[str, Any] | None = None) -> Any:
-    """Hand a complete series to :func:`edgeseg.runtime.segment.segment_series`.
-
-    DICOM: a :class:`~edgeseg.runtime.read.SeriesRef` of exactly the image instances the tracker grouped and
-    fingerprinted (several series may share the folder); NIfTI/PAR: the file.
+def real_segmenter(job: SeriesJob, bundle: Bundle, options: SegmentOptions, progress: ProgressCallback | None = None,
+                   plan: dict[str, Any] | None = None) -> SegmentResult:
+    """Hand a complete series to :func:`edgeseg.runtime.segment.segment_series`: the job's
+    :class:`~edgeseg.runtime.read.SeriesRef`, for DICOM exactly the image instances the tracker grouped and
+    fingerprinted (several series may share the folder).
     """
-    from edgeseg.runtime.read import SeriesRef
-    from edgeseg.runtime.segment import segment_series
-
-    source: Any = job.source
-    if job.kind == DICOM:
-        source = SeriesRef(kind="dicom", source=job.folder, files=job.image_files or job.files, uid=job.series_uid,
-                           description=job.description, series_number=job.series_number,
-                           expected_instances=job.expected_instances)
-    return segment_series(source, bundle, options, progress=progress, plan=plan)
+    if job.ref is None:  # an unreadable file on its own: it has a problem, and no worker hands it to a segmenter
+        raise InvalidSeriesError(f"{job.problem or job.key}.")
+    return segment_series(job.ref, bundle, options, progress=progress, plan=plan)
 
 
 def _remove_stale_temporaries(job: SeriesJob) -> None:
@@ -377,13 +375,12 @@ class Watcher:
                     for root in self.config.roots:
                         self.tracker.scan(root)
                 result = self.tracker.poll()
-                for info in result.discovered:
+                for ref in result.discovered:
                     try:
-                        self.store.discover(info.key, info.kind, info.folder, info.name, info.series_uid,
-                                            info.description)
+                        self.store.discover(ref.key, ref.kind, ref.folder, ref.name, ref.uid, ref.description)
                     except Exception as err:  # noqa: BLE001 - only a note; the row is written when it completes
                         log.error("series not recorded as discovered (it is when complete): key=%s error=%s: %s",
-                                  info.key, type(err).__name__, err)
+                                  ref.key, type(err).__name__, err)
                 for job in result.complete:  # each on its own: one failing never drops the others
                     self._dispatch_safely(job)
                 self._dispatch_due_retries(now)
@@ -598,15 +595,13 @@ class Watcher:
     def _check_limits(self, job: SeriesJob) -> None:
         """Refuse (:class:`SeriesTooLargeError`) a series whose headers promise more than ``limits`` allow; header
         work only (the reader bounds the decompression itself)."""
-        from edgeseg.runtime.read.limits import check_frames, check_nifti_header, check_voxels
-
         limits = self.config.limits
         if job.kind == NIFTI:
-            check_nifti_header(Path(job.key), limits)
+            check_nifti_header(job.source, limits)
             return
         what = f"Series {job.series_uid}" if job.kind == DICOM else str(job.key)
         if job.kind == DICOM:
-            check_frames(len(job.image_files or job.files), what, limits)
+            check_frames(len(job.image_files), what, limits)
         if job.geometry is not None and job.kind in (DICOM, PARREC):
             check_voxels(tuple(job.geometry.shape), what, limits)
 
@@ -628,7 +623,7 @@ class Watcher:
             except InvalidSeriesError as err:  # SeriesTooLargeError, or a header that no longer reads
                 refused = err
         if refused is None and job.problem is None and self.planner is not None and job.kind != INVALID:
-            instances = len(job.image_files or job.files) if job.kind == DICOM else 0
+            instances = len(job.image_files) if job.kind == DICOM else 0
             plan = self.planner.plan(job.geometry, cfg.time_budget_s, instances=instances,
                                      ceiling_s=cfg.time_ceiling_s)
             log.info("plan: key=%s variant=%s tile_step=%s predicted_s=%s fits=%s reason=%s", job.key, plan.variant,

@@ -11,7 +11,7 @@ from edgeseg.runtime.infer.tiling import tile_count
 from edgeseg.runtime.watch.budget import (
     LatencyTable, Planner, bundle_identity, network_shape, part_tiles, plan_series,
 )
-from edgeseg.runtime.watch.jobs import SeriesGeometry
+from edgeseg.runtime.read import SeriesGeometry
 
 
 def make_part(name: str, spacing: float, patch: int = 32, step: float = 0.5, mirror: bool = False,

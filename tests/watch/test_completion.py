@@ -9,8 +9,9 @@ import pytest
 from watch_helpers import write_non_image, write_series
 
 from edgeseg.runtime.watch import completion
-from edgeseg.runtime.watch.completion import CompletionTracker, expected_instances, instance_from_header
-from edgeseg.runtime.watch.jobs import DICOM, INVALID, NIFTI, fingerprint, stamp_files
+from edgeseg.runtime.read import DICOM, NIFTI, expected_instances, fingerprint, instance_from_header, stamp_files
+from edgeseg.runtime.watch.completion import CompletionTracker
+from edgeseg.runtime.watch.jobs import INVALID
 from edgeseg.runtime.watch.observer import PathFilter
 
 QUIET = 10.0

@@ -16,14 +16,12 @@ from watch_helpers import QUIET, CountingSegmenter, error_files, results, wait_f
 
 from edgeseg.bundle import Variant
 from edgeseg.errors import ConfigError, InvalidSeriesError, SeriesTooLargeError
-from edgeseg.runtime.read import read_series
+from edgeseg.runtime.read import NIFTI, check_image_file, read_series
 from edgeseg.runtime.read.limits import SCHEDULER_UNPACK_BYTES, ReadLimits, check_nifti_file
 from edgeseg.runtime.watch.budget import (
     DEFAULT_SECONDS_PER_INSTANCE, LatencyTable, Planner, bundle_identity, plan_series,
 )
-from edgeseg.runtime.watch.completion import check_image_file
 from edgeseg.runtime.watch.config import load_config
-from edgeseg.runtime.watch.jobs import NIFTI
 from edgeseg.runtime.watch.service import Watcher
 from edgeseg.runtime.watch.store import FAILED
 

@@ -20,7 +20,7 @@ from watch_helpers import error_files, results, wait_for, write_series
 
 from edgeseg.errors import ConfigError
 from edgeseg.runtime.watch.fake import ENV_VAR
-from edgeseg.runtime.watch.jobs import fingerprint, stamp_files
+from edgeseg.runtime.read import fingerprint, stamp_files
 from edgeseg.runtime.watch.store import DONE, JobStore
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from watch_helpers import (
 )
 
 from edgeseg.errors import InferenceError, OutputError, kind_of, remedy_for
-from edgeseg.runtime.watch.jobs import fingerprint, stamp_files
+from edgeseg.runtime.read import fingerprint, stamp_files
 from edgeseg.runtime.watch.service import Watcher
 from edgeseg.runtime.watch.store import COMPLETE, DONE, FAILED, JobStore
 
