@@ -4,7 +4,8 @@ PyInstaller follows ``import`` statements. It cannot see what the runtime loads 
 
 * OpenVINO loads its device plugins (``libopenvino_intel_cpu_plugin.so`` ...) and model frontends
   (``libopenvino_ir_frontend.so`` reads the bundle's IR) by file name from its ``libs`` folder;
-* pydicom imports its pixel decoders and encoders by module name (``pydicom.pixels.decoders.pyjpegls`` ...);
+* pydicom imports its pixel decoders and encoders by module name (``pydicom.pixels.decoders.pyjpegls`` ...), and
+  each decoder imports its backend (gdcm, jpeg_ls, PIL's JPEG plugins) only when asked to decode;
 * watchdog picks its observer module by platform (inotify, ReadDirectoryChangesW, FSEvents, kqueue, polling);
 * edgeseg itself registers sub-commands and the watcher's adapters with ``importlib.import_module``.
 
@@ -62,11 +63,24 @@ PYDICOM_HIDDEN_IMPORTS: tuple[str, ...] = (
     "pydicom.pixels.encoders.native",
     "pydicom.pixels.encoders.pyjpegls",
     "pydicom.pixels.encoders.pylibjpeg",
-    # character sets and the JPEG-LS backend highdicom installs
+    # character sets
     "pydicom.charset",
-    "jpeg_ls",
-    "_CharLS",
 )
+
+#: the pixel-decoder backends of the base install (pyproject.toml's dependencies): import name -> (distribution,
+#: licence, transfer syntaxes it decodes for pydicom). Each plugin imports its backend lazily, so PyInstaller sees
+#: none of them. Only permissive licences: the frozen app is distributed (Apache-2.0); pylibjpeg-libjpeg (GPL-3.0)
+#: is left out on purpose. The README ("Compressed DICOM") explains the choice.
+DECODER_BACKENDS: dict[str, tuple[str, str, str]] = {
+    "gdcm": ("python-gdcm", "GDCM BSD-3-Clause; wheel Apache-2.0",
+             "JPEG Lossless (process 14, SV1), JPEG baseline/extended 8-bit, JPEG-LS, JPEG 2000, RLE"),
+    "_gdcm": ("python-gdcm", "as gdcm", "gdcm's native package (_gdcm.gdcmswig and the libgdcm* libraries)"),
+    "_gdcm.gdcmswig": ("python-gdcm", "as gdcm", "the SWIG wrapper gdcm.py star-imports"),
+    "jpeg_ls": ("pyjpegls", "MIT; CharLS BSD-3-Clause", "JPEG-LS lossless and near-lossless"),
+    "_CharLS": ("pyjpegls", "as jpeg_ls", "CharLS's extension module"),
+    "PIL.Jpeg2KImagePlugin": ("pillow", "MIT-CMU; OpenJPEG BSD-2-Clause", "JPEG 2000"),
+    "PIL.JpegImagePlugin": ("pillow", "MIT-CMU; libjpeg-turbo IJG/BSD-3-Clause", "JPEG baseline/extended 8-bit"),
+}
 
 #: watchdog picks the observer by platform inside ``watchdog.observers``; list every one for every platform
 #: (one missing on this platform only produces a build warning)
@@ -185,7 +199,7 @@ def excluded(name: str) -> bool:
 
 def hidden_imports() -> list[str]:
     """Every module name the spec lists as a hidden import (before PyInstaller's own submodule collection)."""
-    names = [*PYDICOM_HIDDEN_IMPORTS, *WATCHDOG_HIDDEN_IMPORTS, *OTHER_HIDDEN_IMPORTS]
+    names = [*PYDICOM_HIDDEN_IMPORTS, *DECODER_BACKENDS, *WATCHDOG_HIDDEN_IMPORTS, *OTHER_HIDDEN_IMPORTS]
     if sys.platform != "win32":
         names = [n for n in names if n not in ("watchdog.observers.read_directory_changes", "watchdog.observers.winapi")]
     if sys.platform != "darwin":

@@ -50,6 +50,51 @@ def test_jpeg_ls_backend_is_listed(manifest: ModuleType) -> None:
     assert "jpeg_ls" in manifest.hidden_imports()
 
 
+def _base_dependencies() -> set[str]:
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    return {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower() for d in deps}
+
+
+def test_decoder_backends_are_base_dependencies_and_hidden_imports(manifest: ModuleType) -> None:
+    """Each pixel-decoder backend is installed by the base install and frozen as a hidden import, and none is
+    GPL (the frozen app is distributed)."""
+    listed = set(manifest.hidden_imports())
+    base = _base_dependencies()
+    for module, (distribution, licence, _) in manifest.DECODER_BACKENDS.items():
+        assert distribution.lower() in base, f"{distribution} (for {module}) is not a base dependency"
+        assert module in listed
+        assert "GPL" not in licence
+    found, missing = manifest.importable(sorted(manifest.DECODER_BACKENDS))
+    assert not missing, f"decoder backends not installed here: {missing}"
+    assert not any(d.startswith("pylibjpeg") for d in base), "pylibjpeg-libjpeg is GPL-3.0: not in the base install"
+
+
+#: the transfer syntaxes scanners and PACS send (issue 11): each needs a decoder in the base install
+COMMON_SYNTAXES = (
+    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",  # JPEG Lossless process 14, SV1
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",  # JPEG baseline, extended (8-bit; 12-bit: README)
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",  # JPEG-LS lossless, near-lossless
+    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000 lossless, lossy
+    "1.2.840.10008.1.2.5",  # RLE
+    "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",  # deflated, big endian
+)
+
+
+@pytest.mark.parametrize("syntax", COMMON_SYNTAXES)
+def test_base_install_has_a_decoder_for_every_common_syntax(syntax: str) -> None:
+    """Without the test extra's pylibjpeg, pydicom still has a plugin (or its own code) for each syntax."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    decoder = get_decoder(UID(syntax))
+    assert decoder.is_available
+    if decoder.is_encapsulated:
+        plugins = set(decoder.available_plugins) - {"pylibjpeg"}
+        assert plugins, f"{UID(syntax).name}: only pylibjpeg decodes it here"
+
+
 def _openvino_libs() -> Path:
     ov = pytest.importorskip("openvino")
     libs = Path(ov.__file__).parent / "libs"
