@@ -66,6 +66,22 @@ def small_model() -> Path:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Every DICOM-SEG a test writes is valid (issue 11): after each test that had a tmp_path, each SEG left there passes
+# dciodvfy, and each result folder's seg.dcm matches its seg.nii.gz in dcmqi and highdicom, voxel for voxel in world
+# coordinates (tests/helpers/seg_validation.py). A failure is reported as an error in that test's teardown.
+
+
+@pytest.fixture(autouse=True)
+def _every_dicom_seg_is_valid(request: pytest.FixtureRequest):  # noqa: ANN202 - a generator fixture
+    yield
+    tmp = request.node.funcargs.get("tmp_path") if hasattr(request.node, "funcargs") else None
+    if tmp is not None and Path(tmp).is_dir():
+        from helpers.seg_validation import validate_written_segs
+
+        validate_written_segs(tmp)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Unexpected-skip gate: a skip whose reason is not listed here fails the run (exit status 1), locally and in CI.
 # A skip hides a test that did not run; only the reasons below are legitimate. A missing test extra (torch,
 # nnunetv2, ...) is NOT: install it with `pip install -e ".[test]"`.

@@ -144,3 +144,30 @@ def validate_result_folder(folder: str | os.PathLike[str]) -> list[str]:
     segments = {int(n): int(s["label"]) for n, s in manifest["dicom_seg_segments"].items()}
     img = nib.load(str(folder / "seg.nii.gz"))
     return validate_seg(folder / "seg.dcm", np.asanyarray(img.dataobj), img.affine, segments)
+
+
+def validate_written_segs(root: str | os.PathLike[str]) -> int:
+    """Every DICOM-SEG a test left under ``root``: a ``<name>.edgeseg/seg.dcm`` result gets
+    :func:`validate_result_folder`, any other ``*.dcm`` whose Modality is SEG gets dciodvfy (a test that writes one
+    directly compares its voxels itself). Returns how many SEGs were checked. Used by tests/conftest.py after every
+    test that had a ``tmp_path``."""
+    import pydicom
+
+    checked = 0
+    for path in sorted(Path(root).rglob("*.dcm")):
+        if not path.is_file() or path.is_symlink():
+            continue
+        if path.name == "seg.dcm" and path.parent.name.endswith(".edgeseg") and \
+                (path.parent / "manifest.json").is_file() and (path.parent / "seg.nii.gz").is_file():
+            validate_result_folder(path.parent)
+            checked += 1
+            continue
+        try:
+            modality = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality")
+        except Exception:  # noqa: BLE001 - not DICOM, or a test's deliberately broken file
+            continue
+        if modality == "SEG":
+            errors, _ = dciodvfy_errors(path)
+            assert not errors, f"dciodvfy reports errors for {path}:\n" + "\n".join(errors)
+            checked += 1
+    return checked
