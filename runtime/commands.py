@@ -11,6 +11,7 @@ log = logging.getLogger(__name__)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from edgeseg.runtime.infer.devices import SUPPORTED_DEVICES
     from edgeseg.runtime.infer.engine import PRECISIONS
     from edgeseg.runtime.options import SEG_TYPES, OutputOptions
 
@@ -22,7 +23,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "(the README lists them).")
     p.add_argument("input", type=Path, help="NIfTI (.nii/.nii.gz), PAR/REC, or a DICOM folder")
     p.add_argument("--bundle", default="demo", help="model bundle folder ('demo': the bundled demo model)")
-    p.add_argument("--device", default="CPU", help="CPU, GPU (Intel iGPU) or AUTO")
+    p.add_argument("--device", default="CPU", help=SUPPORTED_DEVICES)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: fastest the device compiles (recorded in the manifest); fp32: exact parity")
     p.add_argument("--variant", help="bundle variant (default: most accurate, or the planner's choice)")

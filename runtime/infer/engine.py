@@ -23,10 +23,10 @@ import numpy as np
 
 from edgeseg.bundle.schema import PRECISIONS as MODEL_PRECISIONS, Bundle, Part
 from edgeseg.errors import ConfigError, InferenceError
+from edgeseg.runtime.infer.devices import SUPPORTED_DEVICES, device_present, device_problem, normalize_device
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("CPU", "GPU", "AUTO")
 #: what a run may ask for: "auto", or one of the bundle's model precisions (fastest first)
 PRECISIONS = ("auto", *reversed(MODEL_PRECISIONS))
 
@@ -105,14 +105,20 @@ class Engine:
 
 def compile_part(bundle: Bundle, part: Part, device: str = "CPU", precision: str = "auto",
                  threads: int | None = None, cache_dir: Path | None = None) -> Engine:
-    """Compile the part's model on ``device`` with the fastest precision that works (see module docstring)."""
-    if device.split(".")[0].split(":")[0] not in DEVICES:
-        raise ConfigError(f"device '{device}' is not one of {', '.join(DEVICES)} (GPU means an Intel iGPU).")
+    """Compile the part's model on ``device`` with the fastest precision that works (see module docstring).
+
+    A device edgeseg does not run on or this PC does not have, and a precision the bundle does not hold, fail the
+    same way every time: :class:`ConfigError` and :class:`BundleError` (the watcher does not retry them)."""
+    problem = device_problem(device)
+    if problem:
+        raise ConfigError(f"device {problem}: use {SUPPORTED_DEVICES}.")
+    device = normalize_device(device)
     c = core()
-    if device.startswith("GPU") and not any(d.startswith("GPU") for d in c.available_devices):
-        raise InferenceError(
-            f"No Intel GPU visible to OpenVINO (devices: {', '.join(c.available_devices)}). "
-            "Use device CPU, or install the Intel GPU driver (compute runtime)."
+    if not device_present(device, c.available_devices):
+        raise ConfigError(
+            f"Device {device} is not on this PC (OpenVINO sees: {', '.join(c.available_devices) or 'no device'}). "
+            "Use device CPU, or for an Intel GPU install its driver (compute runtime); `edgeseg doctor` lists this "
+            "PC's devices."
         )
     todo = candidates(part, precision, device)
     if not todo:  # the bundle lacks the model: the same BundleError as asking the bundle for it

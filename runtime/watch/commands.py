@@ -276,15 +276,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     check("job store", store_check)
 
     def devices_check() -> tuple[str, str]:
+        from edgeseg.runtime.infer.devices import device_present
         from edgeseg.runtime.infer.engine import available_devices
 
         devices = available_devices()
         if not devices:
             return "FAIL", "OpenVINO finds no device (its plugins are missing from this installation)"
-        wanted = config.device.split(":")[0].split(".")[0]
-        if wanted in ("AUTO", "HETERO", "MULTI"):
-            return "OK", f"available: {', '.join(devices)}; configured {config.device}"
-        if not any(d == config.device or d.split(".")[0] == config.device for d in devices):
+        if not device_present(config.device, devices):  # the engine's rule (config checked that edgeseg runs on it)
             return "FAIL", (f"configured device {config.device} is not available (available: {', '.join(devices)}); "
                             "set device: in watch_config.yaml to one of them")
         return "OK", f"available: {', '.join(devices)}; configured {config.device}"

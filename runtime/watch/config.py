@@ -14,13 +14,13 @@ from __future__ import annotations
 import difflib
 import enum
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import edgeseg.demo
 from edgeseg.errors import ConfigError
+from edgeseg.runtime.infer.devices import SUPPORTED_DEVICES, device_problem, normalize_device
 from edgeseg.runtime.infer.engine import PRECISIONS
 from edgeseg.runtime.options import SEG_TYPES, OutputOptions, SegmentOptions
 from edgeseg.runtime.read.limits import ReadLimits
@@ -28,7 +28,6 @@ from edgeseg.runtime.read.limits import ReadLimits
 #: ``bundle: demo`` resolves to this folder inside the installed package
 DEMO_BUNDLE_KEYWORD = "demo"
 ENV_PREFIX = "EDGESEG_"
-_DEVICE_RE = re.compile(r"^(CPU|GPU(\.\d+)?|NPU(\.\d+)?|AUTO(:[A-Z0-9.,]+)?|HETERO:[A-Z0-9.,]+|MULTI:[A-Z0-9.,]+)$")
 
 #: files that are never series: sidecars, our own outputs, half-written copies, OS litter, DICOMDIR indexes
 DEFAULT_EXCLUDE: tuple[str, ...] = (
@@ -127,7 +126,7 @@ _KEYS: tuple[_Key, ...] = (
     _Key("quiet_period_s", "float", 60.0, "a series is complete when no instance arrived for this long",
          minimum=0.0, exclusive_minimum=True),
     _Key("bundle", "bundle", DEMO_BUNDLE_KEYWORD, "model bundle folder, or 'demo' for the packaged demo bundle"),
-    _Key("device", "device", "CPU", "OpenVINO device: CPU, GPU, GPU.1, NPU, AUTO or AUTO:GPU,CPU"),
+    _Key("device", "device", "CPU", f"OpenVINO device: {SUPPORTED_DEVICES}"),
     _Key("threads", "int", None, "inference threads (null: OpenVINO decides)", minimum=1, nullable=True),
     _Key("precision", "enum", "auto", "model precision", choices=PRECISIONS),
     _Key("time_budget_s", "float", 120.0, "seconds one series may take (null: always most accurate)",
@@ -313,12 +312,12 @@ def _check(key: _Key, v: _Value, problems: _Problems, check_paths: bool) -> Any:
                          f"use one of {', '.join(key.choices)}")
             return key.default
         return text.lower()
-    if kind == "device":
-        if not isinstance(value, str) or not _DEVICE_RE.match(value.strip().upper()):
-            problems.add(where, key.path, f"is not an OpenVINO device name: {value!r}",
-                         "use CPU, GPU, GPU.1, NPU, AUTO or AUTO:GPU,CPU (see `edgeseg doctor` for this PC's devices)")
+    if kind == "device":  # the engine's own rule (runtime/infer/devices.py)
+        problem = device_problem(value)
+        if problem:
+            problems.add(where, key.path, problem, f"use {SUPPORTED_DEVICES}; `edgeseg doctor` lists this PC's")
             return key.default
-        return value.strip().upper()
+        return normalize_device(value)
     if kind == "globs":
         if isinstance(value, str):
             value = [value]

@@ -691,8 +691,10 @@ class Watcher:
     def _fail(self, job: SeriesJob, err: Exception, attempt: int, seconds: float, plan: Plan | None) -> str:
         assert self.store is not None
         cfg = self.config
-        # bad input fails the same way every time: no retry until the files change
-        deterministic = job.problem is not None or isinstance(err, (InvalidSeriesError, TimeCeilingError))
+        # fails the same way every time: bad input (no retry until the files change), or a device, precision or
+        # model the PC or the bundle does not have (every series fails until the configuration is corrected)
+        unrunnable = isinstance(err, (ConfigError, BundleError))
+        deterministic = job.problem is not None or unrunnable or isinstance(err, (InvalidSeriesError, TimeCeilingError))
         kind = kind_of(err)
         if isinstance(err, EdgesegError):
             log.error("series failed: key=%s kind=%s attempt=%d/%d error=%s", job.key, kind, attempt,
@@ -703,7 +705,10 @@ class Watcher:
         message = str(err) or type(err).__name__
         self.store.mark_failed(job.key, kind, message, seconds, give_up=deterministic, max_attempts=cfg.max_attempts)
         final = deterministic or attempt >= cfg.max_attempts or self.once
-        if deterministic:
+        if unrunnable:
+            retry_text = ("Not retried: every series fails this way until the configuration or the bundle is "
+                          "corrected; then restart the watcher and re-copy this series.")
+        elif deterministic:
             retry_text = "The watcher tries again when the files change."
         elif attempt >= cfg.max_attempts:
             retry_text = (f"Attempt {attempt} of {cfg.max_attempts}: given up. Change or re-copy the series to try "

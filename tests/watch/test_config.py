@@ -55,7 +55,7 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
     ("threads: 2.5", "threads: must be a whole number"),
     ("observer: inotify", "observer: must be one of native, polling"),
     ("precision: int4", "precision: must be one of auto, int8, fp16, fp32"),
-    ("device: TPU", "device: is not an OpenVINO device name"),
+    ("device: TPU", "device: 'TPU' is not a device edgeseg runs on"),
     ("outputs: yes", "outputs: must be a mapping"),
     ("outputs:\n  preview: 1", "outputs.preview: must be true or false"),
     ("include: 3", "include: must be a list of glob patterns"),
@@ -63,6 +63,18 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
 def test_wrong_types_name_the_key(tmp_path: Path, line: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected.replace("?", r"\?")):
         load_config(_write(tmp_path, BASE + line + "\n"), env={})
+
+
+@pytest.mark.parametrize("device", ["NPU", "HETERO:CPU", "MULTI:CPU", "AUTO:NPU,CPU"])
+def test_devices_the_engine_refuses_are_refused_with_their_key_path(tmp_path: Path, device: str) -> None:
+    """OpenVINO knows these devices, but edgeseg's engine does not run on them: refused at start (the engine's own
+    rule), not at every series."""
+    path = _write(tmp_path, BASE + f"device: {device}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert f"{path}: device: '{device}' is not a device edgeseg runs on. Fix: use CPU, GPU" in str(err.value)
+    with pytest.raises(ConfigError, match=f"EDGESEG_DEVICE: device: '{device}' is not a device edgeseg runs on"):
+        load_config(_write(tmp_path, BASE), env={env_name("device"): device})
 
 
 def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:

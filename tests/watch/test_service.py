@@ -185,6 +185,26 @@ def test_edgeseg_errors_are_recorded_with_their_kind(start_watcher, segmenter, r
     assert data["kind"] == "inference" and "device: CPU" in data["what_to_do"]
 
 
+@pytest.mark.parametrize("kind", ["config", "bundle"])
+def test_a_device_or_precision_that_cannot_run_is_given_up_at_once(start_watcher, segmenter, roots, kind) -> None:
+    """A device this PC does not have (or edgeseg does not run on) or a precision the bundle lacks fails every
+    attempt the same way: no retries, the error file says why."""
+    from edgeseg.errors import BundleError, ConfigError
+
+    err = {"config": ConfigError("Device GPU is not on this PC (OpenVINO sees: CPU)."),
+           "bundle": BundleError("Bundle b has no int8 model for part 'a' (it has fp32).")}[kind]
+    segmenter.fail["/exam::"] = err
+    w = start_watcher(max_attempts=3)
+    write_series(roots / "exam", 3)
+    assert wait_for(lambda: len(error_files(roots)) == 1)
+    assert w.wait_idle(10)
+    time.sleep(4 * QUIET)
+    assert sum(segmenter.calls.values()) == 1
+    (row,) = w.store.rows()
+    assert row.state == FAILED and row.attempts == 3 and row.error_kind == kind
+    assert "Not retried" in json.loads(error_files(roots)[0].read_text())["what_to_do"]
+
+
 def test_error_file_says_what_the_error_class_says_to_do(start_watcher, segmenter, roots) -> None:
     failures = {"full": OutputError("disk full"), "bug": RuntimeError("boom")}
     for name, err in failures.items():
