@@ -30,6 +30,7 @@ from edgeseg.export.model_folder import ModelFolder, open_model
 from edgeseg.export.metrics import dice_per_class, mean_dice
 from edgeseg.export import totalseg as ts_wrapper
 from edgeseg.export.quantize import QuantizeSettings
+from edgeseg.runtime.write.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +158,7 @@ def _versions() -> dict[str, str]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=1, default=str)
 
 
 def _bundle(root: Path, settings: ExportSettings, labels: dict[int, str], variants: Sequence[Variant],

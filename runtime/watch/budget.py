@@ -30,8 +30,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from edgeseg.runtime.read import SeriesGeometry
+from edgeseg.runtime.write.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +190,7 @@ class LatencyTable:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"version": self.VERSION, "tiles": self._tiles, "overheads": self._overheads}
-        fd, tmp = tempfile.mkstemp(prefix=".latency.", suffix=".tmp", dir=self.path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, data, indent=2, sort_keys=True)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -21,14 +21,12 @@ Threads (every loop waits on one stop :class:`threading.Event`)::
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
 import shutil
 import signal
 import sqlite3
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -52,7 +50,7 @@ from edgeseg.runtime.watch.jobs import INVALID, SeriesJob
 from edgeseg.runtime.watch.lock import StateLock
 from edgeseg.runtime.watch.observer import EnqueueHandler, PathFilter, start_observer
 from edgeseg.runtime.watch.store import JobStore
-from edgeseg.runtime.write.atomic import clear_error_file, write_error_file
+from edgeseg.runtime.write.atomic import clear_error_file, write_error_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -553,10 +551,7 @@ class Watcher:
                 "queued": self._jobs.qsize(),
                 "stats": dict(self.stats),
             }
-            fd, tmp = tempfile.mkstemp(prefix=".watcher.", suffix=".tmp", dir=self.config.state_dir)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=1)
-            os.replace(tmp, self.config.state_dir / "watcher.json")
+            write_json_atomic(self.config.state_dir / "watcher.json", data, indent=1)
         except OSError as err:
             log.debug("heartbeat not written: %s", err)
 

@@ -26,7 +26,7 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Callable
 
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError, OutputError, kind_of
@@ -177,27 +177,41 @@ def result_owner(folder: StrPath) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
-def _write_json_atomically(path: Path, payload: Any) -> None:
+def write_json_atomic(path: StrPath, payload: Any, *, indent: int | None = 2, sort_keys: bool = False,
+                      default: Callable[[Any], Any] | None = None) -> Path:
+    """Write ``payload`` as JSON to ``path``: a reader sees the previous file or the new one, never a part of it.
+
+    The text goes to a hidden temporary in the same folder (``.<file name>.partial-<random>``, created exclusively),
+    is flushed and fsync'ed, then renamed over ``path`` (``os.replace``: atomic on POSIX and Windows). On any
+    failure (writing, renaming, an interrupt) the temporary is removed and the error re-raised, an ``OSError`` for
+    the file system (the caller decides what it means: :func:`write_error_file` raises :class:`OutputError`); a
+    payload that is not JSON raises before any file is created. UTF-8 with non-ASCII characters kept, unless a
+    string is not valid Unicode (an undecodable byte of a file name on Linux): then JSON's ``\\u`` escapes
+    throughout. Ends with a newline. Returns ``path``.
+    """
+    path = Path(path)
+    text = json.dumps(payload, indent=indent, sort_keys=sort_keys, default=default, ensure_ascii=False)
+    if not _is_utf8(text):
+        text = json.dumps(payload, indent=indent, sort_keys=sort_keys, default=default)
+    data = (text + "\n").encode("utf-8")
     tmp = path.with_name(f".{path.name}.partial-{_random()}")
     try:
-        text = json.dumps(payload, indent=2, ensure_ascii=False)
-        if not _is_utf8(text):  # a name that is not valid Unicode (Latin-1 on Linux): JSON's \u escapes instead
-            text = json.dumps(payload, indent=2)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+        with open(tmp, "xb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException:
         try:
             tmp.unlink()
         except OSError:
             pass
-        raise output_error(err, path.parent, f"write {path}") from err
+        raise
+    return path
 
 
 def write_error_file(series_dir: StrPath, name: str, error: BaseException | str, what_to_do: str) -> Path:
-    """Write ``<series_dir>/<name>.edgeseg-error.json`` atomically (temporary file + ``os.replace``).
+    """Write ``<series_dir>/<name>.edgeseg-error.json`` atomically (:func:`write_json_atomic`).
 
     The JSON holds ``series`` (the name), ``kind`` (the error class's ``kind``, e.g. "invalid_series"; "internal"
     for an error outside edgeseg's family, a bug; "error" for a message given as text),
@@ -214,7 +228,10 @@ def write_error_file(series_dir: StrPath, name: str, error: BaseException | str,
         "edgeseg_version": __version__,
         "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_json_atomically(path, payload)
+    try:
+        write_json_atomic(path, payload)
+    except OSError as err:
+        raise output_error(err, path.parent, f"write {path}") from err
     log.info("wrote error file %s", path)
     return path
 
