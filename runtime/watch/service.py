@@ -36,8 +36,8 @@ from typing import Any, Callable
 
 from edgeseg.bundle.schema import Bundle
 from edgeseg.errors import (
-    EXIT_FAILED, EXIT_OK, ConfigError, EdgesegError, InvalidSeriesError, OutOfMemoryError, SeriesInterruptedError,
-    StateStoreError, TimeCeilingError, kind_of, remedy_for,
+    EXIT_FAILED, EXIT_OK, BundleError, ConfigError, EdgesegError, InvalidSeriesError, OutOfMemoryError,
+    SeriesInterruptedError, StateStoreError, TimeCeilingError, kind_of, remedy_for,
 )
 from edgeseg.runtime.options import SegmentOptions
 from edgeseg.runtime.read import DICOM, NIFTI, PARREC
