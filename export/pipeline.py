@@ -255,14 +255,14 @@ def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path,
             pre = ts_wrapper.pre_resample(first.dataset_name, first.configuration["spacing"], settings.totalseg_order)
             follows = ts_wrapper.follows(first.dataset_name, settings.totalseg_order)
         entries: list[Part] = []
-        for part in parts:
-            rel = f"{spec.name}/{part.name}"
-            nets = load_fold_networks(part)
+        for folder in parts:
+            rel = f"{spec.name}/{folder.name}"
+            nets = load_fold_networks(folder)
             module = fold_ensemble(nets)
-            mirror = mirroring_axes_from_checkpoint(part)
-            entry = _part(part, labels, settings, rel, mirror)
-            onnx_path = export_onnx(module, (1, part.num_input_channels, *entry.patch_size),
-                                    scratch / f"{spec.name}-{part.name}.onnx")
+            mirror = mirroring_axes_from_checkpoint(folder)
+            entry = _part(folder, labels, settings, rel, mirror)
+            onnx_path = export_onnx(module, (1, folder.num_input_channels, *entry.patch_size),
+                                    scratch / f"{spec.name}-{folder.name}.onnx")
             ov_model = to_openvino(onnx_path)
             (root / rel).mkdir(parents=True, exist_ok=True)
             models: dict[str, ModelFile] = {}
@@ -270,10 +270,10 @@ def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path,
                 if prec == "fp32" or prec in settings.precisions:  # FP32: reference and exact-parity mode
                     xml, binf = save_ir(ov_model, root / rel / f"{prec}.xml", fp16=prec == "fp16")
                     models[prec] = _model_file(prec, rel, xml, binf)
-            ov_models[(spec.name, part.name)] = ov_model
-            modules[(spec.name, part.name)] = module
+            ov_models[(spec.name, folder.name)] = ov_model
+            modules[(spec.name, folder.name)] = module
             entries.append(replace(entry, models=models))
-            progress("converted %s/%s (%d fold(s), %d outputs)", spec.name, part.name, len(nets), part.num_outputs)
+            progress("converted %s/%s (%d fold(s), %d outputs)", spec.name, folder.name, len(nets), folder.num_outputs)
         bundle_variants.append(Variant(spec.name, spec.rank, reorient, pre, tuple(entries), follows))
 
     # FP32 IR vs torch on real preprocessed patches
