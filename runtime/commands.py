@@ -5,7 +5,12 @@ import argparse
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the command line imports the runtime only when a command runs
+    from edgeseg.bundle.schema import Bundle
+    from edgeseg.runtime.options import SegmentOptions
+    from edgeseg.runtime.plan import Planner
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +113,13 @@ def _user_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgeseg"
 
 
-def _planner(bundle: Any, options: Any) -> Any:
-    """The watcher's time-budget planner, with tile latencies measured once and cached per user."""
+def _planner(bundle: Bundle, options: SegmentOptions) -> Planner:
+    """The time-budget planner (:mod:`edgeseg.runtime.plan`, as the watcher's), with tile latencies measured once
+    and cached per user."""
     from functools import partial
 
     from edgeseg.runtime.infer.engine import measure_tile_latency
-    from edgeseg.runtime.watch.budget import LatencyTable, Planner
+    from edgeseg.runtime.plan import LatencyTable, Planner
 
     cache = _user_cache()
     cache.mkdir(parents=True, exist_ok=True)

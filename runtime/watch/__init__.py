@@ -7,8 +7,8 @@ One module per role:
   input path filter.
 * :mod:`~edgeseg.runtime.watch.completion`: when a series has finished arriving (quiet period, expected count).
 * :mod:`~edgeseg.runtime.watch.store`: the SQLite job store that survives crashes.
-* :mod:`~edgeseg.runtime.watch.budget`: the time-budget planner and the per-tile latency table.
-* :mod:`~edgeseg.runtime.watch.service`: the :class:`Watcher` (scheduler and worker threads, stop, signals).
+* :mod:`~edgeseg.runtime.watch.service`: the :class:`Watcher` (scheduler and worker threads, stop, signals); it
+  plans each series with the time-budget planner :mod:`edgeseg.runtime.plan`, which ``edgeseg segment`` uses too.
 * :mod:`~edgeseg.runtime.watch.commands`: ``edgeseg watch | status | doctor | demo``.
 * :mod:`~edgeseg.runtime.watch.jobs`, :mod:`~edgeseg.runtime.watch.fake`: the job record (the reader's
   :class:`~edgeseg.runtime.read.SeriesRef` plus the watcher's bookkeeping) and a fake segmenter for tests.
@@ -25,7 +25,6 @@ _EXPORTS = {
     "Watcher": "service",
     "CompletionTracker": "completion",
     "JobStore": "store",
-    "Plan": "budget", "Planner": "budget", "LatencyTable": "budget", "plan_series": "budget",
     "SeriesJob": "jobs",
 }
 __all__ = sorted(_EXPORTS)

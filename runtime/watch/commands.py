@@ -301,7 +301,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     check("bundle", bundle_check)
 
     def budget_check() -> tuple[str, str]:
-        from edgeseg.runtime.watch.budget import LatencyTable, Planner
+        from edgeseg.runtime.plan import LatencyTable, Planner
         from edgeseg.runtime.read import SeriesGeometry
 
         if not bundle_holder:

@@ -40,10 +40,10 @@ from edgeseg.errors import (
     SeriesInterruptedError, StateStoreError, TimeCeilingError, kind_of, remedy_for,
 )
 from edgeseg.runtime.options import SegmentOptions
+from edgeseg.runtime.plan import LatencyTable, MeasureFn, Plan, Planner
 from edgeseg.runtime.read import DICOM, NIFTI, PARREC
 from edgeseg.runtime.read.limits import check_frames, check_nifti_header, check_voxels
 from edgeseg.runtime.segment import SegmentResult, segment_series
-from edgeseg.runtime.watch.budget import LatencyTable, MeasureFn, Plan, Planner
 from edgeseg.runtime.watch.completion import CompletionTracker
 from edgeseg.runtime.watch.config import WatchConfig
 from edgeseg.runtime.watch.jobs import INVALID, SeriesJob

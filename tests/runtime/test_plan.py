@@ -1,4 +1,4 @@
-"""The time-budget planner with a fake latency table (no model runs)."""
+"""The time-budget planner (runtime/plan.py) with a fake latency table (no model runs)."""
 from __future__ import annotations
 
 import json
@@ -6,43 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from edgeseg.bundle import ModelFile, Normalization, Part, Resampling, Variant
+from edgeseg.bundle import Variant
 from edgeseg.runtime.infer.tiling import tile_count
-from edgeseg.runtime.watch.budget import (
-    LatencyTable, Planner, bundle_identity, network_shape, part_tiles, plan_series,
-)
+from edgeseg.runtime.plan import LatencyTable, Planner, bundle_identity, network_shape, part_tiles, plan_series
 from edgeseg.runtime.read import SeriesGeometry
-
-
-def make_part(name: str, spacing: float, patch: int = 32, step: float = 0.5, mirror: bool = False,
-              tf: tuple[int, int, int] = (0, 1, 2)) -> Part:
-    tb = tuple(tf.index(i) for i in range(3))
-    return Part(name=name, label_map={1: 1}, num_input_channels=1, num_outputs=2, spacing=(spacing,) * 3,
-                patch_size=(patch,) * 3, transpose_forward=tf, transpose_backward=tb,
-                normalization=(Normalization("ZScoreNormalization"),), resampling_data=Resampling(),
-                resampling_probabilities=Resampling(), tile_step_size=step, use_gaussian=True, use_mirroring=mirror,
-                mirror_axes=(0, 1, 2) if mirror else (), folds=("0",),
-                models={"int8": ModelFile("int8", f"{name}.xml", f"{name}.bin")})
-
-
-class FakeBundle:
-    """What the planner reads of a bundle: variants (with rank) and the recorded file hashes."""
-
-    def __init__(self, *variants: Variant) -> None:
-        self.variants = variants
-        self.files = {"a.xml": "0" * 64}
-        self.name = "fake"
-
-
-ACCURATE = Variant("accurate_1.5mm", 0, "RAS", None, (make_part("organs", 1.5), make_part("muscles", 1.5)))
-FAST = Variant("fast_3mm", 1, "RAS", None, (make_part("all", 3.0),))
-BUNDLE = FakeBundle(FAST, ACCURATE)  # listed out of rank order on purpose
-TYPICAL = SeriesGeometry((256, 208, 160), (1.5, 1.5, 1.5))
-NO_OVERHEAD = (0.0, 0.0)
-
-
-def latency(seconds: dict[str, float]):
-    return lambda part: seconds.get(part.name)
+from helpers.plan_fakes import ACCURATE, BUNDLE, NO_OVERHEAD, TYPICAL, latency, make_part
 
 
 def test_network_shape_follows_ras_sitk_order_and_transpose() -> None:

@@ -11,19 +11,17 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from test_budget import BUNDLE, TYPICAL, FakeBundle, latency, make_part
 from watch_helpers import QUIET, CountingSegmenter, error_files, results, wait_for, write_series
 
 from edgeseg.bundle import Variant
 from edgeseg.errors import ConfigError, InvalidSeriesError, SeriesTooLargeError
+from edgeseg.runtime.plan import DEFAULT_SECONDS_PER_INSTANCE, LatencyTable, Planner, bundle_identity, plan_series
 from edgeseg.runtime.read import NIFTI, check_image_file, read_series
 from edgeseg.runtime.read.limits import SCHEDULER_UNPACK_BYTES, ReadLimits, check_nifti_file
-from edgeseg.runtime.watch.budget import (
-    DEFAULT_SECONDS_PER_INSTANCE, LatencyTable, Planner, bundle_identity, plan_series,
-)
 from edgeseg.runtime.watch.config import load_config
 from edgeseg.runtime.watch.service import Watcher
 from edgeseg.runtime.watch.store import FAILED
+from helpers.plan_fakes import BUNDLE, TYPICAL, FakeBundle, latency, make_part
 
 MB = 1024 * 1024
 

@@ -61,7 +61,7 @@ def test_real_segmenter_end_to_end(make_config, roots, tmp_path, bundle, real_mr
 def test_doctor_with_a_real_bundle_and_a_measured_latency_table(tmp_path, bundle, capsys) -> None:
     from edgeseg.bundle import load_bundle
     from edgeseg.cli import main
-    from edgeseg.runtime.watch.budget import LatencyTable, Planner
+    from edgeseg.runtime.plan import LatencyTable, Planner
     from edgeseg.runtime.watch.config import load_config
 
     (tmp_path / "in").mkdir()

@@ -1,5 +1,10 @@
 """Time-budget planner: pick the most accurate way to segment a series that is predicted to fit its budget.
 
+Used by ``edgeseg segment --time-budget`` and by the watcher before every series; both give it a bundle (its
+own :class:`~edgeseg.bundle.schema.Bundle`, :class:`~edgeseg.bundle.schema.Variant` and
+:class:`~edgeseg.bundle.schema.Part`) and the volume's size as a :class:`~edgeseg.runtime.read.SeriesGeometry`
+(from the headers in the watcher, from the read volume on the command line).
+
 Prediction, per plan (variant, tile step)::
 
     seconds = sum over parts (tiles x mirror evaluations x seconds per tile)
@@ -36,6 +41,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from edgeseg.bundle.schema import Bundle, Part, Variant
+from edgeseg.runtime.infer.tiling import tile_count
 from edgeseg.runtime.read import SeriesGeometry
 from edgeseg.runtime.write.atomic import write_json_atomic
 
@@ -51,7 +58,8 @@ DEFAULT_FIXED_S = 3.0
 DEFAULT_SECONDS_PER_INSTANCE = 0.02
 _EMA = 0.3
 
-MeasureFn = Callable[[Any, Any, str, str, "int | None"], float]
+#: measure(bundle, part, precision, device, threads) -> seconds per tile on this machine
+MeasureFn = Callable[[Bundle, Part, str, str, "int | None"], float]
 
 
 @dataclass(frozen=True)
@@ -77,10 +85,9 @@ class Plan:
         return asdict(self)
 
 
-def bundle_identity(bundle: Any) -> str:
+def bundle_identity(bundle: Bundle) -> str:
     """A short, stable identity of a bundle: sha256 over its recorded file hashes."""
-    files = getattr(bundle, "files", None) or {}
-    blob = json.dumps(files, sort_keys=True) + str(getattr(bundle, "name", ""))
+    blob = json.dumps(bundle.files, sort_keys=True) + str(bundle.name)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
@@ -169,7 +176,7 @@ class LatencyTable:
                                   "seconds_per_instance": per_instance, "read_write_runs": rw_runs}
             self._save()
 
-    def get_or_measure(self, bundle: Any, part: Any, precision: str, device: str, threads: int | None,
+    def get_or_measure(self, bundle: Bundle, part: Part, precision: str, device: str, threads: int | None,
                        measure: MeasureFn | None) -> float | None:
         """The cached latency, or measure it now (and cache it) when ``measure`` is given."""
         bid = bundle_identity(bundle)
@@ -197,10 +204,10 @@ class LatencyTable:
 # geometry
 
 
-def network_shape(geometry: SeriesGeometry, variant: Any, part: Any) -> tuple[int, int, int]:
+def network_shape(geometry: SeriesGeometry, variant: Variant, part: Part) -> tuple[int, int, int]:
     """Shape of the volume on the part's grid, in the network's axis order."""
     extent_voxel = [n * s for n, s in zip(geometry.shape, geometry.spacing)]  # mm along voxel axes i, j, k
-    if getattr(variant, "reorient", "none") == "RAS":
+    if variant.reorient == "RAS":
         world = [0.0, 0.0, 0.0]  # mm along x, y, z
         for axis, mm in zip(geometry.world_axes, extent_voxel):
             world[axis] = mm
@@ -209,36 +216,36 @@ def network_shape(geometry: SeriesGeometry, variant: Any, part: Any) -> tuple[in
         sitk_extent = [extent_voxel[2], extent_voxel[1], extent_voxel[0]]  # array as stored, (k, j, i)
     tf = tuple(part.transpose_forward)
     net_extent = [sitk_extent[a] for a in tf]
-    return tuple(max(1, int(round(mm / sp))) for mm, sp in zip(net_extent, part.spacing))  # type: ignore[return-value]
+    shape = [max(1, int(round(mm / sp))) for mm, sp in zip(net_extent, part.spacing)]
+    return (shape[0], shape[1], shape[2])
 
 
-def part_tiles(geometry: SeriesGeometry, variant: Any, part: Any, step: float) -> int:
+def part_tiles(geometry: SeriesGeometry, variant: Variant, part: Part, step: float) -> int:
     """Network evaluations for one part: sliding-window tiles times mirror evaluations."""
-    from edgeseg.runtime.infer.tiling import tile_count
-
     tiles = tile_count(network_shape(geometry, variant, part), tuple(part.patch_size), step)
-    mirrors = 2 ** len(part.mirror_axes) if getattr(part, "use_mirroring", False) else 1
+    mirrors = 2 ** len(part.mirror_axes) if part.use_mirroring else 1
     return int(tiles) * mirrors
 
 
-def _candidate_steps(variant: Any, coarser: Iterable[float]) -> list[float | None]:
+def _candidate_steps(variant: Variant, coarser: Iterable[float]) -> list[float | None]:
     own = [float(p.tile_step_size) for p in variant.parts]
     out: list[float | None] = [None]
     out.extend(s for s in sorted(set(coarser)) if s > min(own) + 1e-9)
     return out
 
 
-def _effective_step(part: Any, override: float | None) -> float:
+def _effective_step(part: Part, override: float | None) -> float:
     return float(part.tile_step_size) if override is None else max(float(part.tile_step_size), override)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # planning
 
-LatencyFn = Callable[[Any], "float | None"]
+#: latency(part) -> seconds per tile, or None when unknown
+LatencyFn = Callable[[Part], "float | None"]
 
 
-def predict(geometry: SeriesGeometry, variant: Any, step: float | None, latency: LatencyFn,
+def predict(geometry: SeriesGeometry, variant: Variant, step: float | None, latency: LatencyFn,
             overhead: tuple[float, float], instances: int = 0,
             per_instance: float = DEFAULT_SECONDS_PER_INSTANCE) -> tuple[float | None, int, dict[str, Any]]:
     """(predicted seconds or None, total network evaluations, per-part details) of one plan. ``instances``: DICOM
@@ -271,7 +278,7 @@ def predict(geometry: SeriesGeometry, variant: Any, step: float | None, latency:
 
 
 def plan_series(
-    bundle: Any,
+    bundle: Bundle,
     geometry: SeriesGeometry | None,
     budget_s: float | None,
     latency: LatencyFn,
@@ -334,7 +341,7 @@ def plan_series(
 class Planner:
     """Plans series for one bundle on one device with a latency table (and optionally measures missing entries)."""
 
-    def __init__(self, bundle: Any, table: LatencyTable, device: str, precision: str, threads: int | None,
+    def __init__(self, bundle: Bundle, table: LatencyTable, device: str, precision: str, threads: int | None,
                  measure: MeasureFn | None = None, coarser_steps: Iterable[float] = COARSER_STEPS) -> None:
         self.bundle = bundle
         self.table = table
@@ -345,7 +352,7 @@ class Planner:
         self.coarser_steps = tuple(coarser_steps)
         self.bundle_id = bundle_identity(bundle)
 
-    def latency(self, part: Any) -> float | None:
+    def latency(self, part: Part) -> float | None:
         try:
             return self.table.get_or_measure(self.bundle, part, self.precision, self.device, self.threads,
                                              self.measure)
