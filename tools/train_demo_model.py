@@ -1,8 +1,8 @@
-"""Train a small real nnU-Net v2 model on the shared demo MRI: the committed demo and test model.
+"""Train a small real nnU-Net v2 model on the demo MRI: the committed demo and test model (development tool).
 
 Demo and test model trained on ONE case; not a clinical model. It exists so that every stage of edgeseg (export
 to ONNX/OpenVINO, INT8, runtime, writers) can be exercised end to end, on a laptop, against a network whose
-outputs mean something.
+outputs mean something. It lives in ``tools/``, outside the installed package: the product never trains.
 
 Input contract of the trained model (the same as TotalSegmentator's):
 
@@ -33,7 +33,12 @@ brightness/contrast change alone would be undone by the z-scoring, so a light sc
 after it (as nnU-Net's own brightness/contrast transforms are). Spatial augmentation: small scaling and rotation
 in the axial (y, x) plane. No mirroring: left/right labels must stay where they are (NoMirroring trainer).
 
-Run: ``python -m edgeseg.export.testmodels.small_mr`` (about 10 minutes on 2 CPU cores).
+Data (all committed, nothing outside the clone is read): the image ``edgeseg/demo/mri/example_mr_sm.nii.gz`` and
+its label names ``edgeseg/demo/mri/total_mr_labels.json`` (packaged), its TotalSegmentator ``total_mr`` labels
+``tests/fixtures/total_mr_example/example_seg_mr.nii.gz`` (a test fixture).
+
+Run: ``python tools/train_demo_model.py`` from the repository root, with the test extra installed (about 16 minutes
+on 2 CPU cores; see the TRAINING_RECORD.md it writes).
 """
 from __future__ import annotations
 
@@ -74,9 +79,15 @@ STRIDES = ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2))
 NUM_LABELS = 50  # total_mr labels 1..50; the network has NUM_LABELS + 1 outputs
 ITERATIONS_PER_EPOCH = 250  # nnU-Net's default, only used to fill the checkpoint's current_epoch
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = _REPO_ROOT.parent / "shared" / "data" / "total_mr_example"
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+#: the demo MRI and its label names, as the package ships them
+DEFAULT_IMAGE = _REPO_ROOT / "edgeseg" / "demo" / "mri" / "example_mr_sm.nii.gz"
+DEFAULT_LABELS = _REPO_ROOT / "edgeseg" / "demo" / "mri" / "total_mr_labels.json"
+#: TotalSegmentator's total_mr segmentation of the demo MRI (a committed test fixture)
+DEFAULT_SEG = _REPO_ROOT / "tests" / "fixtures" / "total_mr_example" / "example_seg_mr.nii.gz"
 DEFAULT_OUT = _REPO_ROOT / "tests" / "fixtures" / "models"
+#: how the record names this program
+COMMAND = "python tools/train_demo_model.py"
 
 
 @dataclass(frozen=True)
@@ -439,9 +450,9 @@ def write_training_record(folder: Path, *, command: str, seed: int, result: Trai
         "## How it was made",
         "",
         f"- command: `{command}` (from the repository root)",
-        "- script: `export/testmodels/small_mr.py` (import name `edgeseg.export.testmodels.small_mr`)",
-        "- data: `shared/data/total_mr_example/example_mr_sm.nii.gz` with its TotalSegmentator `total_mr` labels",
-        "  `example_seg_mr.nii.gz` (23 of 50 labels present)",
+        "- script: `tools/train_demo_model.py` (a development tool, not part of the installed package)",
+        "- data: `edgeseg/demo/mri/example_mr_sm.nii.gz` with its TotalSegmentator `total_mr` labels",
+        "  `tests/fixtures/total_mr_example/example_seg_mr.nii.gz` (23 of 50 labels present)",
         f"- seed: {seed}; iterations: {result.iterations}; batch size: {batch_size}; patch (z, y, x): "
         f"{list(PATCH_SIZE_ZYX)}",
         "- optimiser: AdamW (lr 3e-3, weight decay 3e-5, 20 warm-up iterations, poly 0.9 decay); loss: cross-entropy",
@@ -539,12 +550,13 @@ def build(out_root: Path, *, image: Path, seg: Path, labels_json: Path, iteratio
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: train the demo model and write it (default: tests/fixtures/models)."""
-    parser = argparse.ArgumentParser(prog="python -m edgeseg.export.testmodels.small_mr",
+    parser = argparse.ArgumentParser(prog=COMMAND,
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results root (default: %(default)s)")
-    parser.add_argument("--image", type=Path, default=DEFAULT_DATA_DIR / "example_mr_sm.nii.gz")
-    parser.add_argument("--seg", type=Path, default=DEFAULT_DATA_DIR / "example_seg_mr.nii.gz")
-    parser.add_argument("--labels", type=Path, default=DEFAULT_DATA_DIR / "total_mr_labels.json")
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="the MRI (default: %(default)s)")
+    parser.add_argument("--seg", type=Path, default=DEFAULT_SEG, help="its total_mr labels (default: %(default)s)")
+    parser.add_argument("--labels", type=Path, default=DEFAULT_LABELS,
+                        help="total_mr_labels.json (default: %(default)s)")
     parser.add_argument("--iterations", type=int, default=700)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=2)
@@ -556,8 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    command = " ".join(["python -m edgeseg.export.testmodels.small_mr",
-                        *(sys.argv[1:] if argv is None else list(argv))])
+    command = " ".join([COMMAND, *(sys.argv[1:] if argv is None else list(argv))])
     folder = build(args.out, image=args.image, seg=args.seg, labels_json=args.labels,
                    iterations=args.iterations, seed=args.seed, batch_size=args.batch_size, threads=args.threads,
                    bf16=args.bf16, command=command, evaluate_after=not args.no_eval)
