@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg._deps import require
+from edgeseg.demo import MRI_FILE
 from edgeseg.export.testmodels import _nnunet_folder as nf
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,10 @@ FOREGROUND_INTENSITY_PROPERTIES: dict[str, float] = {
 }
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = _REPO_ROOT.parent / "shared" / "data" / "total_mr_example"
+#: total_mr_labels.json (the 50 total_mr labels): the package's copy beside the demo MRI
+DEFAULT_LABELS_JSON = MRI_FILE.parent / "total_mr_labels.json"
+#: total_mr_parts.json (the split of the 1.5 mm parts): the test fixture committed in a source checkout
+DEFAULT_PARTS_JSON = _REPO_ROOT / "tests" / "fixtures" / "total_mr_example" / "total_mr_parts.json"
 
 
 @dataclass(frozen=True)
@@ -82,18 +86,19 @@ SPECS: dict[str, ModelSpec] = {
 }
 
 
-def label_names(spec: ModelSpec, data_dir: Path = DEFAULT_DATA_DIR) -> dict[int, str]:
-    """{value: name} of the model's foreground labels, read from the shared total_mr JSON files."""
+def label_names(spec: ModelSpec, data_dir: Path | None = None) -> dict[int, str]:
+    """{value: name} of the model's foreground labels, read from total_mr_labels.json or total_mr_parts.json in
+    ``data_dir`` (default: :data:`DEFAULT_LABELS_JSON` and :data:`DEFAULT_PARTS_JSON`, committed in the repository)."""
     if spec.labels_from == "total":
-        path = Path(data_dir) / "total_mr_labels.json"
+        path = Path(data_dir) / "total_mr_labels.json" if data_dir is not None else DEFAULT_LABELS_JSON
         raw = json.loads(path.read_text(encoding="utf-8"))
     else:
-        path = Path(data_dir) / "total_mr_parts.json"
+        path = Path(data_dir) / "total_mr_parts.json" if data_dir is not None else DEFAULT_PARTS_JSON
         raw = json.loads(path.read_text(encoding="utf-8"))[spec.labels_from.split(":", 1)[1]]
     return {int(k): str(v) for k, v in sorted(raw.items(), key=lambda kv: int(kv[0]))}
 
 
-def model_plans(which: str, data_dir: Path = DEFAULT_DATA_DIR) -> tuple[dict[str, Any], dict[str, Any]]:
+def model_plans(which: str, data_dir: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(plans.json, dataset.json) dicts of one model, without building any weights."""
     try:
         spec = SPECS[str(which)]
@@ -112,7 +117,7 @@ def model_plans(which: str, data_dir: Path = DEFAULT_DATA_DIR) -> tuple[dict[str
 
 
 def generate(out_dir: Path, which: Sequence[str] = ("850", "851", "852"), seed: int = 0,
-             data_dir: Path = DEFAULT_DATA_DIR) -> dict[str, Path]:
+             data_dir: Path | None = None) -> dict[str, Path]:
     """Write the requested models under ``out_dir`` with He-initialised random weights; return {key: folder}.
 
     Folder: ``out_dir/<dataset name>/nnUNetTrainer_2000epochs_NoMirroring__nnUNetPlans__3d_fullres``. Weights
@@ -165,8 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="results root to write into")
     parser.add_argument("--which", nargs="+", default=list(SPECS), choices=list(SPECS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help="folder with total_mr_labels.json and total_mr_parts.json (default: %(default)s)")
+    parser.add_argument("--data-dir", type=Path,
+                        help="folder with total_mr_labels.json and total_mr_parts.json (default: "
+                             f"{DEFAULT_LABELS_JSON} and {DEFAULT_PARTS_JSON})")
     parser.add_argument("--zip", action="store_true", help="also write <out>/<dataset name>.zip release zips")
     parser.add_argument("--check", action="store_true",
                         help="load each folder with nnU-Net's predictor and segment one random 128^3 patch")

@@ -1,5 +1,6 @@
 """Tests of the nnU-Net v2 test-model generator (edgeseg.export.testmodels.ts_sized): it writes
-TotalSegmentator-MRI-sized folders that nnunetv2's predictor loads, with 30 / 22 / 51 outputs. The demo-model trainer (tools/train_demo_model.py) and the committed small
+TotalSegmentator-MRI-sized folders that nnunetv2's predictor loads, with 30 / 22 / 51 outputs, from the committed
+label files (nothing outside the clone). The demo-model trainer (tools/train_demo_model.py) and the committed small
 model are tested in tests/tools/.
 """
 from __future__ import annotations
@@ -80,3 +81,12 @@ def test_trainer_class_exists_in_nnunetv2() -> None:
 
     cls = nf.find_trainer_class(ts_sized.TRAINER_NAME)
     assert cls.__name__ == ts_sized.TRAINER_NAME and issubclass(cls, nnUNetTrainer)
+
+
+def test_default_label_files_are_the_committed_ones() -> None:
+    """Without ``data_dir`` the generator reads the packaged labels and the committed parts fixture, never a
+    folder outside the clone."""
+    for path in (ts_sized.DEFAULT_LABELS_JSON, ts_sized.DEFAULT_PARTS_JSON):
+        assert path.is_file() and path.resolve().is_relative_to(REPO), path
+    for which, outputs in (("850", 30), ("851", 22), ("852", 51)):
+        assert nf.num_segmentation_heads(ts_sized.model_plans(which)[1]) == outputs
