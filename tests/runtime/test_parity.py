@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from edgeseg.bundle import load_bundle
+from edgeseg.export.metrics import dice_per_class
 from edgeseg.runtime.read import read_series
 from edgeseg.runtime.segment import SegmentOptions, segment_volume
 
@@ -17,13 +18,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.reference]
 
 
 def _dice_per_class(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
-    out = {}
-    for c in sorted(set(np.unique(a)) | set(np.unique(b))):
-        if c == 0:
-            continue
-        x, y = a == c, b == c
-        out[int(c)] = 2.0 * float(np.logical_and(x, y).sum()) / float(x.sum() + y.sum())
-    return out
+    """Dice of every structure found in either map, by the export's own :func:`dice_per_class`."""
+    classes = sorted((set(np.unique(a).tolist()) | set(np.unique(b).tolist())) - {0})
+    return {c: d for c, d in dice_per_class(a, b, classes).items() if d is not None}
 
 
 def _canonical(labels: np.ndarray, affine: np.ndarray) -> np.ndarray:
