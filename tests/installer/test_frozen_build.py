@@ -6,7 +6,8 @@ EDGESEG_BUILD_FROZEN=1 or in CI (CI=true); otherwise skipped. Checks:
 * the build passes its own smoke tests (--version, export stub, doctor, segment, watch --once, start time);
 * no torch inside the frozen folder (no ``torch`` folder, no libtorch*);
 * ``segment`` of the real MRI (NIfTI) and of a JPEG-LS compressed DICOM series of it gives masks voxel-identical to
-  ``python -m edgeseg segment`` with the same bundle at --precision fp32;
+  ``python -m edgeseg segment`` with the same bundle at --precision fp32; so do JPEG Lossless (process 14, SV1) and
+  every other common transfer syntax, and the frozen app's DICOM-SEG passes dciodvfy and dcmqi;
 * ``watch --once`` on a folder with a series dropped in writes its result; ``doctor`` lists the CPU device;
 * the archive holds the program, the scripts, the unit, the configuration and INSTALL.txt.
 """
@@ -172,6 +173,40 @@ def test_frozen_reads_jpeg_ls_dicom_and_writes_dicom_seg(frozen: Frozen, tmp_pat
     _assert_identical(frozen_out[0] / "seg.nii.gz", source_out[0] / "seg.nii.gz")
     seg = pydicom.dcmread(frozen_out[0] / "seg.dcm")
     assert seg.Modality == "SEG"
+
+
+def test_frozen_decodes_jpeg_lossless_and_every_common_syntax(frozen: Frozen, tmp_path: Path) -> None:
+    """The frozen app's decoders (python-gdcm, pyjpegls, Pillow, pydicom's own: hidden imports, imported by name):
+    a JPEG Lossless series (process 14 SV1, as consoles export it, and process 14 with predictor 6) and every
+    other common syntax segment to the same masks as the uncompressed series in the source runtime (lossy JPEG
+    baseline: as the source runtime does on the same files), and the frozen app's SEG passes dciodvfy and dcmqi."""
+    from helpers.scanner_dicom import SYNTAXES, encode_series
+    from helpers.seg_validation import validate_result_folder
+
+    from edgeseg.demo.dicom_series import write_dicom_series
+
+    plain = write_dicom_series(_mri(), tmp_path / "plain" / "series")
+    _run([sys.executable, "-m", "edgeseg", "segment", str(plain[0].parent), "--bundle", str(frozen.bundle),
+          "--precision", "fp32"], cwd=tmp_path)
+    reference = next((tmp_path / "plain" / "series").glob("*.edgeseg"))
+    syntaxes = ["jpeg_lossless_sv1", "jpeg_lossless_p14"] + [
+        name for name in SYNTAXES if name not in ("jpeg_lossless_sv1", "jpeg_lossless_p14", "jpeg_extended_12bit")]
+    for name in syntaxes:
+        folder = tmp_path / name / "series"
+        encode_series(plain, folder, name)
+        _run([str(frozen.exe), "segment", str(folder), "--bundle", frozen.frozen_bundle_arg, "--precision", "fp32"],
+             cwd=tmp_path)
+        out = next(folder.glob("*.edgeseg"))
+        if SYNTAXES[name][1]:
+            _assert_identical(out / "seg.nii.gz", reference / "seg.nii.gz")
+        else:
+            source = tmp_path / name / "source"
+            shutil.copytree(folder, source, ignore=shutil.ignore_patterns("*.edgeseg"))
+            _run([sys.executable, "-m", "edgeseg", "segment", str(source), "--bundle", str(frozen.bundle),
+                  "--precision", "fp32"], cwd=tmp_path)
+            _assert_identical(out / "seg.nii.gz", next(source.glob("*.edgeseg")) / "seg.nii.gz")
+        validate_result_folder(out)
+        print(f"frozen app, {name}: segmented, SEG valid")
 
 
 def test_frozen_watch_once_segments_a_dropped_series(frozen: Frozen, tmp_path: Path) -> None:
