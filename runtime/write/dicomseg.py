@@ -172,8 +172,8 @@ def _plane_geometry(volume: Volume, sources: list[Any], frames: np.ndarray) -> t
         positions = [_group_item(ds, i, "PlanePositionSequence") for i in indices]
         if any(o is None for o in orientations) or measures is None or any(p is None for p in positions):
             raise ValueError("the multi-frame source lacks a frame's plane position, orientation or pixel measures")
-        iops = [[float(v) for v in o.ImageOrientationPatient] for o in orientations]
-        ipps = [[float(v) for v in p.ImagePositionPatient] for p in positions]
+        iops = [[float(v) for v in o.ImageOrientationPatient] for o in orientations if o is not None]
+        ipps = [[float(v) for v in p.ImagePositionPatient] for p in positions if p is not None]
     else:
         measures = sources[0]
         iops = [[float(v) for v in ds.ImageOrientationPatient] for ds in sources]
