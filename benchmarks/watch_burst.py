@@ -9,7 +9,8 @@ Usage:
 
 Copies of the real demo MRI (117x91x20 @ 3 mm) arrive all at once, as NIfTI files or as DICOM series (one folder
 each, written with edgeseg.demo.dicom_series), into a temporary watched folder. The watcher runs in this process
-with the real :func:`edgeseg.runtime.segment.segment_series` (unless ``--fake``). Reported: series per minute
+with the real :func:`edgeseg.runtime.segment.segment_series` (unless ``--fake``: the tests' fake segmenter,
+``tests/helpers/fake_segmenter.py``, injected into the watcher). Reported: series per minute
 from the drop to the last result (quiet period included) and over the busy time only, the share of series that
 met the time budget, the planner's predicted vs actual seconds, with the machine and the settings.
 """
@@ -75,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgeseg.demo import BUNDLE_DIR
     from edgeseg.runtime.watch.config import load_config
-    from edgeseg.runtime.watch.fake import from_env
     from edgeseg.runtime.watch.service import Watcher
 
     bundle = BUNDLE_DIR if args.bundle == "demo" else Path(args.bundle).resolve()
@@ -106,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads, "time_budget_s": args.budget, "max_concurrent_series": args.concurrent,
         "rescan_interval_s": 0.0,
     }, env={})
-    segmenter = from_env(f"fake:{args.fake}") if args.fake is not None else None
+    segmenter = None
+    if args.fake is not None:  # the tests' fake segmenter; the product has no switch for it
+        sys.path.insert(0, str(REPO / "tests"))
+        from helpers.fake_segmenter import FakeSegmenter
+
+        segmenter = FakeSegmenter(args.fake)
     watcher = Watcher(config, segmenter)
     watcher.start()
     try:

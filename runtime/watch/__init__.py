@@ -10,8 +10,8 @@ One module per role:
 * :mod:`~edgeseg.runtime.watch.service`: the :class:`Watcher` (scheduler and worker threads, stop, signals); it
   plans each series with the time-budget planner :mod:`edgeseg.runtime.plan`, which ``edgeseg segment`` uses too.
 * :mod:`~edgeseg.runtime.watch.commands`: ``edgeseg watch | status | doctor | demo``.
-* :mod:`~edgeseg.runtime.watch.jobs`, :mod:`~edgeseg.runtime.watch.fake`: the job record (the reader's
-  :class:`~edgeseg.runtime.read.SeriesRef` plus the watcher's bookkeeping) and a fake segmenter for tests.
+* :mod:`~edgeseg.runtime.watch.jobs`: the job record (the reader's :class:`~edgeseg.runtime.read.SeriesRef` plus
+  the watcher's bookkeeping).
 
 Importing this package is light: heavy modules load on first attribute access.
 """

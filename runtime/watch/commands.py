@@ -336,13 +336,11 @@ def _stage_demo_series(mri: Path, staging: Path) -> list[Path]:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgeseg.errors import EXIT_FAILED, EXIT_OK, BundleError
     import edgeseg.demo
-    from edgeseg.runtime.watch import fake
     from edgeseg.runtime.watch.config import load_config
     from edgeseg.runtime.watch.service import Watcher
 
     bundle = edgeseg.demo.BUNDLE_DIR
-    fake_hook = fake.from_env() is not None
-    if not (bundle / "bundle.json").is_file() and not fake_hook:
+    if not (bundle / "bundle.json").is_file():
         print(f"The packaged demo bundle is not in this build: {bundle} has no bundle.json.\n"
               "`edgeseg demo` needs it to segment. Build it (see the README: demo bundle), or try the watcher on "
               "your own bundle with `edgeseg watch --root DIR --bundle BUNDLE`.")
@@ -352,15 +350,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     incoming = tmp / "incoming"
     incoming.mkdir()
     overrides: dict[str, Any] = {
-        "roots": [str(incoming)], "bundle": str(bundle if bundle.exists() else tmp),
+        "roots": [str(incoming)], "bundle": str(bundle),
         "quiet_period_s": args.quiet_period_s, "state_dir": str(tmp / "state"), "log_dir": str(tmp / "logs"),
         "stop_grace_s": 10.0,
     }
     config = load_config(None, overrides, env={})
     watcher = Watcher(config, settle_s=min(0.5, args.quiet_period_s / 2))
     print(f"Demo folder: {tmp}")
-    if fake_hook:
-        print(f"(test hook {fake.ENV_VAR} is set: a fake segmenter stands in for the model)")
     watcher.start()
     try:
         files = _stage_demo_series(mri, tmp / "staging")

@@ -31,14 +31,16 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeseg.bundle.schema import Bundle
+from edgeseg.bundle.schema import Bundle, load_bundle
 from edgeseg.errors import (
     EXIT_FAILED, EXIT_OK, BundleError, ConfigError, EdgesegError, InvalidSeriesError, OutOfMemoryError,
     SeriesInterruptedError, StateStoreError, TimeCeilingError, kind_of, remedy_for,
 )
+from edgeseg.runtime.infer.engine import measure_tile_latency
 from edgeseg.runtime.options import SegmentOptions
 from edgeseg.runtime.plan import LatencyTable, MeasureFn, Plan, Planner
 from edgeseg.runtime.read import DICOM, NIFTI, PARREC
@@ -116,8 +118,8 @@ def _identity(path: Path) -> tuple[int, int]:
 class Watcher:
     """Watches ``config.roots`` and segments every series that completes there.
 
-    ``segmenter``: injected segmenter (tests: :func:`edgeseg.runtime.watch.fake.fake_segment`); default the test
-    hook ``EDGESEG_WATCH_SEGMENTER`` if set, else :func:`real_segmenter` with the configured bundle.
+    ``segmenter``: an injected segmenter (tests inject a fake one, ``tests/helpers/fake_segmenter.py``); default
+    :func:`real_segmenter` with the configured bundle.
     ``bundle``: an already loaded bundle (default: loaded from ``config.bundle`` for the real segmenter).
     ``measure``: tile latency measurement for the planner (default: edgeseg.runtime.infer's, if present).
     ``once``: no observer; scan, process what is there, stop when idle.
@@ -217,27 +219,14 @@ class Watcher:
                  getattr(self._segmenter, "__name__", type(self._segmenter).__name__), self.once)
 
     def _resolve_segmenter(self) -> None:
-        from edgeseg.runtime.watch import fake
-
         cfg = self.config
         if self._segmenter is None:
-            hook = fake.from_env()
-            if hook is not None:
-                log.warning("TEST HOOK %s is set: using the fake segmenter, no model runs", fake.ENV_VAR)
-                self._segmenter = hook
-            else:
-                self._segmenter = real_segmenter
+            self._segmenter = real_segmenter
         if self._segmenter is real_segmenter and self._bundle is None:
-            from edgeseg.bundle import load_bundle
-
             self._bundle = load_bundle(cfg.bundle, verify=True)  # a bad bundle fails at start, not per series
         if self._bundle is not None and hasattr(self._bundle, "variants"):
             measure: MeasureFn | None = self._measure
             if measure is None:
-                from functools import partial
-
-                from edgeseg.runtime.infer.engine import measure_tile_latency
-
                 measure = partial(measure_tile_latency, cache_dir=cfg.state_dir / "model_cache")
             self.planner = Planner(self._bundle, LatencyTable(cfg.latency_path), cfg.device, cfg.precision,
                                    cfg.threads, measure)

@@ -65,8 +65,8 @@ def start_watcher(make_config: Callable[..., WatchConfig], segmenter: CountingSe
 
 
 @pytest.fixture(autouse=True)
-def _no_test_hook(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fake-segmenter hook and EDGESEG_* settings of the developer's shell must not leak into tests."""
+def _no_edgeseg_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The EDGESEG_* settings of the developer's shell must not leak into tests."""
     for name in list(os.environ):
         if name.startswith("EDGESEG_"):
             monkeypatch.delenv(name)

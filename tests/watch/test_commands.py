@@ -1,4 +1,5 @@
-"""``edgeseg watch | status | doctor | demo`` through the command line (fake segmenter via the test hook)."""
+"""``edgeseg watch | status | doctor | demo`` through the command line (the fake segmenter injected into the
+watcher the commands build: ``helpers.fake_segmenter.use_fake_watcher``)."""
 from __future__ import annotations
 
 import json
@@ -7,10 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers.fake_segmenter import use_fake_watcher
 from watch_helpers import results, write_series
 
 from edgeseg.cli import main
-from edgeseg.runtime.watch.fake import ENV_VAR
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +38,7 @@ def config_file(tmp_path: Path) -> Path:
 
 
 def test_watch_once_with_command_line_overrides(config_file: Path, tmp_path: Path, monkeypatch, real_mri) -> None:
-    monkeypatch.setenv(ENV_VAR, "fake")
+    use_fake_watcher(monkeypatch)
     other = tmp_path / "other_root"
     write_series(other / "exam", 3)
     shutil.copyfile(real_mri, other / "case.nii.gz")
@@ -58,7 +59,7 @@ def test_watch_bad_config_exits_2_with_the_key(config_file: Path, capsys) -> Non
 def test_status_shows_counts_and_recent_results(config_file: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     assert main(["status", "--config", str(config_file)]) == 1
     assert "has not run" in capsys.readouterr().out
-    monkeypatch.setenv(ENV_VAR, "fake")
+    use_fake_watcher(monkeypatch)
     write_series(tmp_path / "in" / "exam", 3, description="abdomen t1")
     (tmp_path / "in" / "bad").mkdir()
     (tmp_path / "in" / "bad" / "empty").write_bytes(b"")
@@ -113,7 +114,7 @@ def test_doctor_on_a_broken_config_fails_first_line(tmp_path: Path, capsys) -> N
 
 @pytest.mark.slow
 def test_demo_with_the_fake_segmenter(monkeypatch, capsys) -> None:
-    monkeypatch.setenv(ENV_VAR, "fake")
+    use_fake_watcher(monkeypatch)
     code = main(["-q", "demo", "--timeout", "60", "--quiet-period", "0.5"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -140,6 +141,6 @@ def test_demo_without_the_mri_says_so(monkeypatch, capsys, tmp_path: Path) -> No
 
     missing = tmp_path / "no_mri.nii.gz"
     monkeypatch.setattr(edgeseg.demo, "MRI_FILE", missing)
-    monkeypatch.setenv(ENV_VAR, "fake")
+    use_fake_watcher(monkeypatch)
     assert main(["demo"]) == BundleError.exit_code
     assert f"The demo MRI is missing from this installation ({missing})" in capsys.readouterr().err

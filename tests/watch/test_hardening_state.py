@@ -8,17 +8,16 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
+from helpers import fake_watcher
 from watch_helpers import CountingSegmenter, error_files, results, wait_for, write_series
 
 from edgeseg.cli import main
 from edgeseg.errors import StateStoreError, WatcherRunningError
 from edgeseg.runtime.watch.config import load_config
-from edgeseg.runtime.watch.fake import ENV_VAR
 from edgeseg.runtime.watch.service import Watcher
 from edgeseg.runtime.watch.store import FAILED, JobStore
 
@@ -75,8 +74,7 @@ def test_finding4_second_watcher_on_one_state_folder_fails_at_start_and_the_firs
 
 
 def test_finding4_second_watcher_from_the_command_line_exits_with_its_own_code(
-        config_file, tmp_path, monkeypatch, capsys) -> None:
-    monkeypatch.setenv(ENV_VAR, "fake")
+        config_file, tmp_path, capsys) -> None:
     first = Watcher(load_config(config_file), CountingSegmenter(), settle_s=0.1)
     first.start()
     try:
@@ -91,8 +89,7 @@ def test_finding4_second_watcher_from_the_command_line_exits_with_its_own_code(
 def test_finding4_status_reads_the_lock_not_only_the_heartbeat_age(config_file, tmp_path, roots, capsys) -> None:
     """A watcher killed with kill -9 left a fresh heartbeat saying it runs; status must say it is not running."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESEG_")}
-    env[ENV_VAR] = "fake"
-    proc = subprocess.Popen([sys.executable, "-m", "edgeseg", "-q", "watch", "--config", str(config_file)],
+    proc = subprocess.Popen(fake_watcher.command("-q", "watch", "--config", str(config_file)),
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     beat = tmp_path / "state" / "watcher.json"
     try:

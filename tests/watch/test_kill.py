@@ -1,6 +1,6 @@
-"""Fault tests with the watcher as a real process (``python -m edgeseg watch``, fake segmenter via the test hook):
-kill -9 at random moments, restart, and every series still ends with exactly one complete result; SIGTERM stops
-cleanly."""
+"""Fault tests with the watcher as a real process (the command line ``edgeseg watch`` run by the test-only launcher
+``tests/helpers/fake_watcher.py``, which gives its watcher the fake segmenter): kill -9 at random moments, restart,
+and every series still ends with exactly one complete result; SIGTERM stops cleanly."""
 from __future__ import annotations
 
 import hashlib
@@ -11,15 +11,14 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import fake_watcher
 from watch_helpers import error_files, results, wait_for, write_series
 
 from edgeseg.errors import ConfigError
-from edgeseg.runtime.watch.fake import ENV_VAR
 from edgeseg.runtime.read import fingerprint, stamp_files
 from edgeseg.runtime.watch.store import DONE, JobStore
 
@@ -40,15 +39,14 @@ def _config(tmp_path: Path, roots: Path, **extra: object) -> Path:
     return path
 
 
-def _env(delay: float) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGESEG_")}
-    env[ENV_VAR] = f"fake:{delay}"
-    return env
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("EDGESEG_")}
 
 
 def _start(config: Path, delay: float, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edgeseg", "-q", "watch", "--config", str(config), *extra],
-                            cwd=REPO, env=_env(delay), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    """``edgeseg -q watch --config CONFIG`` as a process whose watcher segments with the fake (``delay`` s each)."""
+    return subprocess.Popen(fake_watcher.command("-q", "watch", "--config", str(config), *extra, delay_s=delay),
+                            cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -98,8 +96,8 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, r
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
     before = _hashes(roots)
-    final = subprocess.run([sys.executable, "-m", "edgeseg", "-q", "watch", "--config", str(config), "--once"],
-                           cwd=REPO, env=_env(0.0), capture_output=True, text=True, timeout=60)
+    final = subprocess.run(fake_watcher.command("-q", "watch", "--config", str(config), "--once"),
+                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
     assert final.returncode == 0, final.stderr[-3000:]
     assert time.monotonic() - t0 < 90
 

@@ -306,7 +306,7 @@ def test_state_dir_inside_a_root_is_ignored(make_config, roots, tmp_path) -> Non
 def test_real_segmenter_is_resolved_at_start(make_config) -> None:
     from edgeseg.errors import BundleError
 
-    w = Watcher(make_config())  # no fake, no hook: the real segmenter needs a real bundle (this one is empty)
+    w = Watcher(make_config())  # no segmenter injected: the real one needs a real bundle (this one is empty)
     with pytest.raises(BundleError):
         w.start()
     assert not w.alive()

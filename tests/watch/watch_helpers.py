@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-
-from edgeseg.runtime.watch.fake import fake_segment
+from helpers.fake_segmenter import fake_segment
 
 QUIET = 0.6  # quiet period of the in-process watcher tests (seconds)
 

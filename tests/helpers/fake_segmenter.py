@@ -1,33 +1,39 @@
-"""A fake segmenter for tests and for measuring the watcher's own overhead. No model runs.
+"""A fake segmenter for the watcher's tests and for measuring the watcher's own overhead. No model runs.
 
 It checks its input the way the reader is specified to (every DICOM instance readable with complete pixel
 data, slices evenly spaced; a NIfTI that opens) and raises :class:`~edgeseg.errors.InvalidSeriesError`
 otherwise, then writes a dummy ``<name>.edgeseg/`` folder beside the series with the writer's own
 :class:`~edgeseg.runtime.write.atomic.ResultFolder` (partial folder, then renames), so a kill at any moment
-leaves either no result or a complete one. ``manifest.json`` records the input fingerprint and file list, which tests compare with the inputs.
+leaves either no result or a complete one. ``manifest.json`` records the input fingerprint and file list, which
+tests compare with the inputs.
 
-Selected in a watcher process by the environment variable ``EDGESEG_WATCH_SEGMENTER=fake`` or
-``fake:<seconds>`` (sleep that long inside, to widen the window a kill test can hit). A test hook: the watcher
-logs a warning when it is active.
+The product has no switch for it: tests inject it, ``Watcher(config, FakeSegmenter())`` in-process, or
+:func:`use_fake_watcher` for the command line (``edgeseg watch`` / ``demo`` build their own watcher), and
+``tests/helpers/fake_watcher.py`` runs the command line as a process with it.
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from edgeseg.errors import InvalidSeriesError
+from edgeseg.runtime.options import SegmentOptions
 from edgeseg.runtime.read import DICOM, NIFTI, fingerprint, stamp_files
+from edgeseg.runtime.read.limits import ReadLimits, check_nifti_file
+from edgeseg.runtime.watch import service
+from edgeseg.runtime.watch.config import WatchConfig
 from edgeseg.runtime.watch.jobs import SeriesJob
+from edgeseg.runtime.write import SegmentResult
 from edgeseg.runtime.write.atomic import ResultFolder
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # benchmarks/watch_burst.py imports this module without pytest
+    import pytest
 
-ENV_VAR = "EDGESEG_WATCH_SEGMENTER"
+ProgressCallback = Callable[[str, float], None]
 
 
 def _check_dicom(job: SeriesJob) -> None:
@@ -63,10 +69,8 @@ def _check_dicom(job: SeriesJob) -> None:
                 "a slice is missing or duplicated. Re-send the complete series.")
 
 
-def _check_nifti(job: SeriesJob, limits: Any = None) -> None:
+def _check_nifti(job: SeriesJob, limits: ReadLimits | None = None) -> None:
     import nibabel as nib
-
-    from edgeseg.runtime.read.limits import check_nifti_file
 
     if job.kind == NIFTI:
         check_nifti_file(job.source, limits)  # the reader's own bounds: header promises, gzip stream, trailing data
@@ -77,18 +81,17 @@ def _check_nifti(job: SeriesJob, limits: Any = None) -> None:
         raise InvalidSeriesError(f"{job.source.name} does not open as an image ({err}). Copy it again.") from err
 
 
-def fake_segment(source: SeriesJob, bundle: Any, options: Any, progress: Callable[[str, float], None] | None = None,
-                 plan: dict[str, Any] | None = None, delay_s: float = 0.0) -> Any:
-    """Check ``source`` like a reader, wait ``delay_s``, write a dummy result; returns a SegmentResult."""
-    from edgeseg.runtime.segment import SegmentResult
-
-    job = source
+def fake_segment(job: SeriesJob, bundle: Any, options: SegmentOptions | None,
+                 progress: ProgressCallback | None = None, plan: dict[str, Any] | None = None,
+                 delay_s: float = 0.0) -> SegmentResult:
+    """Check ``job`` like a reader, wait ``delay_s`` (reporting progress), write a dummy result. ``bundle`` is
+    ignored (none is needed)."""
     if progress:
         progress("read", 0.0)
     if job.kind == DICOM:
         _check_dicom(job)
     else:
-        _check_nifti(job, getattr(options, "limits", None))
+        _check_nifti(job, options.limits if options is not None else None)
     if delay_s:
         steps = max(1, int(delay_s / 0.05))
         for i in range(steps):
@@ -97,14 +100,14 @@ def fake_segment(source: SeriesJob, bundle: Any, options: Any, progress: Callabl
                 progress("infer", (i + 1) / steps)
     stamps = stamp_files(job.folder, job.files)
     manifest = {
-        "writer": "edgeseg.runtime.watch.fake",
+        "writer": "tests/helpers/fake_segmenter.py",
         "series_key": job.key,
         "series_uid": job.series_uid,
         "input_fingerprint": fingerprint(stamps),
         "inputs": [[s.rel, s.size, s.mtime_ns] for s in stamps],
-        "device": getattr(options, "device", None),
-        "variant": getattr(options, "variant", None),
-        "tile_step_size": getattr(options, "tile_step_size", None),
+        "device": options.device if options is not None else None,
+        "variant": options.variant if options is not None else None,
+        "tile_step_size": options.tile_step_size if options is not None else None,
         "plan": plan,
         "written_at": time.time(),
     }
@@ -121,19 +124,30 @@ def fake_segment(source: SeriesJob, bundle: Any, options: Any, progress: Callabl
     return SegmentResult(out, {"manifest": out / "manifest.json", "labels": out / "labels.txt"}, manifest)
 
 
-def from_env(value: str | None = None) -> Callable[..., Any] | None:
-    """The segmenter the test hook names (``fake`` or ``fake:<seconds>``), or None when the hook is unset."""
-    value = os.environ.get(ENV_VAR, "") if value is None else value
-    if not value:
-        return None
-    kind, _, arg = value.partition(":")
-    if kind != "fake":
-        raise ValueError(f"{ENV_VAR}={value!r}: only 'fake' or 'fake:<seconds>' is known")
-    delay = float(arg) if arg else 0.0
+class FakeSegmenter:
+    """The fake as a segmenter for ``Watcher(config, segmenter)``: sleeps ``delay_s`` inside each series (to widen
+    the window a kill test can hit)."""
 
-    def segmenter(source: SeriesJob, bundle: Any, options: Any,
-                  progress: Callable[[str, float], None] | None = None, plan: dict[str, Any] | None = None) -> Any:
-        return fake_segment(source, bundle, options, progress, plan, delay)
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.__name__ = f"fake_segment(delay={delay_s})"
 
-    segmenter.__name__ = f"fake_segment(delay={delay})"
-    return segmenter
+    def __call__(self, job: SeriesJob, bundle: Any, options: SegmentOptions | None,
+                 progress: ProgressCallback | None = None, plan: dict[str, Any] | None = None) -> SegmentResult:
+        return fake_segment(job, bundle, options, progress, plan, self.delay_s)
+
+
+def fake_watcher_class(delay_s: float = 0.0) -> type[service.Watcher]:
+    """A :class:`~edgeseg.runtime.watch.service.Watcher` whose segmenter is a :class:`FakeSegmenter` unless one is
+    given: what the command line builds once it replaces ``service.Watcher``."""
+
+    class FakeWatcher(service.Watcher):
+        def __init__(self, config: WatchConfig, segmenter: service.Segmenter | None = None, **kwargs: Any) -> None:
+            super().__init__(config, segmenter or FakeSegmenter(delay_s), **kwargs)
+
+    return FakeWatcher
+
+
+def use_fake_watcher(monkeypatch: pytest.MonkeyPatch, delay_s: float = 0.0) -> None:
+    """For the rest of the test, ``edgeseg watch`` and ``edgeseg demo`` (in-process ``main``) segment with the fake."""
+    monkeypatch.setattr(service, "Watcher", fake_watcher_class(delay_s))
