@@ -60,7 +60,7 @@ def resolve_bundle_path(value: str | Path) -> Path:
 def run_segment(args: argparse.Namespace) -> int:
     from edgeseg.bundle import load_bundle
     from edgeseg.errors import EXIT_OK, EdgesegError, InvalidSeriesError
-    from edgeseg.runtime.read import SeriesGeometry, discover_series, read_series
+    from edgeseg.runtime.read import SeriesGeometry, SeriesRef, Volume, discover_series, read_series
     from edgeseg.runtime.segment import OutputOptions, SegmentOptions, segment_series
 
     bundle = load_bundle(resolve_bundle_path(args.bundle))
@@ -87,7 +87,8 @@ def run_segment(args: argparse.Namespace) -> int:
                 log.info("%3.0f%% %s", 100 * frac, msg)
 
         try:
-            source, run_options, plan = ref, options, None
+            source: SeriesRef | Volume = ref
+            run_options, plan = options, None
             if planner is not None:
                 source = read_series(ref)
                 plan = planner.plan(SeriesGeometry.from_volume(source), args.time_budget)
