@@ -235,6 +235,26 @@ def importable(names: list[str]) -> tuple[list[str], list[str]]:
     return found, missing
 
 
+def minified_json(datas: list[tuple[str, str]], out_dir: Path) -> list[tuple[str, str]]:
+    """``datas`` (PyInstaller's (source, destination folder) pairs) with each ``.json`` file replaced by a copy
+    without indentation or spaces in ``out_dir``: the same JSON value, smaller. highdicom's table of the standard's
+    module attributes is 22.7 MB as shipped, 15.7 MB minified; highdicom reads it with ``json.loads``."""
+    import json
+
+    out: list[tuple[str, str]] = []
+    for src, dest in datas:
+        if not src.endswith(".json"):
+            out.append((src, dest))
+            continue
+        with open(src, encoding="utf-8") as fh:
+            value = json.load(fh)
+        target = out_dir / dest / Path(src).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(value, separators=(",", ":"), ensure_ascii=False), encoding="utf-8")
+        out.append((str(target), dest))
+    return out
+
+
 def strip_unpatched(folder: Path, log: Callable[[str], None] = print) -> tuple[int, int]:
     """Strip symbol tables from the ELF files in ``folder`` that no wheel-repair tool has rewritten (Linux).
 

@@ -236,3 +236,20 @@ def test_spec_is_one_folder_and_uses_the_manifest() -> None:
     assert "import freeze_manifest" in spec
     assert "edgeseg_main.py" in spec
     assert "excludes=list(fm.EXCLUDES)" in spec
+
+
+def test_minified_json_is_the_same_value(manifest: ModuleType, tmp_path: Path) -> None:
+    """highdicom's tables go into the frozen app minified; the values must not change."""
+    import json
+
+    import highdicom
+
+    src = Path(highdicom.__file__).parent / "_standard" / "iod_module_map.json"
+    other = tmp_path / "icc.bin"
+    other.write_bytes(b"\x00\x01")
+    out = manifest.minified_json([(str(src), "highdicom/_standard"), (str(other), "highdicom")], tmp_path / "min")
+    assert out[1] == (str(other), "highdicom")
+    small = Path(out[0][0])
+    assert out[0][1] == "highdicom/_standard" and small.name == src.name
+    assert json.loads(small.read_text(encoding="utf-8")) == json.loads(src.read_text(encoding="utf-8"))
+    assert small.stat().st_size < src.stat().st_size
