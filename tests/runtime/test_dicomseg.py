@@ -272,3 +272,29 @@ def test_validation_catches_a_mask_one_voxel_off(axial_series: Path, seg_array: 
     moved[:3, 3] += 0.5 * vol.affine[:3, 0]
     with pytest.raises(AssertionError, match="voxel"):
         validate_seg(tmp_path / "seg.dcm", seg_array, moved, numbers)
+
+
+def test_seg_type_in_the_watch_config_and_on_the_command_line(axial_series: Path, tmp_path: Path) -> None:
+    """outputs.seg_type (watch_config.yaml, EDGESEG_OUTPUTS__SEG_TYPE) and `edgeseg segment --seg-type`."""
+    import subprocess
+    import sys
+
+    from edgeseg.errors import ConfigError
+    from edgeseg.runtime.watch.config import load_config
+
+    config = tmp_path / "watch_config.yaml"
+    config.write_text("roots: [.]\nbundle: demo\noutputs:\n  seg_type: binary\n", encoding="utf-8")
+    assert load_config(config, env={}, check_paths=False).outputs.seg_type == "binary"
+    assert load_config(config, env={"EDGESEG_OUTPUTS__SEG_TYPE": "LABELMAP"},
+                       check_paths=False).outputs.seg_type == "labelmap"
+    config.write_text("roots: [.]\nbundle: demo\noutputs:\n  seg_type: fractional\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="outputs.seg_type"):
+        load_config(config, env={}, check_paths=False)
+
+    proc = subprocess.run([sys.executable, "-m", "edgeseg", "segment", str(axial_series), "--bundle", "demo",
+                           "--seg-type", "binary", "--no-preview", "--no-statistics", "--no-cache"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = axial_series.glob("*.edgeseg")
+    assert pydicom.dcmread(result / "seg.dcm", stop_before_pixels=True).SegmentationType == "BINARY"
+    validate_result_folder(result)
