@@ -131,7 +131,7 @@ def argmax_resampled(logits: np.ndarray, new_shape: Sequence[int], current_spaci
 
 def argmax_chunked(logits: np.ndarray, dtype: type = np.uint8, slab: int = 16) -> np.ndarray:
     """argmax over axis 0 in slabs along the first spatial axis (bounded temporary memory)."""
-    out = np.empty(logits.shape[1:], dtype=dtype)
+    out: np.ndarray = np.empty(logits.shape[1:], dtype=dtype)
     for z in range(0, logits.shape[1], slab):
         out[z:z + slab] = np.argmax(logits[:, z:z + slab], axis=0)
     return out

@@ -58,7 +58,7 @@ def _supports_bf16(device: str) -> bool:
         return False
 
 
-def candidates(part: Part, precision: str, device: str) -> list[tuple[str, str | None]]:
+def candidates(part: Part, precision: str, device: str) -> list[tuple[str, str]]:
     """(model precision, inference precision hint) pairs to try, fastest first; empty when the part holds none
     of the models ``precision`` can use."""
     if precision not in PRECISIONS:
@@ -66,7 +66,7 @@ def candidates(part: Part, precision: str, device: str) -> list[tuple[str, str |
     have = set(part.models)
     gpu = device.startswith("GPU")
     bf16 = _supports_bf16(device)
-    out: list[tuple[str, str | None]] = []
+    out: list[tuple[str, str]] = []
     if precision == "fp32":
         out = [("fp32", "f32")]
     elif precision == "fp16":

@@ -22,7 +22,7 @@ TYPICAL_SHAPE = (256, 208, 160)
 TYPICAL_SPACING = (1.5, 1.5, 1.5)
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``watch``, ``status``, ``doctor`` and ``demo``."""
     p = sub.add_parser(
         "watch", help="watch folders and segment every series that arrives (hands-free)",
@@ -334,8 +334,8 @@ def _stage_demo_series(mri: Path, staging: Path) -> list[Path]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edgeseg.errors import EXIT_FAILED, EXIT_OK, BundleError
     import edgeseg.demo
+    from edgeseg.errors import EXIT_FAILED, EXIT_OK, BundleError
     from edgeseg.runtime.watch.config import load_config
     from edgeseg.runtime.watch.service import Watcher
 

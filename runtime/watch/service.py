@@ -633,11 +633,11 @@ class Watcher:
         except JobCancelled as cancelled:
             if cancelled.ceiling_s is not None:
                 seconds = time.perf_counter() - t0
-                err = TimeCeilingError(
+                ceiling = TimeCeilingError(
                     f"{job.name}: cancelled after {cancelled.elapsed_s:.0f} s, past the time ceiling of "
                     f"{cancelled.ceiling_s:g} s per series"
                     + (f" (predicted {plan.predicted_s:.0f} s)." if plan and plan.predicted_s is not None else "."))
-                return self._fail(job, err, attempt, seconds, plan)
+                return self._fail(job, ceiling, attempt, seconds, plan)
             self.store.mark_cancelled(job.key)
             log.info("series cancelled by stop request; it runs again at the next start: key=%s", job.key)
             return "cancelled"

@@ -98,15 +98,14 @@ class ResultFolder:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+                 tb: TracebackType | None) -> None:
         if exc is None:
             self.publish()
-            return False
+            return
         log.debug("writing results for %s failed (%s); removing %s", self.name, exc_type, self.path)
         shutil.rmtree(self.path, ignore_errors=True)
         if isinstance(exc, OSError) and not isinstance(exc, EdgesegError):
             raise output_error(exc, self.parent, f"write the results for {self.name}") from exc
-        return False
 
     def publish(self) -> Path:
         """Move the partial folder to the final name (replacing an older result); returns the final path."""

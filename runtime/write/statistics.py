@@ -39,8 +39,8 @@ def compute_statistics(volume: Volume, labelmap: np.ndarray, labels: Mapping[int
     counts = np.bincount(flat, minlength=top + 1)
     sums = np.bincount(flat, weights=volume.array.ravel().astype(np.float64), minlength=top + 1)
     names = {int(k): str(v) for k, v in labels.items()}
-    for value in np.flatnonzero(counts[1:]) + 1:
-        names.setdefault(int(value), f"label_{int(value)}")
+    for found in np.flatnonzero(counts[1:]) + 1:
+        names.setdefault(int(found), f"label_{int(found)}")
     structures: dict[str, Any] = {}
     for value in sorted(names):
         n = int(counts[value]) if value < counts.size else 0
