@@ -13,12 +13,15 @@ Commands take their exit codes from here (``err.exit_code``, :data:`EXIT_FAILED`
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 #: exit status of a command that did what it was asked
 EXIT_OK = 0
 #: exit status after Ctrl+C / SIGINT (128 + 2, as shells report a process killed by SIGINT)
 EXIT_INTERRUPTED = 130
+#: exit status of ``segment`` on a folder of several series when some were segmented and others failed (each
+#: failure is logged with its own reason; :func:`summary_exit_code`)
+EXIT_SOME_FAILED = 17
 
 #: what the remedy of an error that is not an :class:`EdgesegError` (a bug) says; may name ``{log_file}``
 UNEXPECTED_REMEDY = ("Unexpected error (a bug in edgeseg): the log {log_file} has the details; please report it "
@@ -167,8 +170,22 @@ class OutOfMemoryError(EdgesegError, MemoryError):
               "1 (and a smaller time_budget_s, which picks a lighter plan) in watch_config.yaml.")
 
 
+class PartialResultError(EdgesegError):
+    """A series was segmented, but some requested outputs could not be written: the result is *partial*. The
+    written results are published; ``manifest.json`` has ``status: partial`` and the reason per missing output
+    (``missing_outputs``), and the message names each missing output and why."""
+
+    kind = "partial"
+    exit_code = 16
+    remedy = ("The series was segmented, but not every requested result could be written: the message names each "
+              "missing one and why. The other results are in its .edgeseg folder; remove the cause named and send "
+              "the series again to get the missing ones.")
+
+
 #: exit status of a command that failed without one error class to name (the base class's code)
 EXIT_FAILED = EdgesegError.exit_code
+#: exit status of ``segment`` when every series was segmented but some result is partial (an output missing)
+EXIT_PARTIAL = PartialResultError.exit_code
 
 
 def error_classes() -> Iterator[type[EdgesegError]]:
@@ -192,6 +209,16 @@ def exit_code_of(err: BaseException) -> int:
 def kind_of(err: BaseException) -> str:
     """The ``kind`` for ``err``: its class's for the family, :data:`UNEXPECTED_KIND` otherwise."""
     return err.kind if isinstance(err, EdgesegError) else UNEXPECTED_KIND
+
+
+def summary_exit_code(succeeded: int, partial: int, failures: Sequence[BaseException]) -> int:
+    """The exit status of a command that segmented several series: :data:`EXIT_OK` when all ``succeeded``
+    completely; :data:`EXIT_PARTIAL` when none failed but ``partial`` results lack an output; when some failed
+    (``failures``, in order), :data:`EXIT_SOME_FAILED` if any other series was segmented (completely or partially),
+    else the first failure's own code (:func:`exit_code_of`)."""
+    if failures:
+        return EXIT_SOME_FAILED if succeeded + partial else exit_code_of(failures[0])
+    return EXIT_PARTIAL if partial else EXIT_OK
 
 
 def remedy_for(err: BaseException | type[BaseException], **context: object) -> str:

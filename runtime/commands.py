@@ -24,8 +24,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "segment", help="segment one series (NIfTI/PAR file or DICOM folder) with a model bundle",
         description="Read a series, run the bundle's OpenVINO model(s) on this PC and write the masks into "
                     "'<name>.edgeseg/' beside the series (atomically). A DICOM folder holding several series "
-                    "gets one result per image series. Exit status 0, else the code of the first series that failed "
-                    "(the README lists them).")
+                    "gets one result per image series. Exit status 0 when every series was segmented with every "
+                    "requested output; 16 (partial) when an output could not be written; 17 when some series were "
+                    "segmented and others failed; else the code of the first series that failed (the README lists "
+                    "them).")
     p.add_argument("input", type=Path, help="NIfTI (.nii/.nii.gz), PAR/REC, or a DICOM folder")
     p.add_argument("--bundle", default="demo", help="model bundle folder ('demo': the bundled demo model)")
     p.add_argument("--device", default="CPU", help=SUPPORTED_DEVICES)
@@ -59,9 +61,10 @@ def resolve_bundle_path(value: str | Path) -> Path:
 
 def run_segment(args: argparse.Namespace) -> int:
     from edgeseg.bundle import load_bundle
-    from edgeseg.errors import EXIT_OK, EdgesegError, InvalidSeriesError
+    from edgeseg.errors import EdgesegError, InvalidSeriesError, summary_exit_code
     from edgeseg.runtime.read import SeriesGeometry, SeriesRef, Volume, discover_series, read_series
-    from edgeseg.runtime.segment import OutputOptions, SegmentOptions, segment_series
+    from edgeseg.runtime.segment import PARTIAL, OutputOptions, SegmentOptions, segment_series
+    from edgeseg.runtime.write import describe_missing
 
     bundle = load_bundle(resolve_bundle_path(args.bundle))
     cache_dir = None if args.no_cache else (args.cache_dir or _user_cache() / "model_cache")
@@ -76,6 +79,7 @@ def run_segment(args: argparse.Namespace) -> int:
         raise InvalidSeriesError(f"No image series found in {args.input}: give a NIfTI (.nii/.nii.gz) or PAR/REC "
                                  "file, or a folder holding the DICOM files of a series.")
     failed: list[EdgesegError] = []
+    complete = partial = 0
     planner = _planner(bundle, options) if args.time_budget else None
     for ref in refs:
         shown = [-1]
@@ -102,10 +106,16 @@ def run_segment(args: argparse.Namespace) -> int:
             continue
         t = result.manifest["run"]["timings_s"]
         precisions = ", ".join(p["precision"] for p in result.manifest["run"]["parts"])
-        print(f"{result.output_dir}  ({t['total']:.1f} s, {precisions})")
+        is_partial = getattr(result, "status", None) == PARTIAL
+        print(f"{result.output_dir}  ({t['total']:.1f} s, {precisions}{', PARTIAL' if is_partial else ''})")
         for role, path in sorted(result.files.items()):
             print(f"  {role:12s} {path}")
-    return failed[0].exit_code if failed else EXIT_OK
+        if is_partial:
+            partial += 1
+            print(f"  PARTIAL: {describe_missing(result.missing_outputs)}")
+        else:
+            complete += 1
+    return summary_exit_code(complete, partial, failed)
 
 
 def _user_cache() -> Path:

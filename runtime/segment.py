@@ -28,11 +28,11 @@ from edgeseg.runtime.options import OutputOptions, SegmentOptions
 from edgeseg.runtime.postprocess import empty_labels, logits_to_part_labels, merge_part, to_input_grid
 from edgeseg.runtime.preprocess import orient, preprocess
 from edgeseg.runtime.read import SeriesRef, Volume, read_series
-from edgeseg.runtime.write import SegmentResult, write_results
+from edgeseg.runtime.write import COMPLETE, PARTIAL, SegmentResult, describe_missing, write_results
 from edgeseg.typing import StrPath
 
-__all__ = ["OutputOptions", "ProgressCallback", "SegmentOptions", "SegmentResult", "Timings", "clear_engines",
-           "get_engine", "run_manifest", "segment_series", "segment_volume"]
+__all__ = ["COMPLETE", "PARTIAL", "OutputOptions", "ProgressCallback", "SegmentOptions", "SegmentResult", "Timings",
+           "clear_engines", "get_engine", "run_manifest", "segment_series", "segment_volume"]
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +184,11 @@ def segment_series(source: SeriesRef | Volume | StrPath, bundle: Bundle | Path |
                    options: SegmentOptions | None = None, progress: ProgressCallback | None = None,
                    plan: dict[str, Any] | None = None) -> SegmentResult:
     """Read a series (NIfTI/PAR file, DICOM folder, ``SeriesRef`` or an already read ``Volume``), segment it and
-    write the results
-    atomically into ``<name>.edgeseg/`` beside it. ``plan`` (from the watcher's planner) is recorded in the
-    manifest. Raises :class:`~edgeseg.errors.EdgesegError` subclasses for bad input; never modifies the input."""
+    write the results atomically into ``<name>.edgeseg/`` beside it. ``plan`` (from the watcher's planner) is
+    recorded in the manifest. A requested output that could not be written makes the result partial
+    (``result.status`` is ``PARTIAL``, ``result.missing_outputs`` says why: :mod:`edgeseg.runtime.write.results`);
+    that does not raise. Raises :class:`~edgeseg.errors.EdgesegError` subclasses for bad input; never modifies the
+    input."""
     options = options or SegmentOptions()
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
@@ -203,5 +205,9 @@ def segment_series(source: SeriesRef | Volume | StrPath, bundle: Bundle | Path |
         manifest["plan"] = plan
     result = write_results(volume, labels, bundle.labels, options.outputs, manifest)
     timings.write = time.perf_counter() - t0
-    log.info("done series=%s output=%s total_s=%.2f", volume.name, result.output_dir, timings.total)
+    if result.missing_outputs:
+        log.warning("partial series=%s output=%s total_s=%.2f: %s", volume.name, result.output_dir, timings.total,
+                    describe_missing(result.missing_outputs))
+    else:
+        log.info("done series=%s output=%s total_s=%.2f", volume.name, result.output_dir, timings.total)
     return dataclasses.replace(result, timings={k: round(v, 3) for k, v in asdict(timings).items()})

@@ -9,8 +9,9 @@ import pytest
 
 from edgeseg import cli, errors
 from edgeseg.errors import (
-    EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, EdgesegError, InferenceError, OutputError,
-    error_classes, exit_code_of, kind_of, remedy_for,
+    EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_SOME_FAILED, ConfigError, EdgesegError, InferenceError,
+    InvalidSeriesError, OutputError, PartialResultError, error_classes, exit_code_of, kind_of, remedy_for,
+    summary_exit_code,
 )
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -44,8 +45,9 @@ def test_existing_exit_codes_are_kept() -> None:
         "EdgesegError": 1, "ConfigError": 2, "ModelFolderError": 3, "ExportError": 4, "BundleError": 5,
         "InvalidSeriesError": 6, "InferenceError": 7, "OutputError": 8, "MissingDependencyError": 9,
         "StateStoreError": 10, "WatcherRunningError": 11, "SeriesTooLargeError": 12, "TimeCeilingError": 13,
-        "SeriesInterruptedError": 14, "OutOfMemoryError": 15}
-    assert (EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED) == (0, 1, 130)
+        "SeriesInterruptedError": 14, "OutOfMemoryError": 15, "PartialResultError": 16}
+    assert (EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_SOME_FAILED) == (0, 1, 130, 16, 17)
+    assert EXIT_SOME_FAILED not in codes.values()  # a summary of several series, no class of its own
 
 
 def test_remedy_names_the_device_and_folder_it_is_given(tmp_path: Path) -> None:
@@ -79,7 +81,24 @@ def test_readme_exit_code_table_is_the_error_family() -> None:
     table = _readme_table()
     expected = {cls.exit_code: (cls.kind, cls.__name__) for cls in CLASSES}
     assert {code: row for code, row in table.items() if code in expected} == expected
-    assert set(table) - set(expected) == {EXIT_OK, EXIT_INTERRUPTED}
+    assert set(table) - set(expected) == {EXIT_OK, EXIT_INTERRUPTED, EXIT_SOME_FAILED}
+
+
+@pytest.mark.parametrize("complete, partial, failures, expected", [
+    (2, 0, [], EXIT_OK),
+    (1, 1, [], EXIT_PARTIAL),
+    (0, 1, [], EXIT_PARTIAL),
+    (1, 0, [InvalidSeriesError("refused")], EXIT_SOME_FAILED),
+    (0, 1, [OutputError("disk full")], EXIT_SOME_FAILED),
+    (0, 0, [InvalidSeriesError("refused"), OutputError("disk full")], InvalidSeriesError.exit_code),
+    (0, 0, [RuntimeError("bug")], EXIT_FAILED),
+])
+def test_summary_exit_code_of_several_series(complete: int, partial: int, failures: list[BaseException],
+                                             expected: int) -> None:
+    """0 when every series succeeded, 16 when some are partial, 17 when some failed and others did not, the
+    error's own code when none succeeded."""
+    assert summary_exit_code(complete, partial, failures) == expected
+    assert PartialResultError.exit_code == EXIT_PARTIAL
 
 
 # ------------------------------------------------------------------------------------- the command line's codes

@@ -14,7 +14,10 @@ Threads (every loop waits on one stop :class:`threading.Event`)::
   and hands it to up to ``max_concurrent_series`` workers.
 * A worker plans the run against the time budget, calls the segmenter and records the outcome. Any exception
   (EdgesegError or not) becomes a ``failed`` row and ``<name>.edgeseg-error.json`` beside the series; a failure
-  is retried with back-off until ``max_attempts``. The watcher does not die on bad input.
+  is retried with back-off until ``max_attempts``. The watcher does not die on bad input. A result that lacks a
+  requested output (``status: partial`` in its manifest) is recorded as ``partial``, not ``done``: the row says
+  which output is missing and why, and so does an error file (kind ``partial``) beside the published results; it
+  is not retried until the series' files change.
 * Stop (SIGTERM, SIGINT, :meth:`Watcher.stop`): the observer and scheduler stop at once; a running series gets
   ``stop_grace_s`` to finish, then is cancelled at its next progress report, and if it does not report it is
   abandoned: its row stays ``running`` and it runs again at the next start.
@@ -37,21 +40,22 @@ from typing import Any, Callable
 
 from edgeseg.bundle.schema import Bundle, load_bundle
 from edgeseg.errors import (
-    EXIT_FAILED, EXIT_OK, BundleError, ConfigError, EdgesegError, InvalidSeriesError, OutOfMemoryError,
-    SeriesInterruptedError, StateStoreError, TimeCeilingError, kind_of, remedy_for,
+    EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, BundleError, ConfigError, EdgesegError, InvalidSeriesError, OutOfMemoryError,
+    PartialResultError, SeriesInterruptedError, StateStoreError, TimeCeilingError, kind_of, remedy_for,
 )
 from edgeseg.runtime.infer.engine import measure_tile_latency
 from edgeseg.runtime.options import SegmentOptions
 from edgeseg.runtime.plan import LatencyTable, MeasureFn, Plan, Planner
 from edgeseg.runtime.read import DICOM, NIFTI, PARREC
 from edgeseg.runtime.read.limits import check_frames, check_nifti_header, check_voxels
-from edgeseg.runtime.segment import SegmentResult, segment_series
+from edgeseg.runtime.segment import PARTIAL, SegmentResult, segment_series
 from edgeseg.runtime.watch.completion import CompletionTracker
 from edgeseg.runtime.watch.config import WatchConfig
 from edgeseg.runtime.watch.jobs import INVALID, SeriesJob
 from edgeseg.runtime.watch.lock import StateLock
 from edgeseg.runtime.watch.observer import EnqueueHandler, PathFilter, start_observer
 from edgeseg.runtime.watch.store import JobStore
+from edgeseg.runtime.write import describe_missing
 from edgeseg.runtime.write.atomic import clear_error_file, write_error_file, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -83,6 +87,8 @@ class JobRecord:
     error: str | None
     plan: Plan | None
     budget_s: float | None
+    #: segmented, but a requested output is missing (``error`` names it): ``ok`` and ``partial``
+    partial: bool = False
 
     @property
     def within_budget(self) -> bool | None:
@@ -264,14 +270,15 @@ class Watcher:
             if self.store is not None:
                 self.store.close()
             self._state_lock.release()  # kept while an abandoned series may still run in this process
-        log.info("watcher stopped: done=%d failed=%d skipped=%d", self.stats["done"], self.stats["failed"],
-                 self.stats["skipped"])
+        log.info("watcher stopped: done=%d partial=%d failed=%d skipped=%d", self.stats["done"], self.stats["partial"],
+                 self.stats["failed"], self.stats["skipped"])
         return not alive
 
     def run(self) -> int:
         """Start, block until SIGTERM/SIGINT (or, with ``once``, until everything present is processed), stop.
 
-        Returns 0; 1 when ``once`` and a series failed in this run, or when a watcher thread crashed. Raises the
+        Returns 0; 1 when ``once`` and a series failed in this run, or when a watcher thread crashed;
+        :data:`~edgeseg.errors.EXIT_PARTIAL` when ``once`` and none failed but a result is partial. Raises the
         error that made the watcher stop itself (:attr:`fatal`, e.g. its state folder was deleted).
         """
         previous: dict[int, Any] = {}
@@ -292,7 +299,9 @@ class Watcher:
                 signal.signal(sig, handler)
         if self.fatal is not None:
             raise self.fatal
-        return EXIT_FAILED if self.crashed or (self.once and self.stats["failed"]) else EXIT_OK
+        if self.crashed or (self.once and self.stats["failed"]):
+            return EXIT_FAILED
+        return EXIT_PARTIAL if self.once and self.stats["partial"] else EXIT_OK
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only set events here: a handler that logs can interrupt the main thread inside a write to the same
@@ -655,20 +664,38 @@ class Watcher:
             self._beat_now.set()
         seconds = time.perf_counter() - t0
         output = Path(result.output_dir) if getattr(result, "output_dir", None) else None
-        self.store.mark_done(job.key, output, seconds)
-        try:
-            clear_error_file(job.folder, job.name)
-        except (OSError, EdgesegError) as err:
-            log.warning("old error file not removed: key=%s error=%s", job.key, err)
+        missing = dict(getattr(result, "missing_outputs", None) or {})
+        partial = getattr(result, "status", None) == PARTIAL or bool(missing)
+        message = ""
+        if partial:
+            message = (f"{describe_missing(missing) or 'a requested output was not written (see manifest.json)'}. "
+                       f"The series was segmented: the masks and the other results are in {output}.")
+            self.store.mark_partial(job.key, output, seconds, message)
+            incomplete = PartialResultError(message)
+            self._write_error(job.folder, job.name, incomplete, f"{remedy_for(incomplete)} The watcher tries again "
+                              "when the files change.")
+        else:
+            self.store.mark_done(job.key, output, seconds)
+            try:
+                clear_error_file(job.folder, job.name)
+            except (OSError, EdgesegError) as err:
+                log.warning("old error file not removed: key=%s error=%s", job.key, err)
         if plan is not None and self.planner is not None:
             stages = getattr(result, "timings", None) or {}
             read_write = (float(stages["read"]) + float(stages["write"])
                           if "read" in stages and "write" in stages else None)
             self.planner.record(plan, seconds, read_write_s=read_write)
         self.results[job.key] = result
+        over = "" if cfg.time_budget_s is None or seconds <= cfg.time_budget_s else " OVER BUDGET"
+        if partial:
+            self.stats["partial"] += 1
+            self.history.append(JobRecord(job.key, job.name, True, seconds, output, message, plan, cfg.time_budget_s,
+                                          partial=True))
+            log.warning("series partial: key=%s seconds=%.1f output=%s%s missing=%s", job.key, seconds, output, over,
+                        describe_missing(missing))
+            return "partial"
         self.stats["done"] += 1
         self.history.append(JobRecord(job.key, job.name, True, seconds, output, None, plan, cfg.time_budget_s))
-        over = "" if cfg.time_budget_s is None or seconds <= cfg.time_budget_s else " OVER BUDGET"
         log.info("series done: key=%s seconds=%.1f output=%s%s", job.key, seconds, output, over)
         return "done"
 

@@ -3,6 +3,7 @@
 States::
 
     discovered -> complete -> running -> done
+                                    |-> partial  (segmented, but a requested output could not be written)
                                     \\-> failed   (retried while attempts < max_attempts, or when the input changes)
 
 * A row is keyed by the series key (``<folder>::<SeriesInstanceUID>`` or the image file's path) and carries the
@@ -13,9 +14,12 @@ States::
 * :meth:`JobStore.reconcile` runs once at start: ``running`` rows were interrupted (crash, kill, forced stop):
   they go back to ``complete`` and run again, unless they were interrupted ``max_attempts`` times already (a
   series that kills the process, e.g. out of memory), which makes them ``failed``.
-* :meth:`JobStore.decide` is asked for every complete series: ``done`` rows are not repeated unless the
-  fingerprint changed or the output folder is gone; ``failed`` rows are retried only if the fingerprint changed or
-  attempts < max_attempts.
+* :meth:`JobStore.decide` is asked for every complete series: ``done`` and ``partial`` rows are not repeated
+  unless the fingerprint changed or the output folder is gone (what made a result partial, a source highdicom
+  refuses or one without UIDs, does not change by running it again); ``failed`` rows are retried only if the
+  fingerprint changed or attempts < max_attempts.
+* Schema version 2 added the ``partial`` state; a version-1 store is migrated in place when the watcher opens it
+  (its rows are kept).
 
 sqlite3 from the standard library, WAL journal, synchronous=FULL (a committed transition survives kill -9 and
 power loss); one connection shared by the watcher's threads behind a lock.
@@ -38,12 +42,14 @@ from edgeseg.runtime.read.paths import from_fs_text, fs_text, printable
 
 log = logging.getLogger(__name__)
 
-DISCOVERED, COMPLETE, RUNNING, DONE, FAILED = "discovered", "complete", "running", "done", "failed"
-STATES = (DISCOVERED, COMPLETE, RUNNING, DONE, FAILED)
-SCHEMA_VERSION = 1
+DISCOVERED, COMPLETE, RUNNING, DONE, PARTIAL, FAILED = (
+    "discovered", "complete", "running", "done", "partial", "failed")
+STATES = (DISCOVERED, COMPLETE, RUNNING, DONE, PARTIAL, FAILED)
+#: 1: the first store; 2: the ``partial`` state (a version-1 store is migrated when opened for writing)
+SCHEMA_VERSION = 2
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS jobs (
+_TABLE = f"""
+CREATE TABLE {{name}} (
     key TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
     folder TEXT NOT NULL,
@@ -67,10 +73,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     updated_at REAL NOT NULL
-);
+)"""
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_updated ON jobs(updated_at);
 """
+_SCHEMA = _TABLE.format(name="IF NOT EXISTS jobs") + ";" + _INDEXES
 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -223,7 +231,9 @@ class JobStore:
                         if statement.strip():
                             self._db.execute(statement)
                     version = self._db.execute("PRAGMA user_version").fetchone()[0]
-                    if version == 0:
+                    if version == 1:
+                        self._migrate_from_1()
+                    elif version == 0:
                         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                     elif version != SCHEMA_VERSION:
                         raise ConfigError(
@@ -236,6 +246,20 @@ class JobStore:
             raise ConfigError(f"Job store {self.path} cannot be opened ({err}). Fix: check that state_dir is a "
                               "local, writable folder (SQLite does not work reliably on network shares).") from err
         self._db.row_factory = sqlite3.Row
+
+    def _migrate_from_1(self) -> None:
+        """Version 1 -> 2 (inside the open transaction): the state CHECK gains ``partial``. SQLite cannot alter a
+        CHECK constraint, so the table is copied into a new one, which replaces it; every row is kept."""
+        self._db.execute(_TABLE.format(name="jobs_v2"))
+        self._db.execute("INSERT INTO jobs_v2 SELECT * FROM jobs")
+        self._db.execute("DROP TABLE jobs")
+        self._db.execute("ALTER TABLE jobs_v2 RENAME TO jobs")
+        for statement in _INDEXES.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        log.info("job store %s migrated from schema version 1 to %d (the 'partial' state)", self.path,
+                 SCHEMA_VERSION)
 
     # ------------------------------------------------------------------------------------------------- plumbing
 
@@ -311,12 +335,13 @@ class JobStore:
         if row.state == RUNNING:
             return Decision(False, "already running")
         changed = row.fingerprint != fingerprint
-        if row.state == DONE:
+        if row.state in (DONE, PARTIAL):
             if changed:
                 return Decision(True, "input changed since it was segmented")
             if row.output_dir is None or not row.output_dir.is_dir():
                 return Decision(True, "output folder is missing")
-            return Decision(False, "already segmented, input unchanged")
+            return Decision(False, "already segmented, input unchanged" + (
+                " (partial: see its error file)" if row.state == PARTIAL else ""))
         if row.state == FAILED:
             if changed:
                 return Decision(True, "input changed since it failed")
@@ -367,6 +392,17 @@ class JobStore:
                 "UPDATE jobs SET state = ?, output_path = ?, actual_s = ?, finished_at = ?, error_kind = NULL,"
                 " last_error = NULL, updated_at = ? WHERE key = ?",
                 (DONE, fs_text(str(output_path)) if output_path else None, actual_s, now, now, key))
+
+    def mark_partial(self, key: str, output_path: Path | None, actual_s: float, message: str) -> None:
+        """Segmented, but a requested output is missing: ``message`` names each and why (``last_error``)."""
+        key, message = fs_text(key), printable(message)
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, output_path = ?, actual_s = ?, finished_at = ?, error_kind = 'partial',"
+                " last_error = ?, updated_at = ? WHERE key = ?",
+                (PARTIAL, fs_text(str(output_path)) if output_path else None, actual_s, now, message[:4000], now,
+                 key))
 
     def mark_failed(self, key: str, error_kind: str, message: str, actual_s: float | None = None,
                     give_up: bool = False, max_attempts: int | None = None) -> None:

@@ -9,21 +9,31 @@ Layout of ``<name>.edgeseg/``::
     preview.png         overlay on 5 slices with a legend (OutputOptions.preview)
     seg.dcm             DICOM-SEG, DICOM input only, when at least one structure is present (OutputOptions.dicom_seg,
                         of type OutputOptions.seg_type)
-    manifest.json       the caller's manifest + outputs, series, series_key, writer and time (always)
+    manifest.json       the caller's manifest + outputs, status, missing_outputs, series, series_key, writer and
+                        time (always)
 
 Results land in the DICOM series' folder (``Volume.source``) or beside the NIfTI/PAR file, unless ``out_parent``
-is given. The folder is published only when every role was written; a previous result of the same series (its
-manifest's ``series_key``) is replaced, one of another series never (see ``ResultFolder``), and a stale
-``<name>.edgeseg-error.json`` is removed after success. A DICOM-SEG that highdicom refuses (an unusual source) does
-not fail the run: the other results are published and the manifest records the reason under ``warnings``.
+is given. A previous result of the same series (its manifest's ``series_key``) is replaced, one of another series
+never (see ``ResultFolder``), and a stale ``<name>.edgeseg-error.json`` is removed once the folder is published.
+
+No silent output failure: the label map, its labels and the manifest are the result; if one of them cannot be
+written (disk full, no permission) nothing is published and :class:`OutputError` is raised. An optional output
+that was requested but could not be written (highdicom refusing an unusual source, a source without the UIDs a
+DICOM-SEG must reference, a preview that fails) does not fail the run: the other results are published, the
+manifest's ``status`` is ``partial`` (else ``complete``) and ``missing_outputs`` holds the reason per missing role;
+:attr:`SegmentResult.status` / :attr:`SegmentResult.missing_outputs` say the same to the caller (the command line
+exits with :data:`~edgeseg.errors.EXIT_PARTIAL`, the watcher records the series as partial with an error file).
+A DICOM-SEG is not requested of a mask with no structure in it (a SEG needs a segment): the manifest notes that
+under ``warnings``, and the result is complete.
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Final, Mapping
 
 import numpy as np
 
@@ -42,6 +52,24 @@ from edgeseg.runtime.write.statistics import STATISTICS_FILE, compute_statistics
 
 log = logging.getLogger(__name__)
 
+#: ``manifest.json`` ``status``: every requested output was written
+COMPLETE: Final = "complete"
+#: ``manifest.json`` ``status``: some requested output could not be written (``missing_outputs`` says why)
+PARTIAL: Final = "partial"
+
+#: what each optional role is called in messages
+ROLE_NAMES: Final = {
+    "dicom_seg": f"DICOM-SEG ({DICOM_SEG_FILE})",
+    "preview": f"preview ({PREVIEW_FILE})",
+    "statistics": f"statistics ({STATISTICS_FILE})",
+    "structures": f"per-structure masks ({STRUCTURES_DIR}/)",
+}
+
+
+def describe_missing(missing: Mapping[str, str]) -> str:
+    """One sentence naming each missing output and why: ``DICOM-SEG (seg.dcm) not written: <reason>; ...``."""
+    return "; ".join(f"{ROLE_NAMES.get(role, role)} not written: {reason}" for role, reason in missing.items())
+
 
 @dataclass(frozen=True)
 class SegmentResult:
@@ -53,6 +81,16 @@ class SegmentResult:
     manifest: dict[str, Any]
     #: seconds per stage of this run (read, preprocess, compile, infer, postprocess, write), when known
     timings: dict[str, float] | None = None
+
+    @property
+    def status(self) -> str:
+        """:data:`COMPLETE`, or :data:`PARTIAL` when a requested output could not be written."""
+        return str(self.manifest.get("status", COMPLETE))
+
+    @property
+    def missing_outputs(self) -> dict[str, str]:
+        """Role -> why it was not written, for each requested output that is missing (empty when complete)."""
+        return {str(k): str(v) for k, v in (self.manifest.get("missing_outputs") or {}).items()}
 
 
 def series_folder(volume: Volume) -> Path:
@@ -73,6 +111,23 @@ def _series_record(volume: Volume) -> dict[str, Any]:
         "affine_ras": np.asarray(volume.affine).round(6).tolist(),
         "n_dicom_files": len(volume.dicom_files),
     }
+
+
+def seg_source_problem(volume: Volume) -> str | None:
+    """Why no DICOM-SEG can be made for ``volume`` whatever the mask, or None: a SEG references its source
+    series, study and every source image by UID, so a source exported without them (a de-identification that
+    empties the UIDs) cannot have one."""
+    sop_uids = tuple(volume.extra.get("sop_instance_uids") or ())
+    absent = [what for what, ok in (
+        ("SOPInstanceUID", bool(sop_uids) and all(sop_uids)),
+        ("SeriesInstanceUID", bool(volume.series_uid)),
+        ("StudyInstanceUID", bool(volume.extra.get("study_instance_uid"))),
+    ) if not ok]
+    if not absent:
+        return None
+    return (f"the source images have no {', '.join(absent)} (exported with the UIDs emptied, as some "
+            "de-identification tools do), so a DICOM-SEG cannot reference them; the NIfTI results are complete. For "
+            "a DICOM-SEG, export the series with its UIDs kept (or replaced, not emptied)")
 
 
 def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str], options: OutputOptions,
@@ -100,6 +155,25 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
 
     owner = series_key(volume.kind, os.path.abspath(volume.source), volume.series_uid)
     record["series_key"] = fs_text(owner)
+    missing: dict[str, str] = {}
+
+    def optional(role: str, target: Path, write: Callable[[], Any]) -> Any:
+        """Write an optional role; a failure other than the disk's (which fails the whole result) is recorded as
+        a missing output and whatever it left is removed."""
+        try:
+            return write()
+        except (OSError, OutputError, MemoryError):
+            raise
+        except Exception as err:  # noqa: BLE001 - see the module docstring: recorded, never silent
+            log.error("series %s: %s not written (%s: %s)", volume.name, ROLE_NAMES.get(role, role),
+                      type(err).__name__, err)
+            missing[role] = f"{type(err).__name__}: {err}"
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+            return None
+
     with ResultFolder(parent, volume.name, owner=owner) as folder:
         root = folder.path
         write_labelmap(root / LABELMAP_FILE, labelmap, volume, labels)
@@ -107,33 +181,40 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
         write_label_sidecar(root / LABELS_FILE, labels)
         outputs["labels"] = LABELS_FILE
         if options.per_structure:
-            write_structures(root / STRUCTURES_DIR, labelmap, volume, labels)
-            outputs["structures"] = STRUCTURES_DIR
+            optional("structures", root / STRUCTURES_DIR,
+                     lambda: write_structures(root / STRUCTURES_DIR, labelmap, volume, labels))
+            if "structures" not in missing:
+                outputs["structures"] = STRUCTURES_DIR
         if options.statistics:
-            write_statistics(root / STATISTICS_FILE, compute_statistics(volume, labelmap, labels))
-            outputs["statistics"] = STATISTICS_FILE
+            optional("statistics", root / STATISTICS_FILE, lambda: write_statistics(
+                root / STATISTICS_FILE, compute_statistics(volume, labelmap, labels)))
+            if "statistics" not in missing:
+                outputs["statistics"] = STATISTICS_FILE
         if options.preview:
-            write_preview(root / PREVIEW_FILE, volume, labelmap, labels)
-            outputs["preview"] = PREVIEW_FILE
+            optional("preview", root / PREVIEW_FILE, lambda: write_preview(root / PREVIEW_FILE, volume, labelmap,
+                                                                           labels))
+            if "preview" not in missing:
+                outputs["preview"] = PREVIEW_FILE
         if options.dicom_seg and volume.kind == "dicom":
+            unreferencable = seg_source_problem(volume)
             if not present:
                 warnings.append("no structure found: no DICOM-SEG written")
+            elif unreferencable is not None:
+                log.warning("series %s: DICOM-SEG not written: %s", volume.name, unreferencable)
+                missing["dicom_seg"] = unreferencable
             else:
-                try:
-                    segments = write_dicom_seg(root / DICOM_SEG_FILE, volume, labelmap, labels,
-                                               segmentation_type=options.seg_type, bundle=record.get("bundle"))
-                except (OSError, OutputError):
-                    raise
-                except Exception as err:  # highdicom refuses some sources; keep the other results
-                    log.error("series %s: DICOM-SEG not written (%s: %s)", volume.series_uid,
-                              type(err).__name__, err)
-                    warnings.append(f"DICOM-SEG not written: {type(err).__name__}: {err}")
-                    (root / DICOM_SEG_FILE).unlink(missing_ok=True)
+                segments = optional("dicom_seg", root / DICOM_SEG_FILE, lambda: write_dicom_seg(
+                    root / DICOM_SEG_FILE, volume, labelmap, labels, segmentation_type=options.seg_type,
+                    bundle=record.get("bundle")))
+                if "dicom_seg" in missing:  # highdicom refuses some sources; the other results are kept
+                    warnings.append(f"DICOM-SEG not written: {missing['dicom_seg']}")
                 else:
                     outputs["dicom_seg"] = DICOM_SEG_FILE
                     record["dicom_seg_segments"] = {str(n): s for n, s in segments.items()}
         outputs["manifest"] = MANIFEST_FILE
         record["outputs"] = outputs
+        record["status"] = PARTIAL if missing else COMPLETE
+        record["missing_outputs"] = missing
         record["series"] = _series_record(volume)
         record["labels_present"] = {str(v): labels.get(v, f"label_{v}") for v in present}
         if warnings:

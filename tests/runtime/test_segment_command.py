@@ -1,4 +1,6 @@
-"""``edgeseg segment``'s exit status comes from the error family: the class of the first series that failed."""
+"""``edgeseg segment``'s exit status comes from the error family: 0 when every series was segmented completely, the
+partial code when an output is missing, the "some failed" code when some series were segmented and others not, the
+class of the first failure when none was segmented."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from edgeseg.cli import main
-from edgeseg.errors import BundleError, EdgesegError, InvalidSeriesError, OutOfMemoryError, OutputError
+from edgeseg.errors import (EXIT_SOME_FAILED, BundleError, EdgesegError, InvalidSeriesError, OutOfMemoryError,
+                            OutputError)
 
 
 def test_a_folder_without_series_exits_with_the_invalid_series_code(tmp_path: Path,
@@ -21,7 +24,7 @@ def test_a_missing_bundle_exits_with_the_bundle_code(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("failures, expected", [
     ([OutputError("disk full")], OutputError.exit_code),
-    ([None, OutOfMemoryError("no memory")], OutOfMemoryError.exit_code),
+    ([None, OutOfMemoryError("no memory")], EXIT_SOME_FAILED),  # one segmented, one failed: "some failed"
     ([InvalidSeriesError("one slice"), OutputError("disk full")], InvalidSeriesError.exit_code),
     ([None, None], 0),
 ])

@@ -148,17 +148,19 @@ def test_failure_leaves_nothing_and_keeps_the_old_result(nifti_copy: Path, seg_a
     old_files = tree_digest(first.output_dir)
 
     def boom(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("preview renderer crashed")
+        raise RuntimeError("label sidecar writer crashed")
 
-    monkeypatch.setattr(results_module, "write_preview", boom)
+    # the label sidecar is part of every result (an optional output that fails only makes the result partial:
+    # tests/runtime/test_partial_results.py)
+    monkeypatch.setattr(results_module, "write_label_sidecar", boom)
     with pytest.raises(RuntimeError, match="crashed"):
-        write_results(vol, seg_array, labels, OutputOptions(preview=True), {"attempt": 2})
+        write_results(vol, seg_array, labels, NO_EXTRAS, {"attempt": 2})
     assert _partials(folder) == []
     assert tree_digest(first.output_dir) == old_files  # previous result unchanged
 
     shutil.rmtree(first.output_dir)
     with pytest.raises(RuntimeError):
-        write_results(vol, seg_array, labels, OutputOptions(preview=True), {"attempt": 3})
+        write_results(vol, seg_array, labels, NO_EXTRAS, {"attempt": 3})
     assert sorted(os.listdir(folder)) == ["example_mr_sm.nii.gz"]  # no <name>.edgeseg, no partial folder
 
 
