@@ -40,10 +40,34 @@ def safe_stem(text: str, *, max_len: int = 60, allow_dots: bool = False, fallbac
     return stem or fallback
 
 
+#: how a series identity derived from headers begins (:func:`derived_series_id`); a SeriesInstanceUID never does
+DERIVED_ID_PREFIX = "nouid-"
+_DERIVED_ID = re.compile(r"nouid-[0-9a-f]{16}")
+
+
+def derived_series_id(*fields: object) -> str:
+    """``nouid-<16 hex digits>``: the identity of a DICOM series exported without a SeriesInstanceUID (empty or
+    missing, as some de-identification tools leave it), from the header values that group its instances (the
+    read stage passes them: :func:`edgeseg.runtime.read.headers.series_identity`). The same values give the same
+    identity in every process; being hex digits after a fixed prefix it is valid in a series key and a file name,
+    whatever the headers held (they are only hashed)."""
+    text = "\x1f".join("" if f is None else str(f) for f in fields)
+    return DERIVED_ID_PREFIX + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def is_derived_series_id(identity: str | None) -> bool:
+    """True for an identity made by :func:`derived_series_id` (a series without SeriesInstanceUID)."""
+    return bool(identity) and _DERIVED_ID.fullmatch(str(identity)) is not None
+
+
 def dicom_series_name(description: str, series_uid: str) -> str:
-    """``<sanitized SeriesDescription (max 60)>_<last 8 digits of the SeriesInstanceUID>``."""
-    digits = re.sub(r"\D", "", series_uid or "")[-8:] or "00000000"
-    return f"{safe_stem(description or '', max_len=60)}_{digits}"
+    """``<sanitized SeriesDescription (max 60)>_<last 8 digits of the SeriesInstanceUID>``; for a series identified
+    by :func:`derived_series_id` (no SeriesInstanceUID), its last 8 hex digits instead."""
+    if is_derived_series_id(series_uid):
+        tail = series_uid[-8:]
+    else:
+        tail = re.sub(r"\D", "", series_uid or "")[-8:] or "00000000"
+    return f"{safe_stem(description or '', max_len=60)}_{tail}"
 
 
 def name_tag(identity: str) -> str:
@@ -97,8 +121,9 @@ def nifti_name(file_name: str) -> str:
 
 
 def series_key(kind: str, source: str | os.PathLike[str], series_uid: str | None = None) -> str:
-    """The identity of a series: ``<folder>::<SeriesInstanceUID>`` for DICOM (several series may share a folder),
-    the file's path for NIfTI/PAR. The watcher's job key; results record it as their owner."""
+    """The identity of a series: ``<folder>::<SeriesInstanceUID>`` for DICOM (several series may share a folder;
+    ``<folder>::nouid-<hex>`` for one without a UID, :func:`derived_series_id`), the file's path for NIfTI/PAR.
+    The watcher's job key; results record it as their owner."""
     return f"{os.fspath(source)}::{series_uid}" if kind == "dicom" else os.fspath(source)
 
 

@@ -1,8 +1,10 @@
 """DICOM -> :class:`Volume`: discovery of series in a console export, and stacking of one series.
 
-Discovery reads headers only (``stop_before_pixels``), groups instances by SeriesInstanceUID and keeps image
-instances: files that are not DICOM (no "DICM" preamble), DICOMDIR, and non-image objects (SR, PR, KO, SEG,
-RT structure sets, raw data, spectroscopy, anything without Rows/Columns or without patient geometry) are skipped.
+Discovery reads headers only (``stop_before_pixels``), groups instances by SeriesInstanceUID (a series exported
+without one, by folder and the identity :func:`~edgeseg.runtime.read.headers.series_identity` derives from its
+headers) and keeps image instances: files that are not DICOM (no "DICM" preamble), DICOMDIR, and non-image objects
+(SR, PR, KO, SEG, RT structure sets, raw data, spectroscopy, anything without Rows/Columns or without patient
+geometry) are skipped.
 
 Reading a series turns every instance into *frames* (one per classic single-frame image; one per frame of an
 enhanced multi-frame image, geometry from its Per-frame / Shared Functional Groups) and stacks them:
@@ -39,7 +41,7 @@ from edgeseg.errors import InvalidSeriesError
 from edgeseg.runtime.naming import dicom_series_name
 from edgeseg.runtime.read.headers import (Instance, _int_or_none, _is_localizer, _is_multiframe, _str,
                                           dicom_geometry, expected_instances, instance_from_header, non_image_reason,
-                                          read_dicom_header)
+                                          read_dicom_header, series_identity)
 from edgeseg.runtime.read.limits import ReadLimits, check_frames, check_voxels
 from edgeseg.runtime.read.series_ref import DICOM, SeriesRef
 from edgeseg.runtime.read.volume import Volume
@@ -63,36 +65,33 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def discover_dicom(files: Iterable[Path]) -> list[SeriesRef]:
-    """Group the DICOM image instances among ``files`` into one :class:`SeriesRef` per SeriesInstanceUID.
+    """Group the DICOM image instances among ``files`` into one :class:`SeriesRef` per series.
 
-    Headers only (:mod:`edgeseg.runtime.read.headers`, the rules the watcher's completion tracker uses too).
-    Non-DICOM files, DICOMDIR and non-image objects are skipped; series made only of localizers are skipped (logged
-    at info level). ``SeriesRef.source`` is the folder holding the series' files (their common parent); its
-    ``expected_instances`` and ``geometry`` are what the headers announce. Refs are sorted by (SeriesNumber,
-    SeriesInstanceUID).
+    Headers only (:mod:`edgeseg.runtime.read.headers`, the rules the watcher's completion tracker uses too): a
+    series is a SeriesInstanceUID, or for instances without one a folder and the identity derived from their
+    headers (``SeriesRef.series_id``). Non-DICOM files, DICOMDIR and non-image objects are skipped; series made only
+    of localizers are skipped (logged at info level). ``SeriesRef.source`` is the folder holding the series' files
+    (their common parent); its ``expected_instances`` and ``geometry`` are what the headers announce. Refs are
+    sorted by (SeriesNumber, series identity).
     """
-    groups: dict[str, list[tuple[Path, Instance]]] = defaultdict(list)
+    groups: dict[tuple[str, Path | None], list[tuple[Path, Instance]]] = defaultdict(list)
     for path in files:
         ds = read_dicom_header(path)
         if ds is None:
             continue
         try:
             instance = instance_from_header(ds)
-        except ValueError:
-            reason = non_image_reason(ds)
-            if reason is None:
-                log.warning("skipping %s: no SeriesInstanceUID", path)
-            else:
-                log.debug("skipping %s: %s", path, reason)
+        except ValueError as err:
+            log.debug("skipping %s: %s", path, err)
             continue
         if instance.non_image is not None:
             log.debug("skipping %s: %s", path, instance.non_image)
             continue
-        groups[instance.series_uid].append((path, instance))
+        groups[(instance.series_id, None if instance.series_uid else path.parent)].append((path, instance))
     refs: list[SeriesRef] = []
-    for uid, members in groups.items():
+    for (series_id, _), members in groups.items():
         if all(instance.is_localizer for _, instance in members):
-            log.info("skipping series %s (%s): only localizer images", uid, members[0][1].description)
+            log.info("skipping series %s (%s): only localizer images", series_id, members[0][1].description)
             continue
         members.sort(key=lambda m: str(m[0]))
         instances = [instance for _, instance in members]
@@ -103,14 +102,15 @@ def discover_dicom(files: Iterable[Path]) -> list[SeriesRef]:
             kind=DICOM,
             source=folder,
             files=paths,
-            uid=uid,
+            uid=first.series_uid or None,
+            series_id=series_id,
             description=first.description,
             modality=first.modality,
             series_number=first.series_number,
             expected_instances=expected_instances(instances),
             geometry=dicom_geometry([instance for instance in instances if not instance.is_localizer]),
         ))
-    refs.sort(key=lambda r: (r.series_number if r.series_number is not None else 1 << 30, r.uid or ""))
+    refs.sort(key=lambda r: (r.series_number if r.series_number is not None else 1 << 30, r.identity or ""))
     return refs
 
 
@@ -361,7 +361,7 @@ def read_dicom_series(ref: SeriesRef, limits: ReadLimits | None = None) -> Volum
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import pixel_array
 
-    uid = ref.uid or "(no SeriesInstanceUID)"
+    uid = ref.uid or f"'{ref.description}' (exported without SeriesInstanceUID)"
     where = ref.source
     datasets: dict[Path, Any] = {}
     frames: list[_Frame] = []
@@ -377,7 +377,11 @@ def read_dicom_series(ref: SeriesRef, limits: ReadLimits | None = None) -> Volum
             log.warning("series %s: could not read %s (%s: %s); skipped", uid, path, type(err).__name__, err)
             excluded["unreadable file"] += 1
             continue
-        if ref.uid is not None and _str(ds, "SeriesInstanceUID") != ref.uid:
+        try:
+            identity = series_identity(ds)
+        except ValueError:
+            identity = None
+        if ref.identity is not None and identity != ref.identity:
             log.warning("series %s: %s now belongs to another series; skipped", uid, path)
             excluded["other series"] += 1
             continue
@@ -463,8 +467,9 @@ def read_dicom_series(ref: SeriesRef, limits: ReadLimits | None = None) -> Volum
         affine=affine,
         source=where,
         kind="dicom",
-        name=dicom_series_name(description, ref.uid or ""),
+        name=dicom_series_name(description, ref.identity or ""),
         series_uid=ref.uid,
+        series_id=ref.identity,
         description=description,
         dicom_files=tuple(dicom_files),
         extra=extra,

@@ -8,8 +8,13 @@ announces and measure its volume the same way. Nothing here decodes pixel data o
   DICOM candidate). PAR and REC files pair by name: :func:`~edgeseg.runtime.read._parrec.rec_files`,
   :func:`~edgeseg.runtime.read._parrec.par_candidates`.
 * :func:`read_dicom_header`: a DICOM file's header, or None; :func:`instance_from_header`: the :class:`Instance`
-  of a header (its SeriesInstanceUID, whether the reader stacks it (:func:`non_image_reason`), its plane
-  geometry and the counts it announces).
+  of a header (the series it belongs to (:func:`series_identity`), whether the reader stacks it
+  (:func:`non_image_reason`), its plane geometry and the counts it announces).
+* :func:`series_identity`: which series an instance belongs to: its SeriesInstanceUID, or for an export without
+  one (empty or missing, as some de-identification tools leave SOP/Series/Study Instance UIDs) an identity derived
+  from FrameOfReferenceUID, StudyInstanceUID, SeriesNumber, SeriesDescription, Modality, orientation and matrix
+  (:func:`~edgeseg.runtime.naming.derived_series_id`). Such series are also grouped by folder (the series key
+  holds the folder).
 * :func:`expected_instances`: how many instances a series' headers announce; :func:`dicom_geometry`: the
   :class:`~edgeseg.runtime.read.geometry.SeriesGeometry` of a DICOM series from its instances;
   :func:`check_image_file`: whether a NIfTI or PAR/REC file opens and holds its data, and its geometry.
@@ -24,6 +29,7 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
+from edgeseg.runtime.naming import derived_series_id
 from edgeseg.runtime.read._nifti import is_nifti_path
 from edgeseg.runtime.read.geometry import SeriesGeometry, world_axes
 from edgeseg.runtime.read.limits import quick_gzip_problem, read_nifti_header
@@ -158,12 +164,56 @@ def _floats_or_none(ds: Any, keyword: str, n: int) -> tuple[float, ...] | None:
         return None
 
 
+def _orientation_key(ds: Any) -> str:
+    """ImageOrientationPatient (top level, else the shared functional groups) rounded to 0.01: the same for every
+    slice of a series despite rounding noise (GE), different for another plane."""
+    value = ds.get("ImageOrientationPatient")
+    if value is None:
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        if shared:
+            orientation = _fg_first(shared[0], "PlaneOrientationSequence")
+            value = orientation.get("ImageOrientationPatient") if orientation is not None else None
+    try:
+        return ",".join(f"{round(float(v), 2) + 0.0:.2f}" for v in value) if value is not None else ""
+    except (TypeError, ValueError):
+        return ""
+
+
+def _fg_first(group: Any, sequence: str) -> Any | None:
+    items = group.get(sequence) if group is not None else None
+    return items[0] if items else None
+
+
+def series_identity(ds: Any) -> str:
+    """The series an instance belongs to: its SeriesInstanceUID, or, when that is empty or missing in an image
+    header, an identity derived from the values that group such instances
+    (:func:`~edgeseg.runtime.naming.derived_series_id`: ``nouid-<hex>``): StudyInstanceUID, FrameOfReferenceUID,
+    SeriesNumber, SeriesDescription, Modality, orientation (to 0.01) and matrix (Rows x Columns). Grouping such
+    series by folder is the caller's part (the series key holds the folder).
+
+    Raises ValueError for a header with neither a SeriesInstanceUID nor Rows (elements are stored in tag order, so
+    a header cut short before (0020,000E) has no Rows (0028,0010) either: a truncated file, or no image)."""
+    uid = _str(ds, "SeriesInstanceUID")
+    if uid:
+        return uid
+    if "Rows" not in ds:
+        raise ValueError("DICOM object without SeriesInstanceUID and without image rows (truncated, or not an "
+                         "image object)")
+    return derived_series_id(_str(ds, "StudyInstanceUID"), _str(ds, "FrameOfReferenceUID"),
+                             _int_or_none(ds, "SeriesNumber"), _str(ds, "SeriesDescription"), _str(ds, "Modality"),
+                             _orientation_key(ds), _int_or_none(ds, "Rows"), _int_or_none(ds, "Columns"))
+
+
 @dataclass(frozen=True)
 class Instance:
     """What one DICOM header says about its series: grouping, whether the reader stacks it, plane geometry, and the
-    counts it announces. Positions and orientations are DICOM's (LPS, mm)."""
+    counts it announces. Positions and orientations are DICOM's (LPS, mm).
+
+    ``series_uid`` is the SeriesInstanceUID as the header has it ("" when empty or missing); ``series_id`` the
+    series it belongs to (:func:`series_identity`: the UID, or ``nouid-<hex>`` derived from the headers)."""
 
     series_uid: str
+    series_id: str
     sop_uid: str
     sop_class: str
     description: str
@@ -190,15 +240,14 @@ class Instance:
 
 
 def instance_from_header(ds: Any) -> Instance:
-    """The :class:`Instance` of a header from :func:`read_dicom_header`; raises ValueError if there is no
-    SeriesInstanceUID."""
-    uid = _str(ds, "SeriesInstanceUID")
-    if not uid:
-        raise ValueError("DICOM object without SeriesInstanceUID (truncated, or not an image object)")
+    """The :class:`Instance` of a header from :func:`read_dicom_header` (an image without SeriesInstanceUID belongs
+    to the series :func:`series_identity` derives for it); raises ValueError for a header that has neither a
+    SeriesInstanceUID nor image rows."""
     spacing = _floats_or_none(ds, "PixelSpacing", 2)
     position = _floats_or_none(ds, "ImagePositionPatient", 3)
     return Instance(
-        series_uid=uid,
+        series_uid=_str(ds, "SeriesInstanceUID"),
+        series_id=series_identity(ds),
         sop_uid=_str(ds, "SOPInstanceUID"),
         sop_class=_str(ds, "SOPClassUID"),
         description=_str(ds, "SeriesDescription"),

@@ -25,7 +25,9 @@ class SeriesRef:
     * ``files``: the image files of the series, sorted by path (not by slice position; that is decided when
       reading). For DICOM: every instance of the series that has image geometry (localizers included; they
       are dropped while reading). For NIfTI/PAR: the one file.
-    * ``uid``: the DICOM SeriesInstanceUID (None for NIfTI/PAR).
+    * ``uid``: the DICOM SeriesInstanceUID (None for NIfTI/PAR, and for a DICOM series exported without one).
+    * ``series_id``: for DICOM, the series' identity (:func:`~edgeseg.runtime.read.headers.series_identity`): its
+      SeriesInstanceUID, or ``nouid-<hex>`` derived from its headers when it has none; None for NIfTI/PAR.
     * ``description``: SeriesDescription (DICOM) or the file name.
     * ``modality``: DICOM Modality ("MR", ...), or "" for NIfTI/PAR.
     * ``expected_instances``: how many instances the headers announce
@@ -42,12 +44,18 @@ class SeriesRef:
     series_number: int | None = None
     expected_instances: int | None = None
     geometry: SeriesGeometry | None = None
+    series_id: str | None = None
+
+    @property
+    def identity(self) -> str | None:
+        """What identifies a DICOM series in its folder: ``series_id``, else ``uid``; None for NIfTI/PAR."""
+        return self.series_id or self.uid
 
     @property
     def name(self) -> str:
         """The series' output name (``<name>.edgeseg/``), as the reader names the :class:`Volume` it reads."""
         if self.kind == DICOM:
-            return dicom_series_name(self.description, self.uid or "")
+            return dicom_series_name(self.description, self.identity or "")
         return nifti_name(self.source.name)
 
     @property
@@ -58,4 +66,4 @@ class SeriesRef:
     @property
     def key(self) -> str:
         """The series' identity (:func:`edgeseg.runtime.naming.series_key`): the watcher's job key."""
-        return series_key(self.kind, os.fspath(self.source), self.uid)
+        return series_key(self.kind, os.fspath(self.source), self.identity)

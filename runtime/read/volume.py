@@ -17,7 +17,9 @@ class Volume:
       Masks written for this volume carry exactly this shape and affine.
     * ``source``: the file (NIfTI, PAR) or folder (DICOM) the series was read from.
     * ``kind``: "nifti", "parrec" or "dicom".
-    * ``series_uid``: DICOM SeriesInstanceUID, or None for non-DICOM input.
+    * ``series_uid``: DICOM SeriesInstanceUID, or None for non-DICOM input (and DICOM exported without one).
+    * ``series_id``: the DICOM series' identity (``SeriesRef.series_id``: the UID, or ``nouid-<hex>`` derived from
+      the headers of a series without one), or None; with ``source`` it makes the series key results record.
     * ``name``: a file-name-safe stem for outputs (never contains path separators or "..").
     * ``dicom_files``: DICOM source instances in slice order (k = 0..K-1); one file for enhanced multi-frame.
     * ``nifti_header``: the original NIfTI header when read from NIfTI (outputs copy its qform/sform codes).
@@ -33,6 +35,7 @@ class Volume:
     dicom_files: tuple[Path, ...] = ()
     nifti_header: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    series_id: str | None = None
 
     @property
     def spacing(self) -> tuple[float, float, float]:

@@ -5,14 +5,17 @@ Files arrive one by one (DICOM instances), several series interleaved in one fol
 
 * Every candidate file is stat'ed at each :meth:`CompletionTracker.poll` until it has looked the same (size,
   mtime) at two looks at least ``settle_s`` apart; only then is its DICOM header read (without pixel data).
-* A header that cannot be read (not DICOM, truncated, no SeriesInstanceUID) is retried when the file changes;
-  once it has been unchanged for the quiet period it is an *invalid file*: attached to the series of its folder
-  when there are any, else reported as a job of its own (kind ``invalid``) that ends in an error file.
-* Instances are grouped by (folder, SeriesInstanceUID). A DICOM series is complete when no instance arrived for
-  ``quiet_period_s`` (Orthanc's StableAge, mercure's series_complete_trigger), no file of its folder is still
-  settling, and, where the headers announce a count (ImagesInAcquisition; NumberOfTemporalPositions x slice
-  positions; InConcatenationTotalNumber for enhanced multi-frame, whose frames are in one file), that count is
-  reached. A count not reached after ``count_timeout_factor`` quiet periods is waived (the reader decides).
+* A header that cannot be read (not DICOM, truncated, neither a SeriesInstanceUID nor image rows) is retried when
+  the file changes; once it has been unchanged for the quiet period it is an *invalid file*: attached to the
+  series of its folder when there are any, else reported as a job of its own (kind ``invalid``) that ends in an
+  error file.
+* Instances are grouped by (folder, SeriesInstanceUID), or for an export without UIDs by (folder, the identity
+  derived from their headers: :func:`~edgeseg.runtime.read.headers.series_identity`, the rule discovery uses
+  too). A DICOM series is complete when no instance arrived for ``quiet_period_s`` (Orthanc's StableAge,
+  mercure's series_complete_trigger), no file of its folder is still settling, and, where the headers announce a
+  count (ImagesInAcquisition; NumberOfTemporalPositions x slice positions; InConcatenationTotalNumber for
+  enhanced multi-frame, whose frames are in one file), that count is reached. A count not reached after
+  ``count_timeout_factor`` quiet periods is waived (the reader decides).
 * A NIfTI or PAR/REC series is complete when its files were unchanged for the quiet period and it opens.
 * An instance arriving after a series was handed out re-opens it; it is handed out again, with a new
   fingerprint, once quiet again.
@@ -285,8 +288,8 @@ class CompletionTracker:
             f.error = str(err) if isinstance(err, ValueError) else f"DICOM header unreadable ({type(err).__name__}: {err})"
             return
         f.status, f.error, f.info = _PARSED, None, info
-        ref = SeriesRef(DICOM, f.path.parent, (), info.series_uid, info.description, info.modality,
-                        info.series_number)
+        ref = SeriesRef(DICOM, f.path.parent, (), info.series_uid or None, info.description, info.modality,
+                        info.series_number, series_id=info.series_id)
         key = ref.key
         series = self._series.get(key)
         if series is None:

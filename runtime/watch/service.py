@@ -592,7 +592,7 @@ class Watcher:
         if job.kind == NIFTI:
             check_nifti_header(job.source, limits)
             return
-        what = f"Series {job.series_uid}" if job.kind == DICOM else str(job.key)
+        what = f"Series {job.series_uid or job.name}" if job.kind == DICOM else str(job.key)
         if job.kind == DICOM:
             check_frames(len(job.image_files), what, limits)
         if job.geometry is not None and job.kind in (DICOM, PARREC):

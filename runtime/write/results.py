@@ -153,7 +153,7 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
     outputs: dict[str, str] = {}
     present = [int(v) for v in np.unique(labelmap) if v > 0]
 
-    owner = series_key(volume.kind, os.path.abspath(volume.source), volume.series_uid)
+    owner = series_key(volume.kind, os.path.abspath(volume.source), volume.series_id or volume.series_uid)
     record["series_key"] = fs_text(owner)
     missing: dict[str, str] = {}
 

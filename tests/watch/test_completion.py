@@ -270,3 +270,20 @@ def test_expected_instances_rules(tmp_path) -> None:
     enhanced = [replace(infos[0], images_in_acquisition=None, frames=40)]
     assert expected_instances(enhanced) is None  # every frame is in the one (settled) file
     assert expected_instances([replace(enhanced[0], concatenation_total=2)]) == 2
+
+
+def test_uidless_series_complete_under_the_key_and_name_discovery_gives_them(tracker, clock, root) -> None:
+    """Issue 11, item 4: instances with empty UIDs were invalid files ("no SeriesInstanceUID"); the tracker now
+    groups them as the reader's discovery does (folder + identity derived from the headers)."""
+    from helpers.dicom_cases import uidless_series
+
+    from edgeseg.runtime.read import discover_series
+
+    uidless_series(root / "deid", 5, description="t1", series_number=3, seed=1)
+    uidless_series(root / "deid", 4, description="t2", series_number=4, seed=2)
+    tracker.scan(root)
+    jobs = run(tracker, clock, QUIET + 3)
+    refs = discover_series(root)
+    assert sorted((j.key, j.name, len(j.image_files)) for j in jobs) == sorted(
+        (r.key, r.name, len(r.files)) for r in refs)
+    assert len(jobs) == 2 and all(j.problem is None and j.invalid_files == () for j in jobs)

@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from watch_helpers import QUIET, CountingSegmenter, copy_slowly, error_files, results, wait_for, write_series
 
 from edgeseg.cli import main
 from edgeseg.errors import EXIT_PARTIAL
+from edgeseg.runtime.naming import is_derived_series_id
 from edgeseg.runtime.watch.store import DONE, PARTIAL, SCHEMA_VERSION, JobStore
 
 MISSING = {"dicom_seg": "ValueError: highdicom refuses this source"}
@@ -84,6 +87,37 @@ def test_a_complete_result_after_a_partial_one_clears_the_error_file(start_watch
     assert w2.wait_idle(10)
     (key,) = segmenter.calls
     assert w2.store.get(key).state == DONE
+
+
+@pytest.mark.slow
+def test_a_uidless_series_is_segmented_by_the_real_segmenter_and_recorded_partial(make_config, roots,
+                                                                                  tmp_path) -> None:
+    """Issue 11, items 4 and 6 in the watcher: a de-identified series with empty UIDs (tests/helpers/dicom_cases.py)
+    is one series (folder + derived identity), segmented by the real segmenter; its DICOM-SEG cannot reference
+    sources without UIDs, so the row is partial and the error file beside the results says why."""
+    from helpers.dicom_cases import uidless_series
+    from helpers.synthetic import make_bundle
+
+    from edgeseg.runtime.watch.service import Watcher, real_segmenter
+
+    bundle = make_bundle(tmp_path / "bundle_real", patch=(8, 8, 8), spacing=(2.0, 2.0, 2.0), threshold=500.0)
+    w = Watcher(make_config(bundle=str(bundle), max_attempts=1), settle_s=0.1)
+    w.start()
+    try:
+        assert w._segmenter is real_segmenter
+        copy_slowly(uidless_series(tmp_path / "src", 6), roots / "deid", delay_s=0.02)
+        assert wait_for(lambda: len(results(roots)) == 1 and len(error_files(roots)) == 1, timeout=60)
+        assert w.wait_idle(10)
+        (row,) = w.store.rows()
+        assert row.state == PARTIAL and row.series_uid is None
+        assert is_derived_series_id(row.key.rsplit("::", 1)[1]) and row.n_files == 6
+        (result,) = results(roots)
+        assert result.name == f"{row.name}.edgeseg" and (result / "seg.nii.gz").is_file()
+        payload = json.loads(error_files(roots)[0].read_text())
+        assert payload["kind"] == "partial" and payload["series"] == row.name
+        assert "DICOM-SEG (seg.dcm) not written: the source images have no SOPInstanceUID" in payload["error"]
+    finally:
+        assert w.stop()
 
 
 def test_a_version_1_job_store_is_migrated_with_its_rows(tmp_path: Path) -> None:
