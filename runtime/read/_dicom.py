@@ -39,9 +39,9 @@ import numpy as np
 
 from edgeseg.errors import InvalidSeriesError
 from edgeseg.runtime.naming import dicom_series_name
-from edgeseg.runtime.read.headers import (Instance, _int_or_none, _is_localizer, _is_multiframe, _str,
-                                          dicom_geometry, expected_instances, instance_from_header, non_image_reason,
-                                          read_dicom_header, series_identity)
+from edgeseg.runtime.read.headers import (LOCALIZER_ONLY, NOT_DICOM, Instance, SkippedFiles, _int_or_none,
+                                          _is_localizer, _is_multiframe, _str, dicom_geometry, expected_instances,
+                                          instance_from_header, non_image_reason, read_dicom_header, series_identity)
 from edgeseg.runtime.read.limits import ReadLimits, check_frames, check_voxels
 from edgeseg.runtime.read.series_ref import DICOM, SeriesRef
 from edgeseg.runtime.read.volume import Volume
@@ -64,34 +64,41 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # -------------------------------------------------------------------------------------------- discovery
 
 
-def discover_dicom(files: Iterable[Path]) -> list[SeriesRef]:
+def discover_dicom(files: Iterable[Path], skipped: SkippedFiles | None = None) -> list[SeriesRef]:
     """Group the DICOM image instances among ``files`` into one :class:`SeriesRef` per series.
 
     Headers only (:mod:`edgeseg.runtime.read.headers`, the rules the watcher's completion tracker uses too): a
     series is a SeriesInstanceUID, or for instances without one a folder and the identity derived from their
     headers (``SeriesRef.series_id``). Non-DICOM files, DICOMDIR and non-image objects are skipped; series made only
-    of localizers are skipped (logged at info level). ``SeriesRef.source`` is the folder holding the series' files
-    (their common parent); its ``expected_instances`` and ``geometry`` are what the headers announce. Refs are
-    sorted by (SeriesNumber, series identity).
+    of localizers are skipped (logged at info level); each skipped file is added to ``skipped`` with its reason
+    when given. ``SeriesRef.source`` is the folder holding the series' files (their common parent); its
+    ``expected_instances`` and ``geometry`` are what the headers announce. Refs are sorted by (SeriesNumber, series
+    identity).
     """
+    skipped = skipped if skipped is not None else SkippedFiles()
     groups: dict[tuple[str, Path | None], list[tuple[Path, Instance]]] = defaultdict(list)
     for path in files:
         ds = read_dicom_header(path)
         if ds is None:
+            skipped.add(NOT_DICOM, path)
             continue
         try:
             instance = instance_from_header(ds)
         except ValueError as err:
             log.debug("skipping %s: %s", path, err)
+            skipped.add(str(err), path)
             continue
         if instance.non_image is not None:
             log.debug("skipping %s: %s", path, instance.non_image)
+            skipped.add(instance.non_image, path)
             continue
         groups[(instance.series_id, None if instance.series_uid else path.parent)].append((path, instance))
     refs: list[SeriesRef] = []
     for (series_id, _), members in groups.items():
         if all(instance.is_localizer for _, instance in members):
-            log.info("skipping series %s (%s): only localizer images", series_id, members[0][1].description)
+            log.info("skipping series %s (%s): %s", series_id, members[0][1].description, LOCALIZER_ONLY)
+            for path, _ in members:
+                skipped.add(LOCALIZER_ONLY, path)
             continue
         members.sort(key=lambda m: str(m[0]))
         instances = [instance for _, instance in members]

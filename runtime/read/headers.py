@@ -15,6 +15,10 @@ announces and measure its volume the same way. Nothing here decodes pixel data o
   from FrameOfReferenceUID, StudyInstanceUID, SeriesNumber, SeriesDescription, Modality, orientation and matrix
   (:func:`~edgeseg.runtime.naming.derived_series_id`). Such series are also grouped by folder (the series key
   holds the folder).
+* :func:`non_image_reason`: why a file is not stacked, in words a PACS administrator can act on; the images it
+  refuses (:data:`REFUSED`: a Siemens mosaic, a colour image, no patient geometry, an enhanced image without
+  per-frame geometry) count as failed series, other objects (reports, DICOMDIR) hold nothing to segment;
+  :class:`SkippedFiles` collects them per reason, with counts and an example file.
 * :func:`expected_instances`: how many instances a series' headers announce; :func:`dicom_geometry`: the
   :class:`~edgeseg.runtime.read.geometry.SeriesGeometry` of a DICOM series from its instances;
   :func:`check_image_file`: whether a NIfTI or PAR/REC file opens and holds its data, and its geometry.
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -119,8 +123,56 @@ def _is_multiframe(ds: Any) -> bool:
     return "PerFrameFunctionalGroupsSequence" in ds or (_int_or_none(ds, "NumberOfFrames") or 1) > 1
 
 
+# ------------------------------------------------------------------------------------- why a file is not stacked
+
+#: a Siemens mosaic: one file holds a whole EPI/DWI volume, its slices tiled into one image
+MOSAIC: Final = ("Siemens mosaic (EPI/DWI) is not supported: each file holds a whole volume, its slices tiled into "
+                 "one image. Export the series from the scanner without mosaic, or convert it to NIfTI with dcm2niix "
+                 "and segment that file")
+#: a colour image (SamplesPerPixel > 1)
+COLOUR: Final = ("colour (RGB) image, not greyscale MR data: a screen capture, colour map or fused display. Send "
+                 "the original greyscale series from the scanner")
+#: an enhanced multi-frame image without per-frame functional groups
+NO_FRAME_GEOMETRY: Final = ("enhanced (multi-frame) image without per-frame geometry (no functional groups), so its "
+                            "frames cannot be placed in space. Export the series as classic single-frame images, or "
+                            "as enhanced MR with its functional groups")
+#: every slice of a series is a localizer
+LOCALIZER_ONLY: Final = "only localizer (scout) images, which are not a 3-D volume: nothing to segment"
+#: a file discovery cannot read as DICOM (and that is not NIfTI or PAR/REC either)
+NOT_DICOM: Final = "not a DICOM, NIfTI or PAR/REC file (or an unreadable DICOM file)"
+
+
+def no_geometry(keyword: str) -> str:
+    """The reason for an image without patient geometry (``keyword`` is the attribute missing)."""
+    return (f"image without patient geometry ({keyword} missing), e.g. a secondary capture or screenshot, which "
+            "cannot be placed in space. Send the original images from the scanner")
+
+
+#: reasons that refuse an *image* (one a user may have meant to segment), as opposed to objects that hold no image
+#: (reports, presentation states, DICOMDIR): a refused image series counts as a failed series
+REFUSED: Final = frozenset({MOSAIC, COLOUR, NO_FRAME_GEOMETRY} | {
+    no_geometry(k) for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")})
+
+
+def _is_mosaic(ds: Any) -> bool:
+    """ImageType holds MOSAIC, or the Siemens private NumberOfImagesInMosaic (0019,xx0A of "SIEMENS MR HEADER")
+    is there."""
+    image_type = ds.get("ImageType")
+    if image_type is not None:
+        values = [image_type] if isinstance(image_type, str) else list(image_type)
+        if any(str(v).strip().upper() == "MOSAIC" for v in values):
+            return True
+    try:
+        return 0x0A in ds.private_block(0x0019, "SIEMENS MR HEADER")
+    except (KeyError, ValueError):
+        return False
+
+
 def non_image_reason(ds: Any) -> str | None:
-    """Why ``ds`` is not an image instance we can stack (None if it is one). Works on headers only."""
+    """Why ``ds`` is not an image instance we can stack (None if it is one), in words a PACS administrator can act
+    on: an object that is no image (report, presentation state, DICOMDIR, ...), or one of the refused images of
+    :data:`REFUSED` (:data:`MOSAIC`, :data:`COLOUR`, :data:`NO_FRAME_GEOMETRY`, :func:`no_geometry`). Works on
+    headers only."""
     media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
     sop_class = _str(ds, "SOPClassUID") or media_class
     if _DICOMDIR_CLASS in (sop_class, media_class) or "DirectoryRecordSequence" in ds:
@@ -134,15 +186,42 @@ def non_image_reason(ds: Any) -> str | None:
     if "Rows" not in ds or "Columns" not in ds:
         return "no image pixel data (no Rows/Columns)"
     if _int_or_none(ds, "SamplesPerPixel") not in (None, 1):
-        return "not a greyscale image (SamplesPerPixel > 1)"
+        return COLOUR
+    if _is_mosaic(ds):
+        return MOSAIC
     if _is_multiframe(ds):
         if "PerFrameFunctionalGroupsSequence" not in ds:
-            return "multi-frame image without functional groups (no per-frame geometry)"
+            return NO_FRAME_GEOMETRY
         return None
     for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         if keyword not in ds:
-            return f"no patient geometry ({keyword} missing)"
+            return no_geometry(keyword)
     return None
+
+
+@dataclass
+class SkippedFiles:
+    """What discovery did not turn into a series: the files per reason (in the order found), so that a folder without
+    series, or a series refused, can say why in words a PACS administrator can act on (counts and an example per
+    reason). Reasons in :data:`REFUSED` are images edgeseg refuses; the others hold nothing to segment."""
+
+    files: dict[str, list[Path]] = field(default_factory=dict)
+
+    def add(self, reason: str, path: Path) -> None:
+        self.files.setdefault(reason, []).append(Path(path))
+
+    def __bool__(self) -> bool:
+        return bool(self.files)
+
+    @property
+    def refused(self) -> dict[str, list[Path]]:
+        """The refused images (:data:`REFUSED`), per reason."""
+        return {reason: paths for reason, paths in self.files.items() if reason in REFUSED}
+
+    def summary(self, reasons: dict[str, list[Path]] | None = None) -> str:
+        """``N file(s), e.g. <file>: <reason>; ...`` for ``reasons`` (default: every one), most files first."""
+        items = sorted((self.files if reasons is None else reasons).items(), key=lambda kv: -len(kv[1]))
+        return "; ".join(f"{len(paths)} file(s), e.g. {paths[0]}: {reason}" for reason, paths in items)
 
 
 def _float_or_none(ds: Any, keyword: str) -> float | None:

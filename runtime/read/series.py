@@ -16,7 +16,7 @@ from edgeseg.runtime.naming import is_edgeseg_output
 from edgeseg.runtime.read._dicom import discover_dicom, read_dicom_series
 from edgeseg.runtime.read._nifti import read_nifti
 from edgeseg.runtime.read._parrec import par_of, read_parrec, rec_files
-from edgeseg.runtime.read.headers import REC, file_kind
+from edgeseg.runtime.read.headers import REC, SkippedFiles, file_kind
 from edgeseg.runtime.read.limits import ReadLimits
 from edgeseg.runtime.read.paths import CandidateFilter
 from edgeseg.runtime.read.series_ref import DICOM, NIFTI, PARREC, SeriesRef
@@ -51,7 +51,7 @@ def _file_ref(path: Path) -> SeriesRef:
                      description=path.name)
 
 
-def discover_series(path: StrPath, *, recursive: bool = True) -> list[SeriesRef]:
+def discover_series(path: StrPath, *, recursive: bool = True, skipped: SkippedFiles | None = None) -> list[SeriesRef]:
     """Find the image series at ``path`` without reading pixel data.
 
     * a folder: every NIfTI file, every PAR/REC pair (one ref per .PAR) and every DICOM image series (grouped by
@@ -62,18 +62,23 @@ def discover_series(path: StrPath, *, recursive: bool = True) -> list[SeriesRef]
     * any other file: the DICOM series of that one file (enough for an enhanced multi-frame image).
 
     Returns refs in a stable order (NIfTI/PAR by path, then DICOM by SeriesNumber and UID); an empty list when
-    nothing readable is there. Raises :class:`InvalidSeriesError` if ``path`` does not exist.
+    nothing readable is there. Every DICOM candidate that did not become part of a series is added to ``skipped``
+    (when given) with its reason, and logged: the images edgeseg refuses (a Siemens mosaic, a colour image, no
+    patient geometry: :data:`~edgeseg.runtime.read.headers.REFUSED`) as a warning, the rest (reports, localizer-only
+    series, files that are not DICOM) at info level, with counts and an example file per reason. Raises
+    :class:`InvalidSeriesError` if ``path`` does not exist.
     """
     path = Path(path)
     if not path.exists():
         raise InvalidSeriesError(f"{path} does not exist: check the path of the series to segment.")
+    found = SkippedFiles()
     if path.is_file():
         kind = file_kind(path)
         if kind == NIFTI:
             return [_file_ref(path)]
         if kind in (PARREC, REC):
             return [_file_ref(par_of(path))]
-        return discover_dicom([path])
+        return _report(path, discover_dicom([path], found), found, skipped)
     candidates = CandidateFilter([path])
     files = _walk(path, recursive, candidates)
     refs: list[SeriesRef] = []
@@ -92,8 +97,23 @@ def discover_series(path: StrPath, *, recursive: bool = True) -> list[SeriesRef]
                     refs.append(_file_ref(par))
         else:
             dicom_candidates.append(f)
-    refs.extend(discover_dicom(dicom_candidates))
+    refs.extend(discover_dicom(dicom_candidates, found))
     log.debug("discovered %d series under %s", len(refs), path)
+    return _report(path, refs, found, skipped)
+
+
+def _report(path: Path, refs: list[SeriesRef], found: SkippedFiles, skipped: SkippedFiles | None) -> list[SeriesRef]:
+    """Log what discovery skipped under ``path`` (refused images as a warning) and hand it to ``skipped``."""
+    refused = found.refused
+    if refused:
+        log.warning("not segmented under %s: %s", path, found.summary(refused))
+    others = {reason: files for reason, files in found.files.items() if reason not in refused}
+    if others:
+        log.info("skipped under %s: %s", path, found.summary(others))
+    if skipped is not None:
+        for reason, files in found.files.items():
+            for f in files:
+                skipped.add(reason, f)
     return refs
 
 
@@ -109,11 +129,13 @@ def read_series(ref_or_path: SeriesRef | StrPath, limits: ReadLimits | None = No
     if isinstance(ref_or_path, SeriesRef):
         ref = ref_or_path
     else:
-        refs = discover_series(ref_or_path)
+        skipped = SkippedFiles()
+        refs = discover_series(ref_or_path, skipped=skipped)
         if not refs:
             raise InvalidSeriesError(
-                f"{ref_or_path} holds no readable image series (no NIfTI, PAR/REC or DICOM image files). "
-                "Check that the export finished and that the path points at the series."
+                f"{ref_or_path} holds no readable image series (no NIfTI, PAR/REC or DICOM image files"
+                + (f"; skipped: {skipped.summary()}" if skipped else "") + "). Check that the export finished and "
+                "that the path points at the series."
             )
         if len(refs) > 1:
             listing = "; ".join(f"{r.uid or r.source} ({r.description})" for r in refs)

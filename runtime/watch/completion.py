@@ -42,9 +42,10 @@ from typing import Any, Callable, Iterable, Protocol
 
 from edgeseg.runtime.naming import is_edgeseg_output
 from edgeseg.runtime.read import (DICOM, NIFTI, PARREC, REC, CandidateFilter, FileKind, Instance, SeriesGeometry,
-                                  SeriesRef, check_image_file, dicom_geometry, expected_instances, file_kind,
-                                  fingerprint, instance_from_header, par_candidates, read_dicom_header, rec_files,
-                                  stamp_files)
+                                  SeriesRef, SkippedFiles, check_image_file, dicom_geometry, expected_instances,
+                                  file_kind, fingerprint, instance_from_header, par_candidates, read_dicom_header,
+                                  rec_files, stamp_files)
+from edgeseg.runtime.read.headers import LOCALIZER_ONLY
 from edgeseg.runtime.watch.jobs import SeriesJob
 
 log = logging.getLogger(__name__)
@@ -407,11 +408,15 @@ class CompletionTracker:
             log.warning("series incomplete after %.0f s, proceeding: key=%s have=%d expected=%d", age, series.key,
                         images, expected)
         problem = skip = None
-        if not images:
-            reasons = sorted({i.non_image or "" for i in instances})
-            problem = f"the series has no image the reader can stack ({'; '.join(reasons)}); only images can be segmented"
+        if not images:  # the reason per class of file, in the words discovery uses (the error file carries it)
+            skipped = SkippedFiles()
+            for p in sorted(series.files):
+                f = self._files.get(p)
+                if f is not None and f.info is not None:
+                    skipped.add(f.info.non_image or "no image", p)
+            problem = f"nothing in this series can be segmented: {skipped.summary()}"
         elif all(i.is_localizer for i in instances if i.is_image):
-            skip = "only localizer images"
+            skip = LOCALIZER_ONLY
         invalid = self._invalid_in(series.folder)
         if invalid:
             notes.append(f"{len(invalid)} unreadable file(s) in the folder: "

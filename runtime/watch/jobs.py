@@ -33,7 +33,7 @@ class SeriesJob:
     both files). ``ref``: what the reader opens (None for an ``INVALID`` file, which has nothing to read).
     ``problem``: set when the watcher already knows the series cannot be segmented (no image instance, file does
     not open); the worker then records the failure without calling the segmenter. ``skip``: set when there is
-    nothing to do (only localizer images, which readers drop); the worker forgets the series silently.
+    nothing to do (only localizer images, which readers drop); the worker forgets the series, logging the reason.
     ``notes``: things worth logging (fewer instances than the headers announce; invalid files seen in the same
     folder).
     """

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.dicom_cases import small_volume, uidless_series
+from helpers.dicom_cases import rgb_image, siemens_mosaic, small_volume, uidless_series
 from edgeseg.cli import main
-from edgeseg.demo.dicom_series import write_dicom_series
-from edgeseg.errors import EXIT_OK, EXIT_PARTIAL
+from edgeseg.demo.dicom_series import write_dicom_series, write_enhanced_mr
+from edgeseg.errors import EXIT_OK, EXIT_PARTIAL, EXIT_SOME_FAILED, InvalidSeriesError
 from edgeseg.runtime.naming import is_derived_series_id, safe_stem
-from edgeseg.runtime.read import discover_series, read_series
+from edgeseg.runtime.read import SkippedFiles, discover_series, read_series
+from edgeseg.runtime.read.headers import COLOUR, LOCALIZER_ONLY, MOSAIC, NO_FRAME_GEOMETRY, NOT_DICOM, no_geometry
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +95,62 @@ def test_a_seg_needs_every_uid(tmp_path: Path, bundle: Path) -> None:
     (result,) = (tmp_path / "exam").glob("*.edgeseg")
     reason = json.loads((result / "manifest.json").read_text())["missing_outputs"]["dicom_seg"]
     assert reason.startswith("the source images have no SOPInstanceUID (")
+
+
+# ------------------------------------------------------------------------------ item 7: refusals that say why
+
+
+def test_a_siemens_mosaic_is_refused_as_a_mosaic(tmp_path: Path) -> None:
+    """Issue 11: a mosaic was refused as "only one image slice" (one file) or "a cine series of a single slice"
+    (several volumes at one position)."""
+    files = siemens_mosaic(tmp_path / "dwi", volumes=3)
+    skipped = SkippedFiles()
+    assert discover_series(tmp_path / "dwi", skipped=skipped) == []
+    assert skipped.refused == {MOSAIC: sorted(files)}
+    for target in (tmp_path / "dwi", files[0]):
+        with pytest.raises(InvalidSeriesError, match=r"Siemens mosaic \(EPI/DWI\) is not supported") as caught:
+            read_series(target)
+        assert "only one image slice" not in str(caught.value) and "cine" not in str(caught.value)
+
+
+def test_no_image_series_found_names_the_reason_per_class_of_file(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """"No image series found in <folder>" hid the real reason in the debug log: now it lists each class of file
+    skipped, with its count and one example file."""
+    import pydicom
+
+    exam = tmp_path / "exam"
+    mosaics = siemens_mosaic(exam / "dwi", volumes=2)
+    rgb = rgb_image(exam / "map")
+    scout = write_dicom_series(small_volume(3), exam / "scout", "localizer",
+                               image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+    enhanced = write_enhanced_mr(small_volume(4), exam / "enh" / "IM1")
+    ds = pydicom.dcmread(enhanced)
+    del ds.PerFrameFunctionalGroupsSequence  # as an exporter that drops the functional groups
+    ds.save_as(enhanced, enforce_file_format=True)
+    (capture,) = write_dicom_series(small_volume(1), exam / "sc", "screen")
+    ds = pydicom.dcmread(capture)
+    del ds.ImagePositionPatient  # a secondary capture: no position in the patient
+    ds.save_as(capture, enforce_file_format=True)
+    (exam / "notes.txt").write_text("not an image")
+
+    assert main(["segment", str(exam)]) == InvalidSeriesError.exit_code
+    err = capsys.readouterr().err
+    assert f"No image series found in {exam}: " in err
+    for files, reason in [(mosaics, MOSAIC), ([rgb], COLOUR), (scout, LOCALIZER_ONLY), ([enhanced], NO_FRAME_GEOMETRY),
+                          ([capture], no_geometry("ImagePositionPatient")), ([exam / "notes.txt"], NOT_DICOM)]:
+        assert f"{len(files)} file(s), e.g. {min(files)}: {reason}" in err, reason
+    # the refused images are named in the normal log (a warning), not only in the debug log
+    assert "WARNING" in err and "not segmented under" in err
+
+
+def test_one_good_and_one_refused_series_exit_with_some_failed(tmp_path: Path, bundle: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's folder: one series segments, another is refused (a colour map); exit "some failed", not 6."""
+    write_dicom_series(small_volume(6, seed=3), tmp_path / "exam", "t1 good")
+    rgb = rgb_image(tmp_path / "exam")
+    assert main(["segment", str(tmp_path / "exam"), "--bundle", str(bundle), "--no-cache", "--no-preview",
+                 "--no-dicom-seg"]) == EXIT_SOME_FAILED
+    err = capsys.readouterr().err
+    assert len(list((tmp_path / "exam").glob("t1_good_*.edgeseg"))) == 1
+    assert f"1 file(s), e.g. {rgb}: {COLOUR}" in err

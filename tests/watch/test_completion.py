@@ -10,6 +10,7 @@ from watch_helpers import write_non_image, write_series
 
 from edgeseg.runtime.watch import completion
 from edgeseg.runtime.read import DICOM, NIFTI, expected_instances, fingerprint, instance_from_header, stamp_files
+from edgeseg.runtime.read.headers import LOCALIZER_ONLY
 from edgeseg.runtime.watch.completion import CompletionTracker
 from edgeseg.runtime.watch.jobs import INVALID
 from edgeseg.runtime.watch.observer import PathFilter
@@ -230,8 +231,9 @@ def test_non_image_and_localizer_series(tracker, clock, root, tmp_path) -> None:
     write_series(root / "loc", 3, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
     tracker.scan(root)
     jobs = {j.folder.name: j for j in run(tracker, clock, QUIET + 3)}
-    assert jobs["sr"].problem and "no image the reader can stack (structured report)" in jobs["sr"].problem
-    assert jobs["loc"].skip == "only localizer images" and jobs["loc"].problem is None
+    assert jobs["sr"].problem == ("nothing in this series can be segmented: 1 file(s), e.g. "
+                                  f"{root / 'sr' / 'report.dcm'}: structured report")
+    assert jobs["loc"].skip == LOCALIZER_ONLY and jobs["loc"].problem is None
 
 
 def test_outputs_hidden_and_excluded_files_are_not_input(tracker, clock, root, tmp_path) -> None:

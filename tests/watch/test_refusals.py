@@ -1,0 +1,32 @@
+"""Refusals in the watcher name the real reason (issue 11, item 7): in the normal log and in the error file, in words a
+PACS administrator can act on (fixtures: tests/helpers/dicom_cases.py)."""
+from __future__ import annotations
+
+import json
+import logging
+
+from watch_helpers import error_files, results, wait_for, write_series
+
+from edgeseg.runtime.read.headers import COLOUR, LOCALIZER_ONLY, MOSAIC
+
+
+def test_a_mosaic_and_a_colour_image_get_error_files_with_their_reason(start_watcher, segmenter, roots, caplog
+                                                                       ) -> None:
+    from helpers.dicom_cases import rgb_image, siemens_mosaic
+
+    caplog.set_level(logging.INFO, logger="edgeseg")
+    w = start_watcher()
+    mosaics = siemens_mosaic(roots / "exam" / "dwi", volumes=2)
+    rgb = rgb_image(roots / "exam" / "map")
+    write_series(roots / "exam" / "t1", 5)
+    write_series(roots / "exam" / "scout", 3, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+    assert wait_for(lambda: len(error_files(roots)) == 2 and len(results(roots)) == 1)
+    assert w.wait_idle(10)
+    payloads = {p.parent.name: json.loads(p.read_text()) for p in error_files(roots)}
+    assert payloads["dwi"]["kind"] == "invalid_series"
+    assert f"2 file(s), e.g. {min(mosaics)}: {MOSAIC}" in payloads["dwi"]["error"]
+    assert f"1 file(s), e.g. {rgb}: {COLOUR}" in payloads["map"]["error"]
+    assert sum(segmenter.calls.values()) == 1  # only the T1 series reached the segmenter
+    normal = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert any("series failed" in m and "Siemens mosaic (EPI/DWI) is not supported" in m for m in normal)
+    assert any("series skipped" in m and LOCALIZER_ONLY in m for m in normal)  # nothing to do: no error file
