@@ -19,6 +19,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     from edgeseg.runtime.infer.devices import SUPPORTED_DEVICES
     from edgeseg.runtime.infer.engine import PRECISIONS
     from edgeseg.runtime.options import SEG_TYPES, OutputOptions
+    from edgeseg.runtime.read.headers import ECHOES
 
     p = sub.add_parser(
         "segment", help="segment one series (NIfTI/PAR file or DICOM folder) with a model bundle",
@@ -45,6 +46,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seg-type", choices=SEG_TYPES, default=OutputOptions.seg_type,
                    help="DICOM-SEG type: labelmap (one frame per slice, small; the default) or binary (one frame per "
                         "structure and slice, for viewers that do not read LABELMAP SEGs yet)")
+    p.add_argument("--echoes", choices=ECHOES, default="all",
+                   help="a DICOM series holding several 3-D stacks at the same positions (echoes, Dixon in/opposed "
+                        "phase, time points) is split by EchoNumbers/EchoTime, ImageType and temporal position: all "
+                        "(segment each, results named ..._echo1, ..._echo2) or first (only the first)")
     p.add_argument("--no-preview", action="store_true", help="do not write the preview PNG")
     p.add_argument("--no-statistics", action="store_true", help="do not write statistics.json")
     p.set_defaults(func=run_segment)
@@ -75,7 +80,7 @@ def run_segment(args: argparse.Namespace) -> int:
                               statistics=not args.no_statistics, preview=not args.no_preview,
                               seg_type=args.seg_type))
     skipped = SkippedFiles()
-    refs = discover_series(args.input, skipped=skipped)
+    refs = discover_series(args.input, skipped=skipped, echoes=args.echoes)
     if not refs:
         why = f"{skipped.summary()}. " if skipped else ""
         raise InvalidSeriesError(f"No image series found in {args.input}: {why}Give a NIfTI (.nii/.nii.gz) or "

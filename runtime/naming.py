@@ -60,14 +60,23 @@ def is_derived_series_id(identity: str | None) -> bool:
     return bool(identity) and _DERIVED_ID.fullmatch(str(identity)) is not None
 
 
-def dicom_series_name(description: str, series_uid: str) -> str:
+def dicom_series_name(description: str, series_uid: str, stack: str | None = None) -> str:
     """``<sanitized SeriesDescription (max 60)>_<last 8 digits of the SeriesInstanceUID>``; for a series identified
-    by :func:`derived_series_id` (no SeriesInstanceUID), its last 8 hex digits instead."""
+    by :func:`derived_series_id` (no SeriesInstanceUID), its last 8 hex digits instead. One 3-D stack of a series
+    that holds several (echoes, image types, time points) appends its label: ``..._echo2``
+    (:func:`stack_label`)."""
     if is_derived_series_id(series_uid):
         tail = series_uid[-8:]
     else:
         tail = re.sub(r"\D", "", series_uid or "")[-8:] or "00000000"
-    return f"{safe_stem(description or '', max_len=60)}_{tail}"
+    name = f"{safe_stem(description or '', max_len=60)}_{tail}"
+    return f"{name}_{stack_label(stack)}" if stack else name
+
+
+def stack_label(text: str) -> str:
+    """A stack's label as it appears in names and keys (``echo2``, ``IN_PHASE``, ``t3``): sanitized, at most 40
+    characters."""
+    return safe_stem(text, max_len=40, fallback="stack")
 
 
 def name_tag(identity: str) -> str:
@@ -120,11 +129,15 @@ def nifti_name(file_name: str) -> str:
     return name if exact else disambiguated(name, file_name)
 
 
-def series_key(kind: str, source: str | os.PathLike[str], series_uid: str | None = None) -> str:
+def series_key(kind: str, source: str | os.PathLike[str], series_uid: str | None = None,
+               stack: str | None = None) -> str:
     """The identity of a series: ``<folder>::<SeriesInstanceUID>`` for DICOM (several series may share a folder;
-    ``<folder>::nouid-<hex>`` for one without a UID, :func:`derived_series_id`), the file's path for NIfTI/PAR.
-    The watcher's job key; results record it as their owner."""
-    return f"{os.fspath(source)}::{series_uid}" if kind == "dicom" else os.fspath(source)
+    ``<folder>::nouid-<hex>`` for one without a UID, :func:`derived_series_id`; one 3-D stack of a series that holds
+    several: ``<folder>::<UID>#<stack label>``), the file's path for NIfTI/PAR. The watcher's job key; results
+    record it as their owner."""
+    if kind != "dicom":
+        return os.fspath(source)
+    return f"{os.fspath(source)}::{series_uid}" + (f"#{stack_label(stack)}" if stack else "")
 
 
 # ------------------------------------------------------------------------------------------- what edgeseg writes

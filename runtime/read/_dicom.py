@@ -9,7 +9,9 @@ geometry) are skipped.
 Reading a series turns every instance into *frames* (one per classic single-frame image; one per frame of an
 enhanced multi-frame image, geometry from its Per-frame / Shared Functional Groups) and stacks them:
 
-1. localizer frames (ImageType / FrameType containing LOCALIZER) are dropped;
+1. localizer frames (ImageType / FrameType containing LOCALIZER) are dropped; for one 3-D stack of a series that
+   holds several (``SeriesRef.stack``: echoes, image types, time points at the same positions), only the frames of
+   that stack are kept (:func:`~edgeseg.runtime.read.headers.split_series` found them from the same keys);
 2. only the majority geometry is kept: the most frequent (Rows, Columns, ImageOrientationPatient, PixelSpacing)
    (orientation and spacing compared within ``ORIENTATION_TOL`` / ``PIXEL_SPACING_REL_TOL``);
 3. frames are ordered by ImagePositionPatient projected on the slice normal n = row cosine x column cosine
@@ -41,9 +43,10 @@ from edgeseg.errors import InvalidSeriesError
 from edgeseg.runtime.naming import dicom_series_name
 from edgeseg.runtime.read.headers import (LOCALIZER_ONLY, NOT_DICOM, Instance, SkippedFiles, _int_or_none,
                                           _is_localizer, _is_multiframe, _str, dicom_geometry, expected_instances,
-                                          instance_from_header, non_image_reason, read_dicom_header, series_identity)
+                                          fg_item, frame_stack_keys, frame_type_localizer, instance_from_header,
+                                          non_image_reason, read_dicom_header, series_identity, split_series)
 from edgeseg.runtime.read.limits import ReadLimits, check_frames, check_voxels
-from edgeseg.runtime.read.series_ref import DICOM, SeriesRef
+from edgeseg.runtime.read.series_ref import DICOM, SeriesRef, StackKey
 from edgeseg.runtime.read.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -64,7 +67,8 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # -------------------------------------------------------------------------------------------- discovery
 
 
-def discover_dicom(files: Iterable[Path], skipped: SkippedFiles | None = None) -> list[SeriesRef]:
+def discover_dicom(files: Iterable[Path], skipped: SkippedFiles | None = None, echoes: str = "all"
+                   ) -> list[SeriesRef]:
     """Group the DICOM image instances among ``files`` into one :class:`SeriesRef` per series.
 
     Headers only (:mod:`edgeseg.runtime.read.headers`, the rules the watcher's completion tracker uses too): a
@@ -72,8 +76,10 @@ def discover_dicom(files: Iterable[Path], skipped: SkippedFiles | None = None) -
     headers (``SeriesRef.series_id``). Non-DICOM files, DICOMDIR and non-image objects are skipped; series made only
     of localizers are skipped (logged at info level); each skipped file is added to ``skipped`` with its reason
     when given. ``SeriesRef.source`` is the folder holding the series' files (their common parent); its
-    ``expected_instances`` and ``geometry`` are what the headers announce. Refs are sorted by (SeriesNumber, series
-    identity).
+    ``expected_instances`` and ``geometry`` are what the headers announce. A series holding several 3-D stacks at
+    the same positions (echoes, image types, time points) gives one ref per stack, or only the first with
+    ``echoes="first"`` (:func:`~edgeseg.runtime.read.headers.split_series`). Refs are sorted by (SeriesNumber,
+    series identity, stack).
     """
     skipped = skipped if skipped is not None else SkippedFiles()
     groups: dict[tuple[str, Path | None], list[tuple[Path, Instance]]] = defaultdict(list)
@@ -105,7 +111,7 @@ def discover_dicom(files: Iterable[Path], skipped: SkippedFiles | None = None) -
         first = next(instance for instance in instances if not instance.is_localizer)
         paths = tuple(p for p, _ in members)
         folder = Path(os.path.commonpath([str(p.parent) for p in paths]))
-        refs.append(SeriesRef(
+        refs.extend(split_series(SeriesRef(
             kind=DICOM,
             source=folder,
             files=paths,
@@ -116,8 +122,9 @@ def discover_dicom(files: Iterable[Path], skipped: SkippedFiles | None = None) -
             series_number=first.series_number,
             expected_instances=expected_instances(instances),
             geometry=dicom_geometry([instance for instance in instances if not instance.is_localizer]),
-        ))
-    refs.sort(key=lambda r: (r.series_number if r.series_number is not None else 1 << 30, r.identity or ""))
+        ), members, echoes))
+    refs.sort(key=lambda r: (r.series_number if r.series_number is not None else 1 << 30, r.identity or "",
+                             r.stack.index if r.stack else -1))
     return refs
 
 
@@ -139,6 +146,8 @@ class _Frame:
     intercept: float
     localizer: bool
     sop_uid: str
+    #: what tells this frame's stack apart in a series of several (:func:`~edgeseg.runtime.read.headers.frame_stack_keys`)
+    stack_key: StackKey | None = None
 
 
 def _floats(value: Any, n: int, what: str) -> np.ndarray:
@@ -146,24 +155,6 @@ def _floats(value: Any, n: int, what: str) -> np.ndarray:
     if arr.shape != (n,) or not np.all(np.isfinite(arr)):
         raise ValueError(f"{what} has {arr.size} values, expected {n}")
     return arr
-
-
-def _fg_item(per_frame: Any, shared: Any, sequence: str) -> Any | None:
-    for group in (per_frame, shared):
-        if group is not None and sequence in group and len(group[sequence].value) > 0:
-            return group[sequence].value[0]
-    return None
-
-
-def _frame_type_localizer(per_frame: Any, shared: Any) -> bool:
-    for group in (per_frame, shared):
-        if group is None:
-            continue
-        for elem in group:
-            if elem.keyword.endswith("FrameTypeSequence") and elem.VR == "SQ" and len(elem.value) > 0:
-                if _is_localizer(elem.value[0].get("FrameType")):
-                    return True
-    return False
 
 
 def _rescale(item: Any) -> tuple[float, float]:
@@ -179,6 +170,7 @@ def _frames_of(ds: Any, path: Path) -> list[_Frame]:
     rows, cols = int(ds.Rows), int(ds.Columns)
     sop_uid = _str(ds, "SOPInstanceUID")
     file_localizer = _is_localizer(ds.get("ImageType"))
+    stack_keys = frame_stack_keys(ds)
     if not _is_multiframe(ds):
         slope, intercept = _rescale(ds)
         return [_Frame(
@@ -186,7 +178,7 @@ def _frames_of(ds: Any, path: Path) -> list[_Frame]:
             iop=_floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient"),
             ipp=_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient"),
             pixel_spacing=_floats(ds.PixelSpacing, 2, "PixelSpacing"),
-            slope=slope, intercept=intercept, localizer=file_localizer, sop_uid=sop_uid,
+            slope=slope, intercept=intercept, localizer=file_localizer, sop_uid=sop_uid, stack_key=stack_keys[0],
         )]
     n_frames = _int_or_none(ds, "NumberOfFrames") or 1
     per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
@@ -196,19 +188,20 @@ def _frames_of(ds: Any, path: Path) -> list[_Frame]:
     shared = shared_seq[0] if shared_seq else None
     frames = []
     for f, pf in enumerate(per_frame):
-        position = _fg_item(pf, shared, "PlanePositionSequence")
-        orientation = _fg_item(pf, shared, "PlaneOrientationSequence")
-        measures = _fg_item(pf, shared, "PixelMeasuresSequence")
+        position = fg_item(pf, shared, "PlanePositionSequence")
+        orientation = fg_item(pf, shared, "PlaneOrientationSequence")
+        measures = fg_item(pf, shared, "PixelMeasuresSequence")
         if position is None or orientation is None or measures is None:
             raise ValueError(f"frame {f + 1} has no plane position, plane orientation or pixel measures")
-        slope, intercept = _rescale(_fg_item(pf, shared, "PixelValueTransformationSequence"))
+        slope, intercept = _rescale(fg_item(pf, shared, "PixelValueTransformationSequence"))
         frames.append(_Frame(
             path=path, index=f, rows=rows, cols=cols,
             iop=_floats(orientation.ImageOrientationPatient, 6, "ImageOrientationPatient"),
             ipp=_floats(position.ImagePositionPatient, 3, "ImagePositionPatient"),
             pixel_spacing=_floats(measures.PixelSpacing, 2, "PixelSpacing"),
             slope=slope, intercept=intercept,
-            localizer=file_localizer or _frame_type_localizer(pf, shared), sop_uid=sop_uid,
+            localizer=file_localizer or frame_type_localizer(pf, shared), sop_uid=sop_uid,
+            stack_key=stack_keys[f],
         ))
     return frames
 
@@ -276,8 +269,9 @@ def _stack_geometry(frames: list[_Frame], uid: str, where: Path) -> tuple[list[_
         n_dup = int(np.sum(gaps <= tol))
         raise InvalidSeriesError(
             f"Series {uid} in {where}: {n_dup} image(s) repeat a slice position already present (duplicate "
-            "positions: several echoes, time points or repeated acquisitions in one series). edgeseg needs "
-            "exactly one image per position; export a single echo/time point as its own series."
+            "positions: a 4-D series, e.g. diffusion directions or repeated acquisitions, whose headers do not tell "
+            "its 3-D stacks apart by echo, image type or time point as edgeseg splits them). edgeseg needs one "
+            "image per position; export each volume as its own series."
         )
     bad = np.abs(gaps - spacing) > tol
     if np.any(bad):
@@ -420,6 +414,16 @@ def read_dicom_series(ref: SeriesRef, limits: ReadLimits | None = None) -> Volum
             f"Series {uid} in {where} holds only localizer images, which are not a 3-D volume. Select the "
             "diagnostic 3-D series instead."
         )
+    if ref.stack is not None:  # one 3-D stack of a series holding several (echoes, image types, time points)
+        in_stack = [f for f in kept if f.stack_key == ref.stack.key]
+        if len(in_stack) < len(kept):
+            excluded[f"other stack than {ref.stack.label}"] += len(kept) - len(in_stack)
+        if not in_stack:
+            raise InvalidSeriesError(
+                f"Series {uid} in {where}: none of its images belongs to {ref.stack.description} any more (the files "
+                "changed since the series was found). Send the series again."
+            )
+        kept = in_stack
     kept, others = _majority(kept)
     for group in others:
         excluded[f"other matrix/orientation ({group[0].rows}x{group[0].cols})"] += len(group)
@@ -466,6 +470,7 @@ def read_dicom_series(ref: SeriesRef, limits: ReadLimits | None = None) -> Volum
         "frame_of_reference_uid": _str(first_ds, "FrameOfReferenceUID"),
         "series_number": _int_or_none(first_ds, "SeriesNumber"),
         "transfer_syntax_uid": str(getattr(getattr(first_ds, "file_meta", None), "TransferSyntaxUID", "")),
+        "stack": ref.stack.to_dict() if ref.stack else None,
     }
     if excluded:
         log.info("series %s: not stacked: %s", uid, dict(excluded))
@@ -474,9 +479,10 @@ def read_dicom_series(ref: SeriesRef, limits: ReadLimits | None = None) -> Volum
         affine=affine,
         source=where,
         kind="dicom",
-        name=dicom_series_name(description, ref.identity or ""),
+        name=dicom_series_name(description, ref.identity or "", ref.stack.label if ref.stack else None),
         series_uid=ref.uid,
         series_id=ref.identity,
+        stack=ref.stack.label if ref.stack else None,
         description=description,
         dicom_files=tuple(dicom_files),
         extra=extra,

@@ -27,17 +27,17 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Iterable, Literal, Sequence
 
 import numpy as np
 
-from edgeseg.runtime.naming import derived_series_id
+from edgeseg.runtime.naming import derived_series_id, stack_label
 from edgeseg.runtime.read._nifti import is_nifti_path
 from edgeseg.runtime.read.geometry import SeriesGeometry, world_axes
 from edgeseg.runtime.read.limits import quick_gzip_problem, read_nifti_header
-from edgeseg.runtime.read.series_ref import DICOM, NIFTI, PARREC
+from edgeseg.runtime.read.series_ref import DICOM, NIFTI, PARREC, SeriesRef, Stack, StackKey
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,118 @@ def _is_localizer(image_type: Any) -> bool:
 
 def _is_multiframe(ds: Any) -> bool:
     return "PerFrameFunctionalGroupsSequence" in ds or (_int_or_none(ds, "NumberOfFrames") or 1) > 1
+
+
+# ---------------------------------------------------------------------------------------- stacks within a series
+
+
+def fg_item(per_frame: Any, shared: Any, sequence: str) -> Any | None:
+    """The first item of functional group ``sequence`` for one frame: its per-frame group, else the shared one."""
+    for group in (per_frame, shared):
+        if group is not None and sequence in group and len(group[sequence].value) > 0:
+            return group[sequence].value[0]
+    return None
+
+
+def frame_type_localizer(per_frame: Any, shared: Any) -> bool:
+    """True when the frame's *FrameTypeSequence (MR, CT, ...: per frame, else shared) says LOCALIZER."""
+    for group in (per_frame, shared):
+        if group is None:
+            continue
+        for elem in group:
+            if elem.keyword.endswith("FrameTypeSequence") and elem.VR == "SQ" and len(elem.value) > 0:
+                if _is_localizer(elem.value[0].get("FrameType")):
+                    return True
+    return False
+
+
+def _frame_type(per_frame: Any, shared: Any) -> Any | None:
+    for group in (per_frame, shared):
+        if group is None:
+            continue
+        for elem in group:
+            if elem.keyword.endswith("FrameTypeSequence") and elem.VR == "SQ" and len(elem.value) > 0:
+                return elem.value[0].get("FrameType")
+    return None
+
+
+def _text(value: Any) -> str:
+    """A header value as stack-key text: multi-valued joined by "\\", numbers without trailing zeros."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(_text(v) for v in value)
+    if isinstance(value, (int, float)) or type(value).__name__ in ("DSfloat", "IS", "DSdecimal"):
+        try:
+            return format(round(float(value), 3), "g")
+        except (TypeError, ValueError):
+            pass
+    return str(value).strip().upper()
+
+
+def _key(echo_number: Any, echo_time: Any, image_type: Any, temporal: Any) -> StackKey:
+    return (_text(echo_number), _text(echo_time), _text(image_type), _text(temporal))
+
+
+def _position_key(value: Any) -> tuple[float, ...] | None:
+    try:
+        return tuple(round(float(v), 2) + 0.0 for v in value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+#: one plane of an instance: its stack key and its ImagePositionPatient (to 0.01 mm; None where unknown)
+Plane = tuple[StackKey, "tuple[float, ...] | None"]
+
+
+def frame_planes(ds: Any) -> tuple[Plane, ...]:
+    """The non-localizer planes of an instance, headers only: per frame (one for a classic image) its
+    :data:`~edgeseg.runtime.read.series_ref.StackKey` and position.
+
+    Classic: (EchoNumbers, EchoTime, ImageType, TemporalPositionIdentifier) of the header. Enhanced multi-frame,
+    per frame (per-frame functional group, else shared): EchoNumbers of the header, MR Echo's EffectiveEchoTime,
+    FrameType (else the header's ImageType), Frame Content's TemporalPositionIndex. The reader computes the same
+    keys for the frames it stacks (:func:`frame_stack_keys`)."""
+    if not _is_multiframe(ds):
+        if _is_localizer(ds.get("ImageType")):
+            return ()
+        return ((_key(ds.get("EchoNumbers"), ds.get("EchoTime"), ds.get("ImageType"),
+                      ds.get("TemporalPositionIdentifier")), _position_key(ds.get("ImagePositionPatient"))),)
+    keys = frame_stack_keys(ds)
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else None
+    planes: list[Plane] = []
+    for key, per_frame in zip(keys, ds.get("PerFrameFunctionalGroupsSequence") or []):
+        if key is None:
+            continue
+        position = fg_item(per_frame, shared, "PlanePositionSequence")
+        planes.append((key, _position_key(position.get("ImagePositionPatient") if position is not None else None)))
+    return tuple(planes)
+
+
+def frame_stack_keys(ds: Any) -> list[StackKey | None]:
+    """Per frame of an instance (one for a classic image) its stack key, None for a localizer frame; see
+    :func:`frame_planes` for the attributes read."""
+    if not _is_multiframe(ds):
+        if _is_localizer(ds.get("ImageType")):
+            return [None]
+        return [_key(ds.get("EchoNumbers"), ds.get("EchoTime"), ds.get("ImageType"),
+                     ds.get("TemporalPositionIdentifier"))]
+    file_localizer = _is_localizer(ds.get("ImageType"))
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else None
+    keys: list[StackKey | None] = []
+    for per_frame in ds.get("PerFrameFunctionalGroupsSequence") or []:
+        if file_localizer or frame_type_localizer(per_frame, shared):
+            keys.append(None)
+            continue
+        echo = fg_item(per_frame, shared, "MREchoSequence")
+        content = fg_item(per_frame, shared, "FrameContentSequence")
+        frame_type = _frame_type(per_frame, shared)
+        keys.append(_key(ds.get("EchoNumbers"), echo.get("EffectiveEchoTime") if echo is not None else None,
+                         frame_type if frame_type is not None else ds.get("ImageType"),
+                         content.get("TemporalPositionIndex") if content is not None else None))
+    return keys
 
 
 # ------------------------------------------------------------------------------------- why a file is not stacked
@@ -311,6 +423,8 @@ class Instance:
     images_in_acquisition: int | None
     temporal_positions: int | None
     concatenation_total: int | None
+    #: the instance's non-localizer planes (:func:`frame_planes`): what tells the stacks of a series apart
+    planes: tuple[Plane, ...] = ()
 
     @property
     def is_image(self) -> bool:
@@ -344,7 +458,15 @@ def instance_from_header(ds: Any) -> Instance:
         images_in_acquisition=_int_or_none(ds, "ImagesInAcquisition"),
         temporal_positions=_int_or_none(ds, "NumberOfTemporalPositions"),
         concatenation_total=_int_or_none(ds, "InConcatenationTotalNumber"),
+        planes=_planes_or_empty(ds),
     )
+
+
+def _planes_or_empty(ds: Any) -> tuple[Plane, ...]:
+    try:
+        return frame_planes(ds) if non_image_reason(ds) is None else ()
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):  # unusable functional groups
+        return ()
 
 
 # ------------------------------------------------------------------------------------------------------ series
@@ -398,6 +520,97 @@ def dicom_geometry(instances: list[Instance]) -> SeriesGeometry | None:
         if n > 1:
             dz = float(np.median(np.diff(along))) or dz
     return SeriesGeometry((columns, rows, int(n)), (float(ps[1]), float(ps[0]), float(dz)), axes)
+
+
+#: ``echoes``: every 3-D stack of a series is a series of its own, or only the first (lowest echo / time point)
+ECHOES: Final = ("all", "first")
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text.split("\\")[0])
+    except ValueError:
+        return float("inf")
+
+
+def _stack_order(key: StackKey) -> tuple[float, float, float, str]:
+    echo_number, echo_time, image_type, temporal = key
+    return (_number(echo_number), _number(echo_time), _number(temporal), image_type)
+
+
+def _labels(keys: list[StackKey]) -> list[tuple[str, str]]:
+    """(label, description) per key (in stack order), from what varies between the keys: ``echo<n>`` (EchoNumbers,
+    else the rank of EchoTime), the ImageType values not common to all, ``t<n>`` (temporal position)."""
+    varies = [len({k[i] for k in keys}) > 1 for i in range(4)]
+    common = set.intersection(*(set(k[2].split("\\")) for k in keys))
+    times = sorted({k[1] for k in keys}, key=_number)
+    out: list[tuple[str, str]] = []
+    for i, (echo_number, echo_time, image_type, temporal) in enumerate(keys):
+        parts: list[str] = []
+        words: list[str] = []
+        if varies[0]:
+            parts.append("echo" + echo_number.split("\\")[0])
+        elif varies[1]:
+            parts.append(f"echo{times.index(echo_time) + 1}")
+        if varies[0] or varies[1]:
+            words.append(", ".join(w for w in (f"EchoNumbers {echo_number}" if echo_number else "",
+                                               f"EchoTime {echo_time} ms" if echo_time else "") if w))
+        if varies[2]:
+            own = [v for v in image_type.split("\\") if v not in common]
+            parts.append("_".join(own) or "image")
+            words.append(f"ImageType {image_type or '-'}")
+        if varies[3]:
+            parts.append(f"t{temporal}")
+            words.append(f"temporal position {temporal or '-'}")
+        out.append((stack_label("_".join(parts) or f"stack{i + 1}"),
+                    f"stack {i + 1} of {len(keys)}: " + "; ".join(words)))
+    if len({label for label, _ in out}) < len(out):  # sanitizing merged two labels: number them instead
+        out = [(f"stack{i + 1}", description) for i, (_, description) in enumerate(out)]
+    return out
+
+
+def split_series(ref: SeriesRef, members: Iterable[tuple[Path, Instance]], echoes: str = "all") -> list[SeriesRef]:
+    """The 3-D stacks of one DICOM series as refs of their own: the one series API that ``discover_series`` and the
+    watcher's completion tracker both use.
+
+    A series whose non-localizer images carry more than one stack key (:func:`frame_planes`: EchoNumbers,
+    EchoTime, ImageType, temporal position; per frame for enhanced images) *at the same slice positions* (several
+    echoes, Dixon in/opposed phase, time points) holds several stacks: each becomes a ref with ``stack`` set
+    (:class:`~edgeseg.runtime.read.series_ref.Stack`), ``files`` its own files, ``geometry`` its own size, and a name
+    and key that say which stack it is (``..._echo2``, ``...#echo2``). A series with one key, or whose keys never
+    share a position (one volume whose headers vary from slice to slice), stays ``[ref]``. ``echoes``: "all" (every
+    stack) or "first" (the first in order of echo number, echo time, time point, image type).
+    """
+    if echoes not in ECHOES:
+        raise ValueError(f"echoes must be one of {', '.join(ECHOES)}, not {echoes!r}")
+    members = list(members)
+    positions: dict[StackKey, set[Any]] = {}
+    files: dict[StackKey, list[Path]] = {}
+    planes: dict[StackKey, int] = {}
+    instances: dict[StackKey, list[Instance]] = {}
+    for path, instance in members:
+        if not instance.is_image:
+            continue
+        for key, position in instance.planes:
+            positions.setdefault(key, set()).add(position)
+            planes[key] = planes.get(key, 0) + 1
+            if path not in files.setdefault(key, []):
+                files[key].append(path)
+                instances.setdefault(key, []).append(instance)
+    keys = sorted(positions, key=_stack_order)
+    overlap = any(positions[a] & positions[b] - {None} for i, a in enumerate(keys) for b in keys[i + 1:])
+    if len(keys) < 2 or not overlap:
+        return [ref]
+    refs = []
+    for index, (key, (label, description)) in enumerate(zip(keys, _labels(keys))):
+        geometry = dicom_geometry(instances[key])
+        if geometry is not None and any((i.frames or 1) > 1 for i in instances[key]):
+            geometry = SeriesGeometry((geometry.shape[0], geometry.shape[1], planes[key]), geometry.spacing,
+                                      geometry.world_axes)
+        refs.append(replace(ref, files=tuple(sorted(files[key])), stack=Stack(index, len(keys), label, key,
+                                                                               description),
+                            expected_instances=None, geometry=geometry))
+    return refs[:1] if echoes == "first" else refs
 
 
 def check_image_file(path: Path, kind: str) -> tuple[str | None, SeriesGeometry | None]:

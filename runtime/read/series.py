@@ -51,12 +51,15 @@ def _file_ref(path: Path) -> SeriesRef:
                      description=path.name)
 
 
-def discover_series(path: StrPath, *, recursive: bool = True, skipped: SkippedFiles | None = None) -> list[SeriesRef]:
+def discover_series(path: StrPath, *, recursive: bool = True, skipped: SkippedFiles | None = None,
+                    echoes: str = "all") -> list[SeriesRef]:
     """Find the image series at ``path`` without reading pixel data.
 
     * a folder: every NIfTI file, every PAR/REC pair (one ref per .PAR) and every DICOM image series (grouped by
-      SeriesInstanceUID, any file names, DICOMDIR/non-image/non-DICOM files skipped, localizer-only series
-      skipped); sub-folders are walked when ``recursive``; hidden entries and edgeseg's own outputs are ignored,
+      SeriesInstanceUID, or by folder and headers for a series exported without one; any file names,
+      DICOMDIR/non-image/non-DICOM files skipped, localizer-only series skipped; a series holding several 3-D stacks
+      at the same positions, such as echoes, gives one ref per stack, or only the first with ``echoes="first"``:
+      :func:`~edgeseg.runtime.read.headers.split_series`); sub-folders are walked when ``recursive``; hidden entries and edgeseg's own outputs are ignored,
       and so is every symbolic link below ``path`` (never followed; logged once; :mod:`edgeseg.runtime.read.paths`);
     * a NIfTI or PAR/REC file: one ref for it;
     * any other file: the DICOM series of that one file (enough for an enhanced multi-frame image).
@@ -78,7 +81,7 @@ def discover_series(path: StrPath, *, recursive: bool = True, skipped: SkippedFi
             return [_file_ref(path)]
         if kind in (PARREC, REC):
             return [_file_ref(par_of(path))]
-        return _report(path, discover_dicom([path], found), found, skipped)
+        return _report(path, discover_dicom([path], found, echoes), found, skipped)
     candidates = CandidateFilter([path])
     files = _walk(path, recursive, candidates)
     refs: list[SeriesRef] = []
@@ -97,7 +100,7 @@ def discover_series(path: StrPath, *, recursive: bool = True, skipped: SkippedFi
                     refs.append(_file_ref(par))
         else:
             dicom_candidates.append(f)
-    refs.extend(discover_dicom(dicom_candidates, found))
+    refs.extend(discover_dicom(dicom_candidates, found, echoes))
     log.debug("discovered %d series under %s", len(refs), path)
     return _report(path, refs, found, skipped)
 

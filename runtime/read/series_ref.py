@@ -15,6 +15,32 @@ NIFTI: Final = "nifti"
 PARREC: Final = "parrec"
 
 
+#: what tells the 3-D stacks of one DICOM series apart, per frame: (EchoNumbers, EchoTime in ms, ImageType,
+#: temporal position), each as text ("" where the header does not say); see
+#: :func:`edgeseg.runtime.read.headers.frame_stack_keys`
+StackKey = tuple[str, str, str, str]
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One 3-D stack of a DICOM series that holds several at the same slice positions (echoes, image types such as
+    Dixon in/opposed phase, time points): :func:`edgeseg.runtime.read.headers.split_series`.
+
+    ``index``: 0-based in stack order (echo number, echo time, time point, image type); ``count``: how many stacks
+    the series has; ``label``: what names and keys append (``echo2``, ``IN_PHASE``, ``t3``; sanitized); ``key``: the
+    frames' :data:`StackKey`; ``description``: for people and the manifest (``echo 2 of 2: EchoNumbers 2, EchoTime
+    9.2 ms``)."""
+
+    index: int
+    count: int
+    label: str
+    key: StackKey
+    description: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"index": self.index, "count": self.count, "label": self.label, "description": self.description}
+
+
 @dataclass(frozen=True)
 class SeriesRef:
     """A series found on disk from headers only (by :func:`edgeseg.runtime.read.discover_series`, or by the
@@ -28,6 +54,8 @@ class SeriesRef:
     * ``uid``: the DICOM SeriesInstanceUID (None for NIfTI/PAR, and for a DICOM series exported without one).
     * ``series_id``: for DICOM, the series' identity (:func:`~edgeseg.runtime.read.headers.series_identity`): its
       SeriesInstanceUID, or ``nouid-<hex>`` derived from its headers when it has none; None for NIfTI/PAR.
+    * ``stack``: for a DICOM series holding several 3-D stacks at the same positions (echoes, image types, time
+      points), the one this ref reads (:class:`Stack`; ``files`` are then that stack's files); None otherwise.
     * ``description``: SeriesDescription (DICOM) or the file name.
     * ``modality``: DICOM Modality ("MR", ...), or "" for NIfTI/PAR.
     * ``expected_instances``: how many instances the headers announce
@@ -45,6 +73,7 @@ class SeriesRef:
     expected_instances: int | None = None
     geometry: SeriesGeometry | None = None
     series_id: str | None = None
+    stack: Stack | None = None
 
     @property
     def identity(self) -> str | None:
@@ -55,7 +84,7 @@ class SeriesRef:
     def name(self) -> str:
         """The series' output name (``<name>.edgeseg/``), as the reader names the :class:`Volume` it reads."""
         if self.kind == DICOM:
-            return dicom_series_name(self.description, self.identity or "")
+            return dicom_series_name(self.description, self.identity or "", self.stack.label if self.stack else None)
         return nifti_name(self.source.name)
 
     @property
@@ -66,4 +95,10 @@ class SeriesRef:
     @property
     def key(self) -> str:
         """The series' identity (:func:`edgeseg.runtime.naming.series_key`): the watcher's job key."""
+        return series_key(self.kind, os.fspath(self.source), self.identity, self.stack.label if self.stack else None)
+
+    @property
+    def series_key(self) -> str:
+        """The key of the whole series (without its stack): what the watcher records when the series is first
+        seen, before it knows its stacks."""
         return series_key(self.kind, os.fspath(self.source), self.identity)

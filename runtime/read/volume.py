@@ -20,6 +20,8 @@ class Volume:
     * ``series_uid``: DICOM SeriesInstanceUID, or None for non-DICOM input (and DICOM exported without one).
     * ``series_id``: the DICOM series' identity (``SeriesRef.series_id``: the UID, or ``nouid-<hex>`` derived from
       the headers of a series without one), or None; with ``source`` it makes the series key results record.
+    * ``stack``: the label of the 3-D stack read from a series that holds several (``echo2``; ``SeriesRef.stack``),
+      or None; ``extra["stack"]`` describes it.
     * ``name``: a file-name-safe stem for outputs (never contains path separators or "..").
     * ``dicom_files``: DICOM source instances in slice order (k = 0..K-1); one file for enhanced multi-frame.
     * ``nifti_header``: the original NIfTI header when read from NIfTI (outputs copy its qform/sform codes).
@@ -36,6 +38,7 @@ class Volume:
     nifti_header: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
     series_id: str | None = None
+    stack: str | None = None
 
     @property
     def spacing(self) -> tuple[float, float, float]:

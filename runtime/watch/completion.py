@@ -19,6 +19,11 @@ Files arrive one by one (DICOM instances), several series interleaved in one fol
 * A NIfTI or PAR/REC series is complete when its files were unchanged for the quiet period and it opens.
 * An instance arriving after a series was handed out re-opens it; it is handed out again, with a new
   fingerprint, once quiet again.
+* A DICOM series holding several 3-D stacks at the same positions (echoes, Dixon in/opposed phase, time points) is
+  handed out as one job per stack, split by the read stage's :func:`~edgeseg.runtime.read.split_series` (the rule
+  :func:`~edgeseg.runtime.read.discover_series` follows): each stack has its own key (``<folder>::<UID>#echo2``),
+  name, error file, result and fingerprint (over its own files), so the job store keeps exactly-once per stack and
+  a late file re-runs only the stacks whose files changed. ``echoes: first`` hands out the first stack only.
 
 Files found by the first scan at start are back-dated by their mtime, so series that arrived while the watcher
 was down do not wait a full quiet period; files that keep arriving still restart the clock.
@@ -44,7 +49,7 @@ from edgeseg.runtime.naming import is_edgeseg_output
 from edgeseg.runtime.read import (DICOM, NIFTI, PARREC, REC, CandidateFilter, FileKind, Instance, SeriesGeometry,
                                   SeriesRef, SkippedFiles, check_image_file, dicom_geometry, expected_instances,
                                   file_kind, fingerprint, instance_from_header, par_candidates, read_dicom_header,
-                                  rec_files, stamp_files)
+                                  rec_files, split_series, stamp_files)
 from edgeseg.runtime.read.headers import LOCALIZER_ONLY
 from edgeseg.runtime.watch.jobs import SeriesJob
 
@@ -120,7 +125,9 @@ class CompletionTracker:
     on top of it the one symlink rule (:mod:`edgeseg.runtime.read.paths`) holds for every scanned and touched
     path: nothing reached through a symbolic link below ``roots`` (default: the filter's roots) is input.
     ``settle_s``: minimum time between the two identical looks before a header is read (default
-    min(2 s, quiet/2)). ``clock``: monotonic seconds; ``wall``: epoch seconds (to back-date scanned files).
+    min(2 s, quiet/2)). ``echoes``: "all" or "first", the 3-D stacks of a DICOM series that holds several (echoes,
+    image types, time points) to hand out (:func:`~edgeseg.runtime.read.split_series`). ``clock``: monotonic
+    seconds; ``wall``: epoch seconds (to back-date scanned files).
     """
 
     def __init__(
@@ -129,6 +136,7 @@ class CompletionTracker:
         path_filter: PathFilterLike,
         settle_s: float | None = None,
         count_timeout_factor: float = 3.0,
+        echoes: str = "all",
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         roots: Iterable[Path] | None = None,
@@ -138,6 +146,7 @@ class CompletionTracker:
         self.candidates = CandidateFilter(roots if roots is not None else getattr(path_filter, "roots", ()))
         self.settle = float(settle_s) if settle_s is not None else min(2.0, self.quiet / 2)
         self.count_timeout = count_timeout_factor * self.quiet
+        self.echoes = echoes
         self.clock = clock
         self.wall = wall
         self._files: dict[Path, _File] = {}
@@ -218,9 +227,7 @@ class CompletionTracker:
         complete: list[SeriesJob] = []
         for series in list(self._series.values()):
             if series.handed_out is None:
-                job = self._check(series, now, blocked)
-                if job is not None:
-                    complete.append(job)
+                complete.extend(self._check(series, now, blocked))
         complete.extend(self._orphans(blocked))
         return PollResult(tuple(discovered), tuple(complete))
 
@@ -381,17 +388,17 @@ class CompletionTracker:
 
     # ------------------------------------------------------------------------------------------------ completion
 
-    def _check(self, series: _Series, now: float, blocked: set[Path]) -> SeriesJob | None:
+    def _check(self, series: _Series, now: float, blocked: set[Path]) -> list[SeriesJob]:
         if series.kind == DICOM:
             return self._check_dicom(series, now, blocked)
         return self._check_file(series, now)
 
-    def _check_dicom(self, series: _Series, now: float, blocked: set[Path]) -> SeriesJob | None:
+    def _check_dicom(self, series: _Series, now: float, blocked: set[Path]) -> list[SeriesJob]:
         if series.folder in blocked:
-            return None
+            return []
         age = now - series.last_arrival
         if age < self.quiet:
-            return None
+            return []
         instances = [f.info for p in series.files if (f := self._files.get(p)) is not None and f.info is not None]
         expected = expected_instances(instances)
         images = sum(1 for i in instances if i.is_image)
@@ -402,7 +409,7 @@ class CompletionTracker:
                     series.waiting_logged = True
                     log.info("series quiet but incomplete, waiting: key=%s have=%d expected=%d", series.key,
                              images, expected)
-                return None
+                return []
             notes.append(f"the headers announce {expected} images, {images} arrived; proceeding after "
                          f"{age:.0f} s without new instances")
             log.warning("series incomplete after %.0f s, proceeding: key=%s have=%d expected=%d", age, series.key,
@@ -426,15 +433,15 @@ class CompletionTracker:
         return self._hand_out(series, expected, dicom_geometry([i for i in instances if not i.is_localizer]),
                               problem, invalid, notes, images_files, skip)
 
-    def _check_file(self, series: _Series, now: float) -> SeriesJob | None:
+    def _check_file(self, series: _Series, now: float) -> list[SeriesJob]:
         files = [self._files[p] for p in series.files if p in self._files]
         if not files or any(now - f.changed_at < self.quiet or f.status != _WAITING for f in files):
-            return None
+            return []
         main = Path(series.key)
         problem = None
         if series.kind == PARREC and self._rec_of(main) is None:
             if now - series.last_arrival < self.count_timeout:
-                return None
+                return []
             problem = f"{main.name} has no .REC data file beside it"
         geometry = None
         if problem is None:
@@ -443,7 +450,11 @@ class CompletionTracker:
 
     def _hand_out(self, series: _Series, expected: int | None, geometry: SeriesGeometry | None,
                   problem: str | None, invalid: tuple[tuple[str, str], ...] | list[tuple[str, str]],
-                  notes: list[str], image_files: tuple[Path, ...] = (), skip: str | None = None) -> SeriesJob:
+                  notes: list[str], image_files: tuple[Path, ...] = (), skip: str | None = None) -> list[SeriesJob]:
+        """The job(s) of a complete series: one, or for a DICOM series holding several 3-D stacks at the same
+        positions (echoes, image types, time points) one per stack (``echoes: first``: the first only), each with
+        its own key, name, files and fingerprint, as discovery splits it (:func:`~edgeseg.runtime.read.split_series`).
+        """
         files = tuple(sorted(series.files))
         fp = fingerprint(stamp_files(series.folder, files))
         series.handed_out = fp
@@ -455,8 +466,16 @@ class CompletionTracker:
         ref = replace(series.ref, expected_instances=expected, geometry=geometry)
         if ref.kind == DICOM:  # what the reader opens: the image instances the tracker grouped and fingerprinted
             ref = replace(ref, files=image_files or files)
-        return SeriesJob.of(ref, files, fp, problem=problem, invalid_files=tuple(invalid), notes=tuple(notes),
-                            skip=skip)
+            if problem is None and skip is None:
+                members = [(p, f.info) for p in ref.files if (f := self._files.get(p)) is not None and f.info]
+                stacks = split_series(ref, members, self.echoes)
+                if stacks[0].stack is not None:
+                    log.info("series holds %d 3-D stacks (echoes, image types or time points), handed out as: %s",
+                             stacks[0].stack.count, ", ".join(s.key for s in stacks))
+                    return [SeriesJob.of(s, s.files, fingerprint(stamp_files(series.folder, s.files)),
+                                         invalid_files=tuple(invalid), notes=tuple(notes)) for s in stacks]
+        return [SeriesJob.of(ref, files, fp, problem=problem, invalid_files=tuple(invalid), notes=tuple(notes),
+                             skip=skip)]
 
     def _invalid_in(self, folder: Path) -> list[tuple[str, str]]:
         return sorted((f.path.name, f.error or "unreadable") for f in self._files.values()

@@ -23,6 +23,7 @@ from edgeseg.errors import ConfigError
 from edgeseg.runtime.infer.devices import SUPPORTED_DEVICES, device_problem, normalize_device
 from edgeseg.runtime.infer.engine import PRECISIONS
 from edgeseg.runtime.options import SEG_TYPES, OutputOptions, SegmentOptions
+from edgeseg.runtime.read.headers import ECHOES
 from edgeseg.runtime.read.limits import ReadLimits
 
 #: ``bundle: demo`` resolves to this folder inside the installed package
@@ -64,6 +65,8 @@ class WatchConfig:
     #: hard limit per series: refused up front when even the fastest plan cannot fit, cancelled when run past it
     time_ceiling_s: float | None = 900.0
     outputs: OutputOptions = field(default_factory=OutputOptions)
+    #: the 3-D stacks of a series that holds several (echoes, image types, time points) to segment: "all" or "first"
+    echoes: str = "all"
     #: what a series' headers may promise (voxels, decompressed bytes, frames); beyond: refused, not retried
     limits: ReadLimits = field(default_factory=ReadLimits)
     state_dir: Path = Path.home() / ".edgeseg" / "watch"
@@ -146,6 +149,8 @@ _KEYS: tuple[_Key, ...] = (
          "binary (one frame per structure and slice)", choices=SEG_TYPES),
     _Key("outputs.statistics", "bool", True, "volume and intensity per structure (JSON, CSV)"),
     _Key("outputs.preview", "bool", True, "a PNG overview"),
+    _Key("echoes", "enum", "all", "the 3-D stacks of a series that holds several at the same positions (echoes, "
+         "Dixon in/opposed phase, time points) to segment: all (each its own result) or first", choices=ECHOES),
     _Key("state_dir", "path", None, "job store, latency table and model cache"),
     _Key("log_dir", "path", None, "rotated log files (default: <state_dir>/logs)", nullable=True),
     _Key("max_concurrent_series", "int", 1, "series segmented at the same time", minimum=1),
@@ -461,6 +466,7 @@ def load_config(
             statistics=values["outputs.statistics"],
             preview=values["outputs.preview"],
         ),
+        echoes=values["echoes"],
         state_dir=values["state_dir"],
         log_dir=values["log_dir"],
         max_concurrent_series=values["max_concurrent_series"],

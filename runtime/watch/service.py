@@ -203,7 +203,8 @@ class Watcher:
         for row in self.store.reconcile(cfg.max_attempts):
             interrupted = SeriesInterruptedError(row.last_error or "interrupted")
             self._write_error(row.folder_path, row.name, interrupted, remedy_for(interrupted))
-        self.tracker = CompletionTracker(cfg.quiet_period_s, self.filter, settle_s=self._settle_s, clock=self.clock)
+        self.tracker = CompletionTracker(cfg.quiet_period_s, self.filter, settle_s=self._settle_s, clock=self.clock,
+                                         echoes=cfg.echoes)
         self._started_at = time.time()
         if not self.once:
             handler = EnqueueHandler(self.filter, self._events)
@@ -472,6 +473,8 @@ class Watcher:
             return
         self.store.mark_complete(job.key, job.kind, job.folder, job.name, job.fingerprint, len(job.files),
                                  job.series_uid, job.description)
+        if job.ref is not None and job.ref.stack is not None:  # one 3-D stack: its series' row was only 'discovered'
+            self.store.forget_discovered(job.ref.series_key)
         self._inflight.add(job.key)
         log.info("series queued: key=%s reason=%s", job.key, decision.reason)
         self._jobs.put(job)

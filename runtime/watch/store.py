@@ -425,6 +425,13 @@ class JobStore:
             db.execute("UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), started_at = NULL,"
                        " updated_at = ? WHERE key = ? AND state = ?", (COMPLETE, now, key, RUNNING))
 
+    def forget_discovered(self, key: str) -> None:
+        """Remove the row of ``key`` if it is still only ``discovered``: a series first seen as one, then handed out
+        as one job per 3-D stack (echoes), each with a row of its own."""
+        key = fs_text(key)
+        with self._tx() as db:
+            db.execute("DELETE FROM jobs WHERE key = ? AND state = ?", (key, DISCOVERED))
+
     def forget(self, key: str) -> None:
         """Remove a row (a series with nothing to do, e.g. localizer images only)."""
         key = fs_text(key)

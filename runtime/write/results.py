@@ -110,6 +110,7 @@ def _series_record(volume: Volume) -> dict[str, Any]:
         "spacing_mm": [round(s, 6) for s in volume.spacing],
         "affine_ras": np.asarray(volume.affine).round(6).tolist(),
         "n_dicom_files": len(volume.dicom_files),
+        "stack": volume.extra.get("stack"),
     }
 
 
@@ -153,7 +154,8 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
     outputs: dict[str, str] = {}
     present = [int(v) for v in np.unique(labelmap) if v > 0]
 
-    owner = series_key(volume.kind, os.path.abspath(volume.source), volume.series_id or volume.series_uid)
+    owner = series_key(volume.kind, os.path.abspath(volume.source), volume.series_id or volume.series_uid,
+                       volume.stack)
     record["series_key"] = fs_text(owner)
     missing: dict[str, str] = {}
 

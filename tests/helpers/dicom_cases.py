@@ -7,6 +7,8 @@ folder given.
 * :func:`blank_uids`: a de-identified export whose SOP, Series and Study Instance UIDs are present but empty.
 * :func:`siemens_mosaic`: Siemens EPI/DWI mosaics, one file per volume holding all its slices tiled in one frame.
 * :func:`rgb_image`: a colour (RGB) image with MR geometry, as a console's colour map or screen capture.
+* :func:`multi_echo_series`: two echoes (or Dixon in/opposed phase) at the same positions in one classic series;
+  :func:`multi_echo_enhanced`: the same in one enhanced MR file, told apart per frame.
 """
 from __future__ import annotations
 
@@ -95,3 +97,65 @@ def rgb_image(folder: Path, *, description: str = "ADC colour map", seed: int = 
     ds.PixelData = np.random.default_rng(seed).integers(0, 256, size=(rows, cols, 3), dtype=np.uint8).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+#: echo times of the two-echo cases, ms (in/opposed phase at 3 T)
+ECHO_TIMES = (2.46, 3.69)
+
+
+def multi_echo_series(folder: Path, n: int = 6, *, seed: int = 0, description: str = "t1_fl2d_dixon",
+                      image_types: Sequence[Sequence[str]] | None = None) -> tuple[list[Path], list[np.ndarray]]:
+    """Two echoes at the same slice positions in ONE classic series, as Siemens writes a dual-echo (Dixon-like
+    in/opposed phase) acquisition: every file has the same SeriesInstanceUID, StudyInstanceUID and
+    FrameOfReferenceUID; set by hand per echo e (1, 2): EchoNumbers = e, EchoTime = :data:`ECHO_TIMES`[e - 1],
+    InstanceNumber continuing over both echoes, ImagesInAcquisition = 2n, and ImageType = ``image_types[e - 1]``
+    when given (e.g. ...\\DIXON\\OPP_PHASE / ...\\IN_PHASE), else ORIGINAL\\PRIMARY\\M\\NONE for both. The second
+    echo's values are the first's x 0.6 (T2* decay). Returns (files of echo 1 then echo 2, [array of echo 1,
+    array of echo 2]) with the arrays (I, J, K) as written."""
+    from pydicom.uid import generate_uid
+
+    first, affine = small_volume(n, seed=seed)
+    arrays = [first, np.round(first * 0.6).astype(np.int16)]
+    uids = {"series_uid": generate_uid(), "study_uid": generate_uid(), "frame_of_reference_uid": generate_uid()}
+    files: list[Path] = []
+    for e, array in enumerate(arrays, start=1):
+        image_type = tuple(image_types[e - 1]) if image_types else ("ORIGINAL", "PRIMARY", "M", "NONE")
+        written = write_dicom_series((array, affine), folder, description, image_type=image_type, **uids)
+        for k, path in enumerate(written):
+            ds = pydicom.dcmread(path)
+            ds.EchoNumbers = e
+            ds.EchoTime = ECHO_TIMES[e - 1]
+            ds.InstanceNumber = (e - 1) * n + k + 1
+            ds.ImagesInAcquisition = 2 * n
+            ds.save_as(path, enforce_file_format=True)
+        files.extend(written)
+    return files, arrays
+
+
+def multi_echo_enhanced(path: Path, n: int = 5, *, seed: int = 0) -> tuple[Path, list[np.ndarray]]:
+    """Two echoes at the same positions in ONE Enhanced MR Image Storage file (Siemens XA / Philips style), frames
+    ordered echo 1 slices then echo 2 slices. Written by the demo writer as a 2n-slice volume, then set by hand
+    per frame: PlanePositionSequence of frame n + k = that of frame k (same position), MREchoSequence with
+    EffectiveEchoTime = :data:`ECHO_TIMES`[e - 1], FrameContentSequence TemporalPositionIndex absent,
+    InStackPositionNumber = k + 1 for both echoes. Returns (path, [array of echo 1, array of echo 2])."""
+    from pydicom.dataset import Dataset
+
+    from edgeseg.demo.dicom_series import write_enhanced_mr
+
+    first, affine = small_volume(n, seed=seed)
+    arrays = [first, np.round(first * 0.6).astype(np.int16)]
+    write_enhanced_mr((np.concatenate(arrays, axis=2), affine), path, "t1_vibe_dixon_tra", frame_order="ordered")
+    ds = pydicom.dcmread(path)
+    frames = ds.PerFrameFunctionalGroupsSequence
+    for f, item in enumerate(frames):
+        e, k = divmod(f, n)
+        if e:
+            item.PlanePositionSequence[0].ImagePositionPatient = list(
+                frames[k].PlanePositionSequence[0].ImagePositionPatient)
+        item.FrameContentSequence[0].InStackPositionNumber = k + 1
+        item.FrameContentSequence[0].DimensionIndexValues = [1, k + 1]
+        echo = Dataset()
+        echo.EffectiveEchoTime = ECHO_TIMES[e]
+        item.MREchoSequence = [echo]
+    ds.save_as(path, enforce_file_format=True)
+    return Path(path), arrays

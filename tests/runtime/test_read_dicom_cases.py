@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.dicom_cases import rgb_image, siemens_mosaic, small_volume, uidless_series
+from helpers.dicom_cases import (multi_echo_enhanced, multi_echo_series, rgb_image, siemens_mosaic, small_volume,
+                                 uidless_series)
 from edgeseg.cli import main
 from edgeseg.demo.dicom_series import write_dicom_series, write_enhanced_mr
 from edgeseg.errors import EXIT_OK, EXIT_PARTIAL, EXIT_SOME_FAILED, InvalidSeriesError
@@ -154,3 +155,74 @@ def test_one_good_and_one_refused_series_exit_with_some_failed(tmp_path: Path, b
     err = capsys.readouterr().err
     assert len(list((tmp_path / "exam").glob("t1_good_*.edgeseg"))) == 1
     assert f"1 file(s), e.g. {rgb}: {COLOUR}" in err
+
+
+# ------------------------------------------------------------------- item 5: several echoes in one series
+
+
+def test_two_echoes_at_the_same_positions_are_two_stacks(tmp_path: Path) -> None:
+    """Issue 11: a multi-echo series was refused as "duplicate positions"; dcm2niix splits it by echo, so do we."""
+    files, arrays = multi_echo_series(tmp_path / "exam", 6)
+    refs = discover_series(tmp_path / "exam")
+    assert [r.stack.label for r in refs] == ["echo1", "echo2"] and all(r.stack.count == 2 for r in refs)
+    uid = refs[0].uid
+    assert [r.key for r in refs] == [f"{tmp_path / 'exam'}::{uid}#echo1", f"{tmp_path / 'exam'}::{uid}#echo2"]
+    assert [r.name for r in refs] == [f"t1_fl2d_dixon_{uid[-8:]}_echo1", f"t1_fl2d_dixon_{uid[-8:]}_echo2"]
+    assert [r.files for r in refs] == [tuple(sorted(files[:6])), tuple(sorted(files[6:]))]
+    assert "EchoTime 3.69 ms" in refs[1].stack.description
+    for ref, array in zip(refs, arrays):
+        vol = read_series(ref)
+        np.testing.assert_array_equal(vol.array, array)
+        assert vol.name == ref.name and vol.stack == ref.stack.label and vol.extra["stack"]["count"] == 2
+        assert set(vol.dicom_files) == set(ref.files)
+    assert [r.stack.label for r in discover_series(tmp_path / "exam", echoes="first")] == ["echo1"]
+    with pytest.raises(InvalidSeriesError, match="holds 2 series"):
+        read_series(tmp_path / "exam")  # a path is one series: choose the stack
+
+
+def test_dixon_image_types_and_enhanced_frames_split_too(tmp_path: Path) -> None:
+    """ImageType (Dixon in/opposed phase) names the stacks; an enhanced file is split per frame (MR Echo's
+    EffectiveEchoTime), both stacks reading the same file."""
+    multi_echo_series(tmp_path / "dixon", 4, image_types=[("ORIGINAL", "PRIMARY", "M", "DIXON", "OPP_PHASE"),
+                                                           ("ORIGINAL", "PRIMARY", "M", "DIXON", "IN_PHASE")])
+    assert [r.stack.label for r in discover_series(tmp_path / "dixon")] == ["echo1_OPP_PHASE", "echo2_IN_PHASE"]
+    path, arrays = multi_echo_enhanced(tmp_path / "enh" / "IM0001", 5)
+    refs = discover_series(tmp_path / "enh")
+    assert [r.stack.label for r in refs] == ["echo1", "echo2"] and all(r.files == (path,) for r in refs)
+    assert [r.geometry.shape for r in refs] == [(12, 10, 5)] * 2
+    for ref, array in zip(refs, arrays):
+        vol = read_series(ref)
+        np.testing.assert_array_equal(vol.array, array)
+        assert vol.extra["excluded"] == {"other stack than " + ref.stack.label: 5}
+
+
+def test_one_volume_whose_headers_vary_is_not_split(tmp_path: Path) -> None:
+    """Only stacks that share slice positions are split: a volume whose EchoTime differs from slice to slice (no
+    two at one position) stays one series."""
+    import pydicom
+
+    files = write_dicom_series(small_volume(6), tmp_path / "exam", "t2 haste")
+    for k, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        ds.EchoTime = 90 + k
+        ds.save_as(path, enforce_file_format=True)
+    (ref,) = discover_series(tmp_path / "exam")
+    assert ref.stack is None and read_series(ref).shape == (12, 10, 6)
+
+
+def test_segment_writes_one_result_per_echo_or_the_first(tmp_path: Path, bundle: Path) -> None:
+    multi_echo_series(tmp_path / "exam", 6)
+    from helpers.seg_validation import validate_result_folder
+
+    assert _segment(tmp_path / "exam", bundle) == EXIT_OK  # with a DICOM-SEG per echo
+    results = sorted(p.name for p in (tmp_path / "exam").glob("*.edgeseg"))
+    assert [r.rsplit("_", 1)[1] for r in results] == ["echo1.edgeseg", "echo2.edgeseg"]
+    for result in (tmp_path / "exam").glob("*.edgeseg"):
+        manifest = json.loads((result / "manifest.json").read_text())
+        assert manifest["status"] == "complete" and manifest["series"]["stack"]["label"] in result.name
+        assert (result / "seg.dcm").is_file() and manifest["labels_present"]
+        assert manifest["series_key"].endswith("#" + manifest["series"]["stack"]["label"])
+        validate_result_folder(result)  # dciodvfy, dcmqi and highdicom agree with seg.nii.gz (before it is removed)
+        shutil.rmtree(result)
+    assert _segment(tmp_path / "exam", bundle, "--echoes", "first", "--no-dicom-seg") == EXIT_OK
+    assert [p.name.rsplit("_", 1)[1] for p in (tmp_path / "exam").glob("*.edgeseg")] == ["echo1.edgeseg"]
