@@ -169,6 +169,34 @@ def freeze(py: Path, dist: Path, work: Path) -> float:
     return time.perf_counter() - t0
 
 
+def check_optional_excludes(work: Path) -> None:
+    """The modules ``freeze_manifest.OPTIONAL_EXCLUDES`` leaves out although collected code imports them (ssl,
+    readline ...) must be imported only inside try/except ImportError, which PyInstaller's warn file marks
+    "optional". A package release that imports one unguarded would fail at run time: stop the build instead."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("freeze_manifest", HERE / "freeze_manifest.py")
+    assert spec is not None and spec.loader is not None
+    manifest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(manifest)
+    warn = work / NAME / f"warn-{NAME}.txt"
+    if not warn.is_file():
+        log(f"WARNING: no PyInstaller warn file ({warn}): the optional excludes were not checked")
+        return
+    bad = []
+    for line in warn.read_text(encoding="utf-8", errors="replace").splitlines():
+        match = re.match(r"excluded module named '?([\w.]+)'? - imported by (.*)$", line)
+        if not match or match.group(1) not in manifest.OPTIONAL_EXCLUDES:
+            continue
+        for importer, kinds in re.findall(r"([\w.]+) \(([^)]*)\)", match.group(2)):
+            if "optional" not in kinds:
+                bad.append(f"{match.group(1)} imported by {importer} ({kinds})")
+    if bad:
+        raise BuildError("modules installer/freeze_manifest.py leaves out (OPTIONAL_EXCLUDES) are imported outside "
+                         "try/except ImportError: " + "; ".join(bad) + ". Keep them (remove them from EXCLUDES and "
+                         "OPTIONAL_EXCLUDES) or check that the import is never reached.")
+
+
 def folder_size(path: Path) -> int:
     total = 0
     for p in path.rglob("*"):
@@ -508,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
 
         step = "folder check"
         check_folder(app)
+        check_optional_excludes(work)
         size = folder_size(app)
         report["folder"] = str(app)
         report["size_mb"] = round(size / 1e6, 1)

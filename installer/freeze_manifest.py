@@ -41,7 +41,41 @@ EXCLUDES: tuple[str, ...] = (
     # Pillow codecs and GUI bridges the preview PNG, highdicom and pydicom's decoders never use (~6 MB of vendored
     # libavif/libwebp); their plugins import them in try/except and report the format as unsupported.
     "PIL._avif", "PIL._webp", "PIL._imagingtk", "PIL.ImageTk", "PIL.ImageQt",
+    # Standard-library parts the runtime never uses; every import of them in what is collected sits in
+    # try/except ImportError (PyInstaller's warn-edgeseg.txt lists those importers as "optional"):
+    # * TLS: the scanner-side PC has no network use; urllib.request, http.client, asyncio, ftplib and smtplib
+    #   import ssl in try/except. Takes libssl.so.3 and _ssl along (0.9 MB). libcrypto stays: hashlib's sha256
+    #   of the bundle files (checked at every load) runs ~6x faster through OpenSSL than the built-in one.
+    "ssl", "_ssl",
+    # * interactive line editing (pdb, cmd and code import it in try/except); takes libreadline and libtinfo
+    #   along (0.6 MB). The frozen app has no interactive console.
+    "readline",
+    # * the pure-Python decimal: ``decimal`` imports it only when the C ``_decimal`` (collected) is missing
+    "_pydecimal",
+    # * help() topic texts: pydoc imports them in try/except, only for interactive help()
+    "pydoc_data",
+    # numpy's test helper extension, added by PyInstaller's numpy hook; only numpy's own test suite imports it
+    "numpy._core._multiarray_tests",
 )
+
+#: the modules of :data:`EXCLUDES` that collected code does import, each time inside try/except ImportError;
+#: build.py stops the build when PyInstaller's warn file shows one imported any other way
+OPTIONAL_EXCLUDES: tuple[str, ...] = ("ssl", "_ssl", "readline", "_pydecimal", "pydoc_data")
+
+#: Pillow's image-file plugins the runtime reads or writes through: PNG (the preview), JPEG and JPEG 2000
+#: (pydicom's pillow decoder, highdicom's frame encoder; MPO is JPEG's multi-picture variant, which imports TIFF
+#: for its EXIF block) and the ones ``Image.preinit`` imports first. Every other ``PIL.*ImagePlugin`` is left out
+#: (:func:`pillow_plugin_excludes`): ``Image.init`` imports each plugin in try/except ImportError, so a missing one
+#: only means Pillow does not recognise that file format; the runtime never opens image files with Pillow.
+PILLOW_PLUGINS_KEEP: tuple[str, ...] = (
+    "PIL.PngImagePlugin", "PIL.JpegImagePlugin", "PIL.Jpeg2KImagePlugin", "PIL.MpoImagePlugin",
+    "PIL.TiffImagePlugin", "PIL.BmpImagePlugin", "PIL.GifImagePlugin", "PIL.PpmImagePlugin",
+)
+
+#: pydicom's data files the frozen app ships. The colour palettes are read by ``apply_color_lut(palette=...)``.
+#: Left out: ``charset_files/`` (test files for pydicom's own test suite and CLI) and ``urls.json``/``hashes.json``
+#: (the index of pydicom's downloadable test data; the scanner PC has no network use).
+PYDICOM_DATA_INCLUDES: tuple[str, ...] = ("data/palettes/*",)
 
 #: modules the frozen app must never contain (checked on the built folder too)
 FORBIDDEN_TOP_LEVEL: tuple[str, ...] = ("torch", "torchvision", "onnx", "onnxruntime", "nncf", "nnunetv2",
@@ -114,14 +148,13 @@ OTHER_HIDDEN_IMPORTS: tuple[str, ...] = (
 #: OpenVINO's native libraries by role. Plugins and frontends are found by file name at run time.
 OPENVINO_KEEP: dict[str, str] = {
     "openvino": "the runtime core",
-    "openvino_c": "the C API (small; some plugins link it)",
     "openvino_intel_cpu_plugin": "CPU device (the default)",
     "openvino_intel_gpu_plugin": "GPU device (Intel iGPU of the console PC)",
     "openvino_auto_plugin": "AUTO / MULTI devices",
     "openvino_hetero_plugin": "HETERO device",
     "openvino_auto_batch_plugin": "BATCH device (AUTO may load it)",
     "openvino_ir_frontend": "reads the bundle's IR (.xml/.bin) -- the only frontend the runtime uses",
-    "tbb": "threading (CPU plugin)", "tbbmalloc": "threading allocator", "tbbmalloc_proxy": "threading allocator",
+    "tbb": "threading (CPU plugin)", "tbbmalloc": "threading allocator",
     "tbbbind": "threading NUMA binding", "tbbbind_2_5": "threading NUMA binding", "hwloc": "topology (tbbbind)",
 }
 #: left out, each with the reason; the build's smoke test proves the frozen app reads IR and runs on CPU without
@@ -135,6 +168,10 @@ OPENVINO_DROP: dict[str, str] = {
     "openvino_tensorflow_lite_frontend": "TensorFlow Lite import: never used",
     "openvino_jax_frontend": "JAX import: never used",
     "openvino_gguf_frontend": "GGUF (LLM) import: never used",
+    "openvino_c": "the C API: the runtime uses the Python bindings (_pyopenvino links libopenvino itself), and no "
+                  "kept plugin or frontend links it (readelf -d: no NEEDED entry names it) (0.4 MB)",
+    "tbbmalloc_proxy": "TBB's malloc replacement, loaded only through LD_PRELOAD or by linking it; nothing kept "
+                       "links it (libtbbmalloc, the allocator itself, stays)",
 }
 #: file names of OpenVINO's native libraries on Windows, macOS and Linux (Linux names carry versions)
 OPENVINO_LIBRARY_PATTERNS: tuple[str, ...] = ("*.dll", "*.dylib", "lib*.so", "lib*.so.*")
@@ -235,10 +272,26 @@ def importable(names: list[str]) -> tuple[list[str], list[str]]:
     return found, missing
 
 
+def pillow_plugin_excludes(pil_modules: list[str]) -> list[str]:
+    """The ``PIL.*ImagePlugin`` modules among ``pil_modules`` (the installed Pillow's) that are not in
+    :data:`PILLOW_PLUGINS_KEEP`: the spec adds them to PyInstaller's excludes."""
+    return sorted(m for m in pil_modules if re.fullmatch(r"PIL\.\w+ImagePlugin", m) and m not in PILLOW_PLUGINS_KEEP)
+
+
+def _json_object_without_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError(f"duplicate keys {sorted({k for k in keys if keys.count(k) > 1})[:3]}")
+    return dict(pairs)
+
+
 def minified_json(datas: list[tuple[str, str]], out_dir: Path) -> list[tuple[str, str]]:
     """``datas`` (PyInstaller's (source, destination folder) pairs) with each ``.json`` file replaced by a copy
     without indentation or spaces in ``out_dir``: the same JSON value, smaller. highdicom's table of the standard's
-    module attributes is 22.7 MB as shipped, 15.7 MB minified; highdicom reads it with ``json.loads``."""
+    module attributes is 22.7 MB as shipped, 15.7 MB minified (highdicom reads it with ``json.loads``); OpenVINO's
+    GPU kernel-tuning cache ``libs/cache.json`` 8.8 MB, 7.1 MB minified (the GPU plugin parses it as JSON). A file
+    with a duplicate key in an object is copied unchanged: parsers differ in which of the two they keep, and
+    re-writing it would keep only the last."""
     import json
 
     out: list[tuple[str, str]] = []
@@ -247,7 +300,12 @@ def minified_json(datas: list[tuple[str, str]], out_dir: Path) -> list[tuple[str
             out.append((src, dest))
             continue
         with open(src, encoding="utf-8") as fh:
-            value = json.load(fh)
+            text = fh.read()
+        try:
+            value = json.loads(text, object_pairs_hook=_json_object_without_duplicate_keys)
+        except ValueError:
+            out.append((src, dest))
+            continue
         target = out_dir / dest / Path(src).name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(value, separators=(",", ":"), ensure_ascii=False), encoding="utf-8")
@@ -255,35 +313,193 @@ def minified_json(datas: list[tuple[str, str]], out_dir: Path) -> list[tuple[str
     return out
 
 
-def strip_unpatched(folder: Path, log: Callable[[str], None] = print) -> tuple[int, int]:
-    """Strip symbol tables from the ELF files in ``folder`` that no wheel-repair tool has rewritten (Linux).
+# ------------------------------------------------------------------------------------------ ELF stripping (Linux)
 
-    Stripping a library that auditwheel/patchelf rewrote (it then has an RPATH/RUNPATH, or sits in a
-    ``<pkg>.libs`` folder, and its RPATH/RUNPATH points to ``$ORIGIN/...``) can corrupt it: numpy's vendored
-    OpenBLAS then fails with "ELF load command address/offset not page-aligned". So only files outside ``*.libs``
-    without an ``$ORIGIN`` search path are stripped (libpython, whose RUNPATH is the interpreter's absolute lib
-    folder, the stdlib's extension modules, _CharLS, _yaml ...). Returns (files stripped, bytes saved);
-    (0, 0) with a message when binutils (readelf, strip) are not installed.
+_PT_LOAD, _PT_DYNAMIC = 1, 2
+_SHF_ALLOC, _SHF_TLS, _SHT_NOBITS = 0x2, 0x400, 8
+#: DT_* tags whose value is an address in the loaded image (PLTGOT, HASH, STRTAB, SYMTAB, RELA, INIT, FINI, REL,
+#: JMPREL, INIT_ARRAY, FINI_ARRAY, PREINIT_ARRAY, GNU_HASH, VERSYM, VERDEF, VERNEED, RELR)
+_DT_ADDRESS_TAGS = frozenset({3, 4, 5, 6, 7, 12, 13, 17, 23, 25, 26, 32, 0x6FFFFEF5, 0x6FFFFFF0, 0x6FFFFFFC,
+                              0x6FFFFFFE, 36})
+
+
+class _Elf64:
+    """The parts of an ELF64 little-endian file the dynamic loader and :func:`elf_image_change` look at."""
+
+    def __init__(self, data: bytes) -> None:
+        import struct
+
+        if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+            raise ValueError("not an ELF64 little-endian file")
+        self.data = data
+        (self.type, self.machine, _, self.entry, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum,
+         _) = struct.unpack_from("<HHIQQQIHHHHHH", data, 16)
+        #: (p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align)
+        self.ph = [struct.unpack_from("<IIQQQQQQ", data, phoff + i * phentsize) for i in range(phnum)]
+        #: (sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link, sh_info, sh_addralign, sh_entsize)
+        self.sh = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+
+    def image(self, vaddr: int, size: int) -> bytes | None:
+        """The bytes the loader maps at ``vaddr`` (file bytes, then zeros up to p_memsz); None outside one LOAD."""
+        for p_type, _, offset, va, _, filesz, memsz, _ in self.ph:
+            if p_type == _PT_LOAD and va <= vaddr and vaddr + size <= va + memsz:
+                rel = vaddr - va
+                backed = self.data[offset + rel:offset + min(rel + size, filesz)] if rel < filesz else b""
+                return backed + bytes(size - len(backed))
+        return None
+
+    def dynamic_addresses(self) -> list[int]:
+        import struct
+
+        out: list[int] = []
+        for p_type, _, offset, _, _, filesz, _, _ in self.ph:
+            if p_type != _PT_DYNAMIC:
+                continue
+            for i in range(filesz // 16):
+                tag, value = struct.unpack_from("<qQ", self.data, offset + 16 * i)
+                if tag == 0:
+                    break
+                if tag in _DT_ADDRESS_TAGS:
+                    out.append(value)
+        return out
+
+
+def elf_image_change(before: bytes, after: bytes) -> str | None:
+    """None when the dynamic loader builds the same process image from ``after`` as from ``before``; otherwise
+    what differs. Used to accept a stripped copy of a library that a wheel-repair tool (auditwheel/patchelf)
+    rewrote, where binutils' strip sometimes produces a broken file (numpy's OpenBLAS: a LOAD segment whose file
+    offset is no longer congruent to its address, "ELF load command address/offset not page-aligned").
+
+    Same image means: same ELF type, machine and entry point; the same program headers in the same order (type,
+    flags, address and alignment; the size too except for LOAD segments, whose file offset may move); every LOAD
+    segment inside the file and its offset congruent to its address modulo the alignment and the page size; every
+    allocated section of ``before`` (code, data, dynamic symbols, relocations, the dynamic section ...) holding
+    the same bytes at the same address in ``after``'s LOAD segments (.bss: zeros); and every address the dynamic
+    section points to lying inside an allocated section (so no live byte sits outside the sections compared).
+    What may differ is what the loader never reads: section headers, symbol tables and debug sections, and bytes
+    no section covers (e.g. what patchelf left behind when it moved .dynstr). Only ELF64 little-endian files are
+    compared; anything else is reported as a change.
     """
+    try:
+        a, b = _Elf64(before), _Elf64(after)
+    except Exception as err:  # ValueError, struct.error (a truncated file) ...
+        return f"not comparable: {err}"
+    if (a.type, a.machine, a.entry, len(a.ph)) != (b.type, b.machine, b.entry, len(b.ph)):
+        return "ELF header differs (type, machine, entry point or number of program headers)"
+    for pa, pb in zip(a.ph, b.ph):
+        if (pa[0], pa[1], pa[3], pa[7]) != (pb[0], pb[1], pb[3], pb[7]):
+            return f"program header differs: {pa} -> {pb}"
+        if pb[0] != _PT_LOAD:
+            if pa[6] != pb[6]:
+                return f"program header size differs: {pa} -> {pb}"
+            continue
+        if pb[2] + pb[5] > len(after) or pb[6] < pb[5]:
+            return f"LOAD segment beyond the end of the file: {pb}"
+        if (pb[2] - pb[3]) % max(pb[7], 4096):
+            return f"LOAD segment offset not congruent to its address: {pb}"
+    spans = []
+    for _, sh_type, flags, addr, offset, size, *_ in a.sh:
+        if not flags & _SHF_ALLOC or size == 0:
+            continue
+        if sh_type == _SHT_NOBITS and flags & _SHF_TLS:  # .tbss takes no room in the image (PT_TLS says its size)
+            continue
+        spans.append((addr, addr + size))
+        want = bytes(size) if sh_type == _SHT_NOBITS else before[offset:offset + size]
+        if b.image(addr, size) != want:
+            return f"allocated section at {addr:#x} differs"
+    outside = [v for v in a.dynamic_addresses() if not any(lo <= v <= hi for lo, hi in spans)]
+    if outside:
+        return f"the dynamic section points outside the allocated sections: {[hex(v) for v in outside]}"
+    return None
+
+
+def strip_elf_files(folder: Path, log: Callable[[str], None] = print) -> dict[str, int]:
+    """Strip symbol tables and debug sections from the ELF files in ``folder`` (Linux; ``strip --strip-unneeded``
+    keeps the dynamic symbols the loader uses).
+
+    Files no wheel-repair tool rewrote (outside ``*.libs``, no ``$ORIGIN`` search path: libpython, the stdlib's
+    extension modules, _CharLS, _yaml ...) are stripped in place, as binutils expects them. A file auditwheel/
+    patchelf rewrote is stripped into a copy, and the copy replaces it only when :func:`elf_image_change` finds
+    the loaded image unchanged: strip can break such files (PyInstaller's ``strip=True`` broke numpy's OpenBLAS,
+    which the check rejects), and Pillow's extensions carry 3 MB of debug information otherwise. Returns counts
+    ``stripped`` (in place), ``verified`` (patched, image unchanged), ``kept`` (patched, strip would change the
+    image: left as they are) and ``saved`` (bytes); all 0 with a message when binutils (readelf, strip) are not
+    installed.
+    """
+    import os
     import shutil
     import subprocess
+    import tempfile
 
+    result = {"stripped": 0, "verified": 0, "kept": 0, "saved": 0}
     readelf, strip = shutil.which("readelf"), shutil.which("strip")
     if not (readelf and strip):
         log("strip: readelf/strip (binutils) not found; nothing stripped")
-        return 0, 0
-    count = saved = 0
+        return result
     for path in sorted(folder.rglob("*")):
-        if path.is_symlink() or not path.is_file() or any(part.endswith(".libs") for part in path.parts):
+        if path.is_symlink() or not path.is_file():
             continue
         with open(path, "rb") as fh:
             if fh.read(4) != b"\x7fELF":
                 continue
-        dyn = subprocess.run([readelf, "-d", "-S", "-W", str(path)], capture_output=True, text=True)
-        if dyn.returncode != 0 or "$ORIGIN" in dyn.stdout or ".symtab" not in dyn.stdout:
+        info = subprocess.run([readelf, "-d", "-S", "-W", str(path)], capture_output=True, text=True)
+        if info.returncode != 0 or not (".symtab" in info.stdout or " .debug_" in info.stdout):
             continue
         before = path.stat().st_size
-        if subprocess.run([strip, "--strip-unneeded", str(path)], capture_output=True).returncode == 0:
-            count += 1
-            saved += before - path.stat().st_size
-    return count, saved
+        patched = "$ORIGIN" in info.stdout or any(part.endswith(".libs") for part in path.parts)
+        if not patched:
+            if subprocess.run([strip, "--strip-unneeded", str(path)], capture_output=True).returncode == 0:
+                result["stripped"] += 1
+                result["saved"] += before - path.stat().st_size
+            continue
+        fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".stripped", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            done = subprocess.run([strip, "--strip-unneeded", "-o", str(tmp), str(path)], capture_output=True)
+            change = elf_image_change(path.read_bytes(), tmp.read_bytes()) if done.returncode == 0 else "strip failed"
+            if change is None and tmp.stat().st_size < before:
+                shutil.copymode(path, tmp)
+                os.replace(tmp, path)
+                result["verified"] += 1
+                result["saved"] += before - path.stat().st_size
+            else:
+                result["kept"] += 1
+        finally:
+            tmp.unlink(missing_ok=True)
+    return result
+
+
+#: shared-library file names :func:`link_duplicate_libraries` considers
+_SHARED_LIBRARY = re.compile(r".+\.(so(\.[\w.]+)?|dylib)$")
+
+
+def link_duplicate_libraries(folder: Path) -> tuple[int, int]:
+    """Replace each shared library in ``folder`` that is byte-identical to one of the same name elsewhere in the
+    folder by a relative symbolic link to it (Linux). Wheel-repair tools vendor a library into every wheel that
+    needs it: numpy.libs/ and scipy.libs/ both carry libgfortran and libquadmath (3.1 MB). Each copy is found
+    through its folder's ``$ORIGIN`` search path, which the link keeps working; the loader then maps one file.
+    The first path in sorted order stays a file. Returns (links made, bytes saved)."""
+    import hashlib
+    import os
+
+    groups: dict[tuple[str, int], list[Path]] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink() or not path.is_file() or not _SHARED_LIBRARY.fullmatch(path.name):
+            continue
+        groups.setdefault((path.name, path.stat().st_size), []).append(path)
+    links = saved = 0
+    for (_, size), paths in groups.items():
+        if len(paths) < 2:
+            continue
+        by_digest: dict[str, Path] = {}
+        for path in paths:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            keep = by_digest.setdefault(digest, path)
+            if keep is path:
+                continue
+            path.unlink()
+            path.symlink_to(os.path.relpath(keep, path.parent))
+            links += 1
+            saved += size
+    return links, saved

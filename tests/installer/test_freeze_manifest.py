@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import pkgutil
 import re
 import sys
@@ -253,3 +254,163 @@ def test_minified_json_is_the_same_value(manifest: ModuleType, tmp_path: Path) -
     assert out[0][1] == "highdicom/_standard" and small.name == src.name
     assert json.loads(small.read_text(encoding="utf-8")) == json.loads(src.read_text(encoding="utf-8"))
     assert small.stat().st_size < src.stat().st_size
+
+
+def test_minified_json_keeps_a_file_with_duplicate_keys(manifest: ModuleType, tmp_path: Path) -> None:
+    """Parsers differ in which of two equal keys they keep: such a file goes in unchanged."""
+    src = tmp_path / "dup.json"
+    src.write_text('{"a": 1,\n "a": 2}', encoding="utf-8")
+    assert manifest.minified_json([(str(src), "x")], tmp_path / "min") == [(str(src), "x")]
+
+
+def test_optional_excludes_are_excluded_and_the_runtime_does_not_import_them(manifest: ModuleType) -> None:
+    """ssl, readline ... are left out because nothing the runtime runs needs them; build.py checks that collected
+    code imports them only inside try/except ImportError."""
+    assert all(manifest.excluded(name) for name in manifest.OPTIONAL_EXCLUDES)
+    names = "|".join(re.escape(n) for n in manifest.OPTIONAL_EXCLUDES)
+    pattern = re.compile(rf"^\s*(?:from|import)\s+({names})\b", re.M)
+    used = set()
+    for folder in ("runtime", "bundle", "edgeseg"):
+        for path in (REPO / folder).rglob("*.py"):
+            if "export" not in path.relative_to(REPO).parts:
+                used |= set(pattern.findall(path.read_text(encoding="utf-8")))
+    assert not used, f"the runtime imports {sorted(used)}, which installer/freeze_manifest.py leaves out"
+
+
+def _pil_modules() -> list[str]:
+    pil = pytest.importorskip("PIL")
+    return sorted(f"PIL.{m.name}" for m in pkgutil.iter_modules(pil.__path__))
+
+
+def test_pillow_plugins_the_runtime_uses_are_kept(manifest: ModuleType) -> None:
+    """PNG (preview), JPEG and JPEG 2000 (pydicom's pillow decoder, highdicom), Image.preinit's five, and every
+    plugin a kept plugin imports; the rest of Pillow's file-format plugins are left out."""
+    modules = _pil_modules()
+    dropped = manifest.pillow_plugin_excludes(modules)
+    kept = set(manifest.PILLOW_PLUGINS_KEEP)
+    assert kept <= set(modules), f"not in the installed Pillow: {sorted(kept - set(modules))}"
+    assert not kept & set(dropped)
+    assert dropped and all(d.endswith("ImagePlugin") for d in dropped)
+    for name in ("Png", "Jpeg", "Jpeg2K", "Bmp", "Gif", "Ppm"):
+        assert f"PIL.{name}ImagePlugin" in kept
+    assert {m for m in manifest.DECODER_BACKENDS if m.startswith("PIL.")} <= kept
+    import PIL
+
+    folder = Path(PIL.__file__).parent
+    for plugin in sorted(kept):
+        text = (folder / f"{plugin.split('.')[1]}.py").read_text(encoding="utf-8")
+        imported = set(re.findall(r"^\s*from \.(\w+ImagePlugin) import", text, re.M))
+        for names in re.findall(r"^\s*from \. import ([\w, ]+)$", text, re.M):
+            imported |= {n.strip() for n in names.split(",") if n.strip().endswith("ImagePlugin")}
+        missing = sorted(f"PIL.{n}" for n in imported if f"PIL.{n}" not in kept)
+        assert not missing, f"{plugin} imports {missing}: add them to PILLOW_PLUGINS_KEEP"
+
+
+def _needed(path: Path) -> list[str]:
+    import shutil
+    import subprocess
+
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("readelf (binutils) is not installed")
+    out = subprocess.run([readelf, "-d", "-W", str(path)], capture_output=True, text=True).stdout
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads ELF dynamic sections")
+def test_no_kept_openvino_library_links_a_dropped_one(manifest: ModuleType) -> None:
+    """libopenvino_c and tbbmalloc_proxy are left out because nothing kept links them (nor a frontend/plugin)."""
+    libs = _openvino_libs()
+    kept = [p for p in sorted(libs.iterdir())
+            if p.is_file() and ".so" in p.name and manifest.keep_openvino_library(p.name)]
+    assert kept
+    for path in [*kept, *sorted(libs.parent.glob("_pyopenvino*.so"))]:
+        dropped = [n for n in _needed(path) if manifest.library_stem(n) in manifest.OPENVINO_DROP]
+        assert not dropped, f"{path.name} links {dropped}, which installer/freeze_manifest.py leaves out"
+
+
+def _strip_copy(src: Path, dst: Path) -> None:
+    import shutil
+    import subprocess
+
+    strip = shutil.which("strip")
+    if strip is None:
+        pytest.skip("strip (binutils) is not installed")
+    subprocess.run([strip, "--strip-unneeded", "-o", str(dst), str(src)], check=True, capture_output=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF files")
+def test_elf_image_change_accepts_a_stripped_patched_library_that_loads(manifest: ModuleType, tmp_path: Path) -> None:
+    """Pillow's _imaging (patched by auditwheel, 2.6 MB of debug information): a stripped copy the check accepts
+    loads; the check rejects a changed code byte, a LOAD segment moved off its page offset, and a non-ELF file."""
+    import ctypes
+    import struct
+
+    imaging = pytest.importorskip("PIL._imaging")  # also loads its vendored libraries for the copy below
+    src = Path(imaging.__file__)
+    copy = tmp_path / src.name
+    _strip_copy(src, copy)
+    before, after = src.read_bytes(), copy.read_bytes()
+    assert manifest.elf_image_change(before, before) is None
+    change = manifest.elf_image_change(before, after)
+    if change is None:
+        ctypes.CDLL(str(copy))
+
+    elf = manifest._Elf64(after)
+    text = next(s for s in manifest._Elf64(before).sh if s[2] & 0x4 and s[5] > 16)  # executable, allocated
+    load = next(p for p in elf.ph if p[0] == 1 and p[3] <= text[3] < p[3] + p[5])
+    offset = load[2] + (text[3] - load[3]) + 8
+    broken = bytearray(after)
+    broken[offset] ^= 0xFF
+    assert "differs" in (manifest.elf_image_change(before, bytes(broken)) or "")
+
+    phoff, phentsize = struct.unpack_from("<Q", after, 0x20)[0], struct.unpack_from("<H", after, 0x36)[0]
+    index = [i for i, p in enumerate(elf.ph) if p[0] == 1][1]
+    moved = bytearray(after)
+    struct.pack_into("<Q", moved, phoff + index * phentsize + 8, elf.ph[index][2] + 8)
+    assert "congruent" in (manifest.elf_image_change(before, bytes(moved)) or "")
+
+    assert "not comparable" in (manifest.elf_image_change(before, b"not an ELF file") or "")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF files")
+def test_elf_image_change_rejects_the_stripped_openblas(manifest: ModuleType, tmp_path: Path) -> None:
+    """The case that kept patched files unstripped: binutils' strip leaves numpy's OpenBLAS with LOAD segments
+    off their page offsets ("ELF load command address/offset not page-aligned"). The check reports it, or the
+    copy it accepts loads."""
+    import ctypes
+
+    import numpy
+
+    libs = sorted((Path(numpy.__file__).parent.parent / "numpy.libs").glob("lib*openblas*.so*"))
+    if not libs:
+        pytest.skip("this numpy has no vendored OpenBLAS")
+    copy = tmp_path / libs[0].name
+    _strip_copy(libs[0], copy)
+    change = manifest.elf_image_change(libs[0].read_bytes(), copy.read_bytes())
+    if change is None:
+        ctypes.CDLL(str(copy))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symbolic links")
+def test_link_duplicate_libraries(manifest: ModuleType, tmp_path: Path) -> None:
+    """numpy.libs/ and scipy.libs/ both vendor libgfortran: the second copy becomes a link to the first; a
+    different library of the same name and size, and data files, stay as they are."""
+    lib = b"\x7fELF" + bytes(range(256)) * 40
+    (tmp_path / "numpy.libs").mkdir()
+    (tmp_path / "scipy.libs").mkdir()
+    (tmp_path / "other.libs").mkdir()
+    (tmp_path / "numpy.libs" / "libgfortran-1.so.5.0.0").write_bytes(lib)
+    (tmp_path / "scipy.libs" / "libgfortran-1.so.5.0.0").write_bytes(lib)
+    (tmp_path / "other.libs" / "libgfortran-1.so.5.0.0").write_bytes(lib[:-1] + b"\x01")
+    (tmp_path / "numpy.libs" / "LICENSE.txt").write_bytes(lib)
+    (tmp_path / "scipy.libs" / "LICENSE.txt").write_bytes(lib)
+    links, saved = manifest.link_duplicate_libraries(tmp_path)
+    assert (links, saved) == (1, len(lib))
+    linked = tmp_path / "scipy.libs" / "libgfortran-1.so.5.0.0"
+    assert linked.is_symlink() and os.readlink(linked) == os.path.join("..", "numpy.libs", "libgfortran-1.so.5.0.0")
+    assert linked.read_bytes() == lib
+    assert not (tmp_path / "numpy.libs" / "libgfortran-1.so.5.0.0").is_symlink()
+    assert not (tmp_path / "other.libs" / "libgfortran-1.so.5.0.0").is_symlink()
+    assert not (tmp_path / "scipy.libs" / "LICENSE.txt").is_symlink()
+    assert manifest.link_duplicate_libraries(tmp_path) == (0, 0)
