@@ -466,6 +466,8 @@ class Watcher:
         assert self.tracker is not None
         if not all(self.tracker.candidates.allows(p) for p in {job.folder, job.source}):
             return  # became a symbolic link since it was scanned (logged once by the filter): never written through
+        if job.ref is not None and job.ref.stack is not None:  # one 3-D stack: its series' row was only 'discovered'
+            self.store.forget_discovered(job.ref.series_key)  # (also after a restart, when the stack is not re-run)
         decision = self.store.decide(job.key, job.fingerprint, self.config.max_attempts)
         if not decision.run:
             self.stats["skipped"] += 1
@@ -473,8 +475,6 @@ class Watcher:
             return
         self.store.mark_complete(job.key, job.kind, job.folder, job.name, job.fingerprint, len(job.files),
                                  job.series_uid, job.description)
-        if job.ref is not None and job.ref.stack is not None:  # one 3-D stack: its series' row was only 'discovered'
-            self.store.forget_discovered(job.ref.series_key)
         self._inflight.add(job.key)
         log.info("series queued: key=%s reason=%s", job.key, decision.reason)
         self._jobs.put(job)

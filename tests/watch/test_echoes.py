@@ -74,6 +74,22 @@ def test_each_echo_is_segmented_once_and_a_changed_echo_alone_again(start_watche
     assert calls == {"echo1": 1, "echo2": 2}  # echo 1's input did not change: not repeated
 
 
+def test_a_restart_neither_repeats_the_stacks_nor_lists_their_series_as_discovered(start_watcher, segmenter,
+                                                                                     roots) -> None:
+    from helpers.dicom_cases import multi_echo_series
+
+    w = start_watcher()
+    multi_echo_series(roots / "exam", 4)
+    assert wait_for(lambda: len(results(roots)) == 2)
+    assert w.wait_idle(10)
+    w.stop()
+    w2 = start_watcher()  # the same state folder: the series is found again, as one series first
+    assert w2.wait_idle(10)
+    time.sleep(2 * QUIET)
+    assert sum(segmenter.calls.values()) == 2
+    assert sorted(r.state for r in w2.store.rows()) == [DONE, DONE]
+
+
 def test_echoes_first_in_the_config(start_watcher, segmenter, roots, tmp_path) -> None:
     from helpers.dicom_cases import multi_echo_series
 
