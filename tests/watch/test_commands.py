@@ -3,7 +3,6 @@ watcher the commands build: ``helpers.fake_segmenter.use_fake_watcher``)."""
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -12,19 +11,6 @@ from helpers.fake_segmenter import use_fake_watcher
 from watch_helpers import results, write_series
 
 from edgeseg.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """``main`` reconfigures the root logger (file handler included); put pytest's handlers back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    for h in root.handlers:
-        if h not in handlers:
-            h.close()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

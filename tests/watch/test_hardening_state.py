@@ -3,7 +3,6 @@ running, a damaged or empty job store (finding 9), and the labels and wording of
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -22,19 +21,6 @@ from edgeseg.runtime.watch.service import Watcher
 from edgeseg.runtime.watch.store import FAILED, JobStore
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """``main`` reconfigures the root logger; put pytest's handlers back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    for h in root.handlers:
-        if h not in handlers:
-            h.close()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture
