@@ -62,14 +62,6 @@ GZIP_EMPTY_MEMBERS = 200_000
 LOG_LINE = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d |  )")
 
 
-def _mri() -> Path:
-    for p in (REPO / "edgeseg" / "demo" / "mri" / "example_mr_sm.nii.gz",
-              REPO.parent / "shared" / "data" / "total_mr_example" / "example_mr_sm.nii.gz"):
-        if p.is_file():
-            return p
-    raise SystemExit("the demo MRI is not available (edgeseg/demo/mri or ../shared/data/total_mr_example)")
-
-
 def _is_output(name: bytes) -> bool:
     if name.endswith(RESULT_SUFFIX) or name.endswith(ERROR_SUFFIX):
         return True
@@ -529,7 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     root, state, outside, audit = (os.path.join(W, n) for n in (b"incoming", b"state", b"outside", b"audit"))
     for d in (root, state, outside, audit, os.path.join(state, b"tmp")):
         os.makedirs(d, exist_ok=True)
-    mri = _mri()
+    from edgeseg.demo import demo_mri_path
+
+    mri = demo_mri_path()
     strace = None if args.no_trace else shutil.which("strace")
     trace_note = ("strace -f -e trace=%file,%network,fchdir" if strace else
                   "strace NOT AVAILABLE (install Debian's strace for the syscall check): tree audit only"

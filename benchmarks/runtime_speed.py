@@ -24,9 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, peak_rss_mb, print_table, run_child, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "total_mr_example"
-MRI = SHARED / "example_mr_sm.nii.gz" if (SHARED / "example_mr_sm.nii.gz").is_file() else \
-    REPO / "edgeseg" / "demo" / "mri" / "example_mr_sm.nii.gz"
+MRI = REPO / "edgeseg" / "demo" / "mri" / "example_mr_sm.nii.gz"
+LABELS = REPO / "edgeseg" / "demo" / "mri" / "total_mr_labels.json"
 SMALL_MODEL = next((REPO / "tests" / "fixtures" / "models" / "Dataset900_EdgesegDemoMR").glob("*__3d_fullres"), None)
 
 
@@ -175,7 +174,7 @@ def main() -> int:
 
             rc = cli(["export", "--variant", "1.5mm", str(models["850"]), str(models["851"]),
                       "--variant", "3mm", str(models["852"]), "--totalseg", "--labels",
-                      str(SHARED / "total_mr_labels.json"), "--calibration", str(calib), "--out", str(bundle),
+                      str(LABELS), "--calibration", str(calib), "--out", str(bundle),
                       "--contrasts", "original", "--force"])
             if rc:
                 return rc

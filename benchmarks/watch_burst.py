@@ -31,14 +31,6 @@ from _common import machine, print_table, write_json  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _mri() -> Path:
-    for p in (REPO.parent / "shared" / "data" / "total_mr_example" / "example_mr_sm.nii.gz",
-              REPO / "edgeseg" / "demo" / "mri" / "example_mr_sm.nii.gz"):
-        if p.is_file():
-            return p
-    raise SystemExit("the demo MRI is not available (edgeseg/demo/mri or ../shared/data/total_mr_example)")
-
-
 def _stage(fmt: str, n: int, staging: Path, mri: Path) -> list[tuple[list[Path], str]]:
     """(files, target sub-folder) per series, written before the clock starts."""
     out = []
@@ -74,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
-    from edgeseg.demo import BUNDLE_DIR
+    from edgeseg.demo import BUNDLE_DIR, demo_mri_path
     from edgeseg.runtime.watch.config import load_config
     from edgeseg.runtime.watch.service import Watcher
 
@@ -92,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True)
     for sub in ("state", "staging"):
         shutil.rmtree(work / sub, ignore_errors=True)
-    mri = _mri()
+    mri = demo_mri_path()
     staged = _stage(args.format, args.series, work / "staging", mri)
     settings = {
         "series": args.series, "format": args.format, "segmenter": "fake" if args.fake is not None else "real",
