@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # helpers: the clinical-grid volume
 from _common import machine, peak_rss_mb, print_table, run_child, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,23 +83,12 @@ def worker_nnunet(args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- setup
 
 def make_benchmark_volume(path: Path, shape=(256, 208, 160), spacing=1.5) -> Path:
-    """The real MRI resampled to 1.5 mm and reflected to ``shape`` (LPS-like axis codes kept)."""
-    import nibabel as nib
-    import numpy as np
-    from scipy import ndimage
-
+    """The real MRI resampled to ``spacing`` and reflected to ``shape`` (LPS-like axis codes kept); made once."""
     if path.is_file():
         return path
-    src = nib.load(MRI)
-    zoom = np.asarray(src.header.get_zooms()[:3]) / spacing
-    data = ndimage.zoom(np.asarray(src.dataobj, dtype=np.float32), zoom, order=1)
-    pads = [(0, max(0, s - d)) for s, d in zip(shape, data.shape)]
-    data = np.pad(data, pads, mode="reflect")[: shape[0], : shape[1], : shape[2]]
-    affine = src.affine.copy()
-    affine[:3, :3] = affine[:3, :3] / zoom[None, :]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data.astype(np.int16), affine), path)
-    return path
+    from helpers.totalseg_reference import clinical_volume
+
+    return clinical_volume(MRI, path, shape, (spacing,) * 3)
 
 
 def ts_models(work: Path) -> dict[str, Path]:
