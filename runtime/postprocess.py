@@ -45,7 +45,7 @@ def merge_part(merged: np.ndarray, part_labels: np.ndarray, part: Part) -> None:
 
 
 def to_input_grid(labels: np.ndarray, oriented: Oriented) -> np.ndarray:
-    """Undo pre-resampling (order 0 to the exact input shape) and reorientation."""
+    """Undo pre-resampling (the bundle's ``order_back`` and ``mode``, to the exact input shape) and reorientation."""
     import nibabel as nib
 
     pre = oriented.pre_resample

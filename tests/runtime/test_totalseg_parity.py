@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeseg.bundle import load_bundle
 from edgeseg.bundle.schema import PreResample, Variant
 from edgeseg.runtime.postprocess import to_input_grid
 from edgeseg.runtime.preprocess import orient
