@@ -29,7 +29,7 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final, Iterable, Literal, Sequence
+from typing import Any, Final, Iterable, Literal
 
 import numpy as np
 

@@ -3,7 +3,6 @@ part, and no temporary left behind whatever fails. Every JSON file edgeseg repla
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
