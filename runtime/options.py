@@ -22,6 +22,9 @@ class OutputOptions:
 
     per_structure: bool = False
     dicom_seg: bool = True
+    #: a DICOM Structured Report (TID 1500 measurement report: volume per structure) referencing the DICOM-SEG and
+    #: the source series; DICOM input only, and only beside a DICOM-SEG (:mod:`edgeseg.runtime.write.sr`)
+    dicom_sr: bool = True
     statistics: bool = True
     preview: bool = True
     #: DICOM-SEG type, one of :data:`SEG_TYPES`: "labelmap" (one frame per slice) or "binary" (one frame per

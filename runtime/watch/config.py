@@ -145,6 +145,8 @@ _KEYS: tuple[_Key, ...] = (
          minimum=1),
     _Key("outputs.per_structure", "bool", False, "one NIfTI mask per structure"),
     _Key("outputs.dicom_seg", "bool", True, "a DICOM-SEG object (DICOM input only)"),
+    _Key("outputs.dicom_sr", "bool", True, "a DICOM SR measurement report (TID 1500: volume per structure) "
+         "referencing the DICOM-SEG and the source series (DICOM input, beside a DICOM-SEG)"),
     _Key("outputs.seg_type", "enum", OutputOptions.seg_type, "DICOM-SEG type: labelmap (one frame per slice) or "
          "binary (one frame per structure and slice)", choices=SEG_TYPES),
     _Key("outputs.statistics", "bool", True, "volume and intensity per structure (JSON, CSV)"),
@@ -462,6 +464,7 @@ def load_config(
         outputs=OutputOptions(
             per_structure=values["outputs.per_structure"],
             dicom_seg=values["outputs.dicom_seg"],
+            dicom_sr=values["outputs.dicom_sr"],
             seg_type=values["outputs.seg_type"],
             statistics=values["outputs.statistics"],
             preview=values["outputs.preview"],
