@@ -182,6 +182,28 @@ class PartialResultError(EdgesegError):
               "the series again to get the missing ones.")
 
 
+class DicomNodeError(EdgesegError):
+    """The DICOM node cannot do its work: the listener's port is taken or not allowed, its certificate does not
+    load, or a destination does not answer a C-ECHO (names the address and the fix)."""
+
+    kind = "dicom_node"
+    exit_code = 18
+    remedy = ("Check dicom_listener and destinations in watch_config.yaml against the console's and the PACS's "
+              "DICOM node settings (AE title, host, port, TLS); `edgeseg doctor` tests the port and C-ECHOes every "
+              "destination.")
+
+
+class DeliveryError(EdgesegError):
+    """A result could not be delivered to a destination: refused for good (unknown AE title, SOP class not
+    supported) or still not accepted when it reached delivery.max_age_h (names the destination and the status)."""
+
+    kind = "delivery"
+    exit_code = 19
+    remedy = ("The destination did not take the result: fix what the message names on the PACS (our AE title "
+              "known to it, the SEG/SR SOP classes allowed) or in destinations, then `edgeseg deliver --retry` sends "
+              "the failed deliveries again.")
+
+
 #: exit status of a command that failed without one error class to name (the base class's code)
 EXIT_FAILED = EdgesegError.exit_code
 #: exit status of ``segment`` when every series was segmented but some result is partial (an output missing)

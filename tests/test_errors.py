@@ -45,7 +45,8 @@ def test_existing_exit_codes_are_kept() -> None:
         "EdgesegError": 1, "ConfigError": 2, "ModelFolderError": 3, "ExportError": 4, "BundleError": 5,
         "InvalidSeriesError": 6, "InferenceError": 7, "OutputError": 8, "MissingDependencyError": 9,
         "StateStoreError": 10, "WatcherRunningError": 11, "SeriesTooLargeError": 12, "TimeCeilingError": 13,
-        "SeriesInterruptedError": 14, "OutOfMemoryError": 15, "PartialResultError": 16}
+        "SeriesInterruptedError": 14, "OutOfMemoryError": 15, "PartialResultError": 16,
+            "DicomNodeError": 18, "DeliveryError": 19}
     assert (EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_SOME_FAILED) == (0, 1, 130, 16, 17)
     assert EXIT_SOME_FAILED not in codes.values()  # a summary of several series, no class of its own
 

@@ -22,6 +22,10 @@ import edgeseg.demo
 from edgeseg.errors import ConfigError
 from edgeseg.runtime.infer.devices import SUPPORTED_DEVICES, device_problem, normalize_device
 from edgeseg.runtime.infer.engine import PRECISIONS
+from edgeseg.runtime.node.settings import (
+    DEFAULT_SOP_CLASSES, DEFAULT_TRANSFER_SYNTAXES, DeliverySettings, ListenerSettings, NodeSettings, TlsSettings,
+    ae_title_problem, host_problem, is_valid_uid, parse_destinations,
+)
 from edgeseg.runtime.options import SEG_TYPES, OutputOptions, SegmentOptions
 from edgeseg.runtime.read.headers import ECHOES
 from edgeseg.runtime.read.limits import ReadLimits
@@ -74,6 +78,8 @@ class WatchConfig:
     max_concurrent_series: int = 1
     max_attempts: int = 3
     stop_grace_s: float = 30.0
+    #: the DICOM node: listener (off by default), destinations and delivery retries
+    node: NodeSettings = field(default_factory=NodeSettings)
     #: the file this configuration was read from (None: defaults, environment and command line only)
     source: Path | None = None
 
@@ -109,13 +115,16 @@ class WatchConfig:
 @dataclass(frozen=True)
 class _Key:
     path: str
-    kind: str  # "paths", "path", "bundle", "globs", "float", "int", "bool", "enum", "device"
+    # "paths", "path", "file", "bundle", "globs", "float", "int", "bool", "enum", "device", "text", "aet", "aets",
+    # "hosts", "uids", "destinations"
+    kind: str
     default: Any
     help: str
     minimum: float | None = None
     nullable: bool = False
     choices: tuple[str, ...] = ()
     exclusive_minimum: bool = False
+    maximum: float | None = None
 
 
 _KEYS: tuple[_Key, ...] = (
@@ -158,6 +167,41 @@ _KEYS: tuple[_Key, ...] = (
     _Key("max_concurrent_series", "int", 1, "series segmented at the same time", minimum=1),
     _Key("max_attempts", "int", 3, "attempts before a failing series is given up", minimum=1),
     _Key("stop_grace_s", "float", 30.0, "seconds a running series may finish after a stop request", minimum=0.0),
+    # the DICOM node (runtime/node): a Storage SCP writing into a watched root, destinations for the results
+    _Key("dicom_listener.enabled", "bool", False, "receive images by DICOM C-STORE (off: no port is opened)"),
+    _Key("dicom_listener.ae_title", "aet", ListenerSettings.ae_title, "the AE title consoles send to"),
+    _Key("dicom_listener.port", "int", ListenerSettings.port, "TCP port of the listener", minimum=1, maximum=65535),
+    _Key("dicom_listener.bind_address", "text", ListenerSettings.bind_address,
+         "address to listen on (0.0.0.0: every interface)"),
+    _Key("dicom_listener.allowed_ae_titles", "aets", (), "calling AE titles allowed to store (empty: any from an "
+         "allowed host)"),
+    _Key("dicom_listener.allowed_hosts", "hosts", (), "peer addresses, networks (10.1.2.0/24) or host names allowed "
+         "to store (empty: any host with an allowed AE title)"),
+    _Key("dicom_listener.max_associations", "int", ListenerSettings.max_associations,
+         "associations served at the same time (more are refused as 'local limit exceeded')", minimum=1),
+    _Key("dicom_listener.root", "path", None, "the watched root received instances are written into (default: the "
+         "first root)", nullable=True),
+    _Key("dicom_listener.completion_grace_s", "float", ListenerSettings.completion_grace_s,
+         "seconds after the association that sent a series ended before it counts as complete", minimum=0.0),
+    _Key("dicom_listener.min_free_mb", "float", ListenerSettings.min_free_mb,
+         "free MB the root must keep; below it stores are refused as 'out of resources'", minimum=0.0),
+    _Key("dicom_listener.sop_classes", "uids", DEFAULT_SOP_CLASSES, "storage SOP classes accepted"),
+    _Key("dicom_listener.transfer_syntaxes", "uids", DEFAULT_TRANSFER_SYNTAXES, "transfer syntaxes accepted"),
+    _Key("dicom_listener.tls_certificate", "file", None, "TLS: the listener's certificate (PEM); null: no TLS",
+         nullable=True),
+    _Key("dicom_listener.tls_key", "file", None, "TLS: the certificate's private key (PEM)", nullable=True),
+    _Key("dicom_listener.tls_ca", "file", None, "TLS: CA certificates that peers' certificates must chain to",
+         nullable=True),
+    _Key("dicom_listener.tls_require_peer_certificate", "bool", False, "TLS: peers must present a certificate "
+         "signed by tls_ca (mutual TLS)"),
+    _Key("destinations", "destinations", (), "DICOM nodes the results are sent to (name, ae_title, host, port, "
+         "send)"),
+    _Key("delivery.retry_initial_s", "float", DeliverySettings.retry_initial_s, "seconds before the first retry of "
+         "a delivery (doubled at each failure)", minimum=0.0, exclusive_minimum=True),
+    _Key("delivery.retry_max_s", "float", DeliverySettings.retry_max_s, "longest wait between delivery retries",
+         minimum=0.0, exclusive_minimum=True),
+    _Key("delivery.max_age_h", "float", DeliverySettings.max_age_h, "hours after which an undelivered result is "
+         "given up and reported", minimum=0.0, exclusive_minimum=True),
 )
 KEYS: dict[str, _Key] = {k.path: k for k in _KEYS}
 _SECTIONS = {p.split(".")[0] for p in KEYS if "." in p}
@@ -260,6 +304,13 @@ def _read_env(env: Mapping[str, str], problems: _Problems) -> dict[str, _Value]:
         value: Any = raw
         if key.kind in ("paths", "globs"):
             value = yaml.safe_load(raw) if raw.strip().startswith("[") else [s for s in raw.split(os.pathsep) if s]
+        elif key.kind in ("aets", "hosts", "uids"):
+            value = yaml.safe_load(raw) if raw.strip().startswith("[") else [s for s in raw.split(",") if s.strip()]
+        elif key.kind == "destinations":
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                value = raw
         elif key.kind in ("float", "int", "bool"):
             try:
                 value = yaml.safe_load(raw)
@@ -310,6 +361,9 @@ def _check(key: _Key, v: _Value, problems: _Problems, check_paths: bool) -> Any:
             rel = ">" if key.exclusive_minimum else ">="
             problems.add(where, key.path, f"must be {rel} {key.minimum:g}, got {num:g}", "choose a larger value")
             return key.default
+        if key.maximum is not None and num > key.maximum:
+            problems.add(where, key.path, f"must be <= {key.maximum:g}, got {num:g}", "choose a smaller value")
+            return key.default
         return num
     if kind == "enum":
         text = value.value if isinstance(value, enum.Enum) else value
@@ -325,6 +379,38 @@ def _check(key: _Key, v: _Value, problems: _Problems, check_paths: bool) -> Any:
             problems.add(where, key.path, problem, f"use {SUPPORTED_DEVICES}; `edgeseg doctor` lists this PC's")
             return key.default
         return normalize_device(value)
+    if kind in ("text", "aet"):
+        problem = ae_title_problem(value) if kind == "aet" else (
+            None if isinstance(value, str) and value.strip() else f"must be text, got {value!r}")
+        if problem:
+            problems.add(where, key.path, problem, "write e.g. " + repr(key.default))
+            return key.default
+        return str(value).strip()
+    if kind in ("aets", "hosts", "uids"):
+        if isinstance(value, str):
+            value = [value]
+        check = {"aets": ae_title_problem, "hosts": host_problem,
+                 "uids": lambda u: None if is_valid_uid(u) else f"{u!r} is not a UID"}[kind]
+        if not isinstance(value, (list, tuple)):
+            problems.add(where, key.path, f"must be a list, got {value!r}", "write a YAML list, e.g. [CONSOLE1]")
+            return key.default
+        bad = [(i, p) for i, v in enumerate(value) if (p := check(v))]
+        for i, problem in bad:
+            problems.add(where, f"{key.path}[{i}]", problem, "correct or remove it")
+        return key.default if bad else tuple(str(v).strip() for v in value)
+    if kind == "destinations":
+        destinations, found = parse_destinations(value, v.base)
+        for path, problem, fix in found:
+            problems.add(where, path, problem, fix)
+        return destinations
+    if kind == "file":
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            problems.add(where, key.path, f"must be a file path, got {value!r}", "write a path")
+            return key.default
+        path = _resolve(value, v.base)
+        if check_paths and not path.is_file():
+            problems.add(where, key.path, f"{path} does not exist", "give the path of an existing PEM file")
+        return path
     if kind == "globs":
         if isinstance(value, str):
             value = [value]
@@ -436,6 +522,7 @@ def load_config(
     if not values["roots"]:
         problems.add(str(source) if source else "command line", "roots", "no folder to watch",
                      "list at least one folder under roots: in the file, or pass --root DIR")
+    listener = _listener(values, layers, problems)
     if check_paths:
         for dir_key in ("state_dir", "log_dir"):
             origin = layers.get(dir_key)
@@ -475,7 +562,61 @@ def load_config(
         max_concurrent_series=values["max_concurrent_series"],
         max_attempts=values["max_attempts"],
         stop_grace_s=values["stop_grace_s"],
+        node=NodeSettings(
+            listener=listener,
+            destinations=values["destinations"],
+            delivery=DeliverySettings(retry_initial_s=values["delivery.retry_initial_s"],
+                                      retry_max_s=values["delivery.retry_max_s"],
+                                      max_age_h=values["delivery.max_age_h"]),
+        ),
         source=source,
+    )
+
+
+def _listener(values: dict[str, Any], layers: dict[str, _Value], problems: _Problems) -> ListenerSettings:
+    """The ``dicom_listener`` section as :class:`ListenerSettings`, with the checks that involve several keys: an
+    enabled listener names the peers it accepts, writes into a watched root, and has a key beside its certificate."""
+    def where(key: str) -> str:
+        origin = layers.get(f"dicom_listener.{key}")
+        return origin.where if origin else "default"
+
+    enabled = values["dicom_listener.enabled"]
+    roots = values["roots"] or ()
+    root = values["dicom_listener.root"]
+    if root is None and roots:
+        root = roots[0]
+    if enabled and root is not None and roots and not any(root == r or r in root.parents for r in roots):
+        problems.add(where("root"), "dicom_listener.root", f"{root} is not inside a watched root "
+                     f"({', '.join(map(str, roots))}): received series would never be segmented",
+                     "choose one of the roots (or a folder inside one), or leave it out for the first root")
+    if enabled and not values["dicom_listener.allowed_ae_titles"] and not values["dicom_listener.allowed_hosts"]:
+        problems.add(where("enabled"), "dicom_listener", "the listener is enabled but allows every peer",
+                     "list the consoles under allowed_ae_titles and/or allowed_hosts (allowed_hosts: [0.0.0.0/0] "
+                     "allows every IPv4 host deliberately)")
+    cert, key, ca = (values[f"dicom_listener.tls_{k}"] for k in ("certificate", "key", "ca"))
+    tls = None
+    if cert is not None or key is not None or ca is not None:
+        if cert is None or key is None:
+            problems.add(where("tls_certificate"), "dicom_listener.tls_certificate",
+                         "TLS needs both the certificate and its key", "set tls_certificate and tls_key (PEM files)")
+        if values["dicom_listener.tls_require_peer_certificate"] and ca is None:
+            problems.add(where("tls_require_peer_certificate"), "dicom_listener.tls_ca",
+                         "mutual TLS needs the CA that signs the consoles' certificates", "set tls_ca (PEM)")
+        tls = TlsSettings(cert, key, ca, values["dicom_listener.tls_require_peer_certificate"])
+    return ListenerSettings(
+        enabled=enabled,
+        ae_title=values["dicom_listener.ae_title"],
+        port=values["dicom_listener.port"],
+        bind_address=values["dicom_listener.bind_address"],
+        allowed_ae_titles=values["dicom_listener.allowed_ae_titles"],
+        allowed_hosts=values["dicom_listener.allowed_hosts"],
+        max_associations=values["dicom_listener.max_associations"],
+        root=root,
+        completion_grace_s=values["dicom_listener.completion_grace_s"],
+        min_free_mb=values["dicom_listener.min_free_mb"],
+        sop_classes=values["dicom_listener.sop_classes"],
+        transfer_syntaxes=values["dicom_listener.transfer_syntaxes"],
+        tls=tls,
     )
 
 
@@ -490,6 +631,18 @@ def describe(config: WatchConfig) -> list[tuple[str, str]]:
 
     def value(key: str) -> Any:
         section, _, name = key.partition(".")
+        if section == "dicom_listener":
+            listener = config.node.listener
+            if name.startswith("tls_"):
+                tls = listener.tls
+                attr = {"tls_certificate": "certificate", "tls_key": "key", "tls_ca": "ca",
+                        "tls_require_peer_certificate": "require_peer_certificate"}[name]
+                return getattr(tls, attr) if tls else (False if attr == "require_peer_certificate" else None)
+            return getattr(listener, name)
+        if section == "delivery":
+            return getattr(config.node.delivery, name)
+        if key == "destinations":
+            return tuple(f"{d.name}={d.address}" for d in config.node.destinations)
         return getattr(getattr(config, section), name) if name else getattr(config, key)
 
     return [(k, show(value(k))) for k in KEYS]
