@@ -1,0 +1,84 @@
+"""``edgeseg run``: one-shot mode for engines that start a processing step per task (mercure, MONAI Deploy, vendor
+AI platforms): segment every series of the input folder once into the output folder, then exit."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from edgeseg.runtime.infer.devices import SUPPORTED_DEVICES
+    from edgeseg.runtime.infer.engine import PRECISIONS
+    from edgeseg.runtime.oneshot.run import LAYOUTS
+    from edgeseg.runtime.options import SEG_TYPES
+    from edgeseg.runtime.read.headers import ECHOES
+
+    p = sub.add_parser(
+        "run", help="one-shot: segment every series of an input folder once into an output folder, then exit",
+        description="Segment every series found in the input folder once and write the results into the output "
+                    "folder (never beside the input: it may be read-only). Folders from --input/--output, else from "
+                    "MERCURE_IN_DIR/MERCURE_OUT_DIR, MONAI_INPUTPATH/MONAI_OUTPUTPATH or HOLOSCAN_INPUT_PATH/"
+                    "HOLOSCAN_OUTPUT_PATH. An input holding mercure's task.json gets mercure's layout (the DICOM-SEG "
+                    "and SR as *.dcm plus result.json; settings from task.json's process.settings, overridden by "
+                    "the options below); any other gets one <name>.edgeseg/ folder per series plus result.json. "
+                    "Exit status 0 when every series was segmented with every requested output; 16 (partial) when "
+                    "an output could not be written; 17 when some series were segmented and others failed; else "
+                    "the code of the first failure (the README lists them). No watcher, no job store, no network.")
+    p.add_argument("--input", type=Path, help="folder of the series (default: the engine's input variable)")
+    p.add_argument("--output", type=Path, help="folder for the results, outside the input (default: the engine's "
+                                               "output variable); created if missing")
+    p.add_argument("--bundle", help="model bundle folder, or 'demo' (default: EDGESEG_BUNDLE, else a MONAI package's "
+                                    "HOLOSCAN_MODEL_PATH/MONAI_MODELPATH holding bundle.json, else demo)")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto",
+                   help="mercure: only *.dcm results and result.json; folders: <name>.edgeseg/ per series; auto "
+                        "(default): mercure when the input holds task.json")
+    p.add_argument("--device", help=SUPPORTED_DEVICES + " (default CPU)")
+    p.add_argument("--precision", choices=PRECISIONS, help="default auto: the fastest the device compiles")
+    p.add_argument("--variant", help="bundle variant (default: the most accurate, or the planner's choice)")
+    p.add_argument("--threads", type=int, help="CPU inference threads (default: all cores)")
+    p.add_argument("--time-budget", dest="time_budget_s", type=float,
+                   help="seconds per series: the most accurate plan predicted to fit")
+    p.add_argument("--time-ceiling", dest="time_ceiling_s", type=float,
+                   help="hard seconds per series: refused when predicted above, cancelled when run past")
+    p.add_argument("--echoes", choices=ECHOES, help="of a series with several stacks (echoes, Dixon): all or first")
+    p.add_argument("--seg-type", dest="outputs.seg_type", choices=SEG_TYPES, help="DICOM-SEG type (default labelmap)")
+    for name, what in (("dicom-seg", "the DICOM-SEG"), ("dicom-sr", "the DICOM SR measurement report"),
+                       ("statistics", "statistics.json"), ("preview", "the preview PNG")):
+        p.add_argument(f"--no-{name}", dest=f"outputs.{name.replace('-', '_')}", action="store_const", const=False,
+                       default=None, help=f"do not write {what}")
+    p.add_argument("--cache-dir", type=Path,
+                   help="OpenVINO compiled-model cache (default: <MODULE_PERSISTENCE_DIR>/edgeseg/model_cache when "
+                        "mercure offers a persistence folder, else none)")
+    p.add_argument("--no-cache", action="store_true", help="do not use or write a compiled-model cache")
+    p.set_defaults(func=run_command)
+
+
+#: the options that are settings (validated with mercure's process.settings, stronger than them)
+_SETTING_OPTIONS = ("variant", "precision", "device", "threads", "time_budget_s", "time_ceiling_s", "echoes",
+                    "outputs.seg_type", "outputs.dicom_seg", "outputs.dicom_sr", "outputs.statistics",
+                    "outputs.preview")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from edgeseg.runtime.oneshot.engines import resolve_bundle, resolve_folders
+    from edgeseg.runtime.oneshot.run import run_oneshot
+
+    folders = resolve_folders(args.input, args.output)
+    bundle, bundle_from = resolve_bundle(args.bundle)
+    log.info("one-shot run: input=%s (%s) output=%s (%s) bundle=%s (%s)", folders.input, folders.input_from,
+             folders.output, folders.output_from, bundle, bundle_from)
+    overrides = {key: getattr(args, key) for key in _SETTING_OPTIONS}
+    result = run_oneshot(folders, bundle, overrides, layout=args.layout, cache_dir=args.cache_dir,
+                         use_cache=not args.no_cache)
+    for outcome in result.outcomes:
+        extra = f", PARTIAL: {outcome.missing_outputs}" if outcome.missing_outputs else ""
+        print(f"{outcome.status:8s} {outcome.name}  ({outcome.seconds:.1f} s{extra})")
+        for role, rel in sorted(outcome.outputs.items()):
+            print(f"  {role:12s} {folders.output / rel}")
+    for err in result.failures:
+        print(f"failed   {err}")
+    print(f"{result.status}: exit status {result.exit_code}; summary in {result.result_file}")
+    return result.exit_code

@@ -1,0 +1,368 @@
+"""One-shot mode: segment every series found in an input folder once, write the results into an output folder, and
+say how it went in one exit status. No watcher, no job store, no network.
+
+Two output layouts:
+
+* ``folders`` (MONAI Deploy, Holoscan, a vendor AI platform, a script): one ``<name>.edgeseg/`` per series in the
+  output folder, exactly what ``edgeseg segment`` writes beside a series (NIfTI, DICOM-SEG, SR, statistics,
+  preview, manifest), plus ``result.json``;
+* ``mercure``: only what mercure dispatches and stores (:mod:`edgeseg.runtime.oneshot.mercure`): each DICOM result
+  (the DICOM-SEG and, where written, the SR) as ``<SeriesInstanceUID>#<name>_<role>.dcm`` and ``result.json`` with
+  ``__mercure_notification``. The full result folders are built in a private temporary folder and removed.
+
+``auto`` picks ``mercure`` when the input holds mercure's ``task.json``, else ``folders``. ``result.json`` is
+written in both layouts, also when the run fails: ``status`` (complete, partial, failed), ``exit_code``, per series
+its status, volumes per structure (ml), the manifest's essentials (variant, precision per part, seconds, bundle),
+the outputs and the reason for anything missing or failed.
+
+Exit status (:func:`edgeseg.errors.summary_exit_code`, as ``edgeseg segment``): 0 when every series was segmented
+with every requested output; 16 (partial) when all were segmented but an output is missing; 17 when some series
+were segmented and others failed (a refused image counts as a failed series); else the code of the first failure.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from edgeseg import __version__
+from edgeseg.bundle.schema import Bundle, load_bundle
+from edgeseg.errors import (EXIT_OK, EdgesegError, InvalidSeriesError, OutOfMemoryError, TimeCeilingError,
+                            exit_code_of, kind_of, remedy_for, summary_exit_code)
+from edgeseg.runtime.oneshot.engines import DEMO, Folders
+from edgeseg.runtime.oneshot.mercure import (NOTIFICATION_KEY, RESULT_FILE, AnnouncedSeries, MercureTask,
+                                             announced_series, dispatch_name, is_mercure_input, model_cache_dir,
+                                             notification, persistence_dir, read_task, task_settings_layer)
+from edgeseg.runtime.oneshot.settings import OneShotSettings, check_variant, settings_from
+from edgeseg.runtime.options import SegmentOptions
+from edgeseg.runtime.plan import LatencyTable, Plan, Planner
+from edgeseg.runtime.read import SeriesGeometry, SeriesRef, SkippedFiles, Volume, discover_series, read_series
+from edgeseg.runtime.segment import COMPLETE, PARTIAL, SegmentResult, Timings, run_manifest, segment_volume
+from edgeseg.runtime.write import compute_statistics, describe_missing, write_results
+from edgeseg.runtime.write.atomic import output_error, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+#: output layouts (:func:`run_oneshot`'s ``layout``)
+LAYOUTS = ("auto", "mercure", "folders")
+#: ``result.json`` ``status`` of a run in which no series was segmented
+FAILED = "failed"
+
+ProgressCallback = Callable[[str, float], None]
+
+
+@dataclass
+class SeriesOutcome:
+    """How one series went. ``outputs``: role -> file written into the output folder (relative to it);
+    ``volumes_ml``: structure -> volume of the structures found."""
+
+    name: str
+    series_uid: str | None
+    description: str
+    status: str
+    seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+    missing_outputs: dict[str, str] = field(default_factory=dict)
+    volumes_ml: dict[str, float] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+    error: BaseException | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "series_uid": self.series_uid, "description": self.description,
+                               "status": self.status, "seconds": round(self.seconds, 2)}
+        if self.error is not None:
+            out["error"] = {"kind": kind_of(self.error), "message": str(self.error),
+                            "what_to_do": remedy_for(self.error)}
+            return out
+        out.update(outputs=self.outputs, missing_outputs=self.missing_outputs, run=self.run,
+                   volumes_ml=self.volumes_ml)
+        return out
+
+
+@dataclass
+class OneShotResult:
+    """What a run did: its outcome per series, the failures in order (refused images first), the exit status and
+    where ``result.json`` went."""
+
+    folders: Folders
+    layout: str
+    outcomes: list[SeriesOutcome]
+    failures: list[BaseException]
+    exit_code: int
+    result_file: Path | None
+    task: MercureTask | None = None
+
+    @property
+    def status(self) -> str:
+        return _status(self.exit_code, self.outcomes)
+
+
+def _status(exit_code: int, outcomes: list[SeriesOutcome]) -> str:
+    if exit_code == EXIT_OK:
+        return COMPLETE
+    return PARTIAL if any(o.status in (COMPLETE, PARTIAL) for o in outcomes) else FAILED
+
+
+class _CeilingPassed(Exception):
+    """Raised from the progress callback when a series runs past ``time_ceiling_s``."""
+
+    def __init__(self, elapsed_s: float) -> None:
+        super().__init__(elapsed_s)
+        self.elapsed_s = elapsed_s
+
+
+def choose_layout(layout: str, folders: Folders) -> str:
+    """``mercure`` or ``folders``: ``auto`` is ``mercure`` when the input holds mercure's task.json."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    if layout == "auto":
+        return "mercure" if is_mercure_input(folders.input) else "folders"
+    return layout
+
+
+def resolve_bundle_path(value: str | Path) -> Path:
+    """``demo``: the bundle shipped inside the package; anything else: a folder."""
+    if str(value) == DEMO:
+        from edgeseg.demo import demo_bundle_path
+
+        return demo_bundle_path()
+    return Path(value)
+
+
+def run_oneshot(folders: Folders, bundle: str | Path | Bundle = DEMO, overrides: Mapping[str, Any] | None = None,
+                layout: str = "auto", cache_dir: Path | None = None, use_cache: bool = True,
+                env: Mapping[str, str] | None = None, progress: ProgressCallback | None = None) -> OneShotResult:
+    """Segment every series in ``folders.input`` once into ``folders.output`` (module docstring).
+
+    ``overrides``: settings from the command line by key path (``precision``, ``outputs.preview`` ...; None values
+    fall through), stronger than mercure's ``process.settings``. ``cache_dir``: the OpenVINO compiled-model cache;
+    None: ``<MODULE_PERSISTENCE_DIR>/edgeseg/model_cache`` when mercure offers a persistence folder, else no cache
+    (a one-shot run writes nowhere but its output and that folder); ``use_cache=False``: none at all.
+    Raises :class:`EdgesegError` for a failure before any series ran (bad settings, bundle, an input without series),
+    after writing ``result.json`` saying so; per-series failures are in the result.
+    """
+    started = time.perf_counter()
+    chosen = "folders"
+    task: MercureTask | None = None
+    try:
+        chosen = choose_layout(layout, folders)
+        layers: list[tuple[Mapping[str, Any], str, str]] = []
+        if chosen == "mercure":
+            task = read_task(folders.input)
+            layers.append(task_settings_layer(task))
+        layers.append(({k: v for k, v in (overrides or {}).items() if v is not None}, "command line", ""))
+        settings = settings_from(layers, what="module settings" if task else "settings")
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(resolve_bundle_path(bundle))
+        check_variant(settings, [v.name for v in bundle.variants])
+        if not use_cache:
+            cache_dir = None
+        elif cache_dir is None:
+            cache_dir = model_cache_dir(env)
+        skipped = SkippedFiles()
+        refs = discover_series(folders.input, skipped=skipped, echoes=settings.echoes)
+        if not refs:
+            why = f"{skipped.summary()}. " if skipped else ""
+            raise InvalidSeriesError(f"No image series found in {folders.input}: {why}Send the DICOM files of an "
+                                     "image series (or give a folder holding NIfTI/PAR files).")
+    except EdgesegError as err:
+        _write_summary(folders, chosen, task, [], [err], exit_code_of(err), None, time.perf_counter() - started)
+        raise
+    failures: list[BaseException] = [InvalidSeriesError(f"{len(files)} file(s) in {folders.input} not segmented, "
+                                                         f"e.g. {files[0].name}: {reason}.")
+                                      for reason, files in skipped.refused.items()]
+    announced = announced_series(folders.input) if chosen == "mercure" else {}
+    options = SegmentOptions(device=settings.device, precision=settings.precision, variant=settings.variant,
+                             threads=settings.threads, cache_dir=cache_dir, time_budget_s=settings.time_budget_s,
+                             outputs=settings.outputs)
+    planner = _planner(bundle, options, env) if (settings.time_budget_s or settings.time_ceiling_s) and \
+        settings.variant is None else None
+    staging = Path(tempfile.mkdtemp(prefix="edgeseg-run-")) if chosen == "mercure" else None
+    outcomes: list[SeriesOutcome] = []
+    try:
+        for ref in refs:
+            tags = announced.get(ref.uid or "") if ref.uid else None
+            outcome = _run_series(ref, bundle, options, settings, planner, folders, staging, tags, progress)
+            outcomes.append(outcome)
+            if outcome.error is not None:
+                failures.append(outcome.error)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    complete = sum(o.status == COMPLETE for o in outcomes)
+    partial_n = sum(o.status == PARTIAL for o in outcomes)
+    code = summary_exit_code(complete, partial_n, failures)
+    result_file = _write_summary(folders, chosen, task, outcomes, failures, code, bundle,
+                                 time.perf_counter() - started)
+    return OneShotResult(folders=folders, layout=chosen, outcomes=outcomes, failures=failures, exit_code=code,
+                         result_file=result_file, task=task)
+
+
+def _planner(bundle: Bundle, options: SegmentOptions, env: Mapping[str, str] | None) -> Planner:
+    """The time-budget planner; its tile latencies are kept in the persistence folder when there is one (else they
+    are measured in this run and forgotten)."""
+    from edgeseg.runtime.infer.engine import measure_tile_latency
+
+    keep = persistence_dir(env)
+    table = LatencyTable(keep / "latency.json" if keep is not None else None)
+    return Planner(bundle, table, options.device, options.precision, options.threads,
+                   partial(measure_tile_latency, cache_dir=options.cache_dir))
+
+
+def _run_series(ref: SeriesRef, bundle: Bundle, options: SegmentOptions, settings: OneShotSettings,
+                planner: Planner | None, folders: Folders, staging: Path | None, tags: AnnouncedSeries | None,
+                progress: ProgressCallback | None) -> SeriesOutcome:
+    description = ref.description or (tags.description if tags else "")
+    outcome = SeriesOutcome(name=ref.name, series_uid=ref.uid, description=description, status=FAILED)
+    t0 = time.perf_counter()
+    try:
+        timings = Timings()
+        volume = read_series(ref, options.limits)
+        timings.read = time.perf_counter() - t0
+        run_options, plan = options, None
+        if planner is not None:
+            plan = planner.plan(SeriesGeometry.from_volume(volume), settings.time_budget_s,
+                                instances=len(volume.dicom_files), ceiling_s=settings.time_ceiling_s)
+            log.info("plan: series=%s %s", ref.name, plan.reason)
+            if plan.over_ceiling:
+                raise TimeCeilingError(f"{ref.name}: {plan.reason} (not started).")
+            run_options = replace(options, variant=plan.variant, tile_step_size=plan.tile_step_size)
+        result = _segment(volume, bundle, run_options, plan, timings, staging or folders.output,
+                          _watch_ceiling(settings.time_ceiling_s, t0, progress))
+        dispatched = _dispatch(result[0], folders.output) if staging is not None else None
+    except _CeilingPassed as passed:
+        outcome.error = TimeCeilingError(f"{ref.name}: cancelled after {passed.elapsed_s:.0f} s, past the time "
+                                         f"ceiling of {settings.time_ceiling_s:g} s per series.")
+    except MemoryError as err:
+        outcome.error = err if isinstance(err, OutOfMemoryError) else OutOfMemoryError(
+            f"{ref.name}: out of memory while segmenting ({type(err).__name__}: {err or 'no details'}).")
+    except EdgesegError as err:
+        outcome.error = err
+    outcome.seconds = time.perf_counter() - t0
+    if outcome.error is not None:
+        log.error("series failed: %s: %s", ref.name, outcome.error)
+        return outcome
+    volume_result, volumes = result
+    outcome.status = volume_result.status
+    outcome.missing_outputs = volume_result.missing_outputs
+    outcome.volumes_ml = volumes
+    manifest = volume_result.manifest
+    outcome.run = {"variant": manifest["run"]["variant"],
+                   "parts": [{k: p[k] for k in ("name", "precision", "device", "tiles")}
+                             for p in manifest["run"]["parts"]],
+                   "timings_s": manifest["run"]["timings_s"]}
+    if "plan" in manifest:
+        outcome.run["plan"] = {k: manifest["plan"][k] for k in ("variant", "tile_step_size", "predicted_s", "fits")}
+    if dispatched is None:
+        outcome.outputs = {role: str(path.relative_to(folders.output)) for role, path in volume_result.files.items()}
+    else:
+        outcome.outputs = dispatched
+    log.info("series %s: name=%s outputs=%s%s", outcome.status, ref.name, ", ".join(outcome.outputs) or "none",
+             f" missing: {describe_missing(outcome.missing_outputs)}" if outcome.missing_outputs else "")
+    return outcome
+
+
+def _watch_ceiling(ceiling_s: float | None, t0: float, progress: ProgressCallback | None) -> ProgressCallback:
+    def report(stage: str, fraction: float) -> None:
+        if progress is not None:
+            progress(stage, fraction)
+        elapsed = time.perf_counter() - t0
+        if ceiling_s is not None and elapsed > ceiling_s:
+            raise _CeilingPassed(elapsed)
+    return report
+
+
+def _segment(volume: Volume, bundle: Bundle, options: SegmentOptions, plan: Plan | None, timings: Timings,
+             out_parent: Path, progress: ProgressCallback) -> tuple[SegmentResult, dict[str, float]]:
+    """:func:`~edgeseg.runtime.segment.segment_series` for an already read volume, with the results written under
+    ``out_parent`` instead of beside the series; also the volume (ml) of each structure found."""
+    labels, record = segment_volume(volume, bundle, options, progress, timings)
+    t0 = time.perf_counter()
+    manifest = run_manifest(bundle, volume, options, record)
+    if plan is not None:
+        manifest["plan"] = plan.to_dict()
+    result = write_results(volume, labels, bundle.labels, options.outputs, manifest, out_parent=out_parent)
+    timings.write = time.perf_counter() - t0
+    stats = compute_statistics(volume, labels, bundle.labels)
+    volumes = {name: round(float(s["volume_ml"]), 3) for name, s in stats["structures"].items() if s["voxels"]}
+    return result, volumes
+
+
+def _dispatch(result: SegmentResult, output: Path) -> dict[str, str]:
+    """Copy the result's DICOM files (every role written as ``*.dcm``: the DICOM-SEG, the SR when written) into
+    mercure's output folder under :func:`~edgeseg.runtime.oneshot.mercure.dispatch_name`; role -> file name."""
+    import pydicom
+
+    out: dict[str, str] = {}
+    for role, path in sorted(result.files.items()):
+        if path.suffix.lower() != ".dcm" or not path.is_file():
+            continue
+        try:
+            uid = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+                      .get("SeriesInstanceUID", "") or "")
+        except Exception:  # noqa: BLE001 - our own file; the name only loses the UID
+            uid = ""
+        name = dispatch_name(uid, result.output_dir.name.removesuffix(".edgeseg"), role)
+        target = output / name
+        tmp = output / f".{name}.partial"
+        try:
+            shutil.copyfile(path, tmp)
+            tmp.replace(target)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise output_error(err, output, f"copy {path.name} into") from err
+        out[role] = name
+    return out
+
+
+def _notification_text(outcomes: list[SeriesOutcome], failures: list[BaseException], code: int) -> str:
+    done = [o for o in outcomes if o.status in (COMPLETE, PARTIAL)]
+    parts = [f"edgeseg {__version__}: {len(done)} of {len(done) + len(failures)} series segmented"]
+    for o in done:
+        top = sorted(o.volumes_ml.items(), key=lambda kv: -kv[1])[:3]
+        what = ", ".join(f"{name} {ml:.0f} ml" for name, ml in top) or "no structure found"
+        label = o.description or o.name
+        parts.append(f"{label}: {len(o.volumes_ml)} structures ({what})"
+                     + (f"; PARTIAL: {describe_missing(o.missing_outputs)}" if o.missing_outputs else ""))
+    for err in failures:
+        parts.append(f"failed ({kind_of(err)}): {err}")
+    if code != EXIT_OK:
+        parts.append(f"exit status {code}")
+    return "\n".join(parts)
+
+
+def _write_summary(folders: Folders, layout: str, task: MercureTask | None, outcomes: list[SeriesOutcome],
+                   failures: list[BaseException], code: int, bundle: Bundle | None, seconds: float) -> Path | None:
+    """``result.json`` in the output folder (see the module docstring); None when it could not be written (the
+    output folder itself is the problem: logged)."""
+    outcome_errors = {id(o.error) for o in outcomes if o.error is not None}
+    payload: dict[str, Any] = {
+        "edgeseg": {"version": __version__, "mode": "run", "layout": layout, "engine": folders.engine},
+        "status": _status(code, outcomes),
+        "exit_code": code,
+        "seconds": round(seconds, 2),
+        "input": {"folder": str(folders.input), "from": folders.input_from},
+        "bundle": ({"name": bundle.name, "path": str(bundle.path), "intended_use": bundle.intended_use}
+                   if bundle is not None else None),
+        "series": [o.to_dict() for o in outcomes],
+        "failed": [{"kind": kind_of(err), "message": str(err), "what_to_do": remedy_for(err)}
+                   for err in failures if id(err) not in outcome_errors],
+    }
+    if task is not None:
+        payload["task"] = {"id": task.id, "uid": task.uid, "uid_type": task.uid_type, "module_name": task.module_name}
+    if layout == "mercure":
+        payload[NOTIFICATION_KEY] = notification(_notification_text(outcomes, failures, code))
+    try:
+        return write_json_atomic(folders.output / RESULT_FILE, payload)
+    except OSError as err:
+        log.error("%s", output_error(err, folders.output, f"write {RESULT_FILE} into"))
+        return None
+
+
+__all__ = ["FAILED", "LAYOUTS", "OneShotResult", "SeriesOutcome", "choose_layout", "resolve_bundle_path",
+           "run_oneshot"]
