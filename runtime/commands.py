@@ -43,6 +43,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=float, help="seconds; pick the most accurate variant that fits")
     p.add_argument("--per-structure", action="store_true", help="also one NIfTI per structure")
     p.add_argument("--no-dicom-seg", action="store_true", help="do not write a DICOM-SEG for DICOM input")
+    p.add_argument("--no-dicom-sr", action="store_true",
+                   help="do not write the DICOM SR measurement report (volume per structure) beside the DICOM-SEG")
     p.add_argument("--seg-type", choices=SEG_TYPES, default=OutputOptions.seg_type,
                    help="DICOM-SEG type: labelmap (one frame per slice, small; the default) or binary (one frame per "
                         "structure and slice, for viewers that do not read LABELMAP SEGs yet)")
@@ -77,6 +79,7 @@ def run_segment(args: argparse.Namespace) -> int:
         device=args.device, precision=args.precision, variant=args.variant, threads=args.threads,
         cache_dir=cache_dir, time_budget_s=args.time_budget,
         outputs=OutputOptions(per_structure=args.per_structure, dicom_seg=not args.no_dicom_seg,
+                              dicom_sr=not args.no_dicom_sr,
                               statistics=not args.no_statistics, preview=not args.no_preview,
                               seg_type=args.seg_type))
     skipped = SkippedFiles()

@@ -383,7 +383,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"\nSegmented in {record.seconds:.1f} s. Results in {result.output_dir}:")
         files_by_role = dict(getattr(result, "files", {}) or {})
         for role, label in (("labelmap", "masks (label map)"), ("per_structure", "masks per structure"),
-                            ("preview", "preview"), ("statistics", "statistics"), ("dicom_seg", "DICOM-SEG")):
+                            ("preview", "preview"), ("statistics", "statistics"), ("dicom_seg", "DICOM-SEG"),
+                            ("dicom_sr", "DICOM SR")):
             if role in files_by_role:
                 print(f"  {label:<22} {files_by_role.pop(role)}")
         for role, path in sorted(files_by_role.items()):

@@ -34,6 +34,13 @@ and demands one identical ImageOrientationPatient from classic sources even when
 the in-memory copies of the sources (read here without pixel data; the files are never written) carry the stack's
 one orientation and, for a multi-frame source, its pixel measures and orientation as shared groups.
 
+UIDs (:func:`result_uids`): the SEG's SeriesInstanceUID and SOPInstanceUID are derived, not random: a hash of the
+source series (SeriesInstanceUID, the sorted SOPInstanceUIDs of the instances stacked, the stack label of a split
+series), the model (:func:`model_identity`: the bundle.json sha256, the variant, each part's precision as run), the
+SEG type and the role. A re-run of the same input with the same bundle writes the same UIDs, so a PACS that receives
+a re-sent or re-computed result replaces or deduplicates it instead of filing a second copy. The edgeseg version is
+not part of it (a release that leaves the model alone gives the same masks).
+
 Patient and study attributes are copied from the first source by highdicom; person names (VR PN) are sanitised
 first (:func:`_sanitise_person_names`), since a console may export a PatientName with a backslash (the DICOM value
 separator: pydicom then reads several values, which highdicom refuses) or with control characters.
@@ -44,7 +51,7 @@ import logging
 import os
 import re
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -58,6 +65,41 @@ log = logging.getLogger(__name__)
 
 DICOM_SEG_FILE = "seg.dcm"
 SERIES_DESCRIPTION = "edgeseg segmentation"
+
+
+def model_identity(bundle: Mapping[str, Any] | None, run: Mapping[str, Any] | None) -> list[str]:
+    """What identifies the model that made a result, from the run manifest's ``bundle`` record (its
+    ``bundle_json_sha256``, which hashes every model file through bundle.json; the bundle name where no digest is
+    known) and ``run`` record (``variant``, each part's ``precision`` as compiled): entropy for :func:`result_uids`."""
+    bundle = bundle or {}
+    run = run or {}
+    parts = run.get("parts") or []
+    return [
+        f"bundle={bundle.get('bundle_json_sha256') or bundle.get('name') or ''}",
+        f"variant={run.get('variant') or ''}",
+        "precision=" + ",".join(f"{p.get('name', '')}:{p.get('precision', '')}" for p in parts
+                                if isinstance(p, Mapping)),
+    ]
+
+
+def result_uids(volume: Volume, model: Sequence[str], role: str, *extra: str) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) of the DICOM object of ``role`` ("seg", "sr") made from ``volume``:
+    :func:`pydicom.uid.generate_uid` with the source SeriesInstanceUID, the sorted SOPInstanceUIDs of the instances
+    stacked, the stack label (a split series), ``model`` (:func:`model_identity`), the role and ``extra`` (what
+    else changes the object's content, e.g. the SEG type) as entropy: the same input and model give the same UIDs,
+    any difference other ones."""
+    from pydicom.uid import generate_uid
+
+    sources = [
+        f"series={volume.series_uid or volume.series_id or ''}",
+        "instances=" + "\\".join(sorted({str(uid) for uid in volume.extra.get("sop_instance_uids") or ()})),
+        f"stack={volume.stack or ''}",
+        *model,
+        f"role={role}",
+        *extra,
+    ]
+    return (str(generate_uid(entropy_srcs=[*sources, "series"])),
+            str(generate_uid(entropy_srcs=[*sources, "instance"])))
 
 
 def _sources(volume: Volume) -> list[Any]:
@@ -265,11 +307,13 @@ def _contributing_equipment(bundle: Mapping[str, Any] | None) -> Any:
 
 def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str], *,
                     segmentation_type: str = "BINARY", series_number: int | None = None,
-                    bundle: Mapping[str, Any] | None = None) -> dict[int, dict[str, Any]]:
+                    bundle: Mapping[str, Any] | None = None,
+                    run: Mapping[str, Any] | None = None) -> dict[int, dict[str, Any]]:
     """Write a DICOM Segmentation of ``labelmap`` (shape (I, J, K) of the DICOM ``volume``) to ``path``.
 
     ``segmentation_type``: "BINARY" or "LABELMAP" (case-insensitive). ``bundle``: the run manifest's ``bundle``
-    record (``name``, ``bundle_json_sha256``), named in the ContributingEquipmentSequence.
+    record (``name``, ``bundle_json_sha256``), named in the ContributingEquipmentSequence; with ``run`` (the
+    manifest's ``run`` record: variant, precision per part) it also makes the UIDs (:func:`result_uids`).
 
     Returns {segment number: {"label": value, "name": name}} for the segments written (present labels only).
     Raises ValueError for a non-DICOM volume or an empty mask, :class:`OutputError` if the sources are unreadable;
@@ -277,7 +321,6 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
 
     if volume.kind != "dicom" or not volume.dicom_files:
         raise ValueError("a DICOM-SEG needs a volume read from DICOM (its source instances)")
@@ -314,14 +357,15 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
             series_number = 1000 + int(src_number) if src_number not in (None, "") else 1000
         except (TypeError, ValueError):
             series_number = 1000
+    series_uid, sop_uid = result_uids(volume, model_identity(bundle, run), "seg", f"type={seg_type}")
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=frames,
         segmentation_type=seg_type,
         segment_descriptions=descriptions,
-        series_instance_uid=generate_uid(),
+        series_instance_uid=series_uid,
         series_number=int(series_number) % 2**31,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer="edgeseg",
         manufacturer_model_name="edgeseg",

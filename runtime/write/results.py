@@ -9,6 +9,8 @@ Layout of ``<name>.edgeseg/``::
     preview.png         overlay on 5 slices with a legend (OutputOptions.preview)
     seg.dcm             DICOM-SEG, DICOM input only, when at least one structure is present (OutputOptions.dicom_seg,
                         of type OutputOptions.seg_type)
+    sr.dcm              DICOM SR (TID 1500 measurement report: volume, mean intensity per segment of seg.dcm), beside
+                        a written seg.dcm only (OutputOptions.dicom_sr)
     manifest.json       the caller's manifest + outputs, status, missing_outputs, series, series_key, writer and
                         time (always)
 
@@ -24,7 +26,10 @@ manifest's ``status`` is ``partial`` (else ``complete``) and ``missing_outputs``
 :attr:`SegmentResult.status` / :attr:`SegmentResult.missing_outputs` say the same to the caller (the command line
 exits with :data:`~edgeseg.errors.EXIT_PARTIAL`, the watcher records the series as partial with an error file).
 A DICOM-SEG is not requested of a mask with no structure in it (a SEG needs a segment): the manifest notes that
-under ``warnings``, and the result is complete.
+under ``warnings``, and the result is complete. The DICOM SR measures the segments of the SEG written beside it:
+without a requested SEG it is not requested either; a requested SEG that is missing makes the SR missing too ("needs
+the DICOM-SEG, which was not written: <the SEG's reason>"). The SEG's and the SR's UIDs are derived from the input
+and the model (:func:`edgeseg.runtime.write.dicomseg.result_uids`): a re-run writes the same ones.
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ from edgeseg.runtime.write.manifest import MANIFEST_FILE, write_manifest
 from edgeseg.runtime.write.nifti import (LABELMAP_FILE, LABELS_FILE, STRUCTURES_DIR, write_label_sidecar,
                                          write_labelmap, write_structures)
 from edgeseg.runtime.write.preview import PREVIEW_FILE, write_preview
+from edgeseg.runtime.write.sr import DICOM_SR_FILE, write_dicom_sr
 from edgeseg.runtime.write.statistics import STATISTICS_FILE, compute_statistics, write_statistics
 
 log = logging.getLogger(__name__)
@@ -60,6 +66,7 @@ PARTIAL: Final = "partial"
 #: what each optional role is called in messages
 ROLE_NAMES: Final = {
     "dicom_seg": f"DICOM-SEG ({DICOM_SEG_FILE})",
+    "dicom_sr": f"DICOM SR ({DICOM_SR_FILE})",
     "preview": f"preview ({PREVIEW_FILE})",
     "statistics": f"statistics ({STATISTICS_FILE})",
     "structures": f"per-structure masks ({STRUCTURES_DIR}/)",
@@ -74,7 +81,8 @@ def describe_missing(missing: Mapping[str, str]) -> str:
 @dataclass(frozen=True)
 class SegmentResult:
     """Where the results landed: ``output_dir`` is the finished ``<name>.edgeseg`` folder beside the series;
-    ``files`` maps a role ("labelmap", "labels", "statistics", "preview", "dicom_seg", "manifest") to its path."""
+    ``files`` maps a role ("labelmap", "labels", "statistics", "preview", "dicom_seg", "dicom_sr", "manifest") to
+    its path."""
 
     output_dir: Path
     files: dict[str, Path]
@@ -137,7 +145,8 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
 
     ``labelmap``: integer array of exactly ``volume.shape`` (I, J, K), 0 = background, values = keys of
     ``labels``. ``options`` selects the optional roles. ``manifest``: the caller's run record, extended with
-    ``outputs`` (role -> file name), ``series``, ``labels_present`` and, for DICOM-SEG, ``dicom_seg_segments``.
+    ``outputs`` (role -> file name), ``series``, ``labels_present`` and, for DICOM-SEG, ``dicom_seg_segments``
+    (the DICOM SR measures those segments).
     Raises :class:`OutputError` (disk full, no permission) with nothing published; ValueError for a labelmap of
     the wrong shape or type.
     """
@@ -187,9 +196,18 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
                      lambda: write_structures(root / STRUCTURES_DIR, labelmap, volume, labels))
             if "structures" not in missing:
                 outputs["structures"] = STRUCTURES_DIR
+        computed: dict[str, Any] = {}
+
+        def statistics() -> dict[str, Any]:
+            """The statistics of the mask, computed once for statistics.json and the SR."""
+            if "stats" not in computed:
+                computed["stats"] = compute_statistics(volume, labelmap, labels)
+            stats: dict[str, Any] = computed["stats"]
+            return stats
+
         if options.statistics:
             optional("statistics", root / STATISTICS_FILE, lambda: write_statistics(
-                root / STATISTICS_FILE, compute_statistics(volume, labelmap, labels)))
+                root / STATISTICS_FILE, statistics()))
             if "statistics" not in missing:
                 outputs["statistics"] = STATISTICS_FILE
         if options.preview:
@@ -199,6 +217,7 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
                 outputs["preview"] = PREVIEW_FILE
         if options.dicom_seg and volume.kind == "dicom":
             unreferencable = seg_source_problem(volume)
+            segments: dict[int, dict[str, Any]] | None = None
             if not present:
                 warnings.append("no structure found: no DICOM-SEG written")
             elif unreferencable is not None:
@@ -207,12 +226,25 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
             else:
                 segments = optional("dicom_seg", root / DICOM_SEG_FILE, lambda: write_dicom_seg(
                     root / DICOM_SEG_FILE, volume, labelmap, labels, segmentation_type=options.seg_type,
-                    bundle=record.get("bundle")))
+                    bundle=record.get("bundle"), run=record.get("run")))
                 if "dicom_seg" in missing:  # highdicom refuses some sources; the other results are kept
                     warnings.append(f"DICOM-SEG not written: {missing['dicom_seg']}")
-                else:
+                elif segments is not None:
                     outputs["dicom_seg"] = DICOM_SEG_FILE
                     record["dicom_seg_segments"] = {str(n): s for n, s in segments.items()}
+            if options.dicom_sr and present:  # the SR measures the SEG's segments: only beside a SEG
+                if "dicom_seg" in missing:
+                    missing["dicom_sr"] = f"needs the DICOM-SEG, which was not written: {missing['dicom_seg']}"
+                    log.warning("series %s: DICOM SR not written: %s", volume.name, missing["dicom_sr"])
+                elif segments is not None:
+                    seg_segments = segments
+                    optional("dicom_sr", root / DICOM_SR_FILE, lambda: write_dicom_sr(
+                        root / DICOM_SR_FILE, volume, root / DICOM_SEG_FILE, seg_segments, statistics(),
+                        bundle=record.get("bundle"), run=record.get("run")))
+                    if "dicom_sr" in missing:
+                        warnings.append(f"DICOM SR not written: {missing['dicom_sr']}")
+                    else:
+                        outputs["dicom_sr"] = DICOM_SR_FILE
         outputs["manifest"] = MANIFEST_FILE
         record["outputs"] = outputs
         record["status"] = PARTIAL if missing else COMPLETE

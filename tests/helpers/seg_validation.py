@@ -11,6 +11,9 @@
 
 :func:`validate_seg` runs all three against a label map; :func:`validate_result_folder` does it for a
 ``<name>.edgeseg/`` folder (``seg.dcm`` against ``seg.nii.gz``, segment numbers from ``manifest.json``).
+A DICOM SR (``sr.dcm``, :mod:`edgeseg.runtime.write.sr`) gets dciodvfy too (:func:`sr_dciodvfy_errors`): every SR
+a test leaves behind is checked by :func:`validate_written_segs`.
+
 The tools are found beside the running interpreter (the venv's ``bin/``) or on PATH; a missing tool fails (the
 test extra installs both), it never skips.
 """
@@ -49,6 +52,42 @@ def dciodvfy_errors(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]
     proc = subprocess.run([tool("dciodvfy"), os.fspath(path)], capture_output=True, text=True, timeout=120)
     lines = (proc.stdout + proc.stderr).splitlines()
     return [ln for ln in lines if "Error" in ln], [ln for ln in lines if ln.startswith("Warning")]
+
+
+#: Label Map Segmentation Storage (DICOM 2024, Sup 243): a Segmentation IOD SOP Class that dciodvfy's condition on
+#: an SR reference's ReferencedSegmentNumber does not know yet (it accepts only Segmentation Storage and Surface
+#: Segmentation Storage), see :func:`sr_dciodvfy_errors`
+LABEL_MAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.7"
+_SEGMENT_NUMBER_ERROR = ("Error - Shall not be present for Referenced SOP Class that is not segmentation - "
+                         "attribute <ReferencedSegmentNumber>")
+
+
+def _referenced_segment_classes(dataset: object) -> set[str]:
+    """The ReferencedSOPClassUID of every SR reference (anywhere in the content tree) that has a
+    ReferencedSegmentNumber."""
+    classes: set[str] = set()
+    for item in getattr(dataset, "ContentSequence", None) or []:
+        for ref in item.get("ReferencedSOPSequence") or []:
+            if "ReferencedSegmentNumber" in ref:
+                classes.add(str(ref.ReferencedSOPClassUID))
+        classes |= _referenced_segment_classes(item)
+    return classes
+
+
+def sr_dciodvfy_errors(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """:func:`dciodvfy_errors` of a DICOM SR, less one known false error: dciodvfy (20260927) reports the
+    ReferencedSegmentNumber of a reference to a *Label Map* Segmentation as "not segmentation", although Label Map
+    Segmentation Storage is a SOP Class of the Segmentation IOD and TID 1411's Referenced Segment must name the
+    segment. Only that exact line is dropped, and only when every segment reference in the SR is to a Label Map
+    Segmentation (a reference to anything else still fails); an SR beside a BINARY SEG is checked unfiltered."""
+    import pydicom
+
+    errors, warnings = dciodvfy_errors(path)
+    if any(line.strip() == _SEGMENT_NUMBER_ERROR for line in errors):
+        classes = _referenced_segment_classes(pydicom.dcmread(os.fspath(path)))
+        if classes == {LABEL_MAP_SEGMENTATION}:
+            errors = [line for line in errors if line.strip() != _SEGMENT_NUMBER_ERROR]
+    return errors, warnings
 
 
 def dcmqi_masks(path: str | os.PathLike[str], workdir: str | os.PathLike[str] | None = None
@@ -147,9 +186,10 @@ def validate_result_folder(folder: str | os.PathLike[str]) -> list[str]:
 
 
 def validate_written_segs(root: str | os.PathLike[str]) -> int:
-    """Every DICOM-SEG a test left under ``root``: a ``<name>.edgeseg/seg.dcm`` result gets
+    """Every DICOM-SEG and DICOM SR a test left under ``root``: a ``<name>.edgeseg/seg.dcm`` result gets
     :func:`validate_result_folder`, any other ``*.dcm`` whose Modality is SEG gets dciodvfy (a test that writes one
-    directly compares its voxels itself). Returns how many SEGs were checked. Used by tests/conftest.py after every
+    directly compares its voxels itself), every ``*.dcm`` whose Modality is SR (``sr.dcm`` of a result or not) gets
+    :func:`sr_dciodvfy_errors`. Returns how many SEGs and SRs were checked. Used by tests/conftest.py after every
     test that had a ``tmp_path``."""
     import pydicom
 
@@ -166,8 +206,8 @@ def validate_written_segs(root: str | os.PathLike[str]) -> int:
             modality = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality")
         except Exception:  # noqa: BLE001 - not DICOM, or a test's deliberately broken file
             continue
-        if modality == "SEG":
-            errors, _ = dciodvfy_errors(path)
+        if modality in ("SEG", "SR"):
+            errors, _ = (dciodvfy_errors if modality == "SEG" else sr_dciodvfy_errors)(path)
             assert not errors, f"dciodvfy reports errors for {path}:\n" + "\n".join(errors)
             checked += 1
     return checked

@@ -81,7 +81,9 @@ def test_a_refused_dicom_seg_makes_the_result_partial(tmp_path: Path, monkeypatc
     vol = read_series(tmp_path / "s")
     result = write_results(vol, np.ones(vol.shape, np.uint8), {1: "spleen"}, OutputOptions(preview=False), {})
     assert result.status == PARTIAL and "seg.dcm" not in {p.name for p in result.output_dir.iterdir()}
-    assert result.missing_outputs == {"dicom_seg": "ValueError: source images have inconsistent geometry"}
+    assert result.missing_outputs == {  # the DICOM SR measures the SEG's segments: missing with it
+        "dicom_seg": "ValueError: source images have inconsistent geometry",
+        "dicom_sr": "needs the DICOM-SEG, which was not written: ValueError: source images have inconsistent geometry"}
     assert any("inconsistent geometry" in w for w in result.manifest["warnings"])
 
 

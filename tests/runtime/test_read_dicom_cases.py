@@ -74,7 +74,7 @@ def test_a_uidless_series_is_segmented_and_the_seg_skipped_with_its_reason(tmp_p
            "SeriesInstanceUID, StudyInstanceUID" in capsys.readouterr().out
     (result,) = (tmp_path / "exam").glob("*.edgeseg")
     manifest = json.loads((result / "manifest.json").read_text())
-    assert manifest["status"] == "partial" and set(manifest["missing_outputs"]) == {"dicom_seg"}
+    assert manifest["status"] == "partial" and set(manifest["missing_outputs"]) == {"dicom_seg", "dicom_sr"}
     assert "de-identification" in manifest["missing_outputs"]["dicom_seg"]
     assert {"seg.nii.gz", "seg.labels.json", "statistics.json"} <= {p.name for p in result.iterdir()}
     assert not (result / "seg.dcm").exists()
