@@ -12,10 +12,14 @@ Steps (each prints one line, timings at the end):
 2. PyInstaller with ``installer/edgeseg.spec`` -> ``<dist>/edgeseg/``;
 3. checks of the folder: no torch inside, OpenVINO's CPU plugin and IR frontend present; size and breakdown;
 4. smoke tests of the frozen program: ``--version``, ``export`` (must say it is not in this build, exit 9),
-   ``doctor`` (must list the CPU device), ``segment`` of the packaged demo MRI, ``watch --once`` on a folder with
-   the MRI dropped in, then the time from start to "watcher started" with the model cache warm;
+   ``doctor`` (must list the CPU device), ``segment`` of the packaged demo MRI, ``run`` (one-shot: input folder ->
+   output folder), ``watch --once`` on a folder with the MRI dropped in, then the time from start to "watcher
+   started" with the model cache warm;
 5. the archive ``<dist>/edgeseg-<version>-<platform>.tar.gz`` (``.zip`` on Windows): the frozen folder, the
    default bundle, watch_config.yaml, install/uninstall scripts, the systemd unit and INSTALL.txt.
+
+``--windows-wheels`` first resolves the same dependency set as ``win_amd64`` binary wheels
+(``installer/windows_wheels.py``): the Windows app cannot be built here, but its dependencies can be proven to exist.
 
 Exit code 0 when everything passed; 1 with the failing step named otherwise. Needs only the standard library.
 """
@@ -377,6 +381,19 @@ def smoke(app: Path, bundle_arg: str, report: dict[str, Any]) -> None:
         report["segment_demo_s"] = round(time.perf_counter() - t0, 2)
         log(f"smoke segment: {seg} in {report['segment_demo_s']} s")
 
+        # `edgeseg run` (one-shot, what mercure, MONAI Deploy and vendor platforms call): input folder -> output folder
+        oneshot_in, oneshot_out = tmp / "run-in", tmp / "run-out"
+        oneshot_in.mkdir()
+        shutil.copy2(mri, oneshot_in / mri.name)
+        t0 = time.perf_counter()
+        proc = run([str(exe), "run", "--input", str(oneshot_in), "--output", str(oneshot_out), "--bundle", bundle_arg,
+                    "--precision", "fp32"], env=env, cwd=tmp, check=False, timeout=900)
+        if proc.returncode != 0 or not list(oneshot_out.glob("*.edgeseg/seg.nii.gz")) or \
+                not (oneshot_out / "result.json").is_file():
+            raise BuildError(f"run (one-shot) failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+        report["run_oneshot_s"] = round(time.perf_counter() - t0, 2)
+        log(f"smoke run (one-shot): {oneshot_out} in {report['run_oneshot_s']} s")
+
         # watch --once on a series already there: segments it (and fills the model cache in state_dir)
         series = incoming / "patient1" / "series1"
         series.mkdir(parents=True)
@@ -463,6 +480,11 @@ Windows (PowerShell as Administrator):
   .\\uninstall.ps1 [-Purge]
 
 Try it by hand first:  edgeseg/edgeseg{exe} segment SERIES --bundle demo
+
+One-shot (what mercure, MONAI Deploy and vendor AI platforms call; no service, no network):
+  Linux:    edgeseg/edgeseg run --input IN_DIR --output OUT_DIR --bundle bundles/demo
+  Windows:  edgeseg\\edgeseg.exe run --input IN_DIR --output OUT_DIR --bundle bundles\\demo
+  (or MERCURE_IN_DIR/MERCURE_OUT_DIR, MONAI_INPUTPATH/MONAI_OUTPUTPATH, HOLOSCAN_INPUT_PATH/HOLOSCAN_OUTPUT_PATH)
 """
 
 
@@ -513,6 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-smoke", action="store_true", help="skip the smoke tests (not recommended)")
     parser.add_argument("--no-archive", action="store_true", help="do not write the archive")
     parser.add_argument("--report", type=Path, help="write sizes and timings as JSON here")
+    parser.add_argument("--windows-wheels", action="store_true",
+                        help="first check that the same dependency set exists as win_amd64 binary wheels "
+                             "(installer/windows_wheels.py; needs the package index)")
     args = parser.parse_args(argv)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -522,6 +547,19 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     step = "environment"
     try:
+        if args.windows_wheels:
+            step = "windows wheels"
+            from windows_wheels import WheelCheckError, check_windows_wheels
+
+            t0 = time.perf_counter()
+            try:
+                wheels = check_windows_wheels()
+            except WheelCheckError as err:
+                raise BuildError(str(err)) from err
+            report["windows_wheels"] = wheels["wheels"]
+            log(f"windows wheels: {len(wheels['wheels'])} win_amd64 wheels resolved ({wheels['mb']} MB) in "
+                f"{time.perf_counter() - t0:.1f} s")
+            step = "environment"
         t0 = time.perf_counter()
         py = Path(sys.executable) if args.skip_venv else make_venv(args.venv.resolve(), args.fresh)
         info = check_env(py)

@@ -43,10 +43,8 @@ EXCLUDES: tuple[str, ...] = (
     "PIL._avif", "PIL._webp", "PIL._imagingtk", "PIL.ImageTk", "PIL.ImageQt",
     # Standard-library parts the runtime never uses; every import of them in what is collected sits in
     # try/except ImportError (PyInstaller's warn-edgeseg.txt lists those importers as "optional"):
-    # * TLS: the scanner-side PC has no network use; urllib.request, http.client, asyncio, ftplib and smtplib
-    #   import ssl in try/except. Takes libssl.so.3 and _ssl along (0.9 MB). libcrypto stays: hashlib's sha256
-    #   of the bundle files (checked at every load) runs ~6x faster through OpenSSL than the built-in one.
-    "ssl", "_ssl",
+    # (``ssl`` is kept: pynetdicom, the DICOM node, imports it unguarded in ``pynetdicom.ae`` and offers TLS; see
+    # PYNETDICOM_HIDDEN_IMPORTS.)
     # * interactive line editing (pdb, cmd and code import it in try/except); takes libreadline and libtinfo
     #   along (0.6 MB). The frozen app has no interactive console.
     "readline",
@@ -56,11 +54,13 @@ EXCLUDES: tuple[str, ...] = (
     "pydoc_data",
     # numpy's test helper extension, added by PyInstaller's numpy hook; only numpy's own test suite imports it
     "numpy._core._multiarray_tests",
+    # pynetdicom's example applications (storescp ...; ``python -m pynetdicom``), its tests and benchmarks
+    "pynetdicom.apps", "pynetdicom.tests", "pynetdicom.benchmarks",
 )
 
 #: the modules of :data:`EXCLUDES` that collected code does import, each time inside try/except ImportError;
 #: build.py stops the build when PyInstaller's warn file shows one imported any other way
-OPTIONAL_EXCLUDES: tuple[str, ...] = ("ssl", "_ssl", "readline", "_pydecimal", "pydoc_data")
+OPTIONAL_EXCLUDES: tuple[str, ...] = ("readline", "_pydecimal", "pydoc_data")
 
 #: Pillow's image-file plugins the runtime reads or writes through: PNG (the preview), JPEG and JPEG 2000
 #: (pydicom's pillow decoder, highdicom's frame encoder; MPO is JPEG's multi-picture variant, which imports TIFF
@@ -135,6 +135,14 @@ WATCHDOG_HIDDEN_IMPORTS: tuple[str, ...] = (
     "watchdog.utils.dirsnapshot",
 )
 
+#: pynetdicom (the DICOM node: Storage SCP/SCU, C-ECHO; MIT): listed so the frozen app carries it whether or not
+#: the node's modules import it at their top (``edgeseg run`` never uses the network, the watcher's node does). It
+#: imports ``ssl`` unguarded (``pynetdicom.ae``: ``from ssl import SSLContext``), which is why ssl is not excluded.
+PYNETDICOM_HIDDEN_IMPORTS: tuple[str, ...] = (
+    "pynetdicom", "pynetdicom.ae", "pynetdicom.association", "pynetdicom.events", "pynetdicom.sop_class",
+    "pynetdicom.service_class", "pynetdicom.service_class_n", "pynetdicom._handlers", "pynetdicom.transport",
+)
+
 #: other lazily imported pieces: YAML's C loader, the PIL plugins the preview writer uses
 OTHER_HIDDEN_IMPORTS: tuple[str, ...] = (
     "yaml", "yaml.cyaml", "yaml._yaml",
@@ -183,6 +191,7 @@ OPENVINO_DATA_PATTERNS: tuple[str, ...] = ("**/plugins.xml", "libs/cache.json", 
 EDGESEG_REQUIRED: tuple[str, ...] = (
     "edgeseg.cli", "edgeseg.bundle", "edgeseg.demo", "edgeseg.runtime.commands", "edgeseg.runtime.segment",
     "edgeseg.runtime.infer", "edgeseg.runtime.read", "edgeseg.runtime.write", "edgeseg.runtime.watch.commands",
+    "edgeseg.runtime.oneshot.commands",
 )
 #: edgeseg's packaged data the frozen app needs (demo bundle, demo MRI with its licence, labels)
 EDGESEG_DATA_EXCLUDES: tuple[str, ...] = ("**/__pycache__/**", "**/*.pyc", "export/**", "**/*.pth")
@@ -236,7 +245,8 @@ def excluded(name: str) -> bool:
 
 def hidden_imports() -> list[str]:
     """Every module name the spec lists as a hidden import (before PyInstaller's own submodule collection)."""
-    names = [*PYDICOM_HIDDEN_IMPORTS, *DECODER_BACKENDS, *WATCHDOG_HIDDEN_IMPORTS, *OTHER_HIDDEN_IMPORTS]
+    names = [*PYDICOM_HIDDEN_IMPORTS, *DECODER_BACKENDS, *WATCHDOG_HIDDEN_IMPORTS, *PYNETDICOM_HIDDEN_IMPORTS,
+             *OTHER_HIDDEN_IMPORTS]
     if sys.platform != "win32":
         names = [n for n in names if n not in ("watchdog.observers.read_directory_changes", "watchdog.observers.winapi")]
     if sys.platform != "darwin":

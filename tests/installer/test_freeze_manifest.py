@@ -414,3 +414,22 @@ def test_link_duplicate_libraries(manifest: ModuleType, tmp_path: Path) -> None:
     assert not (tmp_path / "other.libs" / "libgfortran-1.so.5.0.0").is_symlink()
     assert not (tmp_path / "scipy.libs" / "LICENSE.txt").is_symlink()
     assert manifest.link_duplicate_libraries(tmp_path) == (0, 0)
+
+
+def test_pynetdicom_is_in_the_frozen_app_with_ssl(manifest: ModuleType) -> None:
+    """The DICOM node's pynetdicom is listed (the frozen app carries it however the node imports it), and ssl is not
+    left out: pynetdicom.ae imports it unguarded, so a frozen app without ssl could not import pynetdicom at all."""
+    import importlib.util
+
+    hidden = manifest.hidden_imports()
+    assert "pynetdicom" in hidden and "pynetdicom.ae" in hidden
+    assert not manifest.excluded("pynetdicom") and not manifest.excluded("pynetdicom.sop_class")
+    assert manifest.excluded("pynetdicom.apps") and manifest.excluded("pynetdicom.tests")
+    spec = importlib.util.find_spec("pynetdicom.ae")
+    assert spec is not None and spec.origin is not None
+    assert re.search(r"^from ssl import", Path(spec.origin).read_text(encoding="utf-8"), re.M)
+    assert not manifest.excluded("ssl") and "ssl" not in manifest.OPTIONAL_EXCLUDES
+
+
+def test_the_one_shot_command_is_required(manifest: ModuleType) -> None:
+    assert "edgeseg.runtime.oneshot.commands" in manifest.EDGESEG_REQUIRED
