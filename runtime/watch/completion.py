@@ -25,6 +25,12 @@ Files arrive one by one (DICOM instances), several series interleaved in one fol
   name, error file, result and fingerprint (over its own files), so the job store keeps exactly-once per stack and
   a late file re-runs only the stacks whose files changed. ``echoes: first`` hands out the first stack only.
 
+Instances written by edgeseg's own DICOM listener (:mod:`edgeseg.runtime.node.receive`) come with hints: they are
+complete when they appear (written under a temporary name, fsync'ed, renamed), so they are read without settling,
+and a series whose sending association *ended* (and no other association is still sending into its folder) is
+complete ``hint_grace_s`` after that instead of a full quiet period, provided no instance arrived after the end and
+the announced count, if any, is reached. Late instances (another association) re-open it as any others.
+
 Files found by the first scan at start are back-dated by their mtime, so series that arrived while the watcher
 was down do not wait a full quiet period; files that keep arriving still restart the clock.
 
@@ -140,6 +146,7 @@ class CompletionTracker:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         roots: Iterable[Path] | None = None,
+        hint_grace_s: float = 5.0,
     ) -> None:
         self.quiet = float(quiet_period_s)
         self.filter = path_filter
@@ -154,8 +161,33 @@ class CompletionTracker:
         self._dirty: set[Path] = set()
         self._backdate: dict[Path, float] = {}
         self._reported_invalid: set[Path] = set()
+        self.hint_grace = float(hint_grace_s)
+        #: files the DICOM listener stored: path -> when the hint arrived (complete on arrival: no settling)
+        self._received: dict[Path, float] = {}
+        #: series folders -> associations still sending into them; folder -> when the last one ended
+        self._open: dict[Path, set[int]] = {}
+        self._ended: dict[Path, float] = {}
 
     # ---------------------------------------------------------------------------------------------------- input
+
+    def received(self, path: Path, association: int) -> None:
+        """The DICOM listener stored ``path`` (complete, durable) for ``association``."""
+        path = Path(path)
+        self._received[path] = self.clock()
+        self._open.setdefault(path.parent, set()).add(association)
+        self.touch(path)
+
+    def association_ended(self, association: int, folders: Iterable[Path]) -> None:
+        """The association that stored into ``folders`` ended (released, aborted or dropped)."""
+        now = self.clock()
+        for folder in folders:
+            folder = Path(folder)
+            senders = self._open.get(folder)
+            if senders is not None:
+                senders.discard(association)
+                if not senders:
+                    del self._open[folder]
+            self._ended[folder] = now
 
     def touch(self, path: Path) -> None:
         """Something happened at ``path`` (created, modified, moved here or away, deleted; file or folder)."""
@@ -241,9 +273,16 @@ class CompletionTracker:
             self._forget(path)
             return
         f = self._files.get(path)
+        received = self._received.pop(path, None)
         if f is None:
             back = self._backdate.pop(path, 0.0)
-            f = self._files[path] = _File(path, file_kind(path), st.st_size, st.st_mtime_ns, now - back, now)
+            f = self._files[path] = _File(path, file_kind(path), st.st_size, st.st_mtime_ns,
+                                          received if received is not None else now - back, now)
+            if f.kind == DICOM and received is not None:  # written whole by our listener: read it now
+                self._parse(f, now, discovered)
+                if f.status == _PARSED:
+                    self._dirty.discard(path)
+                return
             if f.kind in (NIFTI, PARREC):
                 self._file_series(f, now, discovered)
             elif f.kind == REC:
@@ -272,7 +311,7 @@ class CompletionTracker:
                 self._dirty.discard(path)
             return
         if f.status == _SETTLING:
-            if now - f.looked_at < self.settle:
+            if now - f.looked_at < self.settle and received is None:
                 return
             self._parse(f, now, discovered)
         elif f.status == _FAILING and now - f.changed_at >= self.quiet:
@@ -397,7 +436,7 @@ class CompletionTracker:
         if series.folder in blocked:
             return []
         age = now - series.last_arrival
-        if age < self.quiet:
+        if age < self.quiet and not self._sent_whole(series, now):
             return []
         instances = [f.info for p in series.files if (f := self._files.get(p)) is not None and f.info is not None]
         expected = expected_instances(instances)
@@ -432,6 +471,13 @@ class CompletionTracker:
                                     if (f := self._files.get(p)) is not None and f.info is not None and f.info.is_image))
         return self._hand_out(series, expected, dicom_geometry([i for i in instances if not i.is_localizer]),
                               problem, invalid, notes, images_files, skip)
+
+    def _sent_whole(self, series: _Series, now: float) -> bool:
+        """The listener's hint: the association(s) that sent this series ended ``hint_grace_s`` ago, none is still
+        sending into its folder, and nothing arrived since."""
+        ended = self._ended.get(series.folder)
+        return (ended is not None and series.folder not in self._open and ended >= series.last_arrival
+                and now - ended >= self.hint_grace)
 
     def _check_file(self, series: _Series, now: float) -> list[SeriesJob]:
         files = [self._files[p] for p in series.files if p in self._files]

@@ -394,14 +394,14 @@ def _check(key: _Key, v: _Value, problems: _Problems, check_paths: bool) -> Any:
         if not isinstance(value, (list, tuple)):
             problems.add(where, key.path, f"must be a list, got {value!r}", "write a YAML list, e.g. [CONSOLE1]")
             return key.default
-        bad = [(i, p) for i, v in enumerate(value) if (p := check(v))]
-        for i, problem in bad:
-            problems.add(where, f"{key.path}[{i}]", problem, "correct or remove it")
+        bad = [(i, why) for i, item in enumerate(value) if (why := check(item))]
+        for i, why in bad:
+            problems.add(where, f"{key.path}[{i}]", why, "correct or remove it")
         return key.default if bad else tuple(str(v).strip() for v in value)
     if kind == "destinations":
         destinations, found = parse_destinations(value, v.base)
-        for path, problem, fix in found:
-            problems.add(where, path, problem, fix)
+        for key_path, why, fix in found:
+            problems.add(where, key_path, why, fix)
         return destinations
     if kind == "file":
         if not isinstance(value, (str, os.PathLike)) or not str(value):

@@ -18,7 +18,13 @@ Threads (every loop waits on one stop :class:`threading.Event`)::
   requested output (``status: partial`` in its manifest) is recorded as ``partial``, not ``done``: the row says
   which output is missing and why, and so does an error file (kind ``partial``) beside the published results; it
   is not retried until the series' files change.
-* Stop (SIGTERM, SIGINT, :meth:`Watcher.stop`): the observer and scheduler stop at once; a running series gets
+* DICOM node (``dicom_listener``, ``destinations``; off unless configured): the listener
+  (:class:`~edgeseg.runtime.node.receive.StorageReceiver`) writes received instances into a root, and its hints
+  (instance stored, association ended) reach the tracker through the scheduler, so a series sent in one go is
+  complete without waiting the full quiet period. A finished result's DICOM files are recorded for each destination
+  in the same store transaction as ``done``/``partial``, and a delivery thread
+  (:class:`~edgeseg.runtime.watch.deliver.DeliveryWorker`) sends them, with retries, across restarts.
+* Stop (SIGTERM, SIGINT, :meth:`Watcher.stop`): the listener, the observer and scheduler stop at once; a running series gets
   ``stop_grace_s`` to finish, then is cancelled at its next progress report, and if it does not report it is
   abandoned: its row stays ``running`` and it runs again at the next start.
 """
@@ -49,12 +55,14 @@ from edgeseg.runtime.plan import LatencyTable, MeasureFn, Plan, Planner
 from edgeseg.runtime.read import DICOM, NIFTI, PARREC
 from edgeseg.runtime.read.limits import check_frames, check_nifti_header, check_voxels
 from edgeseg.runtime.segment import PARTIAL, SegmentResult, segment_series
+from edgeseg.runtime.node.settings import RESULT_ROLE
 from edgeseg.runtime.watch.completion import CompletionTracker
 from edgeseg.runtime.watch.config import WatchConfig
+from edgeseg.runtime.watch.deliver import DeliveryWorker
 from edgeseg.runtime.watch.jobs import INVALID, SeriesJob
 from edgeseg.runtime.watch.lock import StateLock
 from edgeseg.runtime.watch.observer import EnqueueHandler, PathFilter, start_observer
-from edgeseg.runtime.watch.store import JobStore
+from edgeseg.runtime.watch.store import DeliveryRequest, JobStore
 from edgeseg.runtime.write import describe_missing
 from edgeseg.runtime.write.atomic import clear_error_file, write_error_file, write_json_atomic
 
@@ -145,6 +153,10 @@ class Watcher:
         self._cancel = threading.Event()
         self._signal: int | None = None
         self._events: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        #: the DICOM listener's hints (Stored, AssociationEnded), drained by the scheduler before file events
+        self._node_events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.receiver: Any = None
+        self.delivery: DeliveryWorker | None = None
         self._jobs: queue.Queue[SeriesJob] = queue.Queue()
         self._finished: queue.SimpleQueue[tuple[SeriesJob, str]] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -204,7 +216,7 @@ class Watcher:
             interrupted = SeriesInterruptedError(row.last_error or "interrupted")
             self._write_error(row.folder_path, row.name, interrupted, remedy_for(interrupted))
         self.tracker = CompletionTracker(cfg.quiet_period_s, self.filter, settle_s=self._settle_s, clock=self.clock,
-                                         echoes=cfg.echoes)
+                                         echoes=cfg.echoes, hint_grace_s=cfg.node.listener.completion_grace_s)
         self._started_at = time.time()
         if not self.once:
             handler = EnqueueHandler(self.filter, self._events)
@@ -214,8 +226,20 @@ class Watcher:
                 raise ConfigError(
                     f"Cannot watch {', '.join(map(str, cfg.roots))} with {cfg.observer.value} events ({err}). Fix: "
                     "set observer: polling in watch_config.yaml (or raise the system's file-watch limit).") from err
+        if cfg.node.destinations:
+            listener_ae = cfg.node.listener.ae_title if cfg.node.listener.enabled else None
+            self.delivery = DeliveryWorker(self.store, cfg.node.destinations, cfg.node.delivery, listener_ae,
+                                           self._stop)
+        if cfg.node.listener.enabled and not self.once:  # last: nothing is acknowledged before the store is open
+            from edgeseg.runtime.node.receive import StorageReceiver
+
+            self.receiver = StorageReceiver(cfg.node.listener, self._node_events.put)
+            self.receiver.start()
         sched = threading.Thread(target=self._guard(self._schedule_loop), name="edgeseg-scheduler", daemon=True)
         self._threads.append(sched)
+        if self.delivery is not None:
+            self._threads.append(threading.Thread(target=self._guard(self.delivery.run), name="edgeseg-delivery",
+                                                  daemon=True))
         for i in range(cfg.max_concurrent_series):
             self._threads.append(threading.Thread(target=self._guard(self._work_loop), name=f"edgeseg-worker-{i + 1}",
                                                   daemon=True))
@@ -243,6 +267,12 @@ class Watcher:
         thread ended (False: a series was abandoned and stays ``running`` in the store, to be redone)."""
         grace = self.config.stop_grace_s if timeout is None else timeout
         self._stop.set()
+        if self.receiver is not None:  # first: a console is told nothing more is stored, it keeps the rest
+            try:
+                self.receiver.stop()
+            except Exception:  # noqa: BLE001 - stopping must go on
+                log.exception("DICOM listener did not stop cleanly")
+            self.receiver = None
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=10)
@@ -363,6 +393,7 @@ class Watcher:
         last_beat = 0.0
         while not self._stop.is_set():
             try:
+                self._drain_node_events()
                 self._drain_events()
                 self._drain_finished()
                 now = self.clock()
@@ -394,6 +425,20 @@ class Watcher:
             except Exception:  # noqa: BLE001 - the scheduler never dies on one bad iteration
                 log.exception("scheduler iteration failed; continuing")
             self._stop.wait(self.poll_interval_s)
+
+    def _drain_node_events(self) -> None:
+        from edgeseg.runtime.node.receive import AssociationEnded, Stored
+
+        assert self.tracker is not None
+        for _ in range(100_000):
+            try:
+                event = self._node_events.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(event, Stored):
+                self.tracker.received(event.path, event.association)
+            elif isinstance(event, AssociationEnded):
+                self.tracker.association_ended(event.association, event.folders)
 
     def _drain_events(self) -> None:
         assert self.tracker is not None
@@ -499,8 +544,9 @@ class Watcher:
     def _update_idle(self, now: float) -> None:
         assert self.tracker is not None
         idle = (self._scanned.is_set() and self._events.empty() and self._finished.empty() and self._jobs.empty()
-                and not self._inflight and not self._retries and not self._rerun and not self._requeued
-                and self.tracker.idle())
+                and self._node_events.empty() and not self._inflight and not self._retries and not self._rerun
+                and not self._requeued and self.tracker.idle()
+                and (self.delivery is None or not self.delivery.busy))
         if not idle:
             self._idle_since = None
         elif self._idle_since is None:
@@ -673,16 +719,18 @@ class Watcher:
         if partial:
             message = (f"{describe_missing(missing) or 'a requested output was not written (see manifest.json)'}. "
                        f"The series was segmented: the masks and the other results are in {output}.")
-            self.store.mark_partial(job.key, output, seconds, message)
+            self.store.mark_partial(job.key, output, seconds, message, deliveries=self._deliveries(job, result))
             incomplete = PartialResultError(message)
             self._write_error(job.folder, job.name, incomplete, f"{remedy_for(incomplete)} The watcher tries again "
                               "when the files change.")
         else:
-            self.store.mark_done(job.key, output, seconds)
+            self.store.mark_done(job.key, output, seconds, deliveries=self._deliveries(job, result))
             try:
                 clear_error_file(job.folder, job.name)
             except (OSError, EdgesegError) as err:
                 log.warning("old error file not removed: key=%s error=%s", job.key, err)
+        if self.delivery is not None:
+            self.delivery.wake()
         if plan is not None and self.planner is not None:
             stages = getattr(result, "timings", None) or {}
             read_write = (float(stages["read"]) + float(stages["write"])
@@ -701,6 +749,33 @@ class Watcher:
         self.history.append(JobRecord(job.key, job.name, True, seconds, output, None, plan, cfg.time_budget_s))
         log.info("series done: key=%s seconds=%.1f output=%s%s", job.key, seconds, output, over)
         return "done"
+
+    def _deliveries(self, job: SeriesJob, result: Any) -> list[DeliveryRequest]:
+        """The result's DICOM files for each destination (by its ``send`` roles), with their SOP Instance UIDs."""
+        destinations = self.config.node.destinations
+        files = getattr(result, "files", None) or {}
+        if not destinations or not files:
+            return []
+        from pydicom import dcmread
+
+        out: list[DeliveryRequest] = []
+        uids: dict[Path, str] = {}
+        for destination in destinations:
+            for role in destination.send:
+                path = files.get(RESULT_ROLE[role])
+                if path is None:
+                    continue
+                path = Path(path)
+                if path not in uids:
+                    try:
+                        uids[path] = str(dcmread(path, stop_before_pixels=True,
+                                                 specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+                    except Exception as err:  # noqa: BLE001 - an unreadable result is not sent; say so
+                        log.error("result file not delivered (unreadable): key=%s file=%s error=%s", job.key, path,
+                                  err)
+                        continue
+                out.append(DeliveryRequest(destination.name, role, path, uids[path]))
+        return out
 
     def _fail(self, job: SeriesJob, err: Exception, attempt: int, seconds: float, plan: Plan | None) -> str:
         assert self.store is not None

@@ -19,7 +19,12 @@ States::
   refuses or one without UIDs, does not change by running it again); ``failed`` rows are retried only if the
   fingerprint changed or attempts < max_attempts.
 * Schema version 2 added the ``partial`` state; a version-1 store is migrated in place when the watcher opens it
-  (its rows are kept).
+  (its rows are kept). Version 3 added the ``deliveries`` table (below); older stores get it when opened.
+* The outbox (``deliveries``): one row per (destination, SOP Instance UID) of a result to send, inserted in the same
+  transaction that records the series ``done``/``partial``, so a result is never done without its deliveries being
+  recorded. ``pending`` rows are sent when due (``next_at``) and become ``sent`` once the destination confirmed
+  them, or ``failed`` when it refused for good or they reached their maximum age. A kill during a send leaves the
+  row ``pending``: it is sent again after the restart, with the same SOP Instance UID, so the PACS keeps one copy.
 
 sqlite3 from the standard library, WAL journal, synchronous=FULL (a committed transition survives kill -9 and
 power loss); one connection shared by the watcher's threads behind a lock.
@@ -35,7 +40,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from edgeseg.errors import ConfigError, StateStoreError
 from edgeseg.runtime.read.paths import from_fs_text, fs_text, printable
@@ -45,8 +50,12 @@ log = logging.getLogger(__name__)
 DISCOVERED, COMPLETE, RUNNING, DONE, PARTIAL, FAILED = (
     "discovered", "complete", "running", "done", "partial", "failed")
 STATES = (DISCOVERED, COMPLETE, RUNNING, DONE, PARTIAL, FAILED)
-#: 1: the first store; 2: the ``partial`` state (a version-1 store is migrated when opened for writing)
-SCHEMA_VERSION = 2
+#: 1: the first store; 2: the ``partial`` state (a version-1 store is migrated when opened for writing);
+#: 3: the ``deliveries`` outbox (created in an older store when opened for writing)
+SCHEMA_VERSION = 3
+#: states of a delivery
+PENDING, SENT = "pending", "sent"
+DELIVERY_STATES = (PENDING, SENT, FAILED)
 
 _TABLE = f"""
 CREATE TABLE {{name}} (
@@ -78,7 +87,26 @@ _INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_updated ON jobs(updated_at);
 """
-_SCHEMA = _TABLE.format(name="IF NOT EXISTS jobs") + ";" + _INDEXES
+_DELIVERIES = f"""
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_key TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    role TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ({", ".join(repr(s) for s in DELIVERY_STATES)})),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    sent_at REAL,
+    last_error TEXT,
+    updated_at REAL NOT NULL,
+    UNIQUE (destination, sop_instance_uid)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_at)
+"""
+_SCHEMA = _TABLE.format(name="IF NOT EXISTS jobs") + ";" + _INDEXES + ";" + _DELIVERIES
 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -200,6 +228,39 @@ class JobRow:
 
 
 @dataclass(frozen=True)
+class DeliveryRequest:
+    """A result file to send to a destination (what :meth:`JobStore.mark_done` records)."""
+
+    destination: str
+    role: str
+    path: Path
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    """One row of the outbox (times are epoch seconds)."""
+
+    id: int
+    job_key: str
+    destination: str
+    role: str
+    path: str
+    sop_instance_uid: str
+    state: str
+    attempts: int
+    next_at: float
+    created_at: float
+    sent_at: float | None
+    last_error: str | None
+    updated_at: float
+
+    @property
+    def file(self) -> Path:
+        return Path(from_fs_text(self.path))
+
+
+@dataclass(frozen=True)
 class Decision:
     """Whether a complete series should run, and why (for the log)."""
 
@@ -233,7 +294,7 @@ class JobStore:
                     version = self._db.execute("PRAGMA user_version").fetchone()[0]
                     if version == 1:
                         self._migrate_from_1()
-                    elif version == 0:
+                    if version in (0, 1, 2):  # 2 -> 3: the deliveries table, created above
                         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                     elif version != SCHEMA_VERSION:
                         raise ConfigError(
@@ -257,7 +318,6 @@ class JobStore:
         for statement in _INDEXES.split(";"):
             if statement.strip():
                 self._db.execute(statement)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         log.info("job store %s migrated from schema version 1 to %d (the 'partial' state)", self.path,
                  SCHEMA_VERSION)
 
@@ -384,7 +444,10 @@ class JobStore:
             row = db.execute("SELECT attempts FROM jobs WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else 0
 
-    def mark_done(self, key: str, output_path: Path | None, actual_s: float) -> None:
+    def mark_done(self, key: str, output_path: Path | None, actual_s: float,
+                  deliveries: Sequence[DeliveryRequest] = ()) -> None:
+        """The series is segmented; ``deliveries`` (its result files for each destination) are recorded in the same
+        transaction."""
         key = fs_text(key)
         now = time.time()
         with self._tx() as db:
@@ -392,9 +455,12 @@ class JobStore:
                 "UPDATE jobs SET state = ?, output_path = ?, actual_s = ?, finished_at = ?, error_kind = NULL,"
                 " last_error = NULL, updated_at = ? WHERE key = ?",
                 (DONE, fs_text(str(output_path)) if output_path else None, actual_s, now, now, key))
+            self._enqueue(db, key, deliveries, now)
 
-    def mark_partial(self, key: str, output_path: Path | None, actual_s: float, message: str) -> None:
-        """Segmented, but a requested output is missing: ``message`` names each and why (``last_error``)."""
+    def mark_partial(self, key: str, output_path: Path | None, actual_s: float, message: str,
+                     deliveries: Sequence[DeliveryRequest] = ()) -> None:
+        """Segmented, but a requested output is missing: ``message`` names each and why (``last_error``); what was
+        written is delivered (``deliveries``, recorded in the same transaction)."""
         key, message = fs_text(key), printable(message)
         now = time.time()
         with self._tx() as db:
@@ -403,6 +469,91 @@ class JobStore:
                 " last_error = ?, updated_at = ? WHERE key = ?",
                 (PARTIAL, fs_text(str(output_path)) if output_path else None, actual_s, now, message[:4000], now,
                  key))
+            self._enqueue(db, key, deliveries, now)
+
+    # ------------------------------------------------------------------------------------------------- outbox
+
+    @staticmethod
+    def _enqueue(db: sqlite3.Connection, key: str, deliveries: Sequence[DeliveryRequest], now: float) -> None:
+        """Record each delivery as ``pending`` (due now). The same object (SOP Instance UID) for the same
+        destination again: a ``sent`` row stays sent (the destination has it), another row is due again."""
+        for d in deliveries:
+            db.execute(
+                "INSERT INTO deliveries (job_key, destination, role, path, sop_instance_uid, state, next_at,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET job_key = excluded.job_key,"
+                " path = excluded.path, role = excluded.role, updated_at = excluded.updated_at,"
+                " state = CASE WHEN state = 'sent' THEN 'sent' ELSE 'pending' END,"
+                " next_at = CASE WHEN state = 'sent' THEN next_at ELSE excluded.next_at END,"
+                " created_at = CASE WHEN state = 'sent' THEN created_at ELSE excluded.created_at END",
+                (key, d.destination, d.role, fs_text(str(d.path)), d.sop_instance_uid, PENDING, now, now, now))
+
+    def due_deliveries(self, now: float, limit: int = 100) -> list[DeliveryRow]:
+        """Pending deliveries due at ``now``, oldest first."""
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM deliveries WHERE state = ? AND next_at <= ? ORDER BY next_at, id"
+                                   f" LIMIT {int(limit)}", (PENDING, now))
+            return [DeliveryRow(**dict(r)) for r in cur.fetchall()]
+
+    def next_delivery_at(self) -> float | None:
+        """When the next pending delivery is due (None: nothing pending)."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(next_at) FROM deliveries WHERE state = ?", (PENDING,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def delivery_sent(self, delivery_id: int) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE deliveries SET state = ?, attempts = attempts + 1, sent_at = ?, last_error = NULL,"
+                       " updated_at = ? WHERE id = ?", (SENT, now, now, delivery_id))
+
+    def delivery_retry(self, delivery_id: int, next_at: float, error: str) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE deliveries SET attempts = attempts + 1, next_at = ?, last_error = ?, updated_at = ?"
+                       " WHERE id = ? AND state = ?", (next_at, printable(error)[:2000], now, delivery_id, PENDING))
+
+    def delivery_failed(self, delivery_id: int, error: str, count_attempt: bool = True) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE deliveries SET state = ?, attempts = attempts + ?, last_error = ?, updated_at = ?"
+                       " WHERE id = ?", (FAILED, 1 if count_attempt else 0, printable(error)[:2000], now,
+                                         delivery_id))
+
+    def retry_failed_deliveries(self, destination: str | None = None) -> int:
+        """``failed`` deliveries (of ``destination``, or all) become ``pending`` and due now, with a new maximum-age
+        window; returns how many."""
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute("UPDATE deliveries SET state = ?, next_at = ?, created_at = ?, updated_at = ?"
+                             " WHERE state = ?" + (" AND destination = ?" if destination else ""),
+                             (PENDING, now, now, now, FAILED, *((destination,) if destination else ())))
+            return int(cur.rowcount or 0)
+
+    def deliveries(self, state: str | None = None, limit: int | None = None) -> list[DeliveryRow]:
+        """Deliveries, most recently updated first (none from a store older than schema version 3)."""
+        sql = "SELECT * FROM deliveries" + (" WHERE state = ?" if state else "") + " ORDER BY updated_at DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        with self._lock:
+            try:
+                cur = self._db.execute(sql, (state,) if state else ())
+            except sqlite3.OperationalError as err:
+                if "no such table" in str(err):
+                    return []
+                raise
+            return [DeliveryRow(**dict(r)) for r in cur.fetchall()]
+
+    def delivery_counts(self) -> dict[str, int]:
+        with self._lock:
+            try:
+                got = dict(self._db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall())
+            except sqlite3.OperationalError as err:
+                if "no such table" in str(err):
+                    got = {}
+                else:
+                    raise
+        return {s: int(got.get(s, 0)) for s in DELIVERY_STATES}
 
     def mark_failed(self, key: str, error_kind: str, message: str, actual_s: float | None = None,
                     give_up: bool = False, max_attempts: int | None = None) -> None:

@@ -188,8 +188,9 @@ def validate_result_folder(folder: str | os.PathLike[str]) -> list[str]:
 def validate_written_segs(root: str | os.PathLike[str]) -> int:
     """Every DICOM-SEG and DICOM SR a test left under ``root``: a ``<name>.edgeseg/seg.dcm`` result gets
     :func:`validate_result_folder`, any other ``*.dcm`` whose Modality is SEG gets dciodvfy (a test that writes one
-    directly compares its voxels itself), every ``*.dcm`` whose Modality is SR (``sr.dcm`` of a result or not) gets
-    :func:`sr_dciodvfy_errors`. Returns how many SEGs and SRs were checked. Used by tests/conftest.py after every
+    directly compares its voxels itself), every ``*.dcm`` SR that edgeseg wrote (Manufacturer "edgeseg": ``sr.dcm`` of
+    a result, or a copy a test's DICOM peer received) gets :func:`sr_dciodvfy_errors` (a test's own minimal SR input,
+    a non-image file the reader must skip, is not ours to validate). Returns how many SEGs and SRs were checked. Used by tests/conftest.py after every
     test that had a ``tmp_path``."""
     import pydicom
 
@@ -203,8 +204,11 @@ def validate_written_segs(root: str | os.PathLike[str]) -> int:
             checked += 1
             continue
         try:
-            modality = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality")
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "Manufacturer"])
         except Exception:  # noqa: BLE001 - not DICOM, or a test's deliberately broken file
+            continue
+        modality = header.get("Modality")
+        if modality == "SR" and str(header.get("Manufacturer", "")).lower() != "edgeseg":
             continue
         if modality in ("SEG", "SR"):
             errors, _ = (dciodvfy_errors if modality == "SEG" else sr_dciodvfy_errors)(path)

@@ -1,0 +1,171 @@
+"""The Storage SCU and C-ECHO: results to a destination, and is a destination there at all.
+
+:func:`send_files` sends files over one association and says, per file, whether the destination has it, and if not
+whether trying again can help (:attr:`StoreOutcome.permanent`): an association rejected *permanently* (our AE title
+unknown to the PACS), a SOP class the destination does not take, or a failure status of the "cannot understand"
+family will fail again; a connection refused or dropped, a time-out, a *transient* rejection and "out of resources"
+may not. Retrying, back-off and bookkeeping are the watcher's (:mod:`edgeseg.runtime.watch.deliver`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgeseg.runtime.node.settings import Destination
+
+log = logging.getLogger(__name__)
+
+#: transfer syntaxes proposed for each file besides its own (every peer takes implicit VR little endian)
+_FALLBACK_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+_REJECT_REASONS = {
+    (0x01, 0x01): "no reason given", (0x01, 0x02): "application context not supported",
+    (0x01, 0x03): "our calling AE title is not known to it", (0x01, 0x07): "its called AE title is not this one",
+    (0x03, 0x01): "temporary congestion", (0x03, 0x02): "local limit exceeded",
+}
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What happened to one file."""
+
+    path: Path
+    sop_instance_uid: str
+    #: the C-STORE status, None when none came back (not sent, time-out, connection lost)
+    status: int | None
+    ok: bool
+    #: a failure that sending again will not cure
+    permanent: bool
+    message: str
+
+
+def default_calling_ae(destination: Destination, listener_ae: str | None) -> str:
+    """Our AE title towards ``destination``: its own setting, else the listener's AE title, else EDGESEG."""
+    return destination.calling_ae_title or listener_ae or "EDGESEG"
+
+
+def _status_outcome(path: Path, sop: str, status: int | None, comment: str) -> StoreOutcome:
+    if status is None:
+        return StoreOutcome(path, sop, None, False, False, "no response (time-out or connection lost)")
+    text = f"status 0x{status:04X}" + (f" ({comment})" if comment else "")
+    if status == 0x0000 or (status & 0xF000) == 0xB000:  # success, or success with a warning (coercion ...)
+        return StoreOutcome(path, sop, status, True, False, text)
+    if (status & 0xFF00) == 0xA700:  # out of resources: the PACS's disk, try again later
+        return StoreOutcome(path, sop, status, False, False, f"{text}: out of resources at the destination")
+    if status in (0x0122, 0x0124):  # SOP class not supported / not authorised
+        return StoreOutcome(path, sop, status, False, True, f"{text}: the destination refuses this kind of object")
+    return StoreOutcome(path, sop, status, False, True, f"{text}: the destination refused the object")
+
+
+LABEL_MAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.7"
+
+
+def _no_context(sop_class: str, err: Exception) -> str:
+    if sop_class == LABEL_MAP_SEGMENTATION:
+        return ("the destination does not accept Label Map Segmentation Storage (a 2024 addition to DICOM that many "
+                "PACS, e.g. Orthanc 1.10 and DCMTK 3.6, do not know yet). Fix: set outputs.seg_type: binary in "
+                "watch_config.yaml (a BINARY SEG, which every SEG-capable PACS stores), or enable the SOP class on "
+                "the PACS")
+    return f"the destination does not accept SOP class {sop_class} with any transfer syntax offered ({err})"
+
+
+def send_files(destination: Destination, files: Sequence[Path], calling_ae: str) -> list[StoreOutcome]:
+    """C-STORE ``files`` to ``destination`` over one association; one :class:`StoreOutcome` per file, in order."""
+    from pydicom import dcmread
+    from pynetdicom import AE
+
+    datasets: list[tuple[Path, Any]] = []
+    outcomes: dict[Path, StoreOutcome] = {}
+    for path in files:
+        try:
+            datasets.append((path, dcmread(path)))
+        except FileNotFoundError:
+            outcomes[path] = StoreOutcome(path, "", None, False, True, f"{path} no longer exists (result removed)")
+        except Exception as err:  # noqa: BLE001 - a damaged result file is reported, never sent
+            outcomes[path] = StoreOutcome(path, "", None, False, True, f"{path} is not readable DICOM ({err})")
+    if datasets:
+        ae = AE(ae_title=calling_ae)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout_s
+        ae.connection_timeout = destination.timeout_s
+        contexts: dict[str, list[str]] = {}
+        for _, ds in datasets:
+            own = str(ds.file_meta.TransferSyntaxUID)
+            syntaxes = contexts.setdefault(str(ds.SOPClassUID), [])
+            for ts in (own, *_FALLBACK_SYNTAXES):
+                if ts not in syntaxes:
+                    syntaxes.append(ts)
+        for sop_class, syntaxes in contexts.items():
+            ae.add_requested_context(sop_class, syntaxes)
+        problem, permanent = "not sent: the association ended before it", False
+        tls_args = (destination.tls.client_context(), "") if destination.tls is not None else None
+        try:
+            assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                                 tls_args=tls_args)
+        except OSError as err:  # e.g. a certificate that does not load
+            assoc = None
+            problem = f"cannot connect: {err}"
+        if assoc is not None and assoc.is_established:
+            try:
+                for path, ds in datasets:
+                    sop = str(ds.SOPInstanceUID)
+                    try:
+                        rsp = assoc.send_c_store(ds)
+                    except ValueError as err:  # no accepted presentation context for it
+                        outcomes[path] = StoreOutcome(path, sop, None, False, True, _no_context(str(ds.SOPClassUID),
+                                                                                                 err))
+                        continue
+                    status = int(rsp.Status) if rsp is not None and "Status" in rsp else None
+                    comment = str(rsp.get("ErrorComment", "")) if rsp is not None else ""
+                    outcomes[path] = _status_outcome(path, sop, status, comment)
+                    if not assoc.is_established:
+                        break
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+        elif assoc is not None and assoc.is_rejected:
+            prim = assoc.acceptor.primitive
+            result, source, diag = (int(getattr(prim, k, 0) or 0) for k in ("result", "result_source", "diagnostic"))
+            reason = _REJECT_REASONS.get((0x03 if source == 0x03 else 0x01, diag), f"diagnostic {diag}")
+            permanent = result == 0x01
+            problem = (f"association rejected ({'permanent' if permanent else 'transient'}): {reason}; our AE "
+                       f"title {calling_ae!r}, its AE title {destination.ae_title!r}")
+        elif assoc is not None:
+            problem = "no association (connection refused, aborted or timed out)"
+        for path, ds in datasets:
+            if path not in outcomes:
+                outcomes[path] = StoreOutcome(path, str(ds.get("SOPInstanceUID", "")), None, False, permanent, problem)
+    ordered = [outcomes[p] for p in files]
+    for o in ordered:
+        log.log(logging.INFO if o.ok else logging.WARNING, "DICOM send: destination=%s file=%s sop=%s ok=%s %s",
+                destination.name, o.path.name, o.sop_instance_uid, o.ok, o.message)
+    return ordered
+
+
+def echo(destination: Destination, calling_ae: str) -> tuple[bool, str]:
+    """C-ECHO ``destination``: (True, "...") when it answered success; else (False, why)."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout_s
+    ae.connection_timeout = destination.timeout_s
+    ae.add_requested_context("1.2.840.10008.1.1")
+    tls_args = (destination.tls.client_context(), "") if destination.tls is not None else None
+    try:
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
+    except OSError as err:
+        return False, f"cannot connect: {err}"
+    if assoc.is_established:
+        try:
+            rsp = assoc.send_c_echo()
+        finally:
+            assoc.release()
+        if rsp is not None and int(rsp.get("Status", -1)) == 0:
+            return True, f"C-ECHO answered by {destination.address} as {calling_ae}"
+        return False, f"C-ECHO got no success from {destination.address}"
+    if assoc.is_rejected:
+        prim = assoc.acceptor.primitive
+        diag = int(getattr(prim, "diagnostic", 0) or 0)
+        return False, (f"association rejected by {destination.address}: "
+                       f"{_REJECT_REASONS.get((0x01, diag), f'diagnostic {diag}')} (we call as {calling_ae!r})")
+    return False, f"no association with {destination.address} (connection refused, aborted or timed out)"
