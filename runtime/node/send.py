@@ -98,7 +98,7 @@ def send_files(destination: Destination, files: Sequence[Path], calling_ae: str)
         for sop_class, syntaxes in contexts.items():
             ae.add_requested_context(sop_class, syntaxes)
         problem, permanent = "not sent: the association ended before it", False
-        tls_args = (destination.tls.client_context(), "") if destination.tls is not None else None
+        tls_args = (destination.tls.client_context(), destination.host) if destination.tls is not None else None
         try:
             assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
                                  tls_args=tls_args)
@@ -150,7 +150,7 @@ def echo(destination: Destination, calling_ae: str) -> tuple[bool, str]:
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout_s
     ae.connection_timeout = destination.timeout_s
     ae.add_requested_context("1.2.840.10008.1.1")
-    tls_args = (destination.tls.client_context(), "") if destination.tls is not None else None
+    tls_args = (destination.tls.client_context(), destination.host) if destination.tls is not None else None
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     except OSError as err:
