@@ -255,7 +255,7 @@ def _delivery_cells(d: Any, now: float) -> list[str]:
         detail = when + (f"; last: {error}" if error else "")
     else:
         detail = error or "-"
-    detail = detail[:80] + ("..." if len(detail) > 80 else "")
+    detail = detail[:100] + ("..." if len(detail) > 100 else "")
     return [d.destination, d.role, d.state, str(d.attempts), detail, d.job_key]
 
 
