@@ -40,7 +40,7 @@ def accepted_sop_classes(destination: Destination, calling_ae: str, sop_classes:
     ae.add_requested_context(VERIFICATION)
     for sop_class in classes:
         ae.add_requested_context(sop_class, list(PROBE_SYNTAXES))
-    tls_args = (destination.tls.client_context(), "") if destination.tls is not None else None
+    tls_args = (destination.tls.client_context(), destination.host) if destination.tls is not None else None
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     except OSError as err:  # e.g. a certificate that does not load
