@@ -39,6 +39,8 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+#: the hidden temporary of an instance being written: ``.<SOP>.dcm.recv-<random>`` beside its final name
+RECEIVING_SUFFIX = ".recv-"
 
 
 @dataclass(frozen=True)
@@ -95,12 +97,30 @@ def _make_dirs(root: Path, parts: tuple[str, ...]) -> Path:
     return here
 
 
+def remove_stale_temporaries(root: Path) -> int:
+    """Remove the hidden temporaries (``<Study>/<Series>/.<SOP>.dcm.recv-*``) a killed listener left in ``root``:
+    instances whose store was never acknowledged (the console sends them again). One listener per root: call it
+    before listening. Returns how many were removed."""
+    removed = 0
+    for tmp in root.glob(f"*/*/.*.dcm{RECEIVING_SUFFIX}*"):
+        try:
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink()
+                removed += 1
+        except OSError:
+            pass
+    if removed:
+        log.info("removed %d unacknowledged partial instance(s) left by an interrupted listener in %s", removed,
+                 root)
+    return removed
+
+
 def store_file(source: Path, root: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
     """Copy the received file ``source`` to ``root/study/series/sop.dcm`` atomically and durably; returns the final
     path. The UIDs must be valid (checked by the caller). Raises OSError (the temporary is removed)."""
     folder = _make_dirs(root, (study_uid, series_uid))
     final = folder / f"{sop_uid}.dcm"
-    tmp = folder / f".{sop_uid}.dcm.recv-{uuid.uuid4().hex[:12]}"
+    tmp = folder / f".{sop_uid}.dcm{RECEIVING_SUFFIX}{uuid.uuid4().hex[:12]}"
     try:
         with open(source, "rb") as fin, open(tmp, "xb") as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
@@ -175,6 +195,7 @@ class StorageReceiver:
                                      "dicom_listener.tls_certificate/tls_key must be PEM files that match.") from err
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.root)
             self._server = ae.start_server((s.bind_address, s.port), block=False, evt_handlers=handlers,
                                            ssl_context=ssl_context)
         except OSError as err:

@@ -289,13 +289,20 @@ class CompletionTracker:
                 self._touch_par_of(path, now)
             return  # stays dirty: needs a second look
         if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
-            f.size, f.mtime_ns, f.changed_at, f.looked_at = st.st_size, st.st_mtime_ns, now, now
+            # a copy the listener stored (again) arrived when its hint came, whole: no settling
+            arrived = received if received is not None else now
+            f.size, f.mtime_ns, f.changed_at, f.looked_at = st.st_size, st.st_mtime_ns, arrived, now
             if f.status in (_PARSED, _INVALID):
                 log.info("file changed after it was read, reading it again: file=%s", path)
-                self._detach(f, now)
+                self._detach(f, arrived)
                 self._reported_invalid.discard(path)
             if f.kind == DICOM:
                 f.status = _SETTLING
+                if received is not None:
+                    self._parse(f, now, discovered)
+                    if f.status == _PARSED:
+                        self._dirty.discard(path)
+                    return
             if f.kind == REC:
                 self._touch_par_of(path, now)
             elif f.kind in (NIFTI, PARREC):

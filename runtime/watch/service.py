@@ -597,6 +597,8 @@ class Watcher:
                 "open_series": self.tracker.pending() if self.tracker else [],
                 "queued": self._jobs.qsize(),
                 "stats": dict(self.stats),
+                #: the DICOM listener's bound address, "host:port" (None: no listener)
+                "listener": (None if self.receiver is None else "%s:%d" % self.receiver.address),
             }
             write_json_atomic(self.config.state_dir / "watcher.json", data, indent=1)
         except OSError as err:
