@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, print_table, write_json  # noqa: E402
-from runtime_speed import MRI, SHARED, ts_models  # noqa: E402
+from runtime_speed import MRI, ts_models  # noqa: E402
 
 
 def main() -> int:
@@ -39,7 +39,7 @@ def main() -> int:
     cmd = [sys.executable, "-m", "edgeseg", "export", "--variant", "1.5mm", str(models["850"]), str(models["851"])]
     if args.with_3mm:
         cmd += ["--variant", "3mm", str(models["852"])]
-    cmd += ["--totalseg", "--labels", str(SHARED / "total_mr_labels.json"), "--calibration", str(calib),
+    cmd += ["--totalseg", "--labels", str(MRI.parent / "total_mr_labels.json"), "--calibration", str(calib),
             "--out", str(out), "--force", "--calibration-patches", str(args.patches),
             "--bias-correction", args.bias_correction, "--contrasts", "original"]
     t0 = time.perf_counter()
