@@ -8,7 +8,6 @@ import fnmatch
 import json
 import re
 import shlex
-from pathlib import Path
 
 from installer_helpers import REPO
 

@@ -81,7 +81,7 @@ def make_certificates(folder: Path) -> dict[str, Path]:
     for name in ("server", "client"):
         key, csr, cert = folder / f"{name}.key", folder / f"{name}.csr", folder / f"{name}.pem"
         run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj",
-            f"/CN=127.0.0.1")
+            "/CN=127.0.0.1")
         run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out",
             str(cert), "-days", "2")
         out[f"{name}_key"], out[f"{name}_cert"] = key, cert
