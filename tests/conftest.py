@@ -32,6 +32,22 @@ def committed_file(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():  # noqa: ANN202 - a generator fixture
+    """``edgeseg.cli.main`` configures the root logger (a file handler too): put pytest's handlers back after each
+    test that ran it."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for h in root.handlers:
+        if h not in handlers:
+            h.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def real_mri() -> Path:
     """The real abdominal MRI (117x91x20 @ 3 mm, int16, axis codes L,P,S): the packaged demo copy."""

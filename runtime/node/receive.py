@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import threading
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Callable, Union
 
 from edgeseg.errors import DicomNodeError
 from edgeseg.runtime.node.settings import ListenerSettings, is_valid_uid
+from edgeseg.runtime.write.atomic import write_file_atomic
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 #: the hidden temporary of an instance being written: ``.<SOP>.dcm.recv-<random>`` beside its final name
+#: (:func:`~edgeseg.runtime.write.atomic.write_file_atomic`)
 RECEIVING_SUFFIX = ".recv-"
 
 
@@ -120,19 +121,8 @@ def store_file(source: Path, root: Path, study_uid: str, series_uid: str, sop_ui
     path. The UIDs must be valid (checked by the caller). Raises OSError (the temporary is removed)."""
     folder = _make_dirs(root, (study_uid, series_uid))
     final = folder / f"{sop_uid}.dcm"
-    tmp = folder / f".{sop_uid}.dcm{RECEIVING_SUFFIX}{uuid.uuid4().hex[:12]}"
-    try:
-        with open(source, "rb") as fin, open(tmp, "xb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
+    with open(source, "rb") as fin:
+        write_file_atomic(final, lambda fout: shutil.copyfileobj(fin, fout, 1 << 20), tmp_infix=RECEIVING_SUFFIX)
     fsync_dir(folder)
     return final
 

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +167,35 @@ def _liveness(state_dir: Path, beat: dict[str, Any], now: float) -> str:
             "start it again, interrupted series then run again")
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from edgeseg.errors import EXIT_FAILED, EXIT_OK, EdgesegError, StateStoreError, exit_code_of
-    from edgeseg.runtime.watch.config import load_config
+T = TypeVar("T")
+
+
+def _with_store(path: Path, query: Callable[[Any], T], readonly: bool) -> T | int:
+    """``query(store)`` on the job store at ``path``; on failure prints why (a damaged store: the command that moves
+    it aside) and returns the exit code instead."""
+    from edgeseg.errors import EdgesegError, StateStoreError, exit_code_of
     from edgeseg.runtime.watch.store import JobStore, is_damage, store_damaged
+
+    try:
+        with JobStore(path, readonly=readonly) as store:
+            try:
+                return query(store)
+            except sqlite3.DatabaseError as err:
+                if not is_damage(err):
+                    raise
+                raise store_damaged(path, f"SQLite says: {err}") from err
+    except StateStoreError as err:
+        print(str(err))
+        return err.exit_code
+    except (EdgesegError, sqlite3.Error) as err:
+        print(f"Job store {path} cannot be read: {err}")
+        return exit_code_of(err)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from edgeseg.errors import EXIT_FAILED, EXIT_OK
+    from edgeseg.runtime.watch.config import load_config
+    from edgeseg.runtime.watch.store import JobStore
 
     config = load_config(args.config, {"state_dir": args.state_dir}, check_paths=False)
     beat = _read_beat(config.state_dir)
@@ -178,24 +203,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"No job store at {config.store_path}: the watcher has not run with this state folder yet (or the "
               "folder was deleted or moved).")
         return EXIT_FAILED
-    try:
-        with JobStore(config.store_path, readonly=True) as store:
-            try:
-                counts = store.counts()
-                rows = store.rows(limit=args.limit)
-                delivery_counts = store.delivery_counts()  # none from a store before schema 3
-                open_deliveries = [*store.deliveries("failed", limit=args.limit),
-                                   *store.deliveries("pending", limit=args.limit)]
-            except sqlite3.DatabaseError as err:
-                if not is_damage(err):
-                    raise
-                raise store_damaged(config.store_path, f"SQLite says: {err}") from err
-    except StateStoreError as err:
-        print(str(err))
-        return err.exit_code
-    except (EdgesegError, sqlite3.Error) as err:
-        print(f"Job store {config.store_path} cannot be read: {err}")
-        return exit_code_of(err)
+    def read(store: JobStore) -> tuple[Any, ...]:
+        return (store.counts(), store.rows(limit=args.limit),
+                store.delivery_counts(),  # none from a store before schema 3
+                [*store.deliveries("failed", limit=args.limit), *store.deliveries("pending", limit=args.limit)])
+
+    answer = _with_store(config.store_path, read, readonly=True)
+    if isinstance(answer, int):
+        return answer
+    counts, rows, delivery_counts, open_deliveries = answer
     now = time.time()
     state = _liveness(config.state_dir, beat, now)
     if args.json:
@@ -264,8 +280,8 @@ def _delivery_cells(d: Any, now: float) -> list[str]:
 
 def cmd_deliver(args: argparse.Namespace) -> int:
     """``edgeseg deliver [--retry] [--destination NAME]``: the outbox, and failed deliveries made pending again."""
-    from edgeseg.errors import EXIT_FAILED, EXIT_OK, EdgesegError, StateStoreError, exit_code_of
-    from edgeseg.runtime.watch.store import JobStore, is_damage, store_damaged
+    from edgeseg.errors import EXIT_FAILED, EXIT_OK
+    from edgeseg.runtime.watch.store import JobStore
 
     config = _state_config(args)
     if not config.store_path.is_file():
@@ -274,25 +290,15 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     configured = {d.name for d in config.node.destinations}
     now = time.time()
-    n = 0
-    try:
-        with JobStore(config.store_path, readonly=not args.retry) as store:
-            try:
-                if args.retry:
-                    n = store.retry_failed_deliveries(args.destination)
-                counts = store.delivery_counts()
-                failed = [d for d in store.deliveries("failed")
-                          if args.destination is None or d.destination == args.destination]
-            except sqlite3.DatabaseError as err:
-                if not is_damage(err):
-                    raise
-                raise store_damaged(config.store_path, f"SQLite says: {err}") from err
-    except StateStoreError as err:
-        print(str(err))
-        return err.exit_code
-    except (EdgesegError, sqlite3.Error) as err:
-        print(f"Job store {config.store_path} cannot be read: {err}")
-        return exit_code_of(err)
+    def work(store: JobStore) -> tuple[Any, ...]:
+        retried = store.retry_failed_deliveries(args.destination) if args.retry else 0
+        return retried, store.delivery_counts(), [d for d in store.deliveries("failed")
+                                                  if args.destination is None or d.destination == args.destination]
+
+    answer = _with_store(config.store_path, work, readonly=not args.retry)
+    if isinstance(answer, int):
+        return answer
+    n, counts, failed = answer
     which = f" to {args.destination}" if args.destination else ""
     if args.destination and args.destination not in configured:
         print(f"Note: {args.destination!r} is not among the configured destinations "

@@ -26,7 +26,7 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError, OutputError, kind_of
@@ -193,10 +193,22 @@ def write_json_atomic(path: StrPath, payload: Any, *, indent: int | None = 2, so
     if not _is_utf8(text):
         text = json.dumps(payload, indent=indent, sort_keys=sort_keys, default=default)
     data = (text + "\n").encode("utf-8")
-    tmp = path.with_name(f".{path.name}.partial-{_random()}")
+    return write_file_atomic(path, lambda fh: fh.write(data))
+
+
+def write_file_atomic(path: StrPath, fill: Callable[[BinaryIO], Any], *, tmp_infix: str = ".partial-") -> Path:
+    """Write a file whose bytes ``fill(fh)`` writes: a reader sees the previous file or the new one, never a part.
+
+    The bytes go to a hidden temporary in the same folder (``.<file name><tmp_infix><random>``, created
+    exclusively), are flushed and fsync'ed, then renamed over ``path`` (``os.replace``). On any failure the
+    temporary is removed and the error re-raised. The caller fsyncs the folder where the rename itself must survive
+    a power loss. Returns ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{tmp_infix}{_random()}")
     try:
         with open(tmp, "xb") as fh:
-            fh.write(data)
+            fill(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

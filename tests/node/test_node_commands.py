@@ -4,7 +4,6 @@ to end with the real demo bundle. Every peer is on 127.0.0.1 with bounded timeou
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import sqlite3
@@ -29,18 +28,6 @@ from edgeseg.runtime.watch.store import DeliveryRequest, JobStore
 OUR_AE = "EDGESEG"  # our calling AE title towards destinations (the listener is off: the default)
 LABEL_MAP = "1.2.840.10008.5.1.4.1.1.66.7"
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """``edgeseg.cli.main`` reconfigures the root logger; put pytest's handlers back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    for h in root.handlers:
-        if h not in handlers:
-            h.close()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import CONSOLE, LISTENER_AE, same_instance, stored_path
+from node_helpers import CONSOLE, LISTENER_AE, same_instance, stored_path
 from helpers.dicom_peers import LOOPBACK, OrthancPacs, free_port
 
 import edgeseg.demo

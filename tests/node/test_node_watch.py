@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import CONSOLE, LISTENER_AE, mr_series
+from node_helpers import CONSOLE, LISTENER_AE, mr_series
 from helpers.dicom_peers import LOOPBACK, OrthancPacs, dcmtk_storescu, describe, free_port
 
 import edgeseg.demo

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import CONSOLE, LISTENER_AE, Listener, make_certificates, mr_series, same_instance, stored_path
+from node_helpers import CONSOLE, LISTENER_AE, Listener, make_certificates, mr_series, same_instance, stored_path
 from helpers.dicom_peers import (LOOPBACK, dcmtk_echoscu, dcmtk_storescu, describe, pynetdicom_echoscu,
                                  pynetdicom_store_statuses, pynetdicom_storescu)
 

@@ -3,10 +3,8 @@ Siemens mosaic), environments without any engine variable, and the root logger p
 ``edgeseg.cli.main``."""
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -22,18 +20,6 @@ def _no_engine_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ENGINE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """``edgeseg.cli.main`` reconfigures the root logger; put pytest's handlers back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    for h in root.handlers:
-        if h not in handlers:
-            h.close()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

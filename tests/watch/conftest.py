@@ -2,7 +2,6 @@
 counting fake segmenter, and a watcher that is always stopped and checked for leaked threads."""
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from pathlib import Path
@@ -14,18 +13,6 @@ from watch_helpers import QUIET, CountingSegmenter, wait_for
 from edgeseg.runtime.watch.config import WatchConfig, load_config
 from edgeseg.runtime.watch.service import Watcher
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """``edgeseg.cli.main`` reconfigures the root logger (file handler included); put pytest's handlers back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    for h in root.handlers:
-        if h not in handlers:
-            h.close()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture
