@@ -182,9 +182,10 @@ def _bundle_digest(bundle: Bundle) -> str:
 
 def segment_series(source: SeriesRef | Volume | StrPath, bundle: Bundle | Path | str,
                    options: SegmentOptions | None = None, progress: ProgressCallback | None = None,
-                   plan: dict[str, Any] | None = None) -> SegmentResult:
+                   plan: dict[str, Any] | None = None, out_parent: Path | None = None) -> SegmentResult:
     """Read a series (NIfTI/PAR file, DICOM folder, ``SeriesRef`` or an already read ``Volume``), segment it and
-    write the results atomically into ``<name>.edgeseg/`` beside it. ``plan`` (from the watcher's planner) is
+    write the results atomically into ``<name>.edgeseg/`` beside it (or in ``out_parent``: one-shot mode, whose input
+    may be read-only). ``plan`` (from the watcher's planner) is
     recorded in the manifest. A requested output that could not be written makes the result partial
     (``result.status`` is ``PARTIAL``, ``result.missing_outputs`` says why: :mod:`edgeseg.runtime.write.results`);
     that does not raise. Raises :class:`~edgeseg.errors.EdgesegError` subclasses for bad input; never modifies the
@@ -203,7 +204,7 @@ def segment_series(source: SeriesRef | Volume | StrPath, bundle: Bundle | Path |
     manifest = run_manifest(bundle, volume, options, record)
     if plan is not None:
         manifest["plan"] = plan
-    result = write_results(volume, labels, bundle.labels, options.outputs, manifest)
+    result = write_results(volume, labels, bundle.labels, options.outputs, manifest, out_parent=out_parent)
     timings.write = time.perf_counter() - t0
     if result.missing_outputs:
         log.warning("partial series=%s output=%s total_s=%.2f: %s", volume.name, result.output_dir, timings.total,

@@ -30,6 +30,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import nibabel as nib
+import numpy as np
+
 from edgeseg import __version__
 from edgeseg.bundle.schema import Bundle, load_bundle
 from edgeseg.errors import (EXIT_OK, EdgesegError, InvalidSeriesError, OutOfMemoryError, TimeCeilingError,
@@ -42,8 +45,9 @@ from edgeseg.runtime.oneshot.settings import OneShotSettings, check_variant, set
 from edgeseg.runtime.options import SegmentOptions
 from edgeseg.runtime.plan import LatencyTable, Plan, Planner
 from edgeseg.runtime.read import SeriesGeometry, SeriesRef, SkippedFiles, Volume, discover_series, read_series
-from edgeseg.runtime.segment import COMPLETE, PARTIAL, SegmentResult, Timings, run_manifest, segment_volume
-from edgeseg.runtime.write import compute_statistics, describe_missing, write_results
+from edgeseg.runtime.commands import resolve_bundle_path
+from edgeseg.runtime.segment import COMPLETE, PARTIAL, SegmentResult, segment_series
+from edgeseg.runtime.write import compute_statistics, describe_missing
 from edgeseg.runtime.write.atomic import output_error, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -123,15 +127,6 @@ def choose_layout(layout: str, folders: Folders) -> str:
     if layout == "auto":
         return "mercure" if is_mercure_input(folders.input) else "folders"
     return layout
-
-
-def resolve_bundle_path(value: str | Path) -> Path:
-    """``demo``: the bundle shipped inside the package; anything else: a folder."""
-    if str(value) == DEMO:
-        from edgeseg.demo import demo_bundle_path
-
-        return demo_bundle_path()
-    return Path(value)
 
 
 def run_oneshot(folders: Folders, bundle: str | Path | Bundle = DEMO, overrides: Mapping[str, Any] | None = None,
@@ -221,9 +216,7 @@ def _run_series(ref: SeriesRef, bundle: Bundle, options: SegmentOptions, setting
     outcome = SeriesOutcome(name=ref.name, series_uid=ref.uid, description=description, status=FAILED)
     t0 = time.perf_counter()
     try:
-        timings = Timings()
         volume = read_series(ref, options.limits)
-        timings.read = time.perf_counter() - t0
         run_options, plan = options, None
         if planner is not None:
             plan = planner.plan(SeriesGeometry.from_volume(volume), settings.time_budget_s,
@@ -232,7 +225,7 @@ def _run_series(ref: SeriesRef, bundle: Bundle, options: SegmentOptions, setting
             if plan.over_ceiling:
                 raise TimeCeilingError(f"{ref.name}: {plan.reason} (not started).")
             run_options = replace(options, variant=plan.variant, tile_step_size=plan.tile_step_size)
-        result = _segment(volume, bundle, run_options, plan, timings, staging or folders.output,
+        result = _segment(volume, bundle, run_options, plan, staging or folders.output,
                           _watch_ceiling(settings.time_ceiling_s, t0, progress))
         dispatched = _dispatch(result[0], folders.output) if staging is not None else None
     except _CeilingPassed as passed:
@@ -277,17 +270,14 @@ def _watch_ceiling(ceiling_s: float | None, t0: float, progress: ProgressCallbac
     return report
 
 
-def _segment(volume: Volume, bundle: Bundle, options: SegmentOptions, plan: Plan | None, timings: Timings,
-             out_parent: Path, progress: ProgressCallback) -> tuple[SegmentResult, dict[str, float]]:
-    """:func:`~edgeseg.runtime.segment.segment_series` for an already read volume, with the results written under
-    ``out_parent`` instead of beside the series; also the volume (ml) of each structure found."""
-    labels, record = segment_volume(volume, bundle, options, progress, timings)
-    t0 = time.perf_counter()
-    manifest = run_manifest(bundle, volume, options, record)
-    if plan is not None:
-        manifest["plan"] = plan.to_dict()
-    result = write_results(volume, labels, bundle.labels, options.outputs, manifest, out_parent=out_parent)
-    timings.write = time.perf_counter() - t0
+def _segment(volume: Volume, bundle: Bundle, options: SegmentOptions, plan: Plan | None, out_parent: Path,
+             progress: ProgressCallback) -> tuple[SegmentResult, dict[str, float]]:
+    """:func:`~edgeseg.runtime.segment.segment_series` with the results written under ``out_parent`` instead of
+    beside the series; also the volume (ml) of each structure found."""
+    result = segment_series(volume, bundle, options, progress, plan=plan.to_dict() if plan else None,
+                            out_parent=out_parent)
+    image: Any = nib.load(str(result.files["labelmap"]))
+    labels = np.asanyarray(image.dataobj)  # the mask on the input's grid
     stats = compute_statistics(volume, labels, bundle.labels)
     volumes = {name: round(float(s["volume_ml"]), 3) for name, s in stats["structures"].items() if s["voxels"]}
     return result, volumes
@@ -364,5 +354,5 @@ def _write_summary(folders: Folders, layout: str, task: MercureTask | None, outc
         return None
 
 
-__all__ = ["FAILED", "LAYOUTS", "OneShotResult", "SeriesOutcome", "choose_layout", "resolve_bundle_path",
+__all__ = ["FAILED", "LAYOUTS", "OneShotResult", "SeriesOutcome", "choose_layout",
            "run_oneshot"]
