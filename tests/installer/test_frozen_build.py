@@ -234,6 +234,54 @@ def test_frozen_doctor_lists_the_cpu(frozen: Frozen, tmp_path: Path) -> None:
     assert devices and devices[0].startswith("OK") and "CPU" in devices[0], out
 
 
+def test_frozen_watcher_is_a_dicom_node(frozen: Frozen, tmp_path: Path) -> None:
+    """The frozen app as the console-side node: DCMTK storescu sends the demo MRI as DICOM to its listener, the SEG
+    and the SR arrive at a DCMTK storescp destination (pynetdicom and ssl frozen in)."""
+    import signal
+    import socket
+
+    from helpers.dicom_peers import LOOPBACK, DcmtkStorescp, dcmtk_storescu, describe, free_port
+
+    from edgeseg.demo.dicom_series import write_dicom_series
+
+    files = write_dicom_series(_mri(), tmp_path / "console", "t1 frozen node")
+    port = free_port()
+    with DcmtkStorescp(tmp_path / "pacs", aet="PACS") as pacs:
+        config = tmp_path / "watch_config.yaml"
+        config.write_text(f"""roots: [{json.dumps(str(tmp_path / 'incoming'))}]
+bundle: {json.dumps(frozen.frozen_bundle_arg)}
+state_dir: {json.dumps(str(tmp_path / 'state'))}
+quiet_period_s: 300
+outputs: {{preview: false, seg_type: binary}}
+dicom_listener: {{enabled: true, port: {port}, bind_address: {LOOPBACK}, allowed_ae_titles: [CONSOLE],
+                 completion_grace_s: 1, min_free_mb: 0}}
+destinations: [{{name: pacs, ae_title: PACS, host: {LOOPBACK}, port: {pacs.port}}}]
+""")
+        (tmp_path / "incoming").mkdir()
+        log = open(tmp_path / "watch.out", "wb")
+        proc = subprocess.Popen([str(frozen.exe), "watch", "--config", str(config)], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=tmp_path, env=_clean_env())
+        try:
+            end = time.monotonic() + 120
+            while time.monotonic() < end:
+                assert proc.poll() is None, (tmp_path / "watch.out").read_text()[-4000:]
+                try:
+                    socket.create_connection((LOOPBACK, port), timeout=0.5).close()
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            sent = dcmtk_storescu(LOOPBACK, port, files, calling_aet="CONSOLE", called_aet="EDGESEG")
+            assert sent.returncode == 0, describe(sent)
+            received = pacs.wait_for(2, timeout=120)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+            log.close()
+    import pydicom
+
+    assert sorted(pydicom.dcmread(p, stop_before_pixels=True).Modality for p in received) == ["SEG", "SR"], received
+
+
 def test_frozen_run_plays_a_mercure_task(frozen: Frozen, tmp_path: Path) -> None:
     """What a vendor platform or mercure calls, unchanged in the frozen app: a mercure task in (files named
     <SeriesUID>#<file>.dcm with .tags, task.json), the DICOM-SEG (and SR) as *.dcm and result.json out, exit 0; bad
