@@ -702,14 +702,18 @@ class _DemoPacs:
         sop_class = str(event.request.AffectedSOPClassUID or "")
         if not is_valid_uid(sop):
             return 0xC000
+        from edgeseg.runtime.write.atomic import write_file_atomic
+
         final = self.folder / f"{sop}.dcm"
-        tmp = self.folder / f".{sop}.dcm.part"
         try:
             try:
-                shutil.copyfile(event.dataset_path, tmp)  # streamed to disk (the watcher's listener turns it on)
+                path = Path(event.dataset_path)  # streamed to disk (the watcher's listener turns it on)
             except AttributeError:
-                tmp.write_bytes(event.encoded_dataset(include_meta=True))
-            os.replace(tmp, final)
+                data = event.encoded_dataset(include_meta=True)
+                write_file_atomic(final, lambda out: out.write(data))
+            else:
+                with open(path, "rb") as fin:
+                    write_file_atomic(final, lambda out: shutil.copyfileobj(fin, out, 1 << 20))
         except OSError:
             log.exception("demo PACS: %s not written", final)
             return 0xA700
