@@ -30,9 +30,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import nibabel as nib
-import numpy as np
-
 from edgeseg import __version__
 from edgeseg.bundle.schema import Bundle, load_bundle
 from edgeseg.errors import (EXIT_OK, EdgesegError, InvalidSeriesError, OutOfMemoryError, TimeCeilingError,
@@ -47,7 +44,7 @@ from edgeseg.runtime.plan import LatencyTable, Plan, Planner
 from edgeseg.runtime.read import SeriesGeometry, SeriesRef, SkippedFiles, Volume, discover_series, read_series
 from edgeseg.runtime.commands import resolve_bundle_path
 from edgeseg.runtime.segment import COMPLETE, PARTIAL, SegmentResult, segment_series
-from edgeseg.runtime.write import compute_statistics, describe_missing
+from edgeseg.runtime.write import describe_missing
 from edgeseg.runtime.write.atomic import output_error, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -273,12 +270,10 @@ def _watch_ceiling(ceiling_s: float | None, t0: float, progress: ProgressCallbac
 def _segment(volume: Volume, bundle: Bundle, options: SegmentOptions, plan: Plan | None, out_parent: Path,
              progress: ProgressCallback) -> tuple[SegmentResult, dict[str, float]]:
     """:func:`~edgeseg.runtime.segment.segment_series` with the results written under ``out_parent`` instead of
-    beside the series; also the volume (ml) of each structure found."""
+    beside the series; also the volume (ml) of each structure found (from the writer's statistics)."""
     result = segment_series(volume, bundle, options, progress, plan=plan.to_dict() if plan else None,
                             out_parent=out_parent)
-    image: Any = nib.load(str(result.files["labelmap"]))
-    labels = np.asanyarray(image.dataobj)  # the mask on the input's grid
-    stats = compute_statistics(volume, labels, bundle.labels)
+    stats = result.statistics or {"structures": {}}
     volumes = {name: round(float(s["volume_ml"]), 3) for name, s in stats["structures"].items() if s["voxels"]}
     return result, volumes
 

@@ -89,6 +89,9 @@ class SegmentResult:
     manifest: dict[str, Any]
     #: seconds per stage of this run (read, preprocess, compile, infer, postprocess, write), when known
     timings: dict[str, float] | None = None
+    #: the mask's statistics (:func:`~edgeseg.runtime.write.statistics.compute_statistics`: voxels, volume_ml,
+    #: mean_intensity per structure), whether or not statistics.json was requested; None if they failed
+    statistics: dict[str, Any] | None = None
 
     @property
     def status(self) -> str:
@@ -199,7 +202,7 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
         computed: dict[str, Any] = {}
 
         def statistics() -> dict[str, Any]:
-            """The statistics of the mask, computed once for statistics.json and the SR."""
+            """The statistics of the mask, computed once for statistics.json, the SR and the caller."""
             if "stats" not in computed:
                 computed["stats"] = compute_statistics(volume, labelmap, labels)
             stats: dict[str, Any] = computed["stats"]
@@ -245,6 +248,11 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
                         warnings.append(f"DICOM SR not written: {missing['dicom_sr']}")
                     else:
                         outputs["dicom_sr"] = DICOM_SR_FILE
+        try:  # for the caller (one-shot mode's volumes); the requested outputs that needed it already said so
+            stats_of_mask: dict[str, Any] | None = statistics()
+        except Exception as err:  # noqa: BLE001 - a statistics failure never fails the published result
+            log.warning("statistics of %s not computed: %s: %s", volume.name, type(err).__name__, err)
+            stats_of_mask = None
         outputs["manifest"] = MANIFEST_FILE
         record["outputs"] = outputs
         record["status"] = PARTIAL if missing else COMPLETE
@@ -260,4 +268,4 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
         log.warning("%s", err)
     final = folder.final_path
     return SegmentResult(output_dir=final, files={role: final / name for role, name in outputs.items()},
-                         manifest=written)
+                         manifest=written, statistics=stats_of_mask)
