@@ -9,6 +9,8 @@ transaction); this worker thread sends what is due and records the outcome:
 * a failure that will not pass (association rejected permanently, e.g. our AE title unknown to the PACS; the object
   refused), a destination no longer configured, a result file removed, or a delivery older than ``max_age_h``:
   ``failed``, logged as an error and listed by ``edgeseg status``; ``edgeseg deliver --retry`` makes them due again.
+  A result with a failed delivery is not a success: ``on_settled`` (the watcher) marks its series partial with an
+  error file beside it, and done again once a retry delivered everything.
 
 A kill during a send leaves the row ``pending``: it is sent again after the restart with the same SOP Instance UID,
 so the PACS keeps one copy. Files due for one destination go over one association.
@@ -40,7 +42,8 @@ class DeliveryWorker:
 
     def __init__(self, store: JobStore, destinations: Sequence[Destination], settings: DeliverySettings,
                  calling_ae: str | None, stop: threading.Event, sender: Sender | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_settled: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.destinations = {d.name: d for d in destinations}
         self.settings = settings
@@ -52,6 +55,8 @@ class DeliveryWorker:
         self.sent = 0
         self.failed = 0
         self._busy = threading.Event()
+        #: called with the series key of each result whose delivery ended (sent or failed) in a round
+        self.on_settled = on_settled
 
     def wake(self) -> None:
         self._wake.set()
@@ -98,12 +103,15 @@ class DeliveryWorker:
         if not rows:
             return False
         by_destination: dict[str, list[DeliveryRow]] = defaultdict(list)
+        settled: set[str] = set()  # series whose deliveries ended in this round (a row sent or failed)
         max_age = self.settings.max_age_h * 3600.0
         for row in rows:
             if now - row.created_at > max_age:
+                settled.add(row.job_key)
                 self._fail(row, f"not delivered within delivery.max_age_h ({self.settings.max_age_h:g} h); last "
                            f"error: {row.last_error or 'none'}", count=False)
             elif row.destination not in self.destinations:
+                settled.add(row.job_key)
                 self._fail(row, f"destination {row.destination!r} is no longer configured", count=False)
             else:
                 by_destination[row.destination].append(row)
@@ -114,6 +122,8 @@ class DeliveryWorker:
             destination = self.destinations[name]
             outcomes = sender(destination, [r.file for r in batch], default_calling_ae(destination, self.calling_ae))
             for row, outcome in zip(batch, outcomes):
+                if outcome.ok or outcome.permanent:
+                    settled.add(row.job_key)
                 if outcome.ok:
                     self.store.delivery_sent(row.id)
                     self.sent += 1
@@ -126,6 +136,9 @@ class DeliveryWorker:
                     self.store.delivery_retry(row.id, self.clock() + delay, outcome.message)
                     log.warning("delivery will be retried: destination=%s key=%s role=%s in_s=%.0f attempt=%d "
                                 "reason=%s", name, row.job_key, row.role, delay, row.attempts + 1, outcome.message)
+        if self.on_settled is not None:
+            for key in sorted(settled):
+                self.on_settled(key)
         return True
 
     def _fail(self, row: DeliveryRow, why: str, count: bool = True) -> None:

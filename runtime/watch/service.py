@@ -46,7 +46,8 @@ from typing import Any, Callable
 
 from edgeseg.bundle.schema import Bundle, load_bundle
 from edgeseg.errors import (
-    EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, BundleError, ConfigError, EdgesegError, InvalidSeriesError, OutOfMemoryError,
+    EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, BundleError, ConfigError, DeliveryError, EdgesegError, InvalidSeriesError,
+    OutOfMemoryError,
     PartialResultError, SeriesInterruptedError, StateStoreError, TimeCeilingError, kind_of, remedy_for,
 )
 from edgeseg.runtime.infer.engine import measure_tile_latency
@@ -62,7 +63,7 @@ from edgeseg.runtime.watch.deliver import DeliveryWorker
 from edgeseg.runtime.watch.jobs import INVALID, SeriesJob
 from edgeseg.runtime.watch.lock import StateLock
 from edgeseg.runtime.watch.observer import EnqueueHandler, PathFilter, start_observer
-from edgeseg.runtime.watch.store import DeliveryRequest, JobStore
+from edgeseg.runtime.watch.store import FAILED, DeliveryRequest, JobStore
 from edgeseg.runtime.write import describe_missing
 from edgeseg.runtime.write.atomic import clear_error_file, write_error_file, write_json_atomic
 
@@ -229,7 +230,7 @@ class Watcher:
         if cfg.node.destinations:
             listener_ae = cfg.node.listener.ae_title if cfg.node.listener.enabled else None
             self.delivery = DeliveryWorker(self.store, cfg.node.destinations, cfg.node.delivery, listener_ae,
-                                           self._stop)
+                                           self._stop, on_settled=self._delivery_settled)
         if cfg.node.listener.enabled and not self.once:  # last: nothing is acknowledged before the store is open
             from edgeseg.runtime.node.receive import StorageReceiver
 
@@ -309,7 +310,8 @@ class Watcher:
         """Start, block until SIGTERM/SIGINT (or, with ``once``, until everything present is processed), stop.
 
         Returns 0; 1 when ``once`` and a series failed in this run, or when a watcher thread crashed;
-        :data:`~edgeseg.errors.EXIT_PARTIAL` when ``once`` and none failed but a result is partial. Raises the
+        :data:`~edgeseg.errors.EXIT_PARTIAL` when ``once`` and none failed but a result is partial (a requested
+        output missing, or a delivery refused for good). Raises the
         error that made the watcher stop itself (:attr:`fatal`, e.g. its state folder was deleted).
         """
         previous: dict[int, Any] = {}
@@ -332,7 +334,7 @@ class Watcher:
             raise self.fatal
         if self.crashed or (self.once and self.stats["failed"]):
             return EXIT_FAILED
-        return EXIT_PARTIAL if self.once and self.stats["partial"] else EXIT_OK
+        return EXIT_PARTIAL if self.once and (self.stats["partial"] or self.stats["undelivered"]) else EXIT_OK
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only set events here: a handler that logs can interrupt the main thread inside a write to the same
@@ -778,6 +780,27 @@ class Watcher:
                         continue
                 out.append(DeliveryRequest(destination.name, role, path, uids[path]))
         return out
+
+    def _delivery_settled(self, key: str) -> None:
+        """(delivery thread) The deliveries of ``key``'s result ended a round: one refused for good makes the series
+        partial, with ``<name>.edgeseg-error.json`` (kind ``delivery``) beside it; once a retry delivered them all, a
+        series that was partial only for that is done again and the error file goes."""
+        assert self.store is not None
+        row = self.store.get(key)
+        if row is None:
+            return
+        failed = [d for d in self.store.deliveries_of(key) if d.state == FAILED]
+        if failed:
+            message = "; ".join(f"{d.role.upper()} not delivered to {d.destination}: {d.last_error}" for d in failed)
+            self.store.mark_undelivered(key, message)
+            self.stats["undelivered"] += 1
+            self._write_error(row.folder_path, row.name, DeliveryError(message),
+                              f"{remedy_for(DeliveryError)} The masks and the other results are in {row.output_dir}.")
+        elif self.store.mark_delivered(key):
+            try:
+                clear_error_file(row.folder_path, row.name)
+            except (OSError, EdgesegError) as err:
+                log.warning("old error file not removed: key=%s error=%s", key, err)
 
     def _fail(self, job: SeriesJob, err: Exception, attempt: int, seconds: float, plan: Plan | None) -> str:
         assert self.store is not None

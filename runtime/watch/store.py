@@ -544,6 +544,39 @@ class JobStore:
                 raise
             return [DeliveryRow(**dict(r)) for r in cur.fetchall()]
 
+    def deliveries_of(self, key: str) -> list[DeliveryRow]:
+        """The deliveries of the series ``key``'s result."""
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM deliveries WHERE job_key = ? ORDER BY id", (fs_text(key),))
+            return [DeliveryRow(**dict(r)) for r in cur.fetchall()]
+
+    def mark_undelivered(self, key: str, message: str) -> None:
+        """A result the destinations did not all take is not a success: a ``done`` series becomes ``partial`` with
+        error kind ``delivery`` and ``message``; a series already partial for another reason keeps its kind and gets
+        ``message`` added."""
+        key, message = fs_text(key), printable(message)
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT state, error_kind, last_error FROM jobs WHERE key = ?", (key,)).fetchone()
+            if row is None or row["state"] not in (DONE, PARTIAL):
+                return
+            if row["state"] == DONE or row["error_kind"] == "delivery":
+                kind, text = "delivery", message
+            else:
+                kind, text = row["error_kind"], f"{row['last_error'] or ''} Also: {message}".strip()
+            db.execute("UPDATE jobs SET state = ?, error_kind = ?, last_error = ?, updated_at = ? WHERE key = ?",
+                       (PARTIAL, kind, text[:4000], now, key))
+
+    def mark_delivered(self, key: str) -> bool:
+        """Every delivery of ``key`` was taken after all (``deliver --retry``): a series that was partial only for
+        its deliveries is ``done`` again. True when it changed."""
+        key = fs_text(key)
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute("UPDATE jobs SET state = ?, error_kind = NULL, last_error = NULL, updated_at = ?"
+                             " WHERE key = ? AND state = ? AND error_kind = 'delivery'", (DONE, now, key, PARTIAL))
+            return bool(cur.rowcount)
+
     def delivery_counts(self) -> dict[str, int]:
         with self._lock:
             try:

@@ -132,6 +132,18 @@ def test_a_pacs_that_refuses_for_good_is_reported_not_retried(tmp_path: Path) ->
             watcher.stop()
         assert "outputs.seg_type: binary" in (rows["seg"].last_error or "")
         assert [s["MainDicomTags"]["Modality"] for s in pacs.series()] == ["SR"]
+    # an output asked for and not delivered is not a success: the series is partial, with the reason beside it
+    import json
+
+    from edgeseg.runtime.watch.store import PARTIAL, JobStore
+
+    with JobStore(config.store_path, readonly=True) as store:
+        (row,) = store.rows()
+    assert row.state == PARTIAL and row.error_kind == "delivery" and "SEG not delivered to pacs" in row.last_error
+    error_file = row.folder_path / f"{row.name}.edgeseg-error.json"
+    report = json.loads(error_file.read_text())
+    assert report["kind"] == "delivery" and "outputs.seg_type: binary" in report["error"], report
+    assert (row.folder_path / f"{row.name}.edgeseg" / "seg.dcm").is_file()
 
 
 def test_a_series_over_several_associations_is_segmented_once_with_all_its_instances(tmp_path: Path) -> None:

@@ -126,3 +126,29 @@ def test_forget_removes_the_row(store: JobStore) -> None:
     _complete(store)
     store.forget("k")
     assert store.get("k") is None
+
+
+def test_a_refused_delivery_makes_the_series_partial_until_a_retry_delivers_it(store: JobStore, tmp_path: Path) -> None:
+    from edgeseg.runtime.watch.store import PARTIAL, DeliveryRequest
+
+    (tmp_path / "out").mkdir()
+    _complete(store)
+    store.mark_running("k")
+    store.mark_done("k", tmp_path / "out", 1.0, deliveries=[DeliveryRequest("pacs", "seg", tmp_path / "seg.dcm", "1.2")])
+    store.mark_undelivered("k", "SEG not delivered to pacs: refused")
+    row = store.get("k")
+    assert row is not None and (row.state, row.error_kind, row.last_error) == (
+        PARTIAL, "delivery", "SEG not delivered to pacs: refused")
+    assert store.decide("k", "fp1", 3).run is False  # not re-segmented for it
+    assert store.mark_delivered("k") is True
+    row = store.get("k")
+    assert row is not None and (row.state, row.error_kind, row.last_error) == (DONE, None, None)
+    # partial for another reason: that reason stays, the delivery is added, and a delivery alone does not undo it
+    _complete(store, "p")
+    store.mark_running("p")
+    store.mark_partial("p", tmp_path / "out", 1.0, "DICOM-SEG not written: no UIDs")
+    store.mark_undelivered("p", "SR not delivered to pacs: refused")
+    row = store.get("p")
+    assert row is not None and row.state == PARTIAL and row.error_kind == "partial"
+    assert row.last_error == "DICOM-SEG not written: no UIDs Also: SR not delivered to pacs: refused"
+    assert store.mark_delivered("p") is False and store.get("p").state == PARTIAL  # type: ignore[union-attr]
