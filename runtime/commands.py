@@ -68,8 +68,8 @@ def resolve_bundle_path(value: str | Path) -> Path:
 
 def run_segment(args: argparse.Namespace) -> int:
     from edgeseg.bundle import load_bundle
-    from edgeseg.errors import EdgesegError, InvalidSeriesError, summary_exit_code
-    from edgeseg.runtime.read import SeriesGeometry, SeriesRef, SkippedFiles, Volume, discover_series, read_series
+    from edgeseg.errors import EdgesegError, summary_exit_code
+    from edgeseg.runtime.read import SeriesGeometry, SeriesRef, Volume, read_series, series_to_segment
     from edgeseg.runtime.segment import PARTIAL, OutputOptions, SegmentOptions, segment_series
     from edgeseg.runtime.write import describe_missing
 
@@ -82,16 +82,9 @@ def run_segment(args: argparse.Namespace) -> int:
                               dicom_sr=not args.no_dicom_sr,
                               statistics=not args.no_statistics, preview=not args.no_preview,
                               seg_type=args.seg_type))
-    skipped = SkippedFiles()
-    refs = discover_series(args.input, skipped=skipped, echoes=args.echoes)
-    if not refs:
-        why = f"{skipped.summary()}. " if skipped else ""
-        raise InvalidSeriesError(f"No image series found in {args.input}: {why}Give a NIfTI (.nii/.nii.gz) or "
-                                 "PAR/REC file, or a folder holding the DICOM files of a series.")
     # images edgeseg refuses (a mosaic, a colour image, no geometry) are series that failed, each with its reason
-    failed: list[EdgesegError] = [InvalidSeriesError(f"{len(files)} file(s) in {args.input} not segmented, e.g. "
-                                                     f"{files[0]}: {reason}.")
-                                  for reason, files in skipped.refused.items()]
+    refs, refused = series_to_segment(args.input, echoes=args.echoes)
+    failed: list[EdgesegError] = list(refused)
     complete = partial = 0
     planner = _planner(bundle, options) if args.time_budget else None
     for ref in refs:

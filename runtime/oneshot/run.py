@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 
 from edgeseg import __version__
 from edgeseg.bundle.schema import Bundle, load_bundle
-from edgeseg.errors import (EXIT_OK, EdgesegError, InvalidSeriesError, OutOfMemoryError, TimeCeilingError,
+from edgeseg.errors import (EXIT_OK, EdgesegError, OutOfMemoryError, TimeCeilingError,
                             exit_code_of, kind_of, remedy_for, summary_exit_code)
 from edgeseg.runtime.oneshot.engines import DEMO, Folders
 from edgeseg.runtime.oneshot.mercure import (NOTIFICATION_KEY, RESULT_FILE, AnnouncedSeries, MercureTask,
@@ -41,7 +41,7 @@ from edgeseg.runtime.oneshot.mercure import (NOTIFICATION_KEY, RESULT_FILE, Anno
 from edgeseg.runtime.oneshot.settings import OneShotSettings, check_variant, settings_from
 from edgeseg.runtime.options import SegmentOptions
 from edgeseg.runtime.plan import LatencyTable, Plan, Planner
-from edgeseg.runtime.read import SeriesGeometry, SeriesRef, SkippedFiles, Volume, discover_series, read_series
+from edgeseg.runtime.read import SeriesGeometry, SeriesRef, Volume, read_series, series_to_segment
 from edgeseg.runtime.commands import resolve_bundle_path
 from edgeseg.runtime.segment import COMPLETE, PARTIAL, SegmentResult, segment_series
 from edgeseg.runtime.write import describe_missing
@@ -156,18 +156,13 @@ def run_oneshot(folders: Folders, bundle: str | Path | Bundle = DEMO, overrides:
             cache_dir = None
         elif cache_dir is None:
             cache_dir = model_cache_dir(env)
-        skipped = SkippedFiles()
-        refs = discover_series(folders.input, skipped=skipped, echoes=settings.echoes)
-        if not refs:
-            why = f"{skipped.summary()}. " if skipped else ""
-            raise InvalidSeriesError(f"No image series found in {folders.input}: {why}Send the DICOM files of an "
-                                     "image series (or give a folder holding NIfTI/PAR files).")
+        refs, refused = series_to_segment(folders.input, echoes=settings.echoes,
+                                          fix="Send the DICOM files of an image series (or give a folder holding "
+                                              "NIfTI/PAR files).")
     except EdgesegError as err:
         _write_summary(folders, chosen, task, [], [err], exit_code_of(err), None, time.perf_counter() - started)
         raise
-    failures: list[BaseException] = [InvalidSeriesError(f"{len(files)} file(s) in {folders.input} not segmented, "
-                                                         f"e.g. {files[0].name}: {reason}.")
-                                      for reason, files in skipped.refused.items()]
+    failures: list[BaseException] = list(refused)
     announced = announced_series(folders.input) if chosen == "mercure" else {}
     options = SegmentOptions(device=settings.device, precision=settings.precision, variant=settings.variant,
                              threads=settings.threads, cache_dir=cache_dir, time_budget_s=settings.time_budget_s,

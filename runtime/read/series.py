@@ -120,6 +120,22 @@ def _report(path: Path, refs: list[SeriesRef], found: SkippedFiles, skipped: Ski
     return refs
 
 
+def series_to_segment(path: StrPath, *, echoes: str = "all",
+                      fix: str = "Give a NIfTI (.nii/.nii.gz) or PAR/REC file, or a folder holding the DICOM files of "
+                                 "a series.") -> tuple[list[SeriesRef], list[InvalidSeriesError]]:
+    """What a command segments at ``path`` (``segment``, ``run``): every series (:func:`discover_series`) and, one
+    per reason, the images edgeseg refuses (a mosaic, a colour image, no geometry), which count as failed series.
+    Nothing at all to segment raises :class:`InvalidSeriesError` naming what was found there and ``fix``."""
+    skipped = SkippedFiles()
+    refs = discover_series(path, skipped=skipped, echoes=echoes)
+    if not refs:
+        why = f"{skipped.summary()}. " if skipped else ""
+        raise InvalidSeriesError(f"No image series found in {path}: {why}{fix}")
+    refused = [InvalidSeriesError(f"{len(files)} file(s) in {path} not segmented, e.g. {files[0].name}: {reason}.")
+               for reason, files in skipped.refused.items()]
+    return refs, refused
+
+
 def read_series(ref_or_path: SeriesRef | StrPath, limits: ReadLimits | None = None) -> Volume:
     """Read one series into a :class:`Volume` (array (I, J, K) float32, affine voxel -> RAS+ mm).
 

@@ -44,6 +44,6 @@ def test_the_first_failing_series_gives_the_exit_code(failures: list[EdgesegErro
             raise err
         return Result()
 
-    monkeypatch.setattr("edgeseg.runtime.read.discover_series", lambda path, **kwargs: refs)
+    monkeypatch.setattr("edgeseg.runtime.read.series_to_segment", lambda path, **kwargs: (refs, []))
     monkeypatch.setattr("edgeseg.runtime.segment.segment_series", segment_series)
     assert main(["-q", "segment", str(tmp_path)]) == expected
