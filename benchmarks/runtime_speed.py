@@ -35,7 +35,9 @@ SMALL_MODEL = next((REPO / "tests" / "fixtures" / "models" / "Dataset900_Edgeseg
 def worker_edgeseg(args: argparse.Namespace) -> dict[str, Any]:
     from edgeseg.bundle import load_bundle
     from edgeseg.runtime.read import read_series
-    from edgeseg.runtime.segment import SegmentOptions, Timings, segment_volume
+    from edgeseg.runtime.options import SegmentOptions
+    from edgeseg.runtime.segment import Timings
+    from edgeseg.runtime.segmenter import Segmenter
 
     t0 = time.perf_counter()
     bundle = load_bundle(args.bundle)
@@ -45,7 +47,7 @@ def worker_edgeseg(args: argparse.Namespace) -> dict[str, Any]:
     options = SegmentOptions(precision=args.precision, variant=args.variant, threads=args.threads,
                              cache_dir=Path(args.cache_dir) if args.cache_dir else None)
     t0 = time.perf_counter()
-    labels, record = segment_volume(vol, bundle, options, timings=timings)
+    labels, record = Segmenter(bundle, options).segment_volume(vol, timings=timings)
     total = time.perf_counter() - t0
     out = {"total_s": total, "warm_total_s": total - timings.compile, "read_s": read_s, "preprocess_s": timings.preprocess, "compile_s": timings.compile,
            "infer_s": timings.infer, "postprocess_s": timings.postprocess,

@@ -46,7 +46,8 @@ VARIANTS = (("3mm", True), ("1.5mm", False))
 def worker(args: argparse.Namespace) -> dict:
     from edgeseg.bundle import load_bundle
     from edgeseg.runtime.read import read_series
-    from edgeseg.runtime.segment import SegmentOptions, segment_volume
+    from edgeseg.runtime.options import SegmentOptions
+    from edgeseg.runtime.segmenter import Segmenter
 
     import nibabel as nib
     import numpy as np
@@ -54,7 +55,8 @@ def worker(args: argparse.Namespace) -> dict:
     bundle = load_bundle(args.bundle)
     volume = read_series(args.image)
     t0 = time.perf_counter()
-    labels, record = segment_volume(volume, bundle, SegmentOptions(precision=args.precision, variant=args.variant))
+    segmenter = Segmenter(bundle, SegmentOptions(precision=args.precision, variant=args.variant))
+    labels, record = segmenter.segment_volume(volume)
     seconds = time.perf_counter() - t0
     nib.save(nib.Nifti1Image(labels.astype(np.uint8), volume.affine), args.out)
     return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(),

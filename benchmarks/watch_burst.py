@@ -9,7 +9,7 @@ Usage:
 
 Copies of the real demo MRI (117x91x20 @ 3 mm) arrive all at once, as NIfTI files or as DICOM series (one folder
 each, written with edgeseg.demo.dicom_series), into a temporary watched folder. The watcher runs in this process
-with the real :func:`edgeseg.runtime.segment.segment_series` (unless ``--fake``: the tests' fake segmenter,
+with the real :class:`edgeseg.runtime.segmenter.Segmenter` (unless ``--fake``: the tests' fake segmenter,
 ``tests/helpers/fake_segmenter.py``, injected into the watcher). Reported: series per minute
 from the drop to the last result (quiet period included) and over the busy time only, the share of series that
 met the time budget, the planner's predicted vs actual seconds, with the machine and the settings.
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(REPO / "tests"))
         from helpers.fake_segmenter import FakeSegmenter
 
-        segmenter = FakeSegmenter(args.fake)
+        segmenter = FakeSegmenter(args.fake, config.segment_options(), ceiling_s=config.time_ceiling_s)
     watcher = Watcher(config, segmenter)
     watcher.start()
     try:

@@ -366,17 +366,21 @@ def _validate(bundle: Bundle, series: list[Any], settings: ExportSettings, progr
     per tile for each precision."""
     from edgeseg.export.calibration import contrast_variant
     from edgeseg.runtime.infer.engine import measure_tile_latency
-    from edgeseg.runtime.segment import SegmentOptions, clear_engines, segment_volume
+    from edgeseg.runtime.options import SegmentOptions
+    from edgeseg.runtime.segmenter import Segmenter
 
     precisions = [p for p in ("int8", "fp16") if p in settings.precisions]
     results: list[dict[str, Any]] = []
     for variant in bundle.variants:
+        # one segmenter per precision, set up once for every series and contrast of the variant
+        segmenters = {prec: Segmenter(bundle, SegmentOptions(precision=prec, variant=variant.name))
+                      for prec in ("fp32", *precisions)}
         for s in series:
             for contrast in settings.validation_contrasts:
                 vol = contrast_variant(s.volume, contrast)
-                ref, _ = segment_volume(vol, bundle, SegmentOptions(precision="fp32", variant=variant.name))
+                ref, _ = segmenters["fp32"].segment_volume(vol)
                 for prec in precisions:
-                    pred, rec = segment_volume(vol, bundle, SegmentOptions(precision=prec, variant=variant.name))
+                    pred, rec = segmenters[prec].segment_volume(vol)
                     per_class = {bundle.labels[v]: d for v, d in dice_per_class(pred, ref, bundle.labels).items()}
                     present = [d for d in per_class.values() if d is not None]
                     results.append({
@@ -391,7 +395,7 @@ def _validate(bundle: Bundle, series: list[Any], settings: ExportSettings, progr
                     progress("validation %s %s %s %s: mean Dice vs FP32 %.4f (%d classes), voxel agreement %.5f",
                              variant.name, s.name, contrast, prec, results[-1]["mean_dice_vs_fp32"] or float("nan"),
                              len(present), results[-1]["voxel_agreement"])
-    clear_engines()
+        del segmenters  # their compiled engines are released before the next variant's
     latency: list[dict[str, Any]] = []
     for variant in bundle.variants:
         for part in variant.parts:

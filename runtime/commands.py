@@ -3,14 +3,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the command line imports the runtime only when a command runs
-    from edgeseg.bundle.schema import Bundle
-    from edgeseg.runtime.options import SegmentOptions
-    from edgeseg.runtime.plan import Planner
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +61,12 @@ def resolve_bundle_path(value: str | Path) -> Path:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from edgeseg.bundle import load_bundle
     from edgeseg.errors import EdgesegError, summary_exit_code
-    from edgeseg.runtime.read import SeriesGeometry, SeriesRef, Volume, read_series, series_to_segment
-    from edgeseg.runtime.segment import PARTIAL, OutputOptions, SegmentOptions, segment_series
-    from edgeseg.runtime.write import describe_missing
+    from edgeseg.runtime.options import OutputOptions, SegmentOptions
+    from edgeseg.runtime.read import series_to_segment
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.runtime.write import PARTIAL, describe_missing
 
-    bundle = load_bundle(resolve_bundle_path(args.bundle))
     cache_dir = None if args.no_cache else (args.cache_dir or _user_cache() / "model_cache")
     options = SegmentOptions(
         device=args.device, precision=args.precision, variant=args.variant, threads=args.threads,
@@ -82,11 +75,15 @@ def run_segment(args: argparse.Namespace) -> int:
                               dicom_sr=not args.no_dicom_sr,
                               statistics=not args.no_statistics, preview=not args.no_preview,
                               seg_type=args.seg_type))
+    latency_path = None
+    if args.time_budget:  # tile latencies measured once and kept per user
+        _user_cache().mkdir(parents=True, exist_ok=True)
+        latency_path = _user_cache() / "latency.json"
+    segmenter = Segmenter(resolve_bundle_path(args.bundle), options, latency_path=latency_path)
     # images edgeseg refuses (a mosaic, a colour image, no geometry) are series that failed, each with its reason
     refs, refused = series_to_segment(args.input, echoes=args.echoes)
     failed: list[EdgesegError] = list(refused)
     complete = partial = 0
-    planner = _planner(bundle, options) if args.time_budget else None
     for ref in refs:
         shown = [-1]
 
@@ -97,22 +94,14 @@ def run_segment(args: argparse.Namespace) -> int:
                 log.info("%3.0f%% %s", 100 * frac, msg)
 
         try:
-            source: SeriesRef | Volume = ref
-            run_options, plan = options, None
-            if planner is not None:
-                source = read_series(ref)
-                plan = planner.plan(SeriesGeometry.from_volume(source), args.time_budget)
-                log.info("plan: %s", plan.reason)
-                run_options = replace(options, variant=plan.variant, tile_step_size=plan.tile_step_size)
-            result = segment_series(source, bundle, run_options, progress,
-                                    plan=plan.to_dict() if plan else None)
+            result = segmenter.segment(ref, progress=progress)
         except EdgesegError as err:
             failed.append(err)
             log.error("%s", err)
             continue
         t = result.manifest["run"]["timings_s"]
         precisions = ", ".join(p["precision"] for p in result.manifest["run"]["parts"])
-        is_partial = getattr(result, "status", None) == PARTIAL
+        is_partial = result.status == PARTIAL
         print(f"{result.output_dir}  ({t['total']:.1f} s, {precisions}{', PARTIAL' if is_partial else ''})")
         for role, path in sorted(result.files.items()):
             print(f"  {role:12s} {path}")
@@ -129,16 +118,3 @@ def _user_cache() -> Path:
 
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgeseg"
 
-
-def _planner(bundle: Bundle, options: SegmentOptions) -> Planner:
-    """The time-budget planner (:mod:`edgeseg.runtime.plan`, as the watcher's), with tile latencies measured once
-    and cached per user."""
-    from functools import partial
-
-    from edgeseg.runtime.infer.engine import measure_tile_latency
-    from edgeseg.runtime.plan import LatencyTable, Planner
-
-    cache = _user_cache()
-    cache.mkdir(parents=True, exist_ok=True)
-    return Planner(bundle, LatencyTable(cache / "latency.json"), options.device, options.precision, options.threads,
-                   partial(measure_tile_latency, cache_dir=options.cache_dir))

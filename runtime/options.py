@@ -1,6 +1,6 @@
 """How to segment a series and which results to write: the options ``segment``, the writer and the watcher share.
 
-:class:`SegmentOptions` is what :func:`edgeseg.runtime.segment.segment_series` runs with (the command line builds
+:class:`SegmentOptions` is what :class:`edgeseg.runtime.segmenter.Segmenter` runs with (the command line builds
 one from its flags, the watcher from ``watch_config.yaml``); its :class:`OutputOptions` is what
 :func:`edgeseg.runtime.write.write_results` writes.
 """

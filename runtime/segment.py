@@ -1,71 +1,37 @@
-"""Segment one series with a bundle: read -> preprocess -> infer -> postprocess -> write.
+"""The pipeline of one volume with a bundle: preprocess -> infer -> postprocess, on exactly the volume's grid.
 
-This is the one entry point the command line (``edgeseg segment``) and the watcher call.
+:class:`edgeseg.runtime.segmenter.Segmenter` (set up once per bundle) runs it between reading and writing; it owns
+the compiled engines this module asks for through ``engine_for``.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import platform
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from edgeseg import __version__
-from edgeseg.bundle.hashing import sha256_file
-from edgeseg.bundle.schema import Bundle, Part, Variant, load_bundle
+from edgeseg.bundle.schema import Bundle, Part, Variant
 from edgeseg.errors import InferenceError
-from edgeseg.runtime.infer.engine import Engine, compile_part
+from edgeseg.runtime.infer.engine import Engine
 from edgeseg.runtime.infer.sliding_window import sliding_window
 from edgeseg.runtime.infer.tiling import tile_count
-from edgeseg.runtime.options import OutputOptions, SegmentOptions
+from edgeseg.runtime.options import SegmentOptions
 from edgeseg.runtime.postprocess import empty_labels, logits_to_part_labels, merge_part, to_input_grid
 from edgeseg.runtime.preprocess import orient, preprocess
-from edgeseg.runtime.read import SeriesRef, Volume, read_series
-from edgeseg.runtime.write import COMPLETE, PARTIAL, SegmentResult, describe_missing, write_results
-from edgeseg.typing import StrPath
+from edgeseg.runtime.read import Volume
 
-__all__ = ["COMPLETE", "PARTIAL", "OutputOptions", "ProgressCallback", "SegmentOptions", "SegmentResult", "Timings",
-           "clear_engines", "get_engine", "run_manifest", "segment_series", "segment_volume"]
+__all__ = ["EngineFor", "ProgressCallback", "Timings", "run_manifest", "segment_volume"]
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str, float], None]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# compiled models are kept between series (the watcher segments many): keyed by bundle, part, device, precision
-
-_ENGINES: OrderedDict[tuple[Any, ...], Engine] = OrderedDict()
-_ENGINES_LOCK = threading.Lock()
-_MAX_ENGINES = 4
-
-
-def get_engine(bundle: Bundle, part: Part, options: SegmentOptions) -> Engine:
-    """A compiled :class:`~edgeseg.runtime.infer.engine.Engine` for the part, reused across calls."""
-    key = (str(bundle.path), bundle.files.get(next(iter(part.models.values())).xml), part.name, options.device,
-           options.precision, options.threads, str(options.cache_dir))
-    with _ENGINES_LOCK:
-        if key in _ENGINES:
-            _ENGINES.move_to_end(key)
-            return _ENGINES[key]
-    engine = compile_part(bundle, part, options.device, options.precision, options.threads, options.cache_dir)
-    with _ENGINES_LOCK:
-        _ENGINES[key] = engine
-        while len(_ENGINES) > _MAX_ENGINES:
-            _ENGINES.popitem(last=False)
-    return engine
-
-
-def clear_engines() -> None:
-    with _ENGINES_LOCK:
-        _ENGINES.clear()
+#: the compiled engine of a part (the segmenter's, kept between series)
+EngineFor = Callable[[Part], Engine]
 
 
 @dataclass
@@ -83,16 +49,20 @@ class Timings:
     def total(self) -> float:
         return self.read + self.preprocess + self.compile + self.infer + self.postprocess + self.write
 
+    def rounded(self) -> dict[str, float]:
+        """Seconds per stage and ``total``, to the millisecond (the manifest's ``timings_s``)."""
+        return {k: round(v, 3) for k, v in asdict(self).items()} | {"total": round(self.total, 3)}
 
-def segment_volume(volume: Volume, bundle: Bundle, options: SegmentOptions | None = None,
+
+def segment_volume(volume: Volume, bundle: Bundle, options: SegmentOptions, engine_for: EngineFor,
                    progress: ProgressCallback | None = None,
                    timings: Timings | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Segment an in-memory :class:`~edgeseg.runtime.read.volume.Volume`; no files are written.
 
-    Returns the merged label map on exactly ``volume``'s grid ((I, J, K), uint8/uint16, bundle label numbers)
+    ``progress(stage, fraction)`` is called after every tile and after each part's postprocessing (the segmenter's
+    checkpoint: what it raises stops the run). Returns the merged label map on exactly ``volume``'s grid ((I, J, K), uint8/uint16, bundle label numbers)
     and a run record (variant, parts, precision used per part, tiles, timings).
     """
-    options = options or SegmentOptions()
     timings = timings if timings is not None else Timings()
     variant: Variant = bundle.variant(options.variant)
     t0 = time.perf_counter()
@@ -106,7 +76,7 @@ def segment_volume(volume: Volume, bundle: Bundle, options: SegmentOptions | Non
         timings.preprocess += time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        engine = get_engine(bundle, part, options)
+        engine = engine_for(part)
         timings.compile += time.perf_counter() - t0
 
         # a planner's coarser step only ever coarsens a part's own step
@@ -139,6 +109,9 @@ def segment_volume(volume: Volume, bundle: Bundle, options: SegmentOptions | Non
         del prediction
         merge_part(merged, part_labels, part)
         timings.postprocess += time.perf_counter() - t0
+        if progress:
+            progress(f"part {index + 1}/{len(variant.parts)} ({part.name}): postprocessed",
+                     (index + 1) / len(variant.parts))
         parts_record.append({
             "name": part.name, "precision": engine.precision, "device": engine.device,
             "network_shape": list(pre.data.shape[1:]), "tile_step_size": step,
@@ -152,19 +125,20 @@ def segment_volume(volume: Volume, bundle: Bundle, options: SegmentOptions | Non
         raise InferenceError(f"internal error: mask shape {labels.shape} != input shape {volume.array.shape}")
     record = {
         "variant": variant.name, "parts": parts_record,
-        "timings_s": {k: round(v, 3) for k, v in asdict(timings).items()} | {"total": round(timings.total, 3)},
+        "timings_s": timings.rounded(),
     }
     return labels, record
 
 
-def run_manifest(bundle: Bundle, volume: Volume, options: SegmentOptions, record: dict[str, Any]) -> dict[str, Any]:
-    """What a PACS admin or auditor needs to know about one run."""
+def run_manifest(bundle: Bundle, bundle_digest: str, volume: Volume, options: SegmentOptions,
+                 record: dict[str, Any]) -> dict[str, Any]:
+    """What a PACS admin or auditor needs to know about one run (``bundle_digest``: sha256 of its bundle.json)."""
     import openvino
 
     return {
         "edgeseg_version": __version__,
         "bundle": {"name": bundle.name, "path": str(bundle.path), "intended_use": bundle.intended_use,
-                   "bundle_json_sha256": _bundle_digest(bundle)},
+                   "bundle_json_sha256": bundle_digest},
         "input": {"source": str(volume.source), "kind": volume.kind, "series_uid": volume.series_uid,
                   "shape": list(volume.shape), "spacing_mm": [round(s, 4) for s in volume.spacing]},
         "options": {"device": options.device, "precision_requested": options.precision,
@@ -175,40 +149,3 @@ def run_manifest(bundle: Bundle, volume: Volume, options: SegmentOptions, record
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
     }
 
-
-def _bundle_digest(bundle: Bundle) -> str:
-    return sha256_file(bundle.path / "bundle.json")
-
-
-def segment_series(source: SeriesRef | Volume | StrPath, bundle: Bundle | Path | str,
-                   options: SegmentOptions | None = None, progress: ProgressCallback | None = None,
-                   plan: dict[str, Any] | None = None, out_parent: Path | None = None) -> SegmentResult:
-    """Read a series (NIfTI/PAR file, DICOM folder, ``SeriesRef`` or an already read ``Volume``), segment it and
-    write the results atomically into ``<name>.edgeseg/`` beside it (or in ``out_parent``: one-shot mode, whose input
-    may be read-only). ``plan`` (from the watcher's planner) is
-    recorded in the manifest. A requested output that could not be written makes the result partial
-    (``result.status`` is ``PARTIAL``, ``result.missing_outputs`` says why: :mod:`edgeseg.runtime.write.results`);
-    that does not raise. Raises :class:`~edgeseg.errors.EdgesegError` subclasses for bad input; never modifies the
-    input."""
-    options = options or SegmentOptions()
-    if not isinstance(bundle, Bundle):
-        bundle = load_bundle(bundle)
-    timings = Timings()
-    t0 = time.perf_counter()
-    volume = source if isinstance(source, Volume) else read_series(source, options.limits)
-    timings.read = time.perf_counter() - t0
-    log.info("segmenting series=%s shape=%s spacing=%s", volume.name, volume.shape,
-             tuple(round(s, 3) for s in volume.spacing))
-    labels, record = segment_volume(volume, bundle, options, progress, timings)
-    t0 = time.perf_counter()
-    manifest = run_manifest(bundle, volume, options, record)
-    if plan is not None:
-        manifest["plan"] = plan
-    result = write_results(volume, labels, bundle.labels, options.outputs, manifest, out_parent=out_parent)
-    timings.write = time.perf_counter() - t0
-    if result.missing_outputs:
-        log.warning("partial series=%s output=%s total_s=%.2f: %s", volume.name, result.output_dir, timings.total,
-                    describe_missing(result.missing_outputs))
-    else:
-        log.info("done series=%s output=%s total_s=%.2f", volume.name, result.output_dir, timings.total)
-    return dataclasses.replace(result, timings={k: round(v, 3) for k, v in asdict(timings).items()})

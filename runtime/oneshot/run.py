@@ -25,26 +25,23 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from edgeseg import __version__
 from edgeseg.bundle.schema import Bundle, load_bundle
-from edgeseg.errors import (EXIT_OK, EdgesegError, OutOfMemoryError, TimeCeilingError,
-                            exit_code_of, kind_of, remedy_for, summary_exit_code)
+from edgeseg.errors import EXIT_OK, EdgesegError, exit_code_of, kind_of, remedy_for, summary_exit_code
 from edgeseg.runtime.oneshot.engines import DEMO, Folders
 from edgeseg.runtime.oneshot.mercure import (NOTIFICATION_KEY, RESULT_FILE, AnnouncedSeries, MercureTask,
                                              announced_series, dispatch_name, is_mercure_input, model_cache_dir,
                                              notification, persistence_dir, read_task, task_settings_layer)
-from edgeseg.runtime.oneshot.settings import OneShotSettings, check_variant, settings_from
+from edgeseg.runtime.oneshot.settings import check_variant, settings_from
 from edgeseg.runtime.options import SegmentOptions
-from edgeseg.runtime.plan import LatencyTable, Plan, Planner
-from edgeseg.runtime.read import SeriesGeometry, SeriesRef, Volume, read_series, series_to_segment
+from edgeseg.runtime.read import SeriesRef, series_to_segment
 from edgeseg.runtime.commands import resolve_bundle_path
-from edgeseg.runtime.segment import COMPLETE, PARTIAL, SegmentResult, segment_series
-from edgeseg.runtime.write import describe_missing
+from edgeseg.runtime.segmenter import Segmenter
+from edgeseg.runtime.write import COMPLETE, PARTIAL, SegmentResult, describe_missing
 from edgeseg.runtime.write.atomic import output_error, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -109,14 +106,6 @@ def _status(exit_code: int, outcomes: list[SeriesOutcome]) -> str:
     return PARTIAL if any(o.status in (COMPLETE, PARTIAL) for o in outcomes) else FAILED
 
 
-class _CeilingPassed(Exception):
-    """Raised from the progress callback when a series runs past ``time_ceiling_s``."""
-
-    def __init__(self, elapsed_s: float) -> None:
-        super().__init__(elapsed_s)
-        self.elapsed_s = elapsed_s
-
-
 def choose_layout(layout: str, folders: Folders) -> str:
     """``mercure`` or ``folders``: ``auto`` is ``mercure`` when the input holds mercure's task.json."""
     if layout not in LAYOUTS:
@@ -156,6 +145,13 @@ def run_oneshot(folders: Folders, bundle: str | Path | Bundle = DEMO, overrides:
             cache_dir = None
         elif cache_dir is None:
             cache_dir = model_cache_dir(env)
+        options = SegmentOptions(device=settings.device, precision=settings.precision, variant=settings.variant,
+                                 threads=settings.threads, cache_dir=cache_dir, time_budget_s=settings.time_budget_s,
+                                 outputs=settings.outputs)
+        # tile latencies are kept in mercure's persistence folder when there is one (else measured and forgotten)
+        keep = persistence_dir(env)
+        segmenter = Segmenter(bundle, options, ceiling_s=settings.time_ceiling_s,
+                              latency_path=keep / "latency.json" if keep is not None else None)
         refs, refused = series_to_segment(folders.input, echoes=settings.echoes,
                                           fix="Send the DICOM files of an image series (or give a folder holding "
                                               "NIfTI/PAR files).")
@@ -164,17 +160,12 @@ def run_oneshot(folders: Folders, bundle: str | Path | Bundle = DEMO, overrides:
         raise
     failures: list[BaseException] = list(refused)
     announced = announced_series(folders.input) if chosen == "mercure" else {}
-    options = SegmentOptions(device=settings.device, precision=settings.precision, variant=settings.variant,
-                             threads=settings.threads, cache_dir=cache_dir, time_budget_s=settings.time_budget_s,
-                             outputs=settings.outputs)
-    planner = _planner(bundle, options, env) if (settings.time_budget_s or settings.time_ceiling_s) and \
-        settings.variant is None else None
     staging = Path(tempfile.mkdtemp(prefix="edgeseg-run-")) if chosen == "mercure" else None
     outcomes: list[SeriesOutcome] = []
     try:
         for ref in refs:
             tags = announced.get(ref.uid or "") if ref.uid else None
-            outcome = _run_series(ref, bundle, options, settings, planner, folders, staging, tags, progress)
+            outcome = _run_series(ref, segmenter, folders, staging, tags, progress)
             outcomes.append(outcome)
             if outcome.error is not None:
                 failures.append(outcome.error)
@@ -190,53 +181,28 @@ def run_oneshot(folders: Folders, bundle: str | Path | Bundle = DEMO, overrides:
                          result_file=result_file, task=task)
 
 
-def _planner(bundle: Bundle, options: SegmentOptions, env: Mapping[str, str] | None) -> Planner:
-    """The time-budget planner; its tile latencies are kept in the persistence folder when there is one (else they
-    are measured in this run and forgotten)."""
-    from edgeseg.runtime.infer.engine import measure_tile_latency
-
-    keep = persistence_dir(env)
-    table = LatencyTable(keep / "latency.json" if keep is not None else None)
-    return Planner(bundle, table, options.device, options.precision, options.threads,
-                   partial(measure_tile_latency, cache_dir=options.cache_dir))
-
-
-def _run_series(ref: SeriesRef, bundle: Bundle, options: SegmentOptions, settings: OneShotSettings,
-                planner: Planner | None, folders: Folders, staging: Path | None, tags: AnnouncedSeries | None,
-                progress: ProgressCallback | None) -> SeriesOutcome:
+def _run_series(ref: SeriesRef, segmenter: Segmenter, folders: Folders, staging: Path | None,
+                tags: AnnouncedSeries | None, progress: ProgressCallback | None) -> SeriesOutcome:
     description = ref.description or (tags.description if tags else "")
     outcome = SeriesOutcome(name=ref.name, series_uid=ref.uid, description=description, status=FAILED)
     t0 = time.perf_counter()
     try:
-        volume = read_series(ref, options.limits)
-        run_options, plan = options, None
-        if planner is not None:
-            plan = planner.plan(SeriesGeometry.from_volume(volume), settings.time_budget_s,
-                                instances=len(volume.dicom_files), ceiling_s=settings.time_ceiling_s)
-            log.info("plan: series=%s %s", ref.name, plan.reason)
-            if plan.over_ceiling:
-                raise TimeCeilingError(f"{ref.name}: {plan.reason} (not started).")
-            run_options = replace(options, variant=plan.variant, tile_step_size=plan.tile_step_size)
-        result = _segment(volume, bundle, run_options, plan, staging or folders.output,
-                          _watch_ceiling(settings.time_ceiling_s, t0, progress))
-        dispatched = _dispatch(result[0], folders.output) if staging is not None else None
-    except _CeilingPassed as passed:
-        outcome.error = TimeCeilingError(f"{ref.name}: cancelled after {passed.elapsed_s:.0f} s, past the time "
-                                         f"ceiling of {settings.time_ceiling_s:g} s per series.")
-    except MemoryError as err:
-        outcome.error = err if isinstance(err, OutOfMemoryError) else OutOfMemoryError(
-            f"{ref.name}: out of memory while segmenting ({type(err).__name__}: {err or 'no details'}).")
+        # the segmenter plans against the budget and enforces the time ceiling (writing included)
+        result = segmenter.segment(ref, out_parent=staging or folders.output, progress=progress)
+        dispatched = _dispatch(result, folders.output) if staging is not None else None
     except EdgesegError as err:
         outcome.error = err
     outcome.seconds = time.perf_counter() - t0
     if outcome.error is not None:
         log.error("series failed: %s: %s", ref.name, outcome.error)
         return outcome
-    volume_result, volumes = result
-    outcome.status = volume_result.status
-    outcome.missing_outputs = volume_result.missing_outputs
-    outcome.volumes_ml = volumes
-    manifest = volume_result.manifest
+    outcome.status = result.status
+    outcome.missing_outputs = result.missing_outputs
+    # the volume (ml) of each structure found, from the writer's statistics
+    stats = result.statistics or {"structures": {}}
+    outcome.volumes_ml = {name: round(float(s["volume_ml"]), 3) for name, s in stats["structures"].items()
+                          if s["voxels"]}
+    manifest = result.manifest
     outcome.run = {"variant": manifest["run"]["variant"],
                    "parts": [{k: p[k] for k in ("name", "precision", "device", "tiles")}
                              for p in manifest["run"]["parts"]],
@@ -244,33 +210,12 @@ def _run_series(ref: SeriesRef, bundle: Bundle, options: SegmentOptions, setting
     if "plan" in manifest:
         outcome.run["plan"] = {k: manifest["plan"][k] for k in ("variant", "tile_step_size", "predicted_s", "fits")}
     if dispatched is None:
-        outcome.outputs = {role: str(path.relative_to(folders.output)) for role, path in volume_result.files.items()}
+        outcome.outputs = {role: str(path.relative_to(folders.output)) for role, path in result.files.items()}
     else:
         outcome.outputs = dispatched
     log.info("series %s: name=%s outputs=%s%s", outcome.status, ref.name, ", ".join(outcome.outputs) or "none",
              f" missing: {describe_missing(outcome.missing_outputs)}" if outcome.missing_outputs else "")
     return outcome
-
-
-def _watch_ceiling(ceiling_s: float | None, t0: float, progress: ProgressCallback | None) -> ProgressCallback:
-    def report(stage: str, fraction: float) -> None:
-        if progress is not None:
-            progress(stage, fraction)
-        elapsed = time.perf_counter() - t0
-        if ceiling_s is not None and elapsed > ceiling_s:
-            raise _CeilingPassed(elapsed)
-    return report
-
-
-def _segment(volume: Volume, bundle: Bundle, options: SegmentOptions, plan: Plan | None, out_parent: Path,
-             progress: ProgressCallback) -> tuple[SegmentResult, dict[str, float]]:
-    """:func:`~edgeseg.runtime.segment.segment_series` with the results written under ``out_parent`` instead of
-    beside the series; also the volume (ml) of each structure found (from the writer's statistics)."""
-    result = segment_series(volume, bundle, options, progress, plan=plan.to_dict() if plan else None,
-                            out_parent=out_parent)
-    stats = result.statistics or {"structures": {}}
-    volumes = {name: round(float(s["volume_ml"]), 3) for name, s in stats["structures"].items() if s["voxels"]}
-    return result, volumes
 
 
 def _dispatch(result: SegmentResult, output: Path) -> dict[str, str]:

@@ -40,22 +40,17 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeseg.bundle.schema import Bundle, load_bundle
 from edgeseg.errors import (
     EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, BundleError, ConfigError, DeliveryError, EdgesegError, InvalidSeriesError,
-    OutOfMemoryError,
     PartialResultError, SeriesInterruptedError, StateStoreError, TimeCeilingError, kind_of, remedy_for,
 )
-from edgeseg.runtime.infer.engine import measure_tile_latency
-from edgeseg.runtime.options import SegmentOptions
-from edgeseg.runtime.plan import LatencyTable, MeasureFn, Plan, Planner
+from edgeseg.runtime.plan import Plan
 from edgeseg.runtime.read import DICOM, NIFTI, PARREC
 from edgeseg.runtime.read.limits import check_frames, check_nifti_header, check_voxels
-from edgeseg.runtime.segment import PARTIAL, SegmentResult, segment_series
+from edgeseg.runtime.segmenter import Segmenter, SeriesCancelled, SeriesSegmenter
 from edgeseg.runtime.node.settings import RESULT_ROLE
 from edgeseg.runtime.watch.completion import CompletionTracker
 from edgeseg.runtime.watch.config import WatchConfig
@@ -64,24 +59,12 @@ from edgeseg.runtime.watch.jobs import INVALID, SeriesJob
 from edgeseg.runtime.watch.lock import StateLock
 from edgeseg.runtime.watch.observer import EnqueueHandler, PathFilter, start_observer
 from edgeseg.runtime.watch.store import FAILED, DeliveryRequest, JobStore
-from edgeseg.runtime.write import describe_missing
+from edgeseg.runtime.write import PARTIAL, SegmentResult, describe_missing
 from edgeseg.runtime.write.atomic import clear_error_file, write_error_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str, float], None]
-#: segmenter(job, bundle, options, progress, plan) -> SegmentResult; the real one wraps segment_series
-Segmenter = Callable[[SeriesJob, Any, Any, "ProgressCallback | None", "dict[str, Any] | None"], Any]
-
-
-class JobCancelled(Exception):
-    """Raised from the progress callback to cancel a running series at a stop request, or (``ceiling_s`` set) when
-    it ran past the hard time ceiling per series."""
-
-    def __init__(self, key: str, ceiling_s: float | None = None, elapsed_s: float | None = None) -> None:
-        super().__init__(key)
-        self.ceiling_s = ceiling_s
-        self.elapsed_s = elapsed_s
 
 
 @dataclass(frozen=True)
@@ -104,17 +87,6 @@ class JobRecord:
         return None if self.budget_s is None else self.seconds <= self.budget_s
 
 
-def real_segmenter(job: SeriesJob, bundle: Bundle, options: SegmentOptions, progress: ProgressCallback | None = None,
-                   plan: dict[str, Any] | None = None) -> SegmentResult:
-    """Hand a complete series to :func:`edgeseg.runtime.segment.segment_series`: the job's
-    :class:`~edgeseg.runtime.read.SeriesRef`, for DICOM exactly the image instances the tracker grouped and
-    fingerprinted (several series may share the folder).
-    """
-    if job.ref is None:  # an unreadable file on its own: it has a problem, and no worker hands it to a segmenter
-        raise InvalidSeriesError(f"{job.problem or job.key}.")
-    return segment_series(job.ref, bundle, options, progress=progress, plan=plan)
-
-
 def _remove_stale_temporaries(job: SeriesJob) -> None:
     """Remove ``.<name>.edgeseg.partial-*`` / ``.old-*`` folders a killed run of this series left behind (the
     writer cleans up after itself unless the process is killed). Only hidden temporaries of this very name."""
@@ -133,22 +105,18 @@ def _identity(path: Path) -> tuple[int, int]:
 class Watcher:
     """Watches ``config.roots`` and segments every series that completes there.
 
-    ``segmenter``: an injected segmenter (tests inject a fake one, ``tests/helpers/fake_segmenter.py``); default
-    :func:`real_segmenter` with the configured bundle.
-    ``bundle``: an already loaded bundle (default: loaded from ``config.bundle`` for the real segmenter).
-    ``measure``: tile latency measurement for the planner (default: edgeseg.runtime.infer's, if present).
+    ``segmenter``: the :class:`~edgeseg.runtime.segmenter.SeriesSegmenter` to use as it is (tests inject fakes
+    derived from it, ``tests/helpers/fake_segmenter.py``); default: a
+    :class:`~edgeseg.runtime.segmenter.Segmenter` of the configured bundle and settings, built at :meth:`start`.
     ``once``: no observer; scan, process what is there, stop when idle.
     """
 
-    def __init__(self, config: WatchConfig, segmenter: Segmenter | None = None, *, bundle: Any = None,
-                 measure: MeasureFn | None = None, once: bool = False, settle_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: WatchConfig, segmenter: SeriesSegmenter | None = None, *, once: bool = False,
+                 settle_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.once = once
         self.clock = clock
-        self._segmenter = segmenter
-        self._bundle = bundle
-        self._measure = measure
+        self.segmenter = segmenter
         self._settle_s = settle_s
         self._stop = threading.Event()
         self._cancel = threading.Event()
@@ -178,7 +146,6 @@ class Watcher:
                                  ignore=(config.state_dir, config.log_dir))
         self.tracker: CompletionTracker | None = None
         self.store: JobStore | None = None
-        self.planner: Planner | None = None
         self.history: list[JobRecord] = []
         self.results: dict[str, Any] = {}
         self.stats: Counter[str] = Counter()
@@ -210,7 +177,9 @@ class Watcher:
 
     def _start(self) -> None:
         cfg = self.config
-        self._resolve_segmenter()
+        if self.segmenter is None:  # a bad bundle fails at start, not per series
+            self.segmenter = Segmenter(cfg.bundle, cfg.segment_options(), ceiling_s=cfg.time_ceiling_s,
+                                       latency_path=cfg.latency_path, verify=True)
         self.store = JobStore(cfg.store_path)
         self._state_ids = {p: _identity(p) for p in (cfg.state_dir, cfg.store_path)}
         for row in self.store.reconcile(cfg.max_attempts):
@@ -248,20 +217,7 @@ class Watcher:
             t.start()
         log.info("watcher started: roots=%s quiet_period_s=%g observer=%s workers=%d segmenter=%s once=%s",
                  ", ".join(map(str, cfg.roots)), cfg.quiet_period_s, cfg.observer.value, cfg.max_concurrent_series,
-                 getattr(self._segmenter, "__name__", type(self._segmenter).__name__), self.once)
-
-    def _resolve_segmenter(self) -> None:
-        cfg = self.config
-        if self._segmenter is None:
-            self._segmenter = real_segmenter
-        if self._segmenter is real_segmenter and self._bundle is None:
-            self._bundle = load_bundle(cfg.bundle, verify=True)  # a bad bundle fails at start, not per series
-        if self._bundle is not None and hasattr(self._bundle, "variants"):
-            measure: MeasureFn | None = self._measure
-            if measure is None:
-                measure = partial(measure_tile_latency, cache_dir=cfg.state_dir / "model_cache")
-            self.planner = Planner(self._bundle, LatencyTable(cfg.latency_path), cfg.device, cfg.precision,
-                                   cfg.threads, measure)
+                 self.segmenter.name, self.once)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop everything; a running series gets ``stop_grace_s`` (or ``timeout``) to finish. True when every
@@ -625,17 +581,9 @@ class Watcher:
             finally:
                 self._finished.put((job, outcome))
 
-    def _progress(self, job: SeriesJob, started: float | None = None) -> ProgressCallback:
-        ceiling = self.config.time_ceiling_s
-        t0 = time.monotonic() if started is None else started
-
+    def _progress(self, job: SeriesJob) -> ProgressCallback:
         def progress(stage: str, fraction: float) -> None:
             log.debug("progress: key=%s stage=%s fraction=%.2f", job.key, stage, fraction)
-            if self._cancel.is_set():
-                raise JobCancelled(job.key)
-            elapsed = time.monotonic() - t0
-            if ceiling is not None and elapsed > ceiling:
-                raise JobCancelled(job.key, ceiling, elapsed)
         return progress
 
     def _check_limits(self, job: SeriesJob) -> None:
@@ -652,7 +600,7 @@ class Watcher:
             check_voxels(tuple(job.geometry.shape), what, limits)
 
     def _run(self, job: SeriesJob) -> str:
-        assert self.store is not None
+        assert self.store is not None and self.segmenter is not None
         cfg = self.config
         for note in job.notes:
             log.warning("series note: key=%s %s", job.key, note)
@@ -668,15 +616,9 @@ class Watcher:
                 self._check_limits(job)
             except InvalidSeriesError as err:  # SeriesTooLargeError, or a header that no longer reads
                 refused = err
-        if refused is None and job.problem is None and self.planner is not None and job.kind != INVALID:
-            instances = len(job.image_files) if job.kind == DICOM else 0
-            plan = self.planner.plan(job.geometry, cfg.time_budget_s, instances=instances,
-                                     ceiling_s=cfg.time_ceiling_s)
-            log.info("plan: key=%s variant=%s tile_step=%s predicted_s=%s fits=%s reason=%s", job.key, plan.variant,
-                     plan.tile_step_size, None if plan.predicted_s is None else round(plan.predicted_s, 1), plan.fits,
-                     plan.reason)
-            if plan.over_ceiling:
-                refused = TimeCeilingError(f"{job.name}: {plan.reason} (not started).")
+        if refused is None and job.problem is None and job.kind != INVALID:
+            # planned here (from the headers) to be recorded with the run; the segmenter refuses one over the ceiling
+            plan = self.segmenter.plan(job.geometry, len(job.image_files) if job.kind == DICOM else 0, job.key)
         _remove_stale_temporaries(job)
         attempt = self.store.mark_running(job.key, plan.to_dict() if plan else None, cfg.time_budget_s,
                                           plan.predicted_s if plan else None)
@@ -685,29 +627,15 @@ class Watcher:
         self._beat_now.set()
         t0 = time.perf_counter()
         try:
-            if job.problem is not None:
-                raise InvalidSeriesError(f"{job.problem}.")
+            if job.problem is not None or job.ref is None:
+                raise InvalidSeriesError(f"{job.problem or job.key}.")
             if refused is not None:
                 raise refused
-            options = cfg.segment_options(plan.variant if plan else None, plan.tile_step_size if plan else None)
-            result = self._segmenter(job, self._bundle, options, self._progress(job),  # type: ignore[misc]
-                                     plan.to_dict() if plan else None)
-        except JobCancelled as cancelled:
-            if cancelled.ceiling_s is not None:
-                seconds = time.perf_counter() - t0
-                ceiling = TimeCeilingError(
-                    f"{job.name}: cancelled after {cancelled.elapsed_s:.0f} s, past the time ceiling of "
-                    f"{cancelled.ceiling_s:g} s per series"
-                    + (f" (predicted {plan.predicted_s:.0f} s)." if plan and plan.predicted_s is not None else "."))
-                return self._fail(job, ceiling, attempt, seconds, plan)
+            result = self.segmenter.segment(job.ref, plan=plan, progress=self._progress(job), cancel=self._cancel)
+        except SeriesCancelled:
             self.store.mark_cancelled(job.key)
             log.info("series cancelled by stop request; it runs again at the next start: key=%s", job.key)
             return "cancelled"
-        except MemoryError as err:
-            seconds = time.perf_counter() - t0
-            oom = err if isinstance(err, OutOfMemoryError) else OutOfMemoryError(
-                f"{job.name}: out of memory while segmenting ({type(err).__name__}: {err or 'no details'}).")
-            return self._fail(job, oom, attempt, seconds, plan)
         except Exception as err:  # noqa: BLE001 - every failure is recorded, none stops the watcher
             seconds = time.perf_counter() - t0
             return self._fail(job, err, attempt, seconds, plan)
@@ -716,9 +644,9 @@ class Watcher:
                 self._running.pop(job.key, None)
             self._beat_now.set()
         seconds = time.perf_counter() - t0
-        output = Path(result.output_dir) if getattr(result, "output_dir", None) else None
-        missing = dict(getattr(result, "missing_outputs", None) or {})
-        partial = getattr(result, "status", None) == PARTIAL or bool(missing)
+        output = result.output_dir
+        missing = result.missing_outputs
+        partial = result.status == PARTIAL or bool(missing)
         message = ""
         if partial:
             message = (f"{describe_missing(missing) or 'a requested output was not written (see manifest.json)'}. "
@@ -735,11 +663,6 @@ class Watcher:
                 log.warning("old error file not removed: key=%s error=%s", job.key, err)
         if self.delivery is not None:
             self.delivery.wake()
-        if plan is not None and self.planner is not None:
-            stages = getattr(result, "timings", None) or {}
-            read_write = (float(stages["read"]) + float(stages["write"])
-                          if "read" in stages and "write" in stages else None)
-            self.planner.record(plan, seconds, read_write_s=read_write)
         self.results[job.key] = result
         over = "" if cfg.time_budget_s is None or seconds <= cfg.time_budget_s else " OVER BUDGET"
         if partial:
@@ -754,10 +677,10 @@ class Watcher:
         log.info("series done: key=%s seconds=%.1f output=%s%s", job.key, seconds, output, over)
         return "done"
 
-    def _deliveries(self, job: SeriesJob, result: Any) -> list[DeliveryRequest]:
+    def _deliveries(self, job: SeriesJob, result: SegmentResult) -> list[DeliveryRequest]:
         """The result's DICOM files for each destination (by its ``send`` roles), with their SOP Instance UIDs."""
         destinations = self.config.node.destinations
-        files = getattr(result, "files", None) or {}
+        files = result.files
         if not destinations or not files:
             return []
         from pydicom import dcmread

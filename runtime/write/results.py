@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Final, Mapping
@@ -104,6 +105,16 @@ class SegmentResult:
         return {str(k): str(v) for k, v in (self.manifest.get("missing_outputs") or {}).items()}
 
 
+def _record_write_seconds(record: dict[str, Any], seconds: float) -> None:
+    """Put the writing stage into the run record's timings (they are made before the outputs are written)."""
+    run = record.get("run")
+    timings = run.get("timings_s") if isinstance(run, dict) else None
+    if isinstance(timings, dict):
+        timings = dict(timings, write=round(seconds, 3))
+        timings["total"] = round(sum(float(v) for k, v in timings.items() if k != "total"), 3)
+        record["run"] = dict(run, timings_s=timings)  # type: ignore[arg-type]
+
+
 def series_folder(volume: Volume) -> Path:
     """Where results go by default: the DICOM series' folder, or the folder holding the NIfTI/PAR file."""
     source = Path(volume.source)
@@ -143,16 +154,26 @@ def seg_source_problem(volume: Volume) -> str | None:
 
 
 def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str], options: OutputOptions,
-                  manifest: Mapping[str, Any], out_parent: Path | None = None) -> SegmentResult:
+                  manifest: Mapping[str, Any], out_parent: Path | None = None,
+                  checkpoint: Callable[[str, float], None] | None = None) -> SegmentResult:
     """Write the results of one series; returns where they landed.
 
     ``labelmap``: integer array of exactly ``volume.shape`` (I, J, K), 0 = background, values = keys of
     ``labels``. ``options`` selects the optional roles. ``manifest``: the caller's run record, extended with
     ``outputs`` (role -> file name), ``series``, ``labels_present`` and, for DICOM-SEG, ``dicom_seg_segments``
     (the DICOM SR measures those segments).
+    ``checkpoint(stage, fraction)`` is called before each output is written and before publishing (the
+    segmenter's time ceiling and stop requests: whatever it raises discards the unpublished folder).
+    ``manifest["run"]["timings_s"]``, when present, gets the seconds spent here as ``write`` (and its ``total``).
     Raises :class:`OutputError` (disk full, no permission) with nothing published; ValueError for a labelmap of
     the wrong shape or type.
     """
+    started = time.perf_counter()
+
+    def step(role: str) -> None:
+        if checkpoint is not None:  # outside ``optional``: what it raises is never a missing output
+            checkpoint(f"write {role}", 1.0)
+
     labelmap = np.asarray(labelmap)
     if tuple(labelmap.shape) != tuple(volume.shape):
         raise ValueError(f"labelmap shape {labelmap.shape} differs from the volume's {volume.shape}: refusing to "
@@ -195,6 +216,7 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
         write_label_sidecar(root / LABELS_FILE, labels)
         outputs["labels"] = LABELS_FILE
         if options.per_structure:
+            step("structures")
             optional("structures", root / STRUCTURES_DIR,
                      lambda: write_structures(root / STRUCTURES_DIR, labelmap, volume, labels))
             if "structures" not in missing:
@@ -209,11 +231,13 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
             return stats
 
         if options.statistics:
+            step("statistics")
             optional("statistics", root / STATISTICS_FILE, lambda: write_statistics(
                 root / STATISTICS_FILE, statistics()))
             if "statistics" not in missing:
                 outputs["statistics"] = STATISTICS_FILE
         if options.preview:
+            step("preview")
             optional("preview", root / PREVIEW_FILE, lambda: write_preview(root / PREVIEW_FILE, volume, labelmap,
                                                                            labels))
             if "preview" not in missing:
@@ -227,6 +251,7 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
                 log.warning("series %s: DICOM-SEG not written: %s", volume.name, unreferencable)
                 missing["dicom_seg"] = unreferencable
             else:
+                step("dicom_seg")
                 segments = optional("dicom_seg", root / DICOM_SEG_FILE, lambda: write_dicom_seg(
                     root / DICOM_SEG_FILE, volume, labelmap, labels, segmentation_type=options.seg_type,
                     bundle=record.get("bundle"), run=record.get("run")))
@@ -241,6 +266,7 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
                     log.warning("series %s: DICOM SR not written: %s", volume.name, missing["dicom_sr"])
                 elif segments is not None:
                     seg_segments = segments
+                    step("dicom_sr")
                     optional("dicom_sr", root / DICOM_SR_FILE, lambda: write_dicom_sr(
                         root / DICOM_SR_FILE, volume, root / DICOM_SEG_FILE, seg_segments, statistics(),
                         bundle=record.get("bundle"), run=record.get("run")))
@@ -261,6 +287,8 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
         record["labels_present"] = {str(v): labels.get(v, f"label_{v}") for v in present}
         if warnings:
             record["warnings"] = warnings
+        step("manifest")
+        _record_write_seconds(record, time.perf_counter() - started)
         written = write_manifest(root / MANIFEST_FILE, record)
     try:
         clear_error_file(parent, volume.name)

@@ -50,10 +50,11 @@ def test_two_parts_export_into_one_bundle_with_merged_labels(tmp_path, two_parts
     assert not list(tmp_path.glob(".bundle.partial-*"))
     # the runtime reads it and segments the real MRI on the input grid
     from edgeseg.runtime.read import read_series
-    from edgeseg.runtime.segment import SegmentOptions, segment_volume
+    from edgeseg.runtime.options import SegmentOptions
+    from edgeseg.runtime.segmenter import Segmenter
 
     vol = read_series(next(calibration_dir.iterdir()))
-    labels, record = segment_volume(vol, bundle, SegmentOptions(precision="int8"))
+    labels, record = Segmenter(bundle, SegmentOptions(precision="int8")).segment_volume(vol)
     assert labels.shape == vol.shape
     assert set(np.unique(labels)) <= {0, 1, 2, 5, 36, 46}
     assert [p["precision"].split("+")[0] for p in record["parts"]] == ["int8", "int8"]
@@ -106,7 +107,8 @@ def test_cli_exit_codes_for_bad_input(tmp_path, calibration_dir, capsys):
 @pytest.mark.slow
 def test_fp16_ir_is_exported_and_runs(tmp_path, tiny_model, calibration_dir):
     from edgeseg.runtime.read import read_series
-    from edgeseg.runtime.segment import SegmentOptions, segment_volume
+    from edgeseg.runtime.options import SegmentOptions
+    from edgeseg.runtime.segmenter import Segmenter
 
     bundle = export_bundle([VariantSpec("d", (tiny_model,))], tmp_path / "b", calibration_dir,
                            ExportSettings(precisions=("fp32", "fp16"), **FAST))
@@ -114,7 +116,7 @@ def test_fp16_ir_is_exported_and_runs(tmp_path, tiny_model, calibration_dir):
     assert set(part.models) == {"fp32", "fp16"}
     assert (bundle.path / part.models["fp16"].bin).stat().st_size < 0.6 * (bundle.path / part.models["fp32"].bin).stat().st_size
     vol = read_series(next(calibration_dir.iterdir()))
-    labels, record = segment_volume(vol, bundle, SegmentOptions(precision="fp16"))
+    labels, record = Segmenter(bundle, SegmentOptions(precision="fp16")).segment_volume(vol)
     assert labels.shape == vol.shape and record["parts"][0]["precision"].startswith("fp16")
     report = json.loads((bundle.path / "validation.json").read_text())
     assert report["summary"]["fp16"]["mean_dice_vs_fp32"] is not None

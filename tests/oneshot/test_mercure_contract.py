@@ -170,9 +170,7 @@ def test_module_persistence_dir_keeps_the_compiled_model(tmp_path: Path, demo_se
     cache = persistence / "edgeseg" / "model_cache"
     first = sorted(p.name for p in cache.rglob("*") if p.is_file())
     assert first, "no compiled model was cached in MODULE_PERSISTENCE_DIR"
-    from edgeseg.runtime.segment import clear_engines
-
-    clear_engines()  # a new task is a new process: nothing compiled in memory
+    # a new task is a new process and builds a new segmenter: nothing compiled in memory
     assert _run(mercure_environment(inp, tmp_path / "out2", persistence), monkeypatch=monkeypatch) == 0
     assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == first
     assert read_result(tmp_path / "out2")["status"] == "complete"

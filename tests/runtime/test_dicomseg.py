@@ -14,7 +14,7 @@ from io_helpers import geometry_variants, tree_digest
 from edgeseg.demo.dicom_series import write_enhanced_mr
 from edgeseg.runtime.read import read_series
 from edgeseg.runtime.read.volume import Volume
-from edgeseg.runtime.segment import OutputOptions
+from edgeseg.runtime.options import OutputOptions
 from edgeseg.runtime.write import is_edgeseg_output, write_dicom_seg, write_results
 
 Image3 = tuple[np.ndarray, np.ndarray]

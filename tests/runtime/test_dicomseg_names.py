@@ -15,7 +15,7 @@ import pytest
 from io_helpers import tree_digest
 from edgeseg.demo.dicom_series import write_dicom_series
 from edgeseg.runtime.read import read_series
-from edgeseg.runtime.segment import OutputOptions
+from edgeseg.runtime.options import OutputOptions
 from edgeseg.runtime.write import is_edgeseg_output, write_results
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from edgeseg.bundle import load_bundle
 from edgeseg.runtime.read.volume import Volume
-from edgeseg.runtime.segment import SegmentOptions, segment_volume
+from edgeseg.runtime.options import SegmentOptions
+from edgeseg.runtime.segmenter import Segmenter
 from helpers.synthetic import make_bundle
 
 
@@ -59,7 +60,7 @@ def test_mask_matches_input_grid_and_landmark_world_position(tmp_path, name, reo
     bundle = load_bundle(make_bundle(tmp_path / "b", spacing=tuple(oriented_spacing)[::-1], reorient=reorient,
                                      patch=(8, 8, 8)))
     vol = _volume((13, 11, 9), _affine(columns, spacing), landmark=(4, 6, 2))
-    labels, _ = segment_volume(vol, bundle, SegmentOptions(precision="fp32"))
+    labels, _ = Segmenter(bundle, SegmentOptions(precision="fp32")).segment_volume(vol)
     assert labels.shape == vol.array.shape
     expected = vol.array > 0.5
     np.testing.assert_array_equal(labels == 1, expected)
@@ -71,7 +72,7 @@ def test_resampled_landmark_lands_within_a_voxel(tmp_path):
     bundle = load_bundle(make_bundle(tmp_path / "b", spacing=(1.0, 1.0, 1.0), patch=(16, 16, 16)))
     affine = _affine(np.diag([-1.0, -1.0, 1.0]), (2.0, 2.0, 3.0))
     vol = _volume((20, 18, 12), affine, landmark=(8, 5, 6), value=10.0)
-    labels, _ = segment_volume(vol, bundle, SegmentOptions(precision="fp32"))
+    labels, _ = Segmenter(bundle, SegmentOptions(precision="fp32")).segment_volume(vol)
     assert labels.shape == vol.array.shape
     got = _world_centroid(labels == 1, affine)
     want = _world_centroid(vol.array > 1, affine)
@@ -81,7 +82,7 @@ def test_resampled_landmark_lands_within_a_voxel(tmp_path):
 def test_volume_smaller_than_patch(tmp_path):
     bundle = load_bundle(make_bundle(tmp_path / "b", patch=(16, 16, 16)))
     vol = _volume((5, 6, 7), np.eye(4), landmark=(1, 2, 3))
-    labels, record = segment_volume(vol, bundle, SegmentOptions(precision="fp32"))
+    labels, record = Segmenter(bundle, SegmentOptions(precision="fp32")).segment_volume(vol)
     assert labels.shape == (5, 6, 7)
     np.testing.assert_array_equal(labels == 1, vol.array > 0.5)
     assert record["parts"][0]["tiles"] == 1
@@ -94,7 +95,7 @@ def test_totalsegmentator_pre_resampling_returns_to_input_grid(tmp_path):
                                      threshold=500.0))
     affine = _affine(np.diag([-1.0, -1.0, 1.0]), (3.0, 3.0, 3.0))
     vol = _volume((12, 10, 8), affine, landmark=(5, 4, 3), value=1000.0, background=100.0)
-    labels, _ = segment_volume(vol, bundle, SegmentOptions(precision="fp32"))
+    labels, _ = Segmenter(bundle, SegmentOptions(precision="fp32")).segment_volume(vol)
     assert labels.shape == vol.array.shape
     np.testing.assert_array_equal(labels == 1, vol.array > 500)
 
@@ -102,7 +103,7 @@ def test_totalsegmentator_pre_resampling_returns_to_input_grid(tmp_path):
 def test_later_parts_overwrite_earlier_ones_in_the_merged_map(tmp_path):
     bundle = load_bundle(make_bundle(tmp_path / "b", parts=2))
     vol = _volume((10, 10, 10), np.eye(4), landmark=(3, 3, 3))
-    labels, record = segment_volume(vol, bundle, SegmentOptions(precision="fp32"))
+    labels, record = Segmenter(bundle, SegmentOptions(precision="fp32")).segment_volume(vol)
     assert set(np.unique(labels)) == {0, 2}  # part 2's label 1 is merged label 2
     assert [p["name"] for p in record["parts"]] == ["part0", "part1"]
 
@@ -110,7 +111,7 @@ def test_later_parts_overwrite_earlier_ones_in_the_merged_map(tmp_path):
 def test_transpose_forward_is_undone(tmp_path):
     bundle = load_bundle(make_bundle(tmp_path / "b", transpose_forward=(2, 0, 1), patch=(8, 8, 8)))
     vol = _volume((13, 11, 9), np.eye(4), landmark=(4, 6, 2))
-    labels, _ = segment_volume(vol, bundle, SegmentOptions(precision="fp32"))
+    labels, _ = Segmenter(bundle, SegmentOptions(precision="fp32")).segment_volume(vol)
     np.testing.assert_array_equal(labels == 1, vol.array > 0.5)
 
 
@@ -122,9 +123,9 @@ def test_missing_gpu_and_unknown_device_give_clear_errors(tmp_path):
     vol = _volume((10, 10, 10), np.eye(4), landmark=(3, 3, 3))
     # deterministic failures are ConfigError / BundleError (the watcher gives them up at once)
     with pytest.raises(ConfigError, match="'TPU' is not a device edgeseg runs on: use CPU, GPU"):
-        segment_volume(vol, bundle, SegmentOptions(device="TPU", precision="fp32"))
+        Segmenter(bundle, SegmentOptions(device="TPU", precision="fp32")).segment_volume(vol)
     if not any(d.startswith("GPU") for d in available_devices()):
         with pytest.raises(ConfigError, match="Device GPU is not on this PC"):
-            segment_volume(vol, bundle, SegmentOptions(device="GPU", precision="fp32"))
+            Segmenter(bundle, SegmentOptions(device="GPU", precision="fp32")).segment_volume(vol)
     with pytest.raises(BundleError, match="has no int8 model"):  # the same class as asking the bundle for it
-        segment_volume(vol, bundle, SegmentOptions(precision="int8"))
+        Segmenter(bundle, SegmentOptions(precision="int8")).segment_volume(vol)

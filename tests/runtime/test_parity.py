@@ -12,7 +12,8 @@ import pytest
 from edgeseg.bundle import load_bundle
 from edgeseg.export.metrics import dice_per_class
 from edgeseg.runtime.read import read_series
-from edgeseg.runtime.segment import SegmentOptions, segment_volume
+from edgeseg.runtime.options import SegmentOptions
+from edgeseg.runtime.segmenter import Segmenter
 
 pytestmark = [pytest.mark.slow, pytest.mark.reference]
 
@@ -64,7 +65,7 @@ def _assert_parity(ours_canonical: np.ndarray, reference: np.ndarray) -> None:
 
 def test_fp32_nifti_matches_nnunetv2(real_mri, demo_bundle, reference):
     vol = read_series(real_mri)
-    labels, record = segment_volume(vol, demo_bundle, SegmentOptions(precision="fp32"))
+    labels, record = Segmenter(demo_bundle, SegmentOptions(precision="fp32")).segment_volume(vol)
     assert record["parts"][0]["precision"] == "fp32+f32"
     _assert_parity(_canonical(labels, vol.affine), reference)
 
@@ -75,15 +76,15 @@ def test_fp32_dicom_matches_nnunetv2(tmp_path, real_mri, demo_bundle, reference)
     write_dicom_series(real_mri, tmp_path / "dicom")
     vol = read_series(tmp_path / "dicom")
     assert vol.kind == "dicom"
-    labels, _ = segment_volume(vol, demo_bundle, SegmentOptions(precision="fp32"))
+    labels, _ = Segmenter(demo_bundle, SegmentOptions(precision="fp32")).segment_volume(vol)
     assert labels.shape == vol.shape
     _assert_parity(_canonical(labels, vol.affine), reference)
 
 
 def test_int8_vs_fp32_mean_dice(real_mri, demo_bundle):
     vol = read_series(real_mri)
-    fp32, _ = segment_volume(vol, demo_bundle, SegmentOptions(precision="fp32"))
-    int8, record = segment_volume(vol, demo_bundle, SegmentOptions(precision="int8"))
+    fp32, _ = Segmenter(demo_bundle, SegmentOptions(precision="fp32")).segment_volume(vol)
+    int8, record = Segmenter(demo_bundle, SegmentOptions(precision="int8")).segment_volume(vol)
     assert record["parts"][0]["precision"].startswith("int8")
     dice = _dice_per_class(fp32, int8)
     assert np.mean(list(dice.values())) >= 0.98, dice

@@ -10,6 +10,7 @@ import pytest
 from edgeseg.cli import main
 from edgeseg.errors import (EXIT_SOME_FAILED, BundleError, EdgesegError, InvalidSeriesError, OutOfMemoryError,
                             OutputError)
+from edgeseg.runtime.write import SegmentResult
 
 
 def test_a_folder_without_series_exits_with_the_invalid_series_code(tmp_path: Path,
@@ -33,17 +34,14 @@ def test_the_first_failing_series_gives_the_exit_code(failures: list[EdgesegErro
     refs = [f"series{i}" for i in range(len(failures))]
     outcome = dict(zip(refs, failures))
 
-    class Result:
-        output_dir = tmp_path
-        files: dict[str, Path] = {}
-        manifest = {"run": {"timings_s": {"total": 0.1}, "parts": [{"precision": "fp32"}]}}
+    result = SegmentResult(tmp_path, {}, {"run": {"timings_s": {"total": 0.1}, "parts": [{"precision": "fp32"}]}})
 
-    def segment_series(source: str, *args: object, **kwargs: object) -> Result:
+    def segment(self: object, source: str, **kwargs: object) -> SegmentResult:
         err = outcome[source]
         if err is not None:
             raise err
-        return Result()
+        return result
 
     monkeypatch.setattr("edgeseg.runtime.read.series_to_segment", lambda path, **kwargs: (refs, []))
-    monkeypatch.setattr("edgeseg.runtime.segment.segment_series", segment_series)
+    monkeypatch.setattr("edgeseg.runtime.segmenter.Segmenter.segment", segment)
     assert main(["-q", "segment", str(tmp_path)]) == expected

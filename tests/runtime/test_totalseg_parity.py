@@ -28,7 +28,8 @@ from edgeseg.bundle.schema import PreResample, Variant
 from edgeseg.runtime.postprocess import to_input_grid
 from edgeseg.runtime.preprocess import orient
 from edgeseg.runtime.read import read_series
-from edgeseg.runtime.segment import SegmentOptions, segment_volume
+from edgeseg.runtime.options import SegmentOptions
+from edgeseg.runtime.segmenter import Segmenter
 from helpers.totalseg_reference import agreement, clinical_volume, install_standins, run_totalsegmentator
 
 pytestmark = [pytest.mark.reference]
@@ -150,7 +151,7 @@ def test_fp32_matches_totalsegmentator(totalseg, grids, tmp_path, grid, variant)
     run_totalsegmentator(home, grids[grid], ref_path, fast=variant == "3mm")
     reference = nib.load(ref_path)
     volume = read_series(grids[grid])
-    labels, _ = segment_volume(volume, bundle, SegmentOptions(precision="fp32", variant=variant))
+    labels, _ = Segmenter(bundle, SegmentOptions(precision="fp32", variant=variant)).segment_volume(volume)
     np.testing.assert_allclose(reference.affine, volume.affine, atol=1e-5)
     score = agreement(labels, np.asarray(reference.dataobj))
     print(f"{grid} {variant}: agreement {score['agreement']:.6f}, {score['structures']} structures, "
@@ -172,7 +173,7 @@ def test_legacy_order_3_matches_totalsegmentator_with_resampling_order_3(totalse
     legacy = dataclasses.replace(bundle, variants=(dataclasses.replace(
         v, pre_resample=dataclasses.replace(v.pre_resample, order=3)),))
     volume = read_series(grids["haste_6mm_lps"])
-    labels, _ = segment_volume(volume, legacy, SegmentOptions(precision="fp32", variant="3mm"))
+    labels, _ = Segmenter(legacy, SegmentOptions(precision="fp32", variant="3mm")).segment_volume(volume)
     run_totalsegmentator(home, grids["haste_6mm_lps"], tmp_path / "ro3.nii.gz", fast=True, resampling_order=3)
     run_totalsegmentator(home, grids["haste_6mm_lps"], tmp_path / "ro1.nii.gz", fast=True)
     same = agreement(labels, np.asarray(nib.load(tmp_path / "ro3.nii.gz").dataobj))

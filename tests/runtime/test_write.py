@@ -17,7 +17,8 @@ from PIL import Image
 from io_helpers import GEOMETRIES, geometry_variants, tree_digest
 from edgeseg.errors import InvalidSeriesError, OutputError
 from edgeseg.runtime.read import read_series
-from edgeseg.runtime.segment import OutputOptions, SegmentResult
+from edgeseg.runtime.options import OutputOptions
+from edgeseg.runtime.write import SegmentResult
 from edgeseg.runtime.write import (ResultFolder, clear_error_file, is_edgeseg_output, read_label_map,
                                    write_error_file, write_results)
 from edgeseg.runtime.write import results as results_module

@@ -163,7 +163,8 @@ def test_finding7_limits_are_configured_and_validated(make_config, start_watcher
 
 
 def test_finding8_series_running_past_the_ceiling_is_cancelled_and_given_up(start_watcher, roots) -> None:
-    slow = CountingSegmenter(delay_s=60)  # reports progress every 50 ms, as the real one does per tile
+    # reports progress every 50 ms, as the real one does per tile; the ceiling is the segmenter's
+    slow = CountingSegmenter(delay_s=60, ceiling_s=0.5)
     w = start_watcher(segment=slow, time_budget_s=0.2, time_ceiling_s=0.5, max_attempts=3)
     write_series(roots / "exam", 3)
     assert wait_for(lambda: len(error_files(roots)) == 1, timeout=30) and w.wait_idle(10)
@@ -179,9 +180,10 @@ def test_finding8_series_running_past_the_ceiling_is_cancelled_and_given_up(star
 
 def test_finding8_series_that_cannot_fit_the_ceiling_is_refused_up_front(make_config, roots) -> None:
     bundle = FakeBundle(Variant("only", 0, "RAS", None, (make_part("p", 2.0, patch=8),)))
-    seg = CountingSegmenter()
     cfg = make_config(time_budget_s=10.0, time_ceiling_s=50.0, max_attempts=3)
-    w = Watcher(cfg, seg, bundle=bundle, measure=lambda *args: 100.0, settle_s=0.1)  # 100 s per tile here
+    planner = Planner(bundle, LatencyTable(None), "CPU", "auto", None, lambda *args: 100.0)  # 100 s per tile here
+    seg = CountingSegmenter(options=cfg.segment_options(), ceiling_s=cfg.time_ceiling_s, planner=planner)
+    w = Watcher(cfg, seg, settle_s=0.1)
     w.start()
     try:
         write_series(roots / "exam", 3)

@@ -25,8 +25,8 @@ MISSING = {"dicom_seg": "ValueError: highdicom refuses this source"}
 class PartialSegmenter(CountingSegmenter):
     """The fake segmenter, whose results lack the DICOM-SEG (as the writer reports one highdicom refused)."""
 
-    def __call__(self, job: Any, *args: Any, **kwargs: Any) -> Any:
-        result = super().__call__(job, *args, **kwargs)
+    def _segment(self, source: Any, *args: Any) -> Any:
+        result = super()._segment(source, *args)
         manifest = dict(result.manifest, status="partial", missing_outputs=MISSING)
         return dataclasses.replace(result, manifest=manifest)
 
@@ -98,13 +98,14 @@ def test_a_uidless_series_is_segmented_by_the_real_segmenter_and_recorded_partia
     from helpers.dicom_cases import uidless_series
     from helpers.synthetic import make_bundle
 
-    from edgeseg.runtime.watch.service import Watcher, real_segmenter
+    from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.runtime.watch.service import Watcher
 
     bundle = make_bundle(tmp_path / "bundle_real", patch=(8, 8, 8), spacing=(2.0, 2.0, 2.0), threshold=500.0)
     w = Watcher(make_config(bundle=str(bundle), max_attempts=1), settle_s=0.1)
     w.start()
     try:
-        assert w._segmenter is real_segmenter
+        assert isinstance(w.segmenter, Segmenter)
         copy_slowly(uidless_series(tmp_path / "src", 6), roots / "deid", delay_s=0.02)
         assert wait_for(lambda: len(results(roots)) == 1 and len(error_files(roots)) == 1, timeout=60)
         assert w.wait_idle(10)

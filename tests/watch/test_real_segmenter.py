@@ -1,4 +1,4 @@
-"""The watcher with the REAL segmenter (edgeseg.runtime.segment.segment_series) and a synthetic OpenVINO bundle
+"""The watcher with the REAL segmenter (edgeseg.runtime.segmenter.Segmenter) and a synthetic OpenVINO bundle
 (threshold model, built without torch): the whole path from arriving files to published results."""
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from watch_helpers import copy_slowly, error_files, results, wait_for, write_series
 
-from edgeseg.runtime.watch.service import Watcher, real_segmenter
+from edgeseg.runtime.segmenter import Segmenter
+from edgeseg.runtime.watch.service import Watcher
 from edgeseg.runtime.watch.store import DONE, FAILED
 
 pytest.importorskip("openvino")
@@ -29,7 +30,7 @@ def test_real_segmenter_end_to_end(make_config, roots, tmp_path, bundle, real_mr
     w = Watcher(cfg, settle_s=0.1)  # no segmenter given and no test hook: the real one
     w.start()
     try:
-        assert w._segmenter is real_segmenter and w.planner is not None
+        assert isinstance(w.segmenter, Segmenter) and w.segmenter.planner is not None
         copy_slowly(write_series(tmp_path / "a", 6, description="t1 vibe", seed=1), roots / "exam", delay_s=0.02)
         copy_slowly(write_series(tmp_path / "b", 5, description="t2 haste", seed=2), roots / "exam", delay_s=0.02)
         shutil.copyfile(real_mri, roots / "case.nii.gz")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from helpers.fake_segmenter import fake_segment
+from helpers.fake_segmenter import FakeSegmenter
 
 QUIET = 0.6  # quiet period of the in-process watcher tests (seconds)
 
@@ -97,20 +97,21 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, interval: flo
     return predicate()
 
 
-class CountingSegmenter:
-    """The fake segmenter, counting calls per series key; ``fail`` maps a key substring to an exception."""
+class CountingSegmenter(FakeSegmenter):
+    """The fake segmenter, counting calls per series key; ``fail`` maps a key substring to an exception. The other
+    arguments are :class:`~helpers.fake_segmenter.FakeSegmenter`'s (the time ceiling, a planner ...)."""
 
-    def __init__(self, delay_s: float = 0.0) -> None:
-        self.delay_s = delay_s
+    def __init__(self, delay_s: float = 0.0, options: Any = None, **kwargs: Any) -> None:
+        super().__init__(delay_s, options, **kwargs)
         self.calls: Counter[str] = Counter()
         self.fail: dict[str, BaseException] = {}
         self.lock = threading.Lock()
-        self.__name__ = "counting_fake_segment"
+        self.name = "counting_fake_segment"
 
-    def __call__(self, job: Any, bundle: Any, options: Any, progress: Any = None, plan: Any = None) -> Any:
+    def _segment(self, source: Any, *args: Any) -> Any:
         with self.lock:
-            self.calls[job.key] += 1
+            self.calls[source.key] += 1
         for part, err in self.fail.items():
-            if part in job.key:
+            if part in source.key:
                 raise err
-        return fake_segment(job, bundle, options, progress, plan, self.delay_s)
+        return super()._segment(source, *args)
