@@ -1,31 +1,31 @@
 """``edgeseg watch | status | doctor | deliver | demo``: the watcher's sub-commands (registered by
-:mod:`edgeseg.cli`)."""
+:mod:`edgeseg.cli`).
+
+``doctor`` is :mod:`edgeseg.runtime.watch.doctor`; what the commands share (heartbeat, liveness, tables, the job
+store opened for a command) is :mod:`edgeseg.runtime.watch.state_view`."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
-import functools
 import json
 import logging
 import os
 import random
 import shutil
 import socket
-import sqlite3
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any
+
+from edgeseg.runtime.watch.doctor import cmd_doctor, sent_sop_classes
+from edgeseg.runtime.watch.state_view import (DELIVERY_HEADERS, age, delivery_cells, liveness, read_beat, state_config,
+                                              table, with_store)
 
 log = logging.getLogger(__name__)
 
 CONFIG_ENV = "EDGESEG_WATCH_CONFIG"
-#: the "typical" volume doctor checks the budget with: 256 x 208 x 160 voxels at 1.5 mm
-TYPICAL_SHAPE = (256, 208, 160)
-TYPICAL_SPACING = (1.5, 1.5, 1.5)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -125,80 +125,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------- status
 
 
-def _age(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.0f} d"
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
-def _liveness(state_dir: Path, beat: dict[str, Any], now: float) -> str:
-    """The watcher's state from the state folder's lock (held only by a live process: a ``kill -9`` frees it at
-    once), then the heartbeat file; the pid is checked when there is no lock file (a watcher before the lock)."""
-    from edgeseg.runtime.watch.lock import lock_is_held, pid_alive, recorded_pid
-
-    held = lock_is_held(state_dir)
-    pid = recorded_pid(state_dir) if held else beat.get("pid")
-    if held is None and beat and not beat.get("stopped") and isinstance(beat.get("pid"), int):
-        held = pid_alive(int(beat["pid"]))
-    last = f"last heartbeat {_age(now - beat['heartbeat_at'])} ago" if beat.get("heartbeat_at") else "no heartbeat"
-    if held:
-        if beat and now - beat.get("heartbeat_at", 0) <= 30 and not beat.get("stopped"):
-            return f"running (pid {pid}, up {_age(now - beat.get('started_at', now))})"
-        return f"NOT RESPONDING (pid {pid} holds the state folder, {last})"
-    if not beat:
-        return "not running (no heartbeat file)"
-    if beat.get("stopped"):
-        return f"stopped {_age(now - beat.get('heartbeat_at', now))} ago"
-    return (f"NOT RUNNING: pid {beat.get('pid')} ended without stopping cleanly (killed or crashed; {last}); "
-            "start it again, interrupted series then run again")
-
-
-T = TypeVar("T")
-
-
-def _with_store(path: Path, query: Callable[[Any], T], readonly: bool) -> T | int:
-    """``query(store)`` on the job store at ``path``; on failure prints why (a damaged store: the command that moves
-    it aside) and returns the exit code instead."""
-    from edgeseg.errors import EdgesegError, StateStoreError, exit_code_of
-    from edgeseg.runtime.watch.store import JobStore, is_damage, store_damaged
-
-    try:
-        with JobStore(path, readonly=readonly) as store:
-            try:
-                return query(store)
-            except sqlite3.DatabaseError as err:
-                if not is_damage(err):
-                    raise
-                raise store_damaged(path, f"SQLite says: {err}") from err
-    except StateStoreError as err:
-        print(str(err))
-        return err.exit_code
-    except (EdgesegError, sqlite3.Error) as err:
-        print(f"Job store {path} cannot be read: {err}")
-        return exit_code_of(err)
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from edgeseg.errors import EXIT_FAILED, EXIT_OK
-    from edgeseg.runtime.watch.config import load_config
     from edgeseg.runtime.watch.store import JobStore
 
-    config = load_config(args.config, {"state_dir": args.state_dir}, check_paths=False)
-    beat = _read_beat(config.state_dir)
+    config = state_config(args)
+    beat = read_beat(config.state_dir)
     if not config.store_path.is_file():
         print(f"No job store at {config.store_path}: the watcher has not run with this state folder yet (or the "
               "folder was deleted or moved).")
@@ -208,12 +140,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 store.delivery_counts(),  # none from a store before schema 3
                 [*store.deliveries("failed", limit=args.limit), *store.deliveries("pending", limit=args.limit)])
 
-    answer = _with_store(config.store_path, read, readonly=True)
+    answer = with_store(config.store_path, read, readonly=True)
     if isinstance(answer, int):
         return answer
     counts, rows, delivery_counts, open_deliveries = answer
     now = time.time()
-    state = _liveness(config.state_dir, beat, now)
+    state = liveness(config.state_dir, beat, now)
     if args.json:
         print(json.dumps({"watcher": beat, "state": state, "counts": counts, "recent": [r.__dict__ for r in rows],
                           "deliveries": {"counts": delivery_counts,
@@ -231,8 +163,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         waiting = beat.get("open_series") or []
         if waiting:
             print("\nArriving (waiting for the quiet period):")
-            print(_table(["NAME", "FILES", "QUIET FOR", "KEY"],
-                         [[w["name"], str(w["files"]), f"{w['quiet_for_s']:.0f} s", w["key"]] for w in waiting]))
+            print(table(["NAME", "FILES", "QUIET FOR", "KEY"],
+                        [[w["name"], str(w["files"]), f"{w['quiet_for_s']:.0f} s", w["key"]] for w in waiting]))
     print(f"\nRecent ({len(rows)}):")
     table_rows = []
     for r in rows:
@@ -240,39 +172,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         if r.predicted_s is not None:
             seconds += f" (pred {r.predicted_s:.0f})"
         error = (r.last_error or "").replace("\n", " ")
-        table_rows.append([_age(now - r.updated_at) + " ago", r.state, str(r.attempts), seconds, r.name,
+        table_rows.append([age(now - r.updated_at) + " ago", r.state, str(r.attempts), seconds, r.name,
                            r.folder, error[:70] + ("..." if len(error) > 70 else "")])
-    print(_table(["UPDATED", "STATE", "TRIES", "SECONDS", "NAME", "FOLDER", "ERROR"], table_rows))
+    print(table(["UPDATED", "STATE", "TRIES", "SECONDS", "NAME", "FOLDER", "ERROR"], table_rows))
     if open_deliveries:
         print(f"\nDeliveries pending or failed ({len(open_deliveries)}; `edgeseg deliver --retry` sends the failed "
               "ones again):")
-        print(_table(["DESTINATION", "ROLE", "STATE", "TRIES", "NEXT TRY / LAST ERROR", "SERIES KEY"],
-                     [_delivery_cells(d, now) for d in open_deliveries]))
+        print(table(DELIVERY_HEADERS, [delivery_cells(d, now) for d in open_deliveries]))
     return EXIT_OK
-
-
-def _read_beat(state_dir: Path) -> dict[str, Any]:
-    """The watcher's heartbeat file (``<state_dir>/watcher.json``), or {} when there is none or it is unreadable."""
-    path = state_dir / "watcher.json"
-    if not path.is_file():
-        return {}
-    try:
-        beat = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return beat if isinstance(beat, dict) else {}
-
-
-def _delivery_cells(d: Any, now: float) -> list[str]:
-    """One row of the deliveries table: destination, role, state, tries, next try (pending) or last error, key."""
-    error = (d.last_error or "").replace("\n", " ")
-    if d.state == "pending":
-        when = "due now" if d.next_at <= now else f"in {_age(d.next_at - now)}"
-        detail = when + (f"; last: {error}" if error else "")
-    else:
-        detail = error or "-"
-    detail = detail[:100] + ("..." if len(detail) > 100 else "")
-    return [d.destination, d.role, d.state, str(d.attempts), detail, d.job_key]
 
 
 # ---------------------------------------------------------------------------------------------------- deliver
@@ -283,7 +190,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     from edgeseg.errors import EXIT_FAILED, EXIT_OK
     from edgeseg.runtime.watch.store import JobStore
 
-    config = _state_config(args)
+    config = state_config(args)
     if not config.store_path.is_file():
         print(f"No job store at {config.store_path}: the watcher has not run with this state folder yet, so there "
               "is nothing to deliver.")
@@ -295,7 +202,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         return retried, store.delivery_counts(), [d for d in store.deliveries("failed")
                                                   if args.destination is None or d.destination == args.destination]
 
-    answer = _with_store(config.store_path, work, readonly=not args.retry)
+    answer = with_store(config.store_path, work, readonly=not args.retry)
     if isinstance(answer, int):
         return answer
     n, counts, failed = answer
@@ -308,14 +215,13 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     if not args.retry:
         if failed:
             print(f"\nFailed{which} ({len(failed)}); fix the reason, then `edgeseg deliver --retry`:")
-            print(_table(["DESTINATION", "ROLE", "STATE", "TRIES", "NEXT TRY / LAST ERROR", "SERIES KEY"],
-                         [_delivery_cells(d, now) for d in failed]))
+            print(table(DELIVERY_HEADERS, [delivery_cells(d, now) for d in failed]))
         return EXIT_OK
     if n == 0:
         print(f"No failed deliveries{which} to retry.")
         return EXIT_OK
     print(f"{n} failed deliver{'y is' if n == 1 else 'ies are'} pending again{which}.")
-    state = _liveness(config.state_dir, _read_beat(config.state_dir), time.time())
+    state = liveness(config.state_dir, read_beat(config.state_dir), time.time())
     them = "it" if n == 1 else "them"
     if state.startswith("running"):
         print(f"The watcher is {state}: it sends {them} within seconds; `edgeseg status` shows the outcome.")
@@ -325,324 +231,6 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         print(f"No watcher runs on this state folder ({state}): it sends {them} when it starts next (edgeseg "
               "watch, or the service).")
     return EXIT_OK
-
-
-def _state_config(args: argparse.Namespace) -> Any:
-    """The configuration for commands that only read the state folder (paths are not checked)."""
-    from edgeseg.runtime.watch.config import load_config
-
-    return load_config(args.config, {"state_dir": getattr(args, "state_dir", None)}, check_paths=False)
-
-
-# ----------------------------------------------------------------------------------------------------- doctor
-
-
-def _writable(folder: Path) -> str | None:
-    """None if a file can be created and removed in ``folder``, else the reason."""
-    if not folder.is_dir():
-        return "does not exist" if not folder.exists() else "is not a folder"
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".edgeseg-doctor-", dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as err:
-        return f"is not writable ({err.strerror or err})"
-    return None
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    from edgeseg.errors import EXIT_FAILED, EXIT_OK, EdgesegError
-    from edgeseg.runtime.watch.config import describe, load_config
-
-    results: list[tuple[str, str, str]] = []
-
-    def check(name: str, fn: Callable[[], tuple[str, str]]) -> None:
-        try:
-            status, detail = fn()
-        except EdgesegError as err:
-            status, detail = "FAIL", str(err)
-        except Exception as err:  # noqa: BLE001 - doctor reports, it does not crash
-            status, detail = "FAIL", f"{type(err).__name__}: {err}"
-        results.append((status, name, detail))
-        print(f"{status:<5} {name}: {detail}")
-
-    try:
-        config = load_config(args.config, check_paths=False)
-    except EdgesegError as err:
-        print(f"FAIL  config: {err}")
-        return EXIT_FAILED
-    print(f"OK    config: {config.source or '(no file: defaults and environment)'}")
-    for key, value in describe(config):
-        log.debug("config %s = %s", key, value)
-
-    def root_check(root: Path) -> tuple[str, str]:
-        problem = _writable(root)
-        if problem:
-            return "FAIL", f"{root} {problem}; results are written beside each series"
-        return "OK", "exists and is writable"
-
-    for i, root in enumerate(config.roots):
-        check(f"roots[{i}] {root}", functools.partial(root_check, root))
-    for key in ("state_dir", "log_dir"):
-        folder = getattr(config, key)
-
-        def state_check(folder: Path = folder) -> tuple[str, str]:
-            folder.mkdir(parents=True, exist_ok=True)
-            problem = _writable(folder)
-            return ("FAIL", f"{folder} {problem}") if problem else ("OK", f"{folder} is writable")
-        check(key, state_check)
-
-    def store_check() -> tuple[str, str]:
-        from edgeseg.runtime.watch.store import JobStore
-
-        if not config.store_path.exists():
-            return "OK", f"{config.store_path} will be created at the first start"
-        with JobStore(config.store_path) as store:
-            counts = store.counts()
-        return "OK", f"{config.store_path}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-    check("job store", store_check)
-
-    def devices_check() -> tuple[str, str]:
-        from edgeseg.runtime.infer.devices import device_present
-        from edgeseg.runtime.infer.engine import available_devices
-
-        devices = available_devices()
-        if not devices:
-            return "FAIL", "OpenVINO finds no device (its plugins are missing from this installation)"
-        if not device_present(config.device, devices):  # the engine's rule (config checked that edgeseg runs on it)
-            return "FAIL", (f"configured device {config.device} is not available (available: {', '.join(devices)}); "
-                            "set device: in watch_config.yaml to one of them")
-        return "OK", f"available: {', '.join(devices)}; configured {config.device}"
-    check("openvino devices", devices_check)
-
-    bundle_holder: list[Any] = []
-
-    def bundle_check() -> tuple[str, str]:
-        from edgeseg.bundle import load_bundle
-
-        bundle = load_bundle(config.bundle, verify=True)
-        bundle_holder.append(bundle)
-        return "OK", (f"{config.bundle}: '{bundle.name}', {len(bundle.variants)} variant(s) "
-                      f"({', '.join(v.name for v in sorted(bundle.variants, key=lambda v: v.rank))}), "
-                      f"{len(bundle.files)} files verified")
-    check("bundle", bundle_check)
-
-    def budget_check() -> tuple[str, str]:
-        from edgeseg.runtime.plan import LatencyTable, Planner
-        from edgeseg.runtime.read import SeriesGeometry
-
-        if not bundle_holder:
-            return "SKIP", "no bundle to plan with"
-        if not config.latency_path.is_file():
-            return "SKIP", (f"no latency table yet ({config.latency_path}); it is measured at the first series the "
-                            "watcher segments")
-        planner = Planner(bundle_holder[0], LatencyTable(config.latency_path), config.device, config.precision,
-                          config.threads, measure=None)
-        plan = planner.plan(SeriesGeometry(TYPICAL_SHAPE, TYPICAL_SPACING), config.time_budget_s)
-        what = f"typical {'x'.join(map(str, TYPICAL_SHAPE))} volume at {TYPICAL_SPACING[0]} mm"
-        if plan.predicted_s is None:
-            return "SKIP", f"{what}: {plan.reason}"
-        return ("OK" if plan.fits else "FAIL"), f"{what}: {plan.reason}"
-    check("time budget", budget_check)
-
-    _doctor_listener(config, check)
-    _doctor_destinations(config, check)
-
-    failed = [r for r in results if r[0] == "FAIL"]
-    print(f"\n{len(results) + 1 - len(failed)} OK/SKIP, {len(failed)} FAIL")
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-#: storage SOP classes of what edgeseg sends (runtime/write: dicomseg.py by outputs.seg_type, sr.py)
-SEG_SOP_CLASSES = {"binary": "1.2.840.10008.5.1.4.1.1.66.4", "labelmap": "1.2.840.10008.5.1.4.1.1.66.7"}
-SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR (highdicom's Comprehensive3DSR)
-_SOP_NAMES = {SEG_SOP_CLASSES["binary"]: "Segmentation Storage", SEG_SOP_CLASSES["labelmap"]:
-              "Label Map Segmentation Storage", SR_SOP_CLASS: "Comprehensive 3D SR Storage"}
-#: who usually listens on a port, for a port that is taken and whose owner cannot be read
-_WELL_KNOWN_PORTS = {104: "a PACS or DCMTK storescp (104 is the standard DICOM port)",
-                     11112: "another DICOM node: DCMTK storescp, dcm4che, a second watcher (11112 is the registered "
-                            "DICOM port)",
-                     4242: "Orthanc (its default DICOM port)"}
-
-Check = Callable[[str, Callable[[], tuple[str, str]]], None]
-
-
-def _port_holders(port: int) -> list[tuple[int, str]]:
-    """(pid, command line) of the processes with a TCP socket listening on ``port`` (Linux: /proc; empty where it
-    cannot be read, e.g. another user's process or another OS)."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text(encoding="ascii").splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(f"socket:[{fields[9]}]")
-    holders: list[tuple[int, str]] = []
-    if not inodes:
-        return holders
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if not any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
-                continue
-            raw = (proc / "cmdline").read_bytes().replace(b"\0", b" ").strip()
-            holders.append((int(proc.name), raw.decode(errors="replace")[:120] or proc.name))
-        except OSError:
-            continue
-    return holders
-
-
-def _listener_summary(listener: Any) -> str:
-    peers = []
-    if listener.allowed_ae_titles:
-        peers.append("AE titles " + ", ".join(listener.allowed_ae_titles))
-    if listener.allowed_hosts:
-        peers.append("hosts " + ", ".join(listener.allowed_hosts))
-    return (f"{listener.ae_title}@{listener.bind_address}:{listener.port}, TLS {'yes' if listener.tls else 'no'}, "
-            f"allowed peers: {'; '.join(peers) or 'any'}")
-
-
-def _doctor_listener(config: Any, check: Check) -> None:
-    """The DICOM listener: its address, whether its port is free (or held by this state folder's running watcher),
-    its TLS files, its root (writable, free space)."""
-    listener = config.node.listener
-    if not listener.enabled:
-        check("DICOM listener", lambda: ("OK", "off (no port opened)"))
-        return
-    check("DICOM listener", lambda: ("OK", _listener_summary(listener)))
-
-    def port_check() -> tuple[str, str]:
-        host, port = listener.bind_address, listener.port
-        where = f"{host}:{port}"
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            if sys.platform != "win32":  # as the listener binds (SO_REUSEADDR: only a listening socket conflicts)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, port))
-                sock.listen(1)
-                return "OK", f"{where} is free"
-            except OSError as err:
-                problem = err
-        if problem.errno == errno.EACCES:
-            return "FAIL", (f"{where}: no permission to listen (ports below 1024 need administrator rights). Fix: "
-                            "choose dicom_listener.port >= 1024 (and the same port on the console), or grant the "
-                            "right (Linux: setcap cap_net_bind_service)")
-        if problem.errno == errno.EADDRNOTAVAIL:
-            return "FAIL", (f"{host} is not an address of this PC. Fix: set dicom_listener.bind_address to one of "
-                            "its addresses, or 0.0.0.0 for all")
-        if problem.errno not in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
-            return "FAIL", f"cannot listen on {where}: {problem.strerror or problem}"
-        beat = _read_beat(config.state_dir)
-        state = _liveness(config.state_dir, beat, time.time())
-        holders = _port_holders(port)
-        watcher_pid = beat.get("pid") if state.startswith(("running", "NOT RESPONDING")) else None
-        if watcher_pid is not None and (not holders or any(pid == watcher_pid for pid, _ in holders)):
-            return "OK", f"{where} is in use by this state folder's watcher ({state}): its listener"
-        if holders:
-            who = "; ".join(f"pid {pid}: {cmd}" for pid, cmd in holders)
-        else:
-            who = _WELL_KNOWN_PORTS.get(port, "another program (its owner cannot be read here)")
-        if watcher_pid is not None:
-            who += f" (not this state folder's watcher, pid {watcher_pid})"
-        elif state.startswith(("stopped", "not running", "NOT RUNNING")):
-            who += f"; this state folder's watcher is not running ({state.split(':')[0]})"
-        return "FAIL", (f"{where} is taken by {who}. Fix: stop that program, or choose another dicom_listener.port "
-                        "(and the same port on the console)")
-    check("DICOM listener port", port_check)
-
-    if listener.tls is not None:
-        def tls_check() -> tuple[str, str]:
-            try:
-                listener.tls.server_context()
-            except (OSError, ValueError) as err:
-                return "FAIL", (f"the certificate or key does not load ({err}). Fix: dicom_listener.tls_certificate "
-                                "and tls_key must be PEM files that match (tls_ca: PEM CA certificates)")
-            files = [str(f) for f in (listener.tls.certificate, listener.tls.key, listener.tls.ca) if f is not None]
-            return "OK", f"loaded {', '.join(files)}" + (
-                "; peers must present a certificate" if listener.tls.require_peer_certificate else "")
-        check("DICOM listener TLS", tls_check)
-
-    def root_check() -> tuple[str, str]:
-        root = Path(listener.root) if listener.root is not None else None
-        if root is None:
-            return "FAIL", "no root to write received images into. Fix: set dicom_listener.root or roots"
-        problem = _writable(root)
-        if problem:
-            return "FAIL", f"{root} {problem}; received images are written there"
-        free_mb = shutil.disk_usage(root).free / 1e6
-        text = f"{root} is writable; {free_mb:,.0f} MB free (min_free_mb {listener.min_free_mb:g})"
-        if free_mb < listener.min_free_mb:
-            return "FAIL", (text + ": the listener answers every image 'out of resources' (0xA700). Fix: free "
-                            "space on that disk or lower dicom_listener.min_free_mb")
-        return "OK", text
-    check("DICOM listener root", root_check)
-
-
-def _doctor_destinations(config: Any, check: Check) -> None:
-    """Each destination: C-ECHO, then whether it accepts the SOP classes of what it is sent (SEG by
-    ``outputs.seg_type``, and the Comprehensive 3D SR when ``send`` includes sr)."""
-    from edgeseg.runtime.node.send import default_calling_ae, echo
-
-    listener = config.node.listener
-    seg_type = str(config.outputs.seg_type)
-    for destination in config.node.destinations:
-        calling = default_calling_ae(destination, listener.ae_title if listener.enabled else None)
-        reached: list[bool] = []
-
-        def echo_check(destination: Any = destination, calling: str = calling,
-                       reached: list[bool] = reached) -> tuple[str, str]:
-            ok, why = echo(destination, calling)
-            reached.append(ok)
-            if ok:
-                return "OK", why
-            return "FAIL", (f"{why}. Fix: check host, port and AE title in destinations, that {destination.address} "
-                            f"runs, and that it knows our AE title {calling!r} and this PC's address")
-        check(f"destination {destination.name}", echo_check)
-
-        wanted: list[tuple[str, str, str | None]] = []  # (what, SOP class, why not sent)
-        if "seg" in destination.send:
-            wanted.append(("SEG", SEG_SOP_CLASSES.get(seg_type, SEG_SOP_CLASSES["labelmap"]),
-                           None if config.outputs.dicom_seg else "outputs.dicom_seg is off"))
-        if "sr" in destination.send:
-            wanted.append(("SR", SR_SOP_CLASS, None if config.outputs.dicom_sr else "outputs.dicom_sr is off"))
-        to_probe = [sop for _, sop, off in wanted if off is None]
-        answer: dict[str, bool] = {}
-        failure: list[str] = []
-        if to_probe and reached and reached[0]:
-            from edgeseg.runtime.node.probe import accepted_sop_classes
-
-            try:
-                answer = accepted_sop_classes(destination, calling, to_probe)
-            except Exception as err:  # noqa: BLE001 - reported on each line below
-                failure.append(str(err))
-        for what, sop, off in wanted:
-            def sop_check(what: str = what, sop: str = sop, off: str | None = off,
-                          destination: Any = destination) -> tuple[str, str]:
-                name = f"{_SOP_NAMES[sop]} ({sop})"
-                if off is not None:
-                    return "SKIP", f"{off}: no {what} is sent"
-                if failure:
-                    return "FAIL", failure[0]
-                if sop not in answer:
-                    return "SKIP", "not checked: no association (see the C-ECHO line)"
-                if answer[sop]:
-                    return "OK", f"{destination.address} accepts {name}"
-                if sop == SEG_SOP_CLASSES["labelmap"]:
-                    return "FAIL", (f"{destination.address} does not accept {name}, which outputs.seg_type: labelmap "
-                                    "writes (many PACS, e.g. Orthanc 1.10 and DCMTK 3.6, do not know it yet). Fix: set "
-                                    "outputs.seg_type: binary in watch_config.yaml (a BINARY SEG, which every "
-                                    "SEG-capable PACS stores), or enable the SOP class on the PACS")
-                if what == "SEG":
-                    return "FAIL", (f"{destination.address} does not accept {name}. Fix: allow DICOM-SEG on it, or "
-                                    f"remove seg from send of destination {destination.name}")
-                return "FAIL", (f"{destination.address} does not accept {name}. Fix: allow it on the PACS, or set "
-                                f"send: [seg] for destination {destination.name}")
-            check(f"destination {destination.name} {what}", sop_check)
 
 
 # ------------------------------------------------------------------------------------------------------- demo
@@ -684,8 +272,8 @@ class _DemoPacs:
         ae.require_called_aet = True
         ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = 30
         ae.supported_contexts = AllStoragePresentationContexts
-        if SEG_SOP_CLASSES["labelmap"] not in {str(cx.abstract_syntax) for cx in ae.supported_contexts}:
-            ae.add_supported_context(SEG_SOP_CLASSES["labelmap"])  # an older pynetdicom's list lacks it
+        if sent_sop_classes()["labelmap"] not in {str(cx.abstract_syntax) for cx in ae.supported_contexts}:
+            ae.add_supported_context(sent_sop_classes()["labelmap"])  # an older pynetdicom's list lacks it
         ae.add_supported_context(VERIFICATION)
         self._server = ae.start_server((LOOPBACK, 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         self.port = int(self._server.server_address[1])
@@ -879,9 +467,9 @@ def _await_demo_pacs(pacs: _DemoPacs, watcher: Any, config: Any, last_instance: 
 
     expected: dict[str, set[str]] = {}
     if config.outputs.dicom_seg:
-        expected["SEG"] = set(SEG_SOP_CLASSES.values())
+        expected["SEG"] = {sent_sop_classes()["binary"], sent_sop_classes()["labelmap"]}
     if config.outputs.dicom_sr:
-        expected["SR"] = {SR_SOP_CLASS}
+        expected["SR"] = {sent_sop_classes()["sr"]}
     print(f"\nSending the result to {DEMO_PACS_AE} ...")
     arrived: dict[str, tuple[float, str, Path]] = {}
     while True:
