@@ -21,6 +21,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("edgeseg.export.commands", "add_parsers"),
     ("edgeseg.runtime.commands", "add_parsers"),
     ("edgeseg.runtime.watch.commands", "add_parsers"),
+    ("edgeseg.runtime.demo", "add_parsers"),
     ("edgeseg.runtime.oneshot.commands", "add_parsers"),
 )
 

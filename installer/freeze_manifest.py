@@ -191,7 +191,7 @@ OPENVINO_DATA_PATTERNS: tuple[str, ...] = ("**/plugins.xml", "libs/cache.json", 
 EDGESEG_REQUIRED: tuple[str, ...] = (
     "edgeseg.cli", "edgeseg.bundle", "edgeseg.demo", "edgeseg.runtime.commands", "edgeseg.runtime.segment",
     "edgeseg.runtime.infer", "edgeseg.runtime.read", "edgeseg.runtime.write", "edgeseg.runtime.watch.commands",
-    "edgeseg.runtime.oneshot.commands",
+    "edgeseg.runtime.demo", "edgeseg.runtime.oneshot.commands",
 )
 #: edgeseg's packaged data the frozen app needs (demo bundle, demo MRI with its licence, labels)
 EDGESEG_DATA_EXCLUDES: tuple[str, ...] = ("**/__pycache__/**", "**/*.pyc", "export/**", "**/*.pth")

@@ -9,7 +9,9 @@ One module per role:
 * :mod:`~edgeseg.runtime.watch.store`: the SQLite job store that survives crashes.
 * :mod:`~edgeseg.runtime.watch.service`: the :class:`Watcher` (scheduler and worker threads, stop, signals); it
   plans each series with the time-budget planner :mod:`edgeseg.runtime.plan`, which ``edgeseg segment`` uses too.
-* :mod:`~edgeseg.runtime.watch.commands`: ``edgeseg watch | status | doctor | demo``.
+* :mod:`~edgeseg.runtime.watch.commands`: ``edgeseg watch | status | deliver``; ``doctor`` is
+  :mod:`~edgeseg.runtime.watch.doctor`, what they share :mod:`~edgeseg.runtime.watch.state_view` (``edgeseg demo``
+  is :mod:`edgeseg.runtime.demo`, on top of the watcher and the DICOM node).
 * :mod:`~edgeseg.runtime.watch.jobs`: the job record (the reader's :class:`~edgeseg.runtime.read.SeriesRef` plus
   the watcher's bookkeeping).
 

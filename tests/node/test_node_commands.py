@@ -343,7 +343,7 @@ def test_demo_dicom_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert "DICOM series of 20 instances from DEMO_CONSOLE to EDGESEG in one association" in out
     assert "SEG arrived at the local PACS" in out and "SR arrived at the local PACS" in out
     [demo] = [p for p in tmp_path.iterdir() if p.name.startswith("edgeseg-demo-")]
-    received = sorted((demo / "pacs").glob("*.dcm"))
+    received = sorted((demo / "pacs").rglob("*.dcm"))  # the local PACS is a StorageReceiver: <Study>/<Series>/<SOP>.dcm
     classes = sorted(str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in received)
     assert classes == [LABEL_MAP, "1.2.840.10008.5.1.4.1.1.88.34"]
     [seg_result] = list((demo / "incoming").rglob("seg.dcm"))

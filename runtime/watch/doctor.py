@@ -1,0 +1,364 @@
+"""``edgeseg doctor``: is this PC ready for the watcher of ``watch_config.yaml``? One OK / FAIL / SKIP line per check:
+the configuration, the roots and state folders, the job store, the OpenVINO devices, the bundle, the time budget on a
+typical volume, the DICOM listener (port, TLS, root) and each destination (C-ECHO, and whether it accepts the SEG and
+SR edgeseg sends). Registered by :mod:`edgeseg.runtime.watch.commands`."""
+from __future__ import annotations
+
+import argparse
+import errno
+import functools
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from edgeseg.runtime.watch.state_view import liveness, read_beat
+
+if TYPE_CHECKING:
+    from edgeseg.bundle import Bundle
+    from edgeseg.runtime.plan import Plan
+    from edgeseg.runtime.watch.config import WatchConfig
+
+log = logging.getLogger(__name__)
+
+#: the "typical" volume doctor checks the budget with: 256 x 208 x 160 voxels at 1.5 mm
+TYPICAL_SHAPE = (256, 208, 160)
+TYPICAL_SPACING = (1.5, 1.5, 1.5)
+
+
+def _writable(folder: Path) -> str | None:
+    """None if a file can be created and removed in ``folder``, else the reason."""
+    if not folder.is_dir():
+        return "does not exist" if not folder.exists() else "is not a folder"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".edgeseg-doctor-", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        return f"is not writable ({err.strerror or err})"
+    return None
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from edgeseg.errors import EXIT_FAILED, EXIT_OK, EdgesegError
+    from edgeseg.runtime.watch.config import describe, load_config
+
+    results: list[tuple[str, str, str]] = []
+
+    def check(name: str, fn: Callable[[], tuple[str, str]]) -> None:
+        try:
+            status, detail = fn()
+        except EdgesegError as err:
+            status, detail = "FAIL", str(err)
+        except Exception as err:  # noqa: BLE001 - doctor reports, it does not crash
+            status, detail = "FAIL", f"{type(err).__name__}: {err}"
+        results.append((status, name, detail))
+        print(f"{status:<5} {name}: {detail}")
+
+    try:
+        config = load_config(args.config, check_paths=False)
+    except EdgesegError as err:
+        print(f"FAIL  config: {err}")
+        return EXIT_FAILED
+    print(f"OK    config: {config.source or '(no file: defaults and environment)'}")
+    for key, value in describe(config):
+        log.debug("config %s = %s", key, value)
+
+    def root_check(root: Path) -> tuple[str, str]:
+        problem = _writable(root)
+        if problem:
+            return "FAIL", f"{root} {problem}; results are written beside each series"
+        return "OK", "exists and is writable"
+
+    for i, root in enumerate(config.roots):
+        check(f"roots[{i}] {root}", functools.partial(root_check, root))
+    for key in ("state_dir", "log_dir"):
+        folder = getattr(config, key)
+
+        def state_check(folder: Path = folder) -> tuple[str, str]:
+            folder.mkdir(parents=True, exist_ok=True)
+            problem = _writable(folder)
+            return ("FAIL", f"{folder} {problem}") if problem else ("OK", f"{folder} is writable")
+        check(key, state_check)
+
+    def store_check() -> tuple[str, str]:
+        from edgeseg.runtime.watch.store import JobStore
+
+        if not config.store_path.exists():
+            return "OK", f"{config.store_path} will be created at the first start"
+        with JobStore(config.store_path) as store:
+            counts = store.counts()
+        return "OK", f"{config.store_path}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+    check("job store", store_check)
+
+    def devices_check() -> tuple[str, str]:
+        from edgeseg.runtime.infer.devices import device_present
+        from edgeseg.runtime.infer.engine import available_devices
+
+        devices = available_devices()
+        if not devices:
+            return "FAIL", "OpenVINO finds no device (its plugins are missing from this installation)"
+        if not device_present(config.device, devices):  # the engine's rule (config checked that edgeseg runs on it)
+            return "FAIL", (f"configured device {config.device} is not available (available: {', '.join(devices)}); "
+                            "set device: in watch_config.yaml to one of them")
+        return "OK", f"available: {', '.join(devices)}; configured {config.device}"
+    check("openvino devices", devices_check)
+
+    bundle_holder: list[Any] = []
+
+    def bundle_check() -> tuple[str, str]:
+        from edgeseg.bundle import load_bundle
+
+        bundle = load_bundle(config.bundle, verify=True)
+        bundle_holder.append(bundle)
+        return "OK", (f"{config.bundle}: '{bundle.name}', {len(bundle.variants)} variant(s) "
+                      f"({', '.join(v.name for v in sorted(bundle.variants, key=lambda v: v.rank))}), "
+                      f"{len(bundle.files)} files verified")
+    check("bundle", bundle_check)
+
+    def budget_check() -> tuple[str, str]:
+        if not bundle_holder:
+            return "SKIP", "no bundle to plan with"
+        if not config.latency_path.is_file():
+            return "SKIP", (f"no latency table yet ({config.latency_path}); it is measured at the first series the "
+                            "watcher segments")
+        plan = plan_typical_volume(bundle_holder[0], config)
+        what = f"typical {'x'.join(map(str, TYPICAL_SHAPE))} volume at {TYPICAL_SPACING[0]} mm"
+        if plan.predicted_s is None:
+            return "SKIP", f"{what}: {plan.reason}"
+        return ("OK" if plan.fits else "FAIL"), f"{what}: {plan.reason}"
+    check("time budget", budget_check)
+
+    _doctor_listener(config, check)
+    _doctor_destinations(config, check)
+
+    failed = [r for r in results if r[0] == "FAIL"]
+    print(f"\n{len(results) + 1 - len(failed)} OK/SKIP, {len(failed)} FAIL")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def plan_typical_volume(bundle: Bundle, config: WatchConfig) -> Plan:
+    """The time-budget planner's plan for a :data:`TYPICAL_SHAPE` volume at :data:`TYPICAL_SPACING` with ``bundle``
+    and the watcher's device, precision, threads, latency table and ``time_budget_s`` (nothing is measured: a
+    :class:`~edgeseg.runtime.plan.Plan` whose ``predicted_s`` is None when the table cannot predict). The one place
+    doctor builds a planner."""
+    from edgeseg.runtime.plan import LatencyTable, Planner
+    from edgeseg.runtime.read import SeriesGeometry
+
+    planner = Planner(bundle, LatencyTable(config.latency_path), config.device, config.precision, config.threads,
+                      measure=None)
+    return planner.plan(SeriesGeometry(TYPICAL_SHAPE, TYPICAL_SPACING), config.time_budget_s)
+
+
+#: what edgeseg sends (runtime/write: dicomseg.py, by outputs.seg_type, and sr.py) -> its storage SOP class's name
+SOP_NAMES = {"binary": "Segmentation Storage", "labelmap": "Label Map Segmentation Storage",
+             "sr": "Comprehensive 3D SR Storage"}
+
+
+def sent_sop_classes() -> dict[str, str]:
+    """The storage SOP class UID of each :data:`SOP_NAMES` key: the BINARY and LABELMAP SEG, and the SR (highdicom's
+    Comprehensive3DSR)."""
+    from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
+
+    return {"binary": SegmentationStorage, "labelmap": label_map_segmentation_storage(), "sr": Comprehensive3DSRStorage}
+
+
+def label_map_segmentation_storage() -> str:
+    """Label Map Segmentation Storage's UID: pynetdicom's name (pydicom 3.0's ``pydicom.uid`` lacks it)."""
+    from pynetdicom import sop_class
+
+    return str(sop_class.LabelMapSegmentationStorage)  # type: ignore[attr-defined]  # generated when imported
+
+
+#: who usually listens on a port, for a port that is taken and whose owner cannot be read
+_WELL_KNOWN_PORTS = {104: "a PACS or DCMTK storescp (104 is the standard DICOM port)",
+                     11112: "another DICOM node: DCMTK storescp, dcm4che, a second watcher (11112 is the registered "
+                            "DICOM port)",
+                     4242: "Orthanc (its default DICOM port)"}
+
+Check = Callable[[str, Callable[[], tuple[str, str]]], None]
+
+
+def _port_holders(port: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes with a TCP socket listening on ``port`` (Linux: /proc; empty where it
+    cannot be read, e.g. another user's process or another OS)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text(encoding="ascii").splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    holders: list[tuple[int, str]] = []
+    if not inodes:
+        return holders
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if not any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                continue
+            raw = (proc / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+            holders.append((int(proc.name), raw.decode(errors="replace")[:120] or proc.name))
+        except OSError:
+            continue
+    return holders
+
+
+def _listener_summary(listener: Any) -> str:
+    peers = []
+    if listener.allowed_ae_titles:
+        peers.append("AE titles " + ", ".join(listener.allowed_ae_titles))
+    if listener.allowed_hosts:
+        peers.append("hosts " + ", ".join(listener.allowed_hosts))
+    return (f"{listener.ae_title}@{listener.bind_address}:{listener.port}, TLS {'yes' if listener.tls else 'no'}, "
+            f"allowed peers: {'; '.join(peers) or 'any'}")
+
+
+def _doctor_listener(config: Any, check: Check) -> None:
+    """The DICOM listener: its address, whether its port is free (or held by this state folder's running watcher),
+    its TLS files, its root (writable, free space)."""
+    listener = config.node.listener
+    if not listener.enabled:
+        check("DICOM listener", lambda: ("OK", "off (no port opened)"))
+        return
+    check("DICOM listener", lambda: ("OK", _listener_summary(listener)))
+
+    def port_check() -> tuple[str, str]:
+        host, port = listener.bind_address, listener.port
+        where = f"{host}:{port}"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            if sys.platform != "win32":  # as the listener binds (SO_REUSEADDR: only a listening socket conflicts)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+                sock.listen(1)
+                return "OK", f"{where} is free"
+            except OSError as err:
+                problem = err
+        if problem.errno == errno.EACCES:
+            return "FAIL", (f"{where}: no permission to listen (ports below 1024 need administrator rights). Fix: "
+                            "choose dicom_listener.port >= 1024 (and the same port on the console), or grant the "
+                            "right (Linux: setcap cap_net_bind_service)")
+        if problem.errno == errno.EADDRNOTAVAIL:
+            return "FAIL", (f"{host} is not an address of this PC. Fix: set dicom_listener.bind_address to one of "
+                            "its addresses, or 0.0.0.0 for all")
+        if problem.errno not in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
+            return "FAIL", f"cannot listen on {where}: {problem.strerror or problem}"
+        beat = read_beat(config.state_dir)
+        state = liveness(config.state_dir, beat, time.time())
+        holders = _port_holders(port)
+        watcher_pid = beat.get("pid") if state.startswith(("running", "NOT RESPONDING")) else None
+        if watcher_pid is not None and (not holders or any(pid == watcher_pid for pid, _ in holders)):
+            return "OK", f"{where} is in use by this state folder's watcher ({state}): its listener"
+        if holders:
+            who = "; ".join(f"pid {pid}: {cmd}" for pid, cmd in holders)
+        else:
+            who = _WELL_KNOWN_PORTS.get(port, "another program (its owner cannot be read here)")
+        if watcher_pid is not None:
+            who += f" (not this state folder's watcher, pid {watcher_pid})"
+        elif state.startswith(("stopped", "not running", "NOT RUNNING")):
+            who += f"; this state folder's watcher is not running ({state.split(':')[0]})"
+        return "FAIL", (f"{where} is taken by {who}. Fix: stop that program, or choose another dicom_listener.port "
+                        "(and the same port on the console)")
+    check("DICOM listener port", port_check)
+
+    if listener.tls is not None:
+        def tls_check() -> tuple[str, str]:
+            try:
+                listener.tls.server_context()
+            except (OSError, ValueError) as err:
+                return "FAIL", (f"the certificate or key does not load ({err}). Fix: dicom_listener.tls_certificate "
+                                "and tls_key must be PEM files that match (tls_ca: PEM CA certificates)")
+            files = [str(f) for f in (listener.tls.certificate, listener.tls.key, listener.tls.ca) if f is not None]
+            return "OK", f"loaded {', '.join(files)}" + (
+                "; peers must present a certificate" if listener.tls.require_peer_certificate else "")
+        check("DICOM listener TLS", tls_check)
+
+    def root_check() -> tuple[str, str]:
+        root = Path(listener.root) if listener.root is not None else None
+        if root is None:
+            return "FAIL", "no root to write received images into. Fix: set dicom_listener.root or roots"
+        problem = _writable(root)
+        if problem:
+            return "FAIL", f"{root} {problem}; received images are written there"
+        free_mb = shutil.disk_usage(root).free / 1e6
+        text = f"{root} is writable; {free_mb:,.0f} MB free (min_free_mb {listener.min_free_mb:g})"
+        if free_mb < listener.min_free_mb:
+            return "FAIL", (text + ": the listener answers every image 'out of resources' (0xA700). Fix: free "
+                            "space on that disk or lower dicom_listener.min_free_mb")
+        return "OK", text
+    check("DICOM listener root", root_check)
+
+
+def _doctor_destinations(config: Any, check: Check) -> None:
+    """Each destination: C-ECHO, then whether it accepts the SOP classes of what it is sent (SEG by
+    ``outputs.seg_type``, and the Comprehensive 3D SR when ``send`` includes sr)."""
+    from edgeseg.runtime.node.send import default_calling_ae, echo
+
+    listener = config.node.listener
+    seg_type = str(config.outputs.seg_type)
+    for destination in config.node.destinations:
+        calling = default_calling_ae(destination, listener.ae_title if listener.enabled else None)
+        reached: list[bool] = []
+
+        def echo_check(destination: Any = destination, calling: str = calling,
+                       reached: list[bool] = reached) -> tuple[str, str]:
+            ok, why = echo(destination, calling)
+            reached.append(ok)
+            if ok:
+                return "OK", why
+            return "FAIL", (f"{why}. Fix: check host, port and AE title in destinations, that {destination.address} "
+                            f"runs, and that it knows our AE title {calling!r} and this PC's address")
+        check(f"destination {destination.name}", echo_check)
+
+        sop_classes = sent_sop_classes()
+        seg_kind = seg_type if seg_type in ("binary", "labelmap") else "labelmap"
+        wanted: list[tuple[str, str, str | None]] = []  # (what, kind of result, why not sent)
+        if "seg" in destination.send:
+            wanted.append(("SEG", seg_kind, None if config.outputs.dicom_seg else "outputs.dicom_seg is off"))
+        if "sr" in destination.send:
+            wanted.append(("SR", "sr", None if config.outputs.dicom_sr else "outputs.dicom_sr is off"))
+        to_probe = [sop_classes[kind] for _, kind, off in wanted if off is None]
+        answer: dict[str, bool] = {}
+        failure: list[str] = []
+        if to_probe and reached and reached[0]:
+            from edgeseg.runtime.node.probe import accepted_sop_classes
+
+            try:
+                answer = accepted_sop_classes(destination, calling, to_probe)
+            except Exception as err:  # noqa: BLE001 - reported on each line below
+                failure.append(str(err))
+        for what, kind, off in wanted:
+            def sop_check(what: str = what, kind: str = kind, off: str | None = off, destination: Any = destination,
+                          sop: str = sop_classes[kind]) -> tuple[str, str]:
+                name = f"{SOP_NAMES[kind]} ({sop})"
+                if off is not None:
+                    return "SKIP", f"{off}: no {what} is sent"
+                if failure:
+                    return "FAIL", failure[0]
+                if sop not in answer:
+                    return "SKIP", "not checked: no association (see the C-ECHO line)"
+                if answer[sop]:
+                    return "OK", f"{destination.address} accepts {name}"
+                if kind == "labelmap":
+                    return "FAIL", (f"{destination.address} does not accept {name}, which outputs.seg_type: labelmap "
+                                    "writes (many PACS, e.g. Orthanc 1.10 and DCMTK 3.6, do not know it yet). Fix: set "
+                                    "outputs.seg_type: binary in watch_config.yaml (a BINARY SEG, which every "
+                                    "SEG-capable PACS stores), or enable the SOP class on the PACS")
+                if what == "SEG":
+                    return "FAIL", (f"{destination.address} does not accept {name}. Fix: allow DICOM-SEG on it, or "
+                                    f"remove seg from send of destination {destination.name}")
+                return "FAIL", (f"{destination.address} does not accept {name}. Fix: allow it on the PACS, or set "
+                                f"send: [seg] for destination {destination.name}")
+            check(f"destination {destination.name} {what}", sop_check)
+
