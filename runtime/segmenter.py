@@ -179,20 +179,22 @@ class Segmenter(SeriesSegmenter):
     when ``verify``). ``options``: device, precision, threads, compiled-model cache, budget, outputs, read limits.
     ``ceiling_s``: the hard time ceiling per series (None: none). ``latency_path``: where the planner keeps the
     tile latencies measured on this PC (None: in memory). ``measure``: how a missing latency is measured (default:
-    compile the part and time a tile).
+    compile the part and time a tile); ``measure_missing=False``: plan only from what the table knows (``doctor``).
     """
 
     def __init__(self, bundle: Bundle | StrPath, options: SegmentOptions | None = None, *,
                  ceiling_s: float | None = None, latency_path: Path | None = None, measure: MeasureFn | None = None,
-                 verify: bool = False) -> None:
+                 measure_missing: bool = True, verify: bool = False) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle), verify=verify)
         self.name = f"{self.bundle.name} ({self.bundle.path})"
         self.bundle_digest = sha256_file(self.bundle.path / "bundle.json")
         options = options or SegmentOptions()
         planner = None
         if (options.time_budget_s is not None or ceiling_s is not None) and options.variant is None:
+            if measure is None and measure_missing:
+                measure = partial(measure_tile_latency, cache_dir=options.cache_dir)
             planner = Planner(self.bundle, LatencyTable(latency_path), options.device, options.precision,
-                              options.threads, measure or partial(measure_tile_latency, cache_dir=options.cache_dir))
+                              options.threads, measure)
         super().__init__(options, ceiling_s=ceiling_s, planner=planner)
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._engines_lock = threading.Lock()

@@ -34,9 +34,9 @@ from edgeseg.runtime.read.headers import (ECHOES, REC, FileKind, Instance, Skipp
 from edgeseg.runtime.read.paths import CandidateFilter, inside_roots
 from edgeseg.runtime.read.series import discover_series, read_series, series_to_segment
 from edgeseg.runtime.read.series_ref import DICOM, NIFTI, PARREC, SeriesRef, Stack
-from edgeseg.runtime.read.volume import Volume
+from edgeseg.runtime.read.volume import DicomSource, Volume
 
-__all__ = ["DICOM", "ECHOES", "NIFTI", "PARREC", "REC", "CandidateFilter", "FileKind", "FileStamp", "Instance",
+__all__ = ["DICOM", "ECHOES", "NIFTI", "PARREC", "REC", "CandidateFilter", "DicomSource", "FileKind", "FileStamp", "Instance",
            "SeriesGeometry", "SeriesRef", "SkippedFiles", "Stack", "Volume", "check_image_file", "dicom_geometry",
            "discover_series", "expected_instances", "file_kind", "fingerprint", "inside_roots", "instance_from_header",
            "par_candidates", "planes_from_affine", "read_dicom_header", "read_series", "rec_files", "series_identity", "series_to_segment",

@@ -47,7 +47,7 @@ from edgeseg.runtime.read.headers import (LOCALIZER_ONLY, NOT_DICOM, Instance, S
                                           non_image_reason, read_dicom_header, series_identity, split_series)
 from edgeseg.runtime.read.limits import ReadLimits, check_frames, check_voxels
 from edgeseg.runtime.read.series_ref import DICOM, SeriesRef, StackKey
-from edgeseg.runtime.read.volume import Volume
+from edgeseg.runtime.read.volume import DicomSource, Volume
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ def read_dicom_series(ref: SeriesRef, limits: ReadLimits | None = None) -> Volum
     """Read one DICOM series (a :class:`SeriesRef` from discovery) into a :class:`Volume`.
 
     See the module docstring for how frames are selected, ordered and checked. ``Volume.dicom_files`` holds the
-    source instances in k order (one file for an enhanced multi-frame image); ``Volume.extra`` holds
+    source instances in k order (one file for an enhanced multi-frame image); ``Volume.dicom`` holds
     ``frames`` (per k: (path, frame index or None)), ``sop_instance_uids`` (per k), ``slice_spacing_mm``,
     ``excluded`` (reason -> count) and a few identifying header values. ``limits``: the series' frames and voxels
     (from the headers) must stay within them, checked before any pixel is decoded (:class:`SeriesTooLargeError`).
@@ -459,19 +459,19 @@ def read_dicom_series(ref: SeriesRef, limits: ReadLimits | None = None) -> Volum
         if frame.path not in dicom_files:
             dicom_files.append(frame.path)
     spacing = float(np.linalg.norm(affine[:3, 2]))
-    extra: dict[str, Any] = {
-        "frames": tuple((f.path, f.index) for f in ordered),
-        "sop_instance_uids": tuple(f.sop_uid for f in ordered),
-        "multiframe": ordered[0].index is not None,
-        "slice_spacing_mm": spacing,
-        "excluded": dict(excluded),
-        "modality": _str(first_ds, "Modality"),
-        "study_instance_uid": _str(first_ds, "StudyInstanceUID"),
-        "frame_of_reference_uid": _str(first_ds, "FrameOfReferenceUID"),
-        "series_number": _int_or_none(first_ds, "SeriesNumber"),
-        "transfer_syntax_uid": str(getattr(getattr(first_ds, "file_meta", None), "TransferSyntaxUID", "")),
-        "stack": ref.stack.to_dict() if ref.stack else None,
-    }
+    source = DicomSource(
+        frames=tuple((f.path, f.index) for f in ordered),
+        sop_instance_uids=tuple(f.sop_uid for f in ordered),
+        multiframe=ordered[0].index is not None,
+        slice_spacing_mm=spacing,
+        excluded=dict(excluded),
+        modality=_str(first_ds, "Modality"),
+        study_instance_uid=_str(first_ds, "StudyInstanceUID"),
+        frame_of_reference_uid=_str(first_ds, "FrameOfReferenceUID"),
+        series_number=_int_or_none(first_ds, "SeriesNumber"),
+        transfer_syntax_uid=str(getattr(getattr(first_ds, "file_meta", None), "TransferSyntaxUID", "")),
+        stack=ref.stack.to_dict() if ref.stack else None,
+    )
     if excluded:
         log.info("series %s: not stacked: %s", uid, dict(excluded))
     vol = Volume(
@@ -485,7 +485,7 @@ def read_dicom_series(ref: SeriesRef, limits: ReadLimits | None = None) -> Volum
         stack=ref.stack.label if ref.stack else None,
         description=description,
         dicom_files=tuple(dicom_files),
-        extra=extra,
+        dicom=source,
     )
     log.info("read DICOM series %s (%s) from %s: shape %s, spacing %s", uid, description, where, vol.shape,
              tuple(round(s, 4) for s in vol.spacing))

@@ -3,9 +3,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class DicomSource:
+    """What the writers need to know of a DICOM series' source instances, read once by the reader.
+
+    * ``frames``: (file, frame index or None for a single-frame file) of each slice, in k order.
+    * ``sop_instance_uids``: the SOPInstanceUID of each slice's file, in k order ("" where an export has none).
+    * ``multiframe``: the slices are frames of one enhanced multi-frame image.
+    * ``slice_spacing_mm``: the distance between slice centres along k.
+    * ``excluded``: why instances of the series were not stacked -> how many (localizer, no pixel data ...).
+    * ``modality``, ``study_instance_uid``, ``frame_of_reference_uid``, ``series_number``, ``transfer_syntax_uid``:
+      the first instance's values ("" / None where absent).
+    * ``stack``: the 3-D stack read (``Stack.to_dict()``) when the series holds several, else None.
+    """
+
+    frames: tuple[tuple[Path, int | None], ...] = ()
+    sop_instance_uids: tuple[str, ...] = ()
+    multiframe: bool = False
+    slice_spacing_mm: float = 1.0
+    excluded: Mapping[str, int] = field(default_factory=dict)
+    modality: str = ""
+    study_instance_uid: str = ""
+    frame_of_reference_uid: str = ""
+    series_number: int | None = None
+    transfer_syntax_uid: str = ""
+    stack: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -21,10 +48,11 @@ class Volume:
     * ``series_id``: the DICOM series' identity (``SeriesRef.series_id``: the UID, or ``nouid-<hex>`` derived from
       the headers of a series without one), or None; with ``source`` it makes the series key results record.
     * ``stack``: the label of the 3-D stack read from a series that holds several (``echo2``; ``SeriesRef.stack``),
-      or None; ``extra["stack"]`` describes it.
+      or None; ``dicom.stack`` describes it.
     * ``name``: a file-name-safe stem for outputs (never contains path separators or "..").
     * ``dicom_files``: DICOM source instances in slice order (k = 0..K-1); one file for enhanced multi-frame.
     * ``nifti_header``: the original NIfTI header when read from NIfTI (outputs copy its qform/sform codes).
+    * ``dicom``: the source instances' facts the writers need (:class:`DicomSource`); empty for NIfTI/PAR input.
     """
 
     array: np.ndarray
@@ -36,7 +64,7 @@ class Volume:
     description: str = ""
     dicom_files: tuple[Path, ...] = ()
     nifti_header: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    dicom: DicomSource = field(default_factory=DicomSource)
     series_id: str | None = None
     stack: str | None = None
 

@@ -15,14 +15,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from edgeseg.runtime.watch.state_view import liveness, read_beat
-
-if TYPE_CHECKING:
-    from edgeseg.bundle import Bundle
-    from edgeseg.runtime.plan import Plan
-    from edgeseg.runtime.watch.config import WatchConfig
 
 log = logging.getLogger(__name__)
 
@@ -109,26 +104,33 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return "OK", f"available: {', '.join(devices)}; configured {config.device}"
     check("openvino devices", devices_check)
 
-    bundle_holder: list[Any] = []
+    segmenters: list[Any] = []  # the watcher's segmenter, once the bundle loaded
 
     def bundle_check() -> tuple[str, str]:
-        from edgeseg.bundle import load_bundle
+        from edgeseg.runtime.segmenter import Segmenter
 
-        bundle = load_bundle(config.bundle, verify=True)
-        bundle_holder.append(bundle)
+        # the watcher's own segmenter; its planner plans from the latency table alone (nothing is measured here)
+        segmenter = Segmenter(config.bundle, config.segment_options(), ceiling_s=config.time_ceiling_s,
+                              latency_path=config.latency_path, measure_missing=False, verify=True)
+        segmenters.append(segmenter)
+        bundle = segmenter.bundle
         return "OK", (f"{config.bundle}: '{bundle.name}', {len(bundle.variants)} variant(s) "
                       f"({', '.join(v.name for v in sorted(bundle.variants, key=lambda v: v.rank))}), "
                       f"{len(bundle.files)} files verified")
     check("bundle", bundle_check)
 
     def budget_check() -> tuple[str, str]:
-        if not bundle_holder:
+        if not segmenters:
             return "SKIP", "no bundle to plan with"
         if not config.latency_path.is_file():
             return "SKIP", (f"no latency table yet ({config.latency_path}); it is measured at the first series the "
                             "watcher segments")
-        plan = plan_typical_volume(bundle_holder[0], config)
+        from edgeseg.runtime.read import SeriesGeometry
+
+        plan = segmenters[0].plan(SeriesGeometry(TYPICAL_SHAPE, TYPICAL_SPACING))
         what = f"typical {'x'.join(map(str, TYPICAL_SHAPE))} volume at {TYPICAL_SPACING[0]} mm"
+        if plan is None:
+            return "SKIP", "no time budget or ceiling set: every series runs the most accurate variant"
         if plan.predicted_s is None:
             return "SKIP", f"{what}: {plan.reason}"
         return ("OK" if plan.fits else "FAIL"), f"{what}: {plan.reason}"
@@ -140,19 +142,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     failed = [r for r in results if r[0] == "FAIL"]
     print(f"\n{len(results) + 1 - len(failed)} OK/SKIP, {len(failed)} FAIL")
     return EXIT_FAILED if failed else EXIT_OK
-
-
-def plan_typical_volume(bundle: Bundle, config: WatchConfig) -> Plan:
-    """The time-budget planner's plan for a :data:`TYPICAL_SHAPE` volume at :data:`TYPICAL_SPACING` with ``bundle``
-    and the watcher's device, precision, threads, latency table and ``time_budget_s`` (nothing is measured: a
-    :class:`~edgeseg.runtime.plan.Plan` whose ``predicted_s`` is None when the table cannot predict). The one place
-    doctor builds a planner."""
-    from edgeseg.runtime.plan import LatencyTable, Planner
-    from edgeseg.runtime.read import SeriesGeometry
-
-    planner = Planner(bundle, LatencyTable(config.latency_path), config.device, config.precision, config.threads,
-                      measure=None)
-    return planner.plan(SeriesGeometry(TYPICAL_SHAPE, TYPICAL_SPACING), config.time_budget_s)
 
 
 #: what edgeseg sends (runtime/write: dicomseg.py, by outputs.seg_type, and sr.py) -> its storage SOP class's name

@@ -22,7 +22,7 @@ highdicom takes the plane geometry from the sources unless it is given explicitl
   in k order (``Volume.dicom_files``), geometry copied by highdicom;
 * an enhanced multi-frame source: pixel measures and plane orientation are taken from the Per-frame or the Shared
   Functional Groups, whichever the file has (Siemens XA and Philips keep them per frame), and passed explicitly;
-  when every frame is in the volume the frames are put back in the file's frame order (``Volume.extra["frames"]``);
+  when every frame is in the volume the frames are put back in the file's frame order (``Volume.dicom.frames``);
 * orientation noise (GE writes ImageOrientationPatient with ~1e-7 differences between slices; the reader stacked
   them as one orientation within its tolerance): one orientation for the stack -- the reader's, from the volume's
   affine -- and explicit plane positions (each stacked plane's own ImagePositionPatient), so highdicom still links
@@ -92,7 +92,7 @@ def result_uids(volume: Volume, model: Sequence[str], role: str, *extra: str) ->
 
     sources = [
         f"series={volume.series_uid or volume.series_id or ''}",
-        "instances=" + "\\".join(sorted({str(uid) for uid in volume.extra.get("sop_instance_uids") or ()})),
+        "instances=" + "\\".join(sorted({str(uid) for uid in volume.dicom.sop_instance_uids})),
         f"stack={volume.stack or ''}",
         *model,
         f"role={role}",
@@ -198,15 +198,15 @@ def _plane_geometry(volume: Volume, sources: list[Any], frames: np.ndarray) -> t
     import highdicom as hd
 
     patient = hd.CoordinateSystemNames.PATIENT
-    refs = list(volume.extra.get("frames") or ())
+    refs = list(volume.dicom.frames)
     n_planes = volume.shape[2]
     kwargs: dict[str, Any] = {}
-    multiframe = len(sources) == 1 and bool(volume.extra.get("multiframe"))
-    if not multiframe and (volume.extra.get("multiframe") or len(sources) != n_planes):
+    multiframe = len(sources) == 1 and volume.dicom.multiframe
+    if not multiframe and (volume.dicom.multiframe or len(sources) != n_planes):
         return frames, _explicit_planes(volume)  # several multi-frame files: the volume's own geometry
     if multiframe:
         ds = sources[0]
-        indices = [int(idx) for _, idx in refs]
+        indices = [int(idx or 0) for _, idx in refs]  # multi-frame: every slice has its frame index
         if len(indices) != n_planes:
             raise ValueError(f"the volume has {n_planes} planes but records {len(indices)} source frames")
         orientations = [_group_item(ds, i, "PlaneOrientationSequence") for i in indices]
@@ -233,7 +233,7 @@ def _plane_geometry(volume: Volume, sources: list[Any], frames: np.ndarray) -> t
     between = measures.get("SpacingBetweenSlices")
     pixel_measures = hd.PixelMeasuresSequence(
         [float(v) for v in measures.PixelSpacing],
-        float(thickness) if thickness not in (None, "") else float(volume.extra.get("slice_spacing_mm") or 1.0),
+        float(thickness) if thickness not in (None, "") else float(volume.dicom.slice_spacing_mm or 1.0),
         float(between) if between not in (None, "") else None)
 
     if multiframe:

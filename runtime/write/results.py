@@ -132,7 +132,7 @@ def _series_record(volume: Volume) -> dict[str, Any]:
         "spacing_mm": [round(s, 6) for s in volume.spacing],
         "affine_ras": np.asarray(volume.affine).round(6).tolist(),
         "n_dicom_files": len(volume.dicom_files),
-        "stack": volume.extra.get("stack"),
+        "stack": volume.dicom.stack,
     }
 
 
@@ -140,11 +140,11 @@ def seg_source_problem(volume: Volume) -> str | None:
     """Why no DICOM-SEG can be made for ``volume`` whatever the mask, or None: a SEG references its source
     series, study and every source image by UID, so a source exported without them (a de-identification that
     empties the UIDs) cannot have one."""
-    sop_uids = tuple(volume.extra.get("sop_instance_uids") or ())
+    sop_uids = tuple(volume.dicom.sop_instance_uids)
     absent = [what for what, ok in (
         ("SOPInstanceUID", bool(sop_uids) and all(sop_uids)),
         ("SeriesInstanceUID", bool(volume.series_uid)),
-        ("StudyInstanceUID", bool(volume.extra.get("study_instance_uid"))),
+        ("StudyInstanceUID", bool(volume.dicom.study_instance_uid)),
     ) if not ok]
     if not absent:
         return None

@@ -125,7 +125,7 @@ def write_dicom_sr(path: StrPath, volume: Volume, seg_path: StrPath, segments: M
         _sanitise_person_names(ds)
     model = model_identity(bundle, run)
     series_uid, sop_uid = result_uids(volume, model, "sr", f"seg={seg.SOPInstanceUID}")
-    modality = str(volume.extra.get("modality") or sources[0].get("Modality") or "")
+    modality = str(volume.dicom.modality or sources[0].get("Modality") or "")
     algorithm = hd.sr.AlgorithmIdentification(name="edgeseg", version=__version__)
 
     groups = []

@@ -73,7 +73,7 @@ def test_sr_measures_every_segment_of_the_seg(seg_type: str, axial_series: Path,
 
     # evidence: the SEG and every source instance
     evidence = {sop for _, _, sop, _ in sr.get_evidence()}
-    assert evidence == {str(seg.SOPInstanceUID), *map(str, vol.extra["sop_instance_uids"])}
+    assert evidence == {str(seg.SOPInstanceUID), *map(str, vol.dicom.sop_instance_uids)}
 
     # observer: the device edgeseg with the model bundle
     (observer,) = [item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "121013"]
@@ -182,9 +182,9 @@ def test_uids_differ_between_the_stacks_and_the_instances_of_a_series(tmp_path: 
     assert result_uids(vol, model, "seg") == base
     assert result_uids(vol, model, "sr") != base
     assert result_uids(replace(vol, stack="echo2"), model, "seg") != base
-    uids = tuple(vol.extra["sop_instance_uids"])
-    assert result_uids(replace(vol, extra={**vol.extra, "sop_instance_uids": uids[:-1]}), model, "seg") != base
-    shuffled = replace(vol, extra={**vol.extra, "sop_instance_uids": uids[::-1]})
+    uids = tuple(vol.dicom.sop_instance_uids)
+    assert result_uids(replace(vol, dicom=replace(vol.dicom, sop_instance_uids=uids[:-1])), model, "seg") != base
+    shuffled = replace(vol, dicom=replace(vol.dicom, sop_instance_uids=uids[::-1]))
     assert result_uids(shuffled, model, "seg") == base  # sorted: the order the files were found in does not count
 
 

@@ -59,7 +59,7 @@ def test_binary_seg_maps_to_the_same_voxels(axial_series: Path, seg_array: np.nd
 
     # references: every source instance of the volume, and nothing else
     source_uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in vol.dicom_files]
-    assert list(vol.extra["sop_instance_uids"]) == source_uids
+    assert list(vol.dicom.sop_instance_uids) == source_uids
     referenced = {inst.ReferencedSOPInstanceUID for series in seg.ReferencedSeriesSequence
                   for inst in series.ReferencedInstanceSequence}
     assert referenced == set(source_uids)
@@ -99,7 +99,7 @@ def test_labelmap_type(axial_series: Path, seg_array: np.ndarray, labels: dict[i
     segments = write_dicom_seg(tmp_path / "lm.dcm", vol, seg_array, labels, segmentation_type="LABELMAP")
     seg = hd.seg.segread(tmp_path / "lm.dcm")
     assert seg.segmentation_type == hd.seg.SegmentationTypeValues.LABELMAP
-    per_frame = seg.get_pixels_by_source_instance(list(vol.extra["sop_instance_uids"]), combine_segments=True)
+    per_frame = seg.get_pixels_by_source_instance(list(vol.dicom.sop_instance_uids), combine_segments=True)
     np.testing.assert_array_equal(_to_volume_labels(seg, segments, per_frame), seg_array)
     assert int(seg.NumberOfFrames) == vol.shape[2]  # one frame per slice, whatever the number of segments
     validate_seg(tmp_path / "lm.dcm", seg_array, vol.affine, {n: s["label"] for n, s in segments.items()})
@@ -112,8 +112,8 @@ def test_enhanced_multiframe_source(mr_image: Image3, seg_array: np.ndarray, lab
     vol = read_series(src)
     segments = write_dicom_seg(tmp_path / "seg.dcm", vol, seg_array, labels)
     seg = hd.seg.segread(tmp_path / "seg.dcm")
-    frame_numbers = [idx + 1 for _, idx in vol.extra["frames"]]  # k order -> source frame numbers
-    per_frame = seg.get_pixels_by_source_frame(vol.extra["sop_instance_uids"][0], frame_numbers,
+    frame_numbers = [idx + 1 for _, idx in vol.dicom.frames]  # k order -> source frame numbers
+    per_frame = seg.get_pixels_by_source_frame(vol.dicom.sop_instance_uids[0], frame_numbers,
                                                combine_segments=True)
     np.testing.assert_array_equal(_to_volume_labels(seg, segments, per_frame), seg_array)
     validate_seg(tmp_path / "seg.dcm", seg_array, vol.affine, {n: s["label"] for n, s in segments.items()})
@@ -162,7 +162,7 @@ def test_enhanced_source_with_a_dropped_frame(mr_image: Image3, tmp_path: Path) 
     ds.save_as(src, enforce_file_format=True)
     vol = read_series(src)
     assert vol.shape == (arr.shape[0], arr.shape[1], arr.shape[2] - 1)
-    assert vol.extra["excluded"] == {"localizer": 1}
+    assert vol.dicom.excluded == {"localizer": 1}
     point = aff @ np.array([40, 50, 9, 1.0])
     idx = tuple(int(v) for v in np.round(np.linalg.solve(vol.affine, point)[:3]))
     lab = np.zeros(vol.shape, np.uint8)

@@ -134,7 +134,7 @@ def test_console_clutter_is_skipped(tmp_path: Path, mr_image: Image) -> None:
     assert [r.uid for r in refs] == [series_uid]
     vol = read_series(folder)
     assert vol.shape == mr_image[0].shape
-    assert vol.extra["excluded"] == {"no pixel data": 1}
+    assert vol.dicom.excluded == {"no pixel data": 1}
     assert tree_digest(folder) == before  # nothing was modified, moved or added
 
 
@@ -161,7 +161,7 @@ def test_localizer_and_other_matrix_not_stacked(tmp_path: Path, mr_image: Image)
     vol = read_series(folder)
     assert vol.shape == mr_image[0].shape
     assert folder / "zz_localizer" not in vol.dicom_files and folder / "aa_other_matrix" not in vol.dicom_files
-    assert vol.extra["excluded"]["localizer"] == 1
+    assert vol.dicom.excluded["localizer"] == 1
     np.testing.assert_array_equal(canonical(vol.array, vol.affine)[0], canonical(*mr_image)[0])
 
 
@@ -254,8 +254,8 @@ def test_enhanced_multiframe(tmp_path: Path, mr_image: Image) -> None:
     assert len(refs) == 1 and refs[0].files == (path,)
     vol = read_series(path)
     assert vol.dicom_files == (path,)
-    assert vol.extra["multiframe"]
-    frame_order = [idx for _, idx in vol.extra["frames"]]
+    assert vol.dicom.multiframe
+    frame_order = [idx for _, idx in vol.dicom.frames]
     assert sorted(frame_order) == list(range(arr.shape[2])) and frame_order != sorted(frame_order)
     want_arr, want_aff = canonical(values, aff)
     got_arr, got_aff = canonical(vol.array, vol.affine)

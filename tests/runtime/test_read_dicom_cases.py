@@ -50,7 +50,7 @@ def test_a_series_with_empty_uids_is_one_series_with_a_derived_identity(tmp_path
     array, _ = small_volume(6)
     np.testing.assert_array_equal(vol.array, array)
     assert vol.series_uid is None and vol.series_id == ref.series_id and vol.name == ref.name
-    assert vol.extra["sop_instance_uids"] == ("",) * 6
+    assert vol.dicom.sop_instance_uids == ("",) * 6
 
 
 def test_uidless_series_are_told_apart_by_their_headers_and_their_folder(tmp_path: Path) -> None:
@@ -173,7 +173,7 @@ def test_two_echoes_at_the_same_positions_are_two_stacks(tmp_path: Path) -> None
     for ref, array in zip(refs, arrays):
         vol = read_series(ref)
         np.testing.assert_array_equal(vol.array, array)
-        assert vol.name == ref.name and vol.stack == ref.stack.label and vol.extra["stack"]["count"] == 2
+        assert vol.name == ref.name and vol.stack == ref.stack.label and vol.dicom.stack["count"] == 2
         assert set(vol.dicom_files) == set(ref.files)
     assert [r.stack.label for r in discover_series(tmp_path / "exam", echoes="first")] == ["echo1"]
     with pytest.raises(InvalidSeriesError, match="holds 2 series"):
@@ -193,7 +193,7 @@ def test_dixon_image_types_and_enhanced_frames_split_too(tmp_path: Path) -> None
     for ref, array in zip(refs, arrays):
         vol = read_series(ref)
         np.testing.assert_array_equal(vol.array, array)
-        assert vol.extra["excluded"] == {"other stack than " + ref.stack.label: 5}
+        assert vol.dicom.excluded == {"other stack than " + ref.stack.label: 5}
 
 
 def test_one_volume_whose_headers_vary_is_not_split(tmp_path: Path) -> None:

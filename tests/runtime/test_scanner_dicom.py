@@ -56,7 +56,7 @@ def test_lossless_syntax_reads_the_same_voxels_and_gets_a_valid_seg(
         labels: dict[int, str], tmp_path: Path) -> None:
     reference = read_series(dicom_series_dirs["axial"])
     vol = read_series(_copy(encoded[syntax], tmp_path))
-    assert vol.extra["transfer_syntax_uid"] == SYNTAXES[syntax][0]
+    assert vol.dicom.transfer_syntax_uid == SYNTAXES[syntax][0]
     np.testing.assert_array_equal(vol.array, reference.array)
     np.testing.assert_allclose(vol.affine, reference.affine, atol=1e-6)
     result = write_results(vol, seg_array, labels, OutputOptions(preview=False, statistics=False), {})
