@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from edgeseg.runtime.settings.flags import shown_default
 from edgeseg.runtime.settings.schema import (
-    COMMANDS, DESTINATION_KEYS, DESTINATION_REQUIRED, KEYS, SECTION_DOCS, SAME, WATCH_KEYS, Key,
+    COMMANDS, DESTINATION_KEYS, DESTINATION_REQUIRED, KEYS, SECTION_DOCS, SAME, WATCH_KEYS, Key, Kind,
 )
 
 #: the repository root (the checkout this module lives in: runtime/settings/ -> ../..)
@@ -88,6 +88,9 @@ def render_yaml() -> str:
         entry = f"{indent}{key.name}: {yaml_value(value)}"
         if key.example_commented:
             lines.append(f"{indent}# {entry.strip()}")
+        elif key.kind is Kind.PATHS and value:  # block style: one folder a line (the installers rewrite it)
+            lines.append(f"{indent}{key.name}:")
+            lines.extend(f"{indent}  - {yaml_value(item)}" for item in value)
         elif len(entry) > _WIDTH and entry.endswith("]"):  # a long flow list, continued under its first item
             lead = " " * (len(indent) + len(key.name) + 3)
             lines.extend(textwrap.wrap(entry, _WIDTH, subsequent_indent=lead, break_long_words=False,
