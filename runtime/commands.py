@@ -10,10 +10,7 @@ log = logging.getLogger(__name__)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from edgeseg.runtime.infer.devices import SUPPORTED_DEVICES
-    from edgeseg.runtime.infer.engine import PRECISIONS
-    from edgeseg.runtime.options import SEG_TYPES, OutputOptions
-    from edgeseg.runtime.read.headers import ECHOES
+    from edgeseg.runtime.settings.flags import add_flags
 
     p = sub.add_parser(
         "segment", help="segment one series (NIfTI/PAR file or DICOM folder) with a model bundle",
@@ -24,30 +21,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "segmented and others failed; else the code of the first series that failed (the README lists "
                     "them).")
     p.add_argument("input", type=Path, help="NIfTI (.nii/.nii.gz), PAR/REC, or a DICOM folder")
-    p.add_argument("--bundle", default="demo", help="model bundle folder ('demo': the bundled demo model)")
-    p.add_argument("--device", default="CPU", help=SUPPORTED_DEVICES)
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="auto: fastest the device compiles (recorded in the manifest); fp32: exact parity")
-    p.add_argument("--variant", help="bundle variant (default: most accurate, or the planner's choice)")
-    p.add_argument("--threads", type=int, help="CPU inference threads (default: all cores)")
+    add_flags(p, "segment")  # the settings' flags, from the schema (runtime/settings)
     p.add_argument("--cache-dir", type=Path,
                    help="OpenVINO compiled-model cache (default: ~/.cache/edgeseg/model_cache; speeds up every "
                         "start, the iGPU's most)")
     p.add_argument("--no-cache", action="store_true", help="do not use or write a compiled-model cache")
-    p.add_argument("--time-budget", type=float, help="seconds; pick the most accurate variant that fits")
-    p.add_argument("--per-structure", action="store_true", help="also one NIfTI per structure")
-    p.add_argument("--no-dicom-seg", action="store_true", help="do not write a DICOM-SEG for DICOM input")
-    p.add_argument("--no-dicom-sr", action="store_true",
-                   help="do not write the DICOM SR measurement report (volume per structure) beside the DICOM-SEG")
-    p.add_argument("--seg-type", choices=SEG_TYPES, default=OutputOptions.seg_type,
-                   help="DICOM-SEG type: labelmap (one frame per slice, small; the default) or binary (one frame per "
-                        "structure and slice, for viewers that do not read LABELMAP SEGs yet)")
-    p.add_argument("--echoes", choices=ECHOES, default="all",
-                   help="a DICOM series holding several 3-D stacks at the same positions (echoes, Dixon in/opposed "
-                        "phase, time points) is split by EchoNumbers/EchoTime, ImageType and temporal position: all "
-                        "(segment each, results named ..._echo1, ..._echo2) or first (only the first)")
-    p.add_argument("--no-preview", action="store_true", help="do not write the preview PNG")
-    p.add_argument("--no-statistics", action="store_true", help="do not write statistics.json")
     p.set_defaults(func=run_segment)
 
 
@@ -62,26 +40,24 @@ def resolve_bundle_path(value: str | Path) -> Path:
 
 def run_segment(args: argparse.Namespace) -> int:
     from edgeseg.errors import EdgesegError, summary_exit_code
-    from edgeseg.runtime.options import OutputOptions, SegmentOptions
     from edgeseg.runtime.read import series_to_segment
     from edgeseg.runtime.segmenter import Segmenter
+    from edgeseg.runtime.settings.flags import flag_values
+    from edgeseg.runtime.settings.run import segment_settings
+    from edgeseg.runtime.settings.schema import default
     from edgeseg.runtime.write import PARTIAL, describe_missing
 
+    settings = segment_settings(flag_values(args, "segment"))
     cache_dir = None if args.no_cache else (args.cache_dir or _user_cache() / "model_cache")
-    options = SegmentOptions(
-        device=args.device, precision=args.precision, variant=args.variant, threads=args.threads,
-        cache_dir=cache_dir, time_budget_s=args.time_budget,
-        outputs=OutputOptions(per_structure=args.per_structure, dicom_seg=not args.no_dicom_seg,
-                              dicom_sr=not args.no_dicom_sr,
-                              statistics=not args.no_statistics, preview=not args.no_preview,
-                              seg_type=args.seg_type))
+    options = settings.segment_options(cache_dir)
     latency_path = None
-    if args.time_budget:  # tile latencies measured once and kept per user
+    if settings.time_budget_s:  # tile latencies measured once and kept per user
         _user_cache().mkdir(parents=True, exist_ok=True)
         latency_path = _user_cache() / "latency.json"
-    segmenter = Segmenter(resolve_bundle_path(args.bundle), options, latency_path=latency_path)
+    segmenter = Segmenter(resolve_bundle_path(args.bundle or default("bundle", "segment")), options,
+                          latency_path=latency_path)
     # images edgeseg refuses (a mosaic, a colour image, no geometry) are series that failed, each with its reason
-    refs, refused = series_to_segment(args.input, echoes=args.echoes)
+    refs, refused = series_to_segment(args.input, echoes=settings.echoes)
     failed: list[EdgesegError] = list(refused)
     complete = partial = 0
     for ref in refs:

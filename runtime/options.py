@@ -2,7 +2,8 @@
 
 :class:`SegmentOptions` is what :class:`edgeseg.runtime.segmenter.Segmenter` runs with (the command line builds
 one from its flags, the watcher from ``watch_config.yaml``); its :class:`OutputOptions` is what
-:func:`edgeseg.runtime.write.write_results` writes.
+:func:`edgeseg.runtime.write.write_results` writes. Their defaults are the settings schema's
+(:mod:`edgeseg.runtime.settings.schema`, the ``segment`` command's where a key has two).
 """
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeseg.runtime.read.limits import ReadLimits
+from edgeseg.runtime.settings.enums import SegType, values
+from edgeseg.runtime.settings.schema import default
 
 #: DICOM-SEG types (:attr:`OutputOptions.seg_type`)
-SEG_TYPES = ("labelmap", "binary")
+SEG_TYPES = values(SegType)
 
 
 @dataclass(frozen=True)
@@ -20,16 +23,16 @@ class OutputOptions:
     """Which results to write beside the series (the multilabel NIfTI, its label sidecar and the run manifest
     are always written)."""
 
-    per_structure: bool = False
-    dicom_seg: bool = True
+    per_structure: bool = default("outputs.per_structure")
+    dicom_seg: bool = default("outputs.dicom_seg")
     #: a DICOM Structured Report (TID 1500 measurement report: volume per structure) referencing the DICOM-SEG and
     #: the source series; DICOM input only, and only beside a DICOM-SEG (:mod:`edgeseg.runtime.write.sr`)
-    dicom_sr: bool = True
-    statistics: bool = True
-    preview: bool = True
+    dicom_sr: bool = default("outputs.dicom_sr")
+    statistics: bool = default("outputs.statistics")
+    preview: bool = default("outputs.preview")
     #: DICOM-SEG type, one of :data:`SEG_TYPES`: "labelmap" (one frame per slice) or "binary" (one frame per
     #: structure and slice); :mod:`edgeseg.runtime.write.dicomseg` says why the default is what it is
-    seg_type: str = "labelmap"
+    seg_type: str = default("outputs.seg_type")
 
     def __post_init__(self) -> None:
         value = str(getattr(self.seg_type, "value", self.seg_type)).lower()
@@ -45,12 +48,12 @@ class SegmentOptions:
     time-budget planner (:mod:`edgeseg.runtime.plan`: the watcher, ``segment --time-budget``) turns it into
     ``variant`` and ``tile_step_size``."""
 
-    device: str = "CPU"
-    precision: str = "auto"
-    variant: str | None = None
-    threads: int | None = None
+    device: str = default("device", "segment")
+    precision: str = default("precision", "segment")
+    variant: str | None = default("variant", "segment")
+    threads: int | None = default("threads", "segment")
     cache_dir: Path | None = None
-    time_budget_s: float | None = None
+    time_budget_s: float | None = default("time_budget_s", "segment")
     #: override the bundle's tile step (the planner may coarsen it to meet a budget)
     tile_step_size: float | None = None
     outputs: OutputOptions = field(default_factory=OutputOptions)

@@ -1,7 +1,8 @@
 """The DICOM node's settings: the listener (Storage SCP), the destinations (Storage SCU) and delivery retries.
 
-They are sections of ``watch_config.yaml`` (:mod:`edgeseg.runtime.watch.config` reads and validates the file; this
-module holds the typed objects and the rules that are about DICOM: AE titles, UIDs, hosts, TLS). The listener is
+They are sections of ``watch_config.yaml`` (the settings schema, :mod:`edgeseg.runtime.settings`, declares and
+validates them, a ``destinations`` entry key by key; this module holds the typed objects, their defaults and the
+rules that are about DICOM: AE titles, UIDs, hosts, TLS). The listener is
 off unless ``dicom_listener.enabled`` is true: edgeseg opens no port by default.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Iterable
+from typing import Final, Iterable
 
 #: Storage SOP classes the listener accepts by default: what an MR (or CT) console sends for a series, and what it
 #: sends beside the images (presentation states, screenshots, reports, raw data), which is stored and not segmented.
@@ -231,85 +232,3 @@ class NodeSettings:
     listener: ListenerSettings = field(default_factory=ListenerSettings)
     destinations: tuple[Destination, ...] = ()
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
-
-
-_DEST_KEYS: Final = ("name", "ae_title", "host", "port", "send", "calling_ae_title", "timeout_s", "tls_certificate",
-                     "tls_key", "tls_ca")
-
-
-def parse_destinations(value: Any, base: Path) -> tuple[tuple[Destination, ...], list[tuple[str, str, str]]]:
-    """``destinations`` from YAML: a list of mappings. Returns the destinations and the problems as
-    (key path, problem, fix) triples (``destinations[1].port``), for the configuration's error report."""
-    problems: list[tuple[str, str, str]] = []
-    if value is None:
-        return (), problems
-    if not isinstance(value, (list, tuple)):
-        problems.append(("destinations", f"must be a list of destinations, got {type(value).__name__}",
-                         "write a YAML list: - {name: pacs, ae_title: PACS, host: 10.0.0.5, port: 104}"))
-        return (), problems
-    out: list[Destination] = []
-    names: set[str] = set()
-    for i, item in enumerate(value):
-        at = f"destinations[{i}]"
-        if not isinstance(item, dict):
-            problems.append((at, f"must be a mapping (name, ae_title, host, port, send), got {item!r}",
-                             "write the destination's keys indented under '-'"))
-            continue
-        ok = True
-        for key in item:
-            if key not in _DEST_KEYS:
-                import difflib
-
-                close = difflib.get_close_matches(str(key), _DEST_KEYS, n=1, cutoff=0.6)
-                problems.append((f"{at}.{key}", "unknown key" + (f"; did you mean {close[0]}?" if close else ""),
-                                 f"correct or remove it (keys of a destination: {', '.join(_DEST_KEYS)})"))
-                ok = False
-        for key in ("name", "ae_title", "host", "port"):
-            if key not in item:
-                problems.append((f"{at}.{key}", "missing", f"give the destination's {key.replace('_', ' ')}"))
-                ok = False
-        if not ok:
-            continue
-        name = str(item["name"]).strip()
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
-            problems.append((f"{at}.name", f"{name!r} is not a plain name", "use letters, digits, '_', '.', '-'"))
-        elif name in names:
-            problems.append((f"{at}.name", f"{name!r} is used twice", "give each destination its own name"))
-        names.add(name)
-        for key in ("ae_title", "calling_ae_title"):
-            if item.get(key) is not None and (problem := ae_title_problem(item[key])):
-                problems.append((f"{at}.{key}", problem, "use 1-16 letters/digits (the peer's configured AE title)"))
-        if (problem := host_problem(item["host"])) is not None:
-            problems.append((f"{at}.host", problem, "give the peer's IP address or host name"))
-        port = item["port"]
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            problems.append((f"{at}.port", f"must be a port number 1-65535, got {port!r}", "write e.g. 104 or 11112"))
-        send = item.get("send", list(SEND_ROLES))
-        if isinstance(send, str):
-            send = [send]
-        if not isinstance(send, (list, tuple)) or not send or any(s not in SEND_ROLES for s in send):
-            problems.append((f"{at}.send", f"must be a list of {', '.join(SEND_ROLES)}, got {send!r}",
-                             "write e.g. [seg, sr]"))
-            send = list(SEND_ROLES)
-        timeout = item.get("timeout_s", 30.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            problems.append((f"{at}.timeout_s", f"must be a number of seconds > 0, got {timeout!r}", "write e.g. 30"))
-            timeout = 30.0
-        tls = None
-        if any(item.get(k) is not None for k in ("tls_certificate", "tls_key", "tls_ca")):
-            paths: dict[str, Path | None] = {}
-            for k in ("tls_certificate", "tls_key", "tls_ca"):
-                v = item.get(k)
-                p = None if v is None else (Path(v) if Path(v).is_absolute() else base / Path(v))
-                if p is not None and not p.is_file():
-                    problems.append((f"{at}.{k}", f"{p} does not exist", "give the PEM file's path"))
-                paths[k] = p
-            tls = TlsSettings(paths["tls_certificate"], paths["tls_key"], paths["tls_ca"])
-        if problems and any(p[0].startswith(at) for p in problems):
-            continue
-        out.append(Destination(name=name, ae_title=str(item["ae_title"]).strip(), host=str(item["host"]).strip(),
-                               port=int(port), send=tuple(dict.fromkeys(send)),
-                               calling_ae_title=(str(item["calling_ae_title"]).strip()
-                                                 if item.get("calling_ae_title") else None),
-                               tls=tls, timeout_s=float(timeout)))
-    return tuple(out), problems

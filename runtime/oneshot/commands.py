@@ -10,11 +10,8 @@ log = logging.getLogger(__name__)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from edgeseg.runtime.infer.devices import SUPPORTED_DEVICES
-    from edgeseg.runtime.infer.engine import PRECISIONS
     from edgeseg.runtime.oneshot.run import LAYOUTS
-    from edgeseg.runtime.options import SEG_TYPES
-    from edgeseg.runtime.read.headers import ECHOES
+    from edgeseg.runtime.settings.flags import add_flags
 
     p = sub.add_parser(
         "run", help="one-shot: segment every series of an input folder once into an output folder, then exit",
@@ -35,31 +32,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", choices=LAYOUTS, default="auto",
                    help="mercure: only *.dcm results and result.json; folders: <name>.edgeseg/ per series; auto "
                         "(default): mercure when the input holds task.json")
-    p.add_argument("--device", help=SUPPORTED_DEVICES + " (default CPU)")
-    p.add_argument("--precision", choices=PRECISIONS, help="default auto: the fastest the device compiles")
-    p.add_argument("--variant", help="bundle variant (default: the most accurate, or the planner's choice)")
-    p.add_argument("--threads", type=int, help="CPU inference threads (default: all cores)")
-    p.add_argument("--time-budget", dest="time_budget_s", type=float,
-                   help="seconds per series: the most accurate plan predicted to fit")
-    p.add_argument("--time-ceiling", dest="time_ceiling_s", type=float,
-                   help="hard seconds per series: refused when predicted above, cancelled when run past")
-    p.add_argument("--echoes", choices=ECHOES, help="of a series with several stacks (echoes, Dixon): all or first")
-    p.add_argument("--seg-type", dest="outputs.seg_type", choices=SEG_TYPES, help="DICOM-SEG type (default labelmap)")
-    for name, what in (("dicom-seg", "the DICOM-SEG"), ("dicom-sr", "the DICOM SR measurement report"),
-                       ("statistics", "statistics.json"), ("preview", "the preview PNG")):
-        p.add_argument(f"--no-{name}", dest=f"outputs.{name.replace('-', '_')}", action="store_const", const=False,
-                       default=None, help=f"do not write {what}")
+    add_flags(p, "run")  # the settings' flags, from the schema (runtime/settings): over process.settings
     p.add_argument("--cache-dir", type=Path,
                    help="OpenVINO compiled-model cache (default: <MODULE_PERSISTENCE_DIR>/edgeseg/model_cache when "
                         "mercure offers a persistence folder, else none)")
     p.add_argument("--no-cache", action="store_true", help="do not use or write a compiled-model cache")
     p.set_defaults(func=run_command)
-
-
-#: the options that are settings (validated with mercure's process.settings, stronger than them)
-_SETTING_OPTIONS = ("variant", "precision", "device", "threads", "time_budget_s", "time_ceiling_s", "echoes",
-                    "outputs.seg_type", "outputs.dicom_seg", "outputs.dicom_sr", "outputs.statistics",
-                    "outputs.preview")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -70,7 +48,9 @@ def run_command(args: argparse.Namespace) -> int:
     bundle, bundle_from = resolve_bundle(args.bundle)
     log.info("one-shot run: input=%s (%s) output=%s (%s) bundle=%s (%s)", folders.input, folders.input_from,
              folders.output, folders.output_from, bundle, bundle_from)
-    overrides = {key: getattr(args, key) for key in _SETTING_OPTIONS}
+    from edgeseg.runtime.settings.flags import flag_values
+
+    overrides = flag_values(args, "run")
     result = run_oneshot(folders, bundle, overrides, layout=args.layout, cache_dir=args.cache_dir,
                          use_cache=not args.no_cache)
     for outcome in result.outcomes:

@@ -38,6 +38,7 @@ from edgeseg.runtime.read._nifti import is_nifti_path
 from edgeseg.runtime.read.geometry import SeriesGeometry, world_axes
 from edgeseg.runtime.read.limits import quick_gzip_problem, read_nifti_header
 from edgeseg.runtime.read.series_ref import DICOM, NIFTI, PARREC, SeriesRef, Stack, StackKey
+from edgeseg.runtime.settings.enums import Echoes, values
 
 log = logging.getLogger(__name__)
 
@@ -523,7 +524,7 @@ def dicom_geometry(instances: list[Instance]) -> SeriesGeometry | None:
 
 
 #: ``echoes``: every 3-D stack of a series is a series of its own, or only the first (lowest echo / time point)
-ECHOES: Final = ("all", "first")
+ECHOES: Final = values(Echoes)
 
 
 def _number(text: str) -> float:

@@ -25,26 +25,15 @@ CONFIG_ENV = "EDGESEG_WATCH_CONFIG"
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``watch``, ``status``, ``doctor`` and ``deliver`` (``demo``: :mod:`edgeseg.runtime.demo`)."""
+    from edgeseg.runtime.settings.flags import add_flags
+
     p = sub.add_parser(
         "watch", help="watch folders and segment every series that arrives (hands-free)",
         description="Watch the roots of watch_config.yaml and segment every series once it has completely "
                     "arrived. Command-line flags override the environment (EDGESEG_*), which overrides the file. "
                     "Stop with Ctrl+C or SIGTERM: a running series finishes first (stop_grace_s).")
     _config_arg(p)
-    p.add_argument("--root", action="append", dest="roots", metavar="DIR", help="folder to watch (repeatable; "
-                   "replaces roots: of the file)")
-    p.add_argument("--bundle", help="model bundle folder, or 'demo'")
-    p.add_argument("--device", help="OpenVINO device: CPU, GPU, AUTO ...")
-    p.add_argument("--precision", help="auto, int8, fp16 or fp32")
-    p.add_argument("--threads", type=int, help="inference threads")
-    p.add_argument("--quiet-period", type=float, dest="quiet_period_s", metavar="S",
-                   help="seconds without new files before a series counts as complete")
-    p.add_argument("--time-budget", type=float, dest="time_budget_s", metavar="S", help="seconds per series")
-    p.add_argument("--observer", choices=("native", "polling"), help="native events or polling (network shares)")
-    p.add_argument("--polling-interval", type=float, dest="polling_interval_s", metavar="S")
-    p.add_argument("--state-dir", help="job store and latency table folder")
-    p.add_argument("--log-dir", help="log folder")
-    p.add_argument("--max-concurrent", type=int, dest="max_concurrent_series", metavar="N")
+    add_flags(p, "watch")  # the settings' flags, from the schema (runtime/settings)
     p.add_argument("--once", action="store_true", help="process what is there now, then exit (exit 1 if a "
                    "series failed)")
     p.set_defaults(func=cmd_watch)
@@ -95,10 +84,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from edgeseg.runtime.watch.config import load_config
     from edgeseg.runtime.watch.service import Watcher
 
-    overrides = {k: getattr(args, k) for k in (
-        "roots", "bundle", "device", "precision", "threads", "quiet_period_s", "time_budget_s", "observer",
-        "polling_interval_s", "state_dir", "log_dir", "max_concurrent_series")}
-    config = load_config(args.config, overrides)
+    from edgeseg.runtime.settings.flags import flag_values
+
+    config = load_config(args.config, flag_values(args, "watch"))
     _configure_file_logging(args, config.log_file)
     return int(Watcher(config, once=args.once).run())
 

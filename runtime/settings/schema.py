@@ -1,0 +1,424 @@
+"""The settings schema: one :class:`Key` per setting, the only place a setting's name, type, default, bounds,
+allowed values, help text, environment variable and command-line flag are written.
+
+Everything else is derived from :data:`KEYS`: the ``watch_config.yaml`` reader and the environment
+(:mod:`~edgeseg.runtime.settings.validate`), the flags of ``segment``, ``watch`` and ``run``
+(:mod:`~edgeseg.runtime.settings.flags`), the settings of a one-shot run (mercure's ``process.settings``), the
+configuration reference ``docs/configuration.md`` and the example ``watch_config.yaml``
+(:mod:`~edgeseg.runtime.settings.reference`).
+
+Defaults are written once. The sections that have their own typed object take their defaults from it
+(``limits`` from :class:`~edgeseg.runtime.read.limits.ReadLimits`, ``dicom_listener`` and ``delivery`` from
+:mod:`edgeseg.runtime.node.settings`); every other object (``WatchConfig``, ``RunSettings``, ``SegmentOptions``,
+``OutputOptions``) takes its defaults from here (:func:`default`). ``tests/runtime/test_settings_schema.py``
+checks that the two agree.
+
+Two keys have a second default for the commands that run once (``segment``, ``run``): a watcher runs unattended
+and needs a time budget and a ceiling so that one series cannot hold up the queue; a run someone started has none
+unless asked for (:attr:`Key.oneshot_default`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from edgeseg.runtime.infer.devices import SUPPORTED_DEVICES
+from edgeseg.runtime.node.settings import (
+    DEFAULT_SOP_CLASSES, DEFAULT_TRANSFER_SYNTAXES, DeliverySettings, Destination, ListenerSettings,
+)
+from edgeseg.runtime.read.limits import ReadLimits
+from edgeseg.runtime.settings.enums import DestinationRole, Echoes, ObserverKind, Precision, SegType
+
+#: the commands whose flags are derived from the schema
+COMMANDS: Final[tuple[str, ...]] = ("segment", "watch", "run")
+#: the commands that run once (their settings: :class:`~edgeseg.runtime.settings.run.RunSettings`)
+ONESHOT_COMMANDS: Final[tuple[str, ...]] = ("segment", "run")
+ENV_PREFIX: Final = "EDGESEG_"
+#: ``bundle: demo`` resolves to the packaged demo bundle
+DEMO_BUNDLE_KEYWORD: Final = "demo"
+#: where the watcher keeps its state when neither the file nor the environment nor the command line says
+HOME_STATE_DIR: Final = Path.home() / ".edgeseg" / "watch"
+
+#: files that are never series: sidecars, our own outputs, half-written copies, OS litter, DICOMDIR indexes
+DEFAULT_EXCLUDE: Final[tuple[str, ...]] = (
+    "*.json", "*.txt", "*.md", "*.xml", "*.csv", "*.log", "*.tmp", "*.part", "*.partial", "*.crdownload",
+    "~*", "Thumbs.db", "desktop.ini", "DICOMDIR", "LOCKFILE", "VERSION",
+)
+
+
+class Kind(enum.Enum):
+    """How a value is written and checked (:func:`edgeseg.runtime.settings.validate.check`)."""
+
+    BOOL = "true or false"
+    INT = "whole number"
+    FLOAT = "number"
+    ENUM = "one of a list"
+    DEVICE = "OpenVINO device"
+    TEXT = "text"
+    NAME = "plain name"
+    VARIANT = "bundle variant name"
+    AET = "AE title"
+    HOST = "address or host name"
+    AETS = "list of AE titles"
+    HOSTS = "list of addresses, networks or host names"
+    UIDS = "list of UIDs"
+    ROLES = "list of result roles"
+    GLOBS = "list of file-name globs"
+    PATHS = "list of folders"
+    PATH = "folder"
+    FILE = "file"
+    BUNDLE = "bundle folder or 'demo'"
+    DESTINATIONS = "list of destinations"
+
+
+class _Same(enum.Enum):
+    SAME = "same"
+
+
+#: :attr:`Key.oneshot_default` / :attr:`Key.example`: as :attr:`Key.default`
+SAME: Final = _Same.SAME
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting. ``path``: its key path (``outputs.preview``); ``default``: the one default (None with a
+    ``derived`` text: computed from other values at load time); ``help``: one line (flags, reference);
+    ``doc``: the longer explanation written above the key in ``watch_config.yaml`` (empty: ``help``)."""
+
+    path: str
+    kind: Kind
+    default: Any
+    help: str
+    doc: str = ""
+    choices: type[enum.StrEnum] | None = None
+    minimum: float | None = None
+    exclusive_minimum: bool = False
+    maximum: float | None = None
+    nullable: bool = False
+    #: how a default of None is filled in (``<state_dir>/logs``), for the reference
+    derived: str = ""
+    #: the command-line flag (``--quiet-period``) and the commands that offer it
+    flag: str | None = None
+    commands: tuple[str, ...] = ()
+    metavar: str | None = None
+    #: accepted in a one-shot run's settings (mercure's ``process.settings``)
+    oneshot: bool = False
+    #: a key of ``watch_config.yaml`` (and EDGESEG_<KEY>)
+    watch: bool = True
+    #: the default of the commands that run once, where it differs (a watcher needs a budget, a run does not)
+    oneshot_default: Any = SAME
+    #: the value ``watch_config.yaml`` shows (SAME: the default); ``example_commented``: shown as a comment
+    example: Any = SAME
+    example_commented: bool = False
+
+    @property
+    def env(self) -> str | None:
+        """The environment variable (EDGESEG_QUIET_PERIOD_S, EDGESEG_OUTPUTS__PREVIEW); None: not a watcher key."""
+        return env_name(self.path) if self.watch else None
+
+    @property
+    def section(self) -> str | None:
+        """``outputs`` for ``outputs.preview``; None for a top-level key."""
+        return self.path.split(".", 1)[0] if "." in self.path else None
+
+    @property
+    def name(self) -> str:
+        """The key's own name (``preview`` for ``outputs.preview``)."""
+        return self.path.rsplit(".", 1)[-1]
+
+    @property
+    def shown_flag(self) -> str:
+        """How messages name a command-line value: the flag, else one derived from the key path."""
+        return self.flag or "--" + self.path.replace("_", "-").replace(".", "-")
+
+    def default_for(self, command: str | None = None) -> Any:
+        """The default for ``command`` (None or ``watch``: the watcher's, the file's)."""
+        if command in ONESHOT_COMMANDS and self.oneshot_default is not SAME:
+            return self.oneshot_default
+        return self.default
+
+    def allowed(self) -> str:
+        """The allowed values in words (``auto, int8, fp16, fp32``; ``> 0``; ``1 ... 65535``)."""
+        if self.choices is not None:
+            text = ", ".join(m.value for m in self.choices)
+        elif self.kind is Kind.DEVICE:
+            text = SUPPORTED_DEVICES
+        elif self.minimum is not None or self.maximum is not None:
+            low = "" if self.minimum is None else f"{'>' if self.exclusive_minimum else '>='} {self.minimum:g}"
+            high = "" if self.maximum is None else f"<= {self.maximum:g}"
+            text = " and ".join(t for t in (low, high) if t)
+        else:
+            text = self.kind.value
+        return text + (", or null" if self.nullable else "")
+
+
+def env_name(key_path: str) -> str:
+    """The environment variable that sets ``key_path``: EDGESEG_QUIET_PERIOD_S, EDGESEG_OUTPUTS__PREVIEW."""
+    return ENV_PREFIX + key_path.upper().replace(".", "__")
+
+
+def _field_default(cls: type, name: str) -> Any:
+    """The default of a dataclass field: the typed objects that own a section own its defaults."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    raise AssertionError(f"{cls.__name__}.{name} has no default")  # pragma: no cover
+
+
+_ALL: Final = COMMANDS
+_OUT = "Optional results (the label map NIfTI, its labels and the run manifest are always written)."
+
+KEYS_TABLE: Final[tuple[Key, ...]] = (
+    Key("roots", Kind.PATHS, (), "folder to watch, recursively (repeatable; replaces roots: of the file)",
+        doc="Folders to watch, recursively. Results are written beside each series, inside these folders: "
+            "<name>.edgeseg/ (masks, preview, statistics, DICOM-SEG) or <name>.edgeseg-error.json (why it failed). "
+            "Required (in the file, EDGESEG_ROOTS or --root).",
+        flag="--root", commands=("watch",), metavar="DIR", example=("./incoming",)),
+    Key("include", Kind.GLOBS, ("*",), "file-name globs to consider",
+        doc="Which files may be series (file-name globs, case-insensitive; a pattern with \"/\" matches the path "
+            "relative to the root). DICOM files often have no extension, so the default takes everything ..."),
+    Key("exclude", Kind.GLOBS, DEFAULT_EXCLUDE, "file-name globs to ignore (wins over include)",
+        doc="... except these (exclude wins). Hidden files and folders (\".name\") and edgeseg's own outputs are "
+            "always ignored. Symbolic links (and Windows junctions) below a root are never followed, whatever they "
+            "point to: a linked folder or file is not input, and each link is logged once. A root may itself be a "
+            "link."),
+    Key("observer", Kind.ENUM, ObserverKind.NATIVE, "how new files are noticed: native events or polling "
+        "(network shares)", choices=ObserverKind, flag="--observer", commands=("watch",),
+        doc="How new files are noticed: \"native\" (operating-system events; local disks) or \"polling\" "
+            "(directory snapshots every polling_interval_s; use it for network shares, where native events from "
+            "other machines never arrive)."),
+    Key("polling_interval_s", Kind.FLOAT, 5.0, "seconds between directory snapshots (observer: polling)",
+        minimum=0.0, exclusive_minimum=True, flag="--polling-interval", commands=("watch",), metavar="S"),
+    Key("rescan_interval_s", Kind.FLOAT, 300.0, "seconds between safety rescans of the roots (0: off)",
+        minimum=0.0,
+        doc="Seconds between safety rescans of the roots (catches events the OS dropped). 0 turns it off."),
+    Key("quiet_period_s", Kind.FLOAT, 60.0, "seconds without new files before a series counts as complete",
+        minimum=0.0, exclusive_minimum=True, flag="--quiet-period", commands=("watch",), metavar="S",
+        doc="A series is complete when no new file arrived for this many seconds (and, when its headers announce "
+            "an image count, that count arrived; after 3 quiet periods an incomplete series is processed anyway "
+            "and the reader decides). 60 s as Orthanc's StableAge and mercure's series_complete_trigger."),
+    Key("bundle", Kind.BUNDLE, DEMO_BUNDLE_KEYWORD, "model bundle folder, or 'demo' for the packaged demo bundle",
+        flag="--bundle", commands=("segment", "watch"),
+        doc="The model bundle folder (written by `edgeseg export`; it holds bundle.json), or \"demo\" for the small "
+            "demo model shipped inside edgeseg (trained on one case: for trying the watcher out, not for clinical "
+            "use). `edgeseg run` finds its bundle itself: --bundle, EDGESEG_BUNDLE, a MONAI application package's "
+            "model folder, else demo."),
+    Key("variant", Kind.VARIANT, None, "bundle variant (null: the most accurate, or the time-budget planner's "
+        "choice)", nullable=True, flag="--variant", commands=("segment", "run"), oneshot=True, watch=False),
+    Key("device", Kind.DEVICE, "CPU", "OpenVINO device", flag="--device", commands=_ALL, oneshot=True,
+        doc=f"OpenVINO device: {SUPPORTED_DEVICES}; not NPU, HETERO or MULTI. `edgeseg doctor` lists this PC's. "
+            "mercure's hardened mode passes no GPU into the container."),
+    Key("threads", Kind.INT, None, "CPU inference threads (null: OpenVINO uses every core)", minimum=1,
+        nullable=True, flag="--threads", commands=_ALL, metavar="N", oneshot=True),
+    Key("precision", Kind.ENUM, Precision.AUTO, "model precision: auto (the fastest the device compiles, recorded "
+        "in each result's manifest), int8, fp16 or fp32 (exact parity)", choices=Precision, flag="--precision",
+        commands=_ALL, oneshot=True),
+    Key("time_budget_s", Kind.FLOAT, 120.0, "seconds one series may take: the most accurate plan predicted to fit "
+        "(null: always the most accurate)", minimum=0.0, exclusive_minimum=True, nullable=True,
+        flag="--time-budget", commands=_ALL, metavar="S", oneshot=True, oneshot_default=None,
+        doc="Seconds one series may take. Before each series the planner predicts the time of each variant and "
+            "tile step from latencies measured on this PC (cached in state_dir) and picks the most accurate one "
+            "that fits; if none fits it runs the fastest and says so in the log. null: always the most accurate "
+            "(within time_ceiling_s). The prediction includes reading the files and writing the results (learnt "
+            "per DICOM instance on this PC). `segment` and `run` have no budget unless given one."),
+    Key("time_ceiling_s", Kind.FLOAT, 900.0, "hard limit of seconds per series: refused when even the fastest "
+        "plan is predicted above it, cancelled when it runs past it (null: none)", minimum=0.0,
+        exclusive_minimum=True, nullable=True, flag="--time-ceiling", commands=("watch", "run"), metavar="S",
+        oneshot=True, oneshot_default=None,
+        derived="the watcher's: 900, or 3 x time_budget_s when that is larger",
+        doc="Hard limit of seconds per series (at least time_budget_s). A series whose fastest plan is predicted "
+            "above it is refused before it starts; one still running after it is cancelled at its next progress "
+            "report. Either way it gets an error file and is not retried until its files change. Default 900 "
+            "(15 min: a series that takes longer holds up every series queued behind it), or 3 x time_budget_s "
+            "when that is larger. null: no ceiling. `run` has no ceiling unless given one."),
+    Key("limits.max_voxels", Kind.INT, _field_default(ReadLimits, "max_voxels"), "voxels a series may hold",
+        minimum=1,
+        doc="2^30 = 1024 x 1024 x 1024 voxels: beyond the largest MRI series in practice (clinical 3-D: 1-100 M "
+            "voxels); read as float32 it is already 4 GB before any processing."),
+    Key("limits.max_decompressed_mb", Kind.FLOAT, _field_default(ReadLimits, "max_decompressed_mb"),
+        "MB of image data a (compressed) file may unpack to", minimum=0.0, exclusive_minimum=True,
+        doc="MB of image data a (compressed) NIfTI may unpack to: 2^30 voxels of 8-byte values. Unpacking stops "
+            "there."),
+    Key("limits.max_frames", Kind.INT, _field_default(ReadLimits, "max_frames"),
+        "images (slices, frames) a DICOM series may hold", minimum=1,
+        doc="Images (slices, frames) in one DICOM series: a 3-D series has a few thousand at most, 4-D "
+            "multi-frame acquisitions (diffusion, perfusion) about 10000."),
+    Key("outputs.per_structure", Kind.BOOL, False, "also one NIfTI mask per structure", flag="--per-structure",
+        commands=("segment", "watch")),
+    Key("outputs.dicom_seg", Kind.BOOL, True, "a DICOM-SEG object (DICOM input only)", flag="--no-dicom-seg",
+        commands=_ALL, oneshot=True),
+    Key("outputs.seg_type", Kind.ENUM, SegType.LABELMAP, "DICOM-SEG type: labelmap (one frame per slice, small) "
+        "or binary (one frame per structure and slice, for viewers that do not read LABELMAP SEGs yet)",
+        choices=SegType, flag="--seg-type", commands=_ALL, oneshot=True,
+        doc="DICOM-SEG type: labelmap (one frame per slice: 300 frames for a 300-slice series, whatever the number "
+            "of structures) or binary (one 1-bit frame per structure and slice: thousands of frames for 50 "
+            "structures, but read by every SEG viewer; choose it for a viewer or PACS that does not read LABELMAP "
+            "SEGs yet)."),
+    Key("outputs.dicom_sr", Kind.BOOL, True, "a DICOM SR measurement report (TID 1500: volume per structure) "
+        "referencing the DICOM-SEG and the source series (DICOM input, beside a DICOM-SEG)", flag="--no-dicom-sr",
+        commands=_ALL, oneshot=True),
+    Key("outputs.statistics", Kind.BOOL, True, "volume and mean intensity per structure (statistics.json, CSV)",
+        flag="--no-statistics", commands=_ALL, oneshot=True),
+    Key("outputs.preview", Kind.BOOL, True, "a PNG overview", flag="--no-preview", commands=_ALL, oneshot=True),
+    Key("echoes", Kind.ENUM, Echoes.ALL, "of a series holding several 3-D stacks at the same positions (echoes, "
+        "Dixon in/opposed phase, time points): segment all (each its own result) or the first", choices=Echoes,
+        flag="--echoes", commands=_ALL, oneshot=True,
+        doc="A series holding several 3-D stacks at the same slice positions (two echoes, Dixon in/opposed phase "
+            "or water/fat in one series, time points of a dynamic series) is split by EchoNumbers/EchoTime, "
+            "ImageType and temporal position (per frame for enhanced images), as dcm2niix splits it: \"all\" "
+            "segments each stack (its own result and error file, named ..._echo1, ..._echo2, ..._IN_PHASE, "
+            "..._t3); \"first\" only the first (lowest echo number or echo time, earliest time point)."),
+    Key("state_dir", Kind.PATH, None, "job store (SQLite, on a local disk), latency table and model cache",
+        flag="--state-dir", commands=("watch",), metavar="DIR", example="./edgeseg-state",
+        derived="edgeseg-state beside the configuration file, else ~/.edgeseg/watch"),
+    Key("log_dir", Kind.PATH, None, "log files (watch.log, rotated at 10 MB, 5 kept)", nullable=True,
+        flag="--log-dir", commands=("watch",), metavar="DIR", example="./edgeseg-state/logs",
+        derived="<state_dir>/logs"),
+    Key("max_concurrent_series", Kind.INT, 1, "series segmented at the same time (1 is right for most PCs: one "
+        "series already uses every core)", minimum=1, flag="--max-concurrent", commands=("watch",), metavar="N"),
+    Key("max_attempts", Kind.INT, 3, "attempts before a failing series is given up", minimum=1,
+        doc="Attempts before a failing series is given up (also counts watcher crashes while segmenting it). A "
+            "series that was given up runs again when its files change."),
+    Key("stop_grace_s", Kind.FLOAT, 30.0, "seconds a running series may finish after a stop request", minimum=0.0,
+        doc="Seconds a running series may finish after a stop request (Ctrl+C, SIGTERM); then it is cancelled and "
+            "runs again at the next start."),
+    # the DICOM node (runtime/node): a Storage SCP writing into a watched root, destinations for the results
+    Key("dicom_listener.enabled", Kind.BOOL, _field_default(ListenerSettings, "enabled"),
+        "receive images by DICOM C-STORE (false: no port is opened at all)"),
+    Key("dicom_listener.ae_title", Kind.AET, _field_default(ListenerSettings, "ae_title"),
+        "the AE title consoles send to (their \"DICOM node\" entry for this PC: AE title, address, port)"),
+    Key("dicom_listener.port", Kind.INT, _field_default(ListenerSettings, "port"), "TCP port of the listener",
+        minimum=1, maximum=65535),
+    Key("dicom_listener.bind_address", Kind.TEXT, _field_default(ListenerSettings, "bind_address"),
+        "address to listen on (0.0.0.0: every interface; one address of this PC: that network only)"),
+    Key("dicom_listener.allowed_ae_titles", Kind.AETS, _field_default(ListenerSettings, "allowed_ae_titles"),
+        "calling AE titles allowed to store (empty: any from an allowed host)",
+        doc="Who may store. Every other peer is refused at association (A-ASSOCIATE-RJ) and the refusal is logged; "
+            "nothing from it reaches the folder. With both lists set, a peer must match both. An enabled listener "
+            "needs at least one. Calling AE titles allowed to store (empty: any from an allowed host), e.g. "
+            "[MRC25123, MR_CONSOLE]."),
+    Key("dicom_listener.allowed_hosts", Kind.HOSTS, _field_default(ListenerSettings, "allowed_hosts"),
+        "peer addresses, networks (10.1.2.0/24) or host names allowed to store (empty: any host with an allowed AE "
+        "title)"),
+    Key("dicom_listener.max_associations", Kind.INT, _field_default(ListenerSettings, "max_associations"),
+        "associations served at the same time (more are refused as 'local limit exceeded' and the console "
+        "retries)", minimum=1),
+    Key("dicom_listener.root", Kind.PATH, None, "the watched root received instances are written into, as "
+        "<StudyInstanceUID>/<SeriesInstanceUID>/<SOP>.dcm (null: the first of roots)", nullable=True,
+        derived="the first of roots",
+        doc="The watched root received instances are written into, as <StudyInstanceUID>/<SeriesInstanceUID>/"
+            "<SOP>.dcm (null: the first of roots). Each instance is fsync'ed under its final name before the "
+            "console hears \"success\"."),
+    Key("dicom_listener.completion_grace_s", Kind.FLOAT, _field_default(ListenerSettings, "completion_grace_s"),
+        "seconds after the association that sent a series ended before it counts as complete", minimum=0.0,
+        doc="A series whose sending association ended counts as complete this many seconds later (instead of "
+            "quiet_period_s), unless another association is still sending into it or the headers announce more "
+            "images."),
+    Key("dicom_listener.min_free_mb", Kind.FLOAT, _field_default(ListenerSettings, "min_free_mb"),
+        "free MB the root must keep; below it stores are refused as 'out of resources' (0xA700) and the console "
+        "keeps the images and retries", minimum=0.0),
+    Key("dicom_listener.sop_classes", Kind.UIDS, DEFAULT_SOP_CLASSES, "storage SOP classes accepted",
+        example=DEFAULT_SOP_CLASSES[:2], example_commented=True,
+        doc="What is accepted (UIDs). The defaults: MR, enhanced and legacy-converted MR, CT and enhanced CT, "
+            "secondary capture, presentation states, raw data, SR and PDF (stored beside the series; only images "
+            "are segmented). Leave it out unless a console needs something else."),
+    Key("dicom_listener.transfer_syntaxes", Kind.UIDS, DEFAULT_TRANSFER_SYNTAXES, "transfer syntaxes accepted",
+        example=DEFAULT_TRANSFER_SYNTAXES[:2], example_commented=True,
+        doc="The defaults: the uncompressed transfer syntaxes and the compressed ones edgeseg decodes (JPEG "
+            "Lossless, JPEG-LS, JPEG 2000, JPEG baseline, RLE). Leave it out unless a console needs something "
+            "else."),
+    Key("dicom_listener.tls_certificate", Kind.FILE, None, "DICOM TLS: the listener's certificate (PEM; null: "
+        "plain DICOM)", nullable=True),
+    Key("dicom_listener.tls_key", Kind.FILE, None, "DICOM TLS: the certificate's private key (PEM)", nullable=True),
+    Key("dicom_listener.tls_ca", Kind.FILE, None, "DICOM TLS: CA certificates that peers' certificates must chain "
+        "to (PEM)", nullable=True),
+    Key("dicom_listener.tls_require_peer_certificate", Kind.BOOL, False, "DICOM TLS: consoles must present a "
+        "certificate signed by tls_ca (mutual TLS)"),
+    Key("destinations", Kind.DESTINATIONS, (), "DICOM nodes the results are sent to (a PACS, the console)",
+        doc="Where results are sent (each a DICOM node: a PACS, the console). Each entry: name (for logs and "
+            "`edgeseg status`), ae_title, host, port, send ([seg, sr]: the DICOM-SEG and/or the TID 1500 SR "
+            "measurement report), optionally calling_ae_title (ours towards it; default the listener's ae_title), "
+            "timeout_s, tls_certificate/tls_key/tls_ca. Every result to send is recorded in the job store before "
+            "the first try and survives restarts. Example:\n"
+            "  - name: pacs\n    ae_title: ORTHANC\n    host: 10.20.1.5\n    port: 4242\n    send: [seg, sr]"),
+    Key("delivery.retry_initial_s", Kind.FLOAT, _field_default(DeliverySettings, "retry_initial_s"),
+        "seconds before the first retry of a delivery (doubled at each failure)", minimum=0.0,
+        exclusive_minimum=True),
+    Key("delivery.retry_max_s", Kind.FLOAT, _field_default(DeliverySettings, "retry_max_s"),
+        "longest wait between delivery retries", minimum=0.0, exclusive_minimum=True),
+    Key("delivery.max_age_h", Kind.FLOAT, _field_default(DeliverySettings, "max_age_h"), "hours after which an "
+        "undelivered result (or one refused for good, e.g. our AE title unknown to the PACS) is reported as failed "
+        "(`edgeseg status`)", minimum=0.0, exclusive_minimum=True),
+)
+
+#: every key by key path, in the table's order
+KEYS: Final[dict[str, Key]] = {k.path: k for k in KEYS_TABLE}
+#: the keys of ``watch_config.yaml`` (and of EDGESEG_<KEY>)
+WATCH_KEYS: Final[dict[str, Key]] = {p: k for p, k in KEYS.items() if k.watch}
+#: the keys a one-shot run accepts in its engine's settings (mercure's ``process.settings``)
+ONESHOT_KEYS: Final[dict[str, Key]] = {p: k for p, k in KEYS.items() if k.oneshot}
+
+#: the keys of one ``destinations`` entry, checked by the same rules (key paths ``destinations[<i>].<key>``)
+DESTINATION_KEYS: Final[dict[str, Key]] = {k.path: k for k in (
+    Key("name", Kind.NAME, None, "the destination's name in logs and `edgeseg status` (letters, digits, _ . -)"),
+    Key("ae_title", Kind.AET, None, "the peer's AE title"),
+    Key("host", Kind.HOST, None, "the peer's IP address or host name"),
+    Key("port", Kind.INT, None, "the peer's port", minimum=1, maximum=65535),
+    Key("send", Kind.ROLES, _field_default(Destination, "send"), "what to send: seg (the DICOM-SEG) and/or sr "
+        "(the TID 1500 measurement report)", choices=DestinationRole),
+    Key("calling_ae_title", Kind.AET, None, "our AE title towards it (null: the listener's ae_title)",
+        nullable=True),
+    Key("timeout_s", Kind.FLOAT, _field_default(Destination, "timeout_s"), "seconds to wait for the peer at each "
+        "step", minimum=0.0, exclusive_minimum=True),
+    Key("tls_certificate", Kind.FILE, None, "DICOM TLS: our certificate (PEM)", nullable=True),
+    Key("tls_key", Kind.FILE, None, "DICOM TLS: its private key (PEM)", nullable=True),
+    Key("tls_ca", Kind.FILE, None, "DICOM TLS: CA certificates the peer's certificate must chain to (PEM)",
+        nullable=True),
+)}
+#: the keys a destination must have
+DESTINATION_REQUIRED: Final[tuple[str, ...]] = ("name", "ae_title", "host", "port")
+
+#: one paragraph per section, above it in ``watch_config.yaml`` and in the reference
+SECTION_DOCS: Final[dict[str, str]] = {
+    "limits": "What a series' headers may promise. A header is only a promise: a 31 MB .nii.gz can unpack to "
+              "30 GB, a 400-byte header can announce 65535 x 65535 pixels. Beyond these limits a series is refused "
+              "before its pixels are read (error file, kind \"too_large\", not retried). Raise them only for "
+              "genuine images this PC has the memory for.",
+    "outputs": _OUT,
+    "dicom_listener": "The DICOM node. Consoles push images by C-STORE to a configured node (AE title, host, "
+                      "port); results go back to PACS (or the console) as DICOM. Both are off unless configured "
+                      "here. The export folder stays the hand-off point: the listener only writes into a watched "
+                      "root, and folder watching works on its own beside it.",
+    "delivery": "Retries of deliveries: the first after retry_initial_s, doubled up to retry_max_s; a delivery not "
+                "accepted within max_age_h (or refused for good) is reported as failed.",
+}
+
+
+def key(path: str) -> Key:
+    """The key at ``path`` (KeyError for an unknown one)."""
+    return KEYS[path]
+
+
+def default(path: str, command: str | None = None) -> Any:
+    """The one default of ``path`` (for ``command``: see :meth:`Key.default_for`)."""
+    return KEYS[path].default_for(command)
+
+
+def keys_for(command: str) -> dict[str, Key]:
+    """The keys whose flags ``command`` (``segment``, ``watch``, ``run``) offers, in the table's order."""
+    return {p: k for p, k in KEYS.items() if command in k.commands}
+
+
+def sections(keys: dict[str, Key]) -> dict[str, list[str]]:
+    """Section -> the names of its keys (``{"outputs": ["per_structure", ...]}``)."""
+    out: dict[str, list[str]] = {}
+    for k in keys.values():
+        if k.section is not None:
+            out.setdefault(k.section, []).append(k.name)
+    return out
