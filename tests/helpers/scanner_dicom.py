@@ -49,7 +49,8 @@ def dcmtk(name: str) -> str:
 
 def _run(*cmd: str) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    assert proc.returncode == 0, \
+        f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
 
 
 def _pydicom_compress(uid: str) -> Callable[[Path, Path], None]:

@@ -102,7 +102,8 @@ def dcmqi_masks(path: str | os.PathLike[str], workdir: str | os.PathLike[str] | 
     try:
         proc = subprocess.run([tool("segimage2itkimage"), "--inputDICOM", os.fspath(path), "--outputDirectory",
                                str(out), "-t", "nifti"], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"segimage2itkimage failed on {path}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        assert proc.returncode == 0, \
+            f"segimage2itkimage failed on {path}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
         results = []
         for index, attributes in enumerate(meta["segmentAttributes"], start=1):
@@ -190,8 +191,8 @@ def validate_written_segs(root: str | os.PathLike[str]) -> int:
     :func:`validate_result_folder`, any other ``*.dcm`` whose Modality is SEG gets dciodvfy (a test that writes one
     directly compares its voxels itself), every ``*.dcm`` SR that edgeseg wrote (Manufacturer "edgeseg": ``sr.dcm`` of
     a result, or a copy a test's DICOM peer received) gets :func:`sr_dciodvfy_errors` (a test's own minimal SR input,
-    a non-image file the reader must skip, is not ours to validate). Returns how many SEGs and SRs were checked. Used by tests/conftest.py after every
-    test that had a ``tmp_path``."""
+    a non-image file the reader must skip, is not ours to validate). Returns how many SEGs and SRs were checked.
+    Used by tests/conftest.py after every test that had a ``tmp_path``."""
     import pydicom
 
     checked = 0
