@@ -368,7 +368,7 @@ def _validate(bundle: Bundle, series: list[Any], settings: ExportSettings, progr
     from edgeseg.runtime.infer.engine import measure_tile_latency
     from edgeseg.runtime.segment import SegmentOptions, clear_engines, segment_volume
 
-    precisions = [p for p in ("int8", "fp16") if p in settings.precisions]
+    precisions: list[str] = [p for p in ("int8", "fp16") if p in settings.precisions]
     results: list[dict[str, Any]] = []
     for variant in bundle.variants:
         for s in series:
