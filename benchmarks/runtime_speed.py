@@ -94,7 +94,7 @@ def make_benchmark_volume(path: Path, shape=(256, 208, 160), spacing=1.5) -> Pat
 
 
 def ts_models(work: Path) -> dict[str, Path]:
-    from edgeseg.export.testmodels.ts_sized import generate
+    from helpers.testmodels.ts_sized import generate
 
     marker = work / "models" / "done.json"
     if marker.is_file():

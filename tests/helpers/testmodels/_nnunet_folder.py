@@ -1,7 +1,7 @@
 """Write nnU-Net v2 trained-model folders exactly the way nnU-Net v2 (2.5 .. 2.8) writes them.
 
-Shared by the test-model generator :mod:`edgeseg.export.testmodels.ts_sized` and the demo-model trainer
-``tools/train_demo_model.py`` (outside the package). The layout is nnU-Net's results layout::
+Shared by the test-model generator :mod:`helpers.testmodels.ts_sized` and the demo-model trainer
+``tools/train_demo_model.py`` (outside the package, like this folder). The layout is nnU-Net's results layout::
 
     <root>/<DatasetXXX_Name>/<Trainer>__<Plans>__<configuration>/
         plans.json
