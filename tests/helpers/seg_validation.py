@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+from pynetdicom.sop_class import LabelMapSegmentationStorage
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: how far (in voxels of the label map) a mapped voxel centre may lie from a voxel centre: DS-rounded orientations
@@ -57,7 +58,7 @@ def dciodvfy_errors(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]
 #: Label Map Segmentation Storage (DICOM 2024, Sup 243): a Segmentation IOD SOP Class that dciodvfy's condition on
 #: an SR reference's ReferencedSegmentNumber does not know yet (it accepts only Segmentation Storage and Surface
 #: Segmentation Storage), see :func:`sr_dciodvfy_errors`
-LABEL_MAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.7"
+LABEL_MAP_SEGMENTATION = LabelMapSegmentationStorage
 _SEGMENT_NUMBER_ERROR = ("Error - Shall not be present for Referenced SOP Class that is not segmentation - "
                          "attribute <ReferencedSegmentNumber>")
 
