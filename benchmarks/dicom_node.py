@@ -50,18 +50,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, print_table, write_json  # noqa: E402
+from pydicom import uid  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 SCU_AET = "BENCHSCU"
-MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-SR_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33",
-              "1.2.840.10008.5.1.4.1.1.88.34")
+MR_IMAGE_STORAGE = uid.MRImageStorage
+SEGMENTATION_STORAGE = uid.SegmentationStorage
+SR_CLASSES = (uid.BasicTextSRStorage, uid.EnhancedSRStorage, uid.ComprehensiveSRStorage, uid.Comprehensive3DSRStorage)
 ROWS, COLS = 512, 512
-BIG_NOTE = ("C-big (the 1000 x 512^2 series through the watcher) is not run by default: on the 2-core benchmark machine "
-            "`edgeseg segment` of a 100 x 512^2 synthetic series (binary SEG) took 63 s and 1.4 GB (inference 5 s; "
-            "the rest is resampling back to 512^2, statistics and a 20-segment x 100-frame binary SEG), so 1000 "
-            "slices would take about 10 min, far over the 3 min this row may take. --big runs it anyway.")
+BIG_NOTE = ("C-big (the 1000 x 512^2 series through the watcher) is not run by default: on the 2-core benchmark "
+            "machine `edgeseg segment` of a 100 x 512^2 synthetic series (binary SEG) took 63 s and 1.4 GB "
+            "(inference 5 s; the rest is resampling back to 512^2, statistics and a 20-segment x 100-frame binary "
+            "SEG), so 1000 slices would take about 10 min, far over the 3 min this row may take. --big runs it anyway.")
 
 
 # ------------------------------------------------------------------------------------------------- helpers

@@ -14,7 +14,7 @@ every run (OpenVINO compiles the model); "warm": a persistence folder filled by 
 compiled blob). Reported per bundle and cache state (median of ``--repeats`` runs): wall seconds from the process
 start to the first ``*.dcm`` in the output (polled every 10 ms) and to the process exit (result.json written), and
 the compile and inference seconds the run recorded in result.json. A TotalSegmentator-sized bundle comes from
-``benchmarks/export_ts_sized.py`` (or ``edgeseg export`` of ``edgeseg.export.testmodels.ts_sized`` models).
+``benchmarks/export_ts_sized.py`` (or ``edgeseg export`` of ``tests/helpers/testmodels/ts_sized.py`` models).
 """
 from __future__ import annotations
 

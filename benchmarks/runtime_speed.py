@@ -49,7 +49,8 @@ def worker_edgeseg(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     labels, record = Segmenter(bundle, options).segment_volume(vol, timings=timings)
     total = time.perf_counter() - t0
-    out = {"total_s": total, "warm_total_s": total - timings.compile, "read_s": read_s, "preprocess_s": timings.preprocess, "compile_s": timings.compile,
+    out = {"total_s": total, "warm_total_s": total - timings.compile, "read_s": read_s,
+           "preprocess_s": timings.preprocess, "compile_s": timings.compile,
            "infer_s": timings.infer, "postprocess_s": timings.postprocess,
            "precision_used": ",".join(p["precision"] for p in record["parts"]),
            "tiles": sum(p["tiles"] for p in record["parts"]), "peak_rss_mb": peak_rss_mb()}
@@ -79,7 +80,8 @@ def worker_nnunet(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         predictor.predict_single_npy_array(data, {"spacing": spacing})
         infer += time.perf_counter() - t0
-    return {"total_s": infer, "warm_total_s": infer, "infer_s": infer, "precision_used": "torch fp32", "peak_rss_mb": peak_rss_mb()}
+    return {"total_s": infer, "warm_total_s": infer, "infer_s": infer, "precision_used": "torch fp32",
+            "peak_rss_mb": peak_rss_mb()}
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -94,7 +96,7 @@ def make_benchmark_volume(path: Path, shape=(256, 208, 160), spacing=1.5) -> Pat
 
 
 def ts_models(work: Path) -> dict[str, Path]:
-    from edgeseg.export.testmodels.ts_sized import generate
+    from helpers.testmodels.ts_sized import generate
 
     marker = work / "models" / "done.json"
     if marker.is_file():
@@ -190,7 +192,8 @@ def main() -> int:
         p.error("choose --small and/or --ts-sized")
     print()
     print_table(rows, [("config", "configuration"), ("precision_used", "precision"), ("tiles", "tiles"),
-                       ("total_s", "total s"), ("warm_total_s", "warm s"), ("preprocess_s", "pre s"), ("compile_s", "compile s"),
+                       ("total_s", "total s"), ("warm_total_s", "warm s"), ("preprocess_s", "pre s"),
+                       ("compile_s", "compile s"),
                        ("infer_s", "infer s"), ("postprocess_s", "post s"), ("read_s", "read s"),
                        ("peak_rss_mb", "peak RSS MB")])
     ref = {r["config"].split(":")[0]: r["total_s"] for r in rows if "nnunetv2" in r["config"]}

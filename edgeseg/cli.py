@@ -1,7 +1,9 @@
 """The ``edgeseg`` command line. The only place that configures logging.
 
 Sub-commands are registered by the stage that owns them (export, runtime, watcher); heavy modules are imported
-only when their sub-command runs, so ``edgeseg segment`` never imports torch.
+only when their sub-command runs, so ``edgeseg segment`` never imports torch. The help text the user sees is
+:data:`DESCRIPTION` and :data:`EPILOG` (written for the radiographer or PACS administrator who runs it; developer
+notes belong here, not there).
 """
 from __future__ import annotations
 
@@ -15,6 +17,30 @@ from edgeseg import __version__
 from edgeseg.errors import EXIT_INTERRUPTED, EXIT_OK, ConfigError, EdgesegError
 
 log = logging.getLogger("edgeseg")
+
+#: what ``edgeseg --help`` opens with: what the program does, for the people who install and run it
+DESCRIPTION = """\
+edgeseg segments MRI series (organs and other structures) on this computer.
+It works offline: it needs no internet connection and sends results only to
+the DICOM destinations you configure. It reads DICOM, NIfTI or Philips PAR/REC
+series and writes beside each one a label map, a DICOM SEG, a DICOM SR report
+of the structures' volumes and a preview picture. As a DICOM node it can
+receive images from the scanner and send the results to a PACS."""
+
+#: the end of ``edgeseg --help``: how to start and where to read on
+EPILOG = """\
+getting started:
+  edgeseg demo                  see it work on the demo MRI that comes with it
+  edgeseg doctor --config FILE  check this computer, the model, the folders
+                                and the DICOM connections
+  edgeseg watch --config FILE   run hands-free: segment every series that
+                                arrives
+  edgeseg segment INPUT         segment one series (a DICOM folder, a NIfTI
+                                or PAR file)
+
+Each command explains its options: edgeseg COMMAND --help.
+The manual (installation, the watcher's settings, the DICOM node, exit codes
+and error files) is in the docs/ folder that comes with edgeseg."""
 
 # (name, module, function) of every sub-command's parser-registration function
 _COMMANDS: tuple[tuple[str, str], ...] = (
@@ -89,11 +115,12 @@ def configure_logging(verbosity: int, log_file: str | None = None) -> None:
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="edgeseg", description=__doc__)
+    parser = argparse.ArgumentParser(prog="edgeseg", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"edgeseg {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for module, func in _COMMANDS:
         try:
             register: Callable[[argparse._SubParsersAction], None] = getattr(importlib.import_module(module), func)

@@ -31,9 +31,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", nargs="+", help="folds to export (default: all present); several are ensembled")
     p.add_argument("--precisions", default="fp32,int8", help="comma list of fp32, fp16, int8 (default fp32,int8)")
     p.add_argument("--totalseg", action="store_true",
-                   help=f"TotalSegmentator's wrapping of nnU-Net (as release {totalseg.RELEASE} runs it): RAS reorientation, "
-                        "input resampled to the task spacing and truncated to int32, fold 0, tile step 0.8, no "
-                        "mirroring, parts merged in order, labels back to the input grid with order 0")
+                   help=f"TotalSegmentator's wrapping of nnU-Net (as release {totalseg.RELEASE} runs it): RAS "
+                        "reorientation, input resampled to the task spacing and truncated to int32, fold 0, "
+                        "tile step 0.8, no mirroring, parts merged in order, labels back to the input grid with "
+                        "order 0")
     p.add_argument("--totalseg-order", type=int, default=totalseg.DEFAULT_ORDER, choices=range(6),
                    help="with --totalseg: TotalSegmentator's --resampling_order of the input (default 1, its default "
                         "since 2.16.0; 3 reproduces releases up to 2.15.0)")
@@ -87,11 +88,13 @@ def run_export(args: argparse.Namespace) -> int:
     report = json.loads((bundle.path / "validation.json").read_text())
     print(f"bundle written: {bundle.path}")
     for prec, s in report["summary"].items():
-        print(f"  {prec} vs fp32: mean Dice {s['mean_dice_vs_fp32']:.4f} (worst series {s['worst_series_mean_dice']:.4f})")
+        print(f"  {prec} vs fp32: mean Dice {s['mean_dice_vs_fp32']:.4f} "
+              f"(worst series {s['worst_series_mean_dice']:.4f})")
     for t in report["fp32_vs_torch"]:
         print(f"  fp32 IR vs torch [{t['variant']}/{t['part']}]: argmax agreement {t['argmax_agreement']:.6f}, "
               f"max |logit diff| {t['max_abs_logit_diff']:.2e}")
     for lat in report["latency_per_tile"]:
         if "seconds_per_tile" in lat:
-            print(f"  latency [{lat['variant']}/{lat['part']}] {lat['precision']}: {lat['seconds_per_tile']:.3f} s/tile")
+            print(f"  latency [{lat['variant']}/{lat['part']}] {lat['precision']}: "
+                  f"{lat['seconds_per_tile']:.3f} s/tile")
     return EXIT_OK

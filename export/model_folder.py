@@ -22,7 +22,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeGuard
 
 from edgeseg.errors import ModelFolderError
 
@@ -54,7 +54,7 @@ class ModelFolder:
 
     @property
     def num_input_channels(self) -> int:
-        channels = self.dataset_json.get("channel_names", self.dataset_json.get("modality"))
+        channels: Any = self.dataset_json.get("channel_names", self.dataset_json.get("modality"))
         return len(channels)
 
     @property
@@ -145,7 +145,7 @@ def _failer(source: Path | str) -> Callable[..., ModelFolderError]:
     return fail
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -13,6 +13,7 @@ reconstructors are allow-listed (``torch.serialization.safe_globals``), never ``
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import pickle
 import pydoc
@@ -32,11 +33,11 @@ def _numpy_safe_globals() -> list[Any]:
 
     allowed: list[Any] = [np.dtype, np.ndarray]
     try:
-        allowed.append(np._core.multiarray.scalar)  # numpy >= 2
-        allowed.append(np._core.multiarray._reconstruct)
-    except AttributeError:  # pragma: no cover - numpy 1.x
-        allowed.append(np.core.multiarray.scalar)
-        allowed.append(np.core.multiarray._reconstruct)
+        multiarray = importlib.import_module("numpy._core.multiarray")  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    allowed.append(multiarray.scalar)
+    allowed.append(multiarray._reconstruct)
     allowed.extend(type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool"))
     return allowed
 
@@ -175,7 +176,9 @@ def fold_ensemble(nets: list[Any]) -> Any:
     """A module whose output is the mean of the folds' logits (nnU-Net averages fold logits)."""
     torch = require("torch", "Building the fold ensemble")
 
-    class FoldEnsemble(torch.nn.Module):
+    module_base: Any = torch.nn.Module  # a class only known at run time (torch is imported on demand)
+
+    class FoldEnsemble(module_base):
         def __init__(self, members: list[Any]) -> None:
             super().__init__()
             self.members = torch.nn.ModuleList(members)

@@ -369,7 +369,7 @@ def _validate(bundle: Bundle, series: list[Any], settings: ExportSettings, progr
     from edgeseg.runtime.options import SegmentOptions
     from edgeseg.runtime.segmenter import Segmenter
 
-    precisions = [p for p in ("int8", "fp16") if p in settings.precisions]
+    precisions: list[str] = [p for p in ("int8", "fp16") if p in settings.precisions]
     results: list[dict[str, Any]] = []
     for variant in bundle.variants:
         # one segmenter per precision, set up once for every series and contrast of the variant
@@ -412,7 +412,8 @@ def _validate(bundle: Bundle, series: list[Any], settings: ExportSettings, progr
                 progress("latency %s/%s %s: %.3f s/tile", variant.name, part.name, prec, sec)
     summary = {}
     for prec in precisions:
-        vals = [r["mean_dice_vs_fp32"] for r in results if r["precision"] == prec and r["mean_dice_vs_fp32"] is not None]
+        vals = [r["mean_dice_vs_fp32"] for r in results
+                if r["precision"] == prec and r["mean_dice_vs_fp32"] is not None]
         summary[prec] = {"mean_dice_vs_fp32": float(np.mean(vals)) if vals else None,
                          "worst_series_mean_dice": float(np.min(vals)) if vals else None}
     return {"dice_note": "Dice per class over classes present in FP32 or the compared precision; classes absent "

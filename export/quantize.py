@@ -1,9 +1,10 @@
 """INT8 post-training quantization with NNCF, calibrated on real preprocessed patches.
 
 Default: ``nncf.quantize`` with the PERFORMANCE preset (symmetric weights and activations, what NNCF
-recommends for CPU); InstanceNorm (MVN) stays in float between quantized convolutions. ``fast_bias_correction`` halves time and memory (measured in PITFALLS) at no measured
-Dice cost. Optional accuracy-controlled mode: ``nncf.quantize_with_accuracy_control`` keeps layers in float
-until the Dice drop against the FP32 model on validation patches is at most ``max_dice_drop``.
+recommends for CPU); InstanceNorm (MVN) stays in float between quantized convolutions. ``fast_bias_correction``
+halves time and memory (measured in PITFALLS) at no measured Dice cost. Optional accuracy-controlled mode:
+``nncf.quantize_with_accuracy_control`` keeps layers in float until the Dice drop against the FP32 model on
+validation patches is at most ``max_dice_drop``.
 """
 from __future__ import annotations
 

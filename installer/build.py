@@ -237,8 +237,8 @@ def breakdown(app: Path) -> dict[str, int]:
             size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink() and f not in seen)
             key = p.name
         else:
-            size, key = p.stat().st_size, ("python runtime" if p.name.startswith(("libpython", "python", "base_library"))
-                                           else "other shared libraries")
+            is_python = p.name.startswith(("libpython", "python", "base_library"))
+            size, key = p.stat().st_size, ("python runtime" if is_python else "other shared libraries")
         if key == "openvino":
             key = "openvino python bindings"
         sizes[key] = sizes.get(key, 0) + size

@@ -248,7 +248,8 @@ def hidden_imports() -> list[str]:
     names = [*PYDICOM_HIDDEN_IMPORTS, *DECODER_BACKENDS, *WATCHDOG_HIDDEN_IMPORTS, *PYNETDICOM_HIDDEN_IMPORTS,
              *OTHER_HIDDEN_IMPORTS]
     if sys.platform != "win32":
-        names = [n for n in names if n not in ("watchdog.observers.read_directory_changes", "watchdog.observers.winapi")]
+        names = [n for n in names
+                 if n not in ("watchdog.observers.read_directory_changes", "watchdog.observers.winapi")]
     if sys.platform != "darwin":
         names = [n for n in names if not n.startswith("watchdog.observers.fsevents")]
     if not sys.platform.startswith("linux"):

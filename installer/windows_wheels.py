@@ -66,7 +66,8 @@ def _dependency_arrays(text: str) -> tuple[list[str], dict[str, list[str]]]:
     return (strings(deps.group(1)) if deps else []), extras
 
 
-def runtime_requirements(pyproject: Path = REPO / "pyproject.toml", extras: tuple[str, ...] = ("installer",)) -> list[str]:
+def runtime_requirements(pyproject: Path = REPO / "pyproject.toml",
+                         extras: tuple[str, ...] = ("installer",)) -> list[str]:
     """The requirements the frozen app is built from: the runtime dependencies of ``pyproject.toml`` (the same list
     ``build.py``'s ``pip install <repo>`` installs) and the ``extras`` named (``installer``: PyInstaller)."""
     deps, optional = _dependency_arrays(pyproject.read_text(encoding="utf-8"))

@@ -37,3 +37,5 @@ def test_a_built_wheel_carries_every_module_and_the_demo(tmp_path):
                    "edgeseg/runtime/read/_dicom.py", "edgeseg/runtime/write/dicomseg.py", "edgeseg/bundle/schema.py",
                    "edgeseg/export/pipeline.py"):
         assert module in names, module
+    # development helpers stay in the checkout: the test-model builders live in tests/helpers/testmodels/
+    assert not [n for n in names if n.startswith(("edgeseg/export/testmodels/", "tests/", "tools/"))]

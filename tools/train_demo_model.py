@@ -18,7 +18,7 @@ What this script writes (``--out`` defaults to ``tests/fixtures/models``)::
     <out>/Dataset900_EdgesegDemoMR/nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres/
         plans.json, dataset.json, fold_0/checkpoint_final.pth, TRAINING_RECORD.md
 
-in the exact format nnU-Net v2 writes (see :mod:`edgeseg.export.testmodels._nnunet_folder`), then segments the
+in the exact format nnU-Net v2 writes (see ``tests/helpers/testmodels/_nnunet_folder.py``), then segments the
 training case with nnU-Net's own ``nnUNetPredictor`` and records per-class Dice.
 
 Network: ``dynamic_network_architectures`` PlainConvUNet, 4 stages, features (16, 32, 64, 128), strides
@@ -60,9 +60,13 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from edgeseg._deps import require
-from edgeseg.export.metrics import dice_per_class
-from edgeseg.export.testmodels import _nnunet_folder as nf
+# the nnU-Net folder writer is a test helper (tests/helpers/testmodels/, not in the installed package)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from helpers.testmodels import _nnunet_folder as nf  # noqa: E402
+
+from edgeseg._deps import require  # noqa: E402
+from edgeseg.export.metrics import dice_per_class  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch

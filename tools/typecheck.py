@@ -4,8 +4,8 @@ map by itself. This builds the installed layout as a tree of symbolic links in a
 there with the settings of ``[tool.mypy]`` in pyproject.toml.
 
 Usage: ``python tools/typecheck.py [--with-export]``: checks ``edgeseg`` with ``edgeseg.bundle`` and
-``edgeseg.runtime`` (and ``edgeseg.export``); exits with mypy's status. CI runs it through
-``tests/test_architecture.py``.
+``edgeseg.runtime`` (and ``edgeseg.export``); exits with mypy's status. CI runs it with ``--with-export``
+through ``tests/test_architecture.py``.
 """
 from __future__ import annotations
 

@@ -36,9 +36,6 @@ log = logging.getLogger(__name__)
 #: an (array, affine) pair
 SourceLike = Union[StrPath, Any, tuple[np.ndarray, np.ndarray]]
 
-MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
-
 
 def _load(source: SourceLike, affine: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(source, tuple):
@@ -181,7 +178,7 @@ def write_dicom_series(
     characters, no extension) or "ordered" (``IM0001.dcm``...). Returns the written paths in slice (k) order.
     """
     from pydicom.dataset import Dataset
-    from pydicom.uid import generate_uid
+    from pydicom.uid import MRImageStorage, generate_uid
 
     array, aff = _load(source, affine)
     geo = _geometry(aff, array.shape)
@@ -197,7 +194,7 @@ def write_dicom_series(
     for k in range(n_slices):
         ds = Dataset()
         sop_uid = generate_uid()
-        _common(ds, sop_class=MR_IMAGE_STORAGE, patient_id=patient_id, study_uid=study_uid, series_uid=series_uid,
+        _common(ds, sop_class=MRImageStorage, patient_id=patient_id, study_uid=study_uid, series_uid=series_uid,
                 for_uid=for_uid, series_number=series_number, series_description=series_description, now=now)
         ds.SOPInstanceUID = sop_uid
         ds.ImageType = list(image_type)
@@ -224,7 +221,7 @@ def write_dicom_series(
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<i2").tobytes()
         name = secrets.token_hex(8) if file_names == "random" else f"IM{k + 1:04d}.dcm"
         path = out / name
-        _save(ds, path, MR_IMAGE_STORAGE)
+        _save(ds, path, MRImageStorage)
         paths.append(path)
         if delay_s > 0:
             time.sleep(delay_s)
@@ -255,7 +252,7 @@ def write_enhanced_mr(
     "ordered" (frame f = slice k). Other arguments as for :func:`write_dicom_series`. Returns ``out_path``.
     """
     from pydicom.dataset import Dataset
-    from pydicom.uid import generate_uid
+    from pydicom.uid import EnhancedMRImageStorage, generate_uid
 
     array, aff = _load(source, affine)
     geo = _geometry(aff, array.shape)
@@ -267,7 +264,7 @@ def write_enhanced_mr(
     now = datetime.now()
     for_uid = frame_of_reference_uid or generate_uid()
     ds = Dataset()
-    _common(ds, sop_class=ENHANCED_MR_IMAGE_STORAGE, patient_id=patient_id, study_uid=study_uid or generate_uid(),
+    _common(ds, sop_class=EnhancedMRImageStorage, patient_id=patient_id, study_uid=study_uid or generate_uid(),
             series_uid=series_uid or generate_uid(), for_uid=for_uid, series_number=series_number,
             series_description=series_description, now=now)
     ds.SOPInstanceUID = generate_uid()
@@ -346,6 +343,6 @@ def write_enhanced_mr(
     ds.PixelData = np.ascontiguousarray(frames).astype("<i2").tobytes()
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save(ds, path, ENHANCED_MR_IMAGE_STORAGE)
+    _save(ds, path, EnhancedMRImageStorage)
     log.info("wrote %d-frame enhanced MR image to %s", n_slices, path)
     return path

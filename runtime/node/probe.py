@@ -1,7 +1,7 @@
 """Which storage SOP classes a destination accepts: one association that proposes them, nothing sent.
 
 ``edgeseg doctor`` asks this before the first result is due: a PACS that does not know the SOP class edgeseg writes
-(Label Map Segmentation Storage, 1.2.840.10008.5.1.4.1.1.66.7, is unknown to Orthanc 1.10 and DCMTK 3.6) rejects its
+(Label Map Segmentation Storage, ``LabelMapSegmentationStorage``, is unknown to Orthanc 1.10 and DCMTK 3.6) rejects its
 presentation context at association, and every result sent to it would fail. The association proposes each class
 with the transfer syntaxes :func:`~edgeseg.runtime.node.send.send_files` falls back to (explicit and implicit VR
 little endian), plus Verification, so that it is established even when every storage class is refused (pynetdicom
@@ -12,14 +12,18 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
+# this module is imported only where doctor probes a destination (inside functions), never at the runtime's top
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.sop_class import Verification
+
 from edgeseg.errors import DicomNodeError
 from edgeseg.runtime.node.settings import Destination
 
 log = logging.getLogger(__name__)
 
-VERIFICATION = "1.2.840.10008.1.1"
+VERIFICATION = Verification
 #: the transfer syntaxes proposed for each class (what every sender falls back to)
-PROBE_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+PROBE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 def accepted_sop_classes(destination: Destination, calling_ae: str, sop_classes: Sequence[str]) -> dict[str, bool]:

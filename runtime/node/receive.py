@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
-VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 #: the hidden temporary of an instance being written: ``.<SOP>.dcm.recv-<random>`` beside its final name
 #: (:func:`~edgeseg.runtime.write.atomic.write_file_atomic`)
 RECEIVING_SUFFIX = ".recv-"
@@ -158,6 +157,7 @@ class StorageReceiver:
 
     def start(self) -> None:
         from pynetdicom import AE, _config, evt
+        from pynetdicom.sop_class import Verification
 
         s = self.settings
         _config.STORE_RECV_CHUNKED_DATASET = True  # stream each dataset to disk; never hold it in memory
@@ -168,7 +168,7 @@ class StorageReceiver:
         ae.acse_timeout = 30
         ae.dimse_timeout = 60
         ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs from the console
-        ae.add_supported_context(VERIFICATION_SOP_CLASS)
+        ae.add_supported_context(Verification)
         for sop in s.sop_classes:
             ae.add_supported_context(sop, list(s.transfer_syntaxes))
         handlers: list[Any] = [

@@ -17,8 +17,6 @@ from edgeseg.runtime.node.settings import Destination
 
 log = logging.getLogger(__name__)
 
-#: transfer syntaxes proposed for each file besides its own (every peer takes implicit VR little endian)
-_FALLBACK_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 _REJECT_REASONS = {
     (0x01, 0x01): "no reason given", (0x01, 0x02): "application context not supported",
     (0x01, 0x03): "our calling AE title is not known to it", (0x01, 0x07): "its called AE title is not this one",
@@ -58,11 +56,10 @@ def _status_outcome(path: Path, sop: str, status: int | None, comment: str) -> S
     return StoreOutcome(path, sop, status, False, True, f"{text}: the destination refused the object")
 
 
-LABEL_MAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.7"
-
-
 def _no_context(sop_class: str, err: Exception) -> str:
-    if sop_class == LABEL_MAP_SEGMENTATION:
+    from pynetdicom.sop_class import LabelMapSegmentationStorage
+
+    if sop_class == LabelMapSegmentationStorage:
         return ("the destination does not accept Label Map Segmentation Storage (a 2024 addition to DICOM that many "
                 "PACS, e.g. Orthanc 1.10 and DCMTK 3.6, do not know yet). Fix: set outputs.seg_type: binary in "
                 "watch_config.yaml (a BINARY SEG, which every SEG-capable PACS stores), or enable the SOP class on "
@@ -73,8 +70,11 @@ def _no_context(sop_class: str, err: Exception) -> str:
 def send_files(destination: Destination, files: Sequence[Path], calling_ae: str) -> list[StoreOutcome]:
     """C-STORE ``files`` to ``destination`` over one association; one :class:`StoreOutcome` per file, in order."""
     from pydicom import dcmread
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
 
+    #: transfer syntaxes proposed for each file besides its own (every peer takes implicit VR little endian)
+    fallback_syntaxes = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
     datasets: list[tuple[Path, Any]] = []
     outcomes: dict[Path, StoreOutcome] = {}
     for path in files:
@@ -92,7 +92,7 @@ def send_files(destination: Destination, files: Sequence[Path], calling_ae: str)
         for _, ds in datasets:
             own = str(ds.file_meta.TransferSyntaxUID)
             syntaxes = contexts.setdefault(str(ds.SOPClassUID), [])
-            for ts in (own, *_FALLBACK_SYNTAXES):
+            for ts in (own, *fallback_syntaxes):
                 if ts not in syntaxes:
                     syntaxes.append(ts)
         for sop_class, syntaxes in contexts.items():
@@ -145,11 +145,12 @@ def send_files(destination: Destination, files: Sequence[Path], calling_ae: str)
 def echo(destination: Destination, calling_ae: str) -> tuple[bool, str]:
     """C-ECHO ``destination``: (True, "...") when it answered success; else (False, why)."""
     from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
 
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout_s
     ae.connection_timeout = destination.timeout_s
-    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.add_requested_context(Verification)
     tls_args = (destination.tls.client_context(), destination.host) if destination.tls is not None else None
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)

@@ -14,46 +14,48 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Iterable
 
+from pydicom import uid
+
 #: Storage SOP classes the listener accepts by default: what an MR (or CT) console sends for a series, and what it
 #: sends beside the images (presentation states, screenshots, reports, raw data), which is stored and not segmented.
-DEFAULT_SOP_CLASSES: Final[tuple[str, ...]] = (
-    "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
-    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
-    "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color Image Storage
-    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image Storage
-    "1.2.840.10008.5.1.4.1.1.4.2",  # MR Spectroscopy Storage
-    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
-    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte Secondary Capture
-    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word Secondary Capture
-    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color Secondary Capture
-    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
-    "1.2.840.10008.5.1.4.1.1.66",  # Raw Data Storage (Siemens, Philips)
-    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
-    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
-    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
-    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
-)
+DEFAULT_SOP_CLASSES: Final[tuple[str, ...]] = tuple(str(u) for u in (
+    uid.MRImageStorage,
+    uid.EnhancedMRImageStorage,
+    uid.EnhancedMRColorImageStorage,
+    uid.LegacyConvertedEnhancedMRImageStorage,
+    uid.MRSpectroscopyStorage,
+    uid.CTImageStorage,
+    uid.EnhancedCTImageStorage,
+    uid.LegacyConvertedEnhancedCTImageStorage,
+    uid.SecondaryCaptureImageStorage,
+    uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    uid.MultiFrameTrueColorSecondaryCaptureImageStorage,
+    uid.GrayscaleSoftcopyPresentationStateStorage,
+    uid.RawDataStorage,  # Siemens, Philips
+    uid.BasicTextSRStorage,
+    uid.EnhancedSRStorage,
+    uid.ComprehensiveSRStorage,
+    uid.EncapsulatedPDFStorage,
+))
 
 #: Transfer syntaxes the listener accepts by default: the uncompressed ones and the compressed ones edgeseg's
-#: readers decode (pydicom with GDCM, CharLS, Pillow; README "Compressed DICOM"). JPEG Extended (1.2.840.10008.1.2.4.51)
+#: readers decode (pydicom with GDCM, CharLS, Pillow; README "Compressed DICOM"). JPEG Extended (``JPEGExtended12Bit``)
 #: is left out: its 12-bit form is not decoded here, and a console offered only what we decode sends uncompressed.
-DEFAULT_TRANSFER_SYNTAXES: Final[tuple[str, ...]] = (
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian (every peer supports it)
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, old consoles)
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, first-order prediction (SV1): PACS exports
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless (process 14)
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (8-bit)
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-)
+DEFAULT_TRANSFER_SYNTAXES: Final[tuple[str, ...]] = tuple(str(u) for u in (
+    uid.ExplicitVRLittleEndian,
+    uid.ImplicitVRLittleEndian,  # every peer supports it
+    uid.DeflatedExplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian,  # retired, old consoles
+    uid.JPEGLosslessSV1,  # JPEG Lossless, first-order prediction: PACS exports
+    uid.JPEGLossless,  # process 14
+    uid.JPEGLSLossless,
+    uid.JPEGLSNearLossless,
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.JPEGBaseline8Bit,
+    uid.RLELossless,
+))
 
 #: what a destination can be sent (result roles)
 SEND_ROLES: Final[tuple[str, ...]] = ("seg", "sr")

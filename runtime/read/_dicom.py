@@ -146,7 +146,8 @@ class _Frame:
     intercept: float
     localizer: bool
     sop_uid: str
-    #: what tells this frame's stack apart in a series of several (:func:`~edgeseg.runtime.read.headers.frame_stack_keys`)
+    #: what tells this frame's stack apart in a series of several
+    #: (:func:`~edgeseg.runtime.read.headers.frame_stack_keys`)
     stack_key: StackKey | None = None
 
 

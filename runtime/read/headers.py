@@ -25,6 +25,7 @@ announces and measure its volume the same way. Nothing here decodes pixel data o
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field, replace
@@ -47,18 +48,29 @@ FileKind = Literal["dicom", "nifti", "parrec", "rec"]
 #: a PAR's data file (.REC): belongs to the series of its PAR
 REC: Final = "rec"
 
-#: Media Storage Directory Storage (DICOMDIR)
-_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
-#: SOP classes that carry no image volume for us, by UID prefix -> what they are
-_NON_IMAGE_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.88.": "structured report",
-    "1.2.840.10008.5.1.4.1.1.11.": "presentation state",
-    "1.2.840.10008.5.1.4.1.1.66": "raw data / segmentation / registration",
-    "1.2.840.10008.5.1.4.1.1.481.": "radiotherapy object",
-    "1.2.840.10008.5.1.4.1.1.104.": "encapsulated document",
-    "1.2.840.10008.5.1.4.1.1.4.2": "MR spectroscopy",
-    "1.2.840.10008.5.1.4.1.1.9.": "waveform",
-}
+
+def _family(member: str, levels: int = 1) -> str:
+    """The UID prefix of a family of SOP classes: a named member's UID less its last ``levels`` components."""
+    return member.rsplit(".", levels)[0] + "."
+
+
+@functools.cache
+def _non_image_classes() -> dict[str, str]:
+    """SOP classes that carry no image volume for us, by UID prefix -> what they are (pydicom's names; built on
+    first use, as pydicom is only imported then)."""
+    from pydicom import uid
+
+    return {
+        _family(uid.BasicTextSRStorage): "structured report",
+        _family(uid.GrayscaleSoftcopyPresentationStateStorage): "presentation state",
+        uid.RawDataStorage: "raw data / segmentation / registration",  # .66 and its .66.x siblings
+        _family(uid.RTImageStorage): "radiotherapy object",
+        _family(uid.EncapsulatedPDFStorage): "encapsulated document",
+        uid.MRSpectroscopyStorage: "MR spectroscopy",
+        _family(uid.TwelveLeadECGWaveformStorage, 2): "waveform",
+    }
+
+
 _NON_IMAGE_MODALITIES = {"SR", "PR", "KO", "SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "RWV", "DOC", "PLAN",
                          "FID", "RAW"}
 
@@ -286,11 +298,13 @@ def non_image_reason(ds: Any) -> str | None:
     on: an object that is no image (report, presentation state, DICOMDIR, ...), or one of the refused images of
     :data:`REFUSED` (:data:`MOSAIC`, :data:`COLOUR`, :data:`NO_FRAME_GEOMETRY`, :func:`no_geometry`). Works on
     headers only."""
+    from pydicom.uid import MediaStorageDirectoryStorage  # DICOMDIR
+
     media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
     sop_class = _str(ds, "SOPClassUID") or media_class
-    if _DICOMDIR_CLASS in (sop_class, media_class) or "DirectoryRecordSequence" in ds:
+    if MediaStorageDirectoryStorage in (sop_class, media_class) or "DirectoryRecordSequence" in ds:
         return "DICOMDIR"
-    for prefix, what in _NON_IMAGE_CLASSES.items():
+    for prefix, what in _non_image_classes().items():
         if sop_class.startswith(prefix):
             return what
     modality = _str(ds, "Modality").upper()

@@ -59,7 +59,8 @@ def discover_series(path: StrPath, *, recursive: bool = True, skipped: SkippedFi
       SeriesInstanceUID, or by folder and headers for a series exported without one; any file names,
       DICOMDIR/non-image/non-DICOM files skipped, localizer-only series skipped; a series holding several 3-D stacks
       at the same positions, such as echoes, gives one ref per stack, or only the first with ``echoes="first"``:
-      :func:`~edgeseg.runtime.read.headers.split_series`); sub-folders are walked when ``recursive``; hidden entries and edgeseg's own outputs are ignored,
+      :func:`~edgeseg.runtime.read.headers.split_series`); sub-folders are walked when ``recursive``; hidden entries
+      and edgeseg's own outputs are ignored,
       and so is every symbolic link below ``path`` (never followed; logged once; :mod:`edgeseg.runtime.read.paths`);
     * a NIfTI or PAR/REC file: one ref for it;
     * any other file: the DICOM series of that one file (enough for an enhanced multi-frame image).

@@ -339,7 +339,8 @@ class CompletionTracker:
             info = instance_from_header(ds)
         except Exception as err:  # noqa: BLE001 - any header failure is retried, then reported
             f.status = _FAILING
-            f.error = str(err) if isinstance(err, ValueError) else f"DICOM header unreadable ({type(err).__name__}: {err})"
+            f.error = (str(err) if isinstance(err, ValueError)
+                       else f"DICOM header unreadable ({type(err).__name__}: {err})")
             return
         f.status, f.error, f.info = _PARSED, None, info
         ref = SeriesRef(DICOM, f.path.parent, (), info.series_uid or None, info.description, info.modality,
@@ -475,7 +476,8 @@ class CompletionTracker:
             notes.append(f"{len(invalid)} unreadable file(s) in the folder: "
                          + "; ".join(f"{n}: {e}" for n, e in invalid[:5]))
         images_files = tuple(sorted(p for p in series.files
-                                    if (f := self._files.get(p)) is not None and f.info is not None and f.info.is_image))
+                                    if (f := self._files.get(p)) is not None and f.info is not None
+                                    and f.info.is_image))
         return self._hand_out(series, expected, dicom_geometry([i for i in instances if not i.is_localizer]),
                               problem, invalid, notes, images_files, skip)
 

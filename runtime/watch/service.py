@@ -24,8 +24,8 @@ Threads (every loop waits on one stop :class:`threading.Event`)::
   complete without waiting the full quiet period. A finished result's DICOM files are recorded for each destination
   in the same store transaction as ``done``/``partial``, and a delivery thread
   (:class:`~edgeseg.runtime.watch.deliver.DeliveryWorker`) sends them, with retries, across restarts.
-* Stop (SIGTERM, SIGINT, :meth:`Watcher.stop`): the listener, the observer and scheduler stop at once; a running series gets
-  ``stop_grace_s`` to finish, then is cancelled at its next progress report, and if it does not report it is
+* Stop (SIGTERM, SIGINT, :meth:`Watcher.stop`): the listener, the observer and scheduler stop at once; a running
+  series gets ``stop_grace_s`` to finish, then is cancelled at its next progress report, and if it does not report it is
   abandoned: its row stays ``running`` and it runs again at the next start.
 """
 from __future__ import annotations

@@ -21,8 +21,9 @@ from edgeseg.runtime.write.sr import write_dicom_sr
 from edgeseg.runtime.write.statistics import compute_statistics, write_statistics
 
 __all__ = [
-    "COMPLETE", "PARTIAL", "ResultFolder", "SegmentResult", "clear_error_file", "compute_statistics", "describe_missing", "error_file_name", "is_edgeseg_output",
-    "read_label_map", "render_preview", "result_dir_name", "series_folder", "write_dicom_seg", "write_dicom_sr", "write_error_file",
+    "COMPLETE", "PARTIAL", "ResultFolder", "SegmentResult", "clear_error_file", "compute_statistics",
+    "describe_missing", "error_file_name", "is_edgeseg_output", "read_label_map", "render_preview", "result_dir_name",
+    "series_folder", "write_dicom_seg", "write_dicom_sr", "write_error_file",
     "write_label_sidecar", "write_labelmap", "write_manifest", "write_preview", "write_results",
     "write_statistics", "write_structures",
 ]

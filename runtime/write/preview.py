@@ -109,7 +109,8 @@ def render_preview(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, st
         width = int(min(max(8, round(cols * col_mm * scale)), 4 * panel_height))
         g8 = np.clip((grey - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
         g_img = Image.fromarray(np.ascontiguousarray(g8)).resize((width, height), Image.Resampling.BILINEAR)
-        l_img = Image.fromarray(np.ascontiguousarray(lbl.astype(np.int32))).resize((width, height), Image.Resampling.NEAREST)
+        l_img = Image.fromarray(np.ascontiguousarray(lbl.astype(np.int32))).resize((width, height),
+                                                                                     Image.Resampling.NEAREST)
         g = np.asarray(g_img, dtype=np.float32)
         lv = np.clip(np.asarray(l_img), 0, top)
         rgb = np.repeat(g[:, :, None], 3, axis=2)

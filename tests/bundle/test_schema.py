@@ -40,7 +40,8 @@ def test_loads_and_round_trips(bundle_dir):
 @pytest.mark.parametrize("change,key", [
     (lambda d: d.update(colour="red"), "colour"),
     (lambda d: d["variants"][0]["parts"][1].update(patch_size=[8, 8]), r"variants\[0\]\.parts\[1\]\.patch_size"),
-    (lambda d: d["variants"][0]["parts"][0].update(tile_step_size="half"), r"variants\[0\]\.parts\[0\]\.tile_step_size"),
+    (lambda d: d["variants"][0]["parts"][0].update(tile_step_size="half"),
+     r"variants\[0\]\.parts\[0\]\.tile_step_size"),
     (lambda d: d["variants"][0]["parts"][0].pop("spacing"), r"variants\[0\]\.parts\[0\]\.spacing' is missing"),
     (lambda d: d["variants"][0]["parts"][0]["label_map"].update({"1": 99}), r"label_map' maps to labels \[99\]"),
     (lambda d: d["variants"][0]["parts"][0]["normalization"][0].update(scheme="Magic"), "scheme"),

@@ -10,7 +10,7 @@ import pytest
 from edgeseg.errors import ModelFolderError
 from edgeseg.export.model_folder import extract_release_zip, load_model_folder, open_model
 from edgeseg.export.network import build_network, load_checkpoint, load_fold_networks, mirroring_axes_from_checkpoint
-from edgeseg.export.testmodels._nnunet_folder import make_release_zip
+from helpers.testmodels._nnunet_folder import make_release_zip
 from helpers.tiny_models import make_tiny_model
 
 LABELS = {1: "liver", 2: "spleen"}

@@ -1,4 +1,4 @@
-"""Tests of the nnU-Net v2 test-model generator (edgeseg.export.testmodels.ts_sized): it writes
+"""Tests of the nnU-Net v2 test-model generator (tests/helpers/testmodels/ts_sized.py): it writes
 TotalSegmentator-MRI-sized folders that nnunetv2's predictor loads, with 30 / 22 / 51 outputs, from the committed
 label files (nothing outside the clone). The demo-model trainer (tools/train_demo_model.py) and the committed small
 model are tested in tests/tools/.
@@ -16,8 +16,8 @@ pytest.importorskip("dynamic_network_architectures")
 
 from helpers.nnunet_folders import check_model_folder  # noqa: E402
 
-from edgeseg.export.testmodels import _nnunet_folder as nf  # noqa: E402
-from edgeseg.export.testmodels import ts_sized  # noqa: E402
+from helpers.testmodels import _nnunet_folder as nf  # noqa: E402
+from helpers.testmodels import ts_sized  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

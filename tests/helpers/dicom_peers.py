@@ -54,6 +54,7 @@ from types import TracebackType
 from typing import Any
 
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 LOOPBACK = "127.0.0.1"
 
@@ -175,7 +176,7 @@ def _dicom_timeouts(timeout: float) -> list[str]:
 
 
 #: the uncompressed transfer syntaxes proposed beside each file's own (explicit and implicit VR little endian)
-_UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 def storescu_association_config(files: Iterable[str | os.PathLike[str]], path: str | os.PathLike[str]) -> str:

@@ -1,5 +1,5 @@
 """Checks of a generated nnU-Net v2 trained-model folder (files, plans/dataset content, checkpoint keys), shared by
-the tests of the test-model generator (``edgeseg.export.testmodels.ts_sized``) and of the demo-model trainer
+the tests of the test-model generator (``helpers.testmodels.ts_sized``) and of the demo-model trainer
 (``tools/train_demo_model.py``)."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def check_model_folder(folder: Path, *, trainer: str, num_outputs: int, spacing:
     """Files, plans/dataset content and checkpoint keys of one generated folder; returns the checkpoint."""
     import torch
 
-    from edgeseg.export.testmodels import _nnunet_folder as nf
+    from helpers.testmodels import _nnunet_folder as nf
 
     assert folder.name == f"{trainer}__nnUNetPlans__3d_fullres"
     plans = load_json(folder / "plans.json")

@@ -24,18 +24,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from pydicom import uid
 
 #: transfer syntax name -> (UID, lossless?) of every syntax :func:`encode_series` writes
 SYNTAXES: dict[str, tuple[str, bool]] = {
-    "jpeg_lossless_p14": ("1.2.840.10008.1.2.4.57", True),
-    "jpeg_lossless_sv1": ("1.2.840.10008.1.2.4.70", True),
-    "jpeg_baseline": ("1.2.840.10008.1.2.4.50", False),
-    "jpeg_extended_12bit": ("1.2.840.10008.1.2.4.51", False),
-    "jpeg_ls_lossless": ("1.2.840.10008.1.2.4.80", True),
-    "jpeg2000_lossless": ("1.2.840.10008.1.2.4.90", True),
-    "rle_lossless": ("1.2.840.10008.1.2.5", True),
-    "deflated": ("1.2.840.10008.1.2.1.99", True),
-    "big_endian": ("1.2.840.10008.1.2.2", True),
+    "jpeg_lossless_p14": (uid.JPEGLossless, True),
+    "jpeg_lossless_sv1": (uid.JPEGLosslessSV1, True),
+    "jpeg_baseline": (uid.JPEGBaseline8Bit, False),
+    "jpeg_extended_12bit": (uid.JPEGExtended12Bit, False),
+    "jpeg_ls_lossless": (uid.JPEGLSLossless, True),
+    "jpeg2000_lossless": (uid.JPEG2000Lossless, True),
+    "rle_lossless": (uid.RLELossless, True),
+    "deflated": (uid.DeflatedExplicitVRLittleEndian, True),
+    "big_endian": (uid.ExplicitVRBigEndian, True),
 }
 
 
@@ -49,7 +50,8 @@ def dcmtk(name: str) -> str:
 
 def _run(*cmd: str) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    assert proc.returncode == 0, \
+        f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
 
 
 def _pydicom_compress(uid: str) -> Callable[[Path, Path], None]:
@@ -82,9 +84,9 @@ _CONVERTERS: dict[str, Callable[[Path, Path], None]] = {
     "jpeg_lossless_sv1": _tool("dcmcjpeg", "+e1"),
     "jpeg_baseline": _tool("dcmcjpeg", "+eb"),  # 8-bit lossy: DCMTK rescales the 16-bit values to 8 bits
     "jpeg_extended_12bit": _tool("dcmcjpeg", "+ee"),  # 12-bit lossy (process 4)
-    "jpeg_ls_lossless": _pydicom_compress("1.2.840.10008.1.2.4.80"),  # pyjpegls
-    "jpeg2000_lossless": _pydicom_compress("1.2.840.10008.1.2.4.90"),  # pylibjpeg-openjpeg
-    "rle_lossless": _pydicom_compress("1.2.840.10008.1.2.5"),  # pydicom's own RLE encoder
+    "jpeg_ls_lossless": _pydicom_compress(uid.JPEGLSLossless),  # pyjpegls
+    "jpeg2000_lossless": _pydicom_compress(uid.JPEG2000Lossless),  # pylibjpeg-openjpeg
+    "rle_lossless": _pydicom_compress(uid.RLELossless),  # pydicom's own RLE encoder
     "deflated": _deflate,
     "big_endian": _tool("dcmconv", "+tb"),
 }

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+from pynetdicom.sop_class import LabelMapSegmentationStorage
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: how far (in voxels of the label map) a mapped voxel centre may lie from a voxel centre: DS-rounded orientations
@@ -57,7 +58,7 @@ def dciodvfy_errors(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]
 #: Label Map Segmentation Storage (DICOM 2024, Sup 243): a Segmentation IOD SOP Class that dciodvfy's condition on
 #: an SR reference's ReferencedSegmentNumber does not know yet (it accepts only Segmentation Storage and Surface
 #: Segmentation Storage), see :func:`sr_dciodvfy_errors`
-LABEL_MAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.7"
+LABEL_MAP_SEGMENTATION = LabelMapSegmentationStorage
 _SEGMENT_NUMBER_ERROR = ("Error - Shall not be present for Referenced SOP Class that is not segmentation - "
                          "attribute <ReferencedSegmentNumber>")
 
@@ -102,7 +103,8 @@ def dcmqi_masks(path: str | os.PathLike[str], workdir: str | os.PathLike[str] | 
     try:
         proc = subprocess.run([tool("segimage2itkimage"), "--inputDICOM", os.fspath(path), "--outputDirectory",
                                str(out), "-t", "nifti"], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"segimage2itkimage failed on {path}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        assert proc.returncode == 0, \
+            f"segimage2itkimage failed on {path}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
         results = []
         for index, attributes in enumerate(meta["segmentAttributes"], start=1):
@@ -190,8 +192,8 @@ def validate_written_segs(root: str | os.PathLike[str]) -> int:
     :func:`validate_result_folder`, any other ``*.dcm`` whose Modality is SEG gets dciodvfy (a test that writes one
     directly compares its voxels itself), every ``*.dcm`` SR that edgeseg wrote (Manufacturer "edgeseg": ``sr.dcm`` of
     a result, or a copy a test's DICOM peer received) gets :func:`sr_dciodvfy_errors` (a test's own minimal SR input,
-    a non-image file the reader must skip, is not ours to validate). Returns how many SEGs and SRs were checked. Used by tests/conftest.py after every
-    test that had a ``tmp_path``."""
+    a non-image file the reader must skip, is not ours to validate). Returns how many SEGs and SRs were checked.
+    Used by tests/conftest.py after every test that had a ``tmp_path``."""
     import pydicom
 
     checked = 0

@@ -11,7 +11,7 @@ def make_tiny_model(root: Path, dataset_name: str, labels: dict[int, str], *, se
     """Write <root>/<dataset_name>/<trainer>__nnUNetPlans__3d_fullres with a 3-stage PlainConvUNet."""
     import torch
 
-    from edgeseg.export.testmodels import _nnunet_folder as nf
+    from helpers.testmodels import _nnunet_folder as nf
 
     arch = nf.plain_conv_unet_architecture((8, 16, 32), ((1, 1, 1), (1, 2, 2), (2, 2, 2)))
     cfg = nf.fullres_configuration(patch_size=patch, spacing=spacing, median_image_size_in_voxels=(20, 91, 117),

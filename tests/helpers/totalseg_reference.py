@@ -163,7 +163,7 @@ def _child(argv: Sequence[str] | None = None) -> int:
     import totalsegmentator.nnunet  # noqa: F401 - installs TotalSegmentator's own trainer lookup first
     from totalsegmentator.python_api import totalsegmentator
 
-    from edgeseg.export.testmodels._nnunet_folder import find_trainer_class
+    from helpers.testmodels._nnunet_folder import find_trainer_class
 
     predict_module.recursive_find_trainer_class_by_name = find_trainer_class
     kwargs: dict[str, Any] = {}

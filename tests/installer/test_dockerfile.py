@@ -78,7 +78,8 @@ def _ignored(rel: str, patterns: list[str]) -> bool:
         pat = pattern[1:] if negate else pattern
         pat = pat.rstrip("/")
         if pat == "**" or fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(rel, pat + "/*") or \
-                fnmatch.fnmatch(rel, pat.replace("**/", "*/")) or fnmatch.fnmatch(rel.split("/")[-1], pat.replace("**/", "")):
+                fnmatch.fnmatch(rel, pat.replace("**/", "*/")) or \
+                fnmatch.fnmatch(rel.split("/")[-1], pat.replace("**/", "")):
             ignored = not negate
     return ignored
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from pydicom import uid
 
 from installer_helpers import INSTALLER, REPO
 
@@ -74,12 +75,12 @@ def test_decoder_backends_are_base_dependencies_and_hidden_imports(manifest: Mod
 
 #: the transfer syntaxes scanners and PACS send (issue 11): each needs a decoder in the base install
 COMMON_SYNTAXES = (
-    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",  # JPEG Lossless process 14, SV1
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",  # JPEG baseline, extended (8-bit; 12-bit: README)
-    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",  # JPEG-LS lossless, near-lossless
-    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000 lossless, lossy
-    "1.2.840.10008.1.2.5",  # RLE
-    "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",  # deflated, big endian
+    uid.JPEGLossless, uid.JPEGLosslessSV1,  # JPEG Lossless process 14, SV1
+    uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit,  # JPEG baseline, extended (8-bit; 12-bit: README)
+    uid.JPEGLSLossless, uid.JPEGLSNearLossless,
+    uid.JPEG2000Lossless, uid.JPEG2000,  # lossless, lossy
+    uid.RLELossless,
+    uid.DeflatedExplicitVRLittleEndian, uid.ExplicitVRBigEndian,
 )
 
 

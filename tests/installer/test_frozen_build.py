@@ -84,14 +84,16 @@ def frozen(tmp_path_factory: pytest.TempPathFactory) -> Frozen:
     assert proc.returncode == 0, f"installer/build.py failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}"
     report = json.loads((base / "report.json").read_text())
     app = base / "dist" / "edgeseg"
-    print(f"build {build_s:.0f} s: size {report['size_mb']} MB, start-to-watching {report.get('start_to_watching_s')} s")
+    print(f"build {build_s:.0f} s: size {report['size_mb']} MB, "
+          f"start-to-watching {report.get('start_to_watching_s')} s")
     return Frozen(app=app, exe=app / EXE_NAME, report=report, frozen_bundle_arg=frozen_arg, bundle=bundle,
                   build_s=build_s)
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=_clean_env())
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, \
+        f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
 
@@ -163,7 +165,8 @@ def test_frozen_reads_jpeg_ls_dicom_and_writes_dicom_seg(frozen: Frozen, tmp_pat
             ds = pydicom.dcmread(path)
             ds.compress(JPEGLSLossless)
             ds.save_as(folder / Path(path).name)
-    assert pydicom.dcmread(next((tmp_path / "frozen" / "series").iterdir())).file_meta.TransferSyntaxUID == JPEGLSLossless
+    first = next((tmp_path / "frozen" / "series").iterdir())
+    assert pydicom.dcmread(first).file_meta.TransferSyntaxUID == JPEGLSLossless
     _run([str(frozen.exe), "segment", str(tmp_path / "frozen" / "series"), "--bundle", frozen.frozen_bundle_arg,
           "--precision", "fp32"], cwd=tmp_path)
     _run([sys.executable, "-m", "edgeseg", "segment", str(tmp_path / "source" / "series"), "--bundle",
@@ -338,7 +341,8 @@ def test_archive_holds_what_an_installation_needs(frozen: Frozen) -> None:
     top = archive.name.removesuffix(".tar.gz").removesuffix(".zip")
     assert top.startswith("edgeseg-") and frozen.report["version"] in top
     for rel in (f"edgeseg/{EXE_NAME}", "watch_config.yaml", "install.sh", "uninstall.sh", "edgeseg.service",
-                "install.ps1", "uninstall.ps1", "INSTALL.txt", "edgeseg/_internal/edgeseg/demo/mri/example_mr_sm.nii.gz"):
+                "install.ps1", "uninstall.ps1", "INSTALL.txt",
+                "edgeseg/_internal/edgeseg/demo/mri/example_mr_sm.nii.gz"):
         assert f"{top}/{rel}" in names, rel
     if (DEMO_BUNDLE / "bundle.json").is_file():
         assert f"{top}/bundles/demo/bundle.json" in names
@@ -367,8 +371,9 @@ def test_archive_installs_into_a_throwaway_root(frozen: Frozen, tmp_path: Path) 
     mri = tmp_path / "case" / _mri().name
     mri.parent.mkdir()
     shutil.copy2(_mri(), mri)
-    _run([str(installed), "segment", str(mri), "--bundle", frozen.frozen_bundle_arg if frozen.frozen_bundle_arg != "demo"
-          else str(root / "var" / "lib" / "edgeseg" / "bundles" / "demo"), "--precision", "fp32"], cwd=tmp_path)
+    bundle_arg = (frozen.frozen_bundle_arg if frozen.frozen_bundle_arg != "demo"
+                  else str(root / "var" / "lib" / "edgeseg" / "bundles" / "demo"))
+    _run([str(installed), "segment", str(mri), "--bundle", bundle_arg, "--precision", "fp32"], cwd=tmp_path)
     assert list(mri.parent.glob("*.edgeseg/seg.nii.gz"))
     _run(["bash", str(top / "uninstall.sh"), "--root", str(root), "--purge"], cwd=tmp_path)
     assert not (root / "opt" / "edgeseg").exists()

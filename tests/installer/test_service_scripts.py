@@ -28,7 +28,8 @@ def sh(script: Path, *args: str, env: dict[str, str] | None = None) -> subproces
     full_env = {k: v for k, v in os.environ.items() if k not in ("DESTDIR", "PREFIX")}
     full_env.update(env or {})
     proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=full_env, timeout=120)
-    assert proc.returncode == 0, f"{script.name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, \
+        f"{script.name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc
 
 

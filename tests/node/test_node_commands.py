@@ -15,6 +15,8 @@ from typing import Callable, Iterator
 
 import pydicom
 import pytest
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
+from pynetdicom.sop_class import LabelMapSegmentationStorage
 from helpers.dicom_cases import small_volume
 from helpers.dicom_peers import LOOPBACK, DcmtkStorescp, OrthancPacs, free_port, require_peer
 from helpers.fake_segmenter import FakeSegmenter
@@ -26,7 +28,7 @@ from edgeseg.runtime.watch.service import Watcher
 from edgeseg.runtime.watch.store import DeliveryRequest, JobStore
 
 OUR_AE = "EDGESEG"  # our calling AE title towards destinations (the listener is off: the default)
-LABEL_MAP = "1.2.840.10008.5.1.4.1.1.66.7"
+LABEL_MAP = LabelMapSegmentationStorage
 
 
 
@@ -244,7 +246,7 @@ def test_doctor_checks_destinations_against_a_real_orthanc(orthanc: OrthancPacs,
     assert seg.startswith("FAIL") and "Label Map Segmentation Storage" in seg and LABEL_MAP in seg, out
     assert "set outputs.seg_type: binary" in seg
     [sr] = _lines(out, "destination pacs SR:")
-    assert sr.startswith("OK") and "Comprehensive 3D SR Storage (1.2.840.10008.5.1.4.1.1.88.34)" in sr, out
+    assert sr.startswith("OK") and f"Comprehensive 3D SR Storage ({Comprehensive3DSRStorage})" in sr, out
     [dead] = _lines(out, "destination nowhere:")
     assert dead.startswith("FAIL") and f"GONE@{LOOPBACK}:{nobody}" in dead, out
     assert all(line.startswith("SKIP") for line in _lines(out, "destination nowhere S")), out
@@ -257,7 +259,7 @@ def test_doctor_checks_destinations_against_a_real_orthanc(orthanc: OrthancPacs,
     code = main(["doctor", "--config", str(config)])
     out = capsys.readouterr().out
     [seg] = _lines(out, "destination pacs SEG:")
-    assert seg.startswith("OK") and "accepts Segmentation Storage (1.2.840.10008.5.1.4.1.1.66.4)" in seg, out
+    assert seg.startswith("OK") and f"accepts Segmentation Storage ({SegmentationStorage})" in seg, out
     assert code == 0, out
 
     # an AE title Orthanc does not know: C-ECHO fails with the reason, nothing else is tried
@@ -345,7 +347,7 @@ def test_demo_dicom_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     [demo] = [p for p in tmp_path.iterdir() if p.name.startswith("edgeseg-demo-")]
     received = sorted((demo / "pacs").rglob("*.dcm"))  # the local PACS is a StorageReceiver: <Study>/<Series>/<SOP>.dcm
     classes = sorted(str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in received)
-    assert classes == [LABEL_MAP, "1.2.840.10008.5.1.4.1.1.88.34"]
+    assert classes == [LABEL_MAP, Comprehensive3DSRStorage]
     [seg_result] = list((demo / "incoming").rglob("seg.dcm"))
     [seg_copy] = [p for p in received if str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) == LABEL_MAP]
     assert pydicom.dcmread(seg_copy).PixelData == pydicom.dcmread(seg_result).PixelData

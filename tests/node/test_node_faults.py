@@ -96,11 +96,12 @@ class WatcherProcess:
 def _send(port: int, files: list[Path], acked: list[str]) -> None:
     """One association, as a console: each instance acknowledged with 0x0000 is appended to ``acked``."""
     from pydicom import dcmread
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
     from pynetdicom import AE
 
     ae = AE(ae_title=CONSOLE)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4", ["1.2.840.10008.1.2.1"])
+    ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian])
     try:
         assoc = ae.associate(LOOPBACK, port, ae_title=LISTENER_AE)
     except OSError:

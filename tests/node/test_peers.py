@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import RLELossless
 from helpers import dicom_peers
 from helpers.dicom_cases import small_volume
 from helpers.dicom_peers import (
@@ -30,7 +31,7 @@ from helpers.dicom_peers import (
 
 from edgeseg.demo.dicom_series import write_dicom_series
 
-RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+RLE_LOSSLESS = RLELossless
 SENDER = "EDGESEG"  # the calling AE title Orthanc is configured to accept
 SENDER_PORT = 11112  # the port of its DicomModalities entry (Orthanc never calls it in these tests)
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydicom.uid import JPEGLosslessSV1
 from node_helpers import CONSOLE, LISTENER_AE, Listener, make_certificates, mr_series, same_instance, stored_path
 from helpers.dicom_peers import (LOOPBACK, dcmtk_echoscu, dcmtk_storescu, describe, pynetdicom_echoscu,
                                  pynetdicom_store_statuses, pynetdicom_storescu)
@@ -73,7 +74,7 @@ def test_compressed_instances_are_stored_as_sent(tmp_path: Path, listener: Liste
     assert proc.returncode == 0, describe(proc)
     for f in files:
         target = stored_path(listener.receiver.root, f)
-        assert dcmread(target).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+        assert dcmread(target).file_meta.TransferSyntaxUID == JPEGLosslessSV1
         assert same_instance(f, target)
 
 

@@ -189,7 +189,8 @@ def test_no_persistence_folder_no_cache_written(tmp_path: Path, demo_series: lis
     assert list(home.rglob("*")) == []
 
 
-def test_a_read_only_input_as_the_real_command(tmp_path: Path, demo_series: list[Path], clean_env: dict[str, str]) -> None:
+def test_a_read_only_input_as_the_real_command(tmp_path: Path, demo_series: list[Path],
+                                               clean_env: dict[str, str]) -> None:
     """The real command line in its own process, as mercure's container runs it, on an input mounted read-only:
     files 0444, folders 0555; the input is compared byte for byte afterwards. (As root, which ignores those modes,
     the byte comparison is what proves nothing was written; as any other user the modes hold as well.)"""

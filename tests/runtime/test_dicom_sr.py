@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.sr.codedict import codes
+from pydicom.uid import Comprehensive3DSRStorage
 
 from helpers.seg_validation import dciodvfy_errors, sr_dciodvfy_errors
 from edgeseg.cli import main
@@ -64,7 +65,7 @@ def test_sr_measures_every_segment_of_the_seg(seg_type: str, axial_series: Path,
     sr = hd.sr.srread(path)
     seg = pydicom.dcmread(result.files["dicom_seg"], stop_before_pixels=True)
     source = pydicom.dcmread(vol.dicom_files[0], stop_before_pixels=True)
-    assert sr.Modality == "SR" and sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert sr.Modality == "SR" and sr.SOPClassUID == Comprehensive3DSRStorage
     assert sr.StudyInstanceUID == source.StudyInstanceUID == seg.StudyInstanceUID
     for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate",
                     "AccessionNumber"):

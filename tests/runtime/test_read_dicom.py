@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom import uid
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from io_helpers import GEOMETRIES, canonical, geometry_variants, tree_digest
@@ -106,9 +107,9 @@ def test_console_clutter_is_skipped(tmp_path: Path, mr_image: Image) -> None:
     folder = tmp_path / "export"
     files = write_dicom_series(mr_image, folder, "T1 axial")
     series_uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
-    for name, sop_class, modality in [("SR1", "1.2.840.10008.5.1.4.1.1.88.11", "SR"),
-                                      ("KO1", "1.2.840.10008.5.1.4.1.1.88.59", "KO"),
-                                      ("RAW1", "1.2.840.10008.5.1.4.1.1.66", "OT")]:
+    for name, sop_class, modality in [("SR1", uid.BasicTextSRStorage, "SR"),
+                                      ("KO1", uid.KeyObjectSelectionDocumentStorage, "KO"),
+                                      ("RAW1", uid.RawDataStorage, "OT")]:
         ds = Dataset()
         ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, generate_uid(), modality
         ds.SeriesInstanceUID = generate_uid()
@@ -117,7 +118,7 @@ def test_console_clutter_is_skipped(tmp_path: Path, mr_image: Image) -> None:
     dicomdir = Dataset()
     dicomdir.FileSetID = "EXPORT"
     dicomdir.DirectoryRecordSequence = []
-    _save_plain(dicomdir, folder / "DICOMDIR", "1.2.840.10008.1.3.10")
+    _save_plain(dicomdir, folder / "DICOMDIR", uid.MediaStorageDirectoryStorage)
     (folder / "empty").write_bytes(b"")
     (folder / "README.txt").write_text("exported by the console\n")
     (folder / ".DS_Store").write_bytes(b"\x00\x01junk")

@@ -22,15 +22,19 @@ import train_demo_model  # noqa: E402
 from helpers.nnunet_folders import check_model_folder, load_json  # noqa: E402
 
 from edgeseg.export.metrics import dice_per_class  # noqa: E402
-from edgeseg.export.testmodels import _nnunet_folder as nf  # noqa: E402
+from helpers.testmodels import _nnunet_folder as nf  # noqa: E402
 
 SMALL_FOLDER = (REPO / "tests" / "fixtures" / "models" / "Dataset900_EdgesegDemoMR"
                 / "nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres")
 
 
-def test_the_trainer_is_not_part_of_the_installed_package() -> None:
-    assert importlib.util.find_spec("edgeseg.export.testmodels.small_mr") is None
+def test_the_trainer_and_the_test_model_builders_are_not_part_of_the_installed_package() -> None:
+    # (by the checkout's files and package list: an editable install made from an older checkout still maps
+    # edgeseg.export.testmodels to its own folder; tests/test_packaging.py checks the built wheel)
+    assert importlib.util.find_spec("edgeseg.export.small_mr") is None
     assert not list((REPO / "export").rglob("train*.py"))
+    assert not (REPO / "export" / "testmodels").exists()
+    assert "testmodels" not in (REPO / "pyproject.toml").read_text(encoding="utf-8")
 
 
 def test_default_data_is_the_committed_demo_mri_and_fixture() -> None:

@@ -67,13 +67,13 @@ def test_doctor_reports_each_check(config_file: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert code == 1  # the dummy bundle is not a bundle
     lines = out.splitlines()
-    assert any(l.startswith("OK    roots[0]") for l in lines)
-    assert any(l.startswith("OK    state_dir") for l in lines)
-    assert any(l.startswith("FAIL  bundle") and "bundle.json" in l for l in lines)
+    assert any(line.startswith("OK    roots[0]") for line in lines)
+    assert any(line.startswith("OK    state_dir") for line in lines)
+    assert any(line.startswith("FAIL  bundle") and "bundle.json" in line for line in lines)
     # the configured default device is CPU, which every OpenVINO installation has
-    assert any(l.startswith("OK    openvino devices: available: ") and "CPU" in l and l.endswith("configured CPU")
-               for l in lines), out
-    assert any(l.startswith("SKIP  time budget") for l in lines)
+    assert any(line.startswith("OK    openvino devices: available: ") and "CPU" in line
+               and line.endswith("configured CPU") for line in lines), out
+    assert any(line.startswith("SKIP  time budget") for line in lines)
 
 
 def test_doctor_fails_the_device_check_when_the_device_is_absent(config_file: Path, monkeypatch, capsys) -> None:
@@ -83,12 +83,12 @@ def test_doctor_fails_the_device_check_when_the_device_is_absent(config_file: Pa
     monkeypatch.setattr(engine, "available_devices", lambda: ["CPU"])
     assert main(["doctor", "--config", str(config_file)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert any(l.startswith("FAIL  openvino devices: configured device GPU is not available (available: CPU)")
-               for l in lines), lines
+    assert any(line.startswith("FAIL  openvino devices: configured device GPU is not available (available: CPU)")
+               for line in lines), lines
     monkeypatch.setattr(engine, "available_devices", lambda: [])
     assert main(["doctor", "--config", str(config_file)]) == 1
-    assert any(l.startswith("FAIL  openvino devices: OpenVINO finds no device")
-               for l in capsys.readouterr().out.splitlines())
+    assert any(line.startswith("FAIL  openvino devices: OpenVINO finds no device")
+               for line in capsys.readouterr().out.splitlines())
 
 
 def test_doctor_on_a_broken_config_fails_first_line(tmp_path: Path, capsys) -> None:

@@ -134,7 +134,8 @@ def test_a_refused_delivery_makes_the_series_partial_until_a_retry_delivers_it(s
     (tmp_path / "out").mkdir()
     _complete(store)
     store.mark_running("k")
-    store.mark_done("k", tmp_path / "out", 1.0, deliveries=[DeliveryRequest("pacs", "seg", tmp_path / "seg.dcm", "1.2")])
+    store.mark_done("k", tmp_path / "out", 1.0,
+                    deliveries=[DeliveryRequest("pacs", "seg", tmp_path / "seg.dcm", "1.2")])
     store.mark_undelivered("k", "SEG not delivered to pacs: refused")
     row = store.get("k")
     assert row is not None and (row.state, row.error_kind, row.last_error) == (

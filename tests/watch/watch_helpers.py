@@ -33,10 +33,10 @@ def write_series(folder: Path, n: int = 6, *, description: str = "t1 test", uid:
 def write_non_image(path: Path, uid: str | None = None) -> Path:
     """A DICOM object without pixels (a Basic Text SR header): parses, has a SeriesInstanceUID, is no image."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    meta.MediaStorageSOPClassUID = BasicTextSRStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()

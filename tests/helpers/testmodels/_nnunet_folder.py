@@ -1,7 +1,7 @@
 """Write nnU-Net v2 trained-model folders exactly the way nnU-Net v2 (2.5 .. 2.8) writes them.
 
-Shared by the test-model generator :mod:`edgeseg.export.testmodels.ts_sized` and the demo-model trainer
-``tools/train_demo_model.py`` (outside the package). The layout is nnU-Net's results layout::
+Shared by the test-model generator :mod:`helpers.testmodels.ts_sized` and the demo-model trainer
+``tools/train_demo_model.py`` (outside the package, like this folder). The layout is nnU-Net's results layout::
 
     <root>/<DatasetXXX_Name>/<Trainer>__<Plans>__<configuration>/
         plans.json
@@ -351,7 +351,7 @@ def nnunet_predictor(model_folder: Path, *, tile_step_size: float = 0.5, use_gau
     pred_mod = require("nnunetv2.inference.predict_from_raw_data", "Running nnU-Net's reference predictor")
     buf = io.StringIO()
     original_lookup = pred_mod.recursive_find_trainer_class_by_name
-    pred_mod.recursive_find_trainer_class_by_name = find_trainer_class
+    setattr(pred_mod, "recursive_find_trainer_class_by_name", find_trainer_class)
     try:
         with contextlib.redirect_stdout(buf):
             predictor = pred_mod.nnUNetPredictor(
@@ -362,7 +362,7 @@ def nnunet_predictor(model_folder: Path, *, tile_step_size: float = 0.5, use_gau
             predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
                                                            checkpoint_name=checkpoint_name)
     finally:
-        pred_mod.recursive_find_trainer_class_by_name = original_lookup
+        setattr(pred_mod, "recursive_find_trainer_class_by_name", original_lookup)
     if buf.getvalue().strip():
         log.debug("nnU-Net: %s", buf.getvalue().strip())
     return predictor

@@ -23,7 +23,7 @@ class exists in nnunetv2 under training/nnUNetTrainer/variants/training_length/)
 same string, ``current_epoch`` 2000, ``inference_allowed_mirroring_axes`` None (what that trainer saves).
 Foreground intensity properties are plausible MRI constants, not measured.
 
-Run: ``python -m edgeseg.export.testmodels.ts_sized --out /tmp/ts_models [--which 851] [--zip] [--check]``.
+Run: ``python tests/helpers/testmodels/ts_sized.py --out /tmp/ts_models [--which 851] [--zip] [--check]``.
 """
 from __future__ import annotations
 
@@ -39,9 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg._deps import require
-from edgeseg.demo import MRI_FILE
-from edgeseg.export.testmodels import _nnunet_folder as nf
+# tests/ holds the helpers package; on sys.path already in the tests and benchmarks, not when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from helpers.testmodels import _nnunet_folder as nf  # noqa: E402
+
+from edgeseg._deps import require  # noqa: E402
+from edgeseg.demo import MRI_FILE  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ FOREGROUND_INTENSITY_PROPERTIES: dict[str, float] = {
     "percentile_99_5": 1524.0, "percentile_00_5": 12.0,
 }
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_REPO_ROOT = Path(__file__).resolve().parents[3]
 #: total_mr_labels.json (the 50 total_mr labels): the package's copy beside the demo MRI
 DEFAULT_LABELS_JSON = MRI_FILE.parent / "total_mr_labels.json"
 #: total_mr_parts.json (the split of the 1.5 mm parts): the test fixture committed in a source checkout
@@ -165,7 +169,7 @@ def smoke_predict(model_folder: Path, seed: int = 0) -> np.ndarray:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: write the TotalSegmentator-sized random-weight folders (and optionally zips)."""
-    parser = argparse.ArgumentParser(prog="python -m edgeseg.export.testmodels.ts_sized",
+    parser = argparse.ArgumentParser(prog="python tests/helpers/testmodels/ts_sized.py",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="results root to write into")
     parser.add_argument("--which", nargs="+", default=list(SPECS), choices=list(SPECS))

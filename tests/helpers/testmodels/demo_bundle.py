@@ -1,6 +1,6 @@
 """Rebuild the packaged demo bundle (``edgeseg/demo/bundle``) from the committed small real model.
 
-    python -m edgeseg.export.testmodels.demo_bundle [--out edgeseg/demo/bundle]
+    python tests/helpers/testmodels/demo_bundle.py [--out edgeseg/demo/bundle]
 
 Exports ``tests/fixtures/models/Dataset900_EdgesegDemoMR`` (trained on ONE real abdominal MRI: a demo and test
 model, not a clinical one) with FP32 and INT8 (NNCF, calibrated on that MRI), RAS reorientation as in
@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MODEL = REPO / "tests" / "fixtures" / "models" / "Dataset900_EdgesegDemoMR"
 MRI = REPO / "edgeseg" / "demo" / "mri" / "example_mr_sm.nii.gz"
 LABELS = REPO / "edgeseg" / "demo" / "mri" / "total_mr_labels.json"
