@@ -60,8 +60,9 @@ def segment_volume(volume: Volume, bundle: Bundle, options: SegmentOptions, engi
     """Segment an in-memory :class:`~edgeseg.runtime.read.volume.Volume`; no files are written.
 
     ``progress(stage, fraction)`` is called after every tile and after each part's postprocessing (the segmenter's
-    checkpoint: what it raises stops the run). Returns the merged label map on exactly ``volume``'s grid ((I, J, K), uint8/uint16, bundle label numbers)
-    and a run record (variant, parts, precision used per part, tiles, timings).
+    checkpoint: what it raises stops the run). Returns the merged label map on exactly ``volume``'s grid
+    ((I, J, K), uint8/uint16, bundle label numbers) and a run record (variant, parts, precision used per part, tiles,
+    timings).
     """
     timings = timings if timings is not None else Timings()
     variant: Variant = bundle.variant(options.variant)

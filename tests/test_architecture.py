@@ -113,17 +113,6 @@ def test_runtime_never_imports_the_export_side():
     assert not bad, bad
 
 
-#: (importer, imported private name) pairs tolerated for now: oneshot's settings validate with watch.config's
-#: checker. The branch that gives both one public settings module (issue 17) removes them; then delete this list.
-PRIVATE_IMPORTS_ALLOWED = {
-    ("edgeseg.runtime.oneshot.settings", "edgeseg.runtime.watch.config._Key"),
-    ("edgeseg.runtime.oneshot.settings", "edgeseg.runtime.watch.config._Problems"),
-    ("edgeseg.runtime.oneshot.settings", "edgeseg.runtime.watch.config._Value"),
-    ("edgeseg.runtime.oneshot.settings", "edgeseg.runtime.watch.config._check"),
-    ("edgeseg.runtime.oneshot.settings", "edgeseg.runtime.watch.config._suggest"),
-}
-
-
 def _package_of(module: str, path: Path) -> str:
     """The package a module belongs to: its folder (a package's ``__init__`` is the package itself)."""
     return module if path.name == "__init__.py" else module.rpartition(".")[0]
@@ -156,13 +145,9 @@ def private_imports() -> set[tuple[str, str]]:
 
 
 def test_no_module_imports_a_private_name_of_another_package():
-    bad = sorted(f"{m} imports {name}" for m, name in private_imports() - PRIVATE_IMPORTS_ALLOWED)
+    bad = sorted(f"{m} imports {name}" for m, name in private_imports())
     assert not bad, "private names imported across packages (make them public or move the code):\n" + "\n".join(bad)
 
-
-def test_the_private_import_allow_list_has_no_stale_entries():
-    stale = sorted(f"{m} -> {name}" for m, name in PRIVATE_IMPORTS_ALLOWED - private_imports())
-    assert not stale, f"no longer imported, remove from PRIVATE_IMPORTS_ALLOWED: {stale}"
 
 
 def test_cycle_finder_finds_a_cycle():

@@ -10,11 +10,6 @@ REPO = Path(__file__).resolve().parents[1]
 FOLDERS = ("export", "runtime", "bundle", "edgeseg", "installer", "tools", "benchmarks")
 #: the root of the UIDs the DICOM standard defines
 DICOM_ROOT = "1.2.840" + ".10008."
-#: files not converted yet, with the reason; remove an entry when its reason is gone
-EXEMPT = {
-    # its doctor code is being moved out by another branch of the same refactor (issue 17); the move converts it
-    "runtime/watch/commands.py",
-}
 
 
 def literal_uids() -> list[str]:
@@ -22,8 +17,6 @@ def literal_uids() -> list[str]:
     for folder in FOLDERS:
         for path in sorted((REPO / folder).rglob("*.py")):
             rel = path.relative_to(REPO).as_posix()
-            if rel in EXEMPT:
-                continue
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if DICOM_ROOT in line:
                     found.append(f"{rel}:{number}: {line.strip()}")
@@ -36,7 +29,3 @@ def test_no_dicom_uid_is_spelled_out_in_the_code():
                        "where pydicom/pynetdicom are imported already, to keep the runtime's imports light):\n"
                        + "\n".join(found))
 
-
-def test_the_exemptions_still_exist():
-    for rel in EXEMPT:
-        assert (REPO / rel).is_file(), f"{rel} is gone: remove it from EXEMPT"

@@ -33,9 +33,9 @@ Every command exits with 0 when it did what it was asked, otherwise with the cod
 it (`edgeseg/errors.py`: each class carries its kind, exit code and remedy). The watcher writes the same kind and
 remedy into `<name>.edgeseg-error.json` beside the series (`kind`, `what_to_do`). Where a remedy below says "the
 configured device" or "the output folder", the message names the actual device or folder. An error outside the
-family is a bug: kind `{unexpected_kind}`, exit code {failed}, and the remedy "{unexpected_remedy}" (naming the log file).
-Exit code {failed} is also what `watch --once` returns with a failed series, `doctor` with a failed check and `status`
-without a job store.
+family is a bug: kind `{unexpected_kind}`, exit code {failed}, and the remedy "{unexpected_remedy}" (naming the
+log file). Exit code {failed} is also what `watch --once` returns with a failed series, `doctor` with a failed check
+and `status` without a job store.
 
 No output fails silently. A series whose masks were written but one requested output was not (a DICOM-SEG that
 highdicom refuses, or of a source exported without UIDs; a preview that failed; a delivery the destination refused
@@ -81,7 +81,8 @@ def exit_codes_page() -> str:
                  "nothing: start the command again when wanted |"))
     header = _HEADER.format(unexpected_kind=errors.UNEXPECTED_KIND,
                             unexpected_remedy=errors.remedy_for(RuntimeError()),
-                            ok=errors.EXIT_OK, failed=errors.EXIT_FAILED, partial=errors.EXIT_PARTIAL, some_failed=errors.EXIT_SOME_FAILED)
+                            ok=errors.EXIT_OK, failed=errors.EXIT_FAILED, partial=errors.EXIT_PARTIAL,
+                            some_failed=errors.EXIT_SOME_FAILED)
     return header + "\n".join(row for _, row in sorted(rows, key=lambda r: r[0])) + "\n"
 
 

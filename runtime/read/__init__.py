@@ -36,9 +36,8 @@ from edgeseg.runtime.read.series import discover_series, read_series, series_to_
 from edgeseg.runtime.read.series_ref import DICOM, NIFTI, PARREC, SeriesRef, Stack
 from edgeseg.runtime.read.volume import DicomSource, Volume
 
-__all__ = ["DICOM", "ECHOES", "NIFTI", "PARREC", "REC", "CandidateFilter", "DicomSource", "FileKind", "FileStamp", "Instance",
-           "SeriesGeometry", "SeriesRef", "SkippedFiles", "Stack", "Volume", "check_image_file", "dicom_geometry",
-           "discover_series", "expected_instances", "file_kind", "fingerprint", "inside_roots", "instance_from_header",
-           "par_candidates", "planes_from_affine", "read_dicom_header", "read_series", "rec_files", "series_identity",
-           "series_to_segment",
-           "split_series", "stamp_files", "world_axes"]
+__all__ = ["DICOM", "ECHOES", "NIFTI", "PARREC", "REC", "CandidateFilter", "DicomSource", "FileKind", "FileStamp",
+           "Instance", "SeriesGeometry", "SeriesRef", "SkippedFiles", "Stack", "Volume", "check_image_file",
+           "dicom_geometry", "discover_series", "expected_instances", "file_kind", "fingerprint", "inside_roots",
+           "instance_from_header", "par_candidates", "planes_from_affine", "read_dicom_header", "read_series",
+           "rec_files", "series_identity", "series_to_segment", "split_series", "stamp_files", "world_axes"]

@@ -161,7 +161,7 @@ def label_map_segmentation_storage() -> str:
     """Label Map Segmentation Storage's UID: pynetdicom's name (pydicom 3.0's ``pydicom.uid`` lacks it)."""
     from pynetdicom import sop_class
 
-    return str(sop_class.LabelMapSegmentationStorage)  # type: ignore[attr-defined]  # generated when imported
+    return str(sop_class.LabelMapSegmentationStorage)  # pynetdicom generates its names when imported
 
 
 #: who usually listens on a port, for a port that is taken and whose owner cannot be read
