@@ -237,11 +237,11 @@ def _coarse_pass(logits: np.ndarray, pool: ThreadPoolExecutor,
     C, n0 = logits.shape[0], logits.shape[1]
     lab_dtype = np.uint8 if C <= 255 else np.uint16
     labels = np.empty(logits.shape[1:], dtype=lab_dtype)
-    margin = np.empty(logits.shape[1:], dtype=work)
+    margin: np.ndarray = np.empty(logits.shape[1:], dtype=work)
 
     def slab(z0: int) -> float:
         z1 = min(z0 + _UNSAFE_SLAB, n0)
-        best = logits[0, z0:z1].astype(work)
+        best: np.ndarray = logits[0, z0:z1].astype(work)
         lower = np.full_like(best, -np.inf)
         low = best.copy()
         lab = labels[z0:z1]
@@ -324,7 +324,7 @@ def _argmax_resampled_band(logits: np.ndarray, new_shape: tuple[int, ...], axis:
             last_route.update(route="reference", band_fraction=sampled / sampled_size)
             return None
 
-        out = np.empty(new_shape, dtype=dtype)
+        out: np.ndarray = np.empty(new_shape, dtype=dtype)
         done = [0]
 
         def slab(o0: int) -> int:
@@ -343,7 +343,7 @@ def _argmax_resampled_band(logits: np.ndarray, new_shape: tuple[int, ...], axis:
                 coords[1] = axes[1].coord[band[1]]
                 coords[2] = axes[2].coord[band[2]]
                 best = np.full(n_band, -np.inf, dtype=np.float32)
-                lab = np.zeros(n_band, dtype=dtype)
+                lab: np.ndarray = np.zeros(n_band, dtype=dtype)
                 values = np.empty(n_band, dtype=np.float64)
                 for c in range(C):
                     src = logits[c, first:last + 1]
