@@ -8,6 +8,8 @@ Arrays here are (C, *spatial) in the network's axis order.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import numpy as np
@@ -101,14 +103,42 @@ def resample_data(data: np.ndarray, new_shape: Sequence[int], current_spacing: S
 def argmax_resampled(logits: np.ndarray, new_shape: Sequence[int], current_spacing: Sequence[float],
                      new_spacing: Sequence[float], order: int = 1, order_z: int = 0,
                      force_separate_z: bool | None = None, threshold: float = 3.0,
-                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """argmax over classes of the logits resampled to ``new_shape``, one class at a time.
+                     progress: Callable[[int, int], None] | None = None, threads: int | None = None) -> np.ndarray:
+    """argmax over classes of the logits resampled to ``new_shape`` (first class on ties).
 
-    Equivalent to resampling all (C, ...) logits (nnU-Net's ``resampling_fn_probabilities``, whose output keeps
-    the logits' dtype) and then taking the argmax (first class on ties), but holds only one resampled class plus
-    the running maximum: memory does not grow with C.
-    Returns uint8 (uint16 above 255 classes) labels of shape ``new_shape``.
+    Equal, voxel for voxel, to resampling all (C, ...) logits (nnU-Net's ``resampling_fn_probabilities``, whose
+    output keeps the logits' dtype: each resampled value is rounded to ``logits.dtype``) and then taking the
+    argmax; :func:`_argmax_resampled_reference` is that computation, one class at a time.
+
+    For linear resampling (``order`` 1; along a separate axis ``order_z`` 0) only a band around the label
+    boundaries is resampled class by class; elsewhere the label is the coarse argmax, which is provably what
+    the full computation gives there (see :func:`_argmax_resampled_band`). Memory does not grow with C beyond
+    the input. ``progress(done, total)`` is called as work completes; ``threads`` defaults to the cores this
+    process may use. Returns uint8 (uint16 above 256 classes) labels of shape ``new_shape``.
     """
+    new_shape = tuple(int(s) for s in new_shape)
+    dtype = np.uint8 if logits.shape[0] <= 256 else np.uint16
+    if tuple(logits.shape[1:]) == new_shape:
+        return argmax_chunked(logits, dtype)
+    axis = separate_z_axis(force_separate_z, current_spacing, new_spacing, threshold)
+    if _band_applies(logits, new_shape, order, order_z, axis):
+        labels = _argmax_resampled_band(logits, new_shape, axis, dtype, progress, threads)
+        if labels is not None:
+            return labels
+    else:
+        last_route.update(route="reference", band_fraction=None)
+    return _argmax_resampled_reference(logits, new_shape, current_spacing, new_spacing, order, order_z,
+                                       force_separate_z, threshold, progress)
+
+
+def _argmax_resampled_reference(logits: np.ndarray, new_shape: Sequence[int], current_spacing: Sequence[float],
+                                new_spacing: Sequence[float], order: int = 1, order_z: int = 0,
+                                force_separate_z: bool | None = None, threshold: float = 3.0,
+                                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """The brute-force route: every class resampled on the whole output grid, with a running argmax.
+
+    What :func:`argmax_resampled` must equal; also its fallback where the band route does not apply (spline
+    orders above 1, order 1 along a separate axis, non-finite logits, a band covering most of the volume)."""
     new_shape = tuple(int(s) for s in new_shape)
     dtype = np.uint8 if logits.shape[0] <= 256 else np.uint16
     if tuple(logits.shape[1:]) == new_shape:
@@ -127,6 +157,219 @@ def argmax_resampled(logits: np.ndarray, new_shape: Sequence[int], current_spaci
         if progress:
             progress(c + 1, logits.shape[0])
     return labels
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The band route.
+#
+# What the reference computes for one output voxel x and class c (scipy 1.x, ``ni_interpolation.c``): along each
+# linear axis d, ``cc_d = ((x_d + 0.5) * (n_in / n_out)) - 0.5`` (grid mode), ``s_d = floor(cc_d)``, weights
+# ``w = (1 - f, 1 - (1 - f))`` with ``f = cc_d - s_d`` (both in [0, 1]); the samples s_d and s_d + 1 are clamped
+# into the array ('nearest'). The value is ``t = sum over the 2^3 footprint (last axis fastest) of
+# ((v * w_0) * w_1) * w_2`` in float64, then rounded to the logits' dtype. On the separate-z route the in-plane
+# value is the same 2-D sum in the coarse slice ``round_half_up(cc_z)`` (map_coordinates, order 0).
+#
+# Exactness of the shortcut: the weights do not depend on the class, are >= 0, and every step (x * w with
+# w >= 0, x + y, the final rounding) is monotone non-decreasing in each input. So if a class k satisfies
+# v_k >= v_c at every footprint sample, the computed and rounded values satisfy R_k >= R_c: for c > k the
+# argmax (first maximum) cannot pick c. For c < k a tie would pick c, so we need R_k > R_c strictly: if
+# v_k - v_c > tau at every sample, the exact sum of the computed weights (1 - 4 ulp) times that margin exceeds
+# the float64 rounding of both sums (< 1e-14 M) plus the two final roundings (< eps_T * M + tiny_T each half),
+# M being the largest |logit| (a convex combination stays within it). So: where all footprint samples have the
+# same coarse argmax k and a margin > tau over every lower class ("safe"), the label is k. Everywhere else (the
+# band) the values are computed exactly as the reference does, by scipy's own ``map_coordinates`` on the very
+# same float64 coordinates (its interpolation arithmetic is the zoom's, term for term), only there.
+
+_UNSAFE_SLAB = 4   # coarse planes per task in the coarse pass
+_OUT_SLAB = 4      # output planes per task in the band pass
+_DENSE_BAND = 0.5  # above this band fraction the brute-force route is cheaper
+
+
+def _band_applies(logits: np.ndarray, new_shape: tuple[int, ...], order: int, order_z: int,
+                  axis: int | None) -> bool:
+    if order != 1 or (axis is not None and order_z != 0) or logits.ndim != 4 or logits.shape[0] < 2:
+        return False
+    if not np.issubdtype(logits.dtype, np.floating) or logits.dtype.itemsize > 8:
+        return False
+    # the reference's zoom derives its output shape from the factors new/old: where that rounds elsewhere the
+    # reference fails as it always did
+    for d in range(3):
+        if d == axis:
+            continue
+        o = logits.shape[1 + d]
+        if round(o * (new_shape[d] / o)) != new_shape[d]:
+            return False
+    return True
+
+
+class _Axis:
+    """One axis of the resampling: the float64 source coordinate of every output index (passed to
+    ``map_coordinates``), whether the footprint is two samples (linear) or one (nearest / integral
+    coordinates), and the index of each output's footprint block in the coarse block-code array."""
+
+    def __init__(self, n_in: int, n_out: int, nearest: bool) -> None:
+        k = np.arange(n_out, dtype=np.float64)
+        if nearest:  # the separate-z route: map_coordinates(order 0) with align_corners=False coordinates
+            cc = (n_in / n_out) * (k + 0.5) - 0.5
+            idx = np.clip(np.floor(cc + 0.5), 0, n_in - 1)
+            self.coord = idx  # an integral coordinate: linear weights (1, 0), the 2-D value exactly
+            self.pair = False
+            self.block = idx.astype(np.intp)
+            return
+        zoom = np.divide(np.float64(n_in), np.float64(n_out))  # as ndimage.zoom (grid_mode) computes it
+        cc = k + 0.5
+        cc *= zoom
+        cc -= 0.5
+        self.coord = cc
+        if np.all(cc == np.floor(cc)):  # integral coordinates: the second sample has weight 0
+            self.pair = False
+            self.block = np.clip(cc, 0, n_in - 1).astype(np.intp)
+        else:
+            # samples floor(cc) and floor(cc) + 1, clamped; block b of the edge-padded pairs covers b - 1, b
+            self.pair = True
+            self.block = np.clip(np.floor(cc) + 1, 0, n_in).astype(np.intp)
+
+
+def _coarse_pass(logits: np.ndarray, pool: ThreadPoolExecutor,
+                 work: type) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Per coarse voxel the first-max argmax k and its margin ``v_k - max(v_c for c < k)`` (inf for k = 0;
+    ``work`` dtype), and the largest |logit|; None if any logit is not finite."""
+    C, n0 = logits.shape[0], logits.shape[1]
+    lab_dtype = np.uint8 if C <= 255 else np.uint16
+    labels = np.empty(logits.shape[1:], dtype=lab_dtype)
+    margin: np.ndarray = np.empty(logits.shape[1:], dtype=work)
+
+    def slab(z0: int) -> float:
+        z1 = min(z0 + _UNSAFE_SLAB, n0)
+        best: np.ndarray = logits[0, z0:z1].astype(work)
+        lower = np.full_like(best, -np.inf)
+        low = best.copy()
+        lab = labels[z0:z1]
+        lab[...] = 0
+        for c in range(1, C):
+            v = logits[c, z0:z1]
+            if v.dtype != work:
+                v = v.astype(work)
+            better = v > best
+            np.copyto(lower, best, where=better)
+            np.copyto(best, v, where=better)
+            np.copyto(lab, c, where=better)
+            np.minimum(low, v, out=low)
+        np.subtract(best, lower, out=margin[z0:z1])
+        return float(max(np.max(best), -np.min(low)))
+
+    tops = list(pool.map(slab, range(0, n0, _UNSAFE_SLAB)))
+    top = max(tops)
+    if not np.isfinite(top):  # NaN/inf: only the reference knows what it does with them
+        return None
+    return labels, margin, top
+
+
+def _argmax_resampled_band(logits: np.ndarray, new_shape: tuple[int, ...], axis: int | None, dtype: type,
+                           progress: Callable[[int, int], None] | None,
+                           threads: int | None) -> np.ndarray | None:
+    """The band route (see the comment above); None where the reference is the better route."""
+    C = logits.shape[0]
+    in_shape = logits.shape[1:]
+    rounded = np.dtype(logits.dtype)  # the dtype nnU-Net's resampled array keeps
+    work = np.float64 if rounded.itemsize > 4 else np.float32
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    axes = [_Axis(in_shape[d], new_shape[d], nearest=(d == axis)) for d in range(3)]
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        coarse = _coarse_pass(logits, pool, work)
+        if coarse is None:
+            last_route.update(route="reference", band_fraction=None)
+            return None
+        labels_in, margin, top = coarse
+        if top > float(np.finfo(np.float32).max) / 4:  # the float32 comparison could overflow: reference
+            last_route.update(route="reference", band_fraction=None)
+            return None
+        # the reference rounds each value to the logits' dtype, then to float32 for the comparison
+        eps_t = max(float(np.finfo(rounded).eps), float(np.finfo(np.float32).eps))
+        tiny_t = max(float(np.finfo(rounded).smallest_subnormal), float(np.finfo(np.float32).smallest_subnormal))
+        eps_w = float(np.finfo(work).eps)
+        tau = 2 * eps_t * top + 2 * tiny_t + 1e-12 * top + 4 * eps_w * top
+        # block codes: the common label of a block whose samples all agree and are safe, else C (the band)
+        code = np.where(margin > tau, labels_in, C).astype(np.uint8 if C <= 255 else np.uint16)
+        del margin, labels_in
+        for d in range(3):
+            if axes[d].pair:
+                pad = [(0, 0)] * 3
+                pad[d] = (1, 1)
+                padded = np.pad(code, pad, mode="edge")
+                lo = [slice(None)] * 3
+                hi = [slice(None)] * 3
+                lo[d], hi[d] = slice(0, -1), slice(1, None)
+                a, b = padded[tuple(lo)], padded[tuple(hi)]
+                code = np.where(a == b, a, C).astype(code.dtype)
+                del padded, a, b
+
+        n_out0 = new_shape[0]
+        starts = list(range(0, n_out0, _OUT_SLAB))
+        band_sizes: list[int] = []
+        # estimate the band on a sample of slabs first: a band over most of the volume is cheaper brute force
+        sample = starts[:: max(1, len(starts) // 16)]
+
+        def codes_for(o0: int) -> np.ndarray:
+            o1 = min(o0 + _OUT_SLAB, n_out0)
+            out = code.take(axes[0].block[o0:o1], axis=0)
+            out = out.take(axes[1].block, axis=1)
+            return out.take(axes[2].block, axis=2)
+
+        sampled = sum(int(np.count_nonzero(codes_for(o0) == C)) for o0 in sample)
+        sampled_size = sum(min(o0 + _OUT_SLAB, n_out0) - o0 for o0 in sample) * new_shape[1] * new_shape[2]
+        if sampled > _DENSE_BAND * sampled_size:
+            last_route.update(route="reference", band_fraction=sampled / sampled_size)
+            return None
+
+        out: np.ndarray = np.empty(new_shape, dtype=dtype)
+        done = [0]
+
+        def slab(o0: int) -> int:
+            o1 = min(o0 + _OUT_SLAB, n_out0)
+            codes = codes_for(o0)
+            band = np.nonzero(codes == C)
+            n_band = band[0].size
+            if n_band:
+                # the coarse planes this slab reads (map_coordinates on a crop shifted by an integer: the same
+                # float64 coordinates minus an integer are exact, edge clamping only happens at true edges)
+                c0 = axes[0].coord[o0:o1]
+                first = int(max(0, np.floor(c0.min())))
+                last = int(min(in_shape[0] - 1, np.floor(c0.max()) + 1))
+                coords = np.empty((3, n_band), dtype=np.float64)
+                coords[0] = axes[0].coord[o0 + band[0]] - first
+                coords[1] = axes[1].coord[band[1]]
+                coords[2] = axes[2].coord[band[2]]
+                best = np.full(n_band, -np.inf, dtype=np.float32)
+                lab: np.ndarray = np.zeros(n_band, dtype=dtype)
+                values = np.empty(n_band, dtype=np.float64)
+                for c in range(C):
+                    src = logits[c, first:last + 1]
+                    if src.dtype not in (np.float32, np.float64):
+                        src = src.astype(np.float32)  # exact: scipy reads float16 nowhere
+                    ndimage.map_coordinates(src, coords, output=values, order=1, mode="nearest")
+                    v = values.astype(rounded).astype(np.float32, copy=False)
+                    better = v > best
+                    lab[better] = c
+                    np.maximum(best, v, out=best)
+                codes[band] = lab
+            out[o0:o1] = codes
+            return n_band
+
+        for n_band in pool.map(slab, starts):
+            band_sizes.append(n_band)
+            done[0] += 1
+            if progress:
+                progress(done[0], len(starts))
+    last_route.update(route="band", band_fraction=sum(band_sizes) / float(np.prod(new_shape)))
+    return out
+
+
+#: how the last :func:`argmax_resampled` call with resampling went: ``route`` "band" or "reference" and the
+#: share of output voxels resampled class by class (the band; estimated where it made the call fall back)
+last_route: dict[str, object] = {"route": None, "band_fraction": None}
 
 
 def argmax_chunked(logits: np.ndarray, dtype: type = np.uint8, slab: int = 16) -> np.ndarray:
