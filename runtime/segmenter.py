@@ -27,7 +27,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -187,7 +187,6 @@ class Segmenter(SeriesSegmenter):
                  measure_missing: bool = True, verify: bool = False) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle), verify=verify)
         self.name = f"{self.bundle.name} ({self.bundle.path})"
-        self.bundle_digest = sha256_file(self.bundle.path / "bundle.json")
         options = options or SegmentOptions()
         planner = None
         if (options.time_budget_s is not None or ceiling_s is not None) and options.variant is None:
@@ -198,6 +197,12 @@ class Segmenter(SeriesSegmenter):
         super().__init__(options, ceiling_s=ceiling_s, planner=planner)
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._engines_lock = threading.Lock()
+
+    @cached_property
+    def bundle_digest(self) -> str:
+        """sha256 of the bundle's bundle.json, computed once (at the first series written: export's validation
+        segments an in-memory bundle whose bundle.json is not written yet)."""
+        return sha256_file(self.bundle.path / "bundle.json")
 
     def engine(self, part: Part) -> Engine:
         """The compiled engine of ``part`` (compiled on first use, kept for the next series)."""
