@@ -7,8 +7,13 @@ One module per role:
   input path filter.
 * :mod:`~edgeseg.runtime.watch.completion`: when a series has finished arriving (quiet period, expected count).
 * :mod:`~edgeseg.runtime.watch.store`: the SQLite job store that survives crashes.
-* :mod:`~edgeseg.runtime.watch.service`: the :class:`Watcher` (scheduler and worker threads, stop, signals); it
-  plans each series with the time-budget planner :mod:`edgeseg.runtime.plan`, which ``edgeseg segment`` uses too.
+* :mod:`~edgeseg.runtime.watch.service`: the :class:`Watcher`'s lifecycle (start, stop, run, signals); it builds
+  and runs the parts below.
+* :mod:`~edgeseg.runtime.watch.scheduler`: the scheduler thread (event queues, dispatch, retries, idle).
+* :mod:`~edgeseg.runtime.watch.worker`: the worker threads (one series: limits, plan against the time budget with
+  the segmenter's planner, segment, record the outcome).
+* :mod:`~edgeseg.runtime.watch.heartbeat`: ``watcher.json`` for ``edgeseg status`` and the state-folder check.
+* :mod:`~edgeseg.runtime.watch.deliver`: the delivery thread that sends the job store's outbox.
 * :mod:`~edgeseg.runtime.watch.commands`: ``edgeseg watch | status | deliver``; ``doctor`` is
   :mod:`~edgeseg.runtime.watch.doctor`, what they share :mod:`~edgeseg.runtime.watch.state_view` (``edgeseg demo``
   is :mod:`edgeseg.runtime.demo`, on top of the watcher and the DICOM node).

@@ -100,7 +100,7 @@ def test_finding9_state_folder_deleted_while_running_stops_the_watcher_with_the_
     seg = CountingSegmenter()
     w = Watcher(cfg, seg, settle_s=0.1)
     deleter = threading.Timer(1.0, shutil.rmtree, args=(cfg.state_dir,))
-    safety = threading.Timer(30.0, w._stop.set)  # old code: run() would never return by itself
+    safety = threading.Timer(30.0, w.request_stop)  # old code: run() would never return by itself
     deleter.start()
     safety.start()
     try:

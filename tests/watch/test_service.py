@@ -15,6 +15,7 @@ from watch_helpers import (
 
 from edgeseg.errors import InferenceError, OutputError, kind_of, remedy_for
 from edgeseg.runtime.read import fingerprint, stamp_files
+from edgeseg.runtime.watch.scheduler import Scheduler
 from edgeseg.runtime.watch.service import Watcher
 from edgeseg.runtime.watch.store import COMPLETE, DONE, FAILED, JobStore
 
@@ -343,9 +344,9 @@ def test_a_series_that_keeps_killing_the_watcher_is_given_up_at_start(make_confi
 def test_a_crashed_loop_makes_run_return_1(make_config, roots, monkeypatch) -> None:
     w = Watcher(make_config(), CountingSegmenter(), settle_s=0.1)
 
-    def broken_loop() -> None:
+    def broken_loop(self: Scheduler) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(w, "_schedule_loop", broken_loop)
+    monkeypatch.setattr(Scheduler, "loop", broken_loop)
     monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the traceback is logged already
     assert w.run() == 1
