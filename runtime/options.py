@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeseg.runtime.read.limits import ReadLimits
-from edgeseg.runtime.settings.enums import SegType, values
-from edgeseg.runtime.settings.schema import default
+from edgeseg.runtime.settings.enums import Precision, SegType, values
 
 #: DICOM-SEG types (:attr:`OutputOptions.seg_type`)
 SEG_TYPES = values(SegType)
@@ -21,18 +20,19 @@ SEG_TYPES = values(SegType)
 @dataclass(frozen=True)
 class OutputOptions:
     """Which results to write beside the series (the multilabel NIfTI, its label sidecar and the run manifest
-    are always written)."""
+    are always written). These defaults are the settings schema's (:mod:`edgeseg.runtime.settings.schema` reads
+    them from here, as it reads ``ReadLimits``'): the writer stays free of the schema's imports."""
 
-    per_structure: bool = default("outputs.per_structure")
-    dicom_seg: bool = default("outputs.dicom_seg")
+    per_structure: bool = False
+    dicom_seg: bool = True
     #: a DICOM Structured Report (TID 1500 measurement report: volume per structure) referencing the DICOM-SEG and
     #: the source series; DICOM input only, and only beside a DICOM-SEG (:mod:`edgeseg.runtime.write.sr`)
-    dicom_sr: bool = default("outputs.dicom_sr")
-    statistics: bool = default("outputs.statistics")
-    preview: bool = default("outputs.preview")
+    dicom_sr: bool = True
+    statistics: bool = True
+    preview: bool = True
     #: DICOM-SEG type, one of :data:`SEG_TYPES`: "labelmap" (one frame per slice) or "binary" (one frame per
     #: structure and slice); :mod:`edgeseg.runtime.write.dicomseg` says why the default is what it is
-    seg_type: str = default("outputs.seg_type")
+    seg_type: str = SegType.LABELMAP
 
     def __post_init__(self) -> None:
         value = str(getattr(self.seg_type, "value", self.seg_type)).lower()
@@ -46,14 +46,15 @@ class SegmentOptions:
     """How to run. ``precision``: "auto" (fastest the device compiles), "int8", "fp16" or "fp32".
     ``variant``: bundle variant name (None: the most accurate). ``time_budget_s``: recorded in the manifest; the
     time-budget planner (:mod:`edgeseg.runtime.plan`: the watcher, ``segment --time-budget``) turns it into
-    ``variant`` and ``tile_step_size``."""
+    ``variant`` and ``tile_step_size``. The defaults are those of ``segment`` and ``run`` in the settings schema,
+    which reads them from here."""
 
-    device: str = default("device", "segment")
-    precision: str = default("precision", "segment")
-    variant: str | None = default("variant", "segment")
-    threads: int | None = default("threads", "segment")
+    device: str = "CPU"
+    precision: str = Precision.AUTO
+    variant: str | None = None
+    threads: int | None = None
     cache_dir: Path | None = None
-    time_budget_s: float | None = default("time_budget_s", "segment")
+    time_budget_s: float | None = None
     #: override the bundle's tile step (the planner may coarsen it to meet a budget)
     tile_step_size: float | None = None
     outputs: OutputOptions = field(default_factory=OutputOptions)

@@ -29,6 +29,7 @@ from edgeseg.runtime.infer.devices import SUPPORTED_DEVICES
 from edgeseg.runtime.node.settings import (
     DEFAULT_SOP_CLASSES, DEFAULT_TRANSFER_SYNTAXES, DeliverySettings, Destination, ListenerSettings,
 )
+from edgeseg.runtime.options import OutputOptions, SegmentOptions
 from edgeseg.runtime.read.limits import ReadLimits
 from edgeseg.runtime.settings.enums import DestinationRole, Echoes, ObserverKind, Precision, SegType
 
@@ -171,6 +172,16 @@ def _field_default(cls: type, name: str) -> Any:
     raise AssertionError(f"{cls.__name__}.{name} has no default")  # pragma: no cover
 
 
+def _out(name: str) -> Any:
+    """The default of an ``outputs.*`` key: :class:`~edgeseg.runtime.options.OutputOptions` owns it."""
+    return _field_default(OutputOptions, name)
+
+
+def _run(name: str) -> Any:
+    """The default of a key of ``segment`` and ``run``: :class:`~edgeseg.runtime.options.SegmentOptions` owns it."""
+    return _field_default(SegmentOptions, name)
+
+
 _ALL: Final = COMMANDS
 _OUT = "Optional results (the label map NIfTI, its labels and the run manifest are always written)."
 
@@ -209,19 +220,21 @@ KEYS_TABLE: Final[tuple[Key, ...]] = (
             "demo model shipped inside edgeseg (trained on one case: for trying the watcher out, not for clinical "
             "use). `edgeseg run` finds its bundle itself: --bundle, EDGESEG_BUNDLE, a MONAI application package's "
             "model folder, else demo."),
-    Key("variant", Kind.VARIANT, None, "bundle variant (null: the most accurate, or the time-budget planner's "
+    Key("variant", Kind.VARIANT, _run("variant"),
+        "bundle variant (null: the most accurate, or the time-budget planner's "
         "choice)", nullable=True, flag="--variant", commands=("segment", "run"), oneshot=True, watch=False),
-    Key("device", Kind.DEVICE, "CPU", "OpenVINO device", flag="--device", commands=_ALL, oneshot=True,
+    Key("device", Kind.DEVICE, _run("device"), "OpenVINO device", flag="--device", commands=_ALL, oneshot=True,
         doc=f"OpenVINO device: {SUPPORTED_DEVICES}; not NPU, HETERO or MULTI. `edgeseg doctor` lists this PC's. "
             "mercure's hardened mode passes no GPU into the container."),
-    Key("threads", Kind.INT, None, "CPU inference threads (null: OpenVINO uses every core)", minimum=1,
+    Key("threads", Kind.INT, _run("threads"), "CPU inference threads (null: OpenVINO uses every core)", minimum=1,
         nullable=True, flag="--threads", commands=_ALL, metavar="N", oneshot=True),
-    Key("precision", Kind.ENUM, Precision.AUTO, "model precision: auto (the fastest the device compiles, recorded "
+    Key("precision", Kind.ENUM, _run("precision"), "model precision: auto (the fastest the device compiles, recorded "
         "in each result's manifest), int8, fp16 or fp32 (exact parity)", choices=Precision, flag="--precision",
         commands=_ALL, oneshot=True),
     Key("time_budget_s", Kind.FLOAT, 120.0, "seconds one series may take: the most accurate plan predicted to fit "
         "(null: always the most accurate)", minimum=0.0, exclusive_minimum=True, nullable=True,
-        flag="--time-budget", commands=_ALL, metavar="S", oneshot=True, oneshot_default=None,
+        flag="--time-budget", commands=_ALL, metavar="S", oneshot=True,
+        oneshot_default=_run("time_budget_s"),
         doc="Seconds one series may take. Before each series the planner predicts the time of each variant and "
             "tile step from latencies measured on this PC (cached in state_dir) and picks the most accurate one "
             "that fits; if none fits it runs the fastest and says so in the log. null: always the most accurate "
@@ -249,23 +262,28 @@ KEYS_TABLE: Final[tuple[Key, ...]] = (
         "images (slices, frames) a DICOM series may hold", minimum=1,
         doc="Images (slices, frames) in one DICOM series: a 3-D series has a few thousand at most, 4-D "
             "multi-frame acquisitions (diffusion, perfusion) about 10000."),
-    Key("outputs.per_structure", Kind.BOOL, False, "also one NIfTI mask per structure", flag="--per-structure",
+    Key("outputs.per_structure", Kind.BOOL, _out("per_structure"), "also one NIfTI mask per structure",
+        flag="--per-structure",
         commands=("segment", "watch")),
-    Key("outputs.dicom_seg", Kind.BOOL, True, "a DICOM-SEG object (DICOM input only)", flag="--no-dicom-seg",
+    Key("outputs.dicom_seg", Kind.BOOL, _out("dicom_seg"), "a DICOM-SEG object (DICOM input only)",
+        flag="--no-dicom-seg",
         commands=_ALL, oneshot=True),
-    Key("outputs.seg_type", Kind.ENUM, SegType.LABELMAP, "DICOM-SEG type: labelmap (one frame per slice, small) "
+    Key("outputs.seg_type", Kind.ENUM, _out("seg_type"), "DICOM-SEG type: labelmap (one frame per slice, small) "
         "or binary (one frame per structure and slice, for viewers that do not read LABELMAP SEGs yet)",
         choices=SegType, flag="--seg-type", commands=_ALL, oneshot=True,
         doc="DICOM-SEG type: labelmap (one frame per slice: 300 frames for a 300-slice series, whatever the number "
             "of structures) or binary (one 1-bit frame per structure and slice: thousands of frames for 50 "
             "structures, but read by every SEG viewer; choose it for a viewer or PACS that does not read LABELMAP "
             "SEGs yet)."),
-    Key("outputs.dicom_sr", Kind.BOOL, True, "a DICOM SR measurement report (TID 1500: volume per structure) "
+    Key("outputs.dicom_sr", Kind.BOOL, _out("dicom_sr"),
+        "a DICOM SR measurement report (TID 1500: volume per structure) "
         "referencing the DICOM-SEG and the source series (DICOM input, beside a DICOM-SEG)", flag="--no-dicom-sr",
         commands=_ALL, oneshot=True),
-    Key("outputs.statistics", Kind.BOOL, True, "volume and mean intensity per structure (statistics.json, CSV)",
+    Key("outputs.statistics", Kind.BOOL, _out("statistics"),
+        "volume and mean intensity per structure (statistics.json, CSV)",
         flag="--no-statistics", commands=_ALL, oneshot=True),
-    Key("outputs.preview", Kind.BOOL, True, "a PNG overview", flag="--no-preview", commands=_ALL, oneshot=True),
+    Key("outputs.preview", Kind.BOOL, _out("preview"), "a PNG overview", flag="--no-preview", commands=_ALL,
+        oneshot=True),
     Key("echoes", Kind.ENUM, Echoes.ALL, "of a series holding several 3-D stacks at the same positions (echoes, "
         "Dixon in/opposed phase, time points): segment all (each its own result) or the first", choices=Echoes,
         flag="--echoes", commands=_ALL, oneshot=True,
