@@ -27,6 +27,15 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+def _from_target(node: ast.ImportFrom, base: str) -> str:
+    """The module a ``from ... import`` names, relative imports resolved against the package ``base``."""
+    if not node.level:
+        return node.module or ""
+    anchor = base.split(".")
+    anchor = anchor[: len(anchor) - (node.level - 1)]
+    return ".".join(anchor + ([node.module] if node.module else []))
+
+
 def _imports(path: Path, module: str, known: set[str]) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     is_package = path.name == "__init__.py"
@@ -37,12 +46,7 @@ def _imports(path: Path, module: str, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                anchor = base.split(".")
-                anchor = anchor[: len(anchor) - (node.level - 1)]
-                target = ".".join(anchor + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = _from_target(node, base)
             names = [f"{target}.{a.name}" for a in node.names] + [target]
         for name in names:
             # the most specific known module the import names (a symbol import names its module)
@@ -130,12 +134,7 @@ def private_imports() -> set[tuple[str, str]]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.ImportFrom):
                 continue
-            if node.level:
-                anchor = base.split(".")
-                anchor = anchor[: len(anchor) - (node.level - 1)]
-                target = ".".join(anchor + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = _from_target(node, base)
             if target not in modules or _package_of(target, modules[target]) == base:
                 continue
             for alias in node.names:

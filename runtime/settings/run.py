@@ -7,7 +7,7 @@ same messages as ``watch_config.yaml``; :func:`settings_from` merges layers, wea
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,7 +15,7 @@ from edgeseg.errors import ConfigError
 from edgeseg.runtime.options import OutputOptions, SegmentOptions
 from edgeseg.runtime.settings.enums import Echoes, Precision
 from edgeseg.runtime.settings.schema import ONESHOT_KEYS, Key, default, keys_for
-from edgeseg.runtime.settings.validate import Problems, Value, check, check_budget_and_ceiling, read_mapping
+from edgeseg.runtime.settings.validate import Problems, Value, check_budget_and_ceiling, read_mapping, resolve
 
 _RUN = "run"
 
@@ -76,13 +76,7 @@ def settings_from(layers: list[tuple[Mapping[str, Any], str, str]], what: str = 
             origins[path] = f"{where}: {prefix}{path}"
             prefixes[path] = prefix
     # each value is checked under the key path its own layer names it by
-    merged: dict[str, Value] = {}
-    for layer in read:
-        merged.update(layer)
-    values: dict[str, Any] = {}
-    for path, k in accepted.items():
-        v = merged.get(path)
-        values[path] = k.default_for(_RUN) if v is None else check(replace(k, path=prefixes[path] + path), v, problems)
+    values, merged = resolve(accepted, read, problems, command=_RUN, prefix=prefixes)
     problems.raise_if_any()
     check_budget_and_ceiling(values, merged, problems)
     problems.raise_if_any()

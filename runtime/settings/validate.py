@@ -199,11 +199,12 @@ def read_flags(values: Mapping[str, Any], keys: Mapping[str, Key], problems: Pro
 
 
 def resolve(keys: Mapping[str, Key], layers: Iterable[Mapping[str, Value]], problems: Problems, *,
-            command: str | None = None, check_paths: bool = False, prefix: str = "") -> tuple[dict[str, Any],
-                                                                                           dict[str, Value]]:
+            command: str | None = None, check_paths: bool = False,
+            prefix: str | Mapping[str, str] = "") -> tuple[dict[str, Any], dict[str, Value]]:
     """Merge ``layers`` (weakest first), check each value that was set and fill in the defaults (of ``command``).
     Returns (checked values by key path, the winning raw value of each key that was set). ``prefix`` is put before
-    key paths in messages (``process.settings.``)."""
+    key paths in messages (``process.settings.``); a mapping gives each key path's own (the prefix of the layer
+    its winning value came from)."""
     merged: dict[str, Value] = {}
     for layer in layers:
         merged.update(layer)
@@ -213,7 +214,8 @@ def resolve(keys: Mapping[str, Key], layers: Iterable[Mapping[str, Value]], prob
         if v is None:
             values[path] = k.default_for(command)
             continue
-        shown = replace(k, path=prefix + path) if prefix else k
+        before = prefix.get(path, "") if isinstance(prefix, Mapping) else prefix
+        shown = replace(k, path=before + path) if before else k
         values[path] = check(shown, v, problems, check_paths)
     return values, merged
 
