@@ -55,7 +55,7 @@ from edgeseg.runtime.write.nifti import (LABELMAP_FILE, LABELS_FILE, STRUCTURES_
                                          write_labelmap, write_structures)
 from edgeseg.runtime.write.preview import PREVIEW_FILE, write_preview
 from edgeseg.runtime.write.sr import DICOM_SR_FILE, write_dicom_sr
-from edgeseg.runtime.write.statistics import STATISTICS_FILE, compute_statistics, write_statistics
+from edgeseg.runtime.write.statistics import STATISTICS_FILE, compute_statistics, summarize_mask, write_statistics
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,8 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
     record = dict(manifest)
     warnings: list[str] = list(record.get("warnings", []))
     outputs: dict[str, str] = {}
-    present = [int(v) for v in np.unique(labelmap) if v > 0]
+    summary = summarize_mask(volume, labelmap, labels)  # the one pass over the mask every writer below shares
+    present = summary.present
 
     owner = series_key(volume.kind, os.path.abspath(volume.source), volume.series_id or volume.series_uid,
                        volume.stack)
@@ -226,7 +227,7 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
         def statistics() -> dict[str, Any]:
             """The statistics of the mask, computed once for statistics.json, the SR and the caller."""
             if "stats" not in computed:
-                computed["stats"] = compute_statistics(volume, labelmap, labels)
+                computed["stats"] = compute_statistics(volume, labelmap, labels, summary=summary)
             stats: dict[str, Any] = computed["stats"]
             return stats
 
@@ -239,7 +240,7 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
         if options.preview:
             step("preview")
             optional("preview", root / PREVIEW_FILE, lambda: write_preview(root / PREVIEW_FILE, volume, labelmap,
-                                                                           labels))
+                                                                           labels, summary=summary))
             if "preview" not in missing:
                 outputs["preview"] = PREVIEW_FILE
         if options.dicom_seg and volume.kind == "dicom":
@@ -254,7 +255,7 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
                 step("dicom_seg")
                 segments = optional("dicom_seg", root / DICOM_SEG_FILE, lambda: write_dicom_seg(
                     root / DICOM_SEG_FILE, volume, labelmap, labels, segmentation_type=options.seg_type,
-                    bundle=record.get("bundle"), run=record.get("run")))
+                    bundle=record.get("bundle"), run=record.get("run"), summary=summary))
                 if "dicom_seg" in missing:  # highdicom refuses some sources; the other results are kept
                     warnings.append(f"DICOM-SEG not written: {missing['dicom_seg']}")
                 elif segments is not None:
