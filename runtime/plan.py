@@ -24,13 +24,13 @@ Prediction, per plan (variant, tile step)::
   :data:`DEFAULT_SECONDS_PER_INSTANCE` and is learnt the same way from the measured read and write stages of
   DICOM runs (a series of 2000 tiny slices is dominated by reading files and writing the SEG, not by tiles).
 * Once a series has run with this bundle on this PC, the prediction is per stage instead (``details["stages"]``,
-  :func:`stage_units`): every stage's seconds per unit measured on this PC (:meth:`LatencyTable.record_run` with
-  the run's stage timings, an exponential moving average per stage) times the series' units: reading per DICOM
-  instance (per input Mvoxel for NIfTI/PAR), preprocessing, resampling back and postprocessing per Mvoxel (input
-  plus network grids), inference per predicted tile-second (the sliding window's own cost on top of the network's
-  is in that ratio), writing per input Mvoxel (DICOM and NIfTI inputs apart: a DICOM-SEG and SR cost more), and
-  the planner, compilation and the rest as fixed seconds. The manifest's ``plan.details.stages`` beside its
-  ``run.timings_s`` shows where a prediction was off.
+  :func:`stage_units`): every stage's fixed seconds plus seconds per unit, a line fitted to the last runs on
+  this PC (:meth:`LatencyTable.record_stages` keeps each run's stage timings; :func:`fit_stage`), at the
+  series' units: reading per DICOM instance (per input Mvoxel for NIfTI/PAR), preprocessing, resampling back
+  and postprocessing per Mvoxel (input plus network grids), inference per predicted tile-second (the sliding
+  window's own cost on top of the network's is in that ratio), writing per input Mvoxel (DICOM and NIfTI inputs
+  apart: a DICOM-SEG and SR cost more), and the planner, compilation and the rest as fixed seconds. The
+  manifest's ``plan.details.stages`` beside its ``run.timings_s`` shows where a prediction was off.
 * ``ceiling_s`` (the hard time ceiling per series): a plan whose prediction exceeds it, even the fastest, comes
   back with ``over_ceiling=True`` and the watcher refuses the series before starting it.
 
@@ -48,6 +48,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+import numpy as np
 
 from edgeseg.bundle.schema import Bundle, Part, Variant
 from edgeseg.runtime.infer.tiling import tile_count
@@ -71,6 +73,8 @@ STAGES = ("read", "plan", "preprocess", "compile", "infer", "resample", "postpro
 #: stage rates that follow the last run instead of a moving average: compiling the engines and measuring a tile
 #: latency happen for the first series of a segmenter only
 _LAST_OBSERVED = ("compile:fixed", "plan:fixed")
+#: runs kept per stage for its fitted line
+STAGE_SAMPLES = 12
 
 #: measure(bundle, part, precision, device, threads) -> seconds per tile on this machine
 MeasureFn = Callable[[Bundle, Part, str, str, "int | None"], float]
@@ -190,33 +194,32 @@ class LatencyTable:
                                   "runs": runs + 1, "seconds_per_instance": per_instance, "read_write_runs": rw_runs}
             self._save()
 
-    def stage_rates(self, bundle_id: str, device: str, threads: int | None) -> dict[str, float]:
-        """Seconds per unit of each stage (:func:`stage_units`' keys) learnt from runs on this PC; empty before
-        the first run that reported its stages."""
+    def stage_rates(self, bundle_id: str, device: str, threads: int | None) -> dict[str, tuple[float, float]]:
+        """(fixed seconds, seconds per unit) of each stage (:func:`stage_units`' keys), fitted to the runs on this
+        PC (:func:`fit_stage`); empty before the first run that reported its stages."""
         entry = self._overheads.get(self.overhead_key(bundle_id, device, threads)) or {}
-        return {k: float(v) for k, v in (entry.get("stage_rates") or {}).items()}
+        samples = entry.get("stage_samples") or {}
+        return {k: fit_stage([(float(u), float(t)) for u, t in v], last_only=k in _LAST_OBSERVED,
+                             proportional=k == "infer:tile_s")
+                for k, v in samples.items() if v}
 
     def record_stages(self, bundle_id: str, device: str, threads: int | None, units: dict[str, float],
                       stages: dict[str, float]) -> None:
-        """Refine each stage's seconds per unit from a finished run: ``units`` (:func:`stage_units` of the plan
-        it followed) and ``stages`` (its measured seconds per stage, the manifest's ``timings_s``). A rate moves
-        by an exponential moving average (its first run: all the way)."""
+        """Keep a finished run's (units, seconds) per stage: ``units`` (:func:`stage_units` of the plan it
+        followed) and ``stages`` (its measured seconds per stage, the manifest's ``timings_s``); the last
+        :data:`STAGE_SAMPLES` runs per stage are kept."""
         k = self.overhead_key(bundle_id, device, threads)
         with self._lock:
             entry = dict(self._overheads.get(k, {}))
-            rates = dict(entry.get("stage_rates") or {})
-            counts = dict(entry.get("stage_runs") or {})
+            samples = {key: list(v) for key, v in (entry.get("stage_samples") or {}).items()}
             for rate_key, amount in units.items():
                 stage = rate_key.split(":", 1)[0]
                 if stage not in stages or amount <= 0:
                     continue
-                observed = max(0.0, float(stages[stage])) / amount
-                n = int(counts.get(rate_key, 0))
-                last_only = rate_key in _LAST_OBSERVED  # once compiled or measured, later series do not pay it
-                rates[rate_key] = (observed if n == 0 or last_only
-                                   else (1 - _EMA) * float(rates[rate_key]) + _EMA * observed)
-                counts[rate_key] = n + 1
-            entry.update(stage_rates=rates, stage_runs=counts)
+                kept = samples.setdefault(rate_key, [])
+                kept.append([round(float(amount), 6), round(max(0.0, float(stages[stage])), 4)])
+                del kept[:-STAGE_SAMPLES]
+            entry["stage_samples"] = samples
             entry.setdefault("seconds_per_mvoxel", DEFAULT_SECONDS_PER_MVOXEL)
             entry.setdefault("fixed_s", DEFAULT_FIXED_S)
             self._overheads[k] = entry
@@ -301,20 +304,42 @@ def stage_units(details: dict[str, Any], dicom: bool) -> dict[str, float]:
     return units
 
 
-def predict_stages(details: dict[str, Any], rates: dict[str, float]) -> dict[str, float] | None:
-    """Predicted seconds per stage from learnt ``rates`` (:meth:`LatencyTable.stage_rates`), or None while a
-    stage this series needs has no rate yet. Inference without a learnt ratio is the tile-seconds themselves."""
+def fit_stage(samples: list[tuple[float, float]], last_only: bool = False,
+              proportional: bool = False) -> tuple[float, float]:
+    """(fixed seconds, seconds per unit) of one stage from its runs' (units, seconds): a least-squares line
+    through them once they cover two sizes (both terms kept non-negative), else seconds proportional to the units
+    (one size seen). ``last_only``: the last run's seconds as a fixed cost (compiling, measuring a latency: paid by
+    a segmenter's first series only). ``proportional``: a line through zero (inference: its seconds per predicted
+    tile-second, the big series weighing most)."""
+    if last_only:
+        return samples[-1][1], 0.0
+    x = np.array([u for u, _ in samples])
+    y = np.array([t for _, t in samples])
+    if proportional:
+        return 0.0, float(np.dot(x, y) / np.dot(x, x))
+    if np.ptp(x) > 1e-9 * max(1.0, float(x.max())):
+        per, fixed = np.polyfit(x, y, 1)
+        if per < 0:
+            return float(y.mean()), 0.0
+        if fixed < 0:
+            return 0.0, float(np.dot(x, y) / np.dot(x, x))
+        return float(fixed), float(per)
+    return 0.0, float(y.mean() / x.mean())
+
+
+def predict_stages(details: dict[str, Any], rates: dict[str, tuple[float, float]]) -> dict[str, float] | None:
+    """Predicted seconds per stage from the fitted ``rates`` (:meth:`LatencyTable.stage_rates`), or None while a
+    stage this series needs has none yet. Inference without a fitted line is the tile-seconds themselves."""
     out: dict[str, float] = {}
     for key, amount in stage_units(details, int(details.get("instances", 0) or 0) > 0).items():
         stage = key.split(":", 1)[0]
         if key not in rates:
-            if stage == "infer":
-                rate = 1.0
-            else:
+            if stage != "infer":
                 return None
+            fixed, per = 0.0, 1.0
         else:
-            rate = rates[key]
-        out[stage] = out.get(stage, 0.0) + rate * amount
+            fixed, per = rates[key]
+        out[stage] = out.get(stage, 0.0) + fixed + per * amount
     return out
 
 
@@ -328,7 +353,7 @@ LatencyFn = Callable[[Part], "float | None"]
 def predict(geometry: SeriesGeometry, variant: Variant, step: float | None, latency: LatencyFn,
             overhead: tuple[float, float], instances: int = 0,
             per_instance: float = DEFAULT_SECONDS_PER_INSTANCE,
-            rates: dict[str, float] | None = None) -> tuple[float | None, int, dict[str, Any]]:
+            rates: dict[str, tuple[float, float]] | None = None) -> tuple[float | None, int, dict[str, Any]]:
     """(predicted seconds or None, total network evaluations, per-part details) of one plan. ``instances``: DICOM
     files to read (0 for NIfTI/PAR, whose reading is per voxel). ``rates``: the stage rates learnt on this PC
     (:meth:`LatencyTable.stage_rates`): when they cover every stage the prediction is their sum
@@ -375,7 +400,7 @@ def plan_series(
     instances: int = 0,
     per_instance: float = DEFAULT_SECONDS_PER_INSTANCE,
     ceiling_s: float | None = None,
-    rates: dict[str, float] | None = None,
+    rates: dict[str, tuple[float, float]] | None = None,
 ) -> Plan:
     """The most accurate plan predicted to fit ``budget_s``, else the fastest (``fits=False``; ``over_ceiling``
     when even that is predicted above ``ceiling_s``). Without a budget but with a ceiling, the ceiling is the
