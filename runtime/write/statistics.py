@@ -5,8 +5,8 @@ Volume of one voxel = |det(affine[:3, :3])| mm^3 (affine voxel -> RAS+ mm of the
 null when the structure is absent. Every label of the model is reported, absent ones with 0 voxels.
 
 :func:`summarize_mask` is the one pass over the label map that every writer shares (``write_results`` makes it
-once): voxels and intensity sums per label value (bincount over slabs of planes, so the int64/float64 copies
-bincount needs stay small), and the labelled voxels per index of each axis (where the preview's slices and
+once): voxels and intensity sums per label value (bincount over the labelled voxels of slabs of planes, so the
+index arrays stay small), and the labelled voxels per index of each axis (where the preview's slices and
 centroid come from). The statistics, the SR's measurements (from the statistics), the preview and the DICOM-SEG's
 segment list read it instead of passing over the 25-100 M voxels of a scanner-sized series again.
 """
@@ -27,8 +27,8 @@ from edgeseg.typing import StrPath
 log = logging.getLogger(__name__)
 
 STATISTICS_FILE = "statistics.json"
-#: voxels per bincount slab: its int64 labels and float64 weights stay at ~32 MB whatever the series' size
-_SLAB_VOXELS = 2_000_000
+#: voxels per slab of :func:`summarize_mask`: its index arrays stay at tens of MB whatever the series' size
+_SLAB_VOXELS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,9 @@ class MaskSummary:
 def summarize_mask(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str] | None = None) -> MaskSummary:
     """The :class:`MaskSummary` of ``labelmap`` (integer, shape (I, J, K) of ``volume``) over ``volume.array``.
 
-    One pass in slabs of whole k planes (labels and intensities converted slab by slab, never the whole volume).
+    One pass in slabs of whole i planes (compact blocks of the C-ordered arrays): the labelled voxels of a slab
+    are found once (``flatnonzero``), and only they are counted per label, summed per label and counted per index
+    of each axis; background voxels cost that one scan. ``sums[0]`` (the background's) is not computed (0).
     ``labels``: the model's labels (the counts reach at least their largest value). Raises ValueError for a mask
     on another grid or with negative values.
     """
@@ -71,20 +73,24 @@ def summarize_mask(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, st
     counts = np.zeros(top + 1, dtype=np.int64)
     sums = np.zeros(top + 1, dtype=np.float64)
     n_i, n_j, n_k = labelmap.shape
-    along_i, along_j = np.zeros(n_i, np.int64), np.zeros(n_j, np.int64)
-    along_k = np.zeros(n_k, np.int64)
-    step = max(1, _SLAB_VOXELS // max(1, n_i * n_j))
+    along = [np.zeros(n, np.int64) for n in (n_i, n_j, n_k)]
+    step = max(1, _SLAB_VOXELS // max(1, n_j * n_k))
     image = volume.array
-    for k0 in range(0, n_k, step):
-        lab = labelmap[:, :, k0:k0 + step]
-        flat = lab.ravel().astype(np.intp)
-        counts += np.bincount(flat, minlength=top + 1)
-        sums += np.bincount(flat, weights=image[:, :, k0:k0 + step].ravel().astype(np.float64), minlength=top + 1)
-        labelled = lab != 0
-        along_i += np.count_nonzero(labelled, axis=(1, 2))
-        along_j += np.count_nonzero(labelled, axis=(0, 2))
-        along_k[k0:k0 + step] = np.count_nonzero(labelled, axis=(0, 1))
-    return MaskSummary(counts=counts, sums=sums, marginals=(along_i, along_j, along_k))
+    for i0 in range(0, n_i, step):
+        lab = np.ascontiguousarray(labelmap[i0:i0 + step]).reshape(-1)
+        labelled = np.flatnonzero(lab)
+        values = lab[labelled]
+        counts += np.bincount(values, minlength=top + 1)
+        counts[0] += lab.size - labelled.size
+        sums += np.bincount(values, weights=np.ascontiguousarray(image[i0:i0 + step]).reshape(-1)[labelled],
+                            minlength=top + 1)
+        i_idx, rest = np.divmod(labelled, n_j * n_k)
+        j_idx, k_idx = np.divmod(rest, n_k)
+        along[0][i0:i0 + step] = np.bincount(i_idx, minlength=min(step, n_i - i0))
+        along[1] += np.bincount(j_idx, minlength=n_j)
+        along[2] += np.bincount(k_idx, minlength=n_k)
+    sums[0] = 0.0
+    return MaskSummary(counts=counts, sums=sums, marginals=(along[0], along[1], along[2]))
 
 
 def compute_statistics(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str], *,
@@ -114,7 +120,7 @@ def compute_statistics(volume: Volume, labelmap: np.ndarray, labels: Mapping[int
             "label": value,
             "voxels": n,
             "volume_ml": round(n * voxel_ml, 6),
-            "mean_intensity": (float(sums[value] / n) if n else None),
+            "mean_intensity": (float(sums[value] / n) if n and value > 0 else None),  # 0: background, not summed
         }
     return {
         "voxel_volume_ml": voxel_ml,

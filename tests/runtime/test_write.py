@@ -288,6 +288,7 @@ def test_mask_summary_is_one_pass_of_the_same_numbers(slab_voxels: int, monkeypa
     assert summary.counts.size == 401
     assert summary.present == [int(v) for v in np.unique(lab) if v > 0]
     np.testing.assert_array_equal(summary.counts[:301], np.bincount(lab.ravel(), minlength=301))
+    assert summary.sums[0] == 0  # the background is counted, not summed
     for value in summary.present:
         np.testing.assert_allclose(summary.sums[value], vol.array[lab == value].astype(np.float64).sum(), rtol=1e-12)
     for axis, marginal in enumerate(summary.marginals):
