@@ -51,7 +51,7 @@ def worker_edgeseg(args: argparse.Namespace) -> dict[str, Any]:
     total = time.perf_counter() - t0
     out = {"total_s": total, "warm_total_s": total - timings.compile, "read_s": read_s,
            "preprocess_s": timings.preprocess, "compile_s": timings.compile,
-           "infer_s": timings.infer, "postprocess_s": timings.postprocess,
+           "infer_s": timings.infer, "postprocess_s": timings.resample + timings.postprocess,
            "precision_used": ",".join(p["precision"] for p in record["parts"]),
            "tiles": sum(p["tiles"] for p in record["parts"]), "peak_rss_mb": peak_rss_mb()}
     if args.save_labels:

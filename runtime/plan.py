@@ -23,6 +23,14 @@ Prediction, per plan (variant, tile step)::
   (:meth:`LatencyTable.record_run`, an exponential moving average). The per-instance read+write term starts at
   :data:`DEFAULT_SECONDS_PER_INSTANCE` and is learnt the same way from the measured read and write stages of
   DICOM runs (a series of 2000 tiny slices is dominated by reading files and writing the SEG, not by tiles).
+* Once a series has run with this bundle on this PC, the prediction is per stage instead (``details["stages"]``,
+  :func:`stage_units`): every stage's fixed seconds plus seconds per unit, a line fitted to the last runs on
+  this PC (:meth:`LatencyTable.record_stages` keeps each run's stage timings; :func:`fit_stage`), at the
+  series' units: reading per DICOM instance (per input Mvoxel for NIfTI/PAR), preprocessing, resampling back
+  and postprocessing per Mvoxel (input plus network grids), inference per predicted tile-second (the sliding
+  window's own cost on top of the network's is in that ratio), writing per input Mvoxel (DICOM and NIfTI inputs
+  apart: a DICOM-SEG and SR cost more), and the planner, compilation and the rest as fixed seconds. The
+  manifest's ``plan.details.stages`` beside its ``run.timings_s`` shows where a prediction was off.
 * ``ceiling_s`` (the hard time ceiling per series): a plan whose prediction exceeds it, even the fastest, comes
   back with ``over_ceiling=True`` and the watcher refuses the series before starting it.
 
@@ -41,6 +49,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
+
 from edgeseg.bundle.schema import Bundle, Part, Variant
 from edgeseg.runtime.infer.tiling import tile_count
 from edgeseg.runtime.read import SeriesGeometry
@@ -57,6 +67,14 @@ DEFAULT_FIXED_S = 3.0
 #: which 5.6 s were tiles and per-voxel work, so about 0.02 s per instance
 DEFAULT_SECONDS_PER_INSTANCE = 0.02
 _EMA = 0.3
+
+#: the stages of a run (``Timings``) the per-stage prediction covers, in order
+STAGES = ("read", "plan", "preprocess", "compile", "infer", "resample", "postprocess", "write", "other")
+#: stage rates that follow the last run instead of a moving average: compiling the engines and measuring a tile
+#: latency happen for the first series of a segmenter only
+_LAST_OBSERVED = ("compile:fixed", "plan:fixed")
+#: runs kept per stage for its fitted line
+STAGE_SAMPLES = 12
 
 #: measure(bundle, part, precision, device, threads) -> seconds per tile on this machine
 MeasureFn = Callable[[Bundle, Part, str, str, "int | None"], float]
@@ -172,8 +190,39 @@ class LatencyTable:
         with self._lock:
             runs = int(entry.get("runs", 0))
             factor = scale if runs == 0 else (1 - _EMA) + _EMA * scale
-            self._overheads[k] = {"seconds_per_mvoxel": per * factor, "fixed_s": fixed * factor, "runs": runs + 1,
-                                  "seconds_per_instance": per_instance, "read_write_runs": rw_runs}
+            self._overheads[k] = {**entry, "seconds_per_mvoxel": per * factor, "fixed_s": fixed * factor,
+                                  "runs": runs + 1, "seconds_per_instance": per_instance, "read_write_runs": rw_runs}
+            self._save()
+
+    def stage_rates(self, bundle_id: str, device: str, threads: int | None) -> dict[str, tuple[float, float]]:
+        """(fixed seconds, seconds per unit) of each stage (:func:`stage_units`' keys), fitted to the runs on this
+        PC (:func:`fit_stage`); empty before the first run that reported its stages."""
+        entry = self._overheads.get(self.overhead_key(bundle_id, device, threads)) or {}
+        samples = entry.get("stage_samples") or {}
+        return {k: fit_stage([(float(u), float(t)) for u, t in v], last_only=k in _LAST_OBSERVED,
+                             proportional=k == "infer:tile_s")
+                for k, v in samples.items() if v}
+
+    def record_stages(self, bundle_id: str, device: str, threads: int | None, units: dict[str, float],
+                      stages: dict[str, float]) -> None:
+        """Keep a finished run's (units, seconds) per stage: ``units`` (:func:`stage_units` of the plan it
+        followed) and ``stages`` (its measured seconds per stage, the manifest's ``timings_s``); the last
+        :data:`STAGE_SAMPLES` runs per stage are kept."""
+        k = self.overhead_key(bundle_id, device, threads)
+        with self._lock:
+            entry = dict(self._overheads.get(k, {}))
+            samples = {key: list(v) for key, v in (entry.get("stage_samples") or {}).items()}
+            for rate_key, amount in units.items():
+                stage = rate_key.split(":", 1)[0]
+                if stage not in stages or amount <= 0:
+                    continue
+                kept = samples.setdefault(rate_key, [])
+                kept.append([round(float(amount), 6), round(max(0.0, float(stages[stage])), 4)])
+                del kept[:-STAGE_SAMPLES]
+            entry["stage_samples"] = samples
+            entry.setdefault("seconds_per_mvoxel", DEFAULT_SECONDS_PER_MVOXEL)
+            entry.setdefault("fixed_s", DEFAULT_FIXED_S)
+            self._overheads[k] = entry
             self._save()
 
     def get_or_measure(self, bundle: Bundle, part: Part, precision: str, device: str, threads: int | None,
@@ -238,6 +287,62 @@ def _effective_step(part: Part, override: float | None) -> float:
     return float(part.tile_step_size) if override is None else max(float(part.tile_step_size), override)
 
 
+def stage_units(details: dict[str, Any], dicom: bool) -> dict[str, float]:
+    """Rate key -> units of work of one plan (its :func:`predict` details): ``read:instance`` (DICOM) or
+    ``read:mvoxel`` (input Mvoxels), ``preprocess:``/``resample:``/``postprocess:mvoxel`` (input plus network
+    Mvoxels), ``infer:tile_s`` (the tile-seconds predicted from the measured tile latencies), ``write:dicom_mvoxel``
+    or ``write:mvoxel`` (input Mvoxels), and one fixed unit of ``plan``, ``compile`` and ``other``."""
+    instances = int(details.get("instances", 0) or 0)
+    input_mv = float(details.get("input_mvoxels", 0.0) or 0.0)
+    all_mv = float(details.get("mvoxels", 0.0) or 0.0)
+    units = {"read:instance" if dicom and instances else "read:mvoxel": float(instances) if dicom and instances
+             else input_mv,
+             "plan:fixed": 1.0, "preprocess:mvoxel": all_mv, "compile:fixed": 1.0,
+             "infer:tile_s": float(details.get("tile_seconds", 0.0) or 0.0), "resample:mvoxel": all_mv,
+             "postprocess:mvoxel": all_mv, "write:dicom_mvoxel" if dicom else "write:mvoxel": input_mv,
+             "other:fixed": 1.0}
+    return units
+
+
+def fit_stage(samples: list[tuple[float, float]], last_only: bool = False,
+              proportional: bool = False) -> tuple[float, float]:
+    """(fixed seconds, seconds per unit) of one stage from its runs' (units, seconds): a least-squares line
+    through them once they cover two sizes (both terms kept non-negative), else seconds proportional to the units
+    (one size seen). ``last_only``: the last run's seconds as a fixed cost (compiling, measuring a latency: paid by
+    a segmenter's first series only). ``proportional``: a line through zero (inference: its seconds per predicted
+    tile-second, the big series weighing most)."""
+    if last_only:
+        return samples[-1][1], 0.0
+    x = np.array([u for u, _ in samples])
+    y = np.array([t for _, t in samples])
+    if proportional:
+        return 0.0, float(np.dot(x, y) / np.dot(x, x))
+    if np.ptp(x) > 1e-9 * max(1.0, float(x.max())):
+        per, fixed = np.polyfit(x, y, 1)
+        if per < 0:
+            return float(y.mean()), 0.0
+        if fixed < 0:
+            return 0.0, float(np.dot(x, y) / np.dot(x, x))
+        return float(fixed), float(per)
+    return 0.0, float(y.mean() / x.mean())
+
+
+def predict_stages(details: dict[str, Any], rates: dict[str, tuple[float, float]]) -> dict[str, float] | None:
+    """Predicted seconds per stage from the fitted ``rates`` (:meth:`LatencyTable.stage_rates`), or None while a
+    stage this series needs has none yet. Inference without a fitted line is the tile-seconds themselves."""
+    out: dict[str, float] = {}
+    for key, amount in stage_units(details, int(details.get("instances", 0) or 0) > 0).items():
+        stage = key.split(":", 1)[0]
+        if key not in rates:
+            if stage != "infer":
+                return None
+            fixed, per = 0.0, 1.0
+        else:
+            fixed, per = rates[key]
+        out[stage] = out.get(stage, 0.0) + fixed + per * amount
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------------
 # planning
 
@@ -247,9 +352,12 @@ LatencyFn = Callable[[Part], "float | None"]
 
 def predict(geometry: SeriesGeometry, variant: Variant, step: float | None, latency: LatencyFn,
             overhead: tuple[float, float], instances: int = 0,
-            per_instance: float = DEFAULT_SECONDS_PER_INSTANCE) -> tuple[float | None, int, dict[str, Any]]:
+            per_instance: float = DEFAULT_SECONDS_PER_INSTANCE,
+            rates: dict[str, tuple[float, float]] | None = None) -> tuple[float | None, int, dict[str, Any]]:
     """(predicted seconds or None, total network evaluations, per-part details) of one plan. ``instances``: DICOM
-    files to read (0 for NIfTI/PAR, whose reading is per voxel)."""
+    files to read (0 for NIfTI/PAR, whose reading is per voxel). ``rates``: the stage rates learnt on this PC
+    (:meth:`LatencyTable.stage_rates`): when they cover every stage the prediction is their sum
+    (``details["stages"]``), else the overhead model of the module docstring."""
     per_mvoxel, fixed = overhead
     total_tiles = 0
     tile_seconds = 0.0
@@ -270,10 +378,15 @@ def predict(geometry: SeriesGeometry, variant: Variant, step: float | None, late
             tile_seconds += n * lat
     details["tile_seconds"] = tile_seconds
     details["mvoxels"] = voxels / 1e6
+    details["input_mvoxels"] = float(geometry.voxels) / 1e6
     details["instances"] = int(instances)
     details["read_write_s"] = per_instance * instances
     if unknown:
         return None, total_tiles, details
+    stages = predict_stages(details, rates) if rates else None
+    if stages is not None:
+        details["stages"] = {k: round(v, 3) for k, v in stages.items()}
+        return sum(stages.values()), total_tiles, details
     return tile_seconds + per_mvoxel * voxels / 1e6 + per_instance * instances + fixed, total_tiles, details
 
 
@@ -287,6 +400,7 @@ def plan_series(
     instances: int = 0,
     per_instance: float = DEFAULT_SECONDS_PER_INSTANCE,
     ceiling_s: float | None = None,
+    rates: dict[str, tuple[float, float]] | None = None,
 ) -> Plan:
     """The most accurate plan predicted to fit ``budget_s``, else the fastest (``fits=False``; ``over_ceiling``
     when even that is predicted above ``ceiling_s``). Without a budget but with a ceiling, the ceiling is the
@@ -309,7 +423,8 @@ def plan_series(
     candidates: list[Plan] = []
     for variant in variants:
         for step in _candidate_steps(variant, coarser_steps):
-            seconds, tiles, details = predict(geometry, variant, step, latency, overhead, instances, per_instance)
+            seconds, tiles, details = predict(geometry, variant, step, latency, overhead, instances, per_instance,
+                                              rates)
             if seconds is None:
                 missing = [k for k, v in details.items() if isinstance(v, dict) and v.get("seconds_per_tile") is None]
                 return Plan(best.name, None, None, False,
@@ -365,14 +480,23 @@ class Planner:
              ceiling_s: float | None = None) -> Plan:
         return plan_series(self.bundle, geometry, budget_s, self.latency,
                            self.table.overhead(self.bundle_id, self.device, self.threads), self.coarser_steps,
-                           instances, self.table.per_instance(self.bundle_id, self.device, self.threads), ceiling_s)
+                           instances, self.table.per_instance(self.bundle_id, self.device, self.threads), ceiling_s,
+                           self.table.stage_rates(self.bundle_id, self.device, self.threads))
 
-    def record(self, plan: Plan, actual_s: float, read_write_s: float | None = None) -> None:
+    def record(self, plan: Plan, actual_s: float, read_write_s: float | None = None,
+               stages: dict[str, float] | None = None) -> None:
         """Refine the overhead terms from a finished run that followed ``plan`` (``read_write_s``: the measured
-        read and write stages, when the segmenter reports them)."""
+        read and write stages, when the segmenter reports them; ``stages``: its seconds per stage, the manifest's
+        ``timings_s``, which refine the per-stage rates)."""
         tile_seconds = plan.details.get("tile_seconds")
         mvoxels = plan.details.get("mvoxels")
-        if plan.predicted_s is None or tile_seconds is None or not mvoxels:
+        if tile_seconds is None or not mvoxels:
+            return
+        if stages:
+            units = stage_units(plan.details, int(plan.details.get("instances", 0) or 0) > 0)
+            self.table.record_stages(self.bundle_id, self.device, self.threads, units,
+                                     {k: float(v) for k, v in stages.items() if k in STAGES})
+        if plan.predicted_s is None:
             return
         self.table.record_run(self.bundle_id, self.device, self.threads, float(mvoxels), float(tile_seconds),
                               actual_s, int(plan.details.get("instances", 0) or 0), read_write_s)

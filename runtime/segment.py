@@ -36,18 +36,25 @@ EngineFor = Callable[[Part], Engine]
 
 @dataclass
 class Timings:
-    """Seconds per stage, summed over parts."""
+    """Seconds per stage of one series, summed over parts: ``read`` (the input), ``plan`` (the planner, a tile
+    latency measurement included), ``preprocess``, ``compile``, ``infer`` (the sliding window), ``resample`` (the
+    argmax and resampling back to the input grid, reorientation included), ``postprocess`` (merging the parts),
+    ``write`` (every output; the manifest's ``write_s`` has each writer) and ``other`` (what the stages do not
+    cover: the manifest record, checkpoints; set when the wall time is known, so that ``total`` is the wall time)."""
 
     read: float = 0.0
+    plan: float = 0.0
     preprocess: float = 0.0
     compile: float = 0.0
     infer: float = 0.0
+    resample: float = 0.0
     postprocess: float = 0.0
     write: float = 0.0
+    other: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.read + self.preprocess + self.compile + self.infer + self.postprocess + self.write
+        return sum(float(v) for v in asdict(self).values())
 
     def rounded(self) -> dict[str, float]:
         """Seconds per stage and ``total``, to the millisecond (the manifest's ``timings_s``)."""
@@ -108,6 +115,8 @@ def segment_volume(volume: Volume, bundle: Bundle, options: SegmentOptions, engi
         except FloatingPointError as err:
             raise InferenceError(f"Part '{part.name}': {err}") from err
         del prediction
+        timings.resample += time.perf_counter() - t0
+        t0 = time.perf_counter()
         merge_part(merged, part_labels, part)
         timings.postprocess += time.perf_counter() - t0
         if progress:
@@ -121,7 +130,7 @@ def segment_volume(volume: Volume, bundle: Bundle, options: SegmentOptions, engi
         })
     t0 = time.perf_counter()
     labels = to_input_grid(merged, oriented)
-    timings.postprocess += time.perf_counter() - t0
+    timings.resample += time.perf_counter() - t0
     if tuple(labels.shape) != tuple(volume.array.shape):  # geometry is sacred: never write a wrong grid
         raise InferenceError(f"internal error: mask shape {labels.shape} != input shape {volume.array.shape}")
     record = {

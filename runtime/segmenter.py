@@ -136,8 +136,10 @@ class SeriesSegmenter(ABC):
         timings = Timings()
         try:
             if plan is None and self.planner is not None:
+                t0, read_before = time.perf_counter(), timings.read
                 source, geometry, instances = self._planning_input(source, timings)
                 plan = self.plan(geometry, instances, name)
+                timings.plan += time.perf_counter() - t0 - (timings.read - read_before)
             if plan is not None and plan.over_ceiling:
                 raise TimeCeilingError(f"{name}: {plan.reason} (not started).")
             options = self.options if plan is None else replace(self.options, variant=plan.variant,
@@ -151,11 +153,17 @@ class SeriesSegmenter(ABC):
             raise OutOfMemoryError(f"{name}: out of memory while segmenting ({type(err).__name__}: "
                                    f"{err or 'no details'}).") from err
         seconds = time.monotonic() - started
+        budget = self.options.time_budget_s
+        if budget is not None and seconds > budget:
+            predicted = plan.predicted_s if plan is not None else None
+            log.warning("series over its time budget: series=%s seconds=%.1f budget_s=%g predicted_s=%s stages=%s",
+                        name, seconds, budget, None if predicted is None else round(predicted, 1),
+                        result.timings)
         if plan is not None and self.planner is not None:
             stages = result.timings or {}
             read_write = (float(stages["read"]) + float(stages["write"])
                           if "read" in stages and "write" in stages else None)
-            self.planner.record(plan, seconds, read_write_s=read_write)
+            self.planner.record(plan, seconds, read_write_s=read_write, stages=stages)
         return result
 
     def _planning_input(self, source: Source, timings: Timings) -> tuple[Source, SeriesGeometry | None, int]:
@@ -248,13 +256,13 @@ class Segmenter(SeriesSegmenter):
                  tuple(round(s, 3) for s in volume.spacing))
         labels, record = segment_volume(volume, self.bundle, options, self.engine, checkpoint, timings)
         checkpoint("postprocess", 1.0)
-        t0 = time.perf_counter()
         manifest = run_manifest(self.bundle, self.bundle_digest, volume, options, record)
         if plan is not None:
             manifest["plan"] = plan.to_dict()
         result = write_results(volume, labels, self.bundle.labels, options.outputs, manifest, out_parent=out_parent,
-                               checkpoint=checkpoint)
-        timings.write = time.perf_counter() - t0
+                               checkpoint=checkpoint, started=checkpoint.started)
+        written = result.manifest.get("run", {}).get("timings_s", {})  # the manifest's: write and other added
+        timings.write, timings.other = float(written.get("write", 0.0)), float(written.get("other", 0.0))
         if result.missing_outputs:
             log.warning("partial series=%s output=%s total_s=%.2f: %s", volume.name, result.output_dir,
                         timings.total, describe_missing(result.missing_outputs))

@@ -140,6 +140,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         seconds = "-" if r.actual_s is None else f"{r.actual_s:.1f}"
         if r.predicted_s is not None:
             seconds += f" (pred {r.predicted_s:.0f})"
+        if r.actual_s is not None and r.budget_s is not None and r.actual_s > r.budget_s:
+            seconds += f" OVER BUDGET {r.budget_s:g}"
         error = (r.last_error or "").replace("\n", " ")
         table_rows.append([age(now - r.updated_at) + " ago", r.state, str(r.attempts), seconds, r.name,
                            r.folder, error[:70] + ("..." if len(error) > 70 else "")])

@@ -59,6 +59,7 @@ from edgeseg import __version__
 from edgeseg.errors import OutputError
 from edgeseg.runtime.read import planes_from_affine
 from edgeseg.runtime.read.volume import Volume
+from edgeseg.runtime.write.statistics import MaskSummary
 from edgeseg.typing import StrPath
 
 log = logging.getLogger(__name__)
@@ -308,12 +309,15 @@ def _contributing_equipment(bundle: Mapping[str, Any] | None) -> Any:
 def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str], *,
                     segmentation_type: str = "BINARY", series_number: int | None = None,
                     bundle: Mapping[str, Any] | None = None,
-                    run: Mapping[str, Any] | None = None) -> dict[int, dict[str, Any]]:
+                    run: Mapping[str, Any] | None = None,
+                    summary: MaskSummary | None = None) -> dict[int, dict[str, Any]]:
     """Write a DICOM Segmentation of ``labelmap`` (shape (I, J, K) of the DICOM ``volume``) to ``path``.
 
     ``segmentation_type``: "BINARY" or "LABELMAP" (case-insensitive). ``bundle``: the run manifest's ``bundle``
     record (``name``, ``bundle_json_sha256``), named in the ContributingEquipmentSequence; with ``run`` (the
     manifest's ``run`` record: variant, precision per part) it also makes the UIDs (:func:`result_uids`).
+    ``summary``: the mask's :func:`~edgeseg.runtime.write.statistics.summarize_mask` when the caller has it (the
+    labels present come from it instead of another pass over the mask).
 
     Returns {segment number: {"label": value, "name": name}} for the segments written (present labels only).
     Raises ValueError for a non-DICOM volume or an empty mask, :class:`OutputError` if the sources are unreadable;
@@ -329,7 +333,7 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
     seg_type = str(segmentation_type).upper()
     if seg_type not in ("BINARY", "LABELMAP"):
         raise ValueError(f"segmentation_type must be BINARY or LABELMAP, not {segmentation_type!r}")
-    present = [int(v) for v in np.unique(labelmap) if v > 0]
+    present = summary.present if summary is not None else [int(v) for v in np.unique(labelmap) if v > 0]
     if not present:
         raise ValueError("the mask is empty: no DICOM-SEG is written for an empty segmentation")
     lut = np.zeros(int(max(present)) + 1, dtype=np.uint16 if len(present) > 255 else np.uint8)
@@ -337,7 +341,9 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
     for number, value in enumerate(present, start=1):
         lut[value] = number
         segments[number] = {"label": value, "name": str(labels.get(value, f"label_{value}"))}
-    frames = lut[np.asarray(labelmap)].transpose(2, 1, 0)  # (K, Rows, Columns), segment numbers
+    # (K, Rows, Columns) segment numbers, C-contiguous: highdicom reads the frames plane by plane (and, for BINARY,
+    # compares each plane with each segment number), so each plane must be one compact block
+    frames = np.ascontiguousarray(lut[np.asarray(labelmap).transpose(2, 1, 0)])
 
     sources = _sources(volume)
     changed = sorted({kw for ds in sources for kw in _sanitise_person_names(ds)})

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from edgeseg.runtime.read.volume import Volume
+from edgeseg.runtime.write.statistics import MaskSummary, summarize_mask
 from edgeseg.typing import StrPath
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,30 @@ def _display(plane: np.ndarray) -> np.ndarray:
     return plane[::-1, ::-1].T
 
 
+def _canonical_marginals(volume: Volume, summary: MaskSummary) -> list[np.ndarray]:
+    """The summary's labelled voxels per index along each axis of the reoriented (closest RAS+) arrays."""
+    from nibabel.orientations import io_orientation
+
+    out: list[np.ndarray] = [np.zeros(0, np.int64)] * 3
+    for axis, (out_axis, flip) in enumerate(io_orientation(volume.affine)):
+        marginal = summary.marginals[axis]
+        out[int(out_axis)] = marginal[::-1] if flip < 0 else marginal
+    return out
+
+
+def _percentiles(histogram: np.ndarray, qs: list[float]) -> np.ndarray:
+    """numpy's (linear) percentiles ``qs`` of the indices counted by ``histogram``, without expanding them."""
+    cumulative = np.cumsum(histogram)
+    n = int(cumulative[-1])
+    out = []
+    for q in qs:
+        h = (n - 1) * q / 100.0
+        lo = math.floor(h)
+        v_lo, v_hi = (int(np.searchsorted(cumulative, idx, side="right")) for idx in (lo, min(lo + 1, n - 1)))
+        out.append(v_lo + (h - lo) * (v_hi - v_lo))
+    return np.asarray(out)
+
+
 def _window(image: np.ndarray) -> tuple[float, float]:
     flat = image.ravel()
     step = max(1, flat.size // 1_000_000)
@@ -71,24 +96,29 @@ def _window(image: np.ndarray) -> tuple[float, float]:
 
 
 def render_preview(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str], *,
-                   panel_height: int = 256) -> Any:
-    """Render the preview as a ``PIL.Image.Image`` (RGB); see the module docstring for what is drawn."""
+                   panel_height: int = 256, summary: MaskSummary | None = None) -> Any:
+    """Render the preview as a ``PIL.Image.Image`` (RGB); see the module docstring for what is drawn.
+    ``summary``: the mask's :func:`~edgeseg.runtime.write.statistics.summarize_mask`, when the caller has it (the
+    slices, centroid and legend come from it, not from another pass over the mask)."""
     from PIL import Image, ImageDraw, ImageFont
 
     if tuple(labelmap.shape) != tuple(volume.array.shape):
         raise ValueError(f"labelmap shape {labelmap.shape} differs from the volume's {volume.array.shape}")
+    summary = summary if summary is not None else summarize_mask(volume, labelmap, labels)
     image, lab, spacing = _canonical(volume, labelmap)
     lo, hi = _window(image)
-    top = int(lab.max()) if lab.size else 0
+    present = summary.present
+    top = max(present) if present else 0
     lut = np.zeros((top + 1, 3), dtype=np.uint8)
     for value in range(1, top + 1):
         lut[value] = label_color(value)
 
-    coords = np.nonzero(lab)
     shape = np.array(lab.shape)
-    if coords[0].size:
-        centroid = np.array([int(round(float(c.mean()))) for c in coords])
-        zs = np.percentile(coords[2], [25, 50, 75]).round().astype(int)
+    if summary.labelled:
+        marginals = _canonical_marginals(volume, summary)
+        n = summary.labelled
+        centroid = np.array([int(round(float(np.dot(np.arange(m.size), m)) / n)) for m in marginals])
+        zs = _percentiles(marginals[2], [25, 50, 75]).round().astype(int)
     else:
         centroid = shape // 2
         zs = np.array([shape[2] // 4, shape[2] // 2, (3 * shape[2]) // 4])
@@ -118,7 +148,6 @@ def render_preview(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, st
         rgb[mask] = (1 - _ALPHA) * rgb[mask] + _ALPHA * lut[lv[mask]].astype(np.float32)
         panels.append((title, Image.fromarray(rgb.astype(np.uint8), "RGB")))
 
-    present = [int(v) for v in np.unique(lab) if v > 0]
     total_w = sum(p.width for _, p in panels) + _GAP * (len(panels) + 1)
     n_cols = max(1, total_w // _LEGEND_COL)
     legend_h = (math.ceil(len(present) / n_cols) * _LEGEND_ROW + 2 * _GAP) if present else _LEGEND_ROW + 2 * _GAP
@@ -143,8 +172,10 @@ def render_preview(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, st
     return canvas
 
 
-def write_preview(path: StrPath, volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str]) -> Path:
-    """Render (:func:`render_preview`) and save as PNG."""
+def write_preview(path: StrPath, volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str], *,
+                  summary: MaskSummary | None = None) -> Path:
+    """Render (:func:`render_preview`; ``summary`` as there) and save as PNG."""
     path = Path(path)
-    render_preview(volume, labelmap, labels).save(str(path), format="PNG", optimize=False, compress_level=3)
+    render_preview(volume, labelmap, labels, summary=summary).save(str(path), format="PNG", optimize=False,
+                                                                   compress_level=3)
     return path

@@ -55,7 +55,7 @@ from edgeseg.runtime.write.nifti import (LABELMAP_FILE, LABELS_FILE, STRUCTURES_
                                          write_labelmap, write_structures)
 from edgeseg.runtime.write.preview import PREVIEW_FILE, write_preview
 from edgeseg.runtime.write.sr import DICOM_SR_FILE, write_dicom_sr
-from edgeseg.runtime.write.statistics import STATISTICS_FILE, compute_statistics, write_statistics
+from edgeseg.runtime.write.statistics import STATISTICS_FILE, compute_statistics, summarize_mask, write_statistics
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +105,29 @@ class SegmentResult:
         return {str(k): str(v) for k, v in (self.manifest.get("missing_outputs") or {}).items()}
 
 
-def _record_write_seconds(record: dict[str, Any], seconds: float) -> None:
-    """Put the writing stage into the run record's timings (they are made before the outputs are written)."""
+def _record_write_seconds(record: dict[str, Any], seconds: float, writers: Mapping[str, float],
+                          wall_s: float | None = None) -> None:
+    """Put the writing stage into the run record's timings (they are made before the outputs are written), each
+    writer's seconds as ``run.write_s``, and, with the series' wall time so far, the seconds no stage covers as
+    ``other``, so that ``total`` is the wall time. A run past its time budget (``options.time_budget_s``) gets
+    ``run.over_budget``: the budget, the seconds and the plan's prediction."""
     run = record.get("run")
     timings = run.get("timings_s") if isinstance(run, dict) else None
-    if isinstance(timings, dict):
-        timings = dict(timings, write=round(seconds, 3))
-        timings["total"] = round(sum(float(v) for k, v in timings.items() if k != "total"), 3)
-        record["run"] = dict(run, timings_s=timings)  # type: ignore[arg-type]
+    if not isinstance(run, dict) or not isinstance(timings, dict):
+        return
+    timings = dict(timings, write=round(seconds, 3))
+    stages = sum(float(v) for k, v in timings.items() if k not in ("total", "other"))
+    if wall_s is not None:
+        timings["other"] = round(max(0.0, wall_s - stages), 3)
+    timings["total"] = round(stages + float(timings.get("other", 0.0)), 3)
+    run = dict(run, timings_s=timings, write_s={role: round(s, 3) for role, s in writers.items()})
+    options = record.get("options")
+    budget = options.get("time_budget_s") if isinstance(options, Mapping) else None
+    if budget is not None and timings["total"] > float(budget):
+        plan = record.get("plan")
+        run["over_budget"] = {"budget_s": float(budget), "seconds": timings["total"],
+                              "predicted_s": plan.get("predicted_s") if isinstance(plan, Mapping) else None}
+    record["run"] = run
 
 
 def series_folder(volume: Volume) -> Path:
@@ -155,7 +170,8 @@ def seg_source_problem(volume: Volume) -> str | None:
 
 def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str], options: OutputOptions,
                   manifest: Mapping[str, Any], out_parent: Path | None = None,
-                  checkpoint: Callable[[str, float], None] | None = None) -> SegmentResult:
+                  checkpoint: Callable[[str, float], None] | None = None,
+                  started: float | None = None) -> SegmentResult:
     """Write the results of one series; returns where they landed.
 
     ``labelmap``: integer array of exactly ``volume.shape`` (I, J, K), 0 = background, values = keys of
@@ -164,13 +180,26 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
     (the DICOM SR measures those segments).
     ``checkpoint(stage, fraction)`` is called before each output is written and before publishing (the
     segmenter's time ceiling and stop requests: whatever it raises discards the unpublished folder).
-    ``manifest["run"]["timings_s"]``, when present, gets the seconds spent here as ``write`` (and its ``total``).
+    ``manifest["run"]["timings_s"]``, when present, gets the seconds spent here as ``write`` (and its ``total``),
+    ``manifest["run"]["write_s"]`` the seconds of each writer; ``started``: the series' start
+    (``time.monotonic()``), when the caller knows it: the timings then get ``other`` (what no stage covers) and
+    their ``total`` is the series' wall time up to the manifest. A run past ``manifest["options"]["time_budget_s"]``
+    is marked ``run.over_budget``.
     Raises :class:`OutputError` (disk full, no permission) with nothing published; ValueError for a labelmap of
     the wrong shape or type.
     """
-    started = time.perf_counter()
+    began = time.perf_counter()
+    writers: dict[str, float] = {}
+    mark = [began]
+
+    def lap(role: str) -> None:
+        """The seconds since the previous lap go to writer ``role``."""
+        now = time.perf_counter()
+        writers[role] = writers.get(role, 0.0) + now - mark[0]
+        mark[0] = now
 
     def step(role: str) -> None:
+        lap("other")
         if checkpoint is not None:  # outside ``optional``: what it raises is never a missing output
             checkpoint(f"write {role}", 1.0)
 
@@ -185,7 +214,9 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
     record = dict(manifest)
     warnings: list[str] = list(record.get("warnings", []))
     outputs: dict[str, str] = {}
-    present = [int(v) for v in np.unique(labelmap) if v > 0]
+    summary = summarize_mask(volume, labelmap, labels)  # the one pass over the mask every writer below shares
+    present = summary.present
+    lap("mask_summary")
 
     owner = series_key(volume.kind, os.path.abspath(volume.source), volume.series_id or volume.series_uid,
                        volume.stack)
@@ -215,18 +246,20 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
         outputs["labelmap"] = LABELMAP_FILE
         write_label_sidecar(root / LABELS_FILE, labels)
         outputs["labels"] = LABELS_FILE
+        lap("labelmap")
         if options.per_structure:
             step("structures")
             optional("structures", root / STRUCTURES_DIR,
                      lambda: write_structures(root / STRUCTURES_DIR, labelmap, volume, labels))
             if "structures" not in missing:
                 outputs["structures"] = STRUCTURES_DIR
+            lap("structures")
         computed: dict[str, Any] = {}
 
         def statistics() -> dict[str, Any]:
             """The statistics of the mask, computed once for statistics.json, the SR and the caller."""
             if "stats" not in computed:
-                computed["stats"] = compute_statistics(volume, labelmap, labels)
+                computed["stats"] = compute_statistics(volume, labelmap, labels, summary=summary)
             stats: dict[str, Any] = computed["stats"]
             return stats
 
@@ -236,12 +269,14 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
                 root / STATISTICS_FILE, statistics()))
             if "statistics" not in missing:
                 outputs["statistics"] = STATISTICS_FILE
+            lap("statistics")
         if options.preview:
             step("preview")
             optional("preview", root / PREVIEW_FILE, lambda: write_preview(root / PREVIEW_FILE, volume, labelmap,
-                                                                           labels))
+                                                                           labels, summary=summary))
             if "preview" not in missing:
                 outputs["preview"] = PREVIEW_FILE
+            lap("preview")
         if options.dicom_seg and volume.kind == "dicom":
             unreferencable = seg_source_problem(volume)
             segments: dict[int, dict[str, Any]] | None = None
@@ -254,7 +289,8 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
                 step("dicom_seg")
                 segments = optional("dicom_seg", root / DICOM_SEG_FILE, lambda: write_dicom_seg(
                     root / DICOM_SEG_FILE, volume, labelmap, labels, segmentation_type=options.seg_type,
-                    bundle=record.get("bundle"), run=record.get("run")))
+                    bundle=record.get("bundle"), run=record.get("run"), summary=summary))
+                lap("dicom_seg")
                 if "dicom_seg" in missing:  # highdicom refuses some sources; the other results are kept
                     warnings.append(f"DICOM-SEG not written: {missing['dicom_seg']}")
                 elif segments is not None:
@@ -270,6 +306,7 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
                     optional("dicom_sr", root / DICOM_SR_FILE, lambda: write_dicom_sr(
                         root / DICOM_SR_FILE, volume, root / DICOM_SEG_FILE, seg_segments, statistics(),
                         bundle=record.get("bundle"), run=record.get("run")))
+                    lap("dicom_sr")
                     if "dicom_sr" in missing:
                         warnings.append(f"DICOM SR not written: {missing['dicom_sr']}")
                     else:
@@ -288,7 +325,9 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
         if warnings:
             record["warnings"] = warnings
         step("manifest")
-        _record_write_seconds(record, time.perf_counter() - started)
+        now = time.perf_counter()
+        wall = None if started is None else time.monotonic() - started
+        _record_write_seconds(record, now - began, writers, wall)
         written = write_manifest(root / MANIFEST_FILE, record)
     try:
         clear_error_file(parent, volume.name)

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import Any, Mapping
 
 from edgeseg import __version__
+from edgeseg.errors import OutputError
 from edgeseg.runtime.read.volume import Volume
 from edgeseg.runtime.write.dicomseg import _sanitise_person_names, _sources, model_identity, result_uids
 from edgeseg.typing import StrPath
@@ -92,6 +94,30 @@ def _observer(bundle: Mapping[str, Any], model: list[str]) -> Any:
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
 
 
+#: what the evidence sequence takes from each source instance after the first
+_EVIDENCE_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+def _evidence(volume: Volume) -> list[Any]:
+    """The source instances as evidence: the first in full (highdicom copies the patient and study from it; its
+    person names sanitised as for the SEG), the others with only the UIDs their evidence items hold
+    (:data:`_EVIDENCE_TAGS`): reading and copying every header in full costs more than the report itself."""
+    import pydicom
+
+    first = _sources(replace(volume, dicom_files=volume.dicom_files[:1]))
+    _sanitise_person_names(first[0])
+    rest = []
+    for path in volume.dicom_files[1:]:
+        try:
+            rest.append(pydicom.dcmread(os.fspath(path), stop_before_pixels=True, specific_tags=list(_EVIDENCE_TAGS)))
+        except Exception as err:
+            raise OutputError(
+                f"Cannot write the DICOM SR for series {volume.series_uid}: the source file {path} is no longer "
+                f"readable ({type(err).__name__}: {err}). Keep the series folder unchanged until edgeseg is done."
+            ) from err
+    return [*first, *rest]
+
+
 def write_dicom_sr(path: StrPath, volume: Volume, seg_path: StrPath, segments: Mapping[int, Mapping[str, Any]],
                    statistics: Mapping[str, Any], *, bundle: Mapping[str, Any] | None = None,
                    run: Mapping[str, Any] | None = None, series_number: int | None = None) -> dict[str, str]:
@@ -120,9 +146,7 @@ def write_dicom_sr(path: StrPath, volume: Volume, seg_path: StrPath, segments: M
     structures = statistics.get("structures") or {}
     bundle = bundle or {}
     seg = pydicom.dcmread(os.fspath(seg_path), stop_before_pixels=True)
-    sources = _sources(volume)
-    for ds in sources:
-        _sanitise_person_names(ds)
+    sources = _evidence(volume)
     model = model_identity(bundle, run)
     series_uid, sop_uid = result_uids(volume, model, "sr", f"seg={seg.SOPInstanceUID}")
     modality = str(volume.dicom.modality or sources[0].get("Modality") or "")

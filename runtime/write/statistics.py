@@ -3,6 +3,12 @@
 Volume of one voxel = |det(affine[:3, :3])| mm^3 (affine voxel -> RAS+ mm of the input volume), / 1000 for ml.
 ``mean_intensity`` is the mean of ``Volume.array`` (float32, rescale applied) over the structure's voxels, or
 null when the structure is absent. Every label of the model is reported, absent ones with 0 voxels.
+
+:func:`summarize_mask` is the one pass over the label map that every writer shares (``write_results`` makes it
+once): voxels and intensity sums per label value (bincount over the labelled voxels of slabs of planes, so the
+index arrays stay small), and the labelled voxels per index of each axis (where the preview's slices and
+centroid come from). The statistics, the SR's measurements (from the statistics), the preview and the DICOM-SEG's
+segment list read it instead of passing over the 25-100 M voxels of a scanner-sized series again.
 """
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ import json
 import logging
 from pathlib import Path
 from typing import Any, Mapping
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,9 +27,74 @@ from edgeseg.typing import StrPath
 log = logging.getLogger(__name__)
 
 STATISTICS_FILE = "statistics.json"
+#: voxels per slab of :func:`summarize_mask`: its index arrays stay at tens of MB whatever the series' size
+_SLAB_VOXELS = 4_000_000
 
 
-def compute_statistics(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class MaskSummary:
+    """One pass over a label map of shape (I, J, K) (:func:`summarize_mask`).
+
+    * ``counts``: voxels per label value (index = value; length max(label value found, model labels) + 1);
+    * ``sums``: the sum of the volume's intensities (float64) per label value, same indexing;
+    * ``marginals``: labelled (non-zero) voxels per index along i, j and k (lengths I, J, K).
+    """
+
+    counts: np.ndarray
+    sums: np.ndarray
+    marginals: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+    @property
+    def present(self) -> list[int]:
+        """The label values found in the mask (> 0), ascending."""
+        return [int(v) for v in np.flatnonzero(self.counts[1:]) + 1]
+
+    @property
+    def labelled(self) -> int:
+        """How many voxels carry a label."""
+        return int(self.marginals[2].sum())
+
+
+def summarize_mask(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str] | None = None) -> MaskSummary:
+    """The :class:`MaskSummary` of ``labelmap`` (integer, shape (I, J, K) of ``volume``) over ``volume.array``.
+
+    One pass in slabs of whole i planes (compact blocks of the C-ordered arrays): the labelled voxels of a slab
+    are found once (``flatnonzero``), and only they are counted per label, summed per label and counted per index
+    of each axis; background voxels cost that one scan. ``sums[0]`` (the background's) is not computed (0).
+    ``labels``: the model's labels (the counts reach at least their largest value). Raises ValueError for a mask
+    on another grid or with negative values.
+    """
+    labelmap = np.asarray(labelmap)
+    if tuple(labelmap.shape) != tuple(volume.array.shape):
+        raise ValueError(f"labelmap shape {labelmap.shape} differs from the volume's {volume.array.shape}")
+    if labelmap.size and np.issubdtype(labelmap.dtype, np.signedinteger) and int(labelmap.min()) < 0:
+        raise ValueError("labelmap holds negative values")
+    top = max([int(labelmap.max()) if labelmap.size else 0, *[int(k) for k in (labels or {})]] or [0])
+    counts = np.zeros(top + 1, dtype=np.int64)
+    sums = np.zeros(top + 1, dtype=np.float64)
+    n_i, n_j, n_k = labelmap.shape
+    along = [np.zeros(n, np.int64) for n in (n_i, n_j, n_k)]
+    step = max(1, _SLAB_VOXELS // max(1, n_j * n_k))
+    image = volume.array
+    for i0 in range(0, n_i, step):
+        lab = np.ascontiguousarray(labelmap[i0:i0 + step]).reshape(-1)
+        labelled = np.flatnonzero(lab)
+        values = lab[labelled]
+        counts += np.bincount(values, minlength=top + 1)
+        counts[0] += lab.size - labelled.size
+        sums += np.bincount(values, weights=np.ascontiguousarray(image[i0:i0 + step]).reshape(-1)[labelled],
+                            minlength=top + 1)
+        i_idx, rest = np.divmod(labelled, n_j * n_k)
+        j_idx, k_idx = np.divmod(rest, n_k)
+        along[0][i0:i0 + step] = np.bincount(i_idx, minlength=min(step, n_i - i0))
+        along[1] += np.bincount(j_idx, minlength=n_j)
+        along[2] += np.bincount(k_idx, minlength=n_k)
+    sums[0] = 0.0
+    return MaskSummary(counts=counts, sums=sums, marginals=(along[0], along[1], along[2]))
+
+
+def compute_statistics(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str], *,
+                       summary: MaskSummary | None = None) -> dict[str, Any]:
     """Statistics as a JSON-ready dict::
 
         {"voxel_volume_ml": float, "units": {...},
@@ -29,17 +102,16 @@ def compute_statistics(volume: Volume, labelmap: np.ndarray, labels: Mapping[int
                         ...}}
 
     Structures are keyed by label name, in label order; label values found in the mask but missing from
-    ``labels`` are reported as ``label_<n>``.
+    ``labels`` are reported as ``label_<n>``. ``summary``: the mask's :func:`summarize_mask`, when the caller
+    already has it.
     """
     if tuple(labelmap.shape) != tuple(volume.array.shape):
         raise ValueError(f"labelmap shape {labelmap.shape} differs from the volume's {volume.array.shape}")
     voxel_ml = float(abs(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
-    flat = np.asarray(labelmap).ravel().astype(np.int64, copy=False)
-    top = max([int(flat.max()) if flat.size else 0, *[int(k) for k in labels]] or [0])
-    counts = np.bincount(flat, minlength=top + 1)
-    sums = np.bincount(flat, weights=volume.array.ravel().astype(np.float64), minlength=top + 1)
+    summary = summary if summary is not None else summarize_mask(volume, labelmap, labels)
+    counts, sums = summary.counts, summary.sums
     names = {int(k): str(v) for k, v in labels.items()}
-    for found in np.flatnonzero(counts[1:]) + 1:
+    for found in summary.present:
         names.setdefault(int(found), f"label_{int(found)}")
     structures: dict[str, Any] = {}
     for value in sorted(names):
@@ -48,7 +120,7 @@ def compute_statistics(volume: Volume, labelmap: np.ndarray, labels: Mapping[int
             "label": value,
             "voxels": n,
             "volume_ml": round(n * voxel_ml, 6),
-            "mean_intensity": (float(sums[value] / n) if n else None),
+            "mean_intensity": (float(sums[value] / n) if n and value > 0 else None),  # 0: background, not summed
         }
     return {
         "voxel_volume_ml": voxel_ml,

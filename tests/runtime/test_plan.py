@@ -123,3 +123,44 @@ def test_overhead_is_refined_from_real_runs(tmp_path: Path) -> None:
     assert reloaded.plan(TYPICAL, 1000.0).predicted_s == pytest.approx(actual)  # and kept on disk
     planner.record(plan, actual / 2)  # later runs move it by a moving average, not all the way
     assert actual / 2 < planner.plan(TYPICAL, 1000.0).predicted_s < actual
+
+
+def test_prediction_is_per_stage_once_a_run_reported_its_stages(tmp_path: Path) -> None:
+    """After one run with its stage timings, the planner predicts every stage from the rates measured on this PC
+    (the same series: exactly what it took, stage by stage), for another size in proportion to its units, and keeps
+    the rates on disk; inference is the tile-seconds times the measured window/network ratio."""
+    table = LatencyTable(tmp_path / "l.json")
+    for name in ("organs", "muscles", "all"):
+        table.put(bundle_identity(BUNDLE), name, "int8", "CPU", None, 0.2)
+    planner = Planner(BUNDLE, table, "CPU", "int8", None)
+    plan = planner.plan(TYPICAL, 1e6, instances=160)
+    assert "stages" not in plan.details  # nothing measured yet: the overhead model
+    tiles_s = plan.details["tile_seconds"]
+    stages = {"read": 3.2, "plan": 0.0, "preprocess": 2.0, "compile": 0.0, "infer": 1.1 * tiles_s, "resample": 4.0,
+              "postprocess": 0.5, "write": 6.0, "other": 0.3}
+    planner.record(plan, sum(stages.values()), stages={**stages, "total": sum(stages.values())})
+    again = planner.plan(TYPICAL, 1e6, instances=160)
+    assert again.details["stages"] == pytest.approx(stages)
+    assert again.predicted_s == pytest.approx(sum(stages.values()))
+    reloaded = Planner(BUNDLE, LatencyTable(tmp_path / "l.json"), "CPU", "int8", None)
+    bigger = type(TYPICAL)((TYPICAL.shape[0], TYPICAL.shape[1], 2 * TYPICAL.shape[2]), TYPICAL.spacing)
+    big = reloaded.plan(bigger, 1e6, instances=320)
+    assert big.details["stages"]["read"] == pytest.approx(2 * 3.2)  # per instance
+    assert big.details["stages"]["write"] == pytest.approx(2 * 6.0)  # per input voxel
+    assert big.details["stages"]["infer"] == pytest.approx(1.1 * big.details["tile_seconds"])
+    assert big.details["stages"]["other"] == pytest.approx(0.3)  # fixed
+    nifti = reloaded.plan(TYPICAL, 1e6)  # a NIfTI input has no rates of its own yet: the overhead model
+    assert "stages" not in nifti.details
+
+
+def test_a_stage_is_a_fixed_cost_plus_a_cost_per_unit_once_two_sizes_ran() -> None:
+    """Writing a DICOM-SEG and SR has a fixed part (the SR, the headers) and a part per voxel: one size alone
+    cannot tell them apart (proportional), two sizes can (a line), and a fitted term never goes negative."""
+    from edgeseg.runtime.plan import fit_stage
+
+    assert fit_stage([(0.2, 1.0)]) == pytest.approx((0.0, 5.0))
+    assert fit_stage([(0.2, 1.0), (6.0, 1.58), (25.0, 3.48)]) == pytest.approx((0.98, 0.1), abs=1e-6)
+    assert fit_stage([(1.0, 2.0), (2.0, 1.0)]) == pytest.approx((1.5, 0.0))  # slower on the smaller: no slope
+    assert fit_stage([(1.0, 0.5), (2.0, 2.0)])[0] == 0.0  # a negative fixed part: proportional instead
+    assert fit_stage([(1.0, 9.0), (1.0, 0.2)], last_only=True) == (0.2, 0.0)  # compiled once, not again
+    assert fit_stage([(1.0, 1.2), (4.0, 4.4)], proportional=True) == pytest.approx((0.0, 18.8 / 17))

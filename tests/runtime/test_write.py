@@ -264,3 +264,40 @@ def test_read_and_write_stages_import_light() -> None:
             "print(sorted(m for m in ('torch', 'onnx', 'nncf', 'highdicom', 'pydicom', 'PIL') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("slab_voxels", [1, 700, 10**9])
+def test_mask_summary_is_one_pass_of_the_same_numbers(slab_voxels: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one pass the writers share (slab by slab) gives numpy's own counts, sums, labels present and per-axis
+    labelled voxels, whatever the slab size; the preview's slices come out as numpy's percentiles of the labelled
+    voxels' positions, and its drawing does not depend on the slab size."""
+    from edgeseg.runtime.read.volume import Volume
+    from edgeseg.runtime.write import statistics as stats_module
+    from edgeseg.runtime.write.statistics import summarize_mask
+
+    monkeypatch.setattr(stats_module, "_SLAB_VOXELS", slab_voxels)
+    rng = np.random.default_rng(3)
+    lab = np.zeros((23, 17, 11), np.uint16)
+    for value in (2, 5, 9, 300):
+        c = rng.integers(0, lab.shape)
+        lab[tuple(slice(max(0, ci - 4), ci + 3) for ci in c)] = value
+    affine = np.array([[0.0, 0, -2.5, 10], [1.2, 0, 0, -4], [0, -0.8, 0, 7], [0, 0, 0, 1]])
+    vol = Volume(array=rng.normal(size=lab.shape).astype(np.float32), affine=affine, source="x", kind="nifti",
+                 name="x")
+    summary = summarize_mask(vol, lab, {1: "one", 400: "far"})
+    assert summary.counts.size == 401
+    assert summary.present == [int(v) for v in np.unique(lab) if v > 0]
+    np.testing.assert_array_equal(summary.counts[:301], np.bincount(lab.ravel(), minlength=301))
+    assert summary.sums[0] == 0  # the background is counted, not summed
+    for value in summary.present:
+        np.testing.assert_allclose(summary.sums[value], vol.array[lab == value].astype(np.float64).sum(), rtol=1e-12)
+    for axis, marginal in enumerate(summary.marginals):
+        other = tuple(a for a in range(3) if a != axis)
+        np.testing.assert_array_equal(marginal, np.count_nonzero(lab, axis=other))
+    from edgeseg.runtime.write.preview import _percentiles
+
+    np.testing.assert_allclose(_percentiles(summary.marginals[2], [0, 25, 50, 75, 100]),
+                               np.percentile(np.nonzero(lab)[2], [0, 25, 50, 75, 100]), rtol=0, atol=1e-9)
+    drawn = np.asarray(render_preview(vol, lab, {2: "a"}, summary=summary))
+    monkeypatch.setattr(stats_module, "_SLAB_VOXELS", 10**9)
+    assert (drawn == np.asarray(render_preview(vol, lab, {2: "a"}))).all()

@@ -62,6 +62,18 @@ def test_status_shows_counts_and_recent_results(config_file: Path, tmp_path: Pat
     assert data["counts"]["done"] == 1 and len(data["recent"]) == 2
 
 
+def test_status_marks_a_series_that_ran_over_its_budget(config_file: Path, tmp_path: Path, monkeypatch,
+                                                        capsys) -> None:
+    use_fake_watcher(monkeypatch)
+    config_file.write_text(config_file.read_text().replace("time_budget_s: null", "time_budget_s: 0.000001"))
+    write_series(tmp_path / "in" / "exam", 3, description="abdomen t1")
+    assert main(["-q", "watch", "--config", str(config_file), "--quiet-period", "0.3", "--once"]) == 0
+    capsys.readouterr()
+    assert main(["status", "--config", str(config_file)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "abdomen_t1" in line)
+    assert "OVER BUDGET 1e-06" in row
+
+
 def test_doctor_reports_each_check(config_file: Path, capsys) -> None:
     code = main(["doctor", "--config", str(config_file)])
     out = capsys.readouterr().out
