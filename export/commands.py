@@ -54,12 +54,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="edgeseg-bundle", help="bundle name")
     p.add_argument("--description", default="", help="free text")
     p.add_argument("--intended-use", default="", help="e.g. 'research only'")
+    p.add_argument("--bundle-version", default="", help="the bundle's version, named with its name in every result's "
+                                                        "SeriesDescription (default: none; results name the first "
+                                                        "digits of the bundle.json sha256 instead)")
+    p.add_argument("--not-for-clinical-use", action="store_true",
+                   help="mark the bundle not for clinical use: every SEG/SR it makes says so in its description")
+    p.add_argument("--gate-min-dice", type=float, default=0.95,
+                   help="fidelity gate of INT8/FP16 against FP32: lowest Dice of any structure in any validation "
+                        "series and contrast (default 0.95); a precision below it is marked failed in bundle.json "
+                        "and the runtime's precision auto never uses it")
+    p.add_argument("--gate-mean-dice", type=float, default=0.99,
+                   help="fidelity gate: lowest mean Dice over structures of any validation series and contrast "
+                        "(default 0.99)")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
     from edgeseg.errors import EXIT_OK, ConfigError
+    from edgeseg.export.gate import Gate
     from edgeseg.export.pipeline import ExportSettings, VariantSpec, export_bundle
     from edgeseg.export.quantize import QuantizeSettings
 
@@ -83,6 +96,8 @@ def run_export(args: argparse.Namespace) -> int:
                                   accuracy_control=args.accuracy_control, max_dice_drop=args.max_dice_drop),
         validation_contrasts=tuple(c.strip() for c in args.contrasts.split(",") if c.strip()),
         name=args.name, description=args.description, intended_use=args.intended_use,
+        version=args.bundle_version, not_for_clinical_use=args.not_for_clinical_use,
+        gate=Gate(min_dice=args.gate_min_dice, mean_dice=args.gate_mean_dice),
     )
     bundle = export_bundle(variants, args.out, args.calibration, settings, args.validation, force=args.force)
     report = json.loads((bundle.path / "validation.json").read_text())
@@ -90,6 +105,9 @@ def run_export(args: argparse.Namespace) -> int:
     for prec, s in report["summary"].items():
         print(f"  {prec} vs fp32: mean Dice {s['mean_dice_vs_fp32']:.4f} "
               f"(worst series {s['worst_series_mean_dice']:.4f})")
+    for prec, verdict in bundle.precision_verdicts.items():
+        print(f"  {prec} fidelity gate: {verdict['verdict'].upper()} (lowest structure Dice {verdict.get('min_dice')}, "
+              f"lowest mean {verdict.get('mean_dice')}; gate {verdict.get('gate')})")
     for t in report["fp32_vs_torch"]:
         print(f"  fp32 IR vs torch [{t['variant']}/{t['part']}]: argmax agreement {t['argmax_agreement']:.6f}, "
               f"max |logit diff| {t['max_abs_logit_diff']:.2e}")

@@ -27,6 +27,7 @@ from edgeseg.bundle.schema import (
 )
 from edgeseg.errors import EdgesegError, ExportError
 from edgeseg.export.model_folder import ModelFolder, open_model
+from edgeseg.export.gate import Gate, judge
 from edgeseg.export.metrics import dice_per_class, mean_dice
 from edgeseg.export import totalseg as ts_wrapper
 from edgeseg.export.quantize import QuantizeSettings
@@ -64,6 +65,10 @@ class ExportSettings:
     name: str = "edgeseg-bundle"
     description: str = ""
     intended_use: str = ""
+    version: str = ""
+    not_for_clinical_use: bool = False
+    #: the fidelity gate INT8/FP16 must pass against FP32 (export/gate.py)
+    gate: Gate = field(default_factory=Gate)
 
 
 def _merged_labels(parts: Sequence[ModelFolder], labels_file: Path | None) -> dict[int, str]:
@@ -162,7 +167,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _bundle(root: Path, settings: ExportSettings, labels: dict[int, str], variants: Sequence[Variant],
-            validation: str | None) -> Bundle:
+            validation: str | None, verdicts: dict[str, dict[str, Any]] | None = None) -> Bundle:
     """The bundle as exported so far (every file below ``root`` hashed), checked by the schema's own loader: it
     is serialised as bundle.json would be and parsed back."""
     built = Bundle(
@@ -177,6 +182,9 @@ def _bundle(root: Path, settings: ExportSettings, labels: dict[int, str], varian
         validation_report=validation,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         versions=_versions(),
+        version=settings.version,
+        not_for_clinical_use=settings.not_for_clinical_use,
+        precision_verdicts=dict(verdicts or {}),
     )
     return parse_bundle(bundle_to_dict(built), root)
 
@@ -323,11 +331,20 @@ def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path,
     report["settings"] = _settings_record(settings)
     report["calibration_series"] = [s.name for s in calib_series]
     report["validation_series"] = [s.name for s in valid_series]
+    verdicts = {prec: judge(report["segmentation_vs_fp32"], prec, settings.gate)
+                 for prec in ("int8", "fp16") if prec in settings.precisions}
+    for prec, verdict in verdicts.items():
+        log_fn = log.warning if verdict["verdict"] == "failed" else log.info
+        log_fn("fidelity gate %s vs FP32: %s (lowest structure Dice %s %s, lowest mean %s; gate %s)%s", prec,
+               verdict["verdict"].upper(), verdict.get("min_dice"), verdict.get("worst"), verdict.get("mean_dice"),
+               verdict["gate"], "; the runtime's precision auto will not use it" if verdict["verdict"] == "failed"
+               else "")
+    report["precision_verdicts"] = verdicts
     report["versions"] = _versions()
     report["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                          "processor": platform.processor() or platform.machine()}
     _write_json(root / "validation.json", report)
-    bundle = _bundle(root, settings, labels, bundle_variants, "validation.json")
+    bundle = _bundle(root, settings, labels, bundle_variants, "validation.json", verdicts)
     _write_json(root / BUNDLE_FILE, bundle_to_dict(bundle))
     progress("bundle complete")
     return bundle
@@ -382,6 +399,10 @@ def _validate(bundle: Bundle, series: list[Any], settings: ExportSettings, progr
                 for prec in precisions:
                     pred, rec = segmenters[prec].segment_volume(vol)
                     per_class = {bundle.labels[v]: d for v, d in dice_per_class(pred, ref, bundle.labels).items()}
+                    volume_diff = {}
+                    for v, name in bundle.labels.items():
+                        n_ref, n_pred = int((ref == v).sum()), int((pred == v).sum())
+                        volume_diff[name] = round(100.0 * (n_pred - n_ref) / n_ref, 3) if n_ref else None
                     present = [d for d in per_class.values() if d is not None]
                     results.append({
                         "variant": variant.name, "series": s.name, "contrast": contrast, "precision": prec,
@@ -391,6 +412,7 @@ def _validate(bundle: Bundle, series: list[Any], settings: ExportSettings, progr
                         "voxel_agreement": float((ref == pred).mean()),
                         "classes_compared": len(present),
                         "per_class_dice_vs_fp32": per_class,
+                        "per_class_volume_diff_pct": volume_diff,
                     })
                     progress("validation %s %s %s %s: mean Dice vs FP32 %.4f (%d classes), voxel agreement %.5f",
                              variant.name, s.name, contrast, prec, results[-1]["mean_dice_vs_fp32"] or float("nan"),

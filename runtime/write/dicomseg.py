@@ -65,6 +65,67 @@ log = logging.getLogger(__name__)
 
 DICOM_SEG_FILE = "seg.dcm"
 SERIES_DESCRIPTION = "edgeseg segmentation"
+#: what the descriptions of a result of a bundle marked not for clinical use (the demo) carry
+NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
+#: the SEG's ContentLabel (CS, at most 16 characters) for such a result; "EDGESEG" otherwise
+NOT_CLINICAL_LABEL = "NOT_FOR_CLINICAL"
+#: the base of the SeriesNumber of each role (+ the source's SeriesNumber, then 3 digits of the series UID)
+SERIES_NUMBER_BASE = {"seg": 1000, "sr": 2000}
+
+
+def precision_of(run: Mapping[str, Any] | None) -> str:
+    """The precision(s) a result was made with, from the manifest's ``run`` record: "INT8", "FP32", "FP32+BF16",
+    or several joined by "/" when the parts differ (each part's ``precision`` is e.g. "int8+bf16": the model's
+    precision and the inference hint; an INT8 model's hint is not named, its unquantized layers are a detail)."""
+    names: list[str] = []
+    for p in (run or {}).get("parts") or []:
+        if not isinstance(p, Mapping):
+            continue
+        model, _, hint = str(p.get("precision") or "").partition("+")
+        name = model.upper() + (f"+{hint.upper()}" if hint in ("bf16", "f16") and model != "int8" else "")
+        if name and name not in names:
+            names.append(name)
+    return "/".join(names) or "unknown precision"
+
+
+def provenance(bundle: Mapping[str, Any] | None, run: Mapping[str, Any] | None, what: str = "") -> str:
+    """A SeriesDescription (LO: at most 64 characters) naming what made a result: ``what`` (e.g. "SEG"), the
+    bundle's name and version (the first 12 hex digits of its bundle.json sha256 when it records no version), the
+    precision, and "NOT FOR CLINICAL USE" for a bundle marked so (never truncated away: the name is shortened
+    first)."""
+    bundle = bundle or {}
+    name = str(bundle.get("name") or "unknown bundle")
+    version = str(bundle.get("version") or "")
+    version = f"v{version}" if version else (f"sha {str(bundle.get('bundle_json_sha256'))[:12]}"
+                                              if bundle.get("bundle_json_sha256") else "")
+    tail = " ".join(t for t in (version, precision_of(run)) if t)
+    if bundle.get("not_for_clinical_use"):
+        tail += f" {NOT_FOR_CLINICAL_USE}"
+    head = f"{what} " if what else ""
+    room = 64 - len(head) - len(tail) - 1
+    if len(name) > room:
+        name = name[:max(room - 1, 1)] + "~"
+    return _lo(f"{head}{name} {tail}")
+
+
+def _lo(text: str) -> str:
+    """``text`` as a valid LO value: no backslash or control characters, at most 64 characters."""
+    return re.sub(r"[\\\x00-\x1f]", " ", text)[:64].rstrip()
+
+
+def result_series_number(role: str, source_number: Any, series_uid: str) -> int:
+    """The SeriesNumber of a result of ``role`` ("seg", "sr"): (1000 or 2000 + the source's SeriesNumber) * 1000
+    + three digits from the result's SeriesInstanceUID. The same result (same UIDs: the same input and model) keeps
+    its number; a result that differs (another model, precision or set of instances) gets another one, so
+    re-runs stay distinct in a PACS's series list."""
+    import hashlib
+
+    try:
+        src = int(source_number) if source_number not in (None, "") else 0
+    except (TypeError, ValueError):
+        src = 0
+    digits = int(hashlib.sha256(series_uid.encode()).hexdigest(), 16) % 1000
+    return ((SERIES_NUMBER_BASE[role] + max(src, 0)) * 1000 + digits) % 2**31
 
 
 def model_identity(bundle: Mapping[str, Any] | None, run: Mapping[str, Any] | None) -> list[str]:
@@ -351,13 +412,11 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
         name="edgeseg", family=codes.cid7162.ArtificialIntelligence, version=__version__, source="edgeseg")
     descriptions = [_segment_description(number, info["label"], info["name"], algorithm)
                     for number, info in segments.items()]
-    src_number = sources[0].get("SeriesNumber")
-    if series_number is None:
-        try:
-            series_number = 1000 + int(src_number) if src_number not in (None, "") else 1000
-        except (TypeError, ValueError):
-            series_number = 1000
     series_uid, sop_uid = result_uids(volume, model_identity(bundle, run), "seg", f"type={seg_type}")
+    if series_number is None:
+        series_number = result_series_number("seg", sources[0].get("SeriesNumber"), series_uid)
+    description = provenance(bundle, run, "SEG")
+    demo = bool((bundle or {}).get("not_for_clinical_use"))
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=frames,
@@ -371,10 +430,10 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
         manufacturer_model_name="edgeseg",
         software_versions=__version__,
         device_serial_number="0",
-        content_description=SERIES_DESCRIPTION,
+        content_description=description,
         content_creator_name="EDGESEG^AUTOMATIC",
-        content_label="EDGESEG",
-        series_description=SERIES_DESCRIPTION,
+        content_label=NOT_CLINICAL_LABEL if demo else "EDGESEG",
+        series_description=description,
         omit_empty_frames=True,
         contributing_equipment=[_contributing_equipment(bundle)],
         **geometry,

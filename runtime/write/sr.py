@@ -33,7 +33,9 @@ from typing import Any, Mapping
 
 from edgeseg import __version__
 from edgeseg.runtime.read.volume import Volume
-from edgeseg.runtime.write.dicomseg import _sanitise_person_names, _sources, model_identity, result_uids
+from edgeseg.runtime.write.dicomseg import (
+    _sanitise_person_names, _sources, model_identity, provenance, result_series_number, result_uids,
+)
 from edgeseg.typing import StrPath
 
 log = logging.getLogger(__name__)
@@ -155,11 +157,7 @@ def write_dicom_sr(path: StrPath, volume: Volume, seg_path: StrPath, segments: M
         title=codes.DCM.ImagingMeasurementReport,
     )
     if series_number is None:
-        src_number = sources[0].get("SeriesNumber")
-        try:
-            series_number = 2000 + int(src_number) if src_number not in (None, "") else 2000
-        except (TypeError, ValueError):
-            series_number = 2000
+        series_number = result_series_number("sr", sources[0].get("SeriesNumber"), series_uid)
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*sources, seg],
         content=report,
@@ -168,7 +166,7 @@ def write_dicom_sr(path: StrPath, volume: Volume, seg_path: StrPath, segments: M
         sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer="edgeseg",
-        series_description=SERIES_DESCRIPTION,
+        series_description=provenance(bundle, run, "SR"),
     )
     sr.save_as(os.fspath(path))
     log.info("wrote DICOM SR with %d measurement group(s) to %s", len(groups), path)

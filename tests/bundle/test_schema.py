@@ -108,7 +108,8 @@ def _every_field_set(path: Path) -> Bundle:
     return Bundle(path=path, schema_version=SCHEMA_VERSION, name="every-field", description="d",
                   intended_use="tests", labels={1: "liver", 2: "spleen"}, variants=(variant,), files=files,
                   validation_report="validation.json", created="2026-01-01T00:00:00+00:00",
-                  versions={"edgeseg": "0.0"})
+                  versions={"edgeseg": "0.0"}, version="2.1", not_for_clinical_use=True,
+                  precision_verdicts={"int8": {"verdict": "failed", "remedy": None, "min_dice": 0.5}})
 
 
 def _fields_left_at_default(obj: Any, where: str = "bundle") -> list[str]:
@@ -150,3 +151,21 @@ def test_the_demo_bundle_loads_unchanged_and_serialises_to_its_own_file() -> Non
         variant.setdefault("follows", "")
     assert bundle_to_dict(bundle) == on_disk
     assert parse_bundle(bundle_to_dict(bundle), bundle.path) == bundle
+
+
+def test_precision_verdicts_are_checked_and_old_bundles_have_none(tmp_path: Path) -> None:
+    """bundle.json's ``precision_verdicts`` (issue 19): a bundle without them (every bundle written before the
+    fidelity gate) loads with every reduced precision "unchecked"; a bad verdict names its key path."""
+    from edgeseg.demo import demo_bundle_path
+
+    data = json.loads((demo_bundle_path() / "bundle.json").read_text(encoding="utf-8"))
+    for key in ("precision_verdicts", "version", "not_for_clinical_use"):
+        data.pop(key)
+    old = parse_bundle(data, tmp_path)
+    assert old.verdict("int8") == "unchecked" and old.verdict("fp32") == "passed" and not old.not_for_clinical_use
+    data["precision_verdicts"] = {"int8": {"verdict": "maybe"}}
+    with pytest.raises(BundleError, match=r"'precision_verdicts\.int8\.verdict' must be one of passed, failed"):
+        parse_bundle(data, tmp_path)
+    data["precision_verdicts"] = {"fp32": {"verdict": "passed"}}
+    with pytest.raises(BundleError, match=r"'precision_verdicts\.fp32' must name a reduced precision"):
+        parse_bundle(data, tmp_path)
