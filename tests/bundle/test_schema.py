@@ -169,3 +169,22 @@ def test_precision_verdicts_are_checked_and_old_bundles_have_none(tmp_path: Path
     data["precision_verdicts"] = {"fp32": {"verdict": "passed"}}
     with pytest.raises(BundleError, match=r"'precision_verdicts\.fp32' must name a reduced precision"):
         parse_bundle(data, tmp_path)
+
+
+def test_doctor_and_status_show_each_precisions_verdict(tmp_path: Path) -> None:
+    """What ``doctor`` (bundle check) and ``status`` (bundle line) print about the precisions (issue 19)."""
+    import shutil
+
+    from edgeseg.demo import demo_bundle_path
+    from edgeseg.runtime.watch.commands import _bundle_line
+
+    demo = load_bundle(demo_bundle_path(), verify=False)
+    assert demo.describe_precisions().startswith("fp32 (reference), int8 passed (lowest structure Dice 0.96")
+    assert "NOT FOR CLINICAL USE" in _bundle_line(demo_bundle_path())
+    shutil.copytree(demo_bundle_path(), tmp_path / "b")
+    data = json.loads((tmp_path / "b" / "bundle.json").read_text(encoding="utf-8"))
+    data["precision_verdicts"]["int8"].update(verdict="failed", min_dice=0.0, remedy=None)
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(data), encoding="utf-8")
+    line = _bundle_line(tmp_path / "b")
+    assert "int8 FAILED (lowest structure Dice 0.0 iliopsoas_right" in line and "auto never uses it" in line
+    assert "holds no bundle.json" in _bundle_line(tmp_path) or "No bundle.json" in _bundle_line(tmp_path)
