@@ -178,6 +178,163 @@ def _sources(volume: Volume) -> list[Any]:
     return datasets
 
 
+#: attributes the SEG's and SR's geometry and references are built from: never dropped (an invalid one fails the
+#: object with its name, see :func:`clean_source_values`)
+_STRUCTURAL = frozenset({
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Modality",
+    "Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+    "NumberOfFrames", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "BitsAllocated",
+    "SamplesPerPixel", "PhotometricInterpretation", "DimensionIndexSequence", "DimensionOrganizationSequence",
+})
+#: enumerated values (PS3.3) of copied attributes whose invalid values sources were seen to carry
+_ENUMERATED: dict[str, frozenset[Any]] = {
+    "PregnancyStatus": frozenset({1, 2, 3, 4}),
+    "PatientSex": frozenset({"M", "F", "O", ""}),
+    "PatientIdentityRemoved": frozenset({"YES", "NO"}),
+}
+#: VRs whose values are bytes or tags: not checked
+_UNCHECKED_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN", "AT", "SQ"})
+#: VRs whose values are binary numbers (checked as numbers; every other VR as its text)
+_BINARY_NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"})
+#: the code sequence item attributes without which an item is no code (the item is dropped with them)
+_CODE_KEYS = ("CodeValue", "LongCodeValue", "URNCodeValue")
+
+
+def _invalid(elem: Any) -> str | None:
+    """Why ``elem``'s value is not valid for its VR (or its enumerated values), None when it is."""
+    from pydicom import config
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import validate_value
+
+    if elem.VR in _UNCHECKED_VRS or elem.value is None or elem.value == "":
+        return None
+    values = list(elem.value) if isinstance(elem.value, (MultiValue, list, tuple)) else [elem.value]
+    enum = _ENUMERATED.get(elem.keyword)
+    for value in values:
+        if enum is not None and value not in enum:
+            return f"{value!r} is not one of its defined values ({', '.join(sorted(map(str, enum - {''})))})"
+        checked = value if elem.VR in _BINARY_NUMBER_VRS else str(value)
+        try:
+            validate_value(elem.VR, checked, config.RAISE)
+        except (ValueError, TypeError) as err:
+            return f"{str(value)[:40]!r} is not a valid {elem.VR} ({str(err).split('. Please see')[0].rstrip('.')})"
+    return None
+
+
+def _describe(elem: Any, path: str) -> str:
+    name = elem.keyword or "private attribute"
+    return f"{path}{name} {elem.tag}"
+
+
+def clean_source_values(dataset: Any, path: str = "") -> list[str]:
+    """In place, on the in-memory copy of a source (never the file): every attribute whose value is not valid for
+    its VR (a date of ``'***'``, an over-long code, an out-of-range number) or not one of its enumerated values
+    (PregnancyStatus 0) loses its value (it stays, empty: a Type 2 attribute such as PatientBirthDate is then
+    copied empty, as DICOM allows for an unknown value), an empty sequence is removed, and so is a code item left
+    without its code value; so what the SEG and SR copy from the source (patient, study, de-identification ...) is
+    valid, and a bad source value never costs an object. Structural attributes (UIDs, geometry) are never touched.
+    Returns one line per value left out, naming the attribute, its tag and the reason (for the manifest's
+    warnings)."""
+    dropped: list[str] = []
+    for elem in list(dataset):
+        if elem.keyword in _STRUCTURAL:
+            continue
+        if elem.VR == "SQ":
+            items = list(elem.value or [])
+            for i, item in enumerate(items):
+                dropped += clean_source_values(item, f"{path}{elem.keyword or elem.tag}[{i}].")
+            kept = [it for it in items if not (_is_code_item_remnant(it))]
+            if len(kept) != len(items):
+                dropped.append(f"{_describe(elem, path)}: {len(items) - len(kept)} code item(s) without a valid "
+                               "code removed")
+                elem.value = kept
+            if not kept:
+                del dataset[elem.tag]
+                if items:
+                    continue
+                dropped.append(f"{_describe(elem, path)}: an empty sequence; removed")
+            continue
+        reason = _invalid(elem)
+        if reason is None:
+            continue
+        fixed = _repaired(dataset, elem)
+        if fixed is not None:
+            dropped.append(f"{_describe(elem, path)}: {reason}; {fixed}")
+            continue
+        if elem.keyword in _CODE_KEYS or elem.keyword == "CodingSchemeDesignator":
+            del dataset[elem.tag]  # the item goes (see _is_code_item_remnant): an empty code is no code
+        else:
+            elem.value = None
+        dropped.append(f"{_describe(elem, path)}: {reason}; left out")
+    if not path and str(dataset.get("PatientIdentityRemoved", "")).upper() == "YES" and not dataset.get(
+            "DeidentificationMethod") and not dataset.get("DeidentificationMethodCodeSequence"):
+        # Type 1C when the identity was removed: say what is known rather than copy an invalid or empty value
+        dataset.DeidentificationMethod = "de-identified; the source's method description was not valid DICOM"
+    return dropped
+
+
+#: text VRs whose over-long value is shortened to the VR's maximum rather than left out (free text keeps its start)
+_TRUNCATED_VRS = ("LO", "SH", "ST", "LT")
+
+
+def _repaired(dataset: Any, elem: Any) -> str | None:
+    """Repair an invalid value where the repair keeps its meaning; what was done, or None when it was not. An
+    over-long CodeValue becomes the item's LongCodeValue (DICOM's place for codes over 16 characters); an
+    over-long free text is shortened to its VR's maximum length."""
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import MAX_VALUE_LEN
+
+    value = elem.value
+    if isinstance(value, (MultiValue, list, tuple)) or not isinstance(value, str):
+        return None
+    limit = MAX_VALUE_LEN.get(elem.VR)
+    if limit is None or len(value) <= limit or _invalid_text(elem.VR, value[:limit]):
+        return None
+    if elem.keyword == "CodeValue" and len(value) <= 64 and "LongCodeValue" not in dataset:
+        del dataset[elem.tag]
+        dataset.LongCodeValue = value
+        return "moved to LongCodeValue (0008,0119)"
+    if elem.VR in _TRUNCATED_VRS and elem.keyword not in _CODE_KEYS:
+        elem.value = value[:limit].rstrip()
+        return f"shortened to {limit} characters"
+    return None
+
+
+def _invalid_text(vr: str, value: str) -> bool:
+    from pydicom import config
+    from pydicom.valuerep import validate_value
+
+    try:
+        validate_value(vr, value, config.RAISE)
+    except (ValueError, TypeError):
+        return True
+    return False
+
+
+def _is_code_item_remnant(item: Any) -> bool:
+    """A code sequence item that lost its code value (or designator) to :func:`clean_source_values`."""
+    has_code = any(k in item for k in _CODE_KEYS)
+    return ("CodeMeaning" in item or "CodingSchemeDesignator" in item) and (
+        not has_code or "CodingSchemeDesignator" not in item)
+
+
+def _clean_sources(sources: list[Any], series: str | None, warnings: list[str] | None) -> None:
+    """:func:`clean_source_values` on every source; each distinct removal is logged once and added to
+    ``warnings`` (the manifest's) with the prefix "invalid source value: "."""
+    seen: dict[str, tuple[str, int]] = {}  # attribute -> (first reason, sources with it)
+    for ds in sources:
+        for line in clean_source_values(ds):
+            attribute = line.split(": ", 1)[0]
+            first, count = seen.get(attribute, (line, 0))
+            seen[attribute] = (first, count + 1)
+    for line, count in seen.values():
+        text = f"invalid source value: {line}" + (f" (in {count} of {len(sources)} source instances)"
+                                                  if len(sources) > 1 else "")
+        log.info("series %s: %s", series, text)
+        if warnings is not None and text not in warnings:
+            warnings.append(text)
+
+
 _PN_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\]+")
 
 
@@ -368,13 +525,14 @@ def _contributing_equipment(bundle: Mapping[str, Any] | None) -> Any:
 
 def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str], *,
                     segmentation_type: str = "BINARY", series_number: int | None = None,
-                    bundle: Mapping[str, Any] | None = None,
-                    run: Mapping[str, Any] | None = None) -> dict[int, dict[str, Any]]:
+                    bundle: Mapping[str, Any] | None = None, run: Mapping[str, Any] | None = None,
+                    warnings: list[str] | None = None) -> dict[int, dict[str, Any]]:
     """Write a DICOM Segmentation of ``labelmap`` (shape (I, J, K) of the DICOM ``volume``) to ``path``.
 
     ``segmentation_type``: "BINARY" or "LABELMAP" (case-insensitive). ``bundle``: the run manifest's ``bundle``
     record (``name``, ``bundle_json_sha256``), named in the ContributingEquipmentSequence; with ``run`` (the
     manifest's ``run`` record: variant, precision per part) it also makes the UIDs (:func:`result_uids`).
+    ``warnings``: the manifest's warnings, extended with each source value left out (:func:`clean_source_values`).
 
     Returns {segment number: {"label": value, "name": name}} for the segments written (present labels only).
     Raises ValueError for a non-DICOM volume or an empty mask, :class:`OutputError` if the sources are unreadable;
@@ -401,6 +559,7 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
     frames = lut[np.asarray(labelmap)].transpose(2, 1, 0)  # (K, Rows, Columns), segment numbers
 
     sources = _sources(volume)
+    _clean_sources(sources, volume.series_uid, warnings)
     changed = sorted({kw for ds in sources for kw in _sanitise_person_names(ds)})
     if changed:
         log.warning("DICOM-SEG for series %s: person name(s) %s held a backslash or control characters; the SEG "

@@ -34,7 +34,7 @@ from typing import Any, Mapping
 from edgeseg import __version__
 from edgeseg.runtime.read.volume import Volume
 from edgeseg.runtime.write.dicomseg import (
-    _sanitise_person_names, _sources, model_identity, provenance, result_series_number, result_uids,
+    _clean_sources, _sanitise_person_names, _sources, model_identity, provenance, result_series_number, result_uids,
 )
 from edgeseg.typing import StrPath
 
@@ -96,7 +96,8 @@ def _observer(bundle: Mapping[str, Any], model: list[str]) -> Any:
 
 def write_dicom_sr(path: StrPath, volume: Volume, seg_path: StrPath, segments: Mapping[int, Mapping[str, Any]],
                    statistics: Mapping[str, Any], *, bundle: Mapping[str, Any] | None = None,
-                   run: Mapping[str, Any] | None = None, series_number: int | None = None) -> dict[str, str]:
+                   run: Mapping[str, Any] | None = None, series_number: int | None = None,
+                   warnings: list[str] | None = None) -> dict[str, str]:
     """Write the measurement report of the DICOM-SEG at ``seg_path`` (written from ``volume``) to ``path``.
 
     ``segments``: what :func:`~edgeseg.runtime.write.dicomseg.write_dicom_seg` returned (segment number ->
@@ -123,6 +124,7 @@ def write_dicom_sr(path: StrPath, volume: Volume, seg_path: StrPath, segments: M
     bundle = bundle or {}
     seg = pydicom.dcmread(os.fspath(seg_path), stop_before_pixels=True)
     sources = _sources(volume)
+    _clean_sources(sources, volume.series_uid, warnings)  # as for the SEG: its lines are in ``warnings`` already
     for ds in sources:
         _sanitise_person_names(ds)
     model = model_identity(bundle, run)
