@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 from pathlib import Path
+from typing import Any, Iterator
 
 from edgeseg.bundle.schema import PRECISIONS
 from edgeseg.export import totalseg
@@ -70,6 +72,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_export)
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While the export runs, SIGTERM raises KeyboardInterrupt (as SIGINT does), so the pipeline's clean-up runs.
+    The handler only raises (handlers must not log)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_export(args: argparse.Namespace) -> int:
     from edgeseg.errors import EXIT_OK, ConfigError
     from edgeseg.export.gate import Gate
@@ -99,7 +122,8 @@ def run_export(args: argparse.Namespace) -> int:
         version=args.bundle_version, not_for_clinical_use=args.not_for_clinical_use,
         gate=Gate(min_dice=args.gate_min_dice, mean_dice=args.gate_mean_dice),
     )
-    bundle = export_bundle(variants, args.out, args.calibration, settings, args.validation, force=args.force)
+    with _terminate_as_interrupt():  # SIGTERM unwinds like Ctrl+C: the partial bundle folder is removed
+        bundle = export_bundle(variants, args.out, args.calibration, settings, args.validation, force=args.force)
     report = json.loads((bundle.path / "validation.json").read_text())
     print(f"bundle written: {bundle.path}")
     for prec, s in report["summary"].items():

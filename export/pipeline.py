@@ -1,7 +1,10 @@
 """The export pipeline: nnU-Net v2 model(s) -> ONNX -> OpenVINO IR -> INT8 -> validated bundle.
 
-Everything is built in a temporary sibling folder ``.<bundle>.partial-*`` and renamed to its final name only
-when complete, so a failed export (bad input, disk full) never leaves a folder that looks like a bundle.
+Everything is built in a temporary sibling folder ``.<bundle>.partial-<pid>-*`` and renamed to its final name
+only when complete, so a failed export (bad input, disk full) never leaves a folder that looks like a bundle. An
+interrupted export (Ctrl+C; SIGTERM, which ``edgeseg export`` turns into the same exception) removes its partial
+folder on the way out; one left by an export that was killed outright (SIGKILL, power loss) is removed by the next
+export to the same place once its process is gone.
 """
 from __future__ import annotations
 
@@ -206,7 +209,8 @@ def export_bundle(variants: Sequence[VariantSpec], out: Path, calibration: Path,
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    remove_stale_partials(out)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
         _export_into(variants, work, calibration, settings, validation)
         if out.exists():
@@ -223,6 +227,34 @@ def export_bundle(variants: Sequence[VariantSpec], out: Path, calibration: Path,
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Remove the ``.<out>.partial-<pid>-*`` folders beside ``out`` whose export process is gone (killed before it
+    could clean up); returns them. A partial folder of a running export, or one without a pid, is left alone."""
+    removed = []
+    for partial in Path(out).parent.glob(f".{Path(out).name}.partial-*"):
+        pid_text = partial.name[len(f".{Path(out).name}.partial-"):].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+            continue
+        shutil.rmtree(partial, ignore_errors=True)
+        log.info("removed %s, left by an export (pid %s) that did not finish", partial, pid_text)
+        removed.append(partial)
+    return removed
 
 
 def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path, settings: ExportSettings,
