@@ -65,6 +65,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="fidelity gate of INT8/FP16 against FP32: lowest Dice of any structure in any validation "
                         "series and contrast (default 0.95); a precision below it is marked failed in bundle.json "
                         "and the runtime's precision auto never uses it")
+    p.add_argument("--remedies", default="accuracy_control,float_layers,bf16",
+                   help="what export tries, in order, when INT8 fails the gate: accuracy_control (NNCF's "
+                        "accuracy-controlled quantization), float_layers (first and last convolutions kept in "
+                        "float), bf16 (FP32 with BF16 inference, where the CPU has it); 'none' tries nothing")
+    p.add_argument("--remedy-time", type=float, default=900.0,
+                   help="seconds all remedies together may take (default 900); a remedy not started by then is "
+                        "recorded as not tried")
     p.add_argument("--gate-mean-dice", type=float, default=0.99,
                    help="fidelity gate: lowest mean Dice over structures of any validation series and contrast "
                         "(default 0.99)")
@@ -96,7 +103,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
 def run_export(args: argparse.Namespace) -> int:
     from edgeseg.errors import EXIT_OK, ConfigError
     from edgeseg.export.gate import Gate
-    from edgeseg.export.pipeline import ExportSettings, VariantSpec, export_bundle
+    from edgeseg.export.pipeline import REMEDIES, ExportSettings, VariantSpec, export_bundle
     from edgeseg.export.quantize import QuantizeSettings
 
     variants = [VariantSpec(v[0], tuple(Path(m) for m in v[1:]), rank=i) for i, v in enumerate(args.variant)]
@@ -110,6 +117,10 @@ def run_export(args: argparse.Namespace) -> int:
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
         raise ConfigError(f"--precisions: unknown {bad}; use {', '.join(PRECISIONS)} (one or more).")
+    remedies = tuple(r.strip() for r in args.remedies.split(",") if r.strip() and r.strip() != "none")
+    unknown = [r for r in remedies if r not in REMEDIES]
+    if unknown:
+        raise ConfigError(f"--remedies: unknown {unknown}; use {', '.join(REMEDIES)} (in the order to try) or none.")
     settings = ExportSettings(
         precisions=precisions, folds=tuple(args.folds) if args.folds else None, totalseg=args.totalseg,
         totalseg_order=args.totalseg_order,
@@ -121,6 +132,7 @@ def run_export(args: argparse.Namespace) -> int:
         name=args.name, description=args.description, intended_use=args.intended_use,
         version=args.bundle_version, not_for_clinical_use=args.not_for_clinical_use,
         gate=Gate(min_dice=args.gate_min_dice, mean_dice=args.gate_mean_dice),
+        remedies=remedies, remedy_time_s=args.remedy_time,
     )
     with _terminate_as_interrupt():  # SIGTERM unwinds like Ctrl+C: the partial bundle folder is removed
         bundle = export_bundle(variants, args.out, args.calibration, settings, args.validation, force=args.force)

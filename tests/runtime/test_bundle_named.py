@@ -29,7 +29,8 @@ def series_folder(tmp_path: Path, real_mri: Path) -> Path:
 
 
 def test_oneshot_with_a_model_folder_without_bundle_json_exits_with_the_bundle_code(
-        tmp_path: Path, series_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, series_folder: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     models = tmp_path / "models"
     models.mkdir()
     (models / "model.ts").write_bytes(b"not a bundle")
