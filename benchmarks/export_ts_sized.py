@@ -30,7 +30,7 @@ def main() -> int:
     p.add_argument("--remedies", default="accuracy_control,float_layers,bf16",
                    help="edgeseg export --remedies (random weights fail the fidelity gate: the remedies run and are "
                         "part of the export time; 'none' measures the export without them)")
-    p.add_argument("--remedy-time", type=float, default=900.0, help="edgeseg export --remedy-time")
+    p.add_argument("--remedy-time", type=float, default=300.0, help="edgeseg export --remedy-time")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 

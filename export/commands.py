@@ -69,9 +69,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="what export tries, in order, when INT8 fails the gate: accuracy_control (NNCF's "
                         "accuracy-controlled quantization), float_layers (first and last convolutions kept in "
                         "float), bf16 (FP32 with BF16 inference, where the CPU has it); 'none' tries nothing")
-    p.add_argument("--remedy-time", type=float, default=900.0,
-                   help="seconds all remedies together may take (default 900); a remedy not started by then is "
-                        "recorded as not tried")
+    p.add_argument("--remedy-time", type=float, default=300.0,
+                   help="seconds after the first validation in which remedies may start (default 300; one started "
+                        "runs to its end); a remedy not started by then is recorded as not tried")
     p.add_argument("--gate-mean-dice", type=float, default=0.99,
                    help="fidelity gate: lowest mean Dice over structures of any validation series and contrast "
                         "(default 0.99)")

@@ -74,8 +74,8 @@ class ExportSettings:
     gate: Gate = field(default_factory=Gate)
     #: what export tries, in order, when INT8 fails the gate (see _remedies; () tries nothing)
     remedies: tuple[str, ...] = ("accuracy_control", "float_layers", "bf16")
-    #: the time all remedies together may take (each remedy runs to its end once started)
-    remedy_time_s: float = 900.0
+    #: the time in which remedies may start (one started runs to its end: the bound is this plus one remedy)
+    remedy_time_s: float = 300.0
     #: NNCF accuracy control's bound on the layers it reverts one by one
     remedy_iterations: int = 8
 

@@ -131,7 +131,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = time.time()
     state = liveness(config.state_dir, beat, now)
     if args.json:
-        print(json.dumps({"watcher": beat, "state": state, "counts": counts, "recent": [r.__dict__ for r in rows],
+        print(json.dumps({"watcher": beat, "state": state, "bundle": _bundle_line(config.bundle), "counts": counts,
+                          "recent": [r.__dict__ for r in rows],
                           "deliveries": {"counts": delivery_counts,
                                          "open": [dataclasses.asdict(d) for d in open_deliveries]}},
                          indent=2, default=str))
