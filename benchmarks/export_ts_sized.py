@@ -27,6 +27,10 @@ def main() -> int:
     p.add_argument("--patches", type=int, default=20, help="NNCF calibration subset size")
     p.add_argument("--bias-correction", choices=("fast", "full"), default="fast")
     p.add_argument("--with-3mm", action="store_true", help="also export the 3 mm variant into the same bundle")
+    p.add_argument("--remedies", default="accuracy_control,float_layers,bf16",
+                   help="edgeseg export --remedies (random weights fail the fidelity gate: the remedies run and are "
+                        "part of the export time; 'none' measures the export without them)")
+    p.add_argument("--remedy-time", type=float, default=300.0, help="edgeseg export --remedy-time")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
@@ -41,7 +45,8 @@ def main() -> int:
         cmd += ["--variant", "3mm", str(models["852"])]
     cmd += ["--totalseg", "--labels", str(MRI.parent / "total_mr_labels.json"), "--calibration", str(calib),
             "--out", str(out), "--force", "--calibration-patches", str(args.patches),
-            "--bias-correction", args.bias_correction, "--contrasts", "original"]
+            "--bias-correction", args.bias_correction, "--contrasts", "original", "--remedies", args.remedies,
+            "--remedy-time", str(args.remedy_time)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -57,6 +62,9 @@ def main() -> int:
              "bias_correction": args.bias_correction}]
     print_table(rows, [("what", "export"), ("wall_s", "wall s"), ("peak_rss_gb", "peak RSS GB"),
                        ("labels", "merged labels"), ("patches", "calib patches"), ("bias_correction", "bias corr")])
+    for prec, verdict in report.get("precision_verdicts", {}).items():
+        print(f"{prec}: {verdict['verdict']} (lowest structure Dice {verdict.get('min_dice')}, remedies tried: "
+              f"{[(t['remedy'], t['verdict'], t.get('seconds')) for t in verdict.get('remedies_tried', [])]})")
     print()
     q = [{"part": k, "seconds": v} for k, v in validation["quantization_s"].items()]
     print_table(q, [("part", "quantized part"), ("seconds", "NNCF s")])

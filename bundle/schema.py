@@ -26,6 +26,10 @@ from edgeseg.errors import BundleError
 SCHEMA_VERSION = 1
 BUNDLE_FILE = "bundle.json"
 PRECISIONS = ("fp32", "fp16", "int8")
+#: what export's fidelity gate found for a reduced precision (``precision_verdicts``): "passed" (as quantized, or
+#: after the remedy named in ``remedy``), "failed" (no remedy brought it through the gate: the runtime's ``auto``
+#: never chooses it), "unchecked" (a bundle written before the gate existed, or exported without validation)
+VERDICTS = ("passed", "failed", "unchecked")
 #: ``scipy.ndimage.zoom`` boundary modes a pre-resampling may name
 ZOOM_MODES = ("constant", "nearest", "reflect", "mirror", "wrap", "grid-constant", "grid-mirror", "grid-wrap")
 NORMALIZATION_SCHEMES = ("ZScoreNormalization", "CTNormalization", "NoNormalization", "RescaleTo01Normalization")
@@ -144,6 +148,44 @@ class Bundle:
     validation_report: str | None = None
     created: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    #: the bundle's own version (export's --bundle-version), named with the bundle in every result's description
+    version: str = ""
+    #: True for a bundle that must not be used clinically (the demo): its results say so in their descriptions
+    not_for_clinical_use: bool = False
+    #: precision ("int8", "fp16", "bf16") -> export's fidelity verdict against FP32: {"verdict": one of
+    #: :data:`VERDICTS`, "remedy": what made it pass or None, "gate": the thresholds, "min_dice", "mean_dice",
+    #: "worst": the structure/series/contrast of the lowest Dice}. FP32 is the reference and has none.
+    precision_verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def verdict(self, precision: str) -> str:
+        """Export's verdict on ``precision`` ("passed", "failed", "unchecked"); FP32 always "passed"."""
+        if precision == "fp32":
+            return "passed"
+        return str((self.precision_verdicts.get(precision) or {}).get("verdict") or "unchecked")
+
+    def describe_precisions(self) -> str:
+        """One line for ``doctor``/``status``: each precision the bundle holds and export's verdict on it, e.g.
+        "fp32 (reference), int8 FAILED the fidelity gate (lowest structure Dice 0.31 adrenal_gland_left, lowest
+        mean 0.82): auto uses fp32"."""
+        held = sorted({p for v in self.variants for part in v.parts for p in part.models},
+                      key=lambda p: PRECISIONS.index(p) if p in PRECISIONS else 9)
+        out = []
+        for prec in [*held, *(p for p in self.precision_verdicts if p not in held)]:
+            if prec == "fp32":
+                out.append("fp32 (reference)")
+                continue
+            record = self.precision_verdicts.get(prec) or {}
+            verdict = self.verdict(prec)
+            text = f"{prec} {verdict.upper() if verdict == 'failed' else verdict}"
+            if "min_dice" in record:
+                worst = (record.get("worst") or {}).get("structure")
+                text += (f" (lowest structure Dice {record['min_dice']}{' ' + str(worst) if worst else ''}, lowest "
+                         f"mean {record.get('mean_dice')}" + (f", after {record['remedy']}" if record.get("remedy")
+                                                               else "") + ")")
+            if verdict == "failed":
+                text += ": precision auto never uses it"
+            out.append(text)
+        return ", ".join(out)
 
     def variant(self, name: str | None = None) -> Variant:
         """The named variant, or the most accurate one when ``name`` is None."""
@@ -357,7 +399,7 @@ def parse_bundle(data: dict[str, Any], path: Path, source: Path | None = None) -
     if not isinstance(data, dict):
         raise r.fail("(top level)", "must be a JSON object")
     allowed = {"schema_version", "name", "description", "intended_use", "labels", "variants", "files",
-               "validation_report", "created", "versions"}
+               "validation_report", "created", "versions", "version", "not_for_clinical_use", "precision_verdicts"}
     r.no_extra(data, "", allowed)
     version = r.get(data, "schema_version", "", int)
     if version != SCHEMA_VERSION:
@@ -409,7 +451,24 @@ def parse_bundle(data: dict[str, Any], path: Path, source: Path | None = None) -
         validation_report=r.get(data, "validation_report", "", (str, type(None)), None),
         created=r.get(data, "created", "", str, ""),
         versions=r.get(data, "versions", "", dict, {}),
+        version=r.get(data, "version", "", str, ""),
+        not_for_clinical_use=r.get(data, "not_for_clinical_use", "", bool, False),
+        precision_verdicts=_verdicts(r, r.get(data, "precision_verdicts", "", dict, {})),
     )
+
+
+def _verdicts(r: _Reader, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for prec, record in raw.items():
+        path = f"precision_verdicts.{prec}"
+        if prec not in (*PRECISIONS, "bf16") or prec == "fp32":
+            raise r.fail(path, "must name a reduced precision: int8, fp16 or bf16")
+        if not isinstance(record, dict):
+            raise r.fail(path, "must be an object")
+        if record.get("verdict") not in VERDICTS:
+            raise r.fail(f"{path}.verdict", f"must be one of {', '.join(VERDICTS)}")
+        out[prec] = dict(record)
+    return out
 
 
 def load_bundle(path: Path | str, verify: bool = True) -> Bundle:

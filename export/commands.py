@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 from pathlib import Path
+from typing import Any, Iterator
 
 from edgeseg.bundle.schema import PRECISIONS
 from edgeseg.export import totalseg
@@ -54,13 +56,54 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="edgeseg-bundle", help="bundle name")
     p.add_argument("--description", default="", help="free text")
     p.add_argument("--intended-use", default="", help="e.g. 'research only'")
+    p.add_argument("--bundle-version", default="", help="the bundle's version, named with its name in every result's "
+                                                        "SeriesDescription (default: none; results name the first "
+                                                        "digits of the bundle.json sha256 instead)")
+    p.add_argument("--not-for-clinical-use", action="store_true",
+                   help="mark the bundle not for clinical use: every SEG/SR it makes says so in its description")
+    p.add_argument("--gate-min-dice", type=float, default=0.95,
+                   help="fidelity gate of INT8/FP16 against FP32: lowest Dice of any structure in any validation "
+                        "series and contrast (default 0.95); a precision below it is marked failed in bundle.json "
+                        "and the runtime's precision auto never uses it")
+    p.add_argument("--remedies", default="accuracy_control,float_layers,bf16",
+                   help="what export tries, in order, when INT8 fails the gate: accuracy_control (NNCF's "
+                        "accuracy-controlled quantization), float_layers (first and last convolutions kept in "
+                        "float), bf16 (FP32 with BF16 inference, where the CPU has it); 'none' tries nothing")
+    p.add_argument("--remedy-time", type=float, default=300.0,
+                   help="seconds after the first validation in which remedies may start (default 300; one started "
+                        "runs to its end); a remedy not started by then is recorded as not tried")
+    p.add_argument("--gate-mean-dice", type=float, default=0.99,
+                   help="fidelity gate: lowest mean Dice over structures of any validation series and contrast "
+                        "(default 0.99)")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     p.set_defaults(func=run_export)
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While the export runs, SIGTERM raises KeyboardInterrupt (as SIGINT does), so the pipeline's clean-up runs.
+    The handler only raises (handlers must not log)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_export(args: argparse.Namespace) -> int:
     from edgeseg.errors import EXIT_OK, ConfigError
-    from edgeseg.export.pipeline import ExportSettings, VariantSpec, export_bundle
+    from edgeseg.export.gate import Gate
+    from edgeseg.export.pipeline import REMEDIES, ExportSettings, VariantSpec, export_bundle
     from edgeseg.export.quantize import QuantizeSettings
 
     variants = [VariantSpec(v[0], tuple(Path(m) for m in v[1:]), rank=i) for i, v in enumerate(args.variant)]
@@ -74,6 +117,10 @@ def run_export(args: argparse.Namespace) -> int:
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
         raise ConfigError(f"--precisions: unknown {bad}; use {', '.join(PRECISIONS)} (one or more).")
+    remedies = tuple(r.strip() for r in args.remedies.split(",") if r.strip() and r.strip() != "none")
+    unknown = [r for r in remedies if r not in REMEDIES]
+    if unknown:
+        raise ConfigError(f"--remedies: unknown {unknown}; use {', '.join(REMEDIES)} (in the order to try) or none.")
     settings = ExportSettings(
         precisions=precisions, folds=tuple(args.folds) if args.folds else None, totalseg=args.totalseg,
         totalseg_order=args.totalseg_order,
@@ -83,13 +130,20 @@ def run_export(args: argparse.Namespace) -> int:
                                   accuracy_control=args.accuracy_control, max_dice_drop=args.max_dice_drop),
         validation_contrasts=tuple(c.strip() for c in args.contrasts.split(",") if c.strip()),
         name=args.name, description=args.description, intended_use=args.intended_use,
+        version=args.bundle_version, not_for_clinical_use=args.not_for_clinical_use,
+        gate=Gate(min_dice=args.gate_min_dice, mean_dice=args.gate_mean_dice),
+        remedies=remedies, remedy_time_s=args.remedy_time,
     )
-    bundle = export_bundle(variants, args.out, args.calibration, settings, args.validation, force=args.force)
+    with _terminate_as_interrupt():  # SIGTERM unwinds like Ctrl+C: the partial bundle folder is removed
+        bundle = export_bundle(variants, args.out, args.calibration, settings, args.validation, force=args.force)
     report = json.loads((bundle.path / "validation.json").read_text())
     print(f"bundle written: {bundle.path}")
     for prec, s in report["summary"].items():
         print(f"  {prec} vs fp32: mean Dice {s['mean_dice_vs_fp32']:.4f} "
               f"(worst series {s['worst_series_mean_dice']:.4f})")
+    for prec, verdict in bundle.precision_verdicts.items():
+        print(f"  {prec} fidelity gate: {verdict['verdict'].upper()} (lowest structure Dice {verdict.get('min_dice')}, "
+              f"lowest mean {verdict.get('mean_dice')}; gate {verdict.get('gate')})")
     for t in report["fp32_vs_torch"]:
         print(f"  fp32 IR vs torch [{t['variant']}/{t['part']}]: argmax agreement {t['argmax_agreement']:.6f}, "
               f"max |logit diff| {t['max_abs_logit_diff']:.2e}")

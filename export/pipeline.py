@@ -1,7 +1,10 @@
 """The export pipeline: nnU-Net v2 model(s) -> ONNX -> OpenVINO IR -> INT8 -> validated bundle.
 
-Everything is built in a temporary sibling folder ``.<bundle>.partial-*`` and renamed to its final name only
-when complete, so a failed export (bad input, disk full) never leaves a folder that looks like a bundle.
+Everything is built in a temporary sibling folder ``.<bundle>.partial-<pid>-*`` and renamed to its final name
+only when complete, so a failed export (bad input, disk full) never leaves a folder that looks like a bundle. An
+interrupted export (Ctrl+C; SIGTERM, which ``edgeseg export`` turns into the same exception) removes its partial
+folder on the way out; one left by an export that was killed outright (SIGKILL, power loss) is removed by the next
+export to the same place once its process is gone.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from edgeseg.bundle.schema import (
 )
 from edgeseg.errors import EdgesegError, ExportError
 from edgeseg.export.model_folder import ModelFolder, open_model
+from edgeseg.export.gate import Gate, judge
 from edgeseg.export.metrics import dice_per_class, mean_dice
 from edgeseg.export import totalseg as ts_wrapper
 from edgeseg.export.quantize import QuantizeSettings
@@ -64,6 +68,16 @@ class ExportSettings:
     name: str = "edgeseg-bundle"
     description: str = ""
     intended_use: str = ""
+    version: str = ""
+    not_for_clinical_use: bool = False
+    #: the fidelity gate INT8/FP16 must pass against FP32 (export/gate.py)
+    gate: Gate = field(default_factory=Gate)
+    #: what export tries, in order, when INT8 fails the gate (see _remedies; () tries nothing)
+    remedies: tuple[str, ...] = ("accuracy_control", "float_layers", "bf16")
+    #: the time in which remedies may start (one started runs to its end: the bound is this plus one remedy)
+    remedy_time_s: float = 300.0
+    #: NNCF accuracy control's bound on the layers it reverts one by one
+    remedy_iterations: int = 8
 
 
 def _merged_labels(parts: Sequence[ModelFolder], labels_file: Path | None) -> dict[int, str]:
@@ -162,7 +176,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _bundle(root: Path, settings: ExportSettings, labels: dict[int, str], variants: Sequence[Variant],
-            validation: str | None) -> Bundle:
+            validation: str | None, verdicts: dict[str, dict[str, Any]] | None = None) -> Bundle:
     """The bundle as exported so far (every file below ``root`` hashed), checked by the schema's own loader: it
     is serialised as bundle.json would be and parsed back."""
     built = Bundle(
@@ -177,6 +191,9 @@ def _bundle(root: Path, settings: ExportSettings, labels: dict[int, str], varian
         validation_report=validation,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         versions=_versions(),
+        version=settings.version,
+        not_for_clinical_use=settings.not_for_clinical_use,
+        precision_verdicts=dict(verdicts or {}),
     )
     return parse_bundle(bundle_to_dict(built), root)
 
@@ -198,7 +215,8 @@ def export_bundle(variants: Sequence[VariantSpec], out: Path, calibration: Path,
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    remove_stale_partials(out)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
         _export_into(variants, work, calibration, settings, validation)
         if out.exists():
@@ -215,6 +233,34 @@ def export_bundle(variants: Sequence[VariantSpec], out: Path, calibration: Path,
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Remove the ``.<out>.partial-<pid>-*`` folders beside ``out`` whose export process is gone (killed before it
+    could clean up); returns them. A partial folder of a running export, or one without a pid, is left alone."""
+    removed = []
+    for partial in Path(out).parent.glob(f".{Path(out).name}.partial-*"):
+        pid_text = partial.name[len(f".{Path(out).name}.partial-"):].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+            continue
+        shutil.rmtree(partial, ignore_errors=True)
+        log.info("removed %s, left by an export (pid %s) that did not finish", partial, pid_text)
+        removed.append(partial)
+    return removed
 
 
 def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path, settings: ExportSettings,
@@ -287,50 +333,159 @@ def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path,
 
     # INT8
     if "int8" in settings.precisions:
-        from edgeseg.export.calibration import calibration_patches
-        from edgeseg.export.quantize import quantize
-        from edgeseg.runtime.infer.engine import core
-
-        quantized: list[Variant] = []
-        for variant in bundle.variants:
-            entries = []
-            for part in variant.parts:
-                t0 = time.perf_counter()
-                calib = calibration_patches(calib_series, variant, part, settings.quantize.subset_size)
-                fp32_compiled = None
-                valid = None
-                if settings.quantize.accuracy_control:
-                    fp32_compiled = core().compile_model(str(bundle.model_path(part, "fp32")), "CPU",
-                                                         {"INFERENCE_PRECISION_HINT": "f32"})
-                    valid = calibration_patches(valid_series, variant, part, max(4, settings.quantize.subset_size // 2),
-                                                seed=1)
-                int8 = quantize(ov_models[(variant.name, part.name)], calib, settings.quantize, valid, fp32_compiled)
-                rel = part.source["dir"]
-                xml, binf = save_ir(int8, root / rel / "int8.xml")
-                entries.append(replace(part, models={**part.models, "int8": _model_file("int8", rel, xml, binf)}))
-                quant_times[f"{variant.name}/{part.name}"] = round(time.perf_counter() - t0, 1)
-                progress("quantized %s/%s on %d patches in %.0fs", variant.name, part.name, len(calib),
-                         quant_times[f"{variant.name}/{part.name}"])
-            quantized.append(replace(variant, parts=tuple(entries)))
-        bundle_variants = quantized
+        bundle_variants = _quantize_variants(bundle, ov_models, root, calib_series, valid_series, settings.quantize,
+                                             progress, quant_times)
         # the FP32 IR stays in every bundle: validation reference, exact-parity mode
         bundle = _bundle(root, settings, labels, bundle_variants, None)
 
-    shutil.rmtree(scratch, ignore_errors=True)
     report = _validate(bundle, valid_series, settings, progress)
     report["fp32_vs_torch"] = torch_checks
     report["quantization_s"] = quant_times
     report["settings"] = _settings_record(settings)
     report["calibration_series"] = [s.name for s in calib_series]
     report["validation_series"] = [s.name for s in valid_series]
+    verdicts: dict[str, dict[str, Any]] = {prec: judge(report["segmentation_vs_fp32"], prec, settings.gate)
+                                           for prec in ("int8", "fp16") if prec in settings.precisions}
+    if verdicts.get("int8", {}).get("verdict") == "failed" and settings.remedies:
+        bundle_variants, verdicts = _remedies(root, settings, labels, bundle_variants, verdicts, ov_models,
+                                              calib_series, valid_series, report, progress, quant_times)
+    shutil.rmtree(scratch, ignore_errors=True)
+    for prec, verdict in verdicts.items():
+        log_fn = log.warning if verdict["verdict"] == "failed" else log.info
+        log_fn("fidelity gate %s vs FP32: %s (lowest structure Dice %s %s, lowest mean %s; gate %s%s)%s", prec,
+               verdict["verdict"].upper(), verdict.get("min_dice"), verdict.get("worst"), verdict.get("mean_dice"),
+               verdict["gate"], f"; remedy {verdict['remedy']}" if verdict.get("remedy") else "",
+               "; the runtime's precision auto will not use it" if verdict["verdict"] == "failed" else "")
+    report["precision_verdicts"] = verdicts
     report["versions"] = _versions()
     report["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                          "processor": platform.processor() or platform.machine()}
     _write_json(root / "validation.json", report)
-    bundle = _bundle(root, settings, labels, bundle_variants, "validation.json")
+    bundle = _bundle(root, settings, labels, bundle_variants, "validation.json", verdicts)
     _write_json(root / BUNDLE_FILE, bundle_to_dict(bundle))
     progress("bundle complete")
     return bundle
+
+
+def _quantize_variants(bundle: Bundle, ov_models: dict[tuple[str, str], Any], root: Path, calib_series: list[Any],
+                       valid_series: list[Any], qs: QuantizeSettings, progress: Progress,
+                       quant_times: dict[str, float], ignore_ends: int | None = None) -> list[Variant]:
+    """Quantize every part of ``bundle`` with ``qs`` (``ignore_ends``: keep that many convolutions at each end of
+    each part, at least the first and last, in floating point) and write its ``int8.xml``; the variants with
+    their INT8 model files."""
+    from edgeseg.export.calibration import calibration_patches
+    from edgeseg.export.convert import save_ir
+    from edgeseg.export.quantize import first_and_last_convolutions, quantize
+    from edgeseg.runtime.infer.engine import core
+
+    quantized: list[Variant] = []
+    for variant in bundle.variants:
+        entries = []
+        for part in variant.parts:
+            t0 = time.perf_counter()
+            model = ov_models[(variant.name, part.name)]
+            part_qs = qs if ignore_ends is None else replace(
+                qs, ignored=first_and_last_convolutions(model, max(ignore_ends - 1, 0)))
+            calib = calibration_patches(calib_series, variant, part, part_qs.subset_size)
+            fp32_compiled = None
+            valid = None
+            if part_qs.accuracy_control:
+                fp32_compiled = core().compile_model(str(bundle.model_path(part, "fp32")), "CPU",
+                                                     {"INFERENCE_PRECISION_HINT": "f32"})
+                valid = calibration_patches(valid_series, variant, part, max(4, part_qs.subset_size // 2), seed=1)
+            int8 = quantize(model, calib, part_qs, valid, fp32_compiled)
+            rel = part.source["dir"]
+            xml, binf = save_ir(int8, root / rel / "int8.xml")
+            entries.append(replace(part, models={**part.models, "int8": _model_file("int8", rel, xml, binf)}))
+            quant_times[f"{variant.name}/{part.name}"] = round(time.perf_counter() - t0, 1)
+            progress("quantized %s/%s on %d patches in %.0fs%s", variant.name, part.name, len(calib),
+                     quant_times[f"{variant.name}/{part.name}"],
+                     f" (kept in float: {', '.join(part_qs.ignored)})" if part_qs.ignored else "")
+        quantized.append(replace(variant, parts=tuple(entries)))
+    return quantized
+
+
+#: the fidelity gate's remedies for a failed INT8, in the order the issue gives them (``--remedies``)
+REMEDIES = ("accuracy_control", "float_layers", "bf16")
+
+
+def _remedies(root: Path, settings: ExportSettings, labels: dict[int, str], variants: list[Variant],
+              verdicts: dict[str, dict[str, Any]], ov_models: dict[tuple[str, str], Any], calib_series: list[Any],
+              valid_series: list[Any], report: dict[str, Any], progress: Progress,
+              quant_times: dict[str, float]) -> tuple[list[Variant], dict[str, dict[str, Any]]]:
+    """INT8 failed the gate: try ``settings.remedies`` in order within ``settings.remedy_time_s`` and record each.
+
+    * ``accuracy_control``: NNCF's accuracy-controlled quantization (layers reverted to float by their measured
+      effect on Dice against FP32 on validation patches; at most ``settings.remedy_iterations`` reverts);
+    * ``float_layers``: the first and last convolutions (the usual suspects: the input's full range, the logits'
+      top-2 margins) kept in floating point, then also the second and second-last;
+    * ``bf16``: no INT8 at all -- the FP32 model with BF16 inference where this CPU has it, validated like the
+      others (its verdict is bf16's; INT8 stays failed).
+
+    An INT8 remedy that passes replaces the INT8 model and its verdict records the remedy; when none passes, the
+    original INT8 model stays (marked failed, with every remedy's figures in ``remedies_tried``)."""
+    deadline = time.monotonic() + settings.remedy_time_s
+    tried: list[dict[str, Any]] = []
+    original = {rel: (root / rel).read_bytes() for v in variants for part in v.parts if "int8" in part.models
+                for rel in (part.models["int8"].xml, part.models["int8"].bin)}
+    passed = False
+    for remedy in settings.remedies:
+        if time.monotonic() > deadline:
+            tried.append({"remedy": remedy, "verdict": "not tried", "reason": f"the remedy time "
+                          f"({settings.remedy_time_s:g} s) was spent"})
+            continue
+        t0 = time.perf_counter()
+        if remedy == "bf16":
+            bundle = _bundle(root, settings, labels, variants, None, {"int8": verdicts["int8"]})
+            rows = _compare(bundle, valid_series, settings, ["bf16"], progress)
+            if not rows:
+                tried.append({"remedy": remedy, "verdict": "not tried", "reason": "this CPU has no BF16"})
+                continue
+            verdicts["bf16"] = judge(rows, "bf16", settings.gate, remedy="bf16")
+            report["segmentation_vs_fp32"].extend(rows)
+            tried.append({"remedy": remedy, "verdict": verdicts["bf16"]["verdict"],
+                          "min_dice": verdicts["bf16"]["min_dice"], "mean_dice": verdicts["bf16"]["mean_dice"],
+                          "seconds": round(time.perf_counter() - t0, 1)})
+            continue
+        steps = ([(replace(settings.quantize, accuracy_control=True, max_iterations=settings.remedy_iterations,
+                           max_dice_drop=min(settings.quantize.max_dice_drop, 1.0 - settings.gate.mean_dice)), None)]
+                 if remedy == "accuracy_control" else
+                 [(settings.quantize, 1), (settings.quantize, 2)])
+        for qs, ends in steps:
+            if passed or time.monotonic() > deadline:
+                break
+            name = remedy if ends is None else f"{remedy} ({ends} convolution(s) at each end in float)"
+            try:
+                candidate = _quantize_variants(_bundle(root, settings, labels, variants, None), ov_models, root,
+                                               calib_series, valid_series, qs, progress, quant_times, ends)
+            except ExportError as err:
+                tried.append({"remedy": name, "verdict": "error", "reason": str(err)})
+                continue
+            bundle = _bundle(root, settings, labels, candidate, None)
+            rows = _compare(bundle, valid_series, settings, ["int8"], progress)
+            verdict = judge(rows, "int8", settings.gate, remedy=name)
+            tried.append({"remedy": name, "verdict": verdict["verdict"], "min_dice": verdict.get("min_dice"),
+                          "mean_dice": verdict.get("mean_dice"), "worst": verdict.get("worst"),
+                          "seconds": round(time.perf_counter() - t0, 1)})
+            progress("remedy %s: INT8 %s (lowest structure Dice %s, lowest mean %s)", name,
+                     verdict["verdict"].upper(), verdict.get("min_dice"), verdict.get("mean_dice"))
+            if verdict["verdict"] == "passed":
+                passed = True
+                variants = candidate
+                report["segmentation_vs_fp32_before_remedy"] = [
+                    r for r in report["segmentation_vs_fp32"] if r["precision"] == "int8"]
+                report["segmentation_vs_fp32"] = [
+                    r for r in report["segmentation_vs_fp32"] if r["precision"] != "int8"] + rows
+                verdicts["int8"] = {**verdict, "failed_as_quantized": {
+                    k: verdicts["int8"].get(k) for k in ("min_dice", "mean_dice", "worst")}}
+        if passed:
+            break
+    if not passed:
+        for rel, data in original.items():  # the INT8 model as first quantized, marked failed
+            (root / rel).write_bytes(data)
+    verdicts["int8"]["remedies_tried"] = tried
+    report["remedies_tried"] = tried
+    return variants, verdicts
 
 
 def _settings_record(settings: ExportSettings) -> dict[str, Any]:
@@ -361,20 +516,32 @@ def _check_against_torch(bundle: Bundle, variant: Any, part: Any, module: Any, s
             "argmax_agreement": agree / max(total, 1)}
 
 
-def _validate(bundle: Bundle, series: list[Any], settings: ExportSettings, progress: Progress) -> dict[str, Any]:
-    """Dice of INT8 (and FP16) vs FP32 through the full runtime on each validation series and contrast; latency
-    per tile for each precision."""
+def _compare(bundle: Bundle, series: list[Any], settings: ExportSettings, precisions: Sequence[str],
+             progress: Progress) -> list[dict[str, Any]]:
+    """One row per variant, validation series, contrast and precision: Dice and volume difference of each
+    structure against FP32, through the full runtime. "bf16" is the FP32 model with BF16 inference (the engine's
+    choice for ``auto`` when INT8 is marked failed); no rows for it where this CPU has no BF16."""
     from edgeseg.export.calibration import contrast_variant
-    from edgeseg.runtime.infer.engine import measure_tile_latency
     from edgeseg.runtime.options import SegmentOptions
     from edgeseg.runtime.segmenter import Segmenter
 
-    precisions: list[str] = [p for p in ("int8", "fp16") if p in settings.precisions]
+    # the runtime's segmenter reads the bundle's digest from its bundle.json: the bundle as it is now (rewritten
+    # with the final one at the end)
+    _write_json(bundle.path / BUNDLE_FILE, bundle_to_dict(bundle))
     results: list[dict[str, Any]] = []
     for variant in bundle.variants:
         # one segmenter per precision, set up once for every series and contrast of the variant
-        segmenters = {prec: Segmenter(bundle, SegmentOptions(precision=prec, variant=variant.name))
-                      for prec in ("fp32", *precisions)}
+        segmenters = {"fp32": Segmenter(bundle, SegmentOptions(precision="fp32", variant=variant.name))}
+        for prec in precisions:
+            if prec == "bf16":
+                failed = {p: {"verdict": "failed"} for p in ("int8", "fp16")}
+                seg = Segmenter(replace(bundle, precision_verdicts=failed),
+                                SegmentOptions(precision="auto", variant=variant.name))
+                if not all(seg.engine(part).precision == "fp32+bf16" for part in variant.parts):
+                    return []
+                segmenters[prec] = seg
+            else:
+                segmenters[prec] = Segmenter(bundle, SegmentOptions(precision=prec, variant=variant.name))
         for s in series:
             for contrast in settings.validation_contrasts:
                 vol = contrast_variant(s.volume, contrast)
@@ -382,6 +549,10 @@ def _validate(bundle: Bundle, series: list[Any], settings: ExportSettings, progr
                 for prec in precisions:
                     pred, rec = segmenters[prec].segment_volume(vol)
                     per_class = {bundle.labels[v]: d for v, d in dice_per_class(pred, ref, bundle.labels).items()}
+                    volume_diff = {}
+                    for v, name in bundle.labels.items():
+                        n_ref, n_pred = int((ref == v).sum()), int((pred == v).sum())
+                        volume_diff[name] = round(100.0 * (n_pred - n_ref) / n_ref, 3) if n_ref else None
                     present = [d for d in per_class.values() if d is not None]
                     results.append({
                         "variant": variant.name, "series": s.name, "contrast": contrast, "precision": prec,
@@ -391,11 +562,22 @@ def _validate(bundle: Bundle, series: list[Any], settings: ExportSettings, progr
                         "voxel_agreement": float((ref == pred).mean()),
                         "classes_compared": len(present),
                         "per_class_dice_vs_fp32": per_class,
+                        "per_class_volume_diff_pct": volume_diff,
                     })
                     progress("validation %s %s %s %s: mean Dice vs FP32 %.4f (%d classes), voxel agreement %.5f",
                              variant.name, s.name, contrast, prec, results[-1]["mean_dice_vs_fp32"] or float("nan"),
                              len(present), results[-1]["voxel_agreement"])
         del segmenters  # their compiled engines are released before the next variant's
+    return results
+
+
+def _validate(bundle: Bundle, series: list[Any], settings: ExportSettings, progress: Progress) -> dict[str, Any]:
+    """Dice of INT8 (and FP16) vs FP32 through the full runtime on each validation series and contrast; latency
+    per tile for each precision."""
+    from edgeseg.runtime.infer.engine import measure_tile_latency
+
+    precisions: list[str] = [p for p in ("int8", "fp16") if p in settings.precisions]
+    results = _compare(bundle, series, settings, precisions, progress)
     latency: list[dict[str, Any]] = []
     for variant in bundle.variants:
         for part in variant.parts:

@@ -30,6 +30,22 @@ class QuantizeSettings:
     preset: str = "performance"
     accuracy_control: bool = False
     max_dice_drop: float = 0.01
+    #: names of operations kept in floating point (nncf.IgnoredScope): the fidelity gate's "float layers" remedy
+    ignored: tuple[str, ...] = ()
+    #: with accuracy_control: NNCF's bound on its revert iterations (None: unbounded)
+    max_iterations: int | None = None
+
+
+def first_and_last_convolutions(model: Any, extra: int = 0) -> tuple[str, ...]:
+    """Names of the first and last convolution (and ``extra`` more at each end) of an ``openvino.Model``: the
+    layers whose quantization costs most (the input's full dynamic range; the logits whose top-2 margins decide
+    the labels), kept in floating point by the "float layers" remedy."""
+    convs = [op.get_friendly_name() for op in model.get_ordered_ops()
+             if op.get_type_name() in ("Convolution", "ConvolutionBackpropData", "GroupConvolution")]
+    if not convs:
+        return ()
+    n = min(len(convs), 1 + extra)
+    return tuple(dict.fromkeys([*convs[:n], *convs[-n:]]))
 
 
 def quantize(model: Any, calibration: list[np.ndarray], settings: QuantizeSettings,
@@ -40,11 +56,12 @@ def quantize(model: Any, calibration: list[np.ndarray], settings: QuantizeSettin
         nncf.QuantizationPreset.MIXED
     calib = nncf.Dataset(calibration)
     subset = min(settings.subset_size, len(calibration))
+    ignored = nncf.IgnoredScope(names=list(settings.ignored), validate=False) if settings.ignored else None
     try:
         if not settings.accuracy_control:
             return nncf.quantize(model, calib, preset=preset, subset_size=subset,
                                  fast_bias_correction=settings.fast_bias_correction,
-                                 target_device=nncf.TargetDevice.CPU)
+                                 target_device=nncf.TargetDevice.CPU, ignored_scope=ignored)
         if not validation or fp32_compiled is None:
             raise ExportError("Accuracy-controlled quantization needs validation patches and the FP32 model.")
         num_classes = int(model.outputs[0].get_partial_shape()[1].get_length())
@@ -55,10 +72,15 @@ def quantize(model: Any, calibration: list[np.ndarray], settings: QuantizeSettin
             scores = [mean_dice(np.asarray(compiled({0: x})[0])[0].argmax(0), ref, num_classes) for x, ref in data]
             return float(np.mean(scores)), scores
 
+        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+        restorer = (AdvancedAccuracyRestorerParameters(max_num_iterations=settings.max_iterations)
+                    if settings.max_iterations is not None else None)
         return nncf.quantize_with_accuracy_control(
             model, calib, nncf.Dataset(items), validation_fn=validate, max_drop=settings.max_dice_drop,
             drop_type=nncf.DropType.ABSOLUTE, preset=preset, subset_size=subset,
             fast_bias_correction=settings.fast_bias_correction, target_device=nncf.TargetDevice.CPU,
+            ignored_scope=ignored, advanced_accuracy_restorer_parameters=restorer,
         )
     except ExportError:
         raise

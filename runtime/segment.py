@@ -124,6 +124,7 @@ def segment_volume(volume: Volume, bundle: Bundle, options: SegmentOptions, engi
                      (index + 1) / len(variant.parts))
         parts_record.append({
             "name": part.name, "precision": engine.precision, "device": engine.device,
+            "precision_verdict": engine.verdict,
             "network_shape": list(pre.data.shape[1:]), "tile_step_size": step,
             "tiles": tile_count(pre.data.shape[1:], part.patch_size, step),
             "mirroring": list(mirror) if mirror else None,
@@ -147,8 +148,10 @@ def run_manifest(bundle: Bundle, bundle_digest: str, volume: Volume, options: Se
 
     return {
         "edgeseg_version": __version__,
-        "bundle": {"name": bundle.name, "path": str(bundle.path), "intended_use": bundle.intended_use,
-                   "bundle_json_sha256": bundle_digest},
+        "bundle": {"name": bundle.name, "version": bundle.version, "path": str(bundle.path),
+                   "intended_use": bundle.intended_use, "not_for_clinical_use": bundle.not_for_clinical_use,
+                   "bundle_json_sha256": bundle_digest,
+                   "precision_verdicts": {p: v.get("verdict") for p, v in bundle.precision_verdicts.items()}},
         "input": {"source": str(volume.source), "kind": volume.kind, "series_uid": volume.series_uid,
                   "shape": list(volume.shape), "spacing_mm": [round(s, 4) for s in volume.spacing]},
         "options": {"device": options.device, "precision_requested": options.precision,

@@ -5,7 +5,10 @@ Precision requests:
 * ``fp32``: the FP32 IR with ``INFERENCE_PRECISION_HINT=f32`` (exact parity with the FP32 network).
 * ``fp16``: the FP16 IR (f16 on GPU; f32 execution on CPU).
 * ``int8``: the NNCF INT8 IR; unquantized layers in bf16 where the CPU supports it, else f32.
-* ``auto``: the fastest that compiles, in this order: int8+bf16, int8+f32, fp16/fp32+bf16, fp32+f32.
+* ``auto``: the fastest that compiles, in this order: int8+bf16, int8+f32, fp16/fp32+bf16, fp32+f32 -- leaving
+  out every precision export's fidelity gate marked ``failed`` in bundle.json (``Bundle.precision_verdicts``;
+  bf16 counts as its own precision). An explicit request for a failed precision is obeyed with a WARNING, and the
+  engine (hence the run manifest) carries the verdict.
 
 OpenVINO can refuse a combination at compile time ("No suitable implementations"), so every candidate is
 compiled and run once on zeros before it is accepted; what was used is recorded (``Engine.precision``).
@@ -92,6 +95,8 @@ class Engine:
     compile_s: float
     #: the engine's own infer request, reused series after series (its buffers stay allocated)
     request: Any = None
+    #: export's fidelity verdict on the precision used ("passed", "failed", "unchecked"; see bundle.schema)
+    verdict: str = "passed"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -123,6 +128,16 @@ def compile_part(bundle: Bundle, part: Part, device: str = "CPU", precision: str
     todo = candidates(part, precision, device)
     if not todo:  # the bundle lacks the model: the same BundleError as asking the bundle for it
         bundle.model_path(part, "fp32" if precision == "auto" else precision)
+    if precision == "auto":  # never a precision that failed export's fidelity gate
+        skipped = [c for c in todo if _verdict(bundle, *c) == "failed"]
+        todo = [c for c in todo if c not in skipped]
+        if skipped:
+            log.info("precision auto: part=%s leaves out %s (failed export's fidelity gate, bundle.json "
+                     "precision_verdicts)", part.name, ", ".join(f"{m}+{h}" for m, h in skipped))
+    elif precision != "fp32" and bundle.verdict(precision) == "failed":
+        log.warning("precision %s was asked for, but export's fidelity gate marked it failed for bundle %s (%s): "
+                    "results may differ from FP32 beyond the gate; the run manifest records it. Fix: use precision "
+                    "auto or fp32.", precision, bundle.name, _gate_summary(bundle, precision))
     errors: list[str] = []
     for model_precision, hint in todo:
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
@@ -159,11 +174,28 @@ def compile_part(bundle: Bundle, part: Part, device: str = "CPU", precision: str
         dt = time.perf_counter() - t0
         used = f"{model_precision}+{hint}" if hint else model_precision
         log.info("compiled part=%s device=%s precision=%s in %.1fs", part.name, device, used, dt)
-        return Engine(part, compiled, device, used, dt, request)
+        return Engine(part, compiled, device, used, dt, request, _verdict(bundle, model_precision, hint))
     raise InferenceError(
         f"OpenVINO could not compile part '{part.name}' on {device} with precision {precision}: "
         f"{'; '.join(errors)}. Try --precision fp32 or --device CPU."
     )
+
+
+def _verdict(bundle: Bundle, model_precision: str, hint: str) -> str:
+    """Export's verdict on running ``model_precision`` with the inference precision ``hint``: the worse of the
+    model's and (bf16 on an FP32/FP16 model) bf16's."""
+    order = {"failed": 0, "unchecked": 1, "passed": 2}
+    verdicts = [bundle.verdict(model_precision)]
+    if hint == "bf16":
+        verdicts.append(bundle.verdict("bf16") if model_precision != "int8" else "passed")
+    return min(verdicts, key=lambda v: order.get(v, 1))
+
+
+def _gate_summary(bundle: Bundle, precision: str) -> str:
+    record = bundle.precision_verdicts.get(precision) or {}
+    worst = record.get("worst") or {}
+    return (f"lowest structure Dice {record.get('min_dice')} ({worst.get('structure', '?')}), mean "
+            f"{record.get('mean_dice')}, gate {record.get('gate')}")
 
 
 def measure_tile_latency(bundle: Bundle, part: Part, precision: str = "auto", device: str = "CPU",

@@ -28,7 +28,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", type=Path, help="folder for the results, outside the input (default: the engine's "
                                                "output variable); created if missing")
     p.add_argument("--bundle", help="model bundle folder, or 'demo' (default: EDGESEG_BUNDLE, else a MONAI package's "
-                                    "HOLOSCAN_MODEL_PATH/MONAI_MODELPATH holding bundle.json, else demo)")
+                                    "HOLOSCAN_MODEL_PATH/MONAI_MODELPATH, which must hold bundle.json; the demo "
+                                    "model runs only when named)")
     p.add_argument("--layout", choices=LAYOUTS, default="auto",
                    help="mercure: only *.dcm results and result.json; folders: <name>.edgeseg/ per series; auto "
                         "(default): mercure when the input holds task.json")

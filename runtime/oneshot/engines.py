@@ -16,7 +16,9 @@ separately. The output may not be the input folder or inside it: the input may b
 results inside it would be found as input by the next run.
 
 The bundle: ``--bundle`` > ``EDGESEG_BUNDLE`` > the model folder of a MONAI application package
-(``HOLOSCAN_MODEL_PATH`` / ``MONAI_MODELPATH``, when it holds a ``bundle.json``) > the packaged demo bundle.
+(``HOLOSCAN_MODEL_PATH`` / ``MONAI_MODELPATH``). The packaged demo bundle (trained on one case) runs only when named
+``demo``: a model folder variable that points at a folder without ``bundle.json`` is a :class:`BundleError`, and a
+run that names no bundle at all a :class:`ConfigError` -- never a silent fall-back to a model nobody asked for.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from edgeseg.errors import ConfigError, OutputError
+from edgeseg.errors import BundleError, ConfigError, OutputError
 
 #: (engine, input variable, output variable), strongest first
 FOLDER_VARIABLES: tuple[tuple[str, str, str], ...] = (
@@ -117,7 +119,9 @@ def resolve_folders(input_dir: str | os.PathLike[str] | None = None, output_dir:
 def resolve_bundle(flag_value: str | os.PathLike[str] | None = None,
                    env: Mapping[str, str] | None = None) -> tuple[str, str]:
     """(bundle folder or "demo", where it came from): ``--bundle`` > ``EDGESEG_BUNDLE`` > a MONAI application
-    package's model folder holding a ``bundle.json`` > the packaged demo bundle."""
+    package's model folder (``HOLOSCAN_MODEL_PATH`` / ``MONAI_MODELPATH``). Raises :class:`BundleError` when that
+    model folder holds no ``bundle.json`` and :class:`ConfigError` when nothing names a bundle: the demo bundle runs
+    only when named ``demo``."""
     env = os.environ if env is None else env
     if flag_value is not None and str(flag_value):
         return os.fspath(flag_value), "--bundle"
@@ -125,6 +129,14 @@ def resolve_bundle(flag_value: str | os.PathLike[str] | None = None,
         return env[BUNDLE_VARIABLE], BUNDLE_VARIABLE
     for name in MODEL_VARIABLES:
         value = env.get(name, "").strip()
-        if value and (Path(value) / "bundle.json").is_file():
-            return value, name
-    return DEMO, "default"
+        if not value:
+            continue
+        if not (Path(value) / "bundle.json").is_file():
+            what = "holds no bundle.json" if Path(value).is_dir() else "does not exist"
+            raise BundleError(f"{name}: the model folder {value} {what}, so it is not an edgeseg model bundle. Fix: "
+                              "put the folder `edgeseg export` wrote there, or set EDGESEG_BUNDLE / --bundle to one "
+                              f"(or to '{DEMO}' for the demo model, which is not for clinical use).")
+        return value, name
+    raise ConfigError(f"No model bundle named: give --bundle DIR, set {BUNDLE_VARIABLE}, or run in a MONAI "
+                      f"application package ({' / '.join(MODEL_VARIABLES)}). Fix: name the bundle folder `edgeseg "
+                      f"export` wrote, or '{DEMO}' for the demo model (trained on one case, not for clinical use).")

@@ -47,6 +47,7 @@ from edgeseg.runtime.read.headers import (LOCALIZER_ONLY, NOT_DICOM, Instance, S
                                           non_image_reason, read_dicom_header, series_identity, split_series)
 from edgeseg.runtime.read.limits import ReadLimits, check_frames, check_voxels
 from edgeseg.runtime.read.series_ref import DICOM, SeriesRef, StackKey
+from edgeseg.runtime.read.vendor import reversed_rows
 from edgeseg.runtime.read.volume import DicomSource, Volume
 
 log = logging.getLogger(__name__)
@@ -436,12 +437,16 @@ def read_dicom_series(ref: SeriesRef, limits: ReadLimits | None = None) -> Volum
 
     rows, cols = ordered[0].rows, ordered[0].cols
     array = np.empty((cols, rows, len(ordered)), dtype=np.float32)
+    flipped = 0
     for k, frame in enumerate(ordered):
         ds = datasets[frame.path]
         try:  # decodes one frame, without caching the array in the dataset
             pixels = np.asarray(pixel_array(ds, index=frame.index))
         except Exception as err:
             raise _decode_error(uid, frame.path, ds, err) from err
+        if frame.index is None and reversed_rows(ds, f"Series {uid} in {where}, {frame.path.name}"):
+            pixels = pixels[::-1, :]  # GE epi_pepolar: rows stored reversed (runtime/read/vendor.py, as dcm2niix)
+            flipped += 1
         if pixels.shape != (rows, cols):
             raise InvalidSeriesError(
                 f"Series {uid}: the pixel data of {frame.path} has shape {pixels.shape}, but its header says "
@@ -453,6 +458,14 @@ def read_dicom_series(ref: SeriesRef, limits: ReadLimits | None = None) -> Volum
             array[:, :, k] = pixels.T
         if frame.index is None:  # free the encoded bytes (in memory only; the file is untouched)
             del ds.PixelData
+    if 0 < flipped < len(ordered):
+        raise InvalidSeriesError(
+            f"Series {uid} in {where}: {flipped} of its {len(ordered)} stacked images are GE reverse-polarity EPI "
+            "images stored with reversed rows and the others are not, so they do not form one volume. Segment the "
+            "forward and the reversed volumes as separate series.")
+    if flipped:
+        log.info("series %s: GE epi_pepolar reverse-polarity images: rows reversed back, as dcm2niix does "
+                 "((0019,109C) epi_pepolar, (0019,10B3))", uid)
     first_ds = datasets[ordered[0].path]
     description = _str(first_ds, "SeriesDescription") or ref.description
     dicom_files: list[Path] = []

@@ -219,7 +219,7 @@ KEYS_TABLE: Final[tuple[Key, ...]] = (
         doc="The model bundle folder (written by `edgeseg export`; it holds bundle.json), or \"demo\" for the small "
             "demo model shipped inside edgeseg (trained on one case: for trying the watcher out, not for clinical "
             "use). `edgeseg run` finds its bundle itself: --bundle, EDGESEG_BUNDLE, a MONAI application package's "
-            "model folder, else demo."),
+            "model folder; it runs the demo only when named 'demo'."),
     Key("variant", Kind.VARIANT, _run("variant"),
         "bundle variant (null: the most accurate, or the time-budget planner's "
         "choice)", nullable=True, flag="--variant", commands=("segment", "run"), oneshot=True, watch=False),

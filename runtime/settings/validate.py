@@ -220,6 +220,48 @@ def resolve(keys: Mapping[str, Key], layers: Iterable[Mapping[str, Value]], prob
     return values, merged
 
 
+#: folders no watch root may be (the watcher writes error files and results beside every series it finds below
+#: its roots: a root of "/" once wrote 898 error files across a system in 25 s); folders *inside* them are fine
+SYSTEM_FOLDERS_POSIX = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt",
+                        "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/local", "/var",
+                        "/var/lib", "/var/tmp", "/Users", "/System", "/Library", "/Volumes", "/private")
+SYSTEM_FOLDERS_WINDOWS = ("Windows", "Program Files", "Program Files (x86)", "ProgramData", "Users")
+
+
+def system_folder_reason(root: Path, state_dir: Path | None = None) -> str | None:
+    """Why ``root`` may not be a watch root, or None: a file-system or drive root, a system folder
+    (:data:`SYSTEM_FOLDERS_POSIX`, a drive's ``Windows``/``Program Files``/``Users`` ...), the user's home folder,
+    or a folder holding the watcher's own state folder (the state folder's parents)."""
+    real = Path(os.path.realpath(root))
+    if real == Path(real.anchor):
+        return "is the root of a file system (drive)"
+    if os.name == "nt":
+        if len(real.parts) == 2 and real.parts[1].lower() in {f.lower() for f in SYSTEM_FOLDERS_WINDOWS}:
+            return "is a system folder"
+    elif str(real) in SYSTEM_FOLDERS_POSIX:
+        return "is a system folder"
+    try:
+        if real == Path(os.path.realpath(Path.home())):
+            return "is the user's home folder"
+    except RuntimeError:  # no home folder known
+        pass
+    if state_dir is not None:
+        state = Path(os.path.realpath(state_dir))
+        if real == state or real in state.parents:
+            return f"holds the watcher's own state folder {state_dir}"
+    return None
+
+
+def check_roots(roots: Iterable[Path], state_dir: Path | None, where: str, problems: Problems) -> None:
+    """A problem for each root that :func:`system_folder_reason` refuses."""
+    for i, root in enumerate(roots):
+        reason = system_folder_reason(root, state_dir)
+        if reason is not None:
+            problems.add(where, f"roots[{i}]", f"{root} {reason}: the watcher would read and write below all of it",
+                         "name the export folder the series arrive in (e.g. /data/dicom_export), never a system, "
+                         "home or drive folder")
+
+
 def check_budget_and_ceiling(values: Mapping[str, Any], merged: Mapping[str, Value], problems: Problems) -> None:
     """time_ceiling_s must not be below time_budget_s."""
     budget, ceiling = values.get("time_budget_s"), values.get("time_ceiling_s")

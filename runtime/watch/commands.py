@@ -94,6 +94,21 @@ def cmd_watch(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------- status
 
 
+def _bundle_line(path: Any) -> str:
+    """The configured bundle's name, version and each precision's fidelity verdict (files not verified here:
+    ``doctor`` does that)."""
+    from edgeseg.bundle.schema import load_bundle
+    from edgeseg.errors import BundleError
+
+    try:
+        bundle = load_bundle(path, verify=False)
+    except BundleError as err:
+        return f"{path}: {err}"
+    version = f" v{bundle.version}" if bundle.version else ""
+    marker = " (NOT FOR CLINICAL USE)" if bundle.not_for_clinical_use else ""
+    return f"{bundle.name}{version}{marker}; precisions: {bundle.describe_precisions()}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from edgeseg.errors import EXIT_FAILED, EXIT_OK
     from edgeseg.runtime.watch.store import JobStore
@@ -116,13 +131,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = time.time()
     state = liveness(config.state_dir, beat, now)
     if args.json:
-        print(json.dumps({"watcher": beat, "state": state, "counts": counts, "recent": [r.__dict__ for r in rows],
+        print(json.dumps({"watcher": beat, "state": state, "bundle": _bundle_line(config.bundle), "counts": counts,
+                          "recent": [r.__dict__ for r in rows],
                           "deliveries": {"counts": delivery_counts,
                                          "open": [dataclasses.asdict(d) for d in open_deliveries]}},
                          indent=2, default=str))
         return EXIT_OK
     print(f"watcher: {state}")
     print(f"store:   {config.store_path}")
+    print(f"bundle:  {_bundle_line(config.bundle)}")
     print("series:  " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if any(delivery_counts.values()) or config.node.destinations:
         print("deliveries: " + ", ".join(f"{n} {s}" for s, n in delivery_counts.items()))

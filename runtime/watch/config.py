@@ -27,7 +27,8 @@ from edgeseg.runtime.settings.schema import (
     DEFAULT_EXCLUDE, DEMO_BUNDLE_KEYWORD, ENV_PREFIX, HOME_STATE_DIR, WATCH_KEYS, Key, default, env_name,
 )
 from edgeseg.runtime.settings.validate import (
-    Problems, Value, check_budget_and_ceiling, demo_bundle, node_settings, read_env, read_file, read_flags, resolve,
+    Problems, Value, check_budget_and_ceiling, check_roots, demo_bundle, node_settings, read_env, read_file, read_flags,
+    resolve,
 )
 
 __all__ = ["DEFAULT_EXCLUDE", "DEMO_BUNDLE_KEYWORD", "ENV_PREFIX", "KEYS", "ObserverKind", "WatchConfig", "describe",
@@ -145,6 +146,7 @@ def load_config(
     if not values["roots"]:
         problems.add(str(source) if source else "command line", "roots", "no folder to watch",
                      "list at least one folder under roots: in the file, or pass --root DIR")
+    check_roots(values["roots"], values["state_dir"], where("roots"), problems)
     node = node_settings(values, merged, problems)
     if check_paths:
         for dir_key in ("state_dir", "log_dir"):

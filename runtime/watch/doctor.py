@@ -116,7 +116,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         bundle = segmenter.bundle
         return "OK", (f"{config.bundle}: '{bundle.name}', {len(bundle.variants)} variant(s) "
                       f"({', '.join(v.name for v in sorted(bundle.variants, key=lambda v: v.rank))}), "
-                      f"{len(bundle.files)} files verified")
+                      f"{len(bundle.files)} files verified; precisions: {bundle.describe_precisions()}")
     check("bundle", bundle_check)
 
     def budget_check() -> tuple[str, str]:

@@ -66,6 +66,67 @@ log = logging.getLogger(__name__)
 
 DICOM_SEG_FILE = "seg.dcm"
 SERIES_DESCRIPTION = "edgeseg segmentation"
+#: what the descriptions of a result of a bundle marked not for clinical use (the demo) carry
+NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
+#: the SEG's ContentLabel (CS, at most 16 characters) for such a result; "EDGESEG" otherwise
+NOT_CLINICAL_LABEL = "NOT_FOR_CLINICAL"
+#: the base of the SeriesNumber of each role (+ the source's SeriesNumber, then 3 digits of the series UID)
+SERIES_NUMBER_BASE = {"seg": 1000, "sr": 2000}
+
+
+def precision_of(run: Mapping[str, Any] | None) -> str:
+    """The precision(s) a result was made with, from the manifest's ``run`` record: "INT8", "FP32", "FP32+BF16",
+    or several joined by "/" when the parts differ (each part's ``precision`` is e.g. "int8+bf16": the model's
+    precision and the inference hint; an INT8 model's hint is not named, its unquantized layers are a detail)."""
+    names: list[str] = []
+    for p in (run or {}).get("parts") or []:
+        if not isinstance(p, Mapping):
+            continue
+        model, _, hint = str(p.get("precision") or "").partition("+")
+        name = model.upper() + (f"+{hint.upper()}" if hint in ("bf16", "f16") and model != "int8" else "")
+        if name and name not in names:
+            names.append(name)
+    return "/".join(names) or "unknown precision"
+
+
+def provenance(bundle: Mapping[str, Any] | None, run: Mapping[str, Any] | None, what: str = "") -> str:
+    """A SeriesDescription (LO: at most 64 characters) naming what made a result: ``what`` (e.g. "SEG"), the
+    bundle's name and version (the first 12 hex digits of its bundle.json sha256 when it records no version), the
+    precision, and "NOT FOR CLINICAL USE" for a bundle marked so (never truncated away: the name is shortened
+    first)."""
+    bundle = bundle or {}
+    name = str(bundle.get("name") or "unknown bundle")
+    version = str(bundle.get("version") or "")
+    version = f"v{version}" if version else (f"sha {str(bundle.get('bundle_json_sha256'))[:12]}"
+                                              if bundle.get("bundle_json_sha256") else "")
+    tail = " ".join(t for t in (version, precision_of(run)) if t)
+    if bundle.get("not_for_clinical_use"):
+        tail += f" {NOT_FOR_CLINICAL_USE}"
+    head = f"{what} " if what else ""
+    room = 64 - len(head) - len(tail) - 1
+    if len(name) > room:
+        name = name[:max(room - 1, 1)] + "~"
+    return _lo(f"{head}{name} {tail}")
+
+
+def _lo(text: str) -> str:
+    """``text`` as a valid LO value: no backslash or control characters, at most 64 characters."""
+    return re.sub(r"[\\\x00-\x1f]", " ", text)[:64].rstrip()
+
+
+def result_series_number(role: str, source_number: Any, series_uid: str) -> int:
+    """The SeriesNumber of a result of ``role`` ("seg", "sr"): (1000 or 2000 + the source's SeriesNumber) * 1000
+    + three digits from the result's SeriesInstanceUID. The same result (same UIDs: the same input and model) keeps
+    its number; a result that differs (another model, precision or set of instances) gets another one, so
+    re-runs stay distinct in a PACS's series list."""
+    import hashlib
+
+    try:
+        src = int(source_number) if source_number not in (None, "") else 0
+    except (TypeError, ValueError):
+        src = 0
+    digits = int(hashlib.sha256(series_uid.encode()).hexdigest(), 16) % 1000
+    return ((SERIES_NUMBER_BASE[role] + max(src, 0)) * 1000 + digits) % 2**31
 
 
 def model_identity(bundle: Mapping[str, Any] | None, run: Mapping[str, Any] | None) -> list[str]:
@@ -116,6 +177,163 @@ def _sources(volume: Volume) -> list[Any]:
                 f"readable ({type(err).__name__}: {err}). Keep the series folder unchanged until edgeseg is done."
             ) from err
     return datasets
+
+
+#: attributes the SEG's and SR's geometry and references are built from: never dropped (an invalid one fails the
+#: object with its name, see :func:`clean_source_values`)
+_STRUCTURAL = frozenset({
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "Modality",
+    "Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+    "NumberOfFrames", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "BitsAllocated",
+    "SamplesPerPixel", "PhotometricInterpretation", "DimensionIndexSequence", "DimensionOrganizationSequence",
+})
+#: enumerated values (PS3.3) of copied attributes whose invalid values sources were seen to carry
+_ENUMERATED: dict[str, frozenset[Any]] = {
+    "PregnancyStatus": frozenset({1, 2, 3, 4}),
+    "PatientSex": frozenset({"M", "F", "O", ""}),
+    "PatientIdentityRemoved": frozenset({"YES", "NO"}),
+}
+#: VRs whose values are bytes or tags: not checked
+_UNCHECKED_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN", "AT", "SQ"})
+#: VRs whose values are binary numbers (checked as numbers; every other VR as its text)
+_BINARY_NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"})
+#: the code sequence item attributes without which an item is no code (the item is dropped with them)
+_CODE_KEYS = ("CodeValue", "LongCodeValue", "URNCodeValue")
+
+
+def _invalid(elem: Any) -> str | None:
+    """Why ``elem``'s value is not valid for its VR (or its enumerated values), None when it is."""
+    from pydicom import config
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import validate_value
+
+    if elem.VR in _UNCHECKED_VRS or elem.value is None or elem.value == "":
+        return None
+    values = list(elem.value) if isinstance(elem.value, (MultiValue, list, tuple)) else [elem.value]
+    enum = _ENUMERATED.get(elem.keyword)
+    for value in values:
+        if enum is not None and value not in enum:
+            return f"{value!r} is not one of its defined values ({', '.join(sorted(map(str, enum - {''})))})"
+        checked = value if elem.VR in _BINARY_NUMBER_VRS else str(value)
+        try:
+            validate_value(elem.VR, checked, config.RAISE)
+        except (ValueError, TypeError) as err:
+            return f"{str(value)[:40]!r} is not a valid {elem.VR} ({str(err).split('. Please see')[0].rstrip('.')})"
+    return None
+
+
+def _describe(elem: Any, path: str) -> str:
+    name = elem.keyword or "private attribute"
+    return f"{path}{name} {elem.tag}"
+
+
+def clean_source_values(dataset: Any, path: str = "") -> list[str]:
+    """In place, on the in-memory copy of a source (never the file): every attribute whose value is not valid for
+    its VR (a date of ``'***'``, an over-long code, an out-of-range number) or not one of its enumerated values
+    (PregnancyStatus 0) loses its value (it stays, empty: a Type 2 attribute such as PatientBirthDate is then
+    copied empty, as DICOM allows for an unknown value), an empty sequence is removed, and so is a code item left
+    without its code value; so what the SEG and SR copy from the source (patient, study, de-identification ...) is
+    valid, and a bad source value never costs an object. Structural attributes (UIDs, geometry) are never touched.
+    Returns one line per value left out, naming the attribute, its tag and the reason (for the manifest's
+    warnings)."""
+    dropped: list[str] = []
+    for elem in list(dataset):
+        if elem.keyword in _STRUCTURAL:
+            continue
+        if elem.VR == "SQ":
+            items = list(elem.value or [])
+            for i, item in enumerate(items):
+                dropped += clean_source_values(item, f"{path}{elem.keyword or elem.tag}[{i}].")
+            kept = [it for it in items if not (_is_code_item_remnant(it))]
+            if len(kept) != len(items):
+                dropped.append(f"{_describe(elem, path)}: {len(items) - len(kept)} code item(s) without a valid "
+                               "code removed")
+                elem.value = kept
+            if not kept:
+                del dataset[elem.tag]
+                if items:
+                    continue
+                dropped.append(f"{_describe(elem, path)}: an empty sequence; removed")
+            continue
+        reason = _invalid(elem)
+        if reason is None:
+            continue
+        fixed = _repaired(dataset, elem)
+        if fixed is not None:
+            dropped.append(f"{_describe(elem, path)}: {reason}; {fixed}")
+            continue
+        if elem.keyword in _CODE_KEYS or elem.keyword == "CodingSchemeDesignator":
+            del dataset[elem.tag]  # the item goes (see _is_code_item_remnant): an empty code is no code
+        else:
+            elem.value = None
+        dropped.append(f"{_describe(elem, path)}: {reason}; left out")
+    if not path and str(dataset.get("PatientIdentityRemoved", "")).upper() == "YES" and not dataset.get(
+            "DeidentificationMethod") and not dataset.get("DeidentificationMethodCodeSequence"):
+        # Type 1C when the identity was removed: say what is known rather than copy an invalid or empty value
+        dataset.DeidentificationMethod = "de-identified; the source's method description was not valid DICOM"
+    return dropped
+
+
+#: text VRs whose over-long value is shortened to the VR's maximum rather than left out (free text keeps its start)
+_TRUNCATED_VRS = ("LO", "SH", "ST", "LT")
+
+
+def _repaired(dataset: Any, elem: Any) -> str | None:
+    """Repair an invalid value where the repair keeps its meaning; what was done, or None when it was not. An
+    over-long CodeValue becomes the item's LongCodeValue (DICOM's place for codes over 16 characters); an
+    over-long free text is shortened to its VR's maximum length."""
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import MAX_VALUE_LEN
+
+    value = elem.value
+    if isinstance(value, (MultiValue, list, tuple)) or not isinstance(value, str):
+        return None
+    limit = MAX_VALUE_LEN.get(elem.VR)
+    if limit is None or len(value) <= limit or _invalid_text(elem.VR, value[:limit]):
+        return None
+    if elem.keyword == "CodeValue" and len(value) <= 64 and "LongCodeValue" not in dataset:
+        del dataset[elem.tag]
+        dataset.LongCodeValue = value
+        return "moved to LongCodeValue (0008,0119)"
+    if elem.VR in _TRUNCATED_VRS and elem.keyword not in _CODE_KEYS:
+        elem.value = value[:limit].rstrip()
+        return f"shortened to {limit} characters"
+    return None
+
+
+def _invalid_text(vr: str, value: str) -> bool:
+    from pydicom import config
+    from pydicom.valuerep import validate_value
+
+    try:
+        validate_value(vr, value, config.RAISE)
+    except (ValueError, TypeError):
+        return True
+    return False
+
+
+def _is_code_item_remnant(item: Any) -> bool:
+    """A code sequence item that lost its code value (or designator) to :func:`clean_source_values`."""
+    has_code = any(k in item for k in _CODE_KEYS)
+    return ("CodeMeaning" in item or "CodingSchemeDesignator" in item) and (
+        not has_code or "CodingSchemeDesignator" not in item)
+
+
+def _clean_sources(sources: list[Any], series: str | None, warnings: list[str] | None) -> None:
+    """:func:`clean_source_values` on every source; each distinct removal is logged once and added to
+    ``warnings`` (the manifest's) with the prefix "invalid source value: "."""
+    seen: dict[str, tuple[str, int]] = {}  # attribute -> (first reason, sources with it)
+    for ds in sources:
+        for line in clean_source_values(ds):
+            attribute = line.split(": ", 1)[0]
+            first, count = seen.get(attribute, (line, 0))
+            seen[attribute] = (first, count + 1)
+    for line, count in seen.values():
+        text = f"invalid source value: {line}" + (f" (in {count} of {len(sources)} source instances)"
+                                                  if len(sources) > 1 else "")
+        log.info("series %s: %s", series, text)
+        if warnings is not None and text not in warnings:
+            warnings.append(text)
 
 
 _PN_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\]+")
@@ -310,7 +528,8 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
                     segmentation_type: str = "BINARY", series_number: int | None = None,
                     bundle: Mapping[str, Any] | None = None,
                     run: Mapping[str, Any] | None = None,
-                    summary: MaskSummary | None = None) -> dict[int, dict[str, Any]]:
+                    summary: MaskSummary | None = None,
+                    warnings: list[str] | None = None) -> dict[int, dict[str, Any]]:
     """Write a DICOM Segmentation of ``labelmap`` (shape (I, J, K) of the DICOM ``volume``) to ``path``.
 
     ``segmentation_type``: "BINARY" or "LABELMAP" (case-insensitive). ``bundle``: the run manifest's ``bundle``
@@ -318,6 +537,7 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
     manifest's ``run`` record: variant, precision per part) it also makes the UIDs (:func:`result_uids`).
     ``summary``: the mask's :func:`~edgeseg.runtime.write.statistics.summarize_mask` when the caller has it (the
     labels present come from it instead of another pass over the mask).
+    ``warnings``: the manifest's warnings, extended with each source value left out (:func:`clean_source_values`).
 
     Returns {segment number: {"label": value, "name": name}} for the segments written (present labels only).
     Raises ValueError for a non-DICOM volume or an empty mask, :class:`OutputError` if the sources are unreadable;
@@ -346,6 +566,7 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
     frames = np.ascontiguousarray(lut[np.asarray(labelmap).transpose(2, 1, 0)])
 
     sources = _sources(volume)
+    _clean_sources(sources, volume.series_uid, warnings)
     changed = sorted({kw for ds in sources for kw in _sanitise_person_names(ds)})
     if changed:
         log.warning("DICOM-SEG for series %s: person name(s) %s held a backslash or control characters; the SEG "
@@ -357,13 +578,11 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
         name="edgeseg", family=codes.cid7162.ArtificialIntelligence, version=__version__, source="edgeseg")
     descriptions = [_segment_description(number, info["label"], info["name"], algorithm)
                     for number, info in segments.items()]
-    src_number = sources[0].get("SeriesNumber")
-    if series_number is None:
-        try:
-            series_number = 1000 + int(src_number) if src_number not in (None, "") else 1000
-        except (TypeError, ValueError):
-            series_number = 1000
     series_uid, sop_uid = result_uids(volume, model_identity(bundle, run), "seg", f"type={seg_type}")
+    if series_number is None:
+        series_number = result_series_number("seg", sources[0].get("SeriesNumber"), series_uid)
+    description = provenance(bundle, run, "SEG")
+    demo = bool((bundle or {}).get("not_for_clinical_use"))
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=frames,
@@ -377,10 +596,10 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
         manufacturer_model_name="edgeseg",
         software_versions=__version__,
         device_serial_number="0",
-        content_description=SERIES_DESCRIPTION,
+        content_description=description,
         content_creator_name="EDGESEG^AUTOMATIC",
-        content_label="EDGESEG",
-        series_description=SERIES_DESCRIPTION,
+        content_label=NOT_CLINICAL_LABEL if demo else "EDGESEG",
+        series_description=description,
         omit_empty_frames=True,
         contributing_equipment=[_contributing_equipment(bundle)],
         **geometry,

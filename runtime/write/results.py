@@ -202,6 +202,9 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
         lap("other")
         if checkpoint is not None:  # outside ``optional``: what it raises is never a missing output
             checkpoint(f"write {role}", 1.0)
+        # each output is a stage of its own in the log (a SEG of a large series takes minutes)
+        log.info("series %s: writing %s (%.1f s into writing)", volume.name, ROLE_NAMES.get(role, role),
+                 time.perf_counter() - began)
 
     labelmap = np.asarray(labelmap)
     if tuple(labelmap.shape) != tuple(volume.shape):
@@ -289,7 +292,7 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
                 step("dicom_seg")
                 segments = optional("dicom_seg", root / DICOM_SEG_FILE, lambda: write_dicom_seg(
                     root / DICOM_SEG_FILE, volume, labelmap, labels, segmentation_type=options.seg_type,
-                    bundle=record.get("bundle"), run=record.get("run"), summary=summary))
+                    bundle=record.get("bundle"), run=record.get("run"), summary=summary, warnings=warnings))
                 lap("dicom_seg")
                 if "dicom_seg" in missing:  # highdicom refuses some sources; the other results are kept
                     warnings.append(f"DICOM-SEG not written: {missing['dicom_seg']}")
@@ -305,7 +308,7 @@ def write_results(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str
                     step("dicom_sr")
                     optional("dicom_sr", root / DICOM_SR_FILE, lambda: write_dicom_sr(
                         root / DICOM_SR_FILE, volume, root / DICOM_SEG_FILE, seg_segments, statistics(),
-                        bundle=record.get("bundle"), run=record.get("run")))
+                        bundle=record.get("bundle"), run=record.get("run"), warnings=warnings))
                     lap("dicom_sr")
                     if "dicom_sr" in missing:
                         warnings.append(f"DICOM SR not written: {missing['dicom_sr']}")

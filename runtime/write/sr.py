@@ -35,7 +35,9 @@ from typing import Any, Mapping
 from edgeseg import __version__
 from edgeseg.errors import OutputError
 from edgeseg.runtime.read.volume import Volume
-from edgeseg.runtime.write.dicomseg import _sanitise_person_names, _sources, model_identity, result_uids
+from edgeseg.runtime.write.dicomseg import (
+    _clean_sources, _sanitise_person_names, _sources, model_identity, provenance, result_series_number, result_uids,
+)
 from edgeseg.typing import StrPath
 
 log = logging.getLogger(__name__)
@@ -120,7 +122,8 @@ def _evidence(volume: Volume) -> list[Any]:
 
 def write_dicom_sr(path: StrPath, volume: Volume, seg_path: StrPath, segments: Mapping[int, Mapping[str, Any]],
                    statistics: Mapping[str, Any], *, bundle: Mapping[str, Any] | None = None,
-                   run: Mapping[str, Any] | None = None, series_number: int | None = None) -> dict[str, str]:
+                   run: Mapping[str, Any] | None = None, series_number: int | None = None,
+                   warnings: list[str] | None = None) -> dict[str, str]:
     """Write the measurement report of the DICOM-SEG at ``seg_path`` (written from ``volume``) to ``path``.
 
     ``segments``: what :func:`~edgeseg.runtime.write.dicomseg.write_dicom_seg` returned (segment number ->
@@ -146,7 +149,10 @@ def write_dicom_sr(path: StrPath, volume: Volume, seg_path: StrPath, segments: M
     structures = statistics.get("structures") or {}
     bundle = bundle or {}
     seg = pydicom.dcmread(os.fspath(seg_path), stop_before_pixels=True)
-    sources = _evidence(volume)
+    sources = _evidence(volume)  # the first in full (person names sanitised), the others' UIDs only
+    # highdicom copies the patient and study from the first: its values are cleaned as for the SEG (whose lines are
+    # in ``warnings`` already); the others carry only UIDs
+    _clean_sources(sources[:1], volume.series_uid, warnings)
     model = model_identity(bundle, run)
     series_uid, sop_uid = result_uids(volume, model, "sr", f"seg={seg.SOPInstanceUID}")
     modality = str(volume.dicom.modality or sources[0].get("Modality") or "")
@@ -179,11 +185,7 @@ def write_dicom_sr(path: StrPath, volume: Volume, seg_path: StrPath, segments: M
         title=codes.DCM.ImagingMeasurementReport,
     )
     if series_number is None:
-        src_number = sources[0].get("SeriesNumber")
-        try:
-            series_number = 2000 + int(src_number) if src_number not in (None, "") else 2000
-        except (TypeError, ValueError):
-            series_number = 2000
+        series_number = result_series_number("sr", sources[0].get("SeriesNumber"), series_uid)
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*sources, seg],
         content=report,
@@ -192,7 +194,7 @@ def write_dicom_sr(path: StrPath, volume: Volume, seg_path: StrPath, segments: M
         sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer="edgeseg",
-        series_description=SERIES_DESCRIPTION,
+        series_description=provenance(bundle, run, "SR"),
     )
     sr.save_as(os.fspath(path))
     log.info("wrote DICOM SR with %d measurement group(s) to %s", len(groups), path)

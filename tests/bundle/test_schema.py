@@ -108,7 +108,8 @@ def _every_field_set(path: Path) -> Bundle:
     return Bundle(path=path, schema_version=SCHEMA_VERSION, name="every-field", description="d",
                   intended_use="tests", labels={1: "liver", 2: "spleen"}, variants=(variant,), files=files,
                   validation_report="validation.json", created="2026-01-01T00:00:00+00:00",
-                  versions={"edgeseg": "0.0"})
+                  versions={"edgeseg": "0.0"}, version="2.1", not_for_clinical_use=True,
+                  precision_verdicts={"int8": {"verdict": "failed", "remedy": None, "min_dice": 0.5}})
 
 
 def _fields_left_at_default(obj: Any, where: str = "bundle") -> list[str]:
@@ -150,3 +151,40 @@ def test_the_demo_bundle_loads_unchanged_and_serialises_to_its_own_file() -> Non
         variant.setdefault("follows", "")
     assert bundle_to_dict(bundle) == on_disk
     assert parse_bundle(bundle_to_dict(bundle), bundle.path) == bundle
+
+
+def test_precision_verdicts_are_checked_and_old_bundles_have_none(tmp_path: Path) -> None:
+    """bundle.json's ``precision_verdicts`` (issue 19): a bundle without them (every bundle written before the
+    fidelity gate) loads with every reduced precision "unchecked"; a bad verdict names its key path."""
+    from edgeseg.demo import demo_bundle_path
+
+    data = json.loads((demo_bundle_path() / "bundle.json").read_text(encoding="utf-8"))
+    for key in ("precision_verdicts", "version", "not_for_clinical_use"):
+        data.pop(key)
+    old = parse_bundle(data, tmp_path)
+    assert old.verdict("int8") == "unchecked" and old.verdict("fp32") == "passed" and not old.not_for_clinical_use
+    data["precision_verdicts"] = {"int8": {"verdict": "maybe"}}
+    with pytest.raises(BundleError, match=r"'precision_verdicts\.int8\.verdict' must be one of passed, failed"):
+        parse_bundle(data, tmp_path)
+    data["precision_verdicts"] = {"fp32": {"verdict": "passed"}}
+    with pytest.raises(BundleError, match=r"'precision_verdicts\.fp32' must name a reduced precision"):
+        parse_bundle(data, tmp_path)
+
+
+def test_doctor_and_status_show_each_precisions_verdict(tmp_path: Path) -> None:
+    """What ``doctor`` (bundle check) and ``status`` (bundle line) print about the precisions (issue 19)."""
+    import shutil
+
+    from edgeseg.demo import demo_bundle_path
+    from edgeseg.runtime.watch.commands import _bundle_line
+
+    demo = load_bundle(demo_bundle_path(), verify=False)
+    assert demo.describe_precisions().startswith("fp32 (reference), int8 passed (lowest structure Dice 0.96")
+    assert "NOT FOR CLINICAL USE" in _bundle_line(demo_bundle_path())
+    shutil.copytree(demo_bundle_path(), tmp_path / "b")
+    data = json.loads((tmp_path / "b" / "bundle.json").read_text(encoding="utf-8"))
+    data["precision_verdicts"]["int8"].update(verdict="failed", min_dice=0.0, remedy=None)
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(data), encoding="utf-8")
+    line = _bundle_line(tmp_path / "b")
+    assert "int8 FAILED (lowest structure Dice 0.0 iliopsoas_right" in line and "auto never uses it" in line
+    assert "holds no bundle.json" in _bundle_line(tmp_path) or "No bundle.json" in _bundle_line(tmp_path)

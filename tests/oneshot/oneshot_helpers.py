@@ -20,12 +20,16 @@ import pydicom
 MERCURE_IN, MERCURE_OUT = "/tmp/data", "/tmp/output"
 
 
-def mercure_environment(in_dir: Path, out_dir: Path, persistence: Path | None = None) -> dict[str, str]:
+def mercure_environment(in_dir: Path, out_dir: Path, persistence: Path | None = None,
+                        bundle: str | None = "demo") -> dict[str, str]:
     """What mercure sets: MERCURE_IN_DIR/OUT_DIR, and MONAI_*/HOLOSCAN_* to the same folders; with
-    ``requires_persistence`` also MODULE_PERSISTENCE_DIR."""
+    ``requires_persistence`` also MODULE_PERSISTENCE_DIR. ``bundle``: EDGESEG_BUNDLE as the module's image sets it
+    (the demo runs only when named; None: unset)."""
     env = {"MERCURE_IN_DIR": str(in_dir), "MERCURE_OUT_DIR": str(out_dir),
            "MONAI_INPUTPATH": str(in_dir), "MONAI_OUTPUTPATH": str(out_dir),
            "HOLOSCAN_INPUT_PATH": str(in_dir), "HOLOSCAN_OUTPUT_PATH": str(out_dir)}
+    if bundle is not None:
+        env["EDGESEG_BUNDLE"] = bundle
     if persistence is not None:
         env["MODULE_PERSISTENCE_DIR"] = str(persistence)
     return env

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeseg.errors import ConfigError
+from edgeseg.errors import BundleError, ConfigError
 from edgeseg.runtime.oneshot.engines import resolve_bundle, resolve_folders
 
 
@@ -79,8 +79,13 @@ def test_an_output_through_a_link_into_the_input_is_refused(tmp_path: Path) -> N
 def test_bundle_precedence(tmp_path: Path) -> None:
     model = tmp_path / "models"
     model.mkdir()
-    assert resolve_bundle(None, env={}) == ("demo", "default")
-    assert resolve_bundle(None, env={"HOLOSCAN_MODEL_PATH": str(model)}) == ("demo", "default")  # no bundle.json
+    with pytest.raises(ConfigError, match="No model bundle named.*'demo' for the demo model"):
+        resolve_bundle(None, env={})  # never the demo unless named
+    with pytest.raises(BundleError, match=r"HOLOSCAN_MODEL_PATH: the model folder .*models holds no bundle.json"):
+        resolve_bundle(None, env={"HOLOSCAN_MODEL_PATH": str(model)})
+    with pytest.raises(BundleError, match=r"MONAI_MODELPATH: the model folder .*nope does not exist"):
+        resolve_bundle(None, env={"MONAI_MODELPATH": str(tmp_path / "nope")})
+    assert resolve_bundle("demo", env={"HOLOSCAN_MODEL_PATH": str(model)}) == ("demo", "--bundle")
     (model / "bundle.json").write_text("{}")
     assert resolve_bundle(None, env={"HOLOSCAN_MODEL_PATH": str(model)}) == (str(model), "HOLOSCAN_MODEL_PATH")
     assert resolve_bundle(None, env={"MONAI_MODELPATH": str(model)}) == (str(model), "MONAI_MODELPATH")

@@ -129,7 +129,7 @@ def test_the_same_task_through_the_monai_and_holoscan_variables(tmp_path: Path, 
     out = tmp_path / "out"
     env = {k: v for k, v in mercure_environment(inp, out).items() if k.startswith(engine)}
     assert len(env) == 2
-    assert _run(env, monkeypatch=monkeypatch) == 0
+    assert _run(env, "--bundle", "demo", monkeypatch=monkeypatch) == 0  # the demo only when named
     result = read_result(out)
     assert result["input"]["from"] in ("MONAI_INPUTPATH", "HOLOSCAN_INPUT_PATH")
     assert result["status"] == "complete" and len(dispatched(out)) == len(_expected_roles())
@@ -146,7 +146,7 @@ def test_a_plain_folder_gets_result_folders(tmp_path: Path, demo_series: list[Pa
     shutil.copy2(real_mri, inp / real_mri.name)
     before = snapshot(inp)
     out = tmp_path / "out"
-    env = {"HOLOSCAN_INPUT_PATH": str(inp), "HOLOSCAN_OUTPUT_PATH": str(out)}
+    env = {"HOLOSCAN_INPUT_PATH": str(inp), "HOLOSCAN_OUTPUT_PATH": str(out), "EDGESEG_BUNDLE": "demo"}
     assert _run(env, "--no-preview", monkeypatch=monkeypatch) == 0
     assert snapshot(inp) == before
     folders = sorted(p.name for p in out.iterdir() if p.is_dir())

@@ -173,3 +173,20 @@ def test_segment_options_carry_the_settings(tmp_path: Path) -> None:
     assert opts.cache_dir == tmp_path / "state" / "model_cache"
     default = cfg.segment_options()
     assert default.variant is None and default.tile_step_size is None  # no plan: each part's own variant and step
+
+
+@pytest.mark.parametrize("root", ["/", "/etc", "/usr", "/var", "HOME", "STATE_PARENT", "STATE"])
+def test_system_folders_are_refused_as_roots_at_start(tmp_path: Path, root: str) -> None:
+    """``roots: [/]`` once wrote 898 error files across a system in 25 s (issue 19): a file-system root, a system
+    folder, the home folder, the state folder or one of its parents is refused at start with its key path."""
+    state = tmp_path / "deep" / "state"
+    value = {"HOME": str(Path.home()), "STATE_PARENT": str(tmp_path / "deep"), "STATE": str(state)}.get(root, root)
+    path = _write(tmp_path, f"roots: ['{value}']\nbundle: ../bundle\nstate_dir: {state}\n")
+    with pytest.raises(ConfigError, match=r"roots\[0\]: .* (system folder|root of a file system|home folder|holds the "
+                                          r"watcher's own state folder).*Fix: name the export folder"):
+        load_config(path, env={})
+
+
+def test_a_folder_inside_a_system_folder_is_a_valid_root(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, BASE), env={})
+    assert cfg.roots == ((tmp_path / "in").resolve(),) or cfg.roots == (tmp_path / "in",)

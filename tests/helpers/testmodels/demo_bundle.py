@@ -28,7 +28,8 @@ def command(out: Path, calibration: Path) -> list[str]:
             "--description", "Small PlainConvUNet (nnU-Net v2 format) with the 50 TotalSegmentator MRI labels at "
                              "3 mm, trained on one real abdominal MRI; see tests/fixtures/models/.../"
                              "TRAINING_RECORD.md",
-            "--intended-use", "DEMO AND TESTS ONLY: trained on a single case; not a clinical model"]
+            "--intended-use", "DEMO AND TESTS ONLY: trained on a single case; not a clinical model",
+            "--bundle-version", "1", "--not-for-clinical-use"]
 
 
 def main(argv: list[str] | None = None) -> int:
