@@ -96,6 +96,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from edgeseg.errors import EXIT_FAILED, EXIT_OK
+    from edgeseg.runtime.watch.status_report import RESULT_COLUMNS, remedy_of, result_cells, result_entry
     from edgeseg.runtime.watch.store import JobStore
 
     config = state_config(args)
@@ -117,6 +118,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     state = liveness(config.state_dir, beat, now)
     if args.json:
         print(json.dumps({"watcher": beat, "state": state, "counts": counts, "recent": [r.__dict__ for r in rows],
+                          "results": [result_entry(r, now, config) for r in rows],
                           "deliveries": {"counts": delivery_counts,
                                          "open": [dataclasses.asdict(d) for d in open_deliveries]}},
                          indent=2, default=str))
@@ -137,13 +139,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"\nRecent ({len(rows)}):")
     table_rows = []
     for r in rows:
-        seconds = "-" if r.actual_s is None else f"{r.actual_s:.1f}"
+        entry = result_entry(r, now)
+        cells = result_cells(entry)
         if r.predicted_s is not None:
-            seconds += f" (pred {r.predicted_s:.0f})"
+            cells[-1] += f" (pred {r.predicted_s:.0f})"
         error = (r.last_error or "").replace("\n", " ")
-        table_rows.append([age(now - r.updated_at) + " ago", r.state, str(r.attempts), seconds, r.name,
-                           r.folder, error[:70] + ("..." if len(error) > 70 else "")])
-    print(table(["UPDATED", "STATE", "TRIES", "SECONDS", "NAME", "FOLDER", "ERROR"], table_rows))
+        table_rows.append([*cells, str(r.attempts), r.name, error[:70] + ("..." if len(error) > 70 else "")])
+    print(table([h for h, _ in RESULT_COLUMNS] + ["TRIES", "NAME", "ERROR"], table_rows))
+    failures = [r for r in rows if r.state in ("failed", "partial")]
+    if failures:
+        print("\nWhat to do:")
+        for r in failures:
+            print(f"  {r.name}: {remedy_of(r, config)}")
     if open_deliveries:
         print(f"\nDeliveries pending or failed ({len(open_deliveries)}; `edgeseg deliver --retry` sends the failed "
               "ones again):")
