@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.runtime.watch.doctor import cmd_doctor
-from edgeseg.runtime.watch.state_view import (DELIVERY_HEADERS, age, delivery_cells, liveness, read_beat, state_config,
+from edgeseg.runtime.watch.state_view import (DELIVERY_HEADERS, delivery_cells, liveness, read_beat, state_config,
                                               table, with_store)
 
 log = logging.getLogger(__name__)
