@@ -303,11 +303,11 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
 
     def setup(self) -> None:
-        self.timeout = REQUEST_TIMEOUT_S  # StreamRequestHandler.setup() puts it on the socket
         self.request.settimeout(REQUEST_TIMEOUT_S)
         if isinstance(self.request, ssl.SSLSocket):
             self.request.do_handshake()  # in this thread, under the timeout
         super().setup()
+        self.request.settimeout(REQUEST_TIMEOUT_S)  # setup() put the class's timeout on it
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("status page: %s %s", self.address_string(), format % args)
