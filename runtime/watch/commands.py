@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.runtime.watch.doctor import cmd_doctor
-from edgeseg.runtime.watch.state_view import (DELIVERY_HEADERS, delivery_cells, liveness, read_beat, state_config,
+from edgeseg.runtime.watch.state_view import (DELIVERY_HEADERS, age, delivery_cells, liveness, read_beat, state_config,
                                               table, with_store)
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("deliveries: " + ", ".join(f"{n} {s}" for s, n in delivery_counts.items()))
     if beat and not beat.get("stopped") and state.startswith(("running", "NOT RESPONDING")):
         running = beat.get("running") or []
-        print(f"running: {', '.join(running) if running else '-'}; queued: {beat.get('queued', 0)}")
+        print(f"running: {len(running) or '-'}; queued: {beat.get('queued', 0)}")
+        by_key = {r.key: r for r in rows}
+        for item in beat.get("progress") or [{"key": k} for k in running]:
+            row = by_key.get(item["key"])
+            what = (row.description or row.name) if row is not None else item["key"]
+            stage = f"{item.get('stage') or ''} {100 * float(item.get('fraction') or 0):.0f} %".strip()
+            print(f"  {what}: {stage}, for {age(now - float(item.get('since') or now))}")
         waiting = beat.get("open_series") or []
         if waiting:
             print("\nArriving (waiting for the quiet period):")

@@ -142,6 +142,8 @@ class Heartbeat:
                 "stopped": stopped,
                 "roots": [str(r) for r in self.config.roots],
                 "running": running,
+                #: per running series: key, start, the segmenter's last stage and fraction
+                "progress": self.running.snapshot(),
                 "open_series": self.tracker.pending(),
                 "queued": self.jobs.qsize(),
                 "stats": dict(self.stats),

@@ -210,3 +210,42 @@ def test_an_older_store_gets_the_new_columns(tmp_path: Path) -> None:
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 4
 
 
+
+
+def test_the_page_uses_the_listeners_tls_certificate(start_watcher, tmp_path: Path) -> None:
+    """With dicom_listener.tls_certificate/tls_key the page is HTTPS with that certificate; plain HTTP gets nothing."""
+    import ssl
+    import subprocess
+
+    key, cert = tmp_path / "server.key", tmp_path / "server.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    w = start_watcher(**{"status_page.enabled": True, "status_page.port": 0,
+                         "dicom_listener.tls_certificate": str(cert), "dicom_listener.tls_key": str(key)})
+    assert w.status_page.url.startswith("https://127.0.0.1:")
+    context = ssl.create_default_context(cafile=str(cert))
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
+    with opener.open(w.status_page.url + "api/status", timeout=10) as answer:
+        assert answer.status == 200 and json.loads(answer.read())["counts"]
+    with pytest.raises(OSError):
+        get(page_url(w, "/healthz"))  # plain HTTP to the TLS port
+
+
+def test_running_series_with_progress(start_watcher, roots: Path) -> None:
+    """While a series runs, the page and /api/status show it with the segmenter's last stage and fraction, and the
+    queue; the metrics count it as running."""
+    from watch_helpers import CountingSegmenter
+
+    hostile_series(roots / "p4" / "s1")
+    w = start_watcher(segment=CountingSegmenter(delay_s=4.0), **{"status_page.enabled": True, "status_page.port": 0})
+
+    def running() -> list[dict[str, Any]]:
+        return json.loads(get(page_url(w, "/api/status"))[2])["running"]
+
+    assert wait_for(lambda: any(r.get("stage") == "infer" and r["fraction"] > 0 for r in running()), timeout=30)
+    [item] = running()
+    assert item["patient_id"] == HOSTILE_ID and item["state"] == "running" and item["running_for_s"] >= 0
+    page = get(page_url(w))[2].decode()
+    assert "<progress max=\"1\" value=" in page and "&lt;script&gt;" in page
+    assert "edgeseg_running_series 1" in get(page_url(w, "/metrics"))[2].decode()
