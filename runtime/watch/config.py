@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,8 +78,9 @@ def _status_page(values: dict[str, Any], where: Any, problems: Problems) -> Stat
         problems.add(where("status_page.bind_address"), "status_page.token",
                      f"the status page shows patient IDs and would listen on {page.bind_address} without a token",
                      "set status_page.token to a long random secret (or bind_address: 127.0.0.1)")
-    if page.token is not None and len(page.token) < 16:
-        problems.add(where("status_page.token"), "status_page.token", "shorter than 16 characters",
+    if page.token is not None and not re.fullmatch(r"[A-Za-z0-9._~+/=-]{16,}", page.token):
+        problems.add(where("status_page.token"), "status_page.token",
+                     "shorter than 16 characters, or holds characters other than letters, digits and . _ ~ + / = -",
                      "use a long random secret, e.g. the output of `python -c \"import secrets; "
                      "print(secrets.token_urlsafe())\"`")
     return page

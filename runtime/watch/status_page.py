@@ -327,8 +327,12 @@ class _Handler(BaseHTTPRequestHandler):
         view = page.view
         assert view is not None  # served only after serve(view)
         url = urlsplit(self.path)
-        query = parse_qs(url.query, max_num_fields=4)
         try:
+            try:
+                query = parse_qs(url.query, max_num_fields=4)
+            except ValueError:
+                self._send(HTTPStatus.BAD_REQUEST, "text/plain; charset=utf-8", b"bad query\n", head)
+                return
             if url.path == "/healthz":
                 healthy, why = view.health()
                 self._send(HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE, "text/plain; charset=utf-8",

@@ -249,3 +249,9 @@ def test_running_series_with_progress(start_watcher, roots: Path) -> None:
     page = get(page_url(w))[2].decode()
     assert "<progress max=\"1\" value=" in page and "&lt;script&gt;" in page
     assert "edgeseg_running_series 1" in get(page_url(w, "/metrics"))[2].decode()
+
+
+@pytest.mark.parametrize("token", ["short", "a token with spaces in it ok?", "x" * 15 + ";"])
+def test_a_weak_or_unusable_token_is_refused(make_config, token: str) -> None:
+    with pytest.raises(ConfigError, match="status_page.token"):
+        make_config(**{"status_page.enabled": True, "status_page.token": token})
