@@ -255,3 +255,16 @@ def test_running_series_with_progress(start_watcher, roots: Path) -> None:
 def test_a_weak_or_unusable_token_is_refused(make_config, token: str) -> None:
     with pytest.raises(ConfigError, match="status_page.token"):
         make_config(**{"status_page.enabled": True, "status_page.token": token})
+
+
+def test_edgeseg_watch_refuses_to_start_without_the_token(tmp_path: Path, roots: Path, capsys) -> None:
+    """Through the command line: exit 2 (configuration), the message names the key and the fix; nothing listens."""
+    from edgeseg.cli import main
+
+    config_file = tmp_path / "watch_config.yaml"
+    config_file.write_text(f"roots: [{roots}]\nstate_dir: {tmp_path / 'state'}\nbundle: {tmp_path}\n"
+                           "status_page:\n  enabled: true\n  bind_address: 0.0.0.0\n", encoding="utf-8")
+    assert main(["-q", "watch", "--config", str(config_file)]) == ConfigError.exit_code
+    err = capsys.readouterr().err
+    assert "status_page.token" in err and "Fix: set status_page.token" in err
+    assert not (tmp_path / "state" / "jobs.sqlite3").exists()
