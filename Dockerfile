@@ -1,4 +1,9 @@
-# edgeseg as a one-shot processing container: a mercure module (also run as-is by MONAI-Deploy-style engines).
+# edgeseg as a one-shot processing container: a mercure module, and a MONAI Application Package (MAP) laid out as
+# the MAP specification asks: /etc/holoscan/app.json and pkg.json (installer/map/), the application (a virtual
+# environment with edgeseg) in /opt/holoscan/app/, the bundle in /opt/holoscan/models/edgeseg/, README and licence in
+# /opt/holoscan/docs/, work folders /var/holoscan/{input,output,logs}. Under a MAP host (HOLOSCAN_*/MONAI_*
+# variables) `edgeseg run` writes the DICOM results at the output folder's top level (layout "map"); mounting
+# /var/run/holoscan/export/ exports the manifests (and app, models, docs); `--show-manifests` prints them.
 # The container runs `edgeseg run` once per task: input folder -> output folder, then exits with the documented code.
 #
 #   docker build -t edgeseg-mercure .                                   # the demo bundle baked in
@@ -19,7 +24,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HOME=/tmp \
     OPENVINO_TELEMETRY_DISABLE=1 \
-    EDGESEG_BUNDLE=/opt/edgeseg/bundle
+    PATH=/opt/holoscan/app/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    EDGESEG_BUNDLE=/opt/holoscan/models/edgeseg \
+    HOLOSCAN_APPLICATION=/opt/holoscan/app \
+    HOLOSCAN_INPUT_PATH=/var/holoscan/input \
+    HOLOSCAN_OUTPUT_PATH=/var/holoscan/output \
+    HOLOSCAN_WORKDIR=/var/holoscan \
+    HOLOSCAN_MODEL_PATH=/opt/holoscan/models \
+    HOLOSCAN_CONFIG_PATH=/var/holoscan/app.yaml \
+    HOLOSCAN_APP_MANIFEST_PATH=/etc/holoscan/app.json \
+    HOLOSCAN_PKG_MANIFEST_PATH=/etc/holoscan/pkg.json \
+    HOLOSCAN_DOCS_PATH=/opt/holoscan/docs \
+    HOLOSCAN_LOGS_PATH=/var/holoscan/logs
+
+LABEL org.opencontainers.image.title="edgeseg" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.description="Offline MRI segmentation: one-shot module for mercure and MONAI Deploy"
 
 # the package, installed without extras (pyproject's package-dir needs every top-level source folder; export/ is
 # source only: its torch/onnx/nncf are the "export" extra, not installed)
@@ -28,14 +48,22 @@ COPY edgeseg /tmp/edgeseg-src/edgeseg
 COPY bundle /tmp/edgeseg-src/bundle
 COPY runtime /tmp/edgeseg-src/runtime
 COPY export /tmp/edgeseg-src/export
-RUN pip install /tmp/edgeseg-src \
+RUN python -m venv /opt/holoscan/app \
+    && /opt/holoscan/app/bin/pip install /tmp/edgeseg-src \
     && rm -rf /tmp/edgeseg-src \
-    && python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('torch', 'onnx', 'nncf')))"
+    && /opt/holoscan/app/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('torch', 'onnx', 'nncf')))" \
+    && mkdir -p /var/holoscan/input /var/holoscan/output /var/holoscan/logs \
+    && chmod 1777 /var/holoscan /var/holoscan/input /var/holoscan/output /var/holoscan/logs
 
-# the model bundle, baked in (or mount one and set EDGESEG_BUNDLE to it in the module's environment)
-COPY ${BUNDLE} /opt/edgeseg/bundle
+# the MAP manifests and documents
+COPY installer/map/app.json installer/map/pkg.json /etc/holoscan/
+COPY README.md LICENSE /opt/holoscan/docs/
+
+# the model bundle, baked in (or mount one over /opt/holoscan/models/edgeseg, or set EDGESEG_BUNDLE)
+COPY ${BUNDLE} /opt/holoscan/models/edgeseg
 
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin edgeseg
 USER 10001
+WORKDIR /var/holoscan
 
 ENTRYPOINT ["edgeseg", "run"]

@@ -43,6 +43,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="through the network: the watcher's DICOM listener receives the MRI by C-STORE (one "
                         "association, as a console sends) and the SEG and SR are sent to a local PACS started by "
                         "the demo (loopback ports only)")
+    p.add_argument("--serve-for", type=float, default=0.0, dest="serve_for_s", metavar="S",
+                   help="keep the watcher and its status page running S seconds after the result, to look at the "
+                        "page (Ctrl+C stops sooner; default 0)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -161,6 +164,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "roots": [str(incoming)], "bundle": str(bundle),
         "quiet_period_s": args.quiet_period_s, "state_dir": str(tmp / "state"), "log_dir": str(tmp / "logs"),
         "stop_grace_s": 10.0,
+        # the status page on a free loopback port, to look at while the demo runs
+        "status_page.enabled": True, "status_page.bind_address": LOOPBACK, "status_page.port": 0,
     }
     pacs = _LocalPacs(tmp / "pacs") if dicom else None
     watcher: Any = None
@@ -182,6 +187,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         config = load_config(None, overrides, env={})
         watcher = Watcher(config, settle_s=min(0.5, args.quiet_period_s / 2))
         watcher.start()
+        page_url = watcher.status_page.url if watcher.status_page is not None else None
+        if page_url:
+            print(f"Status page: {page_url} (while the demo runs)")
         files = _stage_demo_series(mri, tmp / "staging")
         if pacs is not None:
             print(f"Watcher: DICOM listener {DEMO_LISTENER_AE}@{LOOPBACK}:{listen_port} (accepts {DEMO_CONSOLE_AE}), "
@@ -219,6 +227,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 return code
         if not args.keep:
             print("(the demo folder is removed on exit; use --keep to keep it)")
+        serve_for = float(getattr(args, "serve_for_s", 0.0) or 0.0)
+        if page_url:
+            if serve_for > 0:
+                print(f"\nStatus page: {page_url} — open it now; the demo stops in {serve_for:g} s (Ctrl+C: sooner).",
+                      flush=True)
+                end = time.monotonic() + serve_for
+                while time.monotonic() < end and watcher.alive():
+                    time.sleep(0.2)
+            else:
+                print(f"\nStatus page: {page_url} (served while the demo runs; --serve-for S keeps it up S seconds "
+                      "after the result)", flush=True)
         return EXIT_OK
     finally:
         if watcher is not None:

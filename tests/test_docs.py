@@ -152,7 +152,7 @@ def _run_script(tmp_path: Path, *, pytest_status: int, have_dcmtk: bool, uid: in
     _stub(stubs, "sudo", record.replace("$(basename \"$0\")", "sudo") + 'exec "$@"\n')
     _stub(stubs, "Orthanc", "")
     if have_dcmtk:
-        for tool in ("dcmcjpeg", "storescp", "echoscu"):
+        for tool in ("dcmcjpeg", "storescp", "echoscu", "chromium"):
             _stub(stubs, tool, "")
     venv_python = f'echo "venv-python $*" >> {log}\nexit {pytest_status}\n'
     _stub(stubs, "python3", f"""echo "python3 $*" >> {log}
@@ -187,7 +187,7 @@ def test_run_tests_installs_missing_debian_packages(tmp_path: Path, uid: int, vi
     assert status == 0, err
     lines = calls.splitlines()
     install = next(line for line in lines if line.startswith("apt-get install"))
-    assert "-y" in install.split() and "dcmtk" in install.split()
+    assert "-y" in install.split() and "dcmtk" in install.split() and "chromium" in install.split()
     assert any(line.startswith("env DEBIAN_FRONTEND=noninteractive apt-get install") for line in lines)
     assert lines.index("apt-get update -qq") < lines.index(install)
     assert any(line.startswith("sudo ") for line in lines) == via_sudo

@@ -6,6 +6,8 @@
 #      (orthanc: /usr/sbin/Orthanc, run privately by tests/helpers/dicom_peers.py); python3-venv where `python3 -m
 #      venv` cannot work. apt-get runs as root, through sudo when this user is not root. Orthanc's postinst cannot
 #      start its service in a container; that is expected and harmless (the tests start their own instances);
+#      Chromium (chromium: the headless browser that looks at the watcher's status page,
+#      tests/watch/test_status_browser.py);
 #   2. the virtual environment .venv with edgeseg installed editable with the `test` extra;
 #   3. pytest (arguments given to this script are passed on to it; none: the whole suite).
 # Its exit status is pytest's: 0 only when the tests passed and no test skipped for a reason outside EXPECTED_SKIPS
@@ -21,6 +23,9 @@ if ! command -v dcmcjpeg >/dev/null 2>&1 || ! command -v storescp >/dev/null 2>&
 fi
 if [ ! -x /usr/sbin/Orthanc ] && ! command -v Orthanc >/dev/null 2>&1; then
     packages+=(orthanc)
+fi
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    packages+=(chromium)
 fi
 if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
     packages+=(python3-venv)

@@ -31,19 +31,35 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                     "HOLOSCAN_MODEL_PATH/MONAI_MODELPATH, which must hold bundle.json; the demo "
                                     "model runs only when named)")
     p.add_argument("--layout", choices=LAYOUTS, default="auto",
-                   help="mercure: only *.dcm results and result.json; folders: <name>.edgeseg/ per series; auto "
-                        "(default): mercure when the input holds task.json")
+                   help="mercure: only *.dcm results and result.json; folders: <name>.edgeseg/ per series; map: as "
+                        "folders, the *.dcm results moved to the top level; auto (default): mercure when the input "
+                        "holds task.json, map when a MAP host's HOLOSCAN_*/MONAI_* variables give the folders")
     add_flags(p, "run")  # the settings' flags, from the schema (runtime/settings): over process.settings
     p.add_argument("--cache-dir", type=Path,
                    help="OpenVINO compiled-model cache (default: <MODULE_PERSISTENCE_DIR>/edgeseg/model_cache when "
                         "mercure offers a persistence folder, else none)")
     p.add_argument("--no-cache", action="store_true", help="do not use or write a compiled-model cache")
+    p.add_argument("--show-manifests", action="store_true",
+                   help="in the MONAI Application Package image: print its app.json and pkg.json, run nothing")
     p.set_defaults(func=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from edgeseg.runtime.oneshot import map as map_package
     from edgeseg.runtime.oneshot.engines import resolve_bundle, resolve_folders
     from edgeseg.runtime.oneshot.run import run_oneshot
+
+    if getattr(args, "show_manifests", False):
+        found = [p for p in map_package.manifests() if p.is_file()]
+        for path in found:
+            print(f"# {path}\n{path.read_text(encoding='utf-8')}")
+        if not found:
+            print("Not a MONAI Application Package image: no /etc/holoscan/app.json (HOLOSCAN_APP_MANIFEST_PATH).")
+        return 0 if found else 1
+    if map_package.export_requested():  # the MAP host mounted the export folder: export, run nothing
+        for folder in map_package.export():
+            print(f"exported {folder}")
+        return 0
 
     folders = resolve_folders(args.input, args.output)
     bundle, bundle_from = resolve_bundle(args.bundle)

@@ -6,11 +6,16 @@ Two output layouts:
 * ``folders`` (MONAI Deploy, Holoscan, a vendor AI platform, a script): one ``<name>.edgeseg/`` per series in the
   output folder, exactly what ``edgeseg segment`` writes beside a series (NIfTI, DICOM-SEG, SR, statistics,
   preview, manifest), plus ``result.json``;
+* ``map`` (a MONAI Application Package run by its host: the folders came from ``HOLOSCAN_*``/``MONAI_*``): as
+  ``folders``, but each DICOM result (the DICOM-SEG and, where written, the SR) is moved to the output folder's top
+  level as ``<name>_<role>.dcm``, where the MAP contract's next stage (MONAI Deploy's export of the output folder)
+  takes it; ``result.json`` says where every output went;
 * ``mercure``: only what mercure dispatches and stores (:mod:`edgeseg.runtime.oneshot.mercure`): each DICOM result
   (the DICOM-SEG and, where written, the SR) as ``<SeriesInstanceUID>#<name>_<role>.dcm`` and ``result.json`` with
   ``__mercure_notification``. The full result folders are built in a private temporary folder and removed.
 
-``auto`` picks ``mercure`` when the input holds mercure's ``task.json``, else ``folders``. ``result.json`` is
+``auto`` picks ``mercure`` when the input holds mercure's ``task.json``, ``map`` when the folders came from a MAP
+host's variables, else ``folders``. ``result.json`` is
 written in both layouts, also when the run fails: ``status`` (complete, partial, failed), ``exit_code``, per series
 its status, volumes per structure (ml), the manifest's essentials (variant, precision per part, seconds, bundle),
 the outputs and the reason for anything missing or failed.
@@ -47,7 +52,9 @@ from edgeseg.runtime.write.atomic import output_error, write_json_atomic
 log = logging.getLogger(__name__)
 
 #: output layouts (:func:`run_oneshot`'s ``layout``)
-LAYOUTS = ("auto", "mercure", "folders")
+LAYOUTS = ("auto", "mercure", "map", "folders")
+#: the engines (:attr:`Folders.engine`) whose runs get the ``map`` layout by default
+MAP_ENGINES = ("MONAI Deploy", "Holoscan")
 #: ``result.json`` ``status`` of a run in which no series was segmented
 FAILED = "failed"
 
@@ -107,11 +114,14 @@ def _status(exit_code: int, outcomes: list[SeriesOutcome]) -> str:
 
 
 def choose_layout(layout: str, folders: Folders) -> str:
-    """``mercure`` or ``folders``: ``auto`` is ``mercure`` when the input holds mercure's task.json."""
+    """``mercure``, ``map`` or ``folders``: ``auto`` is ``mercure`` when the input holds mercure's task.json,
+    ``map`` when a MAP host's variables gave the folders."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     if layout == "auto":
-        return "mercure" if is_mercure_input(folders.input) else "folders"
+        if is_mercure_input(folders.input):
+            return "mercure"
+        return "map" if folders.engine in MAP_ENGINES else "folders"
     return layout
 
 
@@ -165,7 +175,7 @@ def run_oneshot(folders: Folders, bundle: str | Path | Bundle = DEMO, overrides:
     try:
         for ref in refs:
             tags = announced.get(ref.uid or "") if ref.uid else None
-            outcome = _run_series(ref, segmenter, folders, staging, tags, progress)
+            outcome = _run_series(ref, segmenter, folders, staging, tags, progress, lift=chosen == "map")
             outcomes.append(outcome)
             if outcome.error is not None:
                 failures.append(outcome.error)
@@ -182,7 +192,7 @@ def run_oneshot(folders: Folders, bundle: str | Path | Bundle = DEMO, overrides:
 
 
 def _run_series(ref: SeriesRef, segmenter: Segmenter, folders: Folders, staging: Path | None,
-                tags: AnnouncedSeries | None, progress: ProgressCallback | None) -> SeriesOutcome:
+                tags: AnnouncedSeries | None, progress: ProgressCallback | None, lift: bool = False) -> SeriesOutcome:
     description = ref.description or (tags.description if tags else "")
     outcome = SeriesOutcome(name=ref.name, series_uid=ref.uid, description=description, status=FAILED)
     t0 = time.perf_counter()
@@ -190,6 +200,7 @@ def _run_series(ref: SeriesRef, segmenter: Segmenter, folders: Folders, staging:
         # the segmenter plans against the budget and enforces the time ceiling (writing included)
         result = segmenter.segment(ref, out_parent=staging or folders.output, progress=progress)
         dispatched = _dispatch(result, folders.output) if staging is not None else None
+        lifted = _lift_dicom(result, folders.output) if lift else {}
     except EdgesegError as err:
         outcome.error = err
     outcome.seconds = time.perf_counter() - t0
@@ -210,7 +221,8 @@ def _run_series(ref: SeriesRef, segmenter: Segmenter, folders: Folders, staging:
     if "plan" in manifest:
         outcome.run["plan"] = {k: manifest["plan"][k] for k in ("variant", "tile_step_size", "predicted_s", "fits")}
     if dispatched is None:
-        outcome.outputs = {role: str(path.relative_to(folders.output)) for role, path in result.files.items()}
+        outcome.outputs = {role: lifted.get(role) or str(path.relative_to(folders.output))
+                           for role, path in result.files.items()}
     else:
         outcome.outputs = dispatched
     log.info("series %s: name=%s outputs=%s%s", outcome.status, ref.name, ", ".join(outcome.outputs) or "none",
@@ -241,6 +253,24 @@ def _dispatch(result: SegmentResult, output: Path) -> dict[str, str]:
         except OSError as err:
             tmp.unlink(missing_ok=True)
             raise output_error(err, output, f"copy {path.name} into") from err
+        out[role] = name
+    return out
+
+
+def _lift_dicom(result: SegmentResult, output: Path) -> dict[str, str]:
+    """(``map`` layout) Move the result's DICOM files from its ``<name>.edgeseg/`` folder to the top level of the
+    output folder as ``<name>_<role>.dcm`` (a rename on the same file system: never seen half-written); role -> file
+    name."""
+    out: dict[str, str] = {}
+    stem = result.output_dir.name.removesuffix(".edgeseg")
+    for role, path in sorted(result.files.items()):
+        if path.suffix.lower() != ".dcm" or not path.is_file():
+            continue
+        name = f"{stem}_{role}.dcm"
+        try:
+            path.replace(output / name)
+        except OSError as err:
+            raise output_error(err, output, f"move {path.name} into") from err
         out[role] = name
     return out
 

@@ -373,6 +373,34 @@ KEYS_TABLE: Final[tuple[Key, ...]] = (
     Key("delivery.max_age_h", Kind.FLOAT, _field_default(DeliverySettings, "max_age_h"), "hours after which an "
         "undelivered result (or one refused for good, e.g. our AE title unknown to the PACS) is reported as failed "
         "(`edgeseg status`)", minimum=0.0, exclusive_minimum=True),
+    # the status page (runtime/watch/status_page.py) and the alerts webhook (runtime/watch/alerts.py)
+    Key("status_page.enabled", Kind.BOOL, False, "serve a read-only status page, /api/status, /healthz and "
+        "/metrics over HTTP while the watcher runs",
+        doc="A read-only web page of the watcher (queue, running series, recent results with their preview, "
+            "deliveries, failures and their remedy, free disk space) at http://<bind_address>:<port>/, the same "
+            "data as JSON at /api/status, /healthz for service monitors (200 while the watcher's threads live and "
+            "its heartbeat is fresh, else 503) and Prometheus metrics at /metrics. Off unless enabled. It shows "
+            "patient IDs: bind it to another address than 127.0.0.1 only with a token, and with the listener's "
+            "TLS certificate (dicom_listener.tls_certificate/tls_key, reused here) on an untrusted network."),
+    Key("status_page.bind_address", Kind.TEXT, "127.0.0.1", "address the status page listens on (127.0.0.1: this "
+        "PC only; any other address needs a token)"),
+    Key("status_page.port", Kind.INT, 8480, "TCP port of the status page (0: any free port, logged at start)",
+        minimum=0, maximum=65535),
+    Key("status_page.token", Kind.TEXT, None, "the secret a browser or monitor must present (?token=, a Bearer "
+        "header or the cookie the page sets); required for any bind address but 127.0.0.1", nullable=True),
+    Key("alerts.webhook_url", Kind.TEXT, None, "http(s) URL that gets a JSON POST when a series fails for good, a "
+        "delivery is given up or free disk space falls below alerts.disk_min_free_mb (null: no alerts)",
+        nullable=True,
+        doc="Alerts: a JSON POST ({\"site\", \"event\", \"subject\", \"message\", \"remedy\", \"at\", ...}) to this "
+            "URL when a series is given up (failed for good), a delivery is given up, or free disk space of a "
+            "watched root or the state folder falls below disk_min_free_mb. Alerts wait in the job store and are "
+            "retried until max_age_h; nothing else is contacted (no proxy, no redirect is followed). null: off."),
+    Key("alerts.site", Kind.TEXT, None, "this site's name in every alert (null: the PC's host name)",
+        nullable=True, derived="the PC's host name"),
+    Key("alerts.disk_min_free_mb", Kind.FLOAT, 2048.0, "free MB below which a disk-space alert is sent (once, "
+        "again after space recovered)", minimum=0.0),
+    Key("alerts.max_age_h", Kind.FLOAT, 24.0, "hours an alert is retried before it is dropped (logged)",
+        minimum=0.0, exclusive_minimum=True),
 )
 
 #: every key by key path, in the table's order
@@ -413,6 +441,11 @@ SECTION_DOCS: Final[dict[str, str]] = {
                       "port); results go back to PACS (or the console) as DICOM. Both are off unless configured "
                       "here. The export folder stays the hand-off point: the listener only writes into a watched "
                       "root, and folder watching works on its own beside it.",
+    "status_page": "The watcher's read-only status page (off unless enabled): for people (the page) and for "
+                   "monitors (/healthz, /metrics). TLS, when the DICOM listener has a certificate, is the "
+                   "listener's.",
+    "alerts": "A webhook for what nobody watching a console would notice: series given up, deliveries given up, a "
+              "disk filling up. Configured per site; off unless webhook_url is set.",
     "delivery": "Retries of deliveries: the first after retry_initial_s, doubled up to retry_max_s; a delivery not "
                 "accepted within max_age_h (or refused for good) is reported as failed.",
 }

@@ -111,6 +111,7 @@ def _bundle_line(path: Any) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from edgeseg.errors import EXIT_FAILED, EXIT_OK
+    from edgeseg.runtime.watch.status_report import RESULT_COLUMNS, remedy_of, result_cells, result_entry
     from edgeseg.runtime.watch.store import JobStore
 
     config = state_config(args)
@@ -133,6 +134,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"watcher": beat, "state": state, "bundle": _bundle_line(config.bundle), "counts": counts,
                           "recent": [r.__dict__ for r in rows],
+                          "results": [result_entry(r, now, config) for r in rows],
                           "deliveries": {"counts": delivery_counts,
                                          "open": [dataclasses.asdict(d) for d in open_deliveries]}},
                          indent=2, default=str))
@@ -145,7 +147,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("deliveries: " + ", ".join(f"{n} {s}" for s, n in delivery_counts.items()))
     if beat and not beat.get("stopped") and state.startswith(("running", "NOT RESPONDING")):
         running = beat.get("running") or []
-        print(f"running: {', '.join(running) if running else '-'}; queued: {beat.get('queued', 0)}")
+        print(f"running: {len(running) or '-'}; queued: {beat.get('queued', 0)}")
+        by_key = {r.key: r for r in rows}
+        for item in beat.get("progress") or [{"key": k} for k in running]:
+            row = by_key.get(item["key"])
+            what = (row.description or row.name) if row is not None else item["key"]
+            stage = f"{item.get('stage') or ''} {100 * float(item.get('fraction') or 0):.0f} %".strip()
+            print(f"  {what}: {stage}, for {age(now - float(item.get('since') or now))}")
         waiting = beat.get("open_series") or []
         if waiting:
             print("\nArriving (waiting for the quiet period):")
@@ -154,15 +162,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"\nRecent ({len(rows)}):")
     table_rows = []
     for r in rows:
-        seconds = "-" if r.actual_s is None else f"{r.actual_s:.1f}"
+        entry = result_entry(r, now)
+        cells = result_cells(entry)
         if r.predicted_s is not None:
-            seconds += f" (pred {r.predicted_s:.0f})"
+            cells[-1] += f" (pred {r.predicted_s:.0f})"
         if r.actual_s is not None and r.budget_s is not None and r.actual_s > r.budget_s:
-            seconds += f" OVER BUDGET {r.budget_s:g}"
+            cells[-1] += f" OVER BUDGET {r.budget_s:g}"
         error = (r.last_error or "").replace("\n", " ")
-        table_rows.append([age(now - r.updated_at) + " ago", r.state, str(r.attempts), seconds, r.name,
-                           r.folder, error[:70] + ("..." if len(error) > 70 else "")])
-    print(table(["UPDATED", "STATE", "TRIES", "SECONDS", "NAME", "FOLDER", "ERROR"], table_rows))
+        table_rows.append([*cells, str(r.attempts), r.name, error[:70] + ("..." if len(error) > 70 else "")])
+    print(table([h for h, _ in RESULT_COLUMNS] + ["TRIES", "NAME", "ERROR"], table_rows))
+    failures = [r for r in rows if r.state in ("failed", "partial")]
+    if failures:
+        print("\nWhat to do:")
+        for r in failures:
+            print(f"  {r.name}: {remedy_of(r, config)}")
     if open_deliveries:
         print(f"\nDeliveries pending or failed ({len(open_deliveries)}; `edgeseg deliver --retry` sends the failed "
               "ones again):")

@@ -14,7 +14,10 @@ environment or the command line against the current folder. ``bundle: demo`` mea
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,6 +39,61 @@ __all__ = ["DEFAULT_EXCLUDE", "DEMO_BUNDLE_KEYWORD", "ENV_PREFIX", "KEYS", "Obse
 
 #: the keys of watch_config.yaml by key path (the schema's :data:`~edgeseg.runtime.settings.schema.WATCH_KEYS`)
 KEYS: dict[str, Key] = WATCH_KEYS
+
+
+@dataclass(frozen=True)
+class StatusPageSettings:
+    """``status_page:``: the watcher's read-only web page (:mod:`edgeseg.runtime.watch.status_page`). ``token``:
+    required for any bind address but loopback (checked at load time). TLS is the DICOM listener's certificate."""
+
+    enabled: bool = default("status_page.enabled")
+    bind_address: str = default("status_page.bind_address")
+    port: int = default("status_page.port")
+    token: str | None = default("status_page.token")
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """``alerts:``: the webhook (:mod:`edgeseg.runtime.watch.alerts`); ``webhook_url`` None: no alerts."""
+
+    webhook_url: str | None = default("alerts.webhook_url")
+    site: str = ""
+    disk_min_free_mb: float = default("alerts.disk_min_free_mb")
+    max_age_h: float = default("alerts.max_age_h")
+
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``: the only bind addresses a status page may use without a token."""
+    if address.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip()).is_loopback
+    except ValueError:
+        return False
+
+
+def _status_page(values: dict[str, Any], where: Any, problems: Problems) -> StatusPageSettings:
+    page = StatusPageSettings(enabled=values["status_page.enabled"], bind_address=values["status_page.bind_address"],
+                              port=values["status_page.port"], token=values["status_page.token"] or None)
+    if page.enabled and not is_loopback(page.bind_address) and not page.token:
+        problems.add(where("status_page.bind_address"), "status_page.token",
+                     f"the status page shows patient IDs and would listen on {page.bind_address} without a token",
+                     "set status_page.token to a long random secret (or bind_address: 127.0.0.1)")
+    if page.token is not None and not re.fullmatch(r"[A-Za-z0-9._~+/=-]{16,}", page.token):
+        problems.add(where("status_page.token"), "status_page.token",
+                     "shorter than 16 characters, or holds characters other than letters, digits and . _ ~ + / = -",
+                     "use a long random secret, e.g. the output of `python -c \"import secrets; "
+                     "print(secrets.token_urlsafe())\"`")
+    return page
+
+
+def _alerts(values: dict[str, Any], where: Any, problems: Problems) -> AlertSettings:
+    url = values["alerts.webhook_url"] or None
+    if url is not None and not url.lower().startswith(("http://", "https://")):
+        problems.add(where("alerts.webhook_url"), "alerts.webhook_url", f"{url!r} is not an http(s) URL",
+                     "write the full URL, e.g. https://alerts.example.org/hooks/edgeseg")
+    return AlertSettings(webhook_url=url, site=values["alerts.site"] or socket.gethostname(),
+                         disk_min_free_mb=values["alerts.disk_min_free_mb"], max_age_h=values["alerts.max_age_h"])
 
 
 @dataclass(frozen=True)
@@ -68,6 +126,9 @@ class WatchConfig:
     stop_grace_s: float = default("stop_grace_s")
     #: the DICOM node: listener (off by default), destinations and delivery retries
     node: NodeSettings = field(default_factory=NodeSettings)
+    #: the read-only status page (off by default) and the alerts webhook (none by default)
+    status_page: StatusPageSettings = field(default_factory=StatusPageSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     #: the file this configuration was read from (None: defaults, environment and command line only)
     source: Path | None = None
 
@@ -148,6 +209,8 @@ def load_config(
                      "list at least one folder under roots: in the file, or pass --root DIR")
     check_roots(values["roots"], values["state_dir"], where("roots"), problems)
     node = node_settings(values, merged, problems)
+    status_page = _status_page(values, where, problems)
+    alerts = _alerts(values, where, problems)
     if check_paths:
         for dir_key in ("state_dir", "log_dir"):
             _ensure_writable_dir(values[dir_key], dir_key, where(dir_key), problems)
@@ -187,6 +250,8 @@ def load_config(
         max_attempts=values["max_attempts"],
         stop_grace_s=values["stop_grace_s"],
         node=node,
+        status_page=status_page,
+        alerts=alerts,
         source=source,
     )
 
@@ -212,6 +277,8 @@ def describe(config: WatchConfig) -> list[tuple[str, str]]:
             return getattr(listener, name)
         if section == "delivery":
             return getattr(config.node.delivery, name)
+        if section == "status_page" and name == "token":
+            return "(set)" if config.status_page.token else None
         if key == "destinations":
             return tuple(f"{d.name}={d.address}" for d in config.node.destinations)
         return getattr(getattr(config, section), name) if name else getattr(config, key)

@@ -41,17 +41,32 @@ class Running:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._since: dict[str, float] = {}
+        self._progress: dict[str, tuple[str, float]] = {}
         self.changed = threading.Event()
 
     def add(self, key: str) -> None:
         with self._lock:
             self._since[key] = time.time()
+            self._progress[key] = ("starting", 0.0)
         self.changed.set()
 
     def discard(self, key: str) -> None:
         with self._lock:
             self._since.pop(key, None)
+            self._progress.pop(key, None)
         self.changed.set()
+
+    def progress(self, key: str, stage: str, fraction: float) -> None:
+        """The segmenter's last progress report of ``key`` (stage, fraction 0..1); not a change worth a beat."""
+        with self._lock:
+            if key in self._since:
+                self._progress[key] = (stage, fraction)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The running series: key, wall-clock start, last stage and fraction, sorted by key."""
+        with self._lock:
+            return [{"key": k, "since": self._since[k], "stage": self._progress.get(k, ("", 0.0))[0],
+                     "fraction": self._progress.get(k, ("", 0.0))[1]} for k in sorted(self._since)]
 
     def keys(self) -> list[str]:
         """The running series' keys, sorted."""
@@ -81,6 +96,10 @@ class Heartbeat:
         self.listener = listener
         #: set when the watcher stopped itself because it cannot go on (state folder deleted)
         self.fatal: StateStoreError | None = None
+        #: when the last live beat was written (epoch seconds; None before the first): /healthz's freshness
+        self.last_beat_at: float | None = None
+        #: the data of the last beat written (replaced whole at each beat: safe to read from other threads)
+        self.last: dict[str, Any] = {}
 
     def state_problem(self) -> StateStoreError | None:
         """None while the state folder and the job store opened at start are still there (same identity)."""
@@ -115,13 +134,16 @@ class Heartbeat:
                 return
         running = self.running.keys()
         try:
-            data = {
+            now = time.time()
+            data: dict[str, Any] = {
                 "pid": os.getpid(),
                 "started_at": self.started_at,
-                "heartbeat_at": time.time(),
+                "heartbeat_at": now,
                 "stopped": stopped,
                 "roots": [str(r) for r in self.config.roots],
                 "running": running,
+                #: per running series: key, start, the segmenter's last stage and fraction
+                "progress": self.running.snapshot(),
                 "open_series": self.tracker.pending(),
                 "queued": self.jobs.qsize(),
                 "stats": dict(self.stats),
@@ -129,5 +151,8 @@ class Heartbeat:
                 "listener": None if stopped else self.listener,
             }
             write_json_atomic(self.config.state_dir / "watcher.json", data, indent=1)
+            self.last = data
+            if not stopped:
+                self.last_beat_at = now
         except OSError as err:
             log.debug("heartbeat not written: %s", err)

@@ -33,6 +33,9 @@ delivery, :class:`~edgeseg.runtime.watch.scheduler.Scheduler`, :class:`~edgeseg.
   (:class:`~edgeseg.runtime.watch.deliver.DeliveryWorker`) sends them, with retries, across restarts.
 * The heartbeat (``<state_dir>/watcher.json``, written by the scheduler thread) also checks that the state folder
   is still there; if it was deleted or replaced the watcher stops itself (:attr:`Watcher.fatal`).
+* The status page (``status_page``: :mod:`~edgeseg.runtime.watch.status_page`) is bound before anything else
+  starts (a port in use fails the start) and served once the parts are built; the alert thread
+  (``alerts.webhook_url``: :mod:`~edgeseg.runtime.watch.alerts`) runs beside the others. Both stop with the rest.
 * Stop (SIGTERM, SIGINT, :meth:`Watcher.stop`): the listener, the observer and scheduler stop at once; a running
   series gets ``stop_grace_s`` to finish, then is cancelled at its next progress report, and if it does not report
   it is abandoned: its row stays ``running`` and it runs again at the next start.
@@ -55,12 +58,14 @@ from edgeseg.errors import (
 from edgeseg.runtime.segmenter import Segmenter, SeriesSegmenter
 from edgeseg.runtime.watch.completion import CompletionTracker
 from edgeseg.runtime.watch.config import WatchConfig
+from edgeseg.runtime.watch.alerts import Alerter
 from edgeseg.runtime.watch.deliver import DeliveryWorker
 from edgeseg.runtime.watch.heartbeat import Heartbeat, Running, state_identities
 from edgeseg.runtime.watch.jobs import SeriesJob
 from edgeseg.runtime.watch.lock import StateLock
 from edgeseg.runtime.watch.observer import EnqueueHandler, PathFilter, start_observer
 from edgeseg.runtime.watch.scheduler import Scheduler
+from edgeseg.runtime.watch.status_page import ReceiveCounter, StatusPage, WatcherView
 from edgeseg.runtime.watch.store import JobStore
 from edgeseg.runtime.watch.worker import JobRecord, Worker, delivery_settled, write_error
 
@@ -107,6 +112,10 @@ class Watcher:
         self.scheduler: Scheduler | None = None
         self.worker: Worker | None = None
         self.heartbeat: Heartbeat | None = None
+        #: the status page (``status_page.enabled``) and the alert sender (``alerts.webhook_url``), else None
+        self.status_page: StatusPage | None = None
+        self.alerter: Alerter | None = None
+        self.received = ReceiveCounter()
         self.history: list[JobRecord] = []
         self.results: dict[str, Any] = {}
         self.stats: Counter[str] = Counter()
@@ -133,6 +142,8 @@ class Watcher:
         try:
             self._start()
         except BaseException:
+            if self.status_page is not None and not self._threads:
+                self.status_page.stop()
             if self.store is not None and not self._threads:
                 self.store.close()
             if not self._threads:
@@ -141,6 +152,7 @@ class Watcher:
 
     def _start(self) -> None:
         cfg = self.config
+        since = time.time()  # alerts: what fails from here on (reconcile's given-up rows included)
         if self.segmenter is None:  # a bad bundle fails at start, not per series
             self.segmenter = Segmenter(cfg.bundle, cfg.segment_options(), ceiling_s=cfg.time_ceiling_s,
                                        latency_path=cfg.latency_path, verify=True)
@@ -153,6 +165,9 @@ class Watcher:
                                                    clock=self.clock, echoes=cfg.echoes,
                                                    hint_grace_s=cfg.node.listener.completion_grace_s)
         started_at = time.time()
+        if cfg.status_page.enabled and not self.once:  # bound first: a port in use fails the start, nothing runs
+            self.status_page = StatusPage(cfg.status_page, tls=cfg.node.listener.tls)
+            self.status_page.bind()
         if not self.once:
             self._observer = self._start_observer()
         if cfg.node.destinations:
@@ -162,7 +177,7 @@ class Watcher:
         if cfg.node.listener.enabled and not self.once:  # last: nothing is acknowledged before the store is open
             from edgeseg.runtime.node.receive import StorageReceiver
 
-            self.receiver = StorageReceiver(cfg.node.listener, self._node_events.put)
+            self.receiver = StorageReceiver(cfg.node.listener, self.received.wrap(self._node_events.put))
             self.receiver.start()
         self.heartbeat = Heartbeat(cfg, state_ids, self._stop, running=self._running, tracker=tracker,
                                    jobs=self._jobs, stats=self.stats, started_at=started_at,
@@ -174,7 +189,13 @@ class Watcher:
         self.worker = Worker(cfg, store, self.segmenter, jobs=self._jobs, finished=self._finished, stop=self._stop,
                              cancel=self._cancel, running=self._running, stats=self.stats, history=self.history,
                              results=self.results, delivery=self.delivery, once=self.once)
+        if cfg.alerts.webhook_url is not None:
+            self.alerter = Alerter(cfg, store, self._stop, since)
         self._start_threads()
+        if self.status_page is not None:
+            self.status_page.serve(WatcherView(
+                cfg, store, heartbeat=self.heartbeat, running=self._running, jobs=self._jobs, stats=self.stats,
+                results=self.results, alive=self.alive, received=self.received))
         log.info("watcher started: roots=%s quiet_period_s=%g observer=%s workers=%d segmenter=%s once=%s",
                  ", ".join(map(str, cfg.roots)), cfg.quiet_period_s, cfg.observer.value, cfg.max_concurrent_series,
                  self.segmenter.name, self.once)
@@ -197,6 +218,9 @@ class Watcher:
         if self.delivery is not None:
             self._threads.append(threading.Thread(target=self._guard(self.delivery.run), name="edgeseg-delivery",
                                                   daemon=True))
+        if self.alerter is not None:
+            self._threads.append(threading.Thread(target=self._guard(self.alerter.run), name="edgeseg-alerts",
+                                                  daemon=True))
         for i in range(self.config.max_concurrent_series):
             self._threads.append(threading.Thread(target=self._guard(self.worker.loop),
                                                   name=f"edgeseg-worker-{i + 1}", daemon=True))
@@ -214,6 +238,8 @@ class Watcher:
             except Exception:  # noqa: BLE001 - stopping must go on
                 log.exception("DICOM listener did not stop cleanly")
             self.receiver = None
+        if self.status_page is not None:
+            self.status_page.stop()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=10)

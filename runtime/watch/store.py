@@ -20,6 +20,10 @@ States::
   fingerprint changed or attempts < max_attempts.
 * Schema version 2 added the ``partial`` state; a version-1 store is migrated in place when the watcher opens it
   (its rows are kept). Version 3 added the ``deliveries`` table (below); older stores get it when opened.
+* Version 4 added what the status page and ``edgeseg status`` show of a result (``patient_id``, ``accession``,
+  ``model``, ``precision``; columns added in place to an older store) and the ``alerts`` table: the webhook's
+  retry queue (:mod:`edgeseg.runtime.watch.alerts`), one row per (event, subject, time), so an alert is queued once
+  and survives restarts.
 * The outbox (``deliveries``): one row per (destination, SOP Instance UID) of a result to send, inserted in the same
   transaction that records the series ``done``/``partial``, so a result is never done without its deliveries being
   recorded. ``pending`` rows are sent when due (``next_at``) and become ``sent`` once the destination confirmed
@@ -51,8 +55,11 @@ DISCOVERED, COMPLETE, RUNNING, DONE, PARTIAL, FAILED = (
     "discovered", "complete", "running", "done", "partial", "failed")
 STATES = (DISCOVERED, COMPLETE, RUNNING, DONE, PARTIAL, FAILED)
 #: 1: the first store; 2: the ``partial`` state (a version-1 store is migrated when opened for writing);
-#: 3: the ``deliveries`` outbox (created in an older store when opened for writing)
-SCHEMA_VERSION = 3
+#: 3: the ``deliveries`` outbox (created in an older store when opened for writing); 4: the result facts columns
+#: (:data:`FACT_COLUMNS`) and the ``alerts`` table (added to an older store when opened for writing)
+SCHEMA_VERSION = 4
+#: what the status page shows of a series beyond the scheduling columns (schema 4; NULL in older rows)
+FACT_COLUMNS = ("patient_id", "accession", "model", "precision")
 #: states of a delivery
 PENDING, SENT = "pending", "sent"
 DELIVERY_STATES = (PENDING, SENT, FAILED)
@@ -106,7 +113,35 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_at)
 """
-_SCHEMA = _TABLE.format(name="IF NOT EXISTS jobs") + ";" + _INDEXES + ";" + _DELIVERIES
+_ALERTS = f"""
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    occurred_at REAL NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ({", ".join(repr(s) for s in DELIVERY_STATES)})),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    sent_at REAL,
+    last_error TEXT,
+    updated_at REAL NOT NULL,
+    UNIQUE (event, subject, occurred_at)
+);
+CREATE INDEX IF NOT EXISTS alerts_due ON alerts(state, next_at)
+"""
+_SCHEMA = _TABLE.format(name="IF NOT EXISTS jobs") + ";" + _INDEXES + ";" + _DELIVERIES + ";" + _ALERTS
+
+
+def _add_fact_columns(db: sqlite3.Connection) -> bool:
+    """Schema 4's :data:`FACT_COLUMNS`, added to ``jobs`` where missing (a new store, or an older one being opened);
+    True when one was added."""
+    have = {r[1] for r in db.execute("PRAGMA table_info(jobs)").fetchall()}
+    missing = [c for c in FACT_COLUMNS if c not in have]
+    for column in missing:
+        db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+    return bool(missing)
 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -161,6 +196,7 @@ def _create_store(path: Path) -> None:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 db.execute(statement)
+        _add_fact_columns(db)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("COMMIT")
     finally:
@@ -211,6 +247,12 @@ class JobRow:
     started_at: float | None
     finished_at: float | None
     updated_at: float
+    #: schema 4 (None in older rows and stores): the first image's PatientID and AccessionNumber, the bundle (and
+    #: variant) and the precision(s) that ran
+    patient_id: str | None = None
+    accession: str | None = None
+    model: str | None = None
+    precision: str | None = None
 
     @property
     def plan_dict(self) -> dict[str, Any]:
@@ -261,6 +303,24 @@ class DeliveryRow:
 
 
 @dataclass(frozen=True)
+class AlertRow:
+    """One queued webhook alert (``payload``: the JSON text to POST; times are epoch seconds)."""
+
+    id: int
+    event: str
+    subject: str
+    occurred_at: float
+    payload: str
+    state: str
+    attempts: int
+    next_at: float
+    created_at: float
+    sent_at: float | None
+    last_error: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
 class Decision:
     """Whether a complete series should run, and why (for the log)."""
 
@@ -294,7 +354,10 @@ class JobStore:
                     version = self._db.execute("PRAGMA user_version").fetchone()[0]
                     if version == 1:
                         self._migrate_from_1()
-                    if version in (0, 1, 2):  # 2 -> 3: the deliveries table, created above
+                    if version in (0, 1, 2, 3):  # 2 -> 3: the deliveries table, 3 -> 4: alerts (created above)
+                        if _add_fact_columns(self._db) and version:
+                            log.info("job store %s migrated from schema version %d to %d (result facts, alerts)",
+                                     self.path, version, SCHEMA_VERSION)
                         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                     elif version != SCHEMA_VERSION:
                         raise ConfigError(
@@ -471,6 +534,69 @@ class JobStore:
                  key))
             self._enqueue(db, key, deliveries, now)
 
+    def set_facts(self, key: str, **facts: str | None) -> None:
+        """Record what the status page shows of a series (:data:`FACT_COLUMNS`: ``patient_id``, ``accession``,
+        ``model``, ``precision``); None values leave a column as it is."""
+        given = {c: printable(v)[:200] for c, v in facts.items() if c in FACT_COLUMNS and v is not None}
+        if not given:
+            return
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET " + ", ".join(f"{c} = ?" for c in given) + " WHERE key = ?",
+                       (*given.values(), fs_text(key)))
+
+    def given_up_since(self, since: float, max_attempts: int) -> list[JobRow]:
+        """``failed`` rows updated after ``since`` that are not retried automatically any more (attempts or
+        interruptions at ``max_attempts``), oldest first."""
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM jobs WHERE state = ? AND updated_at > ? AND (attempts >= ? OR"
+                                   " interruptions >= ?) ORDER BY updated_at", (FAILED, since, max_attempts,
+                                                                               max_attempts))
+            return [JobRow(**dict(r)) for r in cur.fetchall()]
+
+    def deliveries_failed_since(self, since: float) -> list[DeliveryRow]:
+        """Deliveries given up (``failed``) after ``since``, oldest first."""
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM deliveries WHERE state = ? AND updated_at > ? ORDER BY updated_at",
+                                   (FAILED, since))
+            return [DeliveryRow(**dict(r)) for r in cur.fetchall()]
+
+    # ------------------------------------------------------------------------------------------------- alerts
+
+    def add_alert(self, event: str, subject: str, occurred_at: float, payload: str) -> bool:
+        """Queue an alert (due now); the same (event, subject, time) again is ignored. True when queued."""
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO alerts (event, subject, occurred_at, payload, state, next_at,"
+                             " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (event, printable(subject)[:2000], occurred_at, payload, PENDING, now, now, now))
+            return bool(cur.rowcount)
+
+    def due_alerts(self, now: float, limit: int = 20) -> list[AlertRow]:
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM alerts WHERE state = ? AND next_at <= ? ORDER BY next_at, id"
+                                   f" LIMIT {int(limit)}", (PENDING, now))
+            return [AlertRow(**dict(r)) for r in cur.fetchall()]
+
+    def alert_done(self, alert_id: int, state: str, error: str | None = None, next_at: float | None = None) -> None:
+        """An attempt at ``alert_id`` ended: ``sent``, ``failed`` (given up) or ``pending`` again at ``next_at``."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE alerts SET state = ?, attempts = attempts + 1, last_error = ?, updated_at = ?,"
+                       " sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END, next_at = COALESCE(?, next_at)"
+                       " WHERE id = ?", (state, None if error is None else printable(error)[:2000], now, state, now,
+                                         next_at, alert_id))
+
+    def alerts(self, limit: int = 20) -> list[AlertRow]:
+        """Alerts, most recently updated first (none from a store older than schema version 4)."""
+        with self._lock:
+            try:
+                cur = self._db.execute(f"SELECT * FROM alerts ORDER BY updated_at DESC LIMIT {int(limit)}")
+            except sqlite3.OperationalError as err:
+                if "no such table" in str(err):
+                    return []
+                raise
+            return [AlertRow(**dict(r)) for r in cur.fetchall()]
+
     # ------------------------------------------------------------------------------------------------- outbox
 
     @staticmethod
@@ -587,6 +713,21 @@ class JobStore:
                 else:
                     raise
         return {s: int(got.get(s, 0)) for s in DELIVERY_STATES}
+
+    def delivery_counts_by_destination(self) -> dict[str, dict[str, int]]:
+        """Destination -> state -> deliveries (every state present; {} from a store before schema 3)."""
+        with self._lock:
+            try:
+                got = self._db.execute("SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination,"
+                                       " state").fetchall()
+            except sqlite3.OperationalError as err:
+                if "no such table" in str(err):
+                    return {}
+                raise
+        out: dict[str, dict[str, int]] = {}
+        for destination, state, n in got:
+            out.setdefault(str(destination), {s: 0 for s in DELIVERY_STATES})[str(state)] = int(n)
+        return out
 
     def mark_failed(self, key: str, error_kind: str, message: str, actual_s: float | None = None,
                     give_up: bool = False, max_attempts: int | None = None) -> None:

@@ -29,6 +29,7 @@ from edgeseg.runtime.read.limits import check_frames, check_nifti_header, check_
 from edgeseg.runtime.segmenter import ProgressCallback, SeriesCancelled, SeriesSegmenter
 from edgeseg.runtime.watch.config import WatchConfig
 from edgeseg.runtime.watch.deliver import DeliveryWorker
+from edgeseg.runtime.watch.facts import result_facts, series_facts
 from edgeseg.runtime.watch.heartbeat import Running
 from edgeseg.runtime.watch.jobs import INVALID, SeriesJob
 from edgeseg.runtime.watch.store import FAILED, DeliveryRequest, JobStore
@@ -82,9 +83,10 @@ def _remove_stale_temporaries(job: SeriesJob) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _progress(job: SeriesJob) -> ProgressCallback:
+def _progress(job: SeriesJob, running: Running) -> ProgressCallback:
     def progress(stage: str, fraction: float) -> None:
         log.debug("progress: key=%s stage=%s fraction=%.2f", job.key, stage, fraction)
+        running.progress(job.key, stage, fraction)
     return progress
 
 
@@ -167,6 +169,7 @@ class Worker:
         attempt = self.store.mark_running(job.key, plan.to_dict() if plan else None, self.config.time_budget_s,
                                           plan.predicted_s if plan else None)
         self.running.add(job.key)
+        self.store.set_facts(job.key, **series_facts(job))
         t0 = time.perf_counter()
         try:
             result = self._segment(job, plan, refused)
@@ -228,7 +231,7 @@ class Worker:
             raise InvalidSeriesError(f"{job.problem or job.key}.")
         if refused is not None:
             raise refused
-        return self.segmenter.segment(job.ref, plan=plan, progress=_progress(job), cancel=self.cancel)
+        return self.segmenter.segment(job.ref, plan=plan, progress=_progress(job, self.running), cancel=self.cancel)
 
     # ------------------------------------------------------------------------------------------ outcomes
 
@@ -261,6 +264,7 @@ class Worker:
         return "done"
 
     def _published(self, job: SeriesJob, result: SegmentResult) -> None:
+        self.store.set_facts(job.key, **result_facts(result.manifest))
         if self.delivery is not None:
             self.delivery.wake()
         self.results[job.key] = result

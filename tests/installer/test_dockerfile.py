@@ -63,11 +63,33 @@ def test_entrypoint_is_edgeseg_run() -> None:
 
 def test_environment_bundle_and_no_network_needs() -> None:
     env = " ".join(_all("ENV"))
-    assert "EDGESEG_BUNDLE=/opt/edgeseg/bundle" in env and "HOME=/tmp" in env
+    assert "EDGESEG_BUNDLE=/opt/holoscan/models/edgeseg" in env and "HOME=/tmp" in env
     (arg,) = [a for a in _all("ARG") if a.startswith("BUNDLE=")]
     default = arg.split("=", 1)[1]
     assert (REPO / default / "bundle.json").is_file(), f"the default BUNDLE {default} is not a bundle in the repo"
-    assert any(c.split()[-1] == "/opt/edgeseg/bundle" and "${BUNDLE}" in c for c in _all("COPY"))
+    assert any(c.split()[-1] == "/opt/holoscan/models/edgeseg" and "${BUNDLE}" in c for c in _all("COPY"))
+
+
+def test_laid_out_as_a_monai_application_package() -> None:
+    """The MAP specification's paths: manifests in /etc/holoscan/, the application in /opt/holoscan/app/ (the
+    entry point's edgeseg comes from there), documents in /opt/holoscan/docs/, the HOLOSCAN_* variables as app.json
+    lists them, the OCI title and version labels, /var/holoscan as the working folder."""
+    from edgeseg import __version__
+
+    copies = {shlex.split(c)[-1]: shlex.split(c)[:-1] for c in _all("COPY")}
+    assert sorted(copies["/etc/holoscan/"]) == ["installer/map/app.json", "installer/map/pkg.json"]
+    assert "README.md" in copies["/opt/holoscan/docs/"] and "LICENSE" in copies["/opt/holoscan/docs/"]
+    runs = " ".join(_all("RUN"))
+    assert "python -m venv /opt/holoscan/app" in runs and "/opt/holoscan/app/bin/pip install" in runs
+    env = " ".join(_all("ENV"))
+    assert "PATH=/opt/holoscan/app/bin:" in env
+    app = json.loads((REPO / "installer" / "map" / "app.json").read_text())
+    for name, value in app["environment"].items():
+        assert f"{name}={value}" in env, name
+    labels = " ".join(_all("LABEL"))
+    assert 'org.opencontainers.image.title="edgeseg"' in labels
+    assert f'org.opencontainers.image.version="{__version__}"' in labels
+    assert _all("WORKDIR") == ["/var/holoscan"]
 
 
 def _ignored(rel: str, patterns: list[str]) -> bool:

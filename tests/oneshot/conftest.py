@@ -11,7 +11,7 @@ import pytest
 #: every variable an engine sets that the one-shot mode reads (cleared for each test)
 ENGINE_VARIABLES = ("MERCURE_IN_DIR", "MERCURE_OUT_DIR", "MONAI_INPUTPATH", "MONAI_OUTPUTPATH", "HOLOSCAN_INPUT_PATH",
                     "HOLOSCAN_OUTPUT_PATH", "MODULE_PERSISTENCE_DIR", "EDGESEG_BUNDLE", "HOLOSCAN_MODEL_PATH",
-                    "MONAI_MODELPATH")
+                    "MONAI_MODELPATH", "HOLOSCAN_APP_MANIFEST_PATH", "HOLOSCAN_PKG_MANIFEST_PATH")
 
 
 @pytest.fixture(autouse=True)

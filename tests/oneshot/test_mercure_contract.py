@@ -137,8 +137,9 @@ def test_the_same_task_through_the_monai_and_holoscan_variables(tmp_path: Path, 
 
 def test_a_plain_folder_gets_result_folders(tmp_path: Path, demo_series: list[Path], real_mri: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """No task.json (a vendor platform, a MONAI package, a script): one <name>.edgeseg/ per series in the output,
-    as `edgeseg segment` writes beside a series, and result.json; a NIfTI beside the DICOM series is a series too."""
+    """No task.json, folders from the command line (a vendor platform, a script): one <name>.edgeseg/ per series in
+    the output, as `edgeseg segment` writes beside a series, and result.json; a NIfTI beside the DICOM series is a
+    series too. (A MONAI package's host gets the ``map`` layout: tests/oneshot/test_map_package.py.)"""
     import shutil
 
     inp = tmp_path / "in"
@@ -146,8 +147,8 @@ def test_a_plain_folder_gets_result_folders(tmp_path: Path, demo_series: list[Pa
     shutil.copy2(real_mri, inp / real_mri.name)
     before = snapshot(inp)
     out = tmp_path / "out"
-    env = {"HOLOSCAN_INPUT_PATH": str(inp), "HOLOSCAN_OUTPUT_PATH": str(out), "EDGESEG_BUNDLE": "demo"}
-    assert _run(env, "--no-preview", monkeypatch=monkeypatch) == 0
+    assert _run({}, "--input", str(inp), "--output", str(out), "--bundle", "demo", "--no-preview",
+                monkeypatch=monkeypatch) == 0
     assert snapshot(inp) == before
     folders = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert len(folders) == 2 and all(name.endswith(".edgeseg") for name in folders)

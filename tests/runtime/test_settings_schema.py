@@ -62,12 +62,13 @@ def test_every_key_has_one_default_which_the_typed_objects_share() -> None:
     from edgeseg.runtime.options import OutputOptions, SegmentOptions
     from edgeseg.runtime.read.limits import ReadLimits
     from edgeseg.runtime.settings.run import RunSettings
-    from edgeseg.runtime.watch.config import WatchConfig
+    from edgeseg.runtime.watch.config import AlertSettings, StatusPageSettings, WatchConfig
 
     objects: list[tuple[object, str, str]] = [
         (WatchConfig, "", "watch"), (RunSettings, "", "run"), (SegmentOptions, "", "segment"),
         (OutputOptions, "outputs.", "watch"), (ReadLimits, "limits.", "watch"),
-        (ListenerSettings, "dicom_listener.", "watch"), (DeliverySettings, "delivery.", "watch")]
+        (ListenerSettings, "dicom_listener.", "watch"), (DeliverySettings, "delivery.", "watch"),
+        (StatusPageSettings, "status_page.", "watch"), (AlertSettings, "alerts.", "watch")]
     checked = set()
     for obj, prefix, command in objects:
         for name, value in _defaults(obj).items():
