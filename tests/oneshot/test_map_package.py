@@ -25,6 +25,7 @@ def test_a_map_host_gets_the_dicom_results_at_the_top_level(tmp_path: Path, demo
     shutil.copytree(demo_series[0].parent, inp)
     monkeypatch.setenv("HOLOSCAN_INPUT_PATH", str(inp))
     monkeypatch.setenv("HOLOSCAN_OUTPUT_PATH", str(out))
+    monkeypatch.setenv("EDGESEG_BUNDLE", "demo")  # as the image names its bundle (/opt/holoscan/models/edgeseg)
     assert main(["-q", "run", "--precision", "fp32", "--no-preview"]) == 0
     top = sorted(p.name for p in out.iterdir())
     dcm = [name for name in top if name.endswith(".dcm")]

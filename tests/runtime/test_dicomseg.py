@@ -283,11 +283,11 @@ def test_seg_type_in_the_watch_config_and_on_the_command_line(axial_series: Path
     from edgeseg.runtime.watch.config import load_config
 
     config = tmp_path / "watch_config.yaml"
-    config.write_text("roots: [.]\nbundle: demo\noutputs:\n  seg_type: binary\n", encoding="utf-8")
+    config.write_text("roots: [./incoming]\nbundle: demo\noutputs:\n  seg_type: binary\n", encoding="utf-8")
     assert load_config(config, env={}, check_paths=False).outputs.seg_type == "binary"
     assert load_config(config, env={"EDGESEG_OUTPUTS__SEG_TYPE": "LABELMAP"},
                        check_paths=False).outputs.seg_type == "labelmap"
-    config.write_text("roots: [.]\nbundle: demo\noutputs:\n  seg_type: fractional\n", encoding="utf-8")
+    config.write_text("roots: [./incoming]\nbundle: demo\noutputs:\n  seg_type: fractional\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="outputs.seg_type"):
         load_config(config, env={}, check_paths=False)
 

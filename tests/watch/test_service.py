@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from edgeseg.errors import ConfigError
 from watch_helpers import (
     QUIET, CountingSegmenter, copy_slowly, error_files, results, tree, wait_for, write_non_image, write_series,
 )
@@ -291,17 +293,11 @@ def test_start_stop_leaves_no_threads(make_config, roots) -> None:
         [t.name for t in set(threading.enumerate()) - before]
 
 
-def test_state_dir_inside_a_root_is_ignored(make_config, roots, tmp_path) -> None:
-    seg = CountingSegmenter()
-    w = Watcher(make_config(state_dir=str(roots / "state"), log_dir=str(roots / "logs")), seg, settle_s=0.1)
-    w.start()
-    try:
-        write_series(roots / "exam", 3)
-        assert wait_for(lambda: len(results(roots)) == 1) and w.wait_idle(10)
-        time.sleep(2 * QUIET)
-        assert sum(seg.calls.values()) == 1 and error_files(roots) == []
-    finally:
-        assert w.stop()
+def test_a_root_holding_the_state_folder_is_refused(make_config, roots) -> None:
+    """Issue 19: a root that holds the watcher's own state folder (one of the state folder's parents) is refused at
+    start with its key path, not watched."""
+    with pytest.raises(ConfigError, match=r"roots\[0\].*holds the watcher's own state folder"):
+        make_config(state_dir=str(roots / "state"), log_dir=str(roots / "logs"))
 
 
 def test_real_segmenter_is_resolved_at_start(make_config) -> None:
