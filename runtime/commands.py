@@ -39,12 +39,11 @@ def resolve_bundle_path(value: str | Path) -> Path:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from edgeseg.errors import EdgesegError, summary_exit_code
+    from edgeseg.errors import ConfigError, EdgesegError, summary_exit_code
     from edgeseg.runtime.read import series_to_segment
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.runtime.settings.flags import flag_values
     from edgeseg.runtime.settings.run import segment_settings
-    from edgeseg.runtime.settings.schema import default
     from edgeseg.runtime.write import PARTIAL, describe_missing
 
     settings = segment_settings(flag_values(args, "segment"))
@@ -54,8 +53,10 @@ def run_segment(args: argparse.Namespace) -> int:
     if settings.time_budget_s:  # tile latencies measured once and kept per user
         _user_cache().mkdir(parents=True, exist_ok=True)
         latency_path = _user_cache() / "latency.json"
-    segmenter = Segmenter(resolve_bundle_path(args.bundle or default("bundle", "segment")), options,
-                          latency_path=latency_path)
+    if not args.bundle:  # nothing runs a model nobody named
+        raise ConfigError("No model bundle named. Fix: pass --bundle with the folder `edgeseg export` wrote (it holds "
+                          "bundle.json), or --bundle demo for the packaged demo model (not for clinical use).")
+    segmenter = Segmenter(resolve_bundle_path(args.bundle), options, latency_path=latency_path)
     # images edgeseg refuses (a mosaic, a colour image, no geometry) are series that failed, each with its reason
     refs, refused = series_to_segment(args.input, echoes=settings.echoes)
     failed: list[EdgesegError] = list(refused)

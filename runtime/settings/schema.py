@@ -214,12 +214,12 @@ KEYS_TABLE: Final[tuple[Key, ...]] = (
         doc="A series is complete when no new file arrived for this many seconds (and, when its headers announce "
             "an image count, that count arrived; after 3 quiet periods an incomplete series is processed anyway "
             "and the reader decides). 60 s as Orthanc's StableAge and mercure's series_complete_trigger."),
-    Key("bundle", Kind.BUNDLE, DEMO_BUNDLE_KEYWORD, "model bundle folder, or 'demo' for the packaged demo bundle",
-        flag="--bundle", commands=("segment", "watch"),
+    Key("bundle", Kind.BUNDLE, None, "model bundle folder, or 'demo' for the packaged demo bundle (required)",
+        flag="--bundle", commands=("segment", "watch"), example=DEMO_BUNDLE_KEYWORD,
         doc="The model bundle folder (written by `edgeseg export`; it holds bundle.json), or \"demo\" for the small "
             "demo model shipped inside edgeseg (trained on one case: for trying the watcher out, not for clinical "
-            "use). `edgeseg run` finds its bundle itself: --bundle, EDGESEG_BUNDLE, a MONAI application package's "
-            "model folder; it runs the demo only when named 'demo'."),
+            "use). Required: nothing runs a model nobody named. `edgeseg run` finds its bundle itself: --bundle, "
+            "EDGESEG_BUNDLE, a MONAI application package's model folder; it runs the demo only when named 'demo'."),
     Key("variant", Kind.VARIANT, _run("variant"),
         "bundle variant (null: the most accurate, or the time-budget planner's "
         "choice)", nullable=True, flag="--variant", commands=("segment", "run"), oneshot=True, watch=False),

@@ -30,7 +30,7 @@ from edgeseg.runtime.settings.schema import (
     DEFAULT_EXCLUDE, DEMO_BUNDLE_KEYWORD, ENV_PREFIX, HOME_STATE_DIR, WATCH_KEYS, Key, default, env_name,
 )
 from edgeseg.runtime.settings.validate import (
-    Problems, Value, check_budget_and_ceiling, check_roots, demo_bundle, node_settings, read_env, read_file, read_flags,
+    Problems, Value, check_budget_and_ceiling, check_roots, node_settings, read_env, read_file, read_flags,
     resolve,
 )
 
@@ -101,13 +101,14 @@ class WatchConfig:
     """The validated watcher configuration. Paths are absolute; durations are seconds."""
 
     roots: tuple[Path, ...]
+    #: the model bundle folder: required, nothing runs a model nobody named
+    bundle: Path
     include: tuple[str, ...] = default("include")
     exclude: tuple[str, ...] = default("exclude")
     observer: ObserverKind = default("observer")
     polling_interval_s: float = default("polling_interval_s")
     rescan_interval_s: float = default("rescan_interval_s")
     quiet_period_s: float = default("quiet_period_s")
-    bundle: Path = Path(default("bundle"))
     device: str = default("device")
     threads: int | None = default("threads")
     precision: Precision = default("precision")
@@ -199,8 +200,10 @@ def load_config(
         values["state_dir"] = (source.parent / "edgeseg-state") if source else HOME_STATE_DIR
     if values["log_dir"] is None:
         values["log_dir"] = values["state_dir"] / "logs"
-    if "bundle" not in merged:  # the default, "demo", set nowhere
-        values["bundle"] = demo_bundle("default", "bundle", problems, check_paths)
+    if values["bundle"] is None:  # nothing runs a model nobody named
+        problems.add(str(source) if source else "command line", "bundle", "no model bundle named",
+                     "set bundle: to the folder `edgeseg export` wrote (it holds bundle.json), or bundle: demo for the "
+                     "packaged demo model (not for clinical use); on the command line --bundle")
     if "time_ceiling_s" not in merged and values["time_budget_s"] is not None:  # the default follows the budget
         values["time_ceiling_s"] = max(default("time_ceiling_s"), 3 * values["time_budget_s"])
     check_budget_and_ceiling(values, merged, problems)

@@ -47,8 +47,8 @@ def write_config(tmp_path: Path) -> Callable[[str], Path]:
 
     def write(extra: str = "") -> Path:
         path = tmp_path / "watch_config.yaml"
-        path.write_text("roots: [in]\nstate_dir: state\ntime_budget_s: null\nquiet_period_s: 0.5\n" + extra,
-                        encoding="utf-8")
+        path.write_text("roots: [in]\nbundle: demo\nstate_dir: state\ntime_budget_s: null\nquiet_period_s: 0.5\n"
+                        + extra, encoding="utf-8")
         return path
     return write
 

@@ -50,12 +50,13 @@ def test_config_and_engine_apply_the_same_rule(name: object, tmp_path: Path) -> 
     from edgeseg.runtime.watch.config import load_config
 
     problem = device_problem(name)
+    values = {"roots": [str(tmp_path)], "bundle": "demo", "device": name}
     if problem is None:
-        config = load_config(None, {"roots": [str(tmp_path)], "device": name}, env={}, check_paths=False)
+        config = load_config(None, values, env={}, check_paths=False)
         assert config.device == normalize_device(str(name))
         return
     with pytest.raises(ConfigError) as refused:
-        load_config(None, {"roots": [str(tmp_path)], "device": name}, env={}, check_paths=False)
+        load_config(None, values, env={}, check_paths=False)
     assert f"--device: device: {problem}" in str(refused.value)
     with pytest.raises(ConfigError) as engine_refused:  # before the bundle is looked at
         compile_part(None, None, name)  # type: ignore[arg-type]

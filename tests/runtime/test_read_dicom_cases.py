@@ -135,7 +135,7 @@ def test_no_image_series_found_names_the_reason_per_class_of_file(tmp_path: Path
     ds.save_as(capture, enforce_file_format=True)
     (exam / "notes.txt").write_text("not an image")
 
-    assert main(["segment", str(exam)]) == InvalidSeriesError.exit_code
+    assert main(["segment", str(exam), "--bundle", "demo"]) == InvalidSeriesError.exit_code
     err = capsys.readouterr().err
     assert f"No image series found in {exam}: " in err
     for files, reason in [(mosaics, MOSAIC), ([rgb], COLOUR), (scout, LOCALIZER_ONLY), ([enhanced], NO_FRAME_GEOMETRY),

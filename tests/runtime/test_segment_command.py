@@ -8,15 +8,21 @@ from pathlib import Path
 import pytest
 
 from edgeseg.cli import main
-from edgeseg.errors import (EXIT_SOME_FAILED, BundleError, EdgesegError, InvalidSeriesError, OutOfMemoryError,
-                            OutputError)
+from edgeseg.errors import (EXIT_SOME_FAILED, BundleError, ConfigError, EdgesegError, InvalidSeriesError,
+                            OutOfMemoryError, OutputError)
 from edgeseg.runtime.write import SegmentResult
 
 
 def test_a_folder_without_series_exits_with_the_invalid_series_code(tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["-q", "segment", str(tmp_path)]) == InvalidSeriesError.exit_code
+    assert main(["-q", "segment", str(tmp_path), "--bundle", "demo"]) == InvalidSeriesError.exit_code
     assert f"No image series found in {tmp_path}" in capsys.readouterr().err
+
+
+def test_no_bundle_named_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19: nothing runs a model nobody named; the demo only when named 'demo'."""
+    assert main(["-q", "segment", str(tmp_path)]) == ConfigError.exit_code
+    assert "No model bundle named" in capsys.readouterr().err
 
 
 def test_a_missing_bundle_exits_with_the_bundle_code(tmp_path: Path) -> None:
@@ -44,4 +50,4 @@ def test_the_first_failing_series_gives_the_exit_code(failures: list[EdgesegErro
 
     monkeypatch.setattr("edgeseg.runtime.read.series_to_segment", lambda path, **kwargs: (refs, []))
     monkeypatch.setattr("edgeseg.runtime.segmenter.Segmenter.segment", segment)
-    assert main(["-q", "segment", str(tmp_path)]) == expected
+    assert main(["-q", "segment", str(tmp_path), "--bundle", "demo"]) == expected

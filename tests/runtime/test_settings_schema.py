@@ -78,10 +78,13 @@ def test_every_key_has_one_default_which_the_typed_objects_share() -> None:
             value = str(value) if isinstance(value, Path) else value
             assert value == key.default_for(command), f"{obj.__name__}.{name}"  # type: ignore[attr-defined]
             checked.add(key.path)
-    # every key with a plain default is held by some typed object, or is a list/section value built at load time
+    # every key with a plain default is held by some typed object, or is a list/section value built at load time, or
+    # is required (roots, bundle: nothing runs a model nobody named)
     unchecked = {p for p, k in KEYS.items() if p not in checked and not k.derived}
-    assert unchecked <= {"roots", "dicom_listener.tls_certificate", "dicom_listener.tls_key", "dicom_listener.tls_ca",
-                         "dicom_listener.tls_require_peer_certificate", "destinations"}, unchecked
+    assert KEYS["bundle"].default is None
+    assert unchecked <= {"roots", "bundle", "dicom_listener.tls_certificate", "dicom_listener.tls_key",
+                         "dicom_listener.tls_ca", "dicom_listener.tls_require_peer_certificate",
+                         "destinations"}, unchecked
     # the only keys with a second default are the budget and the ceiling (a watcher needs them, a run does not)
     assert {p for p, k in KEYS.items() if k.oneshot_default is not SAME} == {"time_budget_s", "time_ceiling_s"}
 

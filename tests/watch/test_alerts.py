@@ -122,7 +122,7 @@ def test_a_redirect_is_not_followed_and_alerts_expire(tmp_path: Path, receiver: 
         assert other.posts == []
     finally:
         other.close()
-    config = load_config(None, {"roots": [str(tmp_path)], "state_dir": str(tmp_path / "state"),
+    config = load_config(None, {"roots": [str(tmp_path / "in")], "bundle": "demo", "state_dir": str(tmp_path / "state"),
                                 "alerts.webhook_url": "http://127.0.0.1:9/", "alerts.max_age_h": 0.0001},
                          env={}, check_paths=False)
     with JobStore(tmp_path / "jobs.sqlite3") as store:

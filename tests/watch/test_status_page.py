@@ -176,7 +176,7 @@ def test_status_command_shows_the_human_columns(start_watcher, roots: Path, tmp_
     assert wait_for(lambda: w.stats["done"] == 1, timeout=30)
     w.stop()
     config_file = tmp_path / "watch_config.yaml"
-    config_file.write_text(f"roots: [{roots}]\nstate_dir: {tmp_path / 'state'}\n", encoding="utf-8")
+    config_file.write_text(f"roots: [{roots}]\nbundle: demo\nstate_dir: {tmp_path / 'state'}\n", encoding="utf-8")
     assert main(["status", "--config", str(config_file)]) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("UPDATED"))
@@ -262,7 +262,7 @@ def test_edgeseg_watch_refuses_to_start_without_the_token(tmp_path: Path, roots:
     from edgeseg.cli import main
 
     config_file = tmp_path / "watch_config.yaml"
-    config_file.write_text(f"roots: [{roots}]\nstate_dir: {tmp_path / 'state'}\nbundle: {tmp_path}\n"
+    config_file.write_text(f"roots: [{roots}]\nbundle: demo\nstate_dir: {tmp_path / 'state'}\nbundle: {tmp_path}\n"
                            "status_page:\n  enabled: true\n  bind_address: 0.0.0.0\n", encoding="utf-8")
     assert main(["-q", "watch", "--config", str(config_file)]) == ConfigError.exit_code
     err = capsys.readouterr().err
