@@ -57,7 +57,7 @@ def run_segment(args: argparse.Namespace) -> int:
     segmenter = Segmenter(resolve_bundle_path(args.bundle or default("bundle", "segment")), options,
                           latency_path=latency_path)
     # images edgeseg refuses (a mosaic, a colour image, no geometry) are series that failed, each with its reason
-    refs, refused = series_to_segment(args.input, echoes=settings.echoes)
+    refs, refused = series_to_segment(args.input, selection=settings.selection)
     failed: list[EdgesegError] = list(refused)
     complete = partial = 0
     for ref in refs:

@@ -22,7 +22,9 @@ from typing import Any, Mapping
 from edgeseg.runtime.node.settings import NodeSettings
 from edgeseg.runtime.options import OutputOptions, SegmentOptions
 from edgeseg.runtime.read.limits import ReadLimits
+from edgeseg.runtime.read.selection import SelectionRules
 from edgeseg.runtime.settings.enums import Echoes, ObserverKind, Precision
+from edgeseg.runtime.settings.run import selection_rules
 from edgeseg.runtime.settings.schema import (
     DEFAULT_EXCLUDE, DEMO_BUNDLE_KEYWORD, ENV_PREFIX, HOME_STATE_DIR, WATCH_KEYS, Key, default, env_name,
 )
@@ -58,6 +60,8 @@ class WatchConfig:
     outputs: OutputOptions = field(default_factory=OutputOptions)
     #: the 3-D stacks of a series that holds several (echoes, image types, time points) to segment: all or first
     echoes: Echoes = default("echoes")
+    #: which series are segmented (``selection.*``; ``echoes`` is its multi-volume rule); the rest is skipped by rule
+    selection: SelectionRules = field(default_factory=SelectionRules)
     #: what a series' headers may promise (voxels, decompressed bytes, frames); beyond: refused, not retried
     limits: ReadLimits = field(default_factory=ReadLimits)
     state_dir: Path = HOME_STATE_DIR
@@ -179,6 +183,7 @@ def load_config(
             preview=values["outputs.preview"],
         ),
         echoes=values["echoes"],
+        selection=selection_rules(lambda path: values[path]),
         state_dir=values["state_dir"],
         log_dir=values["log_dir"],
         max_concurrent_series=values["max_concurrent_series"],

@@ -150,7 +150,7 @@ class Watcher:
             interrupted = SeriesInterruptedError(row.last_error or "interrupted")
             write_error(row.folder_path, row.name, interrupted, remedy_for(interrupted))
         self.tracker = tracker = CompletionTracker(cfg.quiet_period_s, self.filter, settle_s=self._settle_s,
-                                                   clock=self.clock, echoes=cfg.echoes,
+                                                   clock=self.clock, echoes=cfg.echoes, selection=cfg.selection,
                                                    hint_grace_s=cfg.node.listener.completion_grace_s)
         started_at = time.time()
         if not self.once:

@@ -7,16 +7,16 @@ import logging
 
 from watch_helpers import error_files, results, wait_for, write_series
 
-from edgeseg.runtime.read.headers import COLOUR, LOCALIZER_ONLY, MOSAIC
+from edgeseg.runtime.read.headers import COLOUR, MOSAIC
 
 
 def test_a_mosaic_and_a_colour_image_get_error_files_with_their_reason(start_watcher, segmenter, roots, caplog
                                                                        ) -> None:
-    from helpers.dicom_cases import rgb_image, siemens_mosaic
+    from helpers.dicom_cases import neutral_mosaic, rgb_image
 
     caplog.set_level(logging.INFO, logger="edgeseg")
     w = start_watcher()
-    mosaics = siemens_mosaic(roots / "exam" / "dwi", volumes=2)
+    mosaics = neutral_mosaic(roots / "exam" / "dwi", volumes=2)
     rgb = rgb_image(roots / "exam" / "map")
     write_series(roots / "exam" / "t1", 5)
     write_series(roots / "exam" / "scout", 3, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
@@ -29,4 +29,5 @@ def test_a_mosaic_and_a_colour_image_get_error_files_with_their_reason(start_wat
     assert sum(segmenter.calls.values()) == 1  # only the T1 series reached the segmenter
     normal = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert any("series failed" in m and "Siemens mosaic (EPI/DWI) is not supported" in m for m in normal)
-    assert any("series skipped" in m and LOCALIZER_ONLY in m for m in normal)  # nothing to do: no error file
+    # skipped by the selection rules (ImageType LOCALIZER): nothing to do, no error file
+    assert any("series skipped" in m and "selection.exclude_image_types" in m and "LOCALIZER" in m for m in normal)
