@@ -30,6 +30,7 @@ NIfTI and PAR/REC files carry none of these headers: they are always segmented.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +55,6 @@ DEFAULT_EXCLUDED_DESCRIPTIONS: Final[tuple[str, ...]] = (
     "*diffusion*", "*bold*", "*fmri*", "*resting*state*", "*perfusion*", "*pasl*", "*pcasl*", "*field*map*",
     "*fieldmap*", "*b0map*",
 )
-#: the UID prefix of the Secondary Capture storage SOP classes (1.2.840.10008.5.1.4.1.1.7 and .7.1 - .7.4)
-_SECONDARY_CAPTURE: Final = "1.2.840.10008.5.1.4.1.1.7"
 #: ImageType values of a magnitude image (``multi_volume: magnitude``)
 MAGNITUDE: Final = frozenset({"M", "MAGNITUDE", "M_FFE", "M_SE", "M_IR"})
 
@@ -88,6 +87,15 @@ class Selection:
 
     refs: list[SeriesRef] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+
+
+@functools.cache
+def _secondary_capture() -> str:
+    """The UID prefix of the Secondary Capture storage SOP classes (the single-frame one and its multi-frame
+    siblings), from pydicom's names (pydicom is imported on first use)."""
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    return str(SecondaryCaptureImageStorage)
 
 
 def _upper(values: Iterable[str]) -> set[str]:
@@ -123,7 +131,7 @@ def series_rule(instances: Sequence[Instance], rules: SelectionRules) -> tuple[s
     if rules.modalities and modality not in _upper(rules.modalities):
         return "selection.modalities", (f"Modality {modality or '(none)'} is not one of "
                                         f"{', '.join(rules.modalities)}")
-    if not rules.secondary_capture and all(i.sop_class.startswith(_SECONDARY_CAPTURE) for i in instances):
+    if not rules.secondary_capture and all(i.sop_class.startswith(_secondary_capture()) for i in instances):
         return "selection.secondary_capture", "a secondary capture (screen capture or report image), not an acquisition"
     images = [i for i in instances if not i.is_localizer] or list(instances)
     excluded = _upper(rules.exclude_image_types)
@@ -194,9 +202,9 @@ def select(ref: SeriesRef, members: Sequence[tuple[Path, Instance]], rules: Sele
         magnitude = [s for s in kept if _stack_types(s) & MAGNITUDE]
         for s in kept:
             if s not in magnitude:
+                what = s.stack.description if s.stack else ""
                 out.skipped.append(Skipped(identity, ref.description, "echoes",
-                                           f"not a magnitude image (echoes: magnitude; {s.stack.description if s.stack else ''})",
-                                           s.files, s.key))
+                                           f"not a magnitude image (echoes: magnitude; {what})", s.files, s.key))
         kept = magnitude
     elif len(kept) > 1 and rules.multi_volume == "first":
         for s in kept[1:]:

@@ -467,7 +467,8 @@ def _destination(item: Any, at: str, v: Value, problems: Problems, check_paths: 
 _CHECKERS: dict[Kind, _Checker] = {
     Kind.BOOL: _bool, Kind.INT: _number, Kind.FLOAT: _number, Kind.ENUM: _enum, Kind.DEVICE: _device,
     Kind.TEXT: _text, Kind.NAME: _text, Kind.AET: _text, Kind.HOST: _text, Kind.VARIANT: _variant,
-    Kind.AETS: _items, Kind.HOSTS: _items, Kind.UIDS: _items, Kind.ROLES: _items, Kind.GLOBS: _globs, Kind.WORDS: _words,
+    Kind.AETS: _items, Kind.HOSTS: _items, Kind.UIDS: _items, Kind.ROLES: _items, Kind.GLOBS: _globs,
+    Kind.WORDS: _words,
     Kind.PATHS: _paths, Kind.PATH: _folder, Kind.BUNDLE: _folder, Kind.FILE: _file,
     Kind.DESTINATIONS: _destinations,
 }

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.dicom_cases import (multi_echo_enhanced, multi_echo_series, neutral_mosaic, rgb_image, siemens_mosaic, small_volume,
+from helpers.dicom_cases import (multi_echo_enhanced, multi_echo_series, neutral_mosaic, rgb_image,
+                                 siemens_mosaic, small_volume,
                                  uidless_series)
 from edgeseg.cli import main
 from edgeseg.demo.dicom_series import write_dicom_series, write_enhanced_mr

@@ -49,7 +49,8 @@ def test_each_rule_can_be_changed(tmp_path: Path) -> None:
     assert [r.folder.name for r in refs] == ["t1"] and [s.rule for s in skipped.by_rule] == ["selection.max_volumes"]
     skipped = SkippedFiles()
     refs, _ = series_to_segment(tmp_path, selection=SelectionRules(min_slices=5), skipped=skipped)
-    assert refs == [] and {s.rule for s in skipped.by_rule} == {"selection.min_slices", "selection.exclude_descriptions"}
+    assert refs == []
+    assert {s.rule for s in skipped.by_rule} == {"selection.min_slices", "selection.exclude_descriptions"}
     only = SelectionRules(include_descriptions=("t1*",))
     assert [r.folder.name for r in series_to_segment(tmp_path, selection=only)[0]] == ["t1"]
     assert series_to_segment(tmp_path, selection=SelectionRules(modalities=("CT",)))[0] == []
