@@ -314,6 +314,29 @@ KEYS_TABLE: Final[tuple[Key, ...]] = (
     Key("selection.max_volumes", Kind.INT, _field_default(SelectionRules, "max_volumes"), "a series holding more "
         "3-D volumes at the same positions is a time series (BOLD, perfusion, DTI) and skipped", minimum=1,
         oneshot=True),
+    Key("retention.received_days", Kind.FLOAT, 14.0, "days after its result was delivered that a series the DICOM "
+        "listener received is removed (null: kept)", minimum=0.0, nullable=True,
+        doc="Days after the series' result was delivered (every destination confirmed it; with no destinations: "
+            "written) that the images the DICOM listener received (its root) are removed. A series whose result is "
+            "not delivered, a series not yet segmented, failed or partial, is never removed. null: kept."),
+    Key("retention.results_days", Kind.FLOAT, 30.0, "days after delivery that a result folder (<name>.edgeseg/) is "
+        "removed (null: kept)", minimum=0.0, nullable=True,
+        doc="Days after delivery that a series' result folder (<name>.edgeseg/) is removed, in the listener's root "
+            "and in watched export folders alike (it is edgeseg's). The job store remembers the series, so it is "
+            "not segmented again while its images are unchanged. null: kept."),
+    Key("retention.min_free_mb", Kind.FLOAT, 2000.0, "free MB the disks of the roots should keep: below it, "
+        "delivered series are removed oldest-delivered first (null: no watermark)", minimum=0.0, nullable=True,
+        doc="Free-space watermark (MB) for the disks of the roots, above dicom_listener.min_free_mb (where the "
+            "listener starts refusing images): below it, delivered series (results, received images, and export "
+            "folders' images only with export_folders) are removed oldest-delivered first until it is met, "
+            "whatever their age. Never an undelivered result or an unprocessed series: when that is not enough, "
+            "a warning says so. null: no watermark."),
+    Key("retention.export_folders", Kind.BOOL, False, "also remove the images of delivered series in watched "
+        "export folders (the console's files): only when true",
+        doc="Images in the watched export folders belong to the console, not to edgeseg: they are removed (by "
+            "received_days and the watermark, like received images) only when this is true."),
+    Key("retention.interval_s", Kind.FLOAT, 600.0, "seconds between two checks of the retention policy",
+        minimum=0.0, exclusive_minimum=True),
     Key("state_dir", Kind.PATH, None, "job store (SQLite, on a local disk), latency table and model cache",
         flag="--state-dir", commands=("watch",), metavar="DIR", example="./edgeseg-state",
         derived="edgeseg-state beside the configuration file, else ~/.edgeseg/watch"),
@@ -442,6 +465,11 @@ SECTION_DOCS: Final[dict[str, str]] = {
                  "exclude_image_types, require_image_types, exclude/include_descriptions, min_slices, max_volumes; "
                  "then echoes picks the stacks of a multi-volume series. `edgeseg segment` and `edgeseg run` apply "
                  "the same rules as the watcher.",
+    "retention": "What is removed, and when: received images and results, by age after successful delivery and by "
+                 "a free-space watermark (oldest delivered first). Undelivered results and series not processed "
+                 "are never removed; the console's files in watched export folders only with export_folders: true. "
+                 "Each removal is recorded in the job store (SeriesInstanceUID, what, why, counts; no names). "
+                 "`edgeseg doctor` shows the policy and the disk forecast.",
     "delivery": "Retries of deliveries: the first after retry_initial_s, doubled up to retry_max_s; a delivery not "
                 "accepted within max_age_h (or refused for good) is reported as failed.",
 }

@@ -60,6 +60,7 @@ from edgeseg.runtime.watch.heartbeat import Heartbeat, Running, state_identities
 from edgeseg.runtime.watch.jobs import SeriesJob
 from edgeseg.runtime.watch.lock import StateLock
 from edgeseg.runtime.watch.observer import EnqueueHandler, PathFilter, start_observer
+from edgeseg.runtime.watch.retention import Retention
 from edgeseg.runtime.watch.scheduler import Scheduler
 from edgeseg.runtime.watch.store import JobStore
 from edgeseg.runtime.watch.worker import JobRecord, Worker, delivery_settled, write_error
@@ -170,7 +171,8 @@ class Watcher:
         self.scheduler = Scheduler(cfg, store, tracker, events=self._events, node_events=self._node_events,
                                    jobs=self._jobs, finished=self._finished, stop=self._stop, stats=self.stats,
                                    beat=self.heartbeat.write, beat_now=self._running.changed, delivery=self.delivery,
-                                   once=self.once, clock=self.clock, poll_interval_s=self.poll_interval_s)
+                                   once=self.once, clock=self.clock, poll_interval_s=self.poll_interval_s,
+                                   retention=Retention(store, cfg.retention, cfg.roots, cfg.received_root))
         self.worker = Worker(cfg, store, self.segmenter, jobs=self._jobs, finished=self._finished, stop=self._stop,
                              cancel=self._cancel, running=self._running, stats=self.stats, history=self.history,
                              results=self.results, delivery=self.delivery, once=self.once)

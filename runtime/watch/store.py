@@ -19,7 +19,10 @@ States::
   refuses or one without UIDs, does not change by running it again); ``failed`` rows are retried only if the
   fingerprint changed or attempts < max_attempts.
 * Schema version 2 added the ``partial`` state; a version-1 store is migrated in place when the watcher opens it
-  (its rows are kept). Version 3 added the ``deliveries`` table (below); older stores get it when opened.
+  (its rows are kept). Version 3 added the ``deliveries`` table (below); older stores get it when opened. Version 4
+  added the ``removals`` table (what the retention policy removed: SeriesInstanceUID, what, why, counts, times) and
+  the jobs' ``result_removed_at`` / ``input_removed_at``: a done series whose result the policy removed is not
+  segmented again while its input is unchanged.
 * The outbox (``deliveries``): one row per (destination, SOP Instance UID) of a result to send, inserted in the same
   transaction that records the series ``done``/``partial``, so a result is never done without its deliveries being
   recorded. ``pending`` rows are sent when due (``next_at``) and become ``sent`` once the destination confirmed
@@ -51,8 +54,9 @@ DISCOVERED, COMPLETE, RUNNING, DONE, PARTIAL, FAILED = (
     "discovered", "complete", "running", "done", "partial", "failed")
 STATES = (DISCOVERED, COMPLETE, RUNNING, DONE, PARTIAL, FAILED)
 #: 1: the first store; 2: the ``partial`` state (a version-1 store is migrated when opened for writing);
-#: 3: the ``deliveries`` outbox (created in an older store when opened for writing)
-SCHEMA_VERSION = 3
+#: 3: the ``deliveries`` outbox (created in an older store when opened for writing); 4: the ``removals`` record of
+#: the retention policy and the jobs' ``result_removed_at`` / ``input_removed_at`` (added when opened for writing)
+SCHEMA_VERSION = 4
 #: states of a delivery
 PENDING, SENT = "pending", "sent"
 DELIVERY_STATES = (PENDING, SENT, FAILED)
@@ -106,7 +110,29 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_at)
 """
-_SCHEMA = _TABLE.format(name="IF NOT EXISTS jobs") + ";" + _INDEXES + ";" + _DELIVERIES
+_REMOVALS = """
+CREATE TABLE IF NOT EXISTS removals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    series_uid TEXT,
+    what TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    delivered_at REAL,
+    removed_at REAL NOT NULL
+)
+"""
+#: columns of version 4, added to an older ``jobs`` table (SQLite adds a column in place)
+_V4_COLUMNS = (("result_removed_at", "REAL"), ("input_removed_at", "REAL"))
+_SCHEMA = _TABLE.format(name="IF NOT EXISTS jobs") + ";" + _INDEXES + ";" + _DELIVERIES + ";" + _REMOVALS
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Version 4's columns on a ``jobs`` table that lacks them (inside the caller's transaction)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    for name, kind in _V4_COLUMNS:
+        if name not in have:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -161,6 +187,7 @@ def _create_store(path: Path) -> None:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 db.execute(statement)
+        _add_columns(db)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("COMMIT")
     finally:
@@ -211,6 +238,9 @@ class JobRow:
     started_at: float | None
     finished_at: float | None
     updated_at: float
+    #: when the retention policy removed the result / the input images (None: not removed; schema version 4)
+    result_removed_at: float | None = None
+    input_removed_at: float | None = None
 
     @property
     def plan_dict(self) -> dict[str, Any]:
@@ -294,7 +324,8 @@ class JobStore:
                     version = self._db.execute("PRAGMA user_version").fetchone()[0]
                     if version == 1:
                         self._migrate_from_1()
-                    if version in (0, 1, 2):  # 2 -> 3: the deliveries table, created above
+                    if version in (0, 1, 2, 3):  # 2 -> 3: the deliveries table, created above; 3 -> 4: removals
+                        _add_columns(self._db)
                         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                     elif version != SCHEMA_VERSION:
                         raise ConfigError(
@@ -398,6 +429,9 @@ class JobStore:
         if row.state in (DONE, PARTIAL):
             if changed:
                 return Decision(True, "input changed since it was segmented")
+            if row.result_removed_at is not None:
+                return Decision(False, "already segmented and delivered; its result was removed by the retention "
+                                "policy")
             if row.output_dir is None or not row.output_dir.is_dir():
                 return Decision(True, "output folder is missing")
             return Decision(False, "already segmented, input unchanged" + (
@@ -608,6 +642,31 @@ class JobStore:
         with self._tx() as db:
             db.execute("UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), started_at = NULL,"
                        " updated_at = ? WHERE key = ? AND state = ?", (COMPLETE, now, key, RUNNING))
+
+    # ------------------------------------------------------------------------------------------------ retention
+
+    def record_removal(self, key: str, series_uid: str | None, what: str, reason: str, files: int, size: int,
+                       delivered_at: float | None) -> None:
+        """The retention policy removed ``what`` ("result" or "input") of the series ``key`` for ``reason`` ("age"
+        or "watermark"): a ``removals`` row (the SeriesInstanceUID, counts and times: no names or paths) and the
+        job row's ``result_removed_at`` / ``input_removed_at``, in one transaction."""
+        now = time.time()
+        column = "result_removed_at" if what == "result" else "input_removed_at"
+        with self._tx() as db:
+            db.execute("INSERT INTO removals (series_uid, what, reason, files, bytes, delivered_at, removed_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?)", (series_uid, what, reason, files, size, delivered_at, now))
+            db.execute(f"UPDATE jobs SET {column} = ?, updated_at = ? WHERE key = ?", (now, now, fs_text(key)))
+
+    def removals(self) -> list[dict[str, Any]]:
+        """What the retention policy removed, oldest first (none from a store older than version 4)."""
+        with self._lock:
+            try:
+                cur = self._db.execute("SELECT * FROM removals ORDER BY id")
+            except sqlite3.OperationalError as err:
+                if "no such table" in str(err):
+                    return []
+                raise
+            return [dict(r) for r in cur.fetchall()]
 
     def forget_discovered(self, key: str) -> None:
         """Remove the row of ``key`` if it is still only ``discovered``: a series first seen as one, then handed out
