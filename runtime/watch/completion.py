@@ -540,9 +540,12 @@ class CompletionTracker:
                 members = [(p, f.info) for p in ref.files
                            if (f := self._files.get(p)) is not None and f.info and f.info.is_image]
                 chosen = select(ref, members, self.selection)
-                jobs = [SeriesJob.of(s, s.files, fingerprint(stamp_files(series.folder, s.files)),
-                                     invalid_files=tuple(invalid), notes=tuple(notes)) for s in chosen.refs]
-                if len(chosen.refs) > 1 or (chosen.refs and chosen.refs[0].stack is not None):
+                if len(chosen.refs) == 1 and chosen.refs[0].stack is None:  # one volume: the series as a whole
+                    jobs = [SeriesJob.of(chosen.refs[0], files, fp, invalid_files=tuple(invalid), notes=tuple(notes))]
+                else:
+                    jobs = [SeriesJob.of(s, s.files, fingerprint(stamp_files(series.folder, s.files)),
+                                         invalid_files=tuple(invalid), notes=tuple(notes)) for s in chosen.refs]
+                if any(s.stack is not None for s in chosen.refs):
                     log.info("series holds 3-D stacks (echoes, image types or time points), handed out as: %s",
                              ", ".join(s.key for s in chosen.refs))
                 for skipped in chosen.skipped:  # one skip job each: logged once by the worker, counted

@@ -64,11 +64,12 @@ def test_every_key_has_one_default_which_the_typed_objects_share() -> None:
     from edgeseg.runtime.read.selection import SelectionRules
     from edgeseg.runtime.settings.run import RunSettings
     from edgeseg.runtime.watch.config import WatchConfig
+    from edgeseg.runtime.watch.retention import RetentionPolicy
 
     objects: list[tuple[object, str, str]] = [
         (WatchConfig, "", "watch"), (RunSettings, "", "run"), (SegmentOptions, "", "segment"),
         (OutputOptions, "outputs.", "watch"), (ReadLimits, "limits.", "watch"),
-        (SelectionRules, "selection.", "watch"),
+        (SelectionRules, "selection.", "watch"), (RetentionPolicy, "retention.", "watch"),
         (ListenerSettings, "dicom_listener.", "watch"), (DeliverySettings, "delivery.", "watch")]
     checked = set()
     for obj, prefix, command in objects:

@@ -125,3 +125,24 @@ def test_a_watermark_breach_removes_oldest_delivered_first(tmp_path: Path, caplo
                for r in caplog.records)
     assert {pydicom.dcmread(received / p, stop_before_pixels=True).SeriesInstanceUID
             for p in tree(received) if not p.endswith("seg.dcm")} == {uid_u}
+
+
+def test_the_watcher_applies_the_policy_and_does_not_segment_again(start_watcher, segmenter, roots: Path) -> None:
+    """A running watcher removes a delivered result by the policy (here at once: results_days 0, no destination)
+    and does not segment the series again while its images are unchanged, also after a restart."""
+    from watch_helpers import results, wait_for
+
+    overrides = {"retention.results_days": 0.0, "retention.received_days": None, "retention.interval_s": 0.1,
+                 "rescan_interval_s": 0.2}
+    w = start_watcher(**overrides)
+    write_series(roots / "exam", 4)
+    assert wait_for(lambda: sum(segmenter.calls.values()) == 1)
+    assert wait_for(lambda: results(roots) == [] and len(w.store.removals()) == 1)
+    assert w.wait_idle(10)
+    time.sleep(0.5)  # rescans: the series is seen again, and not re-run
+    assert sum(segmenter.calls.values()) == 1
+    w.stop()
+    w2 = start_watcher(**overrides)
+    assert w2.wait_idle(10)
+    assert sum(segmenter.calls.values()) == 1 and results(roots) == []
+    assert [(r["what"], r["reason"]) for r in w2.store.removals()] == [("result", "age")]
