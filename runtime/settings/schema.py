@@ -288,25 +288,22 @@ KEYS_TABLE: Final[tuple[Key, ...]] = (
         "Secondary Capture images (screen captures, report pages) too", oneshot=True),
     Key("selection.exclude_image_types", Kind.WORDS, _field_default(SelectionRules, "exclude_image_types"),
         "ImageType values that are skipped: phase, field maps, diffusion and its maps, localizers, perfusion, "
-        "projections", oneshot=True, example=_field_default(SelectionRules, "exclude_image_types")[:17],
-        example_commented=True,
+        "projections", oneshot=True, example_commented=True,
         doc="ImageType (enhanced: FrameType) values that are skipped. A series whose every image carries one is "
             "skipped; of a series holding several 3-D stacks, the stacks that carry one are (the phase stack of a "
-            "magnitude/phase series). A diffusion b-value in the headers counts as DIFFUSION. The default list: "
-            "P PHASE R REAL I IMAGINARY (not magnitude), B0 B0MAP FIELD_MAP B1 ... (field maps), DIFFUSION ADC EADC "
-            "FA TRACEW TRACE, LOCALIZER, PERFUSION ASL CBF CBV MTT TTP, T1MAP T2MAP, MIP MNIP PROJECTION IMAGE, "
-            "SUBTRACTION, SCREEN SAVE. Writing the key replaces the whole list."),
+            "magnitude/phase series). A diffusion b-value in the headers counts as DIFFUSION. The default: not "
+            "magnitude (P, PHASE, R, I ...), field maps (B0, FIELD_MAP, B1 ...), diffusion and its maps, localizers, "
+            "perfusion, parametric maps, projections, subtractions, screen saves (the commented line below). Writing "
+            "the key replaces the whole list."),
     Key("selection.require_image_types", Kind.WORDS, _field_default(SelectionRules, "require_image_types"),
         "ImageType values every segmented image must carry, e.g. [ORIGINAL] (empty: none required)", oneshot=True),
     Key("selection.exclude_descriptions", Kind.GLOBS, _field_default(SelectionRules, "exclude_descriptions"),
         "SeriesDescription / ProtocolName globs (case-insensitive) that are skipped: localizers, surveys, DTI/DWI, "
-        "BOLD, perfusion, field maps", oneshot=True, example=_field_default(SelectionRules, "exclude_descriptions")[:6],
-        example_commented=True,
+        "BOLD, perfusion, field maps", oneshot=True, example_commented=True,
         doc="SeriesDescription or ProtocolName globs (case-insensitive, * and ?) of series that are skipped, for "
             "the series whose ImageType does not say what they are (a Philips survey, a GE BOLD run). The default "
-            "list: *localizer* *localiser* *scout* *survey* *3-plane* *3plane* *3pl loc* *dti* *dwi* *diffusion* "
-            "*bold* *fmri* *resting*state* *perfusion* *pasl* *pcasl* *field*map* *fieldmap* *b0map*. Writing the "
-            "key replaces the whole list."),
+            "(the commented line below): localizers, scouts and surveys, DTI/DWI, BOLD/fMRI, perfusion and ASL, "
+            "field maps. Writing the key replaces the whole list."),
     Key("selection.include_descriptions", Kind.GLOBS, _field_default(SelectionRules, "include_descriptions"),
         "when given, only series whose SeriesDescription or ProtocolName matches one of these globs", oneshot=True),
     Key("selection.min_slices", Kind.INT, _field_default(SelectionRules, "min_slices"), "series (or stacks) with "

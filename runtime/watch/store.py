@@ -21,8 +21,10 @@ States::
 * Schema version 2 added the ``partial`` state; a version-1 store is migrated in place when the watcher opens it
   (its rows are kept). Version 3 added the ``deliveries`` table (below); older stores get it when opened. Version 4
   added the ``removals`` table (what the retention policy removed: SeriesInstanceUID, what, why, counts, times) and
-  the jobs' ``result_removed_at`` / ``input_removed_at``: a done series whose result the policy removed is not
-  segmented again while its input is unchanged.
+  the jobs' ``result_removed_at`` / ``input_removed_at`` (a done series whose result the policy removed is not
+  segmented again while its input is unchanged), and the ``skipped`` table: the series the selection rules skip
+  (key, SeriesInstanceUID, description, the rule and why, fingerprint, first and last seen), which are not jobs:
+  skipped is not failed.
 * The outbox (``deliveries``): one row per (destination, SOP Instance UID) of a result to send, inserted in the same
   transaction that records the series ``done``/``partial``, so a result is never done without its deliveries being
   recorded. ``pending`` rows are sent when due (``next_at``) and become ``sent`` once the destination confirmed
@@ -55,7 +57,8 @@ DISCOVERED, COMPLETE, RUNNING, DONE, PARTIAL, FAILED = (
 STATES = (DISCOVERED, COMPLETE, RUNNING, DONE, PARTIAL, FAILED)
 #: 1: the first store; 2: the ``partial`` state (a version-1 store is migrated when opened for writing);
 #: 3: the ``deliveries`` outbox (created in an older store when opened for writing); 4: the ``removals`` record of
-#: the retention policy and the jobs' ``result_removed_at`` / ``input_removed_at`` (added when opened for writing)
+#: the retention policy, the jobs' ``result_removed_at`` / ``input_removed_at`` and the ``skipped`` series (series
+#: the selection rules skip; added when opened for writing)
 SCHEMA_VERSION = 4
 #: states of a delivery
 PENDING, SENT = "pending", "sent"
@@ -122,9 +125,21 @@ CREATE TABLE IF NOT EXISTS removals (
     removed_at REAL NOT NULL
 )
 """
+_SKIPPED = """
+CREATE TABLE IF NOT EXISTS skipped (
+    key TEXT PRIMARY KEY,
+    series_uid TEXT,
+    description TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL,
+    fingerprint TEXT,
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL
+)
+"""
 #: columns of version 4, added to an older ``jobs`` table (SQLite adds a column in place)
 _V4_COLUMNS = (("result_removed_at", "REAL"), ("input_removed_at", "REAL"))
-_SCHEMA = _TABLE.format(name="IF NOT EXISTS jobs") + ";" + _INDEXES + ";" + _DELIVERIES + ";" + _REMOVALS
+_SCHEMA = (_TABLE.format(name="IF NOT EXISTS jobs") + ";" + _INDEXES + ";" + _DELIVERIES + ";" + _REMOVALS + ";"
+           + _SKIPPED)
 
 
 def _add_columns(db: sqlite3.Connection) -> None:
@@ -667,6 +682,34 @@ class JobStore:
                     return []
                 raise
             return [dict(r) for r in cur.fetchall()]
+
+    def mark_skipped(self, key: str, series_uid: str | None, description: str, reason: str,
+                     fingerprint: str | None) -> bool:
+        """A selection rule skipped the series ``key`` (``reason``: the rule and why): its job row goes, a
+        ``skipped`` row records it. True when it is new or its input or reason changed (the caller logs it then:
+        once, not at every restart)."""
+        key, description, reason = fs_text(key), printable(description), printable(reason)
+        now = time.time()
+        with self._tx() as db:
+            db.execute("DELETE FROM jobs WHERE key = ?", (key,))
+            row = db.execute("SELECT reason, fingerprint FROM skipped WHERE key = ?", (key,)).fetchone()
+            db.execute(
+                "INSERT INTO skipped (key, series_uid, description, reason, fingerprint, first_at, last_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET reason = excluded.reason,"
+                " fingerprint = excluded.fingerprint, description = excluded.description, last_at = excluded.last_at",
+                (key, series_uid, description, reason[:2000], fingerprint, now, now))
+        return row is None or row["reason"] != reason[:2000] or row["fingerprint"] != fingerprint
+
+    def skipped(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The series the selection rules skipped, most recently seen first (none before schema version 4)."""
+        sql = "SELECT * FROM skipped ORDER BY last_at DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        with self._lock:
+            try:
+                return [dict(r) for r in self._db.execute(sql).fetchall()]
+            except sqlite3.OperationalError as err:
+                if "no such table" in str(err):
+                    return []
+                raise
 
     def forget_discovered(self, key: str) -> None:
         """Remove the row of ``key`` if it is still only ``discovered``: a series first seen as one, then handed out

@@ -50,3 +50,14 @@ def test_the_default_rules_skip_a_study_s_non_anatomical_series(start_watcher, s
     for name, (_, rule) in NON_ANATOMICAL.items():
         assert sum(f"{roots / 'exam' / name}" in m and rule in m for m in lines) == 1, name
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # recorded in the job store as skipped (with the rule), not as jobs: skipped is not failed
+    skipped = w.store.skipped()
+    assert len(skipped) == len(NON_ANATOMICAL) and w.store.counts()["failed"] == 0
+    assert {row["reason"].split(":")[0] for row in skipped} == {rule for _, rule in NON_ANATOMICAL.values()}
+    # logged once: a restart finds them again, and says nothing more at info level
+    w.stop()
+    caplog.clear()
+    w2 = start_watcher()
+    assert w2.wait_idle(10)
+    assert w2.stats["skipped"] >= len(NON_ANATOMICAL)
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO and r.getMessage().startswith("series skipped")]
