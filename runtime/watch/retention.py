@@ -13,6 +13,8 @@ from the job store only:
 * **by watermark**: while a root's disk has less than ``min_free_mb`` free, delivered series are removed
   oldest-delivered first (result, and images as above), whatever their age; when nothing removable is left, a
   warning says so (an admin must act).
+* a series the selection rules skipped (the store's ``skipped`` table) counts as delivered when it was skipped: its
+  received images go by the same rules (not its export-folder images unless ``export_folders``).
 * never: a result not delivered (pending or failed deliveries), a series that is not ``done`` (complete, running,
   failed, partial), files the job store knows nothing about, anything outside the series' own folder. A series
   held as several stacks (echoes) loses its images only when every stack is delivered.
@@ -29,7 +31,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol, Sequence
 
 from edgeseg.runtime.naming import is_edgeseg_output
 from edgeseg.runtime.read import DICOM, PARREC, rec_files
@@ -75,11 +77,37 @@ class Removal:
     bytes: int
 
 
+class _Held(Protocol):
+    """What the policy reads of a series the store holds: a job row (:class:`JobRow`) or a skipped one
+    (:class:`~edgeseg.runtime.watch.store.SkippedRow`)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def series_uid(self) -> str | None: ...
+
+    @property
+    def folder_path(self) -> Path: ...
+
+    @property
+    def output_dir(self) -> Path | None: ...
+
+    @property
+    def result_removed_at(self) -> float | None: ...
+
+    @property
+    def input_removed_at(self) -> float | None: ...
+
+
 @dataclass
 class _Group:
     """The rows of one series (its stacks share the folder and the UID): what may be removed of it."""
 
-    rows: list[JobRow]
+    rows: Sequence[_Held]
     delivered_at: float
     received: bool
     #: every row of the series is done and delivered (its images may go)
@@ -203,6 +231,13 @@ class Retention:
             received = _inside(members[0].folder_path, self.received_root)
             groups.append(_Group([r for r, _ in delivered], max(at for _, at in delivered), received,
                                  all_delivered=len(delivered) == len(members)))
+        # series the selection rules skipped: their images count as delivered when they were skipped (a job row of
+        # the same series, e.g. its magnitude stack, keeps them until that one is delivered too)
+        held = {(row.folder, row.series_uid or row.key) for row in rows}
+        for skipped in self.store.skipped():
+            if (skipped.folder, skipped.series_uid or skipped.key) in held:
+                continue
+            groups.append(_Group([skipped], skipped.last_at, _inside(skipped.folder_path, self.received_root)))
         return groups
 
     def _delivered_at(self, row: JobRow) -> float | None:
@@ -257,7 +292,7 @@ class Retention:
             group.removed.add((other.key, INPUT))
         return out
 
-    def _input_files(self, row: JobRow) -> list[Path]:
+    def _input_files(self, row: _Held) -> list[Path]:
         """The series' own input files: for DICOM the files directly in its folder whose header has its
         SeriesInstanceUID (a series without one is never removed); for NIfTI the file, for PAR/REC the pair."""
         folder = row.folder_path
@@ -294,7 +329,7 @@ class Retention:
             except OSError:
                 return
 
-    def _record(self, row: JobRow, what: str, reason: str, files: int, size: int, delivered_at: float) -> Removal:
+    def _record(self, row: _Held, what: str, reason: str, files: int, size: int, delivered_at: float) -> Removal:
         self.store.record_removal(row.key, row.series_uid, what, reason, files, size, delivered_at)
         log.info("retention: removed %s of series uid=%s reason=%s files=%d bytes=%d", what,
                  row.series_uid or "(none)", reason, files, size)

@@ -128,12 +128,15 @@ CREATE TABLE IF NOT EXISTS removals (
 _SKIPPED = """
 CREATE TABLE IF NOT EXISTS skipped (
     key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    folder TEXT NOT NULL,
     series_uid TEXT,
     description TEXT NOT NULL DEFAULT '',
     reason TEXT NOT NULL,
     fingerprint TEXT,
     first_at REAL NOT NULL,
-    last_at REAL NOT NULL
+    last_at REAL NOT NULL,
+    input_removed_at REAL
 )
 """
 #: columns of version 4, added to an older ``jobs`` table (SQLite adds a column in place)
@@ -270,6 +273,35 @@ class JobRow:
     def output_dir(self) -> Path | None:
         """The result folder as a path, or None."""
         return Path(from_fs_text(self.output_path)) if self.output_path else None
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    """A series the selection rules skipped (table ``skipped``; times are epoch seconds): not a job."""
+
+    key: str
+    kind: str
+    folder: str
+    series_uid: str | None
+    description: str
+    reason: str
+    fingerprint: str | None
+    first_at: float
+    last_at: float
+    input_removed_at: float | None = None
+
+    @property
+    def folder_path(self) -> Path:
+        return Path(from_fs_text(self.folder))
+
+    @property
+    def output_dir(self) -> Path | None:
+        """A skipped series has no result."""
+        return None
+
+    @property
+    def result_removed_at(self) -> float | None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -671,6 +703,8 @@ class JobStore:
             db.execute("INSERT INTO removals (series_uid, what, reason, files, bytes, delivered_at, removed_at)"
                        " VALUES (?, ?, ?, ?, ?, ?, ?)", (series_uid, what, reason, files, size, delivered_at, now))
             db.execute(f"UPDATE jobs SET {column} = ?, updated_at = ? WHERE key = ?", (now, now, fs_text(key)))
+            if what != "result":
+                db.execute("UPDATE skipped SET input_removed_at = ? WHERE key = ?", (now, fs_text(key)))
 
     def removals(self) -> list[dict[str, Any]]:
         """What the retention policy removed, oldest first (none from a store older than version 4)."""
@@ -683,29 +717,31 @@ class JobStore:
                 raise
             return [dict(r) for r in cur.fetchall()]
 
-    def mark_skipped(self, key: str, series_uid: str | None, description: str, reason: str,
+    def mark_skipped(self, key: str, kind: str, folder: Path, series_uid: str | None, description: str, reason: str,
                      fingerprint: str | None) -> bool:
         """A selection rule skipped the series ``key`` (``reason``: the rule and why): its job row goes, a
         ``skipped`` row records it. True when it is new or its input or reason changed (the caller logs it then:
         once, not at every restart)."""
-        key, description, reason = fs_text(key), printable(description), printable(reason)
+        key, description, reason = fs_text(key), printable(description), printable(reason)[:2000]
         now = time.time()
         with self._tx() as db:
             db.execute("DELETE FROM jobs WHERE key = ?", (key,))
             row = db.execute("SELECT reason, fingerprint FROM skipped WHERE key = ?", (key,)).fetchone()
+            changed = row is None or row["reason"] != reason or row["fingerprint"] != fingerprint
             db.execute(
-                "INSERT INTO skipped (key, series_uid, description, reason, fingerprint, first_at, last_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET reason = excluded.reason,"
-                " fingerprint = excluded.fingerprint, description = excluded.description, last_at = excluded.last_at",
-                (key, series_uid, description, reason[:2000], fingerprint, now, now))
-        return row is None or row["reason"] != reason[:2000] or row["fingerprint"] != fingerprint
+                "INSERT INTO skipped (key, kind, folder, series_uid, description, reason, fingerprint, first_at,"
+                " last_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET reason = excluded.reason,"
+                " fingerprint = excluded.fingerprint, description = excluded.description, last_at = excluded.last_at"
+                + (", first_at = excluded.first_at, input_removed_at = NULL" if changed else ""),
+                (key, kind, fs_text(str(folder)), series_uid, description, reason, fingerprint, now, now))
+        return changed
 
-    def skipped(self, limit: int | None = None) -> list[dict[str, Any]]:
+    def skipped(self, limit: int | None = None) -> list[SkippedRow]:
         """The series the selection rules skipped, most recently seen first (none before schema version 4)."""
         sql = "SELECT * FROM skipped ORDER BY last_at DESC" + (f" LIMIT {int(limit)}" if limit else "")
         with self._lock:
             try:
-                return [dict(r) for r in self._db.execute(sql).fetchall()]
+                return [SkippedRow(**dict(r)) for r in self._db.execute(sql).fetchall()]
             except sqlite3.OperationalError as err:
                 if "no such table" in str(err):
                     return []

@@ -186,7 +186,8 @@ class Worker:
     def _skip(self, job: SeriesJob) -> str:
         """Nothing to do (a selection rule, or localizers only): recorded as skipped (not a job, not failed),
         logged once per input (again at debug level)."""
-        new = self.store.mark_skipped(job.key, job.series_uid, job.description, job.skip or "", job.fingerprint)
+        new = self.store.mark_skipped(job.key, job.kind, job.folder, job.series_uid, job.description, job.skip or "",
+                                      job.fingerprint)
         self.stats["skipped"] += 1
         log.log(logging.INFO if new else logging.DEBUG, "series skipped: key=%s reason=%s", job.key, job.skip)
         return "skipped"

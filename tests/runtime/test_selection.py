@@ -81,3 +81,24 @@ def test_a_folder_with_only_skipped_series_is_not_an_error(tmp_path: Path) -> No
     skipped = SkippedFiles()
     assert series_to_segment(tmp_path, skipped=skipped) == ([], [])
     assert len(skipped.by_rule) == 1
+
+
+def test_edgeseg_segment_on_a_study_segments_the_anatomical_series_only(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The real command and a real (tiny OpenVINO) bundle: exit 0, one result (beside the T1) with its DICOM-SEG
+    and SR; the six other series skipped, one line each, no error file and nothing written beside them."""
+    from helpers.synthetic import make_bundle
+
+    from edgeseg.cli import main
+    from edgeseg.errors import EXIT_OK
+
+    bundle = make_bundle(tmp_path / "bundle", patch=(8, 8, 8), spacing=(2.0, 2.0, 2.0), threshold=500.0)
+    study(tmp_path / "exam")
+    assert main(["segment", str(tmp_path / "exam"), "--bundle", str(bundle), "--no-cache", "--no-preview"]) == EXIT_OK
+    written = sorted(p.relative_to(tmp_path / "exam") for p in (tmp_path / "exam").rglob("*.edgeseg*"))
+    assert len(written) == 1 and written[0].parts[0] == "t1"
+    assert {"seg.dcm", "sr.dcm"} <= {p.name for p in (tmp_path / "exam" / written[0]).iterdir()}
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "series skipped by rule" in line]
+    assert len(lines) == len(NON_ANATOMICAL) and all(" INFO " in line for line in lines), lines
+    assert " WARNING " not in err and " ERROR " not in err

@@ -53,7 +53,7 @@ def test_the_default_rules_skip_a_study_s_non_anatomical_series(start_watcher, s
     # recorded in the job store as skipped (with the rule), not as jobs: skipped is not failed
     skipped = w.store.skipped()
     assert len(skipped) == len(NON_ANATOMICAL) and w.store.counts()["failed"] == 0
-    assert {row["reason"].split(":")[0] for row in skipped} == {rule for _, rule in NON_ANATOMICAL.values()}
+    assert {row.reason.split(":")[0] for row in skipped} == {rule for _, rule in NON_ANATOMICAL.values()}
     # logged once: a restart finds them again, and says nothing more at info level
     w.stop()
     caplog.clear()

@@ -146,3 +146,28 @@ def test_the_watcher_applies_the_policy_and_does_not_segment_again(start_watcher
     assert w2.wait_idle(10)
     assert sum(segmenter.calls.values()) == 1 and results(roots) == []
     assert [(r["what"], r["reason"]) for r in w2.store.removals()] == [("result", "age")]
+
+
+def test_skipped_series_that_were_received_go_by_the_same_rules(tmp_path: Path) -> None:
+    """A DTI the listener received and the selection rules skipped is not kept forever: received_days after it was
+    skipped its images go (recorded by UID); a skipped series in the console's export folder stays."""
+    from helpers.series_cases import canon_dti
+
+    received, export = tmp_path / "incoming", tmp_path / "export"
+    store = JobStore(tmp_path / "state" / "jobs.sqlite3")
+    dti = canon_dti(received / "1.2.3" / "dti")
+    exported = canon_dti(export / "exam")
+    for files in (dti, exported):
+        (ref,) = discover_series(files[0].parent, echoes="first")
+        assert store.mark_skipped(ref.series_key, "dicom", ref.folder, ref.uid, "DTI", "selection.x: y", "fp")
+        assert not store.mark_skipped(ref.series_key, "dicom", ref.folder, ref.uid, "DTI", "selection.x: y", "fp")
+    before = tree(export)
+    uid = str(pydicom.dcmread(dti[0], stop_before_pixels=True).SeriesInstanceUID)
+    policy = RetentionPolicy(received_days=7, results_days=7, min_free_mb=None)
+    later = time.time() + 8 * DAY_S
+    assert Retention(store, policy, [received, export], received, wall=lambda: later).run() != []
+    assert tree(received) == {} and tree(export) == before
+    (removal,) = store.removals()
+    assert removal["what"] == "input" and removal["files"] == len(dti)
+    assert removal["series_uid"] == uid
+    assert Retention(store, policy, [received, export], received, wall=lambda: later).run() == []
