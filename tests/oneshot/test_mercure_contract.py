@@ -132,6 +132,20 @@ def test_a_study_task_with_skipped_and_refused_series_delivers_the_good_one(
     assert "skipped by rule selection.exclude_image_types: DTI_MPG12 b1000" in text and "exit status" not in text
 
 
+def test_a_task_of_only_skipped_series_is_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule that hands a localizer alone: nothing to segment is not a failure (exit 0, status "skipped"), nothing
+    dispatched, the rule named in result.json."""
+    from helpers.series_cases import siemens_localizer
+
+    inp = mercure_input(tmp_path / "in", [siemens_localizer(tmp_path / "scout")])
+    out = tmp_path / "out"
+    assert _run(mercure_environment(inp, out), monkeypatch=monkeypatch) == EXIT_OK
+    result = read_result(out)
+    assert result["status"] == "skipped" and result["series"] == [] and result["failed"] == []
+    assert [s["rule"] for s in result["skipped"]] == ["selection.exclude_descriptions"]
+    assert dispatched(out) == []
+
+
 def test_bad_settings_fail_before_any_work(tmp_path: Path, demo_series: list[Path],
                                            monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
