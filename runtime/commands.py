@@ -58,7 +58,7 @@ def run_segment(args: argparse.Namespace) -> int:
                           "bundle.json), or --bundle demo for the packaged demo model (not for clinical use).")
     segmenter = Segmenter(resolve_bundle_path(args.bundle), options, latency_path=latency_path)
     # images edgeseg refuses (a mosaic, a colour image, no geometry) are series that failed, each with its reason
-    refs, refused = series_to_segment(args.input, echoes=settings.echoes)
+    refs, refused = series_to_segment(args.input, selection=settings.selection)
     failed: list[EdgesegError] = list(refused)
     complete = partial = 0
     for ref in refs:

@@ -20,9 +20,15 @@ written in both layouts, also when the run fails: ``status`` (complete, partial,
 its status, volumes per structure (ml), the manifest's essentials (variant, precision per part, seconds, bundle),
 the outputs and the reason for anything missing or failed.
 
-Exit status (:func:`edgeseg.errors.summary_exit_code`, as ``edgeseg segment``): 0 when every series was segmented
-with every requested output; 16 (partial) when all were segmented but an output is missing; 17 when some series
-were segmented and others failed (a refused image counts as a failed series); else the code of the first failure.
+Which series are segmented is decided by the selection rules (``selection.*``, :mod:`edgeseg.runtime.read.selection`):
+the rest is skipped by rule (``result.json`` ``skipped``, one log line each), which is not a failure.
+
+Exit status (:func:`task_exit_code`), as engines read it: mercure moves a task whose module exits non-zero to its
+error folder *as a whole*, good series included, and dispatches nothing. So 0 when at least one series was
+segmented (``status`` ``complete``, or ``partial`` when another series was refused or failed or an output is
+missing: what was written is delivered, the rest is in ``failed`` and the notification) and when every series was
+skipped by a rule (``status`` ``skipped``); the code of the first failure only when nothing was segmented and
+something failed (``status`` ``failed``). ``edgeseg segment`` keeps its finer codes (16 partial, 17 some failed).
 """
 from __future__ import annotations
 
@@ -43,7 +49,8 @@ from edgeseg.runtime.oneshot.mercure import (NOTIFICATION_KEY, RESULT_FILE, Anno
                                              notification, persistence_dir, read_task, task_settings_layer)
 from edgeseg.runtime.oneshot.settings import check_variant, settings_from
 from edgeseg.runtime.options import SegmentOptions
-from edgeseg.runtime.read import SeriesRef, series_to_segment
+from edgeseg.runtime.read import SeriesRef, SkippedFiles, series_to_segment
+from edgeseg.runtime.read.series_ref import Skipped
 from edgeseg.runtime.commands import resolve_bundle_path
 from edgeseg.runtime.segmenter import Segmenter
 from edgeseg.runtime.write import COMPLETE, PARTIAL, SegmentResult, describe_missing
@@ -57,6 +64,8 @@ LAYOUTS = ("auto", "mercure", "map", "folders")
 MAP_ENGINES = ("MONAI Deploy", "Holoscan")
 #: ``result.json`` ``status`` of a run in which no series was segmented
 FAILED = "failed"
+#: ``result.json`` ``status`` of a run in which every series was skipped by a selection rule (exit 0)
+SKIPPED = "skipped"
 
 ProgressCallback = Callable[[str, float], None]
 
@@ -102,15 +111,35 @@ class OneShotResult:
     result_file: Path | None
     task: MercureTask | None = None
 
+    #: the series (or stacks) the selection rules skipped
+    skipped: list[Skipped] = field(default_factory=list)
+
     @property
     def status(self) -> str:
-        return _status(self.exit_code, self.outcomes)
+        return _status(self.exit_code, self.outcomes, self.failures)
 
 
-def _status(exit_code: int, outcomes: list[SeriesOutcome]) -> str:
-    if exit_code == EXIT_OK:
-        return COMPLETE
-    return PARTIAL if any(o.status in (COMPLETE, PARTIAL) for o in outcomes) else FAILED
+def _status(exit_code: int, outcomes: list[SeriesOutcome], failures: list[BaseException] | None = None) -> str:
+    """``complete``: every series kept by the selection rules was segmented with every output; ``partial``: some
+    were segmented, and something failed or is missing (still exit 0: the task succeeded); ``skipped``: nothing to
+    segment, every series was skipped by a rule; ``failed``: nothing was segmented."""
+    segmented = any(o.status in (COMPLETE, PARTIAL) for o in outcomes)
+    if exit_code != EXIT_OK:
+        return PARTIAL if segmented else FAILED
+    if failures or any(o.status == PARTIAL for o in outcomes):
+        return PARTIAL
+    return COMPLETE if segmented else SKIPPED
+
+
+def task_exit_code(complete: int, partial: int, failures: list[BaseException]) -> int:
+    """The exit status of a one-shot task, as engines read it (mercure's ``process_series``: any non-zero status
+    moves the *whole* task, good series included, to the error folder and nothing is dispatched). 0 when at least
+    one series was segmented (complete or partial: what was written is delivered; what failed is in
+    ``result.json``'s ``failed`` and the notification), and when there was nothing to segment because every series
+    was skipped by a selection rule; otherwise the code of the first failure (nothing was segmented)."""
+    if complete or partial or not failures:
+        return EXIT_OK
+    return summary_exit_code(complete, partial, failures)
 
 
 def choose_layout(layout: str, folders: Folders) -> str:
@@ -140,6 +169,7 @@ def run_oneshot(folders: Folders, bundle: str | Path | Bundle = DEMO, overrides:
     started = time.perf_counter()
     chosen = "folders"
     task: MercureTask | None = None
+    skipped = SkippedFiles()
     try:
         chosen = choose_layout(layout, folders)
         layers: list[tuple[Mapping[str, Any], str, str]] = []
@@ -162,7 +192,7 @@ def run_oneshot(folders: Folders, bundle: str | Path | Bundle = DEMO, overrides:
         keep = persistence_dir(env)
         segmenter = Segmenter(bundle, options, ceiling_s=settings.time_ceiling_s,
                               latency_path=keep / "latency.json" if keep is not None else None)
-        refs, refused = series_to_segment(folders.input, echoes=settings.echoes,
+        refs, refused = series_to_segment(folders.input, selection=settings.selection, skipped=skipped,
                                           fix="Send the DICOM files of an image series (or give a folder holding "
                                               "NIfTI/PAR files).")
     except EdgesegError as err:
@@ -184,11 +214,11 @@ def run_oneshot(folders: Folders, bundle: str | Path | Bundle = DEMO, overrides:
             shutil.rmtree(staging, ignore_errors=True)
     complete = sum(o.status == COMPLETE for o in outcomes)
     partial_n = sum(o.status == PARTIAL for o in outcomes)
-    code = summary_exit_code(complete, partial_n, failures)
+    code = task_exit_code(complete, partial_n, failures)
     result_file = _write_summary(folders, chosen, task, outcomes, failures, code, bundle,
-                                 time.perf_counter() - started)
+                                 time.perf_counter() - started, skipped.by_rule)
     return OneShotResult(folders=folders, layout=chosen, outcomes=outcomes, failures=failures, exit_code=code,
-                         result_file=result_file, task=task)
+                         result_file=result_file, task=task, skipped=list(skipped.by_rule))
 
 
 def _run_series(ref: SeriesRef, segmenter: Segmenter, folders: Folders, staging: Path | None,
@@ -275,7 +305,8 @@ def _lift_dicom(result: SegmentResult, output: Path) -> dict[str, str]:
     return out
 
 
-def _notification_text(outcomes: list[SeriesOutcome], failures: list[BaseException], code: int) -> str:
+def _notification_text(outcomes: list[SeriesOutcome], failures: list[BaseException], code: int,
+                       skipped: list[Skipped] | None = None) -> str:
     done = [o for o in outcomes if o.status in (COMPLETE, PARTIAL)]
     parts = [f"edgeseg {__version__}: {len(done)} of {len(done) + len(failures)} series segmented"]
     for o in done:
@@ -286,19 +317,22 @@ def _notification_text(outcomes: list[SeriesOutcome], failures: list[BaseExcepti
                      + (f"; PARTIAL: {describe_missing(o.missing_outputs)}" if o.missing_outputs else ""))
     for err in failures:
         parts.append(f"failed ({kind_of(err)}): {err}")
+    for s in skipped or []:
+        parts.append(f"skipped by rule {s.rule}: {s.description or s.series} ({s.reason})")
     if code != EXIT_OK:
         parts.append(f"exit status {code}")
     return "\n".join(parts)
 
 
 def _write_summary(folders: Folders, layout: str, task: MercureTask | None, outcomes: list[SeriesOutcome],
-                   failures: list[BaseException], code: int, bundle: Bundle | None, seconds: float) -> Path | None:
+                   failures: list[BaseException], code: int, bundle: Bundle | None, seconds: float,
+                   skipped: list[Skipped] | None = None) -> Path | None:
     """``result.json`` in the output folder (see the module docstring); None when it could not be written (the
     output folder itself is the problem: logged)."""
     outcome_errors = {id(o.error) for o in outcomes if o.error is not None}
     payload: dict[str, Any] = {
         "edgeseg": {"version": __version__, "mode": "run", "layout": layout, "engine": folders.engine},
-        "status": _status(code, outcomes),
+        "status": _status(code, outcomes, failures),
         "exit_code": code,
         "seconds": round(seconds, 2),
         "input": {"folder": str(folders.input), "from": folders.input_from},
@@ -307,11 +341,12 @@ def _write_summary(folders: Folders, layout: str, task: MercureTask | None, outc
         "series": [o.to_dict() for o in outcomes],
         "failed": [{"kind": kind_of(err), "message": str(err), "what_to_do": remedy_for(err)}
                    for err in failures if id(err) not in outcome_errors],
+        "skipped": [s.to_dict() for s in skipped or []],
     }
     if task is not None:
         payload["task"] = {"id": task.id, "uid": task.uid, "uid_type": task.uid_type, "module_name": task.module_name}
     if layout == "mercure":
-        payload[NOTIFICATION_KEY] = notification(_notification_text(outcomes, failures, code))
+        payload[NOTIFICATION_KEY] = notification(_notification_text(outcomes, failures, code, skipped or []))
     try:
         return write_json_atomic(folders.output / RESULT_FILE, payload)
     except OSError as err:

@@ -41,12 +41,13 @@ import numpy as np
 
 from edgeseg.errors import InvalidSeriesError
 from edgeseg.runtime.naming import dicom_series_name
-from edgeseg.runtime.read.headers import (LOCALIZER_ONLY, NOT_DICOM, Instance, SkippedFiles, _int_or_none,
+from edgeseg.runtime.read.headers import (LOCALIZER_ONLY, NOT_DICOM, REFUSED, Instance, SkippedFiles, _int_or_none,
                                           _is_localizer, _is_multiframe, _str, dicom_geometry, expected_instances,
                                           fg_item, frame_stack_keys, frame_type_localizer, instance_from_header,
                                           non_image_reason, read_dicom_header, series_identity, split_series)
 from edgeseg.runtime.read.limits import ReadLimits, check_frames, check_voxels
-from edgeseg.runtime.read.series_ref import DICOM, SeriesRef, StackKey
+from edgeseg.runtime.read.selection import SelectionRules, select, series_rule
+from edgeseg.runtime.read.series_ref import DICOM, SeriesRef, Skipped, StackKey
 from edgeseg.runtime.read.vendor import reversed_rows
 from edgeseg.runtime.read.volume import DicomSource, Volume
 
@@ -68,8 +69,8 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # -------------------------------------------------------------------------------------------- discovery
 
 
-def discover_dicom(files: Iterable[Path], skipped: SkippedFiles | None = None, echoes: str = "all"
-                   ) -> list[SeriesRef]:
+def discover_dicom(files: Iterable[Path], skipped: SkippedFiles | None = None, echoes: str = "all",
+                   selection: SelectionRules | None = None) -> list[SeriesRef]:
     """Group the DICOM image instances among ``files`` into one :class:`SeriesRef` per series.
 
     Headers only (:mod:`edgeseg.runtime.read.headers`, the rules the watcher's completion tracker uses too): a
@@ -81,6 +82,11 @@ def discover_dicom(files: Iterable[Path], skipped: SkippedFiles | None = None, e
     the same positions (echoes, image types, time points) gives one ref per stack, or only the first with
     ``echoes="first"`` (:func:`~edgeseg.runtime.read.headers.split_series`). Refs are sorted by (SeriesNumber,
     series identity, stack).
+
+    ``selection``: the selection rules (:func:`~edgeseg.runtime.read.selection.select`; ``echoes`` is then its
+    ``multi_volume``): a series or stack a rule skips is logged once and added to ``skipped.by_rule``; refused
+    images (a mosaic, no geometry) are grouped into their series first, so that a rule skips a secondary capture or
+    a diffusion mosaic before it would be refused.
     """
     skipped = skipped if skipped is not None else SkippedFiles()
     groups: dict[tuple[str, Path | None], list[tuple[Path, Instance]]] = defaultdict(list)
@@ -95,13 +101,26 @@ def discover_dicom(files: Iterable[Path], skipped: SkippedFiles | None = None, e
             log.debug("skipping %s: %s", path, err)
             skipped.add(str(err), path)
             continue
-        if instance.non_image is not None:
+        if instance.non_image is not None and (selection is None or instance.non_image not in REFUSED):
             log.debug("skipping %s: %s", path, instance.non_image)
             skipped.add(instance.non_image, path)
             continue
         groups[(instance.series_id, None if instance.series_uid else path.parent)].append((path, instance))
     refs: list[SeriesRef] = []
     for (series_id, _), members in groups.items():
+        if selection is not None:
+            hit = series_rule([instance for _, instance in members], selection)
+            if hit is not None:
+                rule_skip = Skipped(series_id, members[0][1].description, *hit, tuple(sorted(p for p, _ in members)))
+                rule_skip.log()
+                skipped.by_rule.append(rule_skip)
+                continue
+            for path, instance in members:
+                if instance.non_image is not None:
+                    skipped.add(instance.non_image, path)
+            members = [(p, i) for p, i in members if i.is_image]
+            if not members:
+                continue
         if all(instance.is_localizer for _, instance in members):
             log.info("skipping series %s (%s): %s", series_id, members[0][1].description, LOCALIZER_ONLY)
             for path, _ in members:
@@ -112,7 +131,7 @@ def discover_dicom(files: Iterable[Path], skipped: SkippedFiles | None = None, e
         first = next(instance for instance in instances if not instance.is_localizer)
         paths = tuple(p for p, _ in members)
         folder = Path(os.path.commonpath([str(p.parent) for p in paths]))
-        refs.extend(split_series(SeriesRef(
+        ref = SeriesRef(
             kind=DICOM,
             source=folder,
             files=paths,
@@ -123,7 +142,15 @@ def discover_dicom(files: Iterable[Path], skipped: SkippedFiles | None = None, e
             series_number=first.series_number,
             expected_instances=expected_instances(instances),
             geometry=dicom_geometry([instance for instance in instances if not instance.is_localizer]),
-        ), members, echoes))
+        )
+        if selection is None:
+            refs.extend(split_series(ref, members, echoes))
+            continue
+        chosen = select(ref, members, selection)
+        for rule_skip in chosen.skipped:
+            rule_skip.log()
+            skipped.by_rule.append(rule_skip)
+        refs.extend(chosen.refs)
     refs.sort(key=lambda r: (r.series_number if r.series_number is not None else 1 << 30, r.identity or "",
                              r.stack.index if r.stack else -1))
     return refs

@@ -38,7 +38,7 @@ from edgeseg.runtime.naming import derived_series_id, stack_label
 from edgeseg.runtime.read._nifti import is_nifti_path
 from edgeseg.runtime.read.geometry import SeriesGeometry, world_axes
 from edgeseg.runtime.read.limits import quick_gzip_problem, read_nifti_header
-from edgeseg.runtime.read.series_ref import DICOM, NIFTI, PARREC, SeriesRef, Stack, StackKey
+from edgeseg.runtime.read.series_ref import DICOM, NIFTI, PARREC, SeriesRef, Skipped, Stack, StackKey
 from edgeseg.runtime.settings.enums import Echoes, values
 
 log = logging.getLogger(__name__)
@@ -333,12 +333,14 @@ class SkippedFiles:
     reason). Reasons in :data:`REFUSED` are images edgeseg refuses; the others hold nothing to segment."""
 
     files: dict[str, list[Path]] = field(default_factory=dict)
+    #: whole series (or stacks) skipped by a selection rule (:mod:`edgeseg.runtime.read.selection`)
+    by_rule: list[Skipped] = field(default_factory=list)
 
     def add(self, reason: str, path: Path) -> None:
         self.files.setdefault(reason, []).append(Path(path))
 
     def __bool__(self) -> bool:
-        return bool(self.files)
+        return bool(self.files) or bool(self.by_rule)
 
     @property
     def refused(self) -> dict[str, list[Path]]:
@@ -348,7 +350,10 @@ class SkippedFiles:
     def summary(self, reasons: dict[str, list[Path]] | None = None) -> str:
         """``N file(s), e.g. <file>: <reason>; ...`` for ``reasons`` (default: every one), most files first."""
         items = sorted((self.files if reasons is None else reasons).items(), key=lambda kv: -len(kv[1]))
-        return "; ".join(f"{len(paths)} file(s), e.g. {paths[0]}: {reason}" for reason, paths in items)
+        parts = [f"{len(paths)} file(s), e.g. {paths[0]}: {reason}" for reason, paths in items]
+        if reasons is None:
+            parts += [f"series {s.description or s.series} skipped by rule {s.rule} ({s.reason})" for s in self.by_rule]
+        return "; ".join(parts)
 
 
 def _float_or_none(ds: Any, keyword: str) -> float | None:
@@ -440,6 +445,11 @@ class Instance:
     concatenation_total: int | None
     #: the instance's non-localizer planes (:func:`frame_planes`): what tells the stacks of a series apart
     planes: tuple[Plane, ...] = ()
+    #: ImageType values (upper case), ProtocolName, and whether the headers carry a diffusion b-value > 0: what the
+    #: selection rules read (:mod:`edgeseg.runtime.read.selection`)
+    image_type: tuple[str, ...] = ()
+    protocol: str = ""
+    diffusion: bool = False
 
     @property
     def is_image(self) -> bool:
@@ -474,7 +484,37 @@ def instance_from_header(ds: Any) -> Instance:
         temporal_positions=_int_or_none(ds, "NumberOfTemporalPositions"),
         concatenation_total=_int_or_none(ds, "InConcatenationTotalNumber"),
         planes=_planes_or_empty(ds),
+        image_type=_image_type_values(ds.get("ImageType")),
+        protocol=_str(ds, "ProtocolName"),
+        diffusion=_has_b_value(ds),
     )
+
+
+def _image_type_values(value: Any) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    values = [value] if isinstance(value, str) else list(value)
+    return tuple(str(v).strip().upper() for v in values if str(v).strip())
+
+
+def _b_value(item: Any) -> float:
+    try:
+        return float(item.get("DiffusionBValue") or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _has_b_value(ds: Any) -> bool:
+    """A diffusion b-value > 0 in the header (DiffusionBValue, classic) or in an MR Diffusion functional group
+    (enhanced; shared or the first frames)."""
+    if _b_value(ds) > 0:
+        return True
+    groups = list(ds.get("SharedFunctionalGroupsSequence") or []) + list(
+        (ds.get("PerFrameFunctionalGroupsSequence") or [])[:64])
+    try:
+        return any(_b_value(item) > 0 for group in groups for item in (group.get("MRDiffusionSequence") or []))
+    except (AttributeError, TypeError):
+        return False
 
 
 def _planes_or_empty(ds: Any) -> tuple[Plane, ...]:

@@ -19,6 +19,7 @@ from edgeseg.runtime.read._parrec import par_of, read_parrec, rec_files
 from edgeseg.runtime.read.headers import REC, SkippedFiles, file_kind
 from edgeseg.runtime.read.limits import ReadLimits
 from edgeseg.runtime.read.paths import CandidateFilter
+from edgeseg.runtime.read.selection import SelectionRules
 from edgeseg.runtime.read.series_ref import DICOM, NIFTI, PARREC, SeriesRef
 from edgeseg.runtime.read.volume import Volume
 from edgeseg.typing import StrPath
@@ -52,7 +53,7 @@ def _file_ref(path: Path) -> SeriesRef:
 
 
 def discover_series(path: StrPath, *, recursive: bool = True, skipped: SkippedFiles | None = None,
-                    echoes: str = "all") -> list[SeriesRef]:
+                    echoes: str = "all", selection: SelectionRules | None = None) -> list[SeriesRef]:
     """Find the image series at ``path`` without reading pixel data.
 
     * a folder: every NIfTI file, every PAR/REC pair (one ref per .PAR) and every DICOM image series (grouped by
@@ -67,7 +68,9 @@ def discover_series(path: StrPath, *, recursive: bool = True, skipped: SkippedFi
 
     Returns refs in a stable order (NIfTI/PAR by path, then DICOM by SeriesNumber and UID); an empty list when
     nothing readable is there. Every DICOM candidate that did not become part of a series is added to ``skipped``
-    (when given) with its reason, and logged: the images edgeseg refuses (a Siemens mosaic, a colour image, no
+    (when given) with its reason, and logged: with ``selection`` (:mod:`edgeseg.runtime.read.selection`; its
+    ``multi_volume`` replaces ``echoes``) the series and stacks a rule skips first (``skipped.by_rule``, one info line
+    each), then the images edgeseg refuses (a Siemens mosaic, a colour image, no
     patient geometry: :data:`~edgeseg.runtime.read.headers.REFUSED`) as a warning, the rest (reports, localizer-only
     series, files that are not DICOM) at info level, with counts and an example file per reason. Raises
     :class:`InvalidSeriesError` if ``path`` does not exist.
@@ -82,7 +85,7 @@ def discover_series(path: StrPath, *, recursive: bool = True, skipped: SkippedFi
             return [_file_ref(path)]
         if kind in (PARREC, REC):
             return [_file_ref(par_of(path))]
-        return _report(path, discover_dicom([path], found, echoes), found, skipped)
+        return _report(path, discover_dicom([path], found, echoes, selection), found, skipped)
     candidates = CandidateFilter([path])
     files = _walk(path, recursive, candidates)
     refs: list[SeriesRef] = []
@@ -101,7 +104,7 @@ def discover_series(path: StrPath, *, recursive: bool = True, skipped: SkippedFi
                     refs.append(_file_ref(par))
         else:
             dicom_candidates.append(f)
-    refs.extend(discover_dicom(dicom_candidates, found, echoes))
+    refs.extend(discover_dicom(dicom_candidates, found, echoes, selection))
     log.debug("discovered %d series under %s", len(refs), path)
     return _report(path, refs, found, skipped)
 
@@ -118,22 +121,28 @@ def _report(path: Path, refs: list[SeriesRef], found: SkippedFiles, skipped: Ski
         for reason, files in found.files.items():
             for f in files:
                 skipped.add(reason, f)
+        skipped.by_rule.extend(found.by_rule)
     return refs
 
 
-def series_to_segment(path: StrPath, *, echoes: str = "all",
+def series_to_segment(path: StrPath, *, echoes: str = "all", selection: SelectionRules | None = None,
                       fix: str = "Give a NIfTI (.nii/.nii.gz) or PAR/REC file, or a folder holding the DICOM files of "
-                                 "a series.") -> tuple[list[SeriesRef], list[InvalidSeriesError]]:
-    """What a command segments at ``path`` (``segment``, ``run``): every series (:func:`discover_series`) and, one
-    per reason, the images edgeseg refuses (a mosaic, a colour image, no geometry), which count as failed series.
-    Nothing at all to segment raises :class:`InvalidSeriesError` naming what was found there and ``fix``."""
-    skipped = SkippedFiles()
-    refs = discover_series(path, skipped=skipped, echoes=echoes)
-    if not refs:
-        why = f"{skipped.summary()}. " if skipped else ""
-        raise InvalidSeriesError(f"No image series found in {path}: {why}{fix}")
+                                 "a series.", skipped: SkippedFiles | None = None
+                      ) -> tuple[list[SeriesRef], list[InvalidSeriesError]]:
+    """What a command segments at ``path`` (``segment``, ``run``): every series the selection rules keep
+    (:func:`discover_series` with ``selection``, default :class:`SelectionRules` with ``echoes`` as its
+    ``multi_volume``) and, one per reason, the images edgeseg refuses (a mosaic, a colour image, no geometry), which
+    count as failed series. What the rules skipped is in ``skipped.by_rule`` (when given): not an error. Nothing at
+    all found raises :class:`InvalidSeriesError` naming what was found there and ``fix``; a folder whose every series
+    was skipped by a rule returns no refs and no refusals."""
+    rules = selection if selection is not None else SelectionRules(multi_volume=echoes)
+    skipped = skipped if skipped is not None else SkippedFiles()
+    refs = discover_series(path, skipped=skipped, echoes=rules.multi_volume, selection=rules)
     refused = [InvalidSeriesError(f"{len(files)} file(s) in {path} not segmented, e.g. {files[0].name}: {reason}.")
                for reason, files in skipped.refused.items()]
+    if not refs and (refused or not skipped.by_rule):
+        why = f"{skipped.summary()}. " if skipped else ""
+        raise InvalidSeriesError(f"No image series found in {path}: {why}{fix}")
     return refs, refused
 
 

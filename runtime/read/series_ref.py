@@ -1,13 +1,16 @@
 """The :class:`SeriesRef`: one series found on disk, before its pixels are read."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from edgeseg.runtime.naming import dicom_series_name, nifti_name, series_key
 from edgeseg.runtime.read.geometry import SeriesGeometry
+
+log = logging.getLogger("edgeseg.runtime.read.selection")
 
 #: kinds of series (``SeriesRef.kind``, ``Volume.kind``, and the watcher's job kind)
 DICOM: Final = "dicom"
@@ -102,3 +105,24 @@ class SeriesRef:
         """The key of the whole series (without its stack): what the watcher records when the series is first
         seen, before it knows its stacks."""
         return series_key(self.kind, os.fspath(self.source), self.identity)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A DICOM series (or one 3-D stack of it) skipped by a rule: its identity, description, the rule (``rule``: the
+    setting's key path) and why in words (``reason``), and its files (:mod:`edgeseg.runtime.read.selection` decides)."""
+
+    series: str
+    description: str
+    rule: str
+    reason: str
+    files: tuple[Path, ...] = ()
+    key: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"series": self.series, "description": self.description, "rule": self.rule, "reason": self.reason,
+                "files": len(self.files)}
+
+    def log(self) -> None:
+        log.info("series skipped by rule: series=%s description=%r rule=%s reason=%s files=%d", self.key or self.series,
+                 self.description, self.rule, self.reason, len(self.files))

@@ -37,10 +37,11 @@ class SegType(enum.StrEnum):
 
 class Echoes(enum.StrEnum):
     """Of a series holding several 3-D stacks at the same positions (echoes, Dixon, time points): segment ``all``
-    (each its own result) or only the ``first``."""
+    (each its own result), only the ``first``, or only the ``magnitude`` stacks (ImageType M / MAGNITUDE)."""
 
     ALL = "all"
     FIRST = "first"
+    MAGNITUDE = "magnitude"
 
 
 class DeviceFamily(enum.StrEnum):

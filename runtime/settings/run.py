@@ -9,10 +9,11 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from edgeseg.errors import ConfigError
 from edgeseg.runtime.options import OutputOptions, SegmentOptions
+from edgeseg.runtime.read.selection import SelectionRules
 from edgeseg.runtime.settings.enums import Echoes, Precision
 from edgeseg.runtime.settings.schema import ONESHOT_KEYS, Key, default, keys_for
 from edgeseg.runtime.settings.validate import Problems, Value, check_budget_and_ceiling, read_mapping, resolve
@@ -38,6 +39,8 @@ class RunSettings:
     time_ceiling_s: float | None = _d("time_ceiling_s")
     echoes: Echoes = _d("echoes")
     outputs: OutputOptions = field(default_factory=OutputOptions)
+    #: the series selection rules (``selection.*``, with ``echoes`` as their multi-volume rule)
+    selection: SelectionRules = field(default_factory=lambda: selection_rules(_d))
     origins: dict[str, str] = field(default_factory=dict)
 
     def where(self, key: str) -> str:
@@ -90,7 +93,22 @@ def settings_from(layers: list[tuple[Mapping[str, Any], str, str]], what: str = 
         outputs=OutputOptions(per_structure=get("outputs.per_structure"), dicom_seg=get("outputs.dicom_seg"),
                               dicom_sr=get("outputs.dicom_sr"), seg_type=get("outputs.seg_type"),
                               statistics=get("outputs.statistics"), preview=get("outputs.preview")),
+        selection=selection_rules(get),
         origins=origins)
+
+
+def selection_rules(get: Callable[[str], Any]) -> SelectionRules:
+    """The :class:`~edgeseg.runtime.read.selection.SelectionRules` of validated settings (``get``: key path ->
+    value): the ``selection.*`` keys, and ``echoes`` as the multi-volume rule."""
+    return SelectionRules(
+        enabled=get("selection.enabled"), modalities=tuple(get("selection.modalities")),
+        secondary_capture=get("selection.secondary_capture"),
+        exclude_image_types=tuple(get("selection.exclude_image_types")),
+        require_image_types=tuple(get("selection.require_image_types")),
+        exclude_descriptions=tuple(get("selection.exclude_descriptions")),
+        include_descriptions=tuple(get("selection.include_descriptions")),
+        min_slices=get("selection.min_slices"), max_volumes=get("selection.max_volumes"),
+        multi_volume=str(get("echoes")))
 
 
 def segment_settings(flags: Mapping[str, Any]) -> RunSettings:

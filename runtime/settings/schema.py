@@ -31,6 +31,7 @@ from edgeseg.runtime.node.settings import (
 )
 from edgeseg.runtime.options import OutputOptions, SegmentOptions
 from edgeseg.runtime.read.limits import ReadLimits
+from edgeseg.runtime.read.selection import SelectionRules
 from edgeseg.runtime.settings.enums import DestinationRole, Echoes, ObserverKind, Precision, SegType
 
 #: the commands whose flags are derived from the schema
@@ -68,6 +69,7 @@ class Kind(enum.Enum):
     UIDS = "list of UIDs"
     ROLES = "list of result roles"
     GLOBS = "list of file-name globs"
+    WORDS = "list of words"
     PATHS = "list of folders"
     PATH = "folder"
     FILE = "file"
@@ -285,13 +287,71 @@ KEYS_TABLE: Final[tuple[Key, ...]] = (
     Key("outputs.preview", Kind.BOOL, _out("preview"), "a PNG overview", flag="--no-preview", commands=_ALL,
         oneshot=True),
     Key("echoes", Kind.ENUM, Echoes.ALL, "of a series holding several 3-D stacks at the same positions (echoes, "
-        "Dixon in/opposed phase, time points): segment all (each its own result) or the first", choices=Echoes,
+        "Dixon in/opposed phase, time points): segment all (each its own result), the first, or the magnitude "
+        "stacks only (the selection rules' multi-volume rule)", choices=Echoes,
         flag="--echoes", commands=_ALL, oneshot=True,
         doc="A series holding several 3-D stacks at the same slice positions (two echoes, Dixon in/opposed phase "
             "or water/fat in one series, time points of a dynamic series) is split by EchoNumbers/EchoTime, "
             "ImageType and temporal position (per frame for enhanced images), as dcm2niix splits it: \"all\" "
             "segments each stack (its own result and error file, named ..._echo1, ..._echo2, ..._IN_PHASE, "
-            "..._t3); \"first\" only the first (lowest echo number or echo time, earliest time point)."),
+            "..._t3); \"first\" only the first (lowest echo number or echo time, earliest time point); "
+            "\"magnitude\" only the stacks whose ImageType says magnitude (M, MAGNITUDE). The selection rules "
+            "(selection:) apply first: stacks whose ImageType they exclude (the phase stack) are never segmented, "
+            "and a series of more than selection.max_volumes stacks is skipped as a time series."),
+    Key("selection.enabled", Kind.BOOL, _field_default(SelectionRules, "enabled"), "apply the selection rules "
+        "(false: every image series is segmented)", oneshot=True),
+    Key("selection.modalities", Kind.WORDS, _field_default(SelectionRules, "modalities"), "the Modality values "
+        "segmented (empty: any)", oneshot=True),
+    Key("selection.secondary_capture", Kind.BOOL, _field_default(SelectionRules, "secondary_capture"), "segment "
+        "Secondary Capture images (screen captures, report pages) too", oneshot=True),
+    Key("selection.exclude_image_types", Kind.WORDS, _field_default(SelectionRules, "exclude_image_types"),
+        "ImageType values that are skipped: phase, field maps, diffusion and its maps, localizers, perfusion, "
+        "projections", oneshot=True, example_commented=True,
+        doc="ImageType (enhanced: FrameType) values that are skipped. A series whose every image carries one is "
+            "skipped; of a series holding several 3-D stacks, the stacks that carry one are (the phase stack of a "
+            "magnitude/phase series). A diffusion b-value in the headers counts as DIFFUSION. The default: not "
+            "magnitude (P, PHASE, R, I ...), field maps (B0, FIELD_MAP, B1 ...), diffusion and its maps, localizers, "
+            "perfusion, parametric maps, projections, subtractions, screen saves (the commented line below). Writing "
+            "the key replaces the whole list."),
+    Key("selection.require_image_types", Kind.WORDS, _field_default(SelectionRules, "require_image_types"),
+        "ImageType values every segmented image must carry, e.g. [ORIGINAL] (empty: none required)", oneshot=True),
+    Key("selection.exclude_descriptions", Kind.GLOBS, _field_default(SelectionRules, "exclude_descriptions"),
+        "SeriesDescription / ProtocolName globs (case-insensitive) that are skipped: localizers, surveys, DTI/DWI, "
+        "BOLD, perfusion, field maps", oneshot=True, example_commented=True,
+        doc="SeriesDescription or ProtocolName globs (case-insensitive, * and ?) of series that are skipped, for "
+            "the series whose ImageType does not say what they are (a Philips survey, a GE BOLD run). The default "
+            "(the commented line below): localizers, scouts and surveys, DTI/DWI, BOLD/fMRI, perfusion and ASL, "
+            "field maps. Writing the key replaces the whole list."),
+    Key("selection.include_descriptions", Kind.GLOBS, _field_default(SelectionRules, "include_descriptions"),
+        "when given, only series whose SeriesDescription or ProtocolName matches one of these globs", oneshot=True),
+    Key("selection.min_slices", Kind.INT, _field_default(SelectionRules, "min_slices"), "series (or stacks) with "
+        "fewer slice positions are skipped (localizers, single slices)", minimum=1, oneshot=True),
+    Key("selection.max_volumes", Kind.INT, _field_default(SelectionRules, "max_volumes"), "a series holding more "
+        "3-D volumes at the same positions is a time series (BOLD, perfusion, DTI) and skipped", minimum=1,
+        oneshot=True),
+    Key("retention.received_days", Kind.FLOAT, 14.0, "days after its result was delivered that a series the DICOM "
+        "listener received is removed (null: kept)", minimum=0.0, nullable=True,
+        doc="Days after the series' result was delivered (every destination confirmed it; with no destinations: "
+            "written) that the images the DICOM listener received (its root) are removed. A series whose result is "
+            "not delivered, a series not yet segmented, failed or partial, is never removed. null: kept."),
+    Key("retention.results_days", Kind.FLOAT, 30.0, "days after delivery that a result folder (<name>.edgeseg/) is "
+        "removed (null: kept)", minimum=0.0, nullable=True,
+        doc="Days after delivery that a series' result folder (<name>.edgeseg/) is removed, in the listener's root "
+            "and in watched export folders alike (it is edgeseg's). The job store remembers the series, so it is "
+            "not segmented again while its images are unchanged. null: kept."),
+    Key("retention.min_free_mb", Kind.FLOAT, 2000.0, "free MB the disks of the roots should keep: below it, "
+        "delivered series are removed oldest-delivered first (null: no watermark)", minimum=0.0, nullable=True,
+        doc="Free-space watermark (MB) for the disks of the roots, above dicom_listener.min_free_mb (where the "
+            "listener starts refusing images): below it, delivered series (results, received images, and export "
+            "folders' images only with export_folders) are removed oldest-delivered first until it is met, "
+            "whatever their age. Never an undelivered result or an unprocessed series: when that is not enough, "
+            "a warning says so. null: no watermark."),
+    Key("retention.export_folders", Kind.BOOL, False, "also remove the images of delivered series in watched "
+        "export folders (the console's files): only when true",
+        doc="Images in the watched export folders belong to the console, not to edgeseg: they are removed (by "
+            "received_days and the watermark, like received images) only when this is true."),
+    Key("retention.interval_s", Kind.FLOAT, 600.0, "seconds between two checks of the retention policy",
+        minimum=0.0, exclusive_minimum=True),
     Key("state_dir", Kind.PATH, None, "job store (SQLite, on a local disk), latency table and model cache",
         flag="--state-dir", commands=("watch",), metavar="DIR", example="./edgeseg-state",
         derived="edgeseg-state beside the configuration file, else ~/.edgeseg/watch"),
@@ -441,6 +501,18 @@ SECTION_DOCS: Final[dict[str, str]] = {
                       "port); results go back to PACS (or the console) as DICOM. Both are off unless configured "
                       "here. The export folder stays the hand-off point: the listener only writes into a watched "
                       "root, and folder watching works on its own beside it.",
+    "selection": "Which DICOM series are segmented (NIfTI and PAR/REC files always are). By default anatomical "
+                 "magnitude images of Modality MR; the rest is skipped by rule: not an error and no error file, "
+                 "logged once with the rule that matched (\"series skipped by rule: ... rule=selection.<key>\") and "
+                 "counted as skipped. The rules are tried in this order: modalities, secondary_capture, "
+                 "exclude_image_types, require_image_types, exclude/include_descriptions, min_slices, max_volumes; "
+                 "then echoes picks the stacks of a multi-volume series. `edgeseg segment` and `edgeseg run` apply "
+                 "the same rules as the watcher.",
+    "retention": "What is removed, and when: received images and results, by age after successful delivery and by "
+                 "a free-space watermark (oldest delivered first). Undelivered results and series not processed "
+                 "are never removed; the console's files in watched export folders only with export_folders: true. "
+                 "Each removal is recorded in the job store (SeriesInstanceUID, what, why, counts; no names). "
+                 "`edgeseg doctor` shows the policy and the disk forecast.",
     "status_page": "The watcher's read-only status page (off unless enabled): for people (the page) and for "
                    "monitors (/healthz, /metrics). TLS, when the DICOM listener has a certificate, is the "
                    "listener's.",

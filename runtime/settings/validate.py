@@ -157,6 +157,7 @@ _ENV_PARSERS: dict[Kind, Callable[[str], Any]] = {
     Kind.AETS: lambda raw: _env_list(raw, ","),
     Kind.HOSTS: lambda raw: _env_list(raw, ","),
     Kind.UIDS: lambda raw: _env_list(raw, ","),
+    Kind.WORDS: lambda raw: _env_list(raw, ","),
     Kind.DESTINATIONS: _env_yaml,
     Kind.FLOAT: _env_yaml,
     Kind.INT: _env_yaml,
@@ -392,6 +393,16 @@ def _globs(key: Key, v: Value, problems: Problems, check_paths: bool) -> Any:
     return tuple(value)
 
 
+def _words(key: Key, v: Value, problems: Problems, check_paths: bool) -> Any:
+    """A list of words (Modality, ImageType values): compared in upper case."""
+    value = [v.value] if isinstance(v.value, str) else v.value
+    if not isinstance(value, (list, tuple)) or not all(isinstance(w, str) and w.strip() for w in value):
+        problems.add(v.where, key.path, f"must be a list of words, got {v.value!r}",
+                     "write a YAML list, e.g. [MR] or [PHASE, LOCALIZER]")
+        return key.default
+    return tuple(dict.fromkeys(w.strip().upper() for w in value))
+
+
 def _is_path(value: object) -> bool:
     return isinstance(value, (str, os.PathLike)) and bool(str(value))
 
@@ -501,6 +512,7 @@ _CHECKERS: dict[Kind, _Checker] = {
     Kind.BOOL: _bool, Kind.INT: _number, Kind.FLOAT: _number, Kind.ENUM: _enum, Kind.DEVICE: _device,
     Kind.TEXT: _text, Kind.NAME: _text, Kind.AET: _text, Kind.HOST: _text, Kind.VARIANT: _variant,
     Kind.AETS: _items, Kind.HOSTS: _items, Kind.UIDS: _items, Kind.ROLES: _items, Kind.GLOBS: _globs,
+    Kind.WORDS: _words,
     Kind.PATHS: _paths, Kind.PATH: _folder, Kind.BUNDLE: _folder, Kind.FILE: _file,
     Kind.DESTINATIONS: _destinations,
 }

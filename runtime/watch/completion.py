@@ -56,7 +56,8 @@ from edgeseg.runtime.read import (DICOM, NIFTI, PARREC, REC, CandidateFilter, Fi
                                   SeriesRef, SkippedFiles, check_image_file, dicom_geometry, expected_instances,
                                   file_kind, fingerprint, instance_from_header, par_candidates, read_dicom_header,
                                   rec_files, split_series, stamp_files)
-from edgeseg.runtime.read.headers import LOCALIZER_ONLY
+from edgeseg.runtime.read.headers import LOCALIZER_ONLY, REFUSED
+from edgeseg.runtime.read.selection import SelectionRules, select, series_rule
 from edgeseg.runtime.watch.jobs import SeriesJob
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,9 @@ class CompletionTracker:
     path: nothing reached through a symbolic link below ``roots`` (default: the filter's roots) is input.
     ``settle_s``: minimum time between the two identical looks before a header is read (default
     min(2 s, quiet/2)). ``echoes``: "all" or "first", the 3-D stacks of a DICOM series that holds several (echoes,
-    image types, time points) to hand out (:func:`~edgeseg.runtime.read.split_series`). ``clock``: monotonic
+    image types, time points) to hand out (:func:`~edgeseg.runtime.read.split_series`). ``selection``: the series
+    selection rules (:mod:`edgeseg.runtime.read.selection`; their ``multi_volume`` replaces ``echoes``): a series or
+    stack a rule skips is handed out as a job with ``skip`` set to the rule and its reason. ``clock``: monotonic
     seconds; ``wall``: epoch seconds (to back-date scanned files).
     """
 
@@ -147,6 +150,7 @@ class CompletionTracker:
         wall: Callable[[], float] = time.time,
         roots: Iterable[Path] | None = None,
         hint_grace_s: float = 5.0,
+        selection: SelectionRules | None = None,
     ) -> None:
         self.quiet = float(quiet_period_s)
         self.filter = path_filter
@@ -154,6 +158,9 @@ class CompletionTracker:
         self.settle = float(settle_s) if settle_s is not None else min(2.0, self.quiet / 2)
         self.count_timeout = count_timeout_factor * self.quiet
         self.echoes = echoes
+        #: the selection rules (None: every series, ``echoes`` picks the stacks): the read stage's
+        #: :func:`~edgeseg.runtime.read.selection.select` decides, as for ``segment`` and ``run``
+        self.selection = selection
         self.clock = clock
         self.wall = wall
         self._files: dict[Path, _File] = {}
@@ -462,6 +469,14 @@ class CompletionTracker:
             log.warning("series incomplete after %.0f s, proceeding: key=%s have=%d expected=%d", age, series.key,
                         images, expected)
         problem = skip = None
+        if self.selection is not None:
+            members = [(p, f.info) for p in sorted(series.files)
+                       if (f := self._files.get(p)) is not None and f.info is not None
+                       and (f.info.is_image or f.info.non_image in REFUSED)]
+            hit = series_rule([i for _, i in members], self.selection)
+            if hit is not None:
+                return self._hand_out(series, expected, None, None, (), notes, tuple(p for p, _ in members),
+                                      f"{hit[0]}: {hit[1]}")
         if not images:  # the reason per class of file, in the words discovery uses (the error file carries it)
             skipped = SkippedFiles()
             for p in sorted(series.files):
@@ -521,6 +536,24 @@ class CompletionTracker:
         ref = replace(series.ref, expected_instances=expected, geometry=geometry)
         if ref.kind == DICOM:  # what the reader opens: the image instances the tracker grouped and fingerprinted
             ref = replace(ref, files=image_files or files)
+            if problem is None and skip is None and self.selection is not None:
+                members = [(p, f.info) for p in ref.files
+                           if (f := self._files.get(p)) is not None and f.info and f.info.is_image]
+                chosen = select(ref, members, self.selection)
+                if len(chosen.refs) == 1 and chosen.refs[0].stack is None:  # one volume: the series as a whole
+                    jobs = [SeriesJob.of(chosen.refs[0], files, fp, invalid_files=tuple(invalid), notes=tuple(notes))]
+                else:
+                    jobs = [SeriesJob.of(s, s.files, fingerprint(stamp_files(series.folder, s.files)),
+                                         invalid_files=tuple(invalid), notes=tuple(notes)) for s in chosen.refs]
+                if any(s.stack is not None for s in chosen.refs):
+                    log.info("series holds 3-D stacks (echoes, image types or time points), handed out as: %s",
+                             ", ".join(s.key for s in chosen.refs))
+                for skipped in chosen.skipped:  # one skip job each: logged once by the worker, counted
+                    target = next((s for s in split_series(ref, members, "all") if s.key == skipped.key), ref)
+                    jobs.append(SeriesJob.of(target, skipped.files or files,
+                                             fingerprint(stamp_files(series.folder, skipped.files or files)),
+                                             skip=f"{skipped.rule}: {skipped.reason}"))
+                return jobs
             if problem is None and skip is None:
                 members = [(p, f.info) for p in ref.files if (f := self._files.get(p)) is not None and f.info]
                 stacks = split_series(ref, members, self.echoes)

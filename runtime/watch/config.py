@@ -25,7 +25,9 @@ from typing import Any, Mapping
 from edgeseg.runtime.node.settings import NodeSettings
 from edgeseg.runtime.options import OutputOptions, SegmentOptions
 from edgeseg.runtime.read.limits import ReadLimits
+from edgeseg.runtime.read.selection import SelectionRules
 from edgeseg.runtime.settings.enums import Echoes, ObserverKind, Precision
+from edgeseg.runtime.settings.run import selection_rules
 from edgeseg.runtime.settings.schema import (
     DEFAULT_EXCLUDE, DEMO_BUNDLE_KEYWORD, ENV_PREFIX, HOME_STATE_DIR, WATCH_KEYS, Key, default, env_name,
 )
@@ -33,6 +35,7 @@ from edgeseg.runtime.settings.validate import (
     Problems, Value, check_budget_and_ceiling, check_roots, node_settings, read_env, read_file, read_flags,
     resolve,
 )
+from edgeseg.runtime.watch.retention import RetentionPolicy
 
 __all__ = ["DEFAULT_EXCLUDE", "DEMO_BUNDLE_KEYWORD", "ENV_PREFIX", "KEYS", "ObserverKind", "WatchConfig", "describe",
            "env_name", "load_config"]
@@ -118,6 +121,10 @@ class WatchConfig:
     outputs: OutputOptions = field(default_factory=OutputOptions)
     #: the 3-D stacks of a series that holds several (echoes, image types, time points) to segment: all or first
     echoes: Echoes = default("echoes")
+    #: which series are segmented (``selection.*``; ``echoes`` is its multi-volume rule); the rest is skipped by rule
+    selection: SelectionRules = field(default_factory=SelectionRules)
+    #: what is removed and when: received images and results after delivery, the free-space watermark
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     #: what a series' headers may promise (voxels, decompressed bytes, frames); beyond: refused, not retried
     limits: ReadLimits = field(default_factory=ReadLimits)
     state_dir: Path = HOME_STATE_DIR
@@ -132,6 +139,14 @@ class WatchConfig:
     alerts: AlertSettings = field(default_factory=AlertSettings)
     #: the file this configuration was read from (None: defaults, environment and command line only)
     source: Path | None = None
+
+    @property
+    def received_root(self) -> Path | None:
+        """Where the DICOM listener writes what it receives (None: no listener)."""
+        listener = self.node.listener
+        if not listener.enabled:
+            return None
+        return Path(listener.root) if listener.root is not None else (self.roots[0] if self.roots else None)
 
     @property
     def log_file(self) -> Path:
@@ -247,6 +262,12 @@ def load_config(
             preview=values["outputs.preview"],
         ),
         echoes=values["echoes"],
+        selection=selection_rules(lambda path: values[path]),
+        retention=RetentionPolicy(received_days=values["retention.received_days"],
+                                  results_days=values["retention.results_days"],
+                                  min_free_mb=values["retention.min_free_mb"],
+                                  export_folders=values["retention.export_folders"],
+                                  interval_s=values["retention.interval_s"]),
         state_dir=values["state_dir"],
         log_dir=values["log_dir"],
         max_concurrent_series=values["max_concurrent_series"],

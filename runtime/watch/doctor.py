@@ -91,6 +91,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return "OK", f"{config.store_path}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
     check("job store", store_check)
 
+    def retention_check() -> tuple[str, str]:
+        from edgeseg.runtime.watch.retention import Retention
+        from edgeseg.runtime.watch.store import JobStore
+
+        policy = config.retention
+        if not config.store_path.exists():
+            return "OK", f"{policy.describe()} (nothing recorded yet)"
+        with JobStore(config.store_path) as store:
+            retention = Retention(store, policy, config.roots, config.received_root)
+            forecast = retention.forecast()
+            removed = store.removals()
+            low = [r for r in config.roots if r.is_dir() and policy.min_free_mb is not None
+                   and retention.free_bytes(r) < policy.min_free_mb * 1e6]
+        text = (f"{policy.describe()}; {len(removed)} removal(s) recorded. Disk forecast: " + " | ".join(forecast))
+        if low:
+            return "FAIL", (text + f". Below the watermark: {', '.join(map(str, low))}. Fix: free space there or "
+                            "check the deliveries (`edgeseg status`): undelivered results are never removed")
+        return "OK", text
+    check("retention", retention_check)
+
     def devices_check() -> tuple[str, str]:
         from edgeseg.runtime.infer.devices import device_present
         from edgeseg.runtime.infer.engine import available_devices

@@ -23,6 +23,7 @@ from edgeseg.runtime.watch.completion import CompletionTracker
 from edgeseg.runtime.watch.config import WatchConfig
 from edgeseg.runtime.watch.deliver import DeliveryWorker
 from edgeseg.runtime.watch.jobs import SeriesJob
+from edgeseg.runtime.watch.retention import Retention
 from edgeseg.runtime.watch.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ class Scheduler:
     ``AssociationEnded``), drained before file events; ``jobs``: series for the workers, which put each back on
     ``finished`` with its outcome. ``beat``: writes the heartbeat, every few seconds and at once when ``beat_now``
     is set. ``delivery``: with pending deliveries the watcher is not idle. ``stats``: counts ``skipped`` (and, with
-    ``once``, ``failed`` for a series that could not be dispatched).
+    ``once``, ``failed`` for a series that could not be dispatched). ``retention``: the retention policy, applied
+    every ``retention.interval_s`` (:mod:`edgeseg.runtime.watch.retention`).
     """
 
     def __init__(self, config: WatchConfig, store: JobStore, tracker: CompletionTracker, *,
@@ -46,7 +48,7 @@ class Scheduler:
                  jobs: queue.Queue[SeriesJob], finished: queue.SimpleQueue[tuple[SeriesJob, str]],
                  stop: threading.Event, stats: Counter[str], beat: Callable[[], None], beat_now: threading.Event,
                  delivery: DeliveryWorker | None = None, once: bool = False,
-                 clock: Callable[[], float], poll_interval_s: float) -> None:
+                 clock: Callable[[], float], poll_interval_s: float, retention: Retention | None = None) -> None:
         self.config = config
         self.store = store
         self.tracker = tracker
@@ -62,6 +64,7 @@ class Scheduler:
         self.once = once
         self.clock = clock
         self.poll_interval_s = poll_interval_s
+        self.retention = retention
         #: clock time since which nothing is pending (None: something is)
         self.idle_since: float | None = None
         self._scanned = threading.Event()
@@ -118,6 +121,8 @@ class Scheduler:
             self._dispatch_safely(job)
         self._dispatch_due_retries(now)
         self._dispatch_requeued(now)
+        if self.retention is not None:  # every retention.interval_s: delivered series by age and watermark
+            self.retention.run_if_due()
         self._update_idle(now)
         self._beat_if_due(now)
 

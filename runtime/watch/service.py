@@ -64,6 +64,7 @@ from edgeseg.runtime.watch.heartbeat import Heartbeat, Running, state_identities
 from edgeseg.runtime.watch.jobs import SeriesJob
 from edgeseg.runtime.watch.lock import StateLock
 from edgeseg.runtime.watch.observer import EnqueueHandler, PathFilter, start_observer
+from edgeseg.runtime.watch.retention import Retention
 from edgeseg.runtime.watch.scheduler import Scheduler
 from edgeseg.runtime.watch.status_page import ReceiveCounter, StatusPage, WatcherView
 from edgeseg.runtime.watch.store import JobStore
@@ -162,7 +163,7 @@ class Watcher:
             interrupted = SeriesInterruptedError(row.last_error or "interrupted")
             write_error(row.folder_path, row.name, interrupted, remedy_for(interrupted))
         self.tracker = tracker = CompletionTracker(cfg.quiet_period_s, self.filter, settle_s=self._settle_s,
-                                                   clock=self.clock, echoes=cfg.echoes,
+                                                   clock=self.clock, echoes=cfg.echoes, selection=cfg.selection,
                                                    hint_grace_s=cfg.node.listener.completion_grace_s)
         started_at = time.time()
         if cfg.status_page.enabled and not self.once:  # bound first: a port in use fails the start, nothing runs
@@ -185,7 +186,8 @@ class Watcher:
         self.scheduler = Scheduler(cfg, store, tracker, events=self._events, node_events=self._node_events,
                                    jobs=self._jobs, finished=self._finished, stop=self._stop, stats=self.stats,
                                    beat=self.heartbeat.write, beat_now=self._running.changed, delivery=self.delivery,
-                                   once=self.once, clock=self.clock, poll_interval_s=self.poll_interval_s)
+                                   once=self.once, clock=self.clock, poll_interval_s=self.poll_interval_s,
+                                   retention=Retention(store, cfg.retention, cfg.roots, cfg.received_root))
         self.worker = Worker(cfg, store, self.segmenter, jobs=self._jobs, finished=self._finished, stop=self._stop,
                              cancel=self._cancel, running=self._running, stats=self.stats, history=self.history,
                              results=self.results, delivery=self.delivery, once=self.once)

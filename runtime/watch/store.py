@@ -21,9 +21,13 @@ States::
 * Schema version 2 added the ``partial`` state; a version-1 store is migrated in place when the watcher opens it
   (its rows are kept). Version 3 added the ``deliveries`` table (below); older stores get it when opened.
 * Version 4 added what the status page and ``edgeseg status`` show of a result (``patient_id``, ``accession``,
-  ``model``, ``precision``; columns added in place to an older store) and the ``alerts`` table: the webhook's
-  retry queue (:mod:`edgeseg.runtime.watch.alerts`), one row per (event, subject, time), so an alert is queued once
-  and survives restarts.
+  ``model``, ``precision``), the jobs' ``result_removed_at`` / ``input_removed_at`` (a done series whose result the
+  retention policy removed is not segmented again while its input is unchanged) — columns added in place to an
+  older store —, the ``alerts`` table: the webhook's retry queue (:mod:`edgeseg.runtime.watch.alerts`), one row per
+  (event, subject, time), so an alert is queued once and survives restarts, the ``removals`` table (what the
+  retention policy removed: SeriesInstanceUID, what, why, counts, times) and the ``skipped`` table: the series the
+  selection rules skip (key, SeriesInstanceUID, description, the rule and why, fingerprint, first and last seen),
+  which are not jobs: skipped is not failed.
 * The outbox (``deliveries``): one row per (destination, SOP Instance UID) of a result to send, inserted in the same
   transaction that records the series ``done``/``partial``, so a result is never done without its deliveries being
   recorded. ``pending`` rows are sent when due (``next_at``) and become ``sent`` once the destination confirmed
@@ -56,7 +60,8 @@ DISCOVERED, COMPLETE, RUNNING, DONE, PARTIAL, FAILED = (
 STATES = (DISCOVERED, COMPLETE, RUNNING, DONE, PARTIAL, FAILED)
 #: 1: the first store; 2: the ``partial`` state (a version-1 store is migrated when opened for writing);
 #: 3: the ``deliveries`` outbox (created in an older store when opened for writing); 4: the result facts columns
-#: (:data:`FACT_COLUMNS`) and the ``alerts`` table (added to an older store when opened for writing)
+#: (:data:`FACT_COLUMNS`), the removal columns, and the ``alerts``, ``removals`` and ``skipped`` tables (added to an
+#: older store when opened for writing)
 SCHEMA_VERSION = 4
 #: what the status page shows of a series beyond the scheduling columns (schema 4; NULL in older rows)
 FACT_COLUMNS = ("patient_id", "accession", "model", "precision")
@@ -131,16 +136,45 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_due ON alerts(state, next_at)
 """
-_SCHEMA = _TABLE.format(name="IF NOT EXISTS jobs") + ";" + _INDEXES + ";" + _DELIVERIES + ";" + _ALERTS
+_REMOVALS = """
+CREATE TABLE IF NOT EXISTS removals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    series_uid TEXT,
+    what TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    delivered_at REAL,
+    removed_at REAL NOT NULL
+)
+"""
+_SKIPPED = """
+CREATE TABLE IF NOT EXISTS skipped (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    series_uid TEXT,
+    description TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL,
+    fingerprint TEXT,
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL,
+    input_removed_at REAL
+)
+"""
+#: columns of version 4, added to an older ``jobs`` table (SQLite adds a column in place)
+_V4_COLUMNS = tuple((c, "TEXT") for c in FACT_COLUMNS) + (("result_removed_at", "REAL"), ("input_removed_at", "REAL"))
+_SCHEMA = (_TABLE.format(name="IF NOT EXISTS jobs") + ";" + _INDEXES + ";" + _DELIVERIES + ";" + _ALERTS + ";"
+           + _REMOVALS + ";" + _SKIPPED)
 
 
-def _add_fact_columns(db: sqlite3.Connection) -> bool:
-    """Schema 4's :data:`FACT_COLUMNS`, added to ``jobs`` where missing (a new store, or an older one being opened);
-    True when one was added."""
-    have = {r[1] for r in db.execute("PRAGMA table_info(jobs)").fetchall()}
-    missing = [c for c in FACT_COLUMNS if c not in have]
-    for column in missing:
-        db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+def _add_columns(db: sqlite3.Connection) -> bool:
+    """Version 4's columns on a ``jobs`` table that lacks them (inside the caller's transaction); True when one was
+    added."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    missing = [(name, kind) for name, kind in _V4_COLUMNS if name not in have]
+    for name, kind in missing:
+        db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
     return bool(missing)
 
 
@@ -196,7 +230,7 @@ def _create_store(path: Path) -> None:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 db.execute(statement)
-        _add_fact_columns(db)
+        _add_columns(db)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("COMMIT")
     finally:
@@ -253,6 +287,9 @@ class JobRow:
     accession: str | None = None
     model: str | None = None
     precision: str | None = None
+    #: when the retention policy removed the result / the input images (None: not removed; schema version 4)
+    result_removed_at: float | None = None
+    input_removed_at: float | None = None
 
     @property
     def plan_dict(self) -> dict[str, Any]:
@@ -267,6 +304,35 @@ class JobRow:
     def output_dir(self) -> Path | None:
         """The result folder as a path, or None."""
         return Path(from_fs_text(self.output_path)) if self.output_path else None
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    """A series the selection rules skipped (table ``skipped``; times are epoch seconds): not a job."""
+
+    key: str
+    kind: str
+    folder: str
+    series_uid: str | None
+    description: str
+    reason: str
+    fingerprint: str | None
+    first_at: float
+    last_at: float
+    input_removed_at: float | None = None
+
+    @property
+    def folder_path(self) -> Path:
+        return Path(from_fs_text(self.folder))
+
+    @property
+    def output_dir(self) -> Path | None:
+        """A skipped series has no result."""
+        return None
+
+    @property
+    def result_removed_at(self) -> float | None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -354,9 +420,9 @@ class JobStore:
                     version = self._db.execute("PRAGMA user_version").fetchone()[0]
                     if version == 1:
                         self._migrate_from_1()
-                    if version in (0, 1, 2, 3):  # 2 -> 3: the deliveries table, 3 -> 4: alerts (created above)
-                        if _add_fact_columns(self._db) and version:
-                            log.info("job store %s migrated from schema version %d to %d (result facts, alerts)",
+                    if version in (0, 1, 2, 3):  # 2 -> 3: the deliveries table, 3 -> 4: alerts, removals (above)
+                        if _add_columns(self._db) and version:
+                            log.info("job store %s migrated from schema version %d to %d (result facts, removals)",
                                      self.path, version, SCHEMA_VERSION)
                         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                     elif version != SCHEMA_VERSION:
@@ -461,6 +527,9 @@ class JobStore:
         if row.state in (DONE, PARTIAL):
             if changed:
                 return Decision(True, "input changed since it was segmented")
+            if row.result_removed_at is not None:
+                return Decision(False, "already segmented and delivered; its result was removed by the retention "
+                                "policy")
             if row.output_dir is None or not row.output_dir.is_dir():
                 return Decision(True, "output folder is missing")
             return Decision(False, "already segmented, input unchanged" + (
@@ -749,6 +818,63 @@ class JobStore:
         with self._tx() as db:
             db.execute("UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), started_at = NULL,"
                        " updated_at = ? WHERE key = ? AND state = ?", (COMPLETE, now, key, RUNNING))
+
+    # ------------------------------------------------------------------------------------------------ retention
+
+    def record_removal(self, key: str, series_uid: str | None, what: str, reason: str, files: int, size: int,
+                       delivered_at: float | None) -> None:
+        """The retention policy removed ``what`` ("result" or "input") of the series ``key`` for ``reason`` ("age"
+        or "watermark"): a ``removals`` row (the SeriesInstanceUID, counts and times: no names or paths) and the
+        job row's ``result_removed_at`` / ``input_removed_at``, in one transaction."""
+        now = time.time()
+        column = "result_removed_at" if what == "result" else "input_removed_at"
+        with self._tx() as db:
+            db.execute("INSERT INTO removals (series_uid, what, reason, files, bytes, delivered_at, removed_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?)", (series_uid, what, reason, files, size, delivered_at, now))
+            db.execute(f"UPDATE jobs SET {column} = ?, updated_at = ? WHERE key = ?", (now, now, fs_text(key)))
+            if what != "result":
+                db.execute("UPDATE skipped SET input_removed_at = ? WHERE key = ?", (now, fs_text(key)))
+
+    def removals(self) -> list[dict[str, Any]]:
+        """What the retention policy removed, oldest first (none from a store older than version 4)."""
+        with self._lock:
+            try:
+                cur = self._db.execute("SELECT * FROM removals ORDER BY id")
+            except sqlite3.OperationalError as err:
+                if "no such table" in str(err):
+                    return []
+                raise
+            return [dict(r) for r in cur.fetchall()]
+
+    def mark_skipped(self, key: str, kind: str, folder: Path, series_uid: str | None, description: str, reason: str,
+                     fingerprint: str | None) -> bool:
+        """A selection rule skipped the series ``key`` (``reason``: the rule and why): its job row goes, a
+        ``skipped`` row records it. True when it is new or its input or reason changed (the caller logs it then:
+        once, not at every restart)."""
+        key, description, reason = fs_text(key), printable(description), printable(reason)[:2000]
+        now = time.time()
+        with self._tx() as db:
+            db.execute("DELETE FROM jobs WHERE key = ?", (key,))
+            row = db.execute("SELECT reason, fingerprint FROM skipped WHERE key = ?", (key,)).fetchone()
+            changed = row is None or row["reason"] != reason or row["fingerprint"] != fingerprint
+            db.execute(
+                "INSERT INTO skipped (key, kind, folder, series_uid, description, reason, fingerprint, first_at,"
+                " last_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET reason = excluded.reason,"
+                " fingerprint = excluded.fingerprint, description = excluded.description, last_at = excluded.last_at"
+                + (", first_at = excluded.first_at, input_removed_at = NULL" if changed else ""),
+                (key, kind, fs_text(str(folder)), series_uid, description, reason, fingerprint, now, now))
+        return changed
+
+    def skipped(self, limit: int | None = None) -> list[SkippedRow]:
+        """The series the selection rules skipped, most recently seen first (none before schema version 4)."""
+        sql = "SELECT * FROM skipped ORDER BY last_at DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        with self._lock:
+            try:
+                return [SkippedRow(**dict(r)) for r in self._db.execute(sql).fetchall()]
+            except sqlite3.OperationalError as err:
+                if "no such table" in str(err):
+                    return []
+                raise
 
     def forget_discovered(self, key: str) -> None:
         """Remove the row of ``key`` if it is still only ``discovered``: a series first seen as one, then handed out

@@ -187,9 +187,12 @@ class Worker:
         return self._record_done(job, result, seconds, plan)
 
     def _skip(self, job: SeriesJob) -> str:
-        self.store.forget(job.key)
+        """Nothing to do (a selection rule, or localizers only): recorded as skipped (not a job, not failed),
+        logged once per input (again at debug level)."""
+        new = self.store.mark_skipped(job.key, job.kind, job.folder, job.series_uid, job.description, job.skip or "",
+                                      job.fingerprint)
         self.stats["skipped"] += 1
-        log.info("series skipped: key=%s reason=%s", job.key, job.skip)
+        log.log(logging.INFO if new else logging.DEBUG, "series skipped: key=%s reason=%s", job.key, job.skip)
         return "skipped"
 
     @staticmethod

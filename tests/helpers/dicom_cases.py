@@ -6,6 +6,7 @@ folder given.
 
 * :func:`blank_uids`: a de-identified export whose SOP, Series and Study Instance UIDs are present but empty.
 * :func:`siemens_mosaic`: Siemens EPI/DWI mosaics, one file per volume holding all its slices tiled in one frame.
+* :func:`neutral_mosaic`: a Siemens EPI mosaic that no selection rule skips (refused as a mosaic).
 * :func:`rgb_image`: a colour (RGB) image with MR geometry, as a console's colour map or screen capture.
 * :func:`multi_echo_series`: two echoes (or Dixon in/opposed phase) at the same positions in one classic series;
   :func:`multi_echo_enhanced`: the same in one enhanced MR file, told apart per frame.
@@ -50,12 +51,15 @@ def uidless_series(folder: Path, n: int = 6, *, seed: int = 0, description: str 
 
 
 def siemens_mosaic(folder: Path, volumes: int = 2, *, slices: int = 9, tile: tuple[int, int] = (12, 10),
-                   description: str = "ep2d_diff_b50_800", seed: int = 0) -> list[Path]:
+                   description: str = "ep2d_diff_b50_800", seed: int = 0,
+                   image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "DIFFUSION", "NONE", "ND", "MOSAIC")
+                   ) -> list[Path]:
     """A Siemens EPI/DWI series as the console writes it in mosaic form: one classic MR file per volume (b-value),
     all at the same ImagePositionPatient, each holding ``slices`` slices of ``tile`` (columns, rows) tiled into one
     big frame (Rows, Columns = ceil(sqrt(slices)) x the tile). Set by hand: ImageType ORIGINAL\\PRIMARY\\DIFFUSION\\
-    NONE\\ND\\MOSAIC, the private creator (0019,0010) "SIEMENS MR HEADER" and its NumberOfImagesInMosaic
-    (0019,100A, US) = ``slices``, and the same SeriesInstanceUID for every volume."""
+    NONE\\ND\\MOSAIC (``image_type``; the default selection rules skip a diffusion mosaic, and edgeseg refuses
+    one they keep: :func:`neutral_mosaic`), the private creator (0019,0010) "SIEMENS MR HEADER" and its
+    NumberOfImagesInMosaic (0019,100A, US) = ``slices``, and the same SeriesInstanceUID for every volume."""
     from pydicom.uid import generate_uid
 
     grid = int(np.ceil(np.sqrt(slices)))
@@ -66,7 +70,7 @@ def siemens_mosaic(folder: Path, volumes: int = 2, *, slices: int = 9, tile: tup
         big = np.random.default_rng(seed + v).integers(0, 1000, size=(cols * grid, rows * grid, 1)).astype(np.int16)
         (path,) = write_dicom_series((big, np.diag([2.0, 2.0, 4.0, 1.0])), folder, description,
                                      series_uid=series_uid, study_uid=study_uid, frame_of_reference_uid=for_uid,
-                                     image_type=("ORIGINAL", "PRIMARY", "DIFFUSION", "NONE", "ND", "MOSAIC"))
+                                     image_type=tuple(image_type))
         ds = pydicom.dcmread(path)
         block = ds.private_block(0x0019, "SIEMENS MR HEADER", create=True)
         block.add_new(0x0A, "US", slices)
@@ -74,6 +78,13 @@ def siemens_mosaic(folder: Path, volumes: int = 2, *, slices: int = 9, tile: tup
         ds.save_as(path, enforce_file_format=True)
         out.append(path)
     return out
+
+
+def neutral_mosaic(folder: Path, volumes: int = 2, **kwargs: Any) -> list[Path]:
+    """A Siemens EPI mosaic the default selection rules do not skip (ImageType ORIGINAL\\PRIMARY\\M\\ND\\MOSAIC,
+    SeriesDescription "ep2d_se_tra"): edgeseg refuses it as a mosaic, a *refused* series."""
+    return siemens_mosaic(folder, volumes, description="ep2d_se_tra",
+                          image_type=("ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"), **kwargs)
 
 
 def rgb_image(folder: Path, *, description: str = "ADC colour map", seed: int = 0) -> Path:

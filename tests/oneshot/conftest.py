@@ -32,10 +32,10 @@ def demo_series(real_mri: Path, tmp_path_factory: pytest.TempPathFactory) -> lis
 
 @pytest.fixture(scope="session")
 def mosaic_series(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """A Siemens EPI mosaic, which edgeseg refuses with its reason (treat read-only)."""
-    from helpers.dicom_cases import siemens_mosaic
+    """A Siemens EPI mosaic that no selection rule skips, which edgeseg refuses with its reason (treat read-only)."""
+    from helpers.dicom_cases import neutral_mosaic
 
-    return siemens_mosaic(tmp_path_factory.mktemp("mosaic") / "series")
+    return neutral_mosaic(tmp_path_factory.mktemp("mosaic") / "series")
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 (``<SeriesUID>#<file>.dcm`` with ``.tags``, ``task.json`` with ``process.settings``), the real command line run with
 the variables mercure sets, and what mercure takes back checked: only ``*.dcm`` results (the DICOM-SEG, the SR when
 written) and ``result.json`` with ``__mercure_notification``; exit 0 only for a complete result. The same through the
-MONAI Deploy and Holoscan variables, and with a plain folder (``<name>.edgeseg/`` per series)."""
+MONAI Deploy and Holoscan variables, and with a plain folder (``<name>.edgeseg/`` per series). mercure moves a task
+whose module exits non-zero to its error folder as a whole (``app/process/process_series.py``): a study task in
+which one series was segmented exits 0, with what was skipped or refused in ``result.json``."""
 from __future__ import annotations
 
 import importlib.util
@@ -17,7 +19,7 @@ from oneshot_helpers import (dispatched, make_read_only, make_writable, mercure_
                              read_result, snapshot)
 
 from edgeseg.cli import main
-from edgeseg.errors import EXIT_SOME_FAILED, ConfigError, InvalidSeriesError
+from edgeseg.errors import EXIT_OK, ConfigError, InvalidSeriesError
 
 pytestmark = pytest.mark.slow
 
@@ -87,15 +89,61 @@ def test_a_study_task_with_a_good_and_a_refused_series(tmp_path: Path, demo_seri
                                                        mosaic_series: list[Path],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A study-level rule hands every series: the good one is segmented and dispatched, the mosaic refused with its
-    reason; not complete, so not exit 0 ("some failed")."""
+    reason. Exit 0: mercure moves a task that exits non-zero to its error folder as a whole (its
+    ``process_series``), and the good series would never be sent; result.json says "partial"."""
     inp = mercure_input(tmp_path / "in", [demo_series, mosaic_series], {"outputs.preview": False}, uid_type="study")
     out = tmp_path / "out"
-    assert _run(mercure_environment(inp, out), monkeypatch=monkeypatch) == EXIT_SOME_FAILED
+    assert _run(mercure_environment(inp, out), monkeypatch=monkeypatch) == EXIT_OK
     result = read_result(out)
     assert result["status"] == "partial" and result["task"]["uid_type"] == "study"
     assert [s["status"] for s in result["series"]] == ["complete"]
     assert len(result["failed"]) == 1 and "Siemens mosaic" in result["failed"][0]["message"]
     assert len(dispatched(out)) == len(_expected_roles())
+
+
+def test_a_study_task_with_skipped_and_refused_series_delivers_the_good_one(
+        tmp_path: Path, demo_series: list[Path], mosaic_series: list[Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20: a study task holding a DTI and a localizer (skipped by the default selection rules), a mosaic
+    (refused) and the T1: the T1's SEG (and SR) are dispatched and the run ends as mercure treats success (exit 0);
+    result.json names the skipped series with their rule and the refused one with its reason."""
+    from helpers.series_cases import canon_dti, siemens_localizer
+
+    dti = canon_dti(tmp_path / "dti")
+    scout = siemens_localizer(tmp_path / "scout")
+    inp = mercure_input(tmp_path / "in", [demo_series, dti, scout, mosaic_series], {"outputs.preview": False},
+                        uid_type="study")
+    out = tmp_path / "out"
+    assert _run(mercure_environment(inp, out), monkeypatch=monkeypatch) == EXIT_OK
+    result = read_result(out)
+    assert result["status"] == "partial" and result["exit_code"] == 0
+    assert [s["status"] for s in result["series"]] == ["complete"]
+    assert [s["description"] for s in result["series"]] == ["t1_vibe_tra"]
+    assert len(result["failed"]) == 1 and "Siemens mosaic" in result["failed"][0]["message"]
+    assert {s["description"]: s["rule"] for s in result["skipped"]} == {
+        "DTI_MPG12 b1000": "selection.exclude_image_types", "localizer": "selection.exclude_descriptions"}
+    assert len(dispatched(out)) == len(_expected_roles())
+    series_uid = str(pydicom.dcmread(demo_series[0], stop_before_pixels=True).SeriesInstanceUID)
+    for path in dispatched(out):  # only the T1's results: each references the T1
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        refs = {str(item.SeriesInstanceUID) for item in ds.get("ReferencedSeriesSequence", [])}
+        assert not refs or refs == {series_uid}
+    text = result["__mercure_notification"]["text"]
+    assert "skipped by rule selection.exclude_image_types: DTI_MPG12 b1000" in text and "exit status" not in text
+
+
+def test_a_task_of_only_skipped_series_is_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule that hands a localizer alone: nothing to segment is not a failure (exit 0, status "skipped"), nothing
+    dispatched, the rule named in result.json."""
+    from helpers.series_cases import siemens_localizer
+
+    inp = mercure_input(tmp_path / "in", [siemens_localizer(tmp_path / "scout")])
+    out = tmp_path / "out"
+    assert _run(mercure_environment(inp, out), monkeypatch=monkeypatch) == EXIT_OK
+    result = read_result(out)
+    assert result["status"] == "skipped" and result["series"] == [] and result["failed"] == []
+    assert [s["rule"] for s in result["skipped"]] == ["selection.exclude_descriptions"]
+    assert dispatched(out) == []
 
 
 def test_bad_settings_fail_before_any_work(tmp_path: Path, demo_series: list[Path],

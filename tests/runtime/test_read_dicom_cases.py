@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.dicom_cases import (multi_echo_enhanced, multi_echo_series, rgb_image, siemens_mosaic, small_volume,
+from helpers.dicom_cases import (multi_echo_enhanced, multi_echo_series, neutral_mosaic, rgb_image,
+                                 siemens_mosaic, small_volume,
                                  uidless_series)
 from edgeseg.cli import main
 from edgeseg.demo.dicom_series import write_dicom_series, write_enhanced_mr
 from edgeseg.errors import EXIT_OK, EXIT_PARTIAL, EXIT_SOME_FAILED, InvalidSeriesError
 from edgeseg.runtime.naming import is_derived_series_id, safe_stem
 from edgeseg.runtime.read import SkippedFiles, discover_series, read_series
-from edgeseg.runtime.read.headers import COLOUR, LOCALIZER_ONLY, MOSAIC, NO_FRAME_GEOMETRY, NOT_DICOM, no_geometry
+from edgeseg.runtime.read.headers import COLOUR, MOSAIC, NO_FRAME_GEOMETRY, NOT_DICOM, no_geometry
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_no_image_series_found_names_the_reason_per_class_of_file(tmp_path: Path
     import pydicom
 
     exam = tmp_path / "exam"
-    mosaics = siemens_mosaic(exam / "dwi", volumes=2)
+    mosaics = neutral_mosaic(exam / "dwi", volumes=2)
     rgb = rgb_image(exam / "map")
     scout = write_dicom_series(small_volume(3), exam / "scout", "localizer",
                                image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
@@ -138,9 +139,12 @@ def test_no_image_series_found_names_the_reason_per_class_of_file(tmp_path: Path
     assert main(["segment", str(exam), "--bundle", "demo"]) == InvalidSeriesError.exit_code
     err = capsys.readouterr().err
     assert f"No image series found in {exam}: " in err
-    for files, reason in [(mosaics, MOSAIC), ([rgb], COLOUR), (scout, LOCALIZER_ONLY), ([enhanced], NO_FRAME_GEOMETRY),
+    for files, reason in [(mosaics, MOSAIC), ([rgb], COLOUR), ([enhanced], NO_FRAME_GEOMETRY),
                           ([capture], no_geometry("ImagePositionPatient")), ([exam / "notes.txt"], NOT_DICOM)]:
         assert f"{len(files)} file(s), e.g. {min(files)}: {reason}" in err, reason
+    # the localizer is skipped by a selection rule, named with it
+    assert "series localizer skipped by rule selection.exclude_image_types (ImageType LOCALIZER)" in err
+    assert len(scout) == 3
     # the refused images are named in the normal log (a warning), not only in the debug log
     assert "WARNING" in err and "not segmented under" in err
 

@@ -61,12 +61,15 @@ def test_every_key_has_one_default_which_the_typed_objects_share() -> None:
     from edgeseg.runtime.node.settings import DeliverySettings, ListenerSettings
     from edgeseg.runtime.options import OutputOptions, SegmentOptions
     from edgeseg.runtime.read.limits import ReadLimits
+    from edgeseg.runtime.read.selection import SelectionRules
     from edgeseg.runtime.settings.run import RunSettings
     from edgeseg.runtime.watch.config import AlertSettings, StatusPageSettings, WatchConfig
+    from edgeseg.runtime.watch.retention import RetentionPolicy
 
     objects: list[tuple[object, str, str]] = [
         (WatchConfig, "", "watch"), (RunSettings, "", "run"), (SegmentOptions, "", "segment"),
         (OutputOptions, "outputs.", "watch"), (ReadLimits, "limits.", "watch"),
+        (SelectionRules, "selection.", "watch"), (RetentionPolicy, "retention.", "watch"),
         (ListenerSettings, "dicom_listener.", "watch"), (DeliverySettings, "delivery.", "watch"),
         (StatusPageSettings, "status_page.", "watch"), (AlertSettings, "alerts.", "watch")]
     checked = set()

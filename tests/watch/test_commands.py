@@ -88,6 +88,28 @@ def test_doctor_reports_each_check(config_file: Path, capsys) -> None:
     assert any(line.startswith("SKIP  time budget") for line in lines)
 
 
+def test_doctor_shows_the_retention_policy_and_the_disk_forecast(config_file: Path, tmp_path: Path, capsys) -> None:
+    """Issue 20: the policy in words, what was removed, and per root the free space, the arrival rate and when the
+    watermark is reached at that rate."""
+    from edgeseg.runtime.watch.config import load_config
+    from edgeseg.runtime.watch.store import JobStore
+
+    with config_file.open("a", encoding="utf-8") as fh:
+        fh.write("retention:\n  received_days: 3\n  results_days: null\n  min_free_mb: 100\n")
+    write_series(tmp_path / "in" / "exam", 4)
+    config = load_config(config_file, check_paths=False)
+    with JobStore(config.store_path) as store:
+        store.mark_complete("k", "dicom", tmp_path / "in" / "exam", "exam", "fp", 4, "1.2.3")
+        store.mark_running("k")
+        store.mark_done("k", None, 1.0)
+    main(["doctor", "--config", str(config_file)])
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "retention:" in line]
+    assert line.startswith("OK    retention: received images: 3 days after delivery; results: kept; watermark: 100 "
+                           "MB free, oldest delivered first; export folders' images: kept; 0 removal(s) recorded")
+    assert f"Disk forecast: {tmp_path / 'in'}: " in line and "MB/day arrived over the last 7 days" in line
+    assert "the watermark is reached in about" in line
+
+
 def test_doctor_fails_the_device_check_when_the_device_is_absent(config_file: Path, monkeypatch, capsys) -> None:
     import edgeseg.runtime.infer.engine as engine
 

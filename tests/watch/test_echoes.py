@@ -110,7 +110,7 @@ def test_the_echoes_key_is_validated(tmp_path) -> None:
     (tmp_path / "in").mkdir()
     config = tmp_path / "watch_config.yaml"
     config.write_text("roots: [in]\nbundle: demo\nechoes: second\n")
-    with pytest.raises(ConfigError, match="echoes: must be one of all, first, got 'second'"):
+    with pytest.raises(ConfigError, match="echoes: must be one of all, first, magnitude, got 'second'"):
         load_config(config, env={}, check_paths=False)
     config.write_text("roots: [in]\nbundle: demo\n")
     assert load_config(config, env={}, check_paths=False).echoes == "all"
