@@ -34,7 +34,7 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str,
 
 def hostile_series(folder: Path, **kwargs: Any) -> list[Path]:
     """A small series whose PatientID and AccessionNumber are HTML."""
-    files = write_series(folder, description="T1 <b>bold</b>", **kwargs)
+    files = write_series(folder, description="T1 <b>strong</b>", **kwargs)  # (not "bold": a BOLD series is skipped)
     for f in files:
         ds = dcmread(f)
         ds.PatientID = HOSTILE_ID
@@ -59,7 +59,7 @@ def test_page_json_health_metrics_over_http(start_watcher, roots: Path) -> None:
     snap = json.loads(body)
     [row] = snap["recent"]
     assert row["state"] == "done" and row["patient_id"] == HOSTILE_ID and row["accession"] == "ACC<i>1"
-    assert row["description"] == "T1 <b>bold</b>" and row["seconds"] is not None and row["preview"] is False
+    assert row["description"] == "T1 <b>strong</b>" and row["seconds"] is not None and row["preview"] is False
     assert snap["counts"]["done"] == 1 and snap["watcher"]["healthy"] is True
     assert snap["disk"]["paths"] and snap["disk"]["paths"][0]["free_bytes"] > 0
 
@@ -67,7 +67,7 @@ def test_page_json_health_metrics_over_http(start_watcher, roots: Path) -> None:
     page = body.decode()
     assert code == 200 and headers["Content-Type"].startswith("text/html")
     assert "default-src 'none'" in headers["Content-Security-Policy"]
-    assert HOSTILE_ID not in page and "<script" not in page and "<b>bold" not in page and "<i>1" not in page
+    assert HOSTILE_ID not in page and "<script" not in page and "<b>strong" not in page and "<i>1" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;" in page and "ACC&lt;i&gt;1" in page
 
     code, _, body = get(page_url(w, "/healthz"))
@@ -182,7 +182,7 @@ def test_status_command_shows_the_human_columns(start_watcher, roots: Path, tmp_
     header = next(line for line in out.splitlines() if line.startswith("UPDATED"))
     for column in ("STATE", "PATIENT ID", "ACCESSION", "SERIES", "MODEL", "PRECISION", "SECONDS"):
         assert column in header
-    assert HOSTILE_ID in out and "ACC<i>1" in out and "T1 <b>bold</b>" in out
+    assert HOSTILE_ID in out and "ACC<i>1" in out and "T1 <b>strong</b>" in out
 
 
 def test_an_older_store_gets_the_new_columns(tmp_path: Path) -> None:
