@@ -25,12 +25,13 @@ Prediction, per plan (variant, tile step)::
   DICOM runs (a series of 2000 tiny slices is dominated by reading files and writing the SEG, not by tiles).
 * Once a series has run with this bundle on this PC, the prediction is per stage instead (``details["stages"]``,
   :func:`stage_units`): every stage's fixed seconds plus seconds per unit, a line fitted to the last runs on
-  this PC (:meth:`LatencyTable.record_stages` keeps each run's stage timings; :func:`fit_stage`), at the
-  series' units: reading per DICOM instance (per input Mvoxel for NIfTI/PAR), preprocessing, resampling back
-  and postprocessing per Mvoxel (input plus network grids), inference per predicted tile-second (the sliding
-  window's own cost on top of the network's is in that ratio), writing per input Mvoxel (DICOM and NIfTI inputs
-  apart: a DICOM-SEG and SR cost more), and the planner, compilation and the rest as fixed seconds. The
-  manifest's ``plan.details.stages`` beside its ``run.timings_s`` shows where a prediction was off.
+  this PC, the recent ones weighing most (:meth:`LatencyTable.record_stages` keeps each run's stage timings;
+  :func:`fit_stage`), at the series' units: reading per DICOM instance (per input Mvoxel for NIfTI/PAR),
+  preprocessing, resampling back and postprocessing per Mvoxel (input plus network grids), inference per
+  predicted tile-second (the sliding window's own cost on top of the network's is in that ratio), writing per
+  input Mvoxel (DICOM and NIfTI inputs apart: a DICOM-SEG and SR cost more), and the planner, compilation and the
+  rest as fixed seconds. The manifest's ``plan.details.stages`` beside its ``run.timings_s`` shows where a
+  prediction was off.
 * ``ceiling_s`` (the hard time ceiling per series): a plan whose prediction exceeds it, even the fastest, comes
   back with ``over_ceiling=True`` and the watcher refuses the series before starting it.
 
@@ -306,25 +307,27 @@ def stage_units(details: dict[str, Any], dicom: bool) -> dict[str, float]:
 
 def fit_stage(samples: list[tuple[float, float]], last_only: bool = False,
               proportional: bool = False) -> tuple[float, float]:
-    """(fixed seconds, seconds per unit) of one stage from its runs' (units, seconds): a least-squares line
-    through them once they cover two sizes (both terms kept non-negative), else seconds proportional to the units
-    (one size seen). ``last_only``: the last run's seconds as a fixed cost (compiling, measuring a latency: paid by
-    a segmenter's first series only). ``proportional``: a line through zero (inference: its seconds per predicted
-    tile-second, the big series weighing most)."""
+    """(fixed seconds, seconds per unit) of one stage from its runs' (units, seconds), oldest first: a weighted
+    least-squares line through them once they cover two sizes (both terms kept non-negative), else seconds
+    proportional to the units (one size seen). Each run weighs by its relative error (a big series does not
+    drown the small ones) and by its recency (x0.8 per newer run: the load of a shared PC changes, the last runs
+    tell the present best). ``last_only``: the last run's seconds as a fixed cost (compiling, measuring a
+    latency: paid by a segmenter's first series only). ``proportional``: a line through zero (inference: its
+    seconds per predicted tile-second)."""
     if last_only:
         return samples[-1][1], 0.0
     x = np.array([u for u, _ in samples])
     y = np.array([t for _, t in samples])
-    if proportional:
-        return 0.0, float(np.dot(x, y) / np.dot(x, x))
-    if np.ptp(x) > 1e-9 * max(1.0, float(x.max())):
-        per, fixed = np.polyfit(x, y, 1)
-        if per < 0:
-            return float(y.mean()), 0.0
-        if fixed < 0:
-            return 0.0, float(np.dot(x, y) / np.dot(x, x))
-        return float(fixed), float(per)
-    return 0.0, float(y.mean() / x.mean())
+    w = 0.8 ** np.arange(len(samples) - 1, -1, -1) / np.maximum(y, 1e-3)  # 1/sigma per run
+    w2 = w * w
+    if proportional or np.ptp(x) <= 1e-9 * max(1.0, float(x.max())):
+        return 0.0, float(np.dot(w2 * x, y) / np.dot(w2 * x, x))
+    per, fixed = np.polyfit(x, y, 1, w=w)
+    if per < 0:
+        return float(np.dot(w2, y) / w2.sum()), 0.0
+    if fixed < 0:
+        return 0.0, float(np.dot(w2 * x, y) / np.dot(w2 * x, x))
+    return float(fixed), float(per)
 
 
 def predict_stages(details: dict[str, Any], rates: dict[str, tuple[float, float]]) -> dict[str, float] | None:

@@ -155,12 +155,15 @@ def test_prediction_is_per_stage_once_a_run_reported_its_stages(tmp_path: Path) 
 
 def test_a_stage_is_a_fixed_cost_plus_a_cost_per_unit_once_two_sizes_ran() -> None:
     """Writing a DICOM-SEG and SR has a fixed part (the SR, the headers) and a part per voxel: one size alone
-    cannot tell them apart (proportional), two sizes can (a line), and a fitted term never goes negative."""
+    cannot tell them apart (proportional), two sizes can (a line), a fitted term never goes negative, and the
+    latest runs weigh most (a shared PC's load changes)."""
     from edgeseg.runtime.plan import fit_stage
 
     assert fit_stage([(0.2, 1.0)]) == pytest.approx((0.0, 5.0))
     assert fit_stage([(0.2, 1.0), (6.0, 1.58), (25.0, 3.48)]) == pytest.approx((0.98, 0.1), abs=1e-6)
-    assert fit_stage([(1.0, 2.0), (2.0, 1.0)]) == pytest.approx((1.5, 0.0))  # slower on the smaller: no slope
+    fixed, per = fit_stage([(1.0, 2.0), (2.0, 1.0)])  # slower on the smaller: no slope, the later run weighs most
+    assert per == 0.0 and 1.0 < fixed < 1.5
     assert fit_stage([(1.0, 0.5), (2.0, 2.0)])[0] == 0.0  # a negative fixed part: proportional instead
     assert fit_stage([(1.0, 9.0), (1.0, 0.2)], last_only=True) == (0.2, 0.0)  # compiled once, not again
-    assert fit_stage([(1.0, 1.2), (4.0, 4.4)], proportional=True) == pytest.approx((0.0, 18.8 / 17))
+    assert 1.1 < fit_stage([(1.0, 1.2), (4.0, 4.4)], proportional=True)[1] < 1.2
+    assert fit_stage([(1.0, 4.0), (1.0, 1.0)])[1] < 1.2  # the machine got faster: the last run tells
