@@ -253,13 +253,15 @@ KEYS_TABLE: Final[tuple[Key, ...]] = (
         commands=("segment", "watch")),
     Key("outputs.dicom_seg", Kind.BOOL, True, "a DICOM-SEG object (DICOM input only)", flag="--no-dicom-seg",
         commands=_ALL, oneshot=True),
-    Key("outputs.seg_type", Kind.ENUM, SegType.LABELMAP, "DICOM-SEG type: labelmap (one frame per slice, small) "
-        "or binary (one frame per structure and slice, for viewers that do not read LABELMAP SEGs yet)",
+    Key("outputs.seg_type", Kind.ENUM, SegType.BINARY, "DICOM-SEG type: binary (one frame per structure and slice, "
+        "stored by every SEG-capable PACS) or labelmap (one frame per slice, small; a 2024 SOP class many PACS refuse)",
         choices=SegType, flag="--seg-type", commands=_ALL, oneshot=True,
-        doc="DICOM-SEG type: labelmap (one frame per slice: 300 frames for a 300-slice series, whatever the number "
-            "of structures) or binary (one 1-bit frame per structure and slice: thousands of frames for 50 "
-            "structures, but read by every SEG viewer; choose it for a viewer or PACS that does not read LABELMAP "
-            "SEGs yet)."),
+        doc="DICOM-SEG type: binary (one 1-bit frame per structure and slice: thousands of frames for 50 structures, "
+            "but stored by every SEG-capable PACS and read by every SEG viewer; what TotalSegmentator, MONAI Deploy "
+            "and mercure write) or labelmap (one frame per slice: 300 frames for a 300-slice series, whatever the "
+            "number of structures; Label Map Segmentation Storage, a 2024 SOP class that Orthanc 1.10, DCMTK 3.6.7 "
+            "and pydicom-seg refuse). The watcher does not start when a destination it reaches refuses the type "
+            "set here (docs/dicom-node.md)."),
     Key("outputs.dicom_sr", Kind.BOOL, True, "a DICOM SR measurement report (TID 1500: volume per structure) "
         "referencing the DICOM-SEG and the source series (DICOM input, beside a DICOM-SEG)", flag="--no-dicom-sr",
         commands=_ALL, oneshot=True),

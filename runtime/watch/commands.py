@@ -57,10 +57,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("deliver", help="results to DICOM destinations: send failed deliveries again",
                        description="Without options: the deliveries of the job store (pending, sent, failed). "
-                                   "--retry: failed deliveries become pending again; a running watcher sends them "
+                                   "--retry: failed deliveries become pending again; --now: pending ones are due at "
+                                   "once (also those waiting in back-off); a running watcher sends them "
                                    "within seconds, else the watcher sends them at its next start.")
     _config_arg(p)
     p.add_argument("--retry", action="store_true", help="make failed deliveries pending again")
+    p.add_argument("--now", action="store_true", help="send pending deliveries now (also those waiting in back-off); "
+                   "with --retry the failed ones too")
     p.add_argument("--destination", metavar="NAME", help="only the deliveries to this destination")
     p.add_argument("--state-dir", help="use this state folder instead of the configured one")
     p.set_defaults(func=cmd_deliver)
@@ -107,23 +110,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     def read(store: JobStore) -> tuple[Any, ...]:
         return (store.counts(), store.rows(limit=args.limit),
                 store.delivery_counts(),  # none from a store before schema 3
-                [*store.deliveries("failed", limit=args.limit), *store.deliveries("pending", limit=args.limit)])
+                [*store.deliveries("failed", limit=args.limit), *store.deliveries("pending", limit=args.limit)],
+                store.open_delivery_keys())
 
     answer = with_store(config.store_path, read, readonly=True)
     if isinstance(answer, int):
         return answer
-    counts, rows, delivery_counts, open_deliveries = answer
+    counts, rows, delivery_counts, open_deliveries, undelivered = answer
     now = time.time()
     state = liveness(config.state_dir, beat, now)
     if args.json:
-        print(json.dumps({"watcher": beat, "state": state, "counts": counts, "recent": [r.__dict__ for r in rows],
+        recent = [dict(r.__dict__, delivery=undelivered.get(r.key))  # "pending"/"failed": not delivered yet
+                  for r in rows]
+        print(json.dumps({"watcher": beat, "state": state, "counts": counts, "recent": recent,
                           "deliveries": {"counts": delivery_counts,
                                          "open": [dataclasses.asdict(d) for d in open_deliveries]}},
                          indent=2, default=str))
         return EXIT_OK
     print(f"watcher: {state}")
     print(f"store:   {config.store_path}")
-    print("series:  " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    delivering = sum(1 for r in rows if r.state == "done" and r.key in undelivered)
+    print("series:  " + ", ".join(f"{n} {s}" for s, n in counts.items())
+          + (f" ({delivering} of the recent done ones not delivered yet)" if delivering else ""))
     if any(delivery_counts.values()) or config.node.destinations:
         print("deliveries: " + ", ".join(f"{n} {s}" for s, n in delivery_counts.items()))
     if beat and not beat.get("stopped") and state.startswith(("running", "NOT RESPONDING")):
@@ -141,7 +149,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         if r.predicted_s is not None:
             seconds += f" (pred {r.predicted_s:.0f})"
         error = (r.last_error or "").replace("\n", " ")
-        table_rows.append([age(now - r.updated_at) + " ago", r.state, str(r.attempts), seconds, r.name,
+        shown = r.state
+        if r.state in ("done", "partial") and r.key in undelivered:  # never a plain "done" before PACS has it
+            shown += ", delivery " + ("failed" if undelivered[r.key] == "failed" else "pending")
+        table_rows.append([age(now - r.updated_at) + " ago", shown, str(r.attempts), seconds, r.name,
                            r.folder, error[:70] + ("..." if len(error) > 70 else "")])
     print(table(["UPDATED", "STATE", "TRIES", "SECONDS", "NAME", "FOLDER", "ERROR"], table_rows))
     if open_deliveries:
@@ -168,10 +179,12 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     now = time.time()
     def work(store: JobStore) -> tuple[Any, ...]:
         retried = store.retry_failed_deliveries(args.destination) if args.retry else 0
+        if args.now:
+            retried += store.make_due(args.destination)
         return retried, store.delivery_counts(), [d for d in store.deliveries("failed")
                                                   if args.destination is None or d.destination == args.destination]
 
-    answer = with_store(config.store_path, work, readonly=not args.retry)
+    answer = with_store(config.store_path, work, readonly=not (args.retry or args.now))
     if isinstance(answer, int):
         return answer
     n, counts, failed = answer
@@ -181,15 +194,22 @@ def cmd_deliver(args: argparse.Namespace) -> int:
               f"({', '.join(sorted(configured)) or 'none'}); its deliveries fail again at once unless it is "
               "configured in watch_config.yaml.")
     print("deliveries: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    if not args.retry:
+    if not (args.retry or args.now):
         if failed:
             print(f"\nFailed{which} ({len(failed)}); fix the reason, then `edgeseg deliver --retry`:")
             print(table(DELIVERY_HEADERS, [delivery_cells(d, now) for d in failed]))
         return EXIT_OK
-    if n == 0:
+    if n == 0 and not args.now:
         print(f"No failed deliveries{which} to retry.")
         return EXIT_OK
-    print(f"{n} failed deliver{'y is' if n == 1 else 'ies are'} pending again{which}.")
+    if args.now:
+        n = counts.get("pending", 0) if args.destination is None else n
+        if n == 0:
+            print(f"Nothing pending{which}.")
+            return EXIT_OK
+        print(f"{n} deliver{'y is' if n == 1 else 'ies are'} due now{which}.")
+    else:
+        print(f"{n} failed deliver{'y is' if n == 1 else 'ies are'} pending again{which}.")
     state = liveness(config.state_dir, read_beat(config.state_dir), time.time())
     them = "it" if n == 1 else "them"
     if state.startswith("running"):

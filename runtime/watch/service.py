@@ -54,7 +54,7 @@ from edgeseg.runtime.segmenter import Segmenter, SeriesCancelled, SeriesSegmente
 from edgeseg.runtime.node.settings import RESULT_ROLE
 from edgeseg.runtime.watch.completion import CompletionTracker
 from edgeseg.runtime.watch.config import WatchConfig
-from edgeseg.runtime.watch.deliver import DeliveryWorker
+from edgeseg.runtime.watch.deliver import DeliveryWorker, refuse_untakeable
 from edgeseg.runtime.watch.jobs import INVALID, SeriesJob
 from edgeseg.runtime.watch.lock import StateLock
 from edgeseg.runtime.watch.observer import EnqueueHandler, PathFilter, start_observer
@@ -197,6 +197,7 @@ class Watcher:
                     f"Cannot watch {', '.join(map(str, cfg.roots))} with {cfg.observer.value} events ({err}). Fix: "
                     "set observer: polling in watch_config.yaml (or raise the system's file-watch limit).") from err
         if cfg.node.destinations:
+            refuse_untakeable(cfg)  # doctor's FAIL for a destination that answers but refuses what it is sent
             listener_ae = cfg.node.listener.ae_title if cfg.node.listener.enabled else None
             self.delivery = DeliveryWorker(self.store, cfg.node.destinations, cfg.node.delivery, listener_ae,
                                            self._stop, on_settled=self._delivery_settled)
