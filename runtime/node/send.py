@@ -30,17 +30,19 @@ _ROUTINE_PYNETDICOM = (
     "No accepted presentation contexts", "Association Rejected", "Result: ", "Reason: ", "Association Aborted",
     "Aborting Association", "DIMSE timeout reached", "Connection closed while waiting for DIMSE message",
     "Network timeout reached", "Connection closed before the entire PDU was received", "ACSE timeout reached",
-    "No presentation context for",
+    "No presentation context for", "The received PDU is shorter than expected",
 )
 _PYNETDICOM_LOGGERS = ("pynetdicom.transport", "pynetdicom.acse", "pynetdicom.association", "pynetdicom.dul",
                        "pynetdicom.ae", "pynetdicom.dimse", "pynetdicom.fsm")
 
 
 class _RoutineToDebug(logging.Filter):
-    """Lowers pynetdicom's ERROR/WARNING records of :data:`_ROUTINE_PYNETDICOM` to DEBUG."""
+    """Lowers pynetdicom's ERROR/WARNING records of :data:`_ROUTINE_PYNETDICOM`, and its ``LOGGER.exception`` of a
+    socket error or time-out (a peer gone or too slow, which the sender or the listener reports), to DEBUG."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING and str(record.msg).startswith(_ROUTINE_PYNETDICOM):
+        if record.levelno >= logging.WARNING and (isinstance(record.msg, (OSError, TimeoutError))
+                                                  or str(record.msg).startswith(_ROUTINE_PYNETDICOM)):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger().isEnabledFor(logging.DEBUG)
         return True

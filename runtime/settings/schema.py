@@ -311,6 +311,14 @@ KEYS_TABLE: Final[tuple[Key, ...]] = (
     Key("dicom_listener.max_associations", Kind.INT, _field_default(ListenerSettings, "max_associations"),
         "associations served at the same time (more are refused as 'local limit exceeded' and the console "
         "retries)", minimum=1),
+    Key("dicom_listener.max_associations_per_host", Kind.INT,
+        _field_default(ListenerSettings, "max_associations_per_host"),
+        "connections one peer address may hold at the same time (more are closed at accept, before anything is "
+        "read): a stranger or a broken console cannot take every slot", minimum=1,
+        doc="Connections (TLS handshakes and associations) one peer address may hold at the same time. More are "
+            "closed as they are accepted, before any byte is read, and logged once with the address: a host that "
+            "opens idle sockets or floods the port cannot take the slots (max_associations) of the consoles. A "
+            "console normally uses one association; some send with two or three in parallel."),
     Key("dicom_listener.root", Kind.PATH, None, "the watched root received instances are written into, as "
         "<StudyInstanceUID>/<SeriesInstanceUID>/<SOP>.dcm (null: the first of roots)", nullable=True,
         derived="the first of roots",

@@ -203,7 +203,8 @@ def test_a_series_over_several_associations_is_segmented_once_with_all_its_insta
 
 
 def test_1000_images_over_one_association_while_three_consoles_send(tmp_path: Path) -> None:
-    config = node_config(tmp_path, **{"dicom_listener.max_associations": 4})
+    config = node_config(tmp_path, **{"dicom_listener.max_associations": 4,  # four consoles, all on 127.0.0.1
+                                      "dicom_listener.max_associations_per_host": 4})
     big = mr_series(tmp_path / "big", n=1000, shape=(64, 64), description="t2 big")
     consoles = [mr_series(tmp_path / f"console{i}", n=60, shape=(48, 40), seed=i, description=f"console {i}")
                 for i in range(3)]
