@@ -13,8 +13,8 @@ Each row runs edgeseg in a child process (its memory is its own) on 127.0.0.1; s
   over its RSS before (goal: <= 200 MB whatever the size).
 * console: 8 idle stranger sockets open; seconds until the console's C-ECHO is answered (goal: <= 2 s).
 * sigterm: the whole watcher (``edgeseg watch`` with the fake segmenter, tests/helpers/fake_watcher.py: the product's
-  command line, signals and stop) with 8 idle strangers, one peer trickling a byte a second and the big instance in
-  flight: seconds from SIGTERM to exit (goal: <= stop_grace_s + 2 s).
+  command line, signals and stop) with 8 idle strangers (127.0.0.2), one peer trickling a byte a second (127.0.0.3)
+  and the big instance in flight from the console: seconds from SIGTERM to exit (goal: <= stop_grace_s + 2 s).
 * kill -9: the same watcher, ``TMPDIR`` an empty folder, killed while the big instance is received: files left in
   that system temporary folder (goal: 0) and in ``<root>/.edgeseg-incoming`` (removed at the next start).
 """
@@ -235,7 +235,7 @@ def _watcher(work: Path, name: str, env_tmp: Path) -> tuple[subprocess.Popen[byt
             if s.connect_ex((LOOPBACK, port)) == 0:
                 break
         time.sleep(0.2)
-    time.sleep(0.5)
+    time.sleep(1.0)
     return proc, port, root
 
 
@@ -253,6 +253,7 @@ def row_sigterm(work: Path, big: Path) -> dict[str, Any]:
     proc, port, root = _watcher(work, "sigterm", work / "sigterm-tmp")
     socks = strangers(port, 8)
     trickler = socket.socket()
+    trickler.bind(("127.0.0.3", 0))  # a second stranger host
     trickler.connect((LOOPBACK, port))
     trickler.sendall(struct.pack(">BBL", 0x01, 0, 200))
     stop = threading.Event()

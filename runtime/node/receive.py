@@ -138,6 +138,15 @@ def store_file(source: Path, root: Path, study_uid: str, series_uid: str, sop_ui
     return final
 
 
+def _open(assoc: Any) -> bool:
+    """True while the association's connection is open (its thread may outlive it by up to acse_timeout)."""
+    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    try:
+        return sock is not None and sock.fileno() != -1
+    except (OSError, ValueError):
+        return False
+
+
 class StorageReceiver:
     """The listener of ``settings``: :meth:`start` binds and serves in background threads, :meth:`stop` ends it.
 
@@ -181,7 +190,9 @@ class StorageReceiver:
         s = self.settings
         tame_pynetdicom_logs()
         ae = AE(ae_title=s.ae_title)
-        ae.maximum_associations = s.max_associations
+        # pynetdicom counts acceptor threads, which outlive a closed connection by up to acse_timeout: its limit is
+        # only a backstop; _on_requested applies max_associations to connections that are open
+        ae.maximum_associations = 4 * s.max_associations + 8
         ae.require_called_aet = True
         ae.network_timeout = 60
         ae.acse_timeout = ARTIM_S  # also the ARTIM timer: a peer that connects and says nothing is dropped
@@ -272,9 +283,9 @@ class StorageReceiver:
             if reason is not None and "AE title" in reason:
                 diagnostic = 0x03
         if reason is None:
-            acceptors = [a for a in assoc.ae.active_associations if a.is_acceptor]
-            if len(acceptors) > self.settings.max_associations:  # pynetdicom would refuse it, without a log line
-                reason = (f"local limit exceeded: {len(acceptors) - 1} associations open "
+            others = [a for a in assoc.ae.active_associations if a.is_acceptor and a is not assoc and _open(a)]
+            if len(others) >= self.settings.max_associations:
+                reason = (f"local limit exceeded: {len(others)} associations open "
                           f"(dicom_listener.max_associations {self.settings.max_associations})")
                 result, source, diagnostic = 0x02, 0x03, 0x02
         if reason is not None:
