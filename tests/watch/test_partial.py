@@ -147,7 +147,7 @@ def test_a_version_1_job_store_is_migrated_with_its_rows(tmp_path: Path) -> None
         assert not store.decide("/in/a::1.2.3", "fp", 3).run  # partial with the same input: not repeated
         assert store.decide("/in/a::1.2.3", "fp2", 3).run
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3  # 3: the deliveries outbox too
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4  # 3: the outbox; 4: what was sent
     assert db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 0
     assert {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")} >= {
         "jobs_state", "jobs_updated"}
