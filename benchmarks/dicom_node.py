@@ -311,7 +311,8 @@ def receiver_worker(root: Path, no_fsync: bool) -> int:
 
     receive.store_file = store_file  # type: ignore[assignment]  # looked up by name in _on_store
     settings = ListenerSettings(enabled=True, ae_title="EDGESEG", port=0, bind_address=LOOPBACK,
-                                allowed_ae_titles=(SCU_AET,), root=root, max_associations=4)
+                                allowed_ae_titles=(SCU_AET,), root=root, max_associations=4,
+                                max_associations_per_host=4)  # row B's three consoles are one host here (loopback)
     receiver = receive.StorageReceiver(settings)
     receiver.start()
     print(json.dumps({"port": receiver.address[1], "rss_ready_mb": proc_status_mb(os.getpid(), "VmRSS")}),

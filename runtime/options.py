@@ -32,7 +32,7 @@ class OutputOptions:
     preview: bool = True
     #: DICOM-SEG type, one of :data:`SEG_TYPES`: "labelmap" (one frame per slice) or "binary" (one frame per
     #: structure and slice); :mod:`edgeseg.runtime.write.dicomseg` says why the default is what it is
-    seg_type: str = SegType.LABELMAP
+    seg_type: str = SegType.BINARY
 
     def __post_init__(self) -> None:
         value = str(getattr(self.seg_type, "value", self.seg_type)).lower()

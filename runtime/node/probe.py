@@ -35,6 +35,9 @@ def accepted_sop_classes(destination: Destination, calling_ae: str, sop_classes:
     """
     from pynetdicom import AE
 
+    from edgeseg.runtime.node.send import tame_pynetdicom_logs
+
+    tame_pynetdicom_logs()
     classes = list(dict.fromkeys(sop_classes))
     if len(classes) > 127:
         raise ValueError("at most 127 SOP classes can be proposed in one association (besides Verification)")

@@ -3,15 +3,22 @@
 Each received instance becomes ``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``:
 
 * pynetdicom streams the dataset to a temporary file as it arrives (``STORE_RECV_CHUNKED_DATASET``: memory stays
-  bounded whatever the image or the number of associations); the handler reads only its header, checks the three
-  UIDs (:func:`~edgeseg.runtime.node.settings.is_valid_uid`: digits and dots, so no value a peer sends can make a
-  path leave the root), copies it to a hidden temporary beside its final name, fsyncs it, renames it into place and
+  bounded whatever the image or the number of associations), in ``<root>/.edgeseg-incoming`` (inside the root, on its
+  disk: ``min_free_mb`` covers it; never the system temporary folder); the handler reads only its header, checks the
+  three UIDs (:func:`~edgeseg.runtime.node.settings.is_valid_uid`: digits and dots, so no value a peer sends can make
+  a path leave the root), copies it to a hidden temporary beside its final name, fsyncs it, renames it into place and
   fsyncs the folder. Only then is 0x0000 returned: an instance the console was told was stored survives kill -9 and
-  power loss. A second copy of the same SOP Instance UID replaces the first atomically.
+  power loss. A second copy of the same SOP Instance UID replaces the first atomically, unless it names another
+  patient (PatientID, PatientName, PatientBirthDate differ): then the first stays, the second is kept aside under
+  ``<root>/.edgeseg-conflicts/`` and a WARNING names both (a console that reuses UIDs, or a mix-up to look at).
 * Disk full, an unwritable root, or less than ``min_free_mb`` free: 0xA700 "out of resources" (the console keeps the
   images and retries); the temporary is removed, nothing partial is left under a final name.
 * Associations are accepted only from the configured peers (calling AE title and/or host, the called AE title must be
   ours); a refused peer gets A-ASSOCIATE-RJ before it can send anything, and the refusal and its reason are logged.
+  Before that, :mod:`edgeseg.runtime.node.guard` closes a connection from a host not in ``allowed_hosts`` or beyond
+  ``max_associations_per_host`` at accept, before reading a byte; negotiates TLS off the accept thread with a
+  deadline; bounds each PDU's length and arrival time; and ends everything at :meth:`StorageReceiver.stop` within
+  about a second whatever peers do.
 * What was stored, and when an association ended, goes to ``on_event`` (the watcher's completion tracker uses it to
   treat a series sent in one association as complete without waiting the full quiet period).
 
@@ -23,6 +30,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +46,10 @@ log = logging.getLogger(__name__)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+#: where an instance that names another patient than the stored copy of its SOP Instance UID is kept aside
+CONFLICTS_DIR = ".edgeseg-conflicts"
+#: the attributes that say which patient an instance is of
+PATIENT_KEYS = ("PatientID", "PatientName", "PatientBirthDate")
 #: the hidden temporary of an instance being written: ``.<SOP>.dcm.recv-<random>`` beside its final name
 #: (:func:`~edgeseg.runtime.write.atomic.write_file_atomic`)
 RECEIVING_SUFFIX = ".recv-"
@@ -126,6 +138,15 @@ def store_file(source: Path, root: Path, study_uid: str, series_uid: str, sop_ui
     return final
 
 
+def _open(assoc: Any) -> bool:
+    """True while the association's connection is open (its thread may outlive it by up to acse_timeout)."""
+    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    try:
+        return sock is not None and sock.fileno() != -1
+    except (OSError, ValueError):
+        return False
+
+
 class StorageReceiver:
     """The listener of ``settings``: :meth:`start` binds and serves in background threads, :meth:`stop` ends it.
 
@@ -144,6 +165,7 @@ class StorageReceiver:
         self._server: Any = None
         self._lock = threading.Lock()
         self._assocs: dict[int, tuple[set[Path], int, str]] = {}
+        self._incoming = self.root / ".edgeseg-incoming"
 
     # ----------------------------------------------------------------------------------------------- lifecycle
 
@@ -156,18 +178,26 @@ class StorageReceiver:
         return str(host), int(port)
 
     def start(self) -> None:
-        from pynetdicom import AE, _config, evt
+        import threading as _threading
+
+        from pynetdicom import AE, evt
         from pynetdicom.sop_class import Verification
 
+        from edgeseg.runtime.node.guard import ARTIM_S, INCOMING_DIR, MAX_PDU, GuardedServer, stream_datasets_into
+        from edgeseg.runtime.node.send import tame_pynetdicom_logs
+        from edgeseg.runtime.node.settings import host_matches
+
         s = self.settings
-        _config.STORE_RECV_CHUNKED_DATASET = True  # stream each dataset to disk; never hold it in memory
+        tame_pynetdicom_logs()
         ae = AE(ae_title=s.ae_title)
-        ae.maximum_associations = s.max_associations
+        # pynetdicom counts acceptor threads, which outlive a closed connection by up to acse_timeout: its limit is
+        # only a backstop; _on_requested applies max_associations to connections that are open
+        ae.maximum_associations = 4 * s.max_associations + 8
         ae.require_called_aet = True
         ae.network_timeout = 60
-        ae.acse_timeout = 30
+        ae.acse_timeout = ARTIM_S  # also the ARTIM timer: a peer that connects and says nothing is dropped
         ae.dimse_timeout = 60
-        ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs from the console
+        ae.maximum_pdu_size = MAX_PDU  # what we announce and (guard) enforce: memory per association bounded
         ae.add_supported_context(Verification)
         for sop in s.sop_classes:
             ae.add_supported_context(sop, list(s.transfer_syntaxes))
@@ -186,8 +216,18 @@ class StorageReceiver:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.root)
-            self._server = ae.start_server((s.bind_address, s.port), block=False, evt_handlers=handlers,
-                                           ssl_context=ssl_context)
+            self._incoming = self.root / INCOMING_DIR
+            stream_datasets_into(self._incoming)
+            server: Any = ae.make_server((s.bind_address, s.port), evt_handlers=handlers, ssl_context=ssl_context,
+                                         server_class=GuardedServer)
+            allowed = s.allowed_hosts
+            server.allows_host = (lambda host: None if not allowed or host_matches(host, allowed)
+                                  else f"host {host} is not in dicom_listener.allowed_hosts")
+            server.per_host = s.max_associations_per_host
+            server.incoming_dir = self._incoming
+            _threading.Thread(target=server.serve_forever, name="edgeseg-dicom-accept", daemon=True).start()
+            ae._servers.append(server)  # as AE.start_server does: the AE knows its server
+            self._server = server
         except OSError as err:
             raise DicomNodeError(
                 f"The DICOM listener cannot listen on {s.bind_address}:{s.port} ({err.strerror or err}). Fix: another "
@@ -203,9 +243,13 @@ class StorageReceiver:
         """Stop listening and end the open associations (a peer in the middle of a store gets no success for it)."""
         server, self._server = self._server, None
         if server is not None:
-            server.shutdown()
-            log.info("DICOM listener stopped: stored=%d refused_associations=%d failed_stores=%d",
-                     self.stats["stored"], self.stats["refused"], self.stats["failed"])
+            from edgeseg.runtime.node.guard import forget_incoming
+
+            server.close_all(timeout=2.0)  # associations and handshakes end now, whatever the peers do
+            forget_incoming(self._incoming)
+            log.info("DICOM listener stopped: stored=%d refused_associations=%d refused_connections=%d "
+                     "failed_stores=%d kept_aside=%d", self.stats["stored"], self.stats["refused"],
+                     server.stats["refused"], self.stats["failed"], self.stats["kept_aside"])
 
     def __enter__(self) -> StorageReceiver:
         self.start()
@@ -231,16 +275,24 @@ class StorageReceiver:
         called = str(assoc.requestor.primitive.called_ae_title).strip()
         reason = None
         diagnostic = 0x01
+        result, source = 0x01, 0x01
         if called != self.settings.ae_title:
             reason, diagnostic = f"called AE title {called!r} is not ours ({self.settings.ae_title!r})", 0x07
         else:
             reason = self.settings.allows(calling, address)
             if reason is not None and "AE title" in reason:
                 diagnostic = 0x03
+        if reason is None:
+            others = [a for a in assoc.ae.active_associations if a.is_acceptor and a is not assoc and _open(a)]
+            if len(others) >= self.settings.max_associations:
+                reason = (f"local limit exceeded: {len(others)} associations open "
+                          f"(dicom_listener.max_associations {self.settings.max_associations})")
+                result, source, diagnostic = 0x02, 0x03, 0x02
         if reason is not None:
             self.stats["refused"] += 1
-            log.warning("DICOM association refused: calling_ae=%s host=%s reason=%s", calling, address, reason)
-            assoc.acse.send_reject(0x01, 0x01, diagnostic)
+            log.warning("DICOM association refused: host=%s port=%s calling_ae=%s called_ae=%s reason=%s", address,
+                        getattr(assoc.requestor, "port", "?"), calling, called, reason)
+            assoc.acse.send_reject(result, source, diagnostic)
             assoc.kill()  # as pynetdicom's own rejections: the DUL sends the A-ASSOCIATE-RJ before the socket closes
 
     def _on_store(self, event: Any) -> Any:
@@ -281,7 +333,18 @@ class StorageReceiver:
             return failure(OUT_OF_RESOURCES, f"root not available: {err.strerror or err}")
         if free_mb < self.settings.min_free_mb:
             return failure(OUT_OF_RESOURCES, f"less than {self.settings.min_free_mb:g} MB free")
+        conflict = self._other_patient(source, study, series, sop_uid)
         try:
+            if conflict is not None:
+                (self.root / CONFLICTS_DIR).mkdir(exist_ok=True)
+                path = store_file(source, self.root / CONFLICTS_DIR, study, series,
+                                  f"{sop_uid}.{time.time_ns()}")
+                self.stats["kept_aside"] += 1
+                log.warning("DICOM instance kept aside: peer=%s sop_instance_uid=%s names another patient than the "
+                            "stored instance of that UID (%s); the stored one stays at %s, this one is at %s. Check "
+                            "the console (UIDs reused?) and remove the one that is wrong.", peer, sop_uid, conflict,
+                            self.root / study / series / f"{sop_uid}.dcm", path)
+                return SUCCESS
             path = store_file(source, self.root, study, series, sop_uid)
         except OSError as err:
             return failure(OUT_OF_RESOURCES, f"not written: {err.strerror or type(err).__name__}")
@@ -294,6 +357,22 @@ class StorageReceiver:
         log.debug("DICOM instance stored: peer=%s file=%s", peer, path)
         self._emit(Stored(path, key, peer))
         return SUCCESS
+
+    def _other_patient(self, source: Path, study: str, series: str, sop_uid: str) -> str | None:
+        """None, unless ``root/study/series/sop.dcm`` exists and names another patient than ``source``: then what
+        differs (attribute names only, no values: logs are not the place for patient data)."""
+        from pydicom import dcmread
+
+        stored = self.root / study / series / f"{sop_uid}.dcm"
+        if not stored.is_file():
+            return None
+        try:
+            old = dcmread(stored, stop_before_pixels=True, specific_tags=list(PATIENT_KEYS))
+            new = dcmread(source, stop_before_pixels=True, specific_tags=list(PATIENT_KEYS))
+        except Exception:  # noqa: BLE001 - an unreadable stored copy is replaced as before
+            return None
+        differ = [k for k in PATIENT_KEYS if str(old.get(k, "") or "").strip() != str(new.get(k, "") or "").strip()]
+        return ", ".join(differ) + " differ" if differ else None
 
     def _on_closed(self, event: Any) -> None:
         with self._lock:

@@ -149,6 +149,8 @@ class ListenerSettings:
     #: peer addresses, networks (CIDR) or host names allowed (empty: any host with an allowed AE title)
     allowed_hosts: tuple[str, ...] = ()
     max_associations: int = 4
+    #: connections one peer address may hold at once (TLS handshakes and associations); more are closed at accept
+    max_associations_per_host: int = 2
     #: the watched root received instances are written into (default: the first root)
     root: Path | None = None
     #: seconds after the association that sent a series ended before the series counts as complete (instead of the

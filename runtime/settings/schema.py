@@ -270,13 +270,15 @@ KEYS_TABLE: Final[tuple[Key, ...]] = (
     Key("outputs.dicom_seg", Kind.BOOL, _out("dicom_seg"), "a DICOM-SEG object (DICOM input only)",
         flag="--no-dicom-seg",
         commands=_ALL, oneshot=True),
-    Key("outputs.seg_type", Kind.ENUM, _out("seg_type"), "DICOM-SEG type: labelmap (one frame per slice, small) "
-        "or binary (one frame per structure and slice, for viewers that do not read LABELMAP SEGs yet)",
+    Key("outputs.seg_type", Kind.ENUM, _out("seg_type"), "DICOM-SEG type: binary (one frame per structure and slice, "
+        "stored by every SEG-capable PACS) or labelmap (one frame per slice, small; a 2024 SOP class many PACS refuse)",
         choices=SegType, flag="--seg-type", commands=_ALL, oneshot=True,
-        doc="DICOM-SEG type: labelmap (one frame per slice: 300 frames for a 300-slice series, whatever the number "
-            "of structures) or binary (one 1-bit frame per structure and slice: thousands of frames for 50 "
-            "structures, but read by every SEG viewer; choose it for a viewer or PACS that does not read LABELMAP "
-            "SEGs yet)."),
+        doc="DICOM-SEG type: binary (one 1-bit frame per structure and slice: thousands of frames for 50 structures, "
+            "but stored by every SEG-capable PACS and read by every SEG viewer; what TotalSegmentator, MONAI Deploy "
+            "and mercure write) or labelmap (one frame per slice: 300 frames for a 300-slice series, whatever the "
+            "number of structures; Label Map Segmentation Storage, a 2024 SOP class that Orthanc 1.10, DCMTK 3.6.7 "
+            "and pydicom-seg refuse). The watcher does not start when a destination it reaches refuses the type "
+            "set here (docs/dicom-node.md)."),
     Key("outputs.dicom_sr", Kind.BOOL, _out("dicom_sr"),
         "a DICOM SR measurement report (TID 1500: volume per structure) "
         "referencing the DICOM-SEG and the source series (DICOM input, beside a DICOM-SEG)", flag="--no-dicom-sr",
@@ -387,6 +389,14 @@ KEYS_TABLE: Final[tuple[Key, ...]] = (
     Key("dicom_listener.max_associations", Kind.INT, _field_default(ListenerSettings, "max_associations"),
         "associations served at the same time (more are refused as 'local limit exceeded' and the console "
         "retries)", minimum=1),
+    Key("dicom_listener.max_associations_per_host", Kind.INT,
+        _field_default(ListenerSettings, "max_associations_per_host"),
+        "connections one peer address may hold at the same time (more are closed at accept, before anything is "
+        "read): a stranger or a broken console cannot take every slot", minimum=1,
+        doc="Connections (TLS handshakes and associations) one peer address may hold at the same time. More are "
+            "closed as they are accepted, before any byte is read, and logged once with the address: a host that "
+            "opens idle sockets or floods the port cannot take the slots (max_associations) of the consoles. A "
+            "console normally uses one association; some send with two or three in parallel."),
     Key("dicom_listener.root", Kind.PATH, None, "the watched root received instances are written into, as "
         "<StudyInstanceUID>/<SeriesInstanceUID>/<SOP>.dcm (null: the first of roots)", nullable=True,
         derived="the first of roots",

@@ -566,7 +566,8 @@ def node_settings(values: Mapping[str, Any], merged: Mapping[str, Value], proble
     listener = ListenerSettings(
         enabled=enabled, ae_title=get("ae_title"), port=get("port"), bind_address=get("bind_address"),
         allowed_ae_titles=get("allowed_ae_titles"), allowed_hosts=get("allowed_hosts"),
-        max_associations=get("max_associations"), root=root, completion_grace_s=get("completion_grace_s"),
+        max_associations=get("max_associations"), max_associations_per_host=get("max_associations_per_host"),
+        root=root, completion_grace_s=get("completion_grace_s"),
         min_free_mb=get("min_free_mb"), sop_classes=get("sop_classes"), transfer_syntaxes=get("transfer_syntaxes"),
         tls=tls)
     delivery = DeliverySettings(retry_initial_s=values["delivery.retry_initial_s"],

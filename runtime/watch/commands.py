@@ -57,10 +57,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("deliver", help="results to DICOM destinations: send failed deliveries again",
                        description="Without options: the deliveries of the job store (pending, sent, failed). "
-                                   "--retry: failed deliveries become pending again; a running watcher sends them "
+                                   "--retry: failed deliveries become pending again; --now: pending ones are due at "
+                                   "once (also those waiting in back-off); a running watcher sends them "
                                    "within seconds, else the watcher sends them at its next start.")
     _config_arg(p)
     p.add_argument("--retry", action="store_true", help="make failed deliveries pending again")
+    p.add_argument("--now", action="store_true", help="send pending deliveries now (also those waiting in back-off); "
+                   "with --retry the failed ones too")
     p.add_argument("--destination", metavar="NAME", help="only the deliveries to this destination")
     p.add_argument("--state-dir", help="use this state folder instead of the configured one")
     p.set_defaults(func=cmd_deliver)
@@ -112,6 +115,8 @@ def _bundle_line(path: Any) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from edgeseg.errors import EXIT_FAILED, EXIT_OK
     from edgeseg.runtime.watch.status_report import RESULT_COLUMNS, remedy_of, result_cells, result_entry
+
+    RESULT_STATE = [field for _, field in RESULT_COLUMNS].index("state")
     from edgeseg.runtime.watch.store import JobStore
 
     config = state_config(args)
@@ -123,17 +128,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     def read(store: JobStore) -> tuple[Any, ...]:
         return (store.counts(), store.rows(limit=args.limit),
                 store.delivery_counts(),  # none from a store before schema 3
-                [*store.deliveries("failed", limit=args.limit), *store.deliveries("pending", limit=args.limit)])
+                [*store.deliveries("failed", limit=args.limit), *store.deliveries("pending", limit=args.limit)],
+                store.open_delivery_keys())
 
     answer = with_store(config.store_path, read, readonly=True)
     if isinstance(answer, int):
         return answer
-    counts, rows, delivery_counts, open_deliveries = answer
+    counts, rows, delivery_counts, open_deliveries, undelivered = answer
     now = time.time()
     state = liveness(config.state_dir, beat, now)
     if args.json:
+        recent = [dict(r.__dict__, delivery=undelivered.get(r.key))  # "pending"/"failed": not delivered yet
+                  for r in rows]
         print(json.dumps({"watcher": beat, "state": state, "bundle": _bundle_line(config.bundle), "counts": counts,
-                          "recent": [r.__dict__ for r in rows],
+                          "recent": recent,
                           "results": [result_entry(r, now, config) for r in rows],
                           "deliveries": {"counts": delivery_counts,
                                          "open": [dataclasses.asdict(d) for d in open_deliveries]}},
@@ -142,7 +150,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"watcher: {state}")
     print(f"store:   {config.store_path}")
     print(f"bundle:  {_bundle_line(config.bundle)}")
-    print("series:  " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    delivering = sum(1 for r in rows if r.state == "done" and r.key in undelivered)
+    print("series:  " + ", ".join(f"{n} {s}" for s, n in counts.items())
+          + (f" ({delivering} of the recent done ones not delivered yet)" if delivering else ""))
     if any(delivery_counts.values()) or config.node.destinations:
         print("deliveries: " + ", ".join(f"{n} {s}" for s, n in delivery_counts.items()))
     if beat and not beat.get("stopped") and state.startswith(("running", "NOT RESPONDING")):
@@ -169,6 +179,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if r.actual_s is not None and r.budget_s is not None and r.actual_s > r.budget_s:
             cells[-1] += f" OVER BUDGET {r.budget_s:g}"
         error = (r.last_error or "").replace("\n", " ")
+        if r.state in ("done", "partial") and r.key in undelivered:  # never a plain "done" before PACS has it
+            cells[RESULT_STATE] += ", delivery " + ("failed" if undelivered[r.key] == "failed" else "pending")
         table_rows.append([*cells, str(r.attempts), r.name, error[:70] + ("..." if len(error) > 70 else "")])
     print(table([h for h, _ in RESULT_COLUMNS] + ["TRIES", "NAME", "ERROR"], table_rows))
     failures = [r for r in rows if r.state in ("failed", "partial")]
@@ -200,10 +212,12 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     now = time.time()
     def work(store: JobStore) -> tuple[Any, ...]:
         retried = store.retry_failed_deliveries(args.destination) if args.retry else 0
+        if args.now:
+            retried += store.make_due(args.destination)
         return retried, store.delivery_counts(), [d for d in store.deliveries("failed")
                                                   if args.destination is None or d.destination == args.destination]
 
-    answer = with_store(config.store_path, work, readonly=not args.retry)
+    answer = with_store(config.store_path, work, readonly=not (args.retry or args.now))
     if isinstance(answer, int):
         return answer
     n, counts, failed = answer
@@ -213,15 +227,22 @@ def cmd_deliver(args: argparse.Namespace) -> int:
               f"({', '.join(sorted(configured)) or 'none'}); its deliveries fail again at once unless it is "
               "configured in watch_config.yaml.")
     print("deliveries: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    if not args.retry:
+    if not (args.retry or args.now):
         if failed:
             print(f"\nFailed{which} ({len(failed)}); fix the reason, then `edgeseg deliver --retry`:")
             print(table(DELIVERY_HEADERS, [delivery_cells(d, now) for d in failed]))
         return EXIT_OK
-    if n == 0:
+    if n == 0 and not args.now:
         print(f"No failed deliveries{which} to retry.")
         return EXIT_OK
-    print(f"{n} failed deliver{'y is' if n == 1 else 'ies are'} pending again{which}.")
+    if args.now:
+        n = counts.get("pending", 0) if args.destination is None else n
+        if n == 0:
+            print(f"Nothing pending{which}.")
+            return EXIT_OK
+        print(f"{n} deliver{'y is' if n == 1 else 'ies are'} due now{which}.")
+    else:
+        print(f"{n} failed deliver{'y is' if n == 1 else 'ies are'} pending again{which}.")
     state = liveness(config.state_dir, read_beat(config.state_dir), time.time())
     them = "it" if n == 1 else "them"
     if state.startswith("running"):

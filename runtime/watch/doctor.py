@@ -309,9 +309,27 @@ def _doctor_listener(config: Any, check: Check) -> None:
     check("DICOM listener root", root_check)
 
 
-def _doctor_destinations(config: Any, check: Check) -> None:
+def destination_refusals(config: Any) -> list[str]:
+    """Doctor's FAIL message for each destination that answers but does not accept what it would be sent (no SEG
+    class it could be given, or not the SR): the watcher does not start with such a configuration. A destination
+    that does not answer is not judged here (a PACS may be down while edgeseg starts; deliveries wait for it)."""
+    refusals: list[str] = []
+
+    def check(name: str, fn: Callable[[], tuple[str, str]]) -> None:
+        try:
+            fn()
+        except Exception as err:  # noqa: BLE001 - an unreachable destination is the delivery's business
+            log.debug("destination check %s failed: %s", name, err)
+
+    _doctor_destinations(config, check, refusals)
+    return refusals
+
+
+def _doctor_destinations(config: Any, check: Check, refusals: list[str] | None = None) -> None:
     """Each destination: C-ECHO, then whether it accepts the SOP classes of what it is sent (SEG by
-    ``outputs.seg_type``, and the Comprehensive 3D SR when ``send`` includes sr)."""
+    ``outputs.seg_type``: a destination that takes only BINARY SEGs gets one rendered from a label-map result; and
+    the Comprehensive 3D SR when ``send`` includes sr). ``refusals`` collects the FAIL messages of "does not
+    accept" (for :func:`destination_refusals`)."""
     from edgeseg.runtime.node.send import default_calling_ae, echo
 
     listener = config.node.listener
@@ -338,6 +356,8 @@ def _doctor_destinations(config: Any, check: Check) -> None:
         if "sr" in destination.send:
             wanted.append(("SR", "sr", None if config.outputs.dicom_sr else "outputs.dicom_sr is off"))
         to_probe = [sop_classes[kind] for _, kind, off in wanted if off is None]
+        if sop_classes["labelmap"] in to_probe:
+            to_probe.append(sop_classes["binary"])  # negotiated: BINARY where the label map is not taken
         answer: dict[str, bool] = {}
         failure: list[str] = []
         if to_probe and reached and reached[0]:
@@ -350,6 +370,12 @@ def _doctor_destinations(config: Any, check: Check) -> None:
         for what, kind, off in wanted:
             def sop_check(what: str = what, kind: str = kind, off: str | None = off, destination: Any = destination,
                           sop: str = sop_classes[kind]) -> tuple[str, str]:
+                status, text = _sop_check(what, kind, off, destination, sop)
+                if status == "FAIL" and refusals is not None and sop in answer:
+                    refusals.append(f"destination {destination.name} {what}: {text}")
+                return status, text
+
+            def _sop_check(what: str, kind: str, off: str | None, destination: Any, sop: str) -> tuple[str, str]:
                 name = f"{SOP_NAMES[kind]} ({sop})"
                 if off is not None:
                     return "SKIP", f"{off}: no {what} is sent"
@@ -359,11 +385,14 @@ def _doctor_destinations(config: Any, check: Check) -> None:
                     return "SKIP", "not checked: no association (see the C-ECHO line)"
                 if answer[sop]:
                     return "OK", f"{destination.address} accepts {name}"
+                if kind == "labelmap" and answer.get(sop_classes["binary"]):
+                    return "OK", (f"{destination.address} does not accept {name} but {SOP_NAMES['binary']}: it gets "
+                                  "a BINARY SEG rendered from each label-map result (outputs.seg_type: binary writes "
+                                  "it directly)")
                 if kind == "labelmap":
-                    return "FAIL", (f"{destination.address} does not accept {name}, which outputs.seg_type: labelmap "
-                                    "writes (many PACS, e.g. Orthanc 1.10 and DCMTK 3.6, do not know it yet). Fix: set "
-                                    "outputs.seg_type: binary in watch_config.yaml (a BINARY SEG, which every "
-                                    "SEG-capable PACS stores), or enable the SOP class on the PACS")
+                    return "FAIL", (f"{destination.address} accepts neither {name} nor {SOP_NAMES['binary']} "
+                                    f"({sop_classes['binary']}). Fix: allow DICOM-SEG on it, or remove seg from send "
+                                    f"of destination {destination.name}")
                 if what == "SEG":
                     return "FAIL", (f"{destination.address} does not accept {name}. Fix: allow DICOM-SEG on it, or "
                                     f"remove seg from send of destination {destination.name}")

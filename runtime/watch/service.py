@@ -59,7 +59,7 @@ from edgeseg.runtime.segmenter import Segmenter, SeriesSegmenter
 from edgeseg.runtime.watch.completion import CompletionTracker
 from edgeseg.runtime.watch.config import WatchConfig
 from edgeseg.runtime.watch.alerts import Alerter
-from edgeseg.runtime.watch.deliver import DeliveryWorker
+from edgeseg.runtime.watch.deliver import DeliveryWorker, refuse_untakeable
 from edgeseg.runtime.watch.heartbeat import Heartbeat, Running, state_identities
 from edgeseg.runtime.watch.jobs import SeriesJob
 from edgeseg.runtime.watch.lock import StateLock
@@ -172,6 +172,7 @@ class Watcher:
         if not self.once:
             self._observer = self._start_observer()
         if cfg.node.destinations:
+            refuse_untakeable(cfg)  # doctor's FAIL for a destination that answers but refuses what it is sent
             listener_ae = cfg.node.listener.ae_title if cfg.node.listener.enabled else None
             self.delivery = DeliveryWorker(store, cfg.node.destinations, cfg.node.delivery, listener_ae, self._stop,
                                            on_settled=partial(delivery_settled, store, self.stats))

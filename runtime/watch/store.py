@@ -27,12 +27,16 @@ States::
   (event, subject, time), so an alert is queued once and survives restarts, the ``removals`` table (what the
   retention policy removed: SeriesInstanceUID, what, why, counts, times) and the ``skipped`` table: the series the
   selection rules skip (key, SeriesInstanceUID, description, the rule and why, fingerprint, first and last seen),
-  which are not jobs: skipped is not failed.
+  which are not jobs: skipped is not failed; and what was actually sent per delivery
+  (``sent_sop_instance_uid``, ``sent_kind``: a destination that does not take the label-map SEG gets a BINARY one
+  rendered from it), added to an older ``deliveries`` table when opened.
 * The outbox (``deliveries``): one row per (destination, SOP Instance UID) of a result to send, inserted in the same
   transaction that records the series ``done``/``partial``, so a result is never done without its deliveries being
   recorded. ``pending`` rows are sent when due (``next_at``) and become ``sent`` once the destination confirmed
   them, or ``failed`` when it refused for good or they reached their maximum age. A kill during a send leaves the
   row ``pending``: it is sent again after the restart, with the same SOP Instance UID, so the PACS keeps one copy.
+  A result recorded again (re-segmented, e.g. under other settings) replaces the rows of its earlier objects that
+  were not sent yet: the stale file is never sent.
 
 sqlite3 from the standard library, WAL journal, synchronous=FULL (a committed transition survives kill -9 and
 power loss); one connection shared by the watcher's threads behind a lock.
@@ -60,8 +64,8 @@ DISCOVERED, COMPLETE, RUNNING, DONE, PARTIAL, FAILED = (
 STATES = (DISCOVERED, COMPLETE, RUNNING, DONE, PARTIAL, FAILED)
 #: 1: the first store; 2: the ``partial`` state (a version-1 store is migrated when opened for writing);
 #: 3: the ``deliveries`` outbox (created in an older store when opened for writing); 4: the result facts columns
-#: (:data:`FACT_COLUMNS`), the removal columns, and the ``alerts``, ``removals`` and ``skipped`` tables (added to an
-#: older store when opened for writing)
+#: (:data:`FACT_COLUMNS`), the removal columns, ``sent_sop_instance_uid``/``sent_kind`` on the deliveries, and the
+#: ``alerts``, ``removals`` and ``skipped`` tables (added to an older store when opened for writing)
 SCHEMA_VERSION = 4
 #: what the status page shows of a series beyond the scheduling columns (schema 4; NULL in older rows)
 FACT_COLUMNS = ("patient_id", "accession", "model", "precision")
@@ -114,6 +118,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     sent_at REAL,
     last_error TEXT,
     updated_at REAL NOT NULL,
+    sent_sop_instance_uid TEXT,
+    sent_kind TEXT,
     UNIQUE (destination, sop_instance_uid)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_at)
@@ -362,6 +368,10 @@ class DeliveryRow:
     sent_at: float | None
     last_error: str | None
     updated_at: float
+    #: the SOP Instance UID actually sent (a BINARY SEG rendered for a destination, or its SR), when it differs
+    sent_sop_instance_uid: str | None = None
+    #: what was sent: "labelmap"/"binary" (SEG), "sr"; None before it was sent
+    sent_kind: str | None = None
 
     @property
     def file(self) -> Path:
@@ -421,6 +431,7 @@ class JobStore:
                     if version == 1:
                         self._migrate_from_1()
                     if version in (0, 1, 2, 3):  # 2 -> 3: the deliveries table, 3 -> 4: alerts, removals (above)
+                        self._migrate_deliveries()
                         if _add_columns(self._db) and version:
                             log.info("job store %s migrated from schema version %d to %d (result facts, removals)",
                                      self.path, version, SCHEMA_VERSION)
@@ -436,6 +447,13 @@ class JobStore:
             raise ConfigError(f"Job store {self.path} cannot be opened ({err}). Fix: check that state_dir is a "
                               "local, writable folder (SQLite does not work reliably on network shares).") from err
         self._db.row_factory = sqlite3.Row
+
+    def _migrate_deliveries(self) -> None:
+        """Version 3 -> 4 (inside the open transaction): the columns of what was actually sent."""
+        have = {str(r[1]) for r in self._db.execute("PRAGMA table_info(deliveries)").fetchall()}
+        for column in ("sent_sop_instance_uid", "sent_kind"):
+            if column not in have:
+                self._db.execute(f"ALTER TABLE deliveries ADD COLUMN {column} TEXT")
 
     def _migrate_from_1(self) -> None:
         """Version 1 -> 2 (inside the open transaction): the state CHECK gains ``partial``. SQLite cannot alter a
@@ -671,8 +689,13 @@ class JobStore:
     @staticmethod
     def _enqueue(db: sqlite3.Connection, key: str, deliveries: Sequence[DeliveryRequest], now: float) -> None:
         """Record each delivery as ``pending`` (due now). The same object (SOP Instance UID) for the same
-        destination again: a ``sent`` row stays sent (the destination has it), another row is due again."""
+        destination again: a ``sent`` row stays sent (the destination has it), another row is due again. Rows of the
+        same series, destination and role for another object (a result made again under other settings) that were
+        not sent are removed: the file they name is gone or replaced."""
         for d in deliveries:
+            db.execute("DELETE FROM deliveries WHERE job_key = ? AND destination = ? AND role = ?"
+                       " AND sop_instance_uid != ? AND state != ?",
+                       (key, d.destination, d.role, d.sop_instance_uid, SENT))
             db.execute(
                 "INSERT INTO deliveries (job_key, destination, role, path, sop_instance_uid, state, next_at,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -696,11 +719,49 @@ class JobStore:
             row = self._db.execute("SELECT MIN(next_at) FROM deliveries WHERE state = ?", (PENDING,)).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
-    def delivery_sent(self, delivery_id: int) -> None:
+    def delivery_sent(self, delivery_id: int, sent_uid: str | None = None, sent_kind: str | None = None) -> None:
+        """The destination confirmed the object; ``sent_uid``/``sent_kind``: what was actually sent."""
         now = time.time()
         with self._tx() as db:
             db.execute("UPDATE deliveries SET state = ?, attempts = attempts + 1, sent_at = ?, last_error = NULL,"
-                       " updated_at = ? WHERE id = ?", (SENT, now, now, delivery_id))
+                       " updated_at = ?, sent_sop_instance_uid = ?, sent_kind = ? WHERE id = ?",
+                       (SENT, now, now, sent_uid, sent_kind, delivery_id))
+
+    def delivery_defer(self, delivery_id: int, next_at: float, why: str) -> None:
+        """Not tried now (its SEG is not accepted yet): due at ``next_at``, no attempt counted."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE deliveries SET next_at = ?, last_error = ?, updated_at = ? WHERE id = ? AND state = ?",
+                       (next_at, printable(why)[:2000], now, delivery_id, PENDING))
+
+    def make_due(self, destination: str | None = None) -> int:
+        """Pending deliveries (of ``destination``, or all) become due now (``deliver --now``, a destination that
+        answers C-ECHO again); returns how many."""
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute("UPDATE deliveries SET next_at = ?, updated_at = ? WHERE state = ? AND next_at > ?"
+                             + (" AND destination = ?" if destination else ""),
+                             (now, now, PENDING, now, *((destination,) if destination else ())))
+            return int(cur.rowcount or 0)
+
+    def backed_off_destinations(self, now: float) -> set[str]:
+        """Destinations with pending deliveries that failed before and wait for a later try."""
+        with self._lock:
+            cur = self._db.execute("SELECT DISTINCT destination FROM deliveries WHERE state = ? AND next_at > ?"
+                                   " AND attempts > 0", (PENDING, now))
+            return {str(r[0]) for r in cur.fetchall()}
+
+    def open_delivery_keys(self) -> dict[str, str]:
+        """Series key -> "pending" or "failed": the series whose result some destination does not have yet."""
+        with self._lock:
+            try:
+                cur = self._db.execute("SELECT job_key, MIN(state) FROM deliveries WHERE state != ? GROUP BY job_key",
+                                       (SENT,))
+            except sqlite3.OperationalError as err:
+                if "no such table" in str(err):
+                    return {}
+                raise
+            return {str(k): str(s) for k, s in cur.fetchall()}
 
     def delivery_retry(self, delivery_id: int, next_at: float, error: str) -> None:
         now = time.time()

@@ -273,8 +273,10 @@ class DcmtkStorescp:
     """
 
     def __init__(self, out_dir: str | os.PathLike[str], *, aet: str = "STORESCP", port: int | None = None,
-                 startup_timeout: float = 10.0, extra: Sequence[str] = ()) -> None:
+                 startup_timeout: float = 10.0, extra: Sequence[str] = (), accept_all: bool = True) -> None:
         self.out_dir = Path(out_dir)
+        #: False: no ``+xa`` (an association profile given in ``extra`` with ``-xf`` says what is accepted)
+        self.accept_all = accept_all
         self.aet = aet
         self.host = LOOPBACK
         self.port = port if port is not None else free_port()
@@ -292,7 +294,8 @@ class DcmtkStorescp:
         self._log = open(self.log_path, "wb")  # closed in __exit__
         # storescp runs the command with /bin/sh -c after saving each file; #f is the saved file's name
         marker = f"touch '{self.done_dir}/#f'"
-        cmd = [exe, "-v", "--aetitle", self.aet, "-od", os.fspath(self.out_dir), "+xa", "-uf", "-fe", ".dcm",
+        cmd = [exe, "-v", "--aetitle", self.aet, "-od", os.fspath(self.out_dir), *(["+xa"] if self.accept_all else []),
+               "-uf", "-fe", ".dcm",
                "-ta", "10", "-td", "10", "-ts", "10", "-xcr", marker, "-xs", *self.extra, str(self.port)]
         self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:

@@ -18,7 +18,7 @@ import edgeseg.demo
 from edgeseg.demo.dicom_series import write_dicom_series
 from edgeseg.runtime.watch.config import load_config
 from edgeseg.runtime.watch.service import Watcher
-from edgeseg.runtime.watch.store import FAILED, SENT
+from edgeseg.runtime.watch.store import SENT
 
 QUIET_S = 300.0  # far longer than any test: a series completes only through the listener's hints
 
@@ -115,35 +115,56 @@ def test_a_pacs_that_is_down_gets_the_result_when_it_comes_up(tmp_path: Path) ->
         watcher.stop()
 
 
-def test_a_pacs_that_refuses_for_good_is_reported_not_retried(tmp_path: Path) -> None:
-    # Orthanc 1.10 does not know Label Map Segmentation Storage: the SEG is refused for good, the SR is delivered
+def test_a_label_map_result_reaches_orthanc_1_10_as_a_binary_seg_with_its_sr(tmp_path: Path) -> None:
+    """Orthanc 1.10 does not know Label Map Segmentation Storage. Negotiated in the association, it gets a BINARY SEG
+    rendered from the label-map result and the SR that references exactly that SEG; the outbox records the kind
+    and the SOP Instance UID actually sent, and the series is done."""
+    from pydicom import dcmread
+    from pydicom.uid import SegmentationStorage
+
+    from edgeseg.runtime.watch.store import DONE, JobStore
+
     with OrthancPacs(tmp_path / "orthanc", modalities={"edgeseg": (LISTENER_AE, LOOPBACK, 104)}) as pacs:
         config = node_config(tmp_path, destinations=[pacs_destination(pacs)], **{"outputs.seg_type": "labelmap"})
         watcher = Watcher(config, settle_s=0.2)
         watcher.start()
         try:
             send(config.node.listener.port, write_dicom_series(edgeseg.demo.demo_mri_path(), tmp_path / "c"))
-            assert wait_for(lambda: watcher.store is not None and {d.state for d in watcher.store.deliveries()}
-                            == {SENT, FAILED}, timeout=120)
-            rows = {d.role: d for d in watcher.store.deliveries()}
-            time.sleep(1.5)  # longer than the retry interval: a permanent refusal is not tried again
-            assert watcher.store.deliveries(FAILED)[0].attempts == rows["seg"].attempts == 1
+            assert wait_for(lambda: watcher.store is not None and [d.state for d in watcher.store.deliveries()]
+                            == [SENT, SENT], timeout=120), watcher.store.deliveries() if watcher.store else None
+            assert wait_for(lambda: pacs.count_instances() == 2, timeout=10)
         finally:
             watcher.stop()
-        assert "outputs.seg_type: binary" in (rows["seg"].last_error or "")
-        assert [s["MainDicomTags"]["Modality"] for s in pacs.series()] == ["SR"]
-    # an output asked for and not delivered is not a success: the series is partial, with the reason beside it
-    import json
-
-    from edgeseg.runtime.watch.store import PARTIAL, JobStore
-
+        by_modality = {s["MainDicomTags"].get("Modality"): s for s in pacs.series()}
+        assert set(by_modality) == {"SEG", "SR"}, by_modality
+        seg = pacs.instance_tags(by_modality["SEG"]["Instances"][0])
+        sr = pacs.instance_tags(by_modality["SR"]["Instances"][0])
+    result = next((tmp_path / "in").rglob("*.edgeseg"))
+    written = dcmread(result / "seg.dcm", stop_before_pixels=True)
+    binary = dcmread(result / "seg.binary.dcm", stop_before_pixels=True)
+    assert written.SegmentationType == "LABELMAP" and binary.SegmentationType == "BINARY"
+    assert seg["SOPClassUID"] == SegmentationStorage and seg["SOPInstanceUID"] == binary.SOPInstanceUID
+    assert written.ReferencedSeriesSequence[0].SeriesInstanceUID == binary.ReferencedSeriesSequence[0].SeriesInstanceUID
+    assert {i.ReferencedSOPInstanceUID for i in written.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == \
+        {i.ReferencedSOPInstanceUID for i in binary.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    evidence = {s["SeriesInstanceUID"]: {i["ReferencedSOPInstanceUID"] for i in s["ReferencedSOPSequence"]}
+                for study in sr["CurrentRequestedProcedureEvidenceSequence"] for s in study["ReferencedSeriesSequence"]}
+    assert evidence[binary.SeriesInstanceUID] == {binary.SOPInstanceUID}  # the SR of exactly the SEG it got
+    assert sr["SOPInstanceUID"] == str(dcmread(result / "sr.binary.dcm", stop_before_pixels=True).SOPInstanceUID)
     with JobStore(config.store_path, readonly=True) as store:
-        (row,) = store.rows()
-    assert row.state == PARTIAL and row.error_kind == "delivery" and "SEG not delivered to pacs" in row.last_error
-    error_file = row.folder_path / f"{row.name}.edgeseg-error.json"
-    report = json.loads(error_file.read_text())
-    assert report["kind"] == "delivery" and "outputs.seg_type: binary" in report["error"], report
-    assert (row.folder_path / f"{row.name}.edgeseg" / "seg.dcm").is_file()
+        rows = {d.role: d for d in store.deliveries()}
+        (job,) = store.rows()
+    assert rows["seg"].sop_instance_uid == written.SOPInstanceUID  # the result's own object ...
+    assert (rows["seg"].sent_kind, rows["seg"].sent_sop_instance_uid) == ("binary", binary.SOPInstanceUID)  # ... sent
+    assert (rows["sr"].sent_kind, rows["sr"].sent_sop_instance_uid) == ("sr", sr["SOPInstanceUID"])
+    assert job.state == DONE
+    # rendered again (same input, same model): the same UIDs, so a re-send is one copy in the PACS
+    from edgeseg.runtime.watch.seg_variant import binary_variant
+
+    (result / "seg.binary.dcm").unlink()
+    (result / "sr.binary.dcm").unlink()
+    again = binary_variant(result)
+    assert (again.seg_uid, again.sr_uid) == (binary.SOPInstanceUID, sr["SOPInstanceUID"])
 
 
 def test_a_series_over_several_associations_is_segmented_once_with_all_its_instances(tmp_path: Path) -> None:
@@ -182,7 +203,8 @@ def test_a_series_over_several_associations_is_segmented_once_with_all_its_insta
 
 
 def test_1000_images_over_one_association_while_three_consoles_send(tmp_path: Path) -> None:
-    config = node_config(tmp_path, **{"dicom_listener.max_associations": 4})
+    config = node_config(tmp_path, **{"dicom_listener.max_associations": 4,  # four consoles, all on 127.0.0.1
+                                      "dicom_listener.max_associations_per_host": 4})
     big = mr_series(tmp_path / "big", n=1000, shape=(64, 64), description="t2 big")
     consoles = [mr_series(tmp_path / f"console{i}", n=60, shape=(48, 40), seed=i, description=f"console {i}")
                 for i in range(3)]

@@ -86,24 +86,35 @@ def test_echo_from_both_tool_sets(listener: Listener) -> None:
 
 def test_refused_peers_cannot_store_anything(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     files = mr_series(tmp_path / "series", n=2)
-    lst = Listener(tmp_path / "root", allowed_hosts=("10.77.0.0/16",))  # the AE title alone is not enough now
+    # a host not in allowed_hosts: closed at accept, before a byte is read (even with the console's AE titles)
+    lst = Listener(tmp_path / "root", allowed_hosts=("10.77.0.0/16",))
     with lst.receiver:
-        attempts = [
-            ("allowed AE title, host not allowed", CONSOLE, LISTENER_AE),
-            ("unknown calling AE title", "INTRUDER", LISTENER_AE),
-            ("wrong called AE title", CONSOLE, "OTHER"),
-        ]
-        for what, calling, called in attempts:
+        for calling, called in ((CONSOLE, LISTENER_AE), ("INTRUDER", LISTENER_AE)):
+            proc = dcmtk_storescu(LOOPBACK, lst.port, files, calling_aet=calling, called_aet=called)
+            assert proc.returncode != 0, f"the store was accepted\n{describe(proc)}"
+        server = lst.receiver._server
+        assert server is not None and server.stats["refused"] == 2 and lst.receiver.stats["stored"] == 0
+    closed = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
+    assert len(closed) == 2 and all("host=127.0.0.1" in m and "host 127.0.0.1 is not in dicom_listener.allowed_hosts"
+                                    in m for m in closed), closed
+    # an allowed host: AE titles are checked at the A-ASSOCIATE-RQ, refused with A-ASSOCIATE-RJ
+    caplog.clear()
+    lst = Listener(tmp_path / "root", allowed_hosts=(LOOPBACK,))
+    with lst.receiver:
+        for what, calling, called in (("unknown calling AE title", "INTRUDER", LISTENER_AE),
+                                      ("wrong called AE title", CONSOLE, "OTHER")):
             proc = dcmtk_storescu(LOOPBACK, lst.port, files, calling_aet=calling, called_aet=called)
             assert proc.returncode != 0, f"{what}: the store was accepted\n{describe(proc)}"
             assert "Association Rejected" in proc.stdout + proc.stderr, describe(proc)
         proc = pynetdicom_storescu(LOOPBACK, lst.port, files, calling_aet="INTRUDER", called_aet=LISTENER_AE)
         assert proc.returncode != 0
-        assert lst.receiver.stats["refused"] == 4 and lst.receiver.stats["stored"] == 0
+        assert lst.receiver.stats["refused"] == 3 and lst.receiver.stats["stored"] == 0
     assert _all_files(tmp_path / "root") == []
     reasons = [r.getMessage() for r in caplog.records if "association refused" in r.getMessage()]
-    assert any("host 127.0.0.1 is not in dicom_listener.allowed_hosts" in m for m in reasons), reasons
-    assert any("'INTRUDER'" in m for m in reasons) and any("'OTHER' is not ours" in m for m in reasons)
+    assert len(reasons) == 3, reasons  # once each, with the address and both AE titles
+    assert all("host=127.0.0.1" in m for m in reasons)
+    assert any("calling_ae=INTRUDER called_ae=EDGESEG" in m and "'INTRUDER'" in m for m in reasons)
+    assert any("'OTHER' is not ours" in m for m in reasons)
 
 
 @pytest.mark.parametrize("attribute, value", [
@@ -163,7 +174,8 @@ def test_unwritable_root_answers_out_of_resources(tmp_path: Path) -> None:
     lst = Listener(blocker)
     with lst.receiver:
         assert _send_in_process(lst.port, [ds]) == [receive.OUT_OF_RESOURCES]
-    assert [p.name for p in blocker.iterdir()] == [ds.StudyInstanceUID]
+    assert sorted(p.name for p in blocker.iterdir()) == [".edgeseg-incoming", ds.StudyInstanceUID]
+    assert list((blocker / ".edgeseg-incoming").iterdir()) == []  # the streamed dataset is gone with the store
 
 
 def test_a_second_copy_of_an_instance_replaces_the_first(tmp_path: Path, listener: Listener) -> None:

@@ -248,7 +248,7 @@ def test_unknown_structure_gets_generic_codes(axial_series: Path, tmp_path: Path
 
 
 def test_seg_type_option(axial_series: Path, seg_array: np.ndarray, labels: dict[int, str]) -> None:
-    assert OutputOptions().seg_type == "labelmap"
+    assert OutputOptions().seg_type == "binary"  # the default since issue 18: what every PACS takes
     assert OutputOptions(seg_type="BINARY").seg_type == "binary"
     with pytest.raises(ValueError, match="seg_type"):
         OutputOptions(seg_type="fractional")

@@ -1,0 +1,234 @@
+"""The listener against hosts that are not consoles (issue 18): sockets from a second loopback address (127.0.0.2)
+that stay idle, flood before any association, open TLS and never finish the handshake, or trickle bytes. The console
+(127.0.0.1) is served meanwhile; memory stays bounded; the listener stops within seconds whatever they do; each
+refusal is logged once with the address. Every socket is bounded in count and time."""
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from node_helpers import CONSOLE, LISTENER_AE, Listener, make_certificates, mr_series
+
+from edgeseg.runtime.node import guard
+from edgeseg.runtime.node.send import echo
+from edgeseg.runtime.node.settings import Destination, TlsSettings
+
+STRANGER = "127.0.0.2"
+LOOPBACK = "127.0.0.1"
+
+
+def _stranger_sockets(port: int, n: int, host: str = STRANGER) -> list[socket.socket]:
+    out = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind((host, 0))
+        s.settimeout(5)
+        s.connect((LOOPBACK, port))
+        out.append(s)
+    return out
+
+
+def _closed_by_peer(s: socket.socket, timeout: float) -> bool:
+    s.settimeout(timeout)
+    try:
+        return s.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def _console_echo(port: int, tls: TlsSettings | None = None) -> tuple[bool, float]:
+    dest = Destination(name="edgeseg", ae_title=LISTENER_AE, host=LOOPBACK, port=port, tls=tls, timeout_s=5)
+    t0 = time.monotonic()
+    ok, _ = echo(dest, CONSOLE)
+    return ok, time.monotonic() - t0
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.fixture
+def closing() -> Iterator[list[socket.socket]]:
+    opened: list[socket.socket] = []
+    yield opened
+    for s in opened:
+        s.close()
+
+
+def test_a_stranger_by_address_is_closed_at_accept_and_the_console_is_served(
+        tmp_path: Path, closing: list[socket.socket], caplog: pytest.LogCaptureFixture) -> None:
+    lst = Listener(tmp_path / "root", allowed_hosts=(LOOPBACK,))
+    with lst.receiver:
+        socks = _stranger_sockets(lst.port, 8)
+        closing.extend(socks)
+        assert all(_closed_by_peer(s, 2.0) for s in socks)  # closed at once, nothing read
+        ok, took = _console_echo(lst.port)
+        assert ok and took < 2.0, took
+    refusals = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
+    assert len(refusals) == 8 and all(f"host={STRANGER}" in m and "not in dicom_listener.allowed_hosts" in m
+                                      for m in refusals), refusals
+
+
+def test_idle_sockets_of_one_host_cannot_take_every_slot(tmp_path: Path, closing: list[socket.socket],
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """No host list (AE titles only): a host may hold max_associations_per_host connections; 8 idle sockets from a
+    stranger leave the console its slots, and the ones held are dropped by the ARTIM timer."""
+    lst = Listener(tmp_path / "root", max_associations=4, max_associations_per_host=2)
+    with lst.receiver:
+        t0 = time.monotonic()
+        socks = _stranger_sockets(lst.port, 8)
+        closing.extend(socks)
+        time.sleep(0.3)
+        ok, took = _console_echo(lst.port)
+        assert ok and took < 2.0, f"console served in {took:.2f} s with 8 stranger sockets open"
+        held = [s for s in socks if not _closed_by_peer(s, 0.2)]
+        assert len(held) == 2, len(held)
+        assert all(_closed_by_peer(s, guard.ARTIM_S + 5 - (time.monotonic() - t0)) for s in held)
+        assert time.monotonic() - t0 < guard.ARTIM_S + 5
+    refusals = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
+    assert len(refusals) == 6 and all("max_associations_per_host 2" in m for m in refusals), refusals
+
+
+def test_a_pre_association_flood_is_cut_before_memory_grows(tmp_path: Path, closing: list[socket.socket],
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Three connections each announce a 4 GB A-ASSOCIATE-RQ and stream garbage: each is closed when the length is
+    read; the process's RSS does not grow by more than a few MB."""
+    lst = Listener(tmp_path / "root", max_associations_per_host=4)
+    with lst.receiver:
+        before = _rss_mb()
+        socks = _stranger_sockets(lst.port, 3)
+        closing.extend(socks)
+        junk = b"\0" * (1 << 16)
+        for s in socks:
+            s.sendall(struct.pack(">BBL", 0x01, 0, 0xFFFFFFF0))
+        sent = 0
+        for _ in range(64):  # at most 4 MB each: the listener has closed them long before
+            for s in socks:
+                try:
+                    s.sendall(junk)
+                    sent += len(junk)
+                except OSError:
+                    pass
+        assert all(_closed_by_peer(s, 5.0) for s in socks)
+        grew = _rss_mb() - before
+        ok, _ = _console_echo(lst.port)
+        assert ok
+    assert grew < 50, f"RSS grew by {grew:.0f} MB"
+    refusals = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
+    assert len(refusals) == 3 and all("a PDU of 4294967280 bytes announced" in m and f"host={STRANGER}" in m
+                                      for m in refusals), refusals
+
+
+def test_tls_half_open_strangers_do_not_block_the_tls_listener(tmp_path: Path, closing: list[socket.socket],
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    certs = make_certificates(tmp_path / "certs")
+    server_tls = TlsSettings(certificate=certs["server_cert"], key=certs["server_key"])
+    lst = Listener(tmp_path / "root", tls=server_tls, max_associations_per_host=3)
+    old = guard.TLS_HANDSHAKE_S
+    guard.TLS_HANDSHAKE_S = 2.0
+    try:
+        with lst.receiver:
+            socks = _stranger_sockets(lst.port, 3)  # TCP open, no ClientHello: a half-open TLS peer
+            closing.extend(socks)
+            ok, took = _console_echo(lst.port, TlsSettings(ca=certs["ca"]))
+            assert ok and took < 2.0, took
+            assert all(_closed_by_peer(s, 5.0) for s in socks)  # the handshake deadline ends them
+            t0 = time.monotonic()
+        stop_s = time.monotonic() - t0
+    finally:
+        guard.TLS_HANDSHAKE_S = old
+    assert stop_s < 3.0
+    refusals = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
+    assert len(refusals) == 3 and all("no TLS handshake within 2 s" in m and f"host={STRANGER}" in m
+                                      for m in refusals), refusals
+
+
+def test_a_trickling_peer_is_cut_and_stop_does_not_wait_for_peers(tmp_path: Path, closing: list[socket.socket],
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    lst = Listener(tmp_path / "root", max_associations_per_host=4)
+    old = guard.PDU_TIMEOUT_S
+    guard.PDU_TIMEOUT_S = 2.0
+    try:
+        lst.receiver.start()
+        trickler, idle = _stranger_sockets(lst.port, 2)
+        closing.extend([trickler, idle])
+        trickler.sendall(struct.pack(">BBL", 0x01, 0, 200))  # an A-ASSOCIATE-RQ of 200 bytes ...
+        t0 = time.monotonic()
+        cut = False
+        while time.monotonic() - t0 < 6:  # ... of which a byte every 0.5 s arrives
+            try:
+                trickler.sendall(b"\0")
+            except OSError:
+                cut = True
+                break
+            if _closed_by_peer(trickler, 0.5):
+                cut = True
+                break
+        assert cut and time.monotonic() - t0 < 4.0
+        # stop with a peer still connected (idle) and another trickling: no peer delays it
+        late = _stranger_sockets(lst.port, 1)[0]
+        closing.append(late)
+        late.sendall(struct.pack(">BBL", 0x01, 0, 200) + b"\0")
+        t0 = time.monotonic()
+        lst.receiver.stop()
+        assert time.monotonic() - t0 < 3.0
+        assert _closed_by_peer(late, 2.0) and _closed_by_peer(idle, 2.0)
+    finally:
+        guard.PDU_TIMEOUT_S = old
+        if lst.receiver._server is not None:
+            lst.receiver.stop()
+    refusals = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
+    assert any("a PDU did not arrive within 2 s" in m and f"host={STRANGER}" in m for m in refusals), refusals
+
+
+def test_received_datasets_stream_inside_the_root_never_the_system_temp(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers.dicom_peers import dcmtk_storescu, describe
+
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    files = mr_series(tmp_path / "series", n=3)
+    lst = Listener(tmp_path / "root")
+    with lst.receiver:
+        proc = dcmtk_storescu(LOOPBACK, lst.port, files, calling_aet=CONSOLE, called_aet=LISTENER_AE)
+        assert proc.returncode == 0, describe(proc)
+    assert list(system_tmp.iterdir()) == []
+    assert list((tmp_path / "root" / guard.INCOMING_DIR).iterdir()) == []
+    assert len(list((tmp_path / "root").glob("*/*/*.dcm"))) == 3
+
+
+def test_another_patient_under_a_stored_sop_instance_uid_is_kept_aside(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    from helpers.dicom_peers import dcmtk_storescu, describe
+    from pydicom import dcmread
+
+    [f] = mr_series(tmp_path / "series", n=1)
+    other = tmp_path / "other.dcm"
+    ds = dcmread(f)
+    ds.PatientID, ds.PatientName = "SOMEONE-ELSE", "Else^Someone"
+    ds.save_as(other)
+    lst = Listener(tmp_path / "root")
+    caplog.set_level(logging.INFO)
+    with lst.receiver:
+        for path in (f, other):
+            proc = dcmtk_storescu(LOOPBACK, lst.port, [path], calling_aet=CONSOLE, called_aet=LISTENER_AE)
+            assert proc.returncode == 0, describe(proc)
+    [stored] = list((tmp_path / "root").glob("*/*/*.dcm"))
+    assert dcmread(stored).PatientID == dcmread(f).PatientID  # the first stays
+    [aside] = [p for p in (tmp_path / "root" / ".edgeseg-conflicts").rglob("*") if p.is_file()]
+    assert dcmread(aside).PatientID == "SOMEONE-ELSE"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "kept aside" in r.getMessage()]
+    assert len(warnings) == 1 and "PatientID, PatientName differ" in warnings[0].getMessage()
+    assert "SOMEONE-ELSE" not in warnings[0].getMessage()  # no patient data in the log
