@@ -180,7 +180,8 @@ def test_start_is_refused_when_a_destination_takes_no_seg(tmp_path: Path) -> Non
     (tmp_path / "in").mkdir()
     with DcmtkStorescp(tmp_path / "received", aet="MRONLY", extra=("-xf", str(profile), "MROnly"),
                        accept_all=False) as scp:
-        config = load_config(None, {"roots": [str(tmp_path / "in")], "state_dir": str(tmp_path / "state"),
+        config = load_config(None, {"roots": [str(tmp_path / "in")], "bundle": "demo",
+                                    "state_dir": str(tmp_path / "state"),
                                     "destinations": [{"name": "mr_archive", "ae_title": scp.aet, "host": LOOPBACK,
                                                       "port": scp.port, "send": ["seg"], "timeout_s": 5}]}, env={})
         watcher = Watcher(config, FakeSegmenter())
@@ -271,7 +272,7 @@ def test_store_version_3_gains_the_sent_columns(tmp_path: Path) -> None:
 def config_path(tmp_path: Path) -> Path:
     (tmp_path / "in").mkdir(exist_ok=True)
     path = tmp_path / "watch_config.yaml"
-    path.write_text(f"roots: [in]\nstate_dir: state\ndestinations:\n  - {{name: pacs, ae_title: PACS, "
+    path.write_text(f"roots: [in]\nbundle: demo\nstate_dir: state\ndestinations:\n  - {{name: pacs, ae_title: PACS, "
                     f"host: {LOOPBACK}, port: {free_port()}, timeout_s: 5}}\n", encoding="utf-8")
     return path
 
