@@ -258,6 +258,8 @@ def render_html(snap: dict[str, Any]) -> str:
                         [[d["path"], f"{d['free_bytes'] / 2**30:.1f} GB", f"{d['total_bytes'] / 2**30:.1f} GB",
                           f"{disk['alert_below_mb'] / 1024:.1f} GB"] for d in disk["paths"]]))
     parts.append(f"<p class=\"muted\">Retention: {_e(disk['retention'])}</p>")
+    if disk.get("forecast"):
+        parts.append("<ul>" + "".join(f"<li>{_e(line)}</li>" for line in disk["forecast"]) + "</ul>")
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta http-equiv=\"refresh\" content=\"{REFRESH_S}\"><title>edgeseg status</title>"
             f"<style>{_STYLE}</style></head><body>" + "\n".join(parts) + "</body></html>")

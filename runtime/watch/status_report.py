@@ -89,6 +89,25 @@ def result_cells(entry: dict[str, Any]) -> list[str]:
     return [cell(field) for _, field in RESULT_COLUMNS]
 
 
+#: (store path) -> (when computed, forecast lines): the forecast walks result folders, so a page polled by a monitor
+#: recomputes it at most every :data:`FORECAST_TTL_S`
+_FORECASTS: dict[Path, tuple[float, list[str]]] = {}
+FORECAST_TTL_S = 300.0
+
+
+def retention_forecast(store: JobStore, config: WatchConfig, now: float) -> list[str]:
+    """``doctor``'s disk forecast (:meth:`~edgeseg.runtime.watch.retention.Retention.forecast`): per root the free
+    space, what arrived per day, what the policy may remove and when the watermark is reached."""
+    from edgeseg.runtime.watch.retention import Retention
+
+    cached = _FORECASTS.get(config.store_path)
+    if cached is not None and now - cached[0] < FORECAST_TTL_S:
+        return cached[1]
+    lines = Retention(store, config.retention, config.roots, config.received_root).forecast()
+    _FORECASTS[config.store_path] = (now, lines)
+    return lines
+
+
 def disk_usage(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """Free and total bytes of each path's file system (one entry per distinct path; unreadable ones left out)."""
     out = []
@@ -143,5 +162,6 @@ def collect(store: JobStore, config: WatchConfig, *, limit: int = 20, watcher: d
                                "last_error": a.last_error, "at": a.occurred_at} for a in store.alerts(limit=10)]},
         "disk": {"paths": disk_usage([*config.roots, config.state_dir]),
                  "alert_below_mb": config.alerts.disk_min_free_mb,
-                 "retention": "not configured: results and received images are kept until removed by hand"},
+                 "retention": config.retention.describe(),
+                 "forecast": retention_forecast(store, config, now)},
     }

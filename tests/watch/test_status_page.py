@@ -62,6 +62,9 @@ def test_page_json_health_metrics_over_http(start_watcher, roots: Path) -> None:
     assert row["description"] == "T1 <b>strong</b>" and row["seconds"] is not None and row["preview"] is False
     assert snap["counts"]["done"] == 1 and snap["watcher"]["healthy"] is True
     assert snap["disk"]["paths"] and snap["disk"]["paths"][0]["free_bytes"] > 0
+    # the retention policy and doctor's disk forecast (one line per root)
+    assert "received images" in snap["disk"]["retention"] and len(snap["disk"]["forecast"]) == len(w.config.roots)
+    assert "MB free" in snap["disk"]["forecast"][0]
 
     code, headers, body = get(page_url(w))
     page = body.decode()
@@ -69,6 +72,7 @@ def test_page_json_health_metrics_over_http(start_watcher, roots: Path) -> None:
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     assert HOSTILE_ID not in page and "<script" not in page and "<b>strong" not in page and "<i>1" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;" in page and "ACC&lt;i&gt;1" in page
+    assert "Retention: " in page and "MB free" in page
 
     code, _, body = get(page_url(w, "/healthz"))
     assert (code, body) == (200, b"ok\n")
