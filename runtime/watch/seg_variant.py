@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +81,7 @@ def _render(result_dir: Path, manifest: dict[str, Any], want_sr: bool) -> Binary
 
     from edgeseg.runtime.read import discover_series, read_series
     from edgeseg.runtime.write import read_label_map, write_dicom_seg, write_dicom_sr
+    from edgeseg.runtime.write.atomic import write_path_atomic
     from edgeseg.runtime.write.nifti import LABELMAP_FILE
     from edgeseg.runtime.write.statistics import compute_statistics
 
@@ -100,15 +100,12 @@ def _render(result_dir: Path, manifest: dict[str, Any], want_sr: bool) -> Binary
     labels = read_label_map(result_dir / LABELMAP_FILE)
     seg_path, sr_path = result_dir / BINARY_SEG_FILE, result_dir / BINARY_SR_FILE
     bundle, run = manifest.get("bundle"), manifest.get("run")
-    tmp_seg = result_dir / f".{BINARY_SEG_FILE}.partial-{os.getpid()}"
-    segments = write_dicom_seg(tmp_seg, volume, labelmap, labels, segmentation_type="BINARY", bundle=bundle, run=run)
-    os.replace(tmp_seg, seg_path)
+    segments = write_path_atomic(seg_path, lambda tmp: write_dicom_seg(
+        tmp, volume, labelmap, labels, segmentation_type="BINARY", bundle=bundle, run=run))
     sr: Path | None = None
     if want_sr:
-        tmp_sr = result_dir / f".{BINARY_SR_FILE}.partial-{os.getpid()}"
-        write_dicom_sr(tmp_sr, volume, seg_path, segments, compute_statistics(volume, labelmap, labels),
-                       bundle=bundle, run=run)
-        os.replace(tmp_sr, sr_path)
+        write_path_atomic(sr_path, lambda tmp: write_dicom_sr(
+            tmp, volume, seg_path, segments, compute_statistics(volume, labelmap, labels), bundle=bundle, run=run))
         sr = sr_path
     log.info("BINARY DICOM-SEG rendered from the label-map result for a destination that does not take label-map "
              "SEGs: %s", seg_path)

@@ -26,7 +26,7 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, TypeVar
 
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError, OutputError, kind_of
@@ -35,6 +35,8 @@ from edgeseg.runtime.naming import PARTIAL_MARK as _PARTIAL
 from edgeseg.runtime.naming import disambiguated, error_file_name, result_dir_name
 from edgeseg.runtime.read.paths import fs_text
 from edgeseg.typing import StrPath
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +206,23 @@ def write_file_atomic(path: StrPath, fill: Callable[[BinaryIO], Any], *, tmp_inf
     temporary is removed and the error re-raised. The caller fsyncs the folder where the rename itself must survive
     a power loss. Returns ``path``.
     """
+    def write(tmp: Path) -> None:
+        with open(tmp, "xb") as fh:
+            fill(fh)
+
+    write_path_atomic(path, write, tmp_infix=tmp_infix)
+    return Path(path)
+
+
+def write_path_atomic(path: StrPath, write: Callable[[Path], T], *, tmp_infix: str = ".partial-") -> T:
+    """:func:`write_file_atomic` for writers that take a path (pydicom's ``save_as``): ``write(tmp)`` writes the
+    hidden temporary beside ``path``, which is then fsync'ed and renamed over ``path``; on any failure the temporary
+    is removed and the error re-raised. Returns what ``write`` returned."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}{tmp_infix}{_random()}")
     try:
-        with open(tmp, "xb") as fh:
-            fill(fh)
-            fh.flush()
+        result = write(tmp)
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -218,7 +231,7 @@ def write_file_atomic(path: StrPath, fill: Callable[[BinaryIO], Any], *, tmp_inf
         except OSError:
             pass
         raise
-    return path
+    return result
 
 
 def write_error_file(series_dir: StrPath, name: str, error: BaseException | str, what_to_do: str) -> Path:

@@ -9,8 +9,10 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pydicom
+import pytest
 from watch_helpers import write_series
 
 from edgeseg.runtime.read import discover_series
@@ -34,6 +36,13 @@ def _series(folder: Path, seed: int) -> tuple[str, str, Path]:
     return ref.key, str(ref.uid), result
 
 
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[JobStore]:
+    """The job store under ``tmp_path/state``, closed after the test (no -wal/-shm files left open)."""
+    with JobStore(tmp_path / "state" / "jobs.sqlite3") as opened:
+        yield opened
+
+
 def _done(store: JobStore, key: str, uid: str, result: Path, *, deliver: str | None, sent_at: float | None = None
           ) -> None:
     """Record the series done; ``deliver``: None (no destination), "sent" (confirmed at ``sent_at``) or "pending"."""
@@ -49,9 +58,8 @@ def _done(store: JobStore, key: str, uid: str, result: Path, *, deliver: str | N
             db.execute("UPDATE deliveries SET sent_at = ? WHERE id = ?", (sent_at, row.id))
 
 
-def test_age_removes_delivered_series_only(tmp_path: Path, caplog) -> None:
+def test_age_removes_delivered_series_only(tmp_path: Path, store: JobStore, caplog) -> None:
     received, export = tmp_path / "incoming", tmp_path / "export"
-    store = JobStore(tmp_path / "state" / "jobs.sqlite3")
     now = time.time()
     old = now - 10 * DAY_S
     key_a, uid_a, result_a = _series(received / "1.2.3" / "a", 1)  # delivered 10 days ago: goes
@@ -91,9 +99,8 @@ def test_age_removes_delivered_series_only(tmp_path: Path, caplog) -> None:
     assert tree(received) == {p: h for p, h in before["incoming"].items() if p not in gone}
 
 
-def test_a_watermark_breach_removes_oldest_delivered_first(tmp_path: Path, caplog) -> None:
+def test_a_watermark_breach_removes_oldest_delivered_first(tmp_path: Path, store: JobStore, caplog) -> None:
     received = tmp_path / "incoming"
-    store = JobStore(tmp_path / "state" / "jobs.sqlite3")
     now = time.time()
     keys = {}
     for i, name in enumerate(["old", "middle", "new"]):
@@ -148,13 +155,12 @@ def test_the_watcher_applies_the_policy_and_does_not_segment_again(start_watcher
     assert [(r["what"], r["reason"]) for r in w2.store.removals()] == [("result", "age")]
 
 
-def test_skipped_series_that_were_received_go_by_the_same_rules(tmp_path: Path) -> None:
+def test_skipped_series_that_were_received_go_by_the_same_rules(tmp_path: Path, store: JobStore) -> None:
     """A DTI the listener received and the selection rules skipped is not kept forever: received_days after it was
     skipped its images go (recorded by UID); a skipped series in the console's export folder stays."""
     from helpers.series_cases import canon_dti
 
     received, export = tmp_path / "incoming", tmp_path / "export"
-    store = JobStore(tmp_path / "state" / "jobs.sqlite3")
     dti = canon_dti(received / "1.2.3" / "dti")
     exported = canon_dti(export / "exam")
     for files in (dti, exported):
