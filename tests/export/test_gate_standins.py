@@ -46,7 +46,7 @@ def _export(standins, out: Path, gate: Gate, remedies: tuple[str, ...]):
     parts, calibration = standins
     return export_bundle([VariantSpec("1.5mm", parts)], out, calibration,
                          ExportSettings(precisions=("fp32", "int8"), totalseg=True, labels_file=LABELS, gate=gate,
-                                        remedies=remedies, remedy_time_s=600, validation_contrasts=("original",),
+                                        remedies=remedies, remedy_time_s=600, time_budget_s=None, validation_contrasts=("original",),
                                         torch_check_patches=1, latency_repeats=1))
 
 
