@@ -524,9 +524,10 @@ def _remedies(root: Path, settings: ExportSettings, labels: dict[int, str], vari
                   record: dict[str, Any] | None = None) -> bool:
         nonlocal variants, passed
         t0 = time.perf_counter()
+        step_times: dict[str, float] = {}  # the base INT8's stay in the report's quantization_s
         try:
             candidate = _quantize_variants(_bundle(root, settings, labels, variants, None), ov_models, root,
-                                           calib_series, valid_series, qs, progress, quant_times, in_float,
+                                           calib_series, valid_series, qs, progress, step_times, in_float,
                                            deadline)
             bundle = _bundle(root, settings, labels, candidate, None)
             rows = _compare(bundle, valid_series, settings, ["int8"], progress, deadline, references)
@@ -539,7 +540,7 @@ def _remedies(root: Path, settings: ExportSettings, labels: dict[int, str], vari
         verdict = judge(rows, "int8", settings.gate, remedy=name)
         tried.append({"remedy": name, "verdict": verdict["verdict"], "min_dice": verdict.get("min_dice"),
                       "mean_dice": verdict.get("mean_dice"), "worst": verdict.get("worst"),
-                      "seconds": round(time.perf_counter() - t0, 1),
+                      "seconds": round(time.perf_counter() - t0, 1), "quantization_s": step_times,
                       "per_structure_min_dice": verdict.get("per_structure_min_dice"), **(record or {})})
         progress("remedy %s: INT8 %s (lowest structure Dice %s, lowest mean %s)", name,
                  verdict["verdict"].upper(), verdict.get("min_dice"), verdict.get("mean_dice"))
