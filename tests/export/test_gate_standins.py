@@ -46,8 +46,9 @@ def _export(standins, out: Path, gate: Gate, remedies: tuple[str, ...]):
     parts, calibration = standins
     return export_bundle([VariantSpec("1.5mm", parts)], out, calibration,
                          ExportSettings(precisions=("fp32", "int8"), totalseg=True, labels_file=LABELS, gate=gate,
-                                        remedies=remedies, remedy_time_s=600, time_budget_s=None, validation_contrasts=("original",),
-                                        torch_check_patches=1, latency_repeats=1))
+                                        remedies=remedies, remedy_time_s=600, time_budget_s=None,
+                                        validation_contrasts=("original",), torch_check_patches=1,
+                                        latency_repeats=1))
 
 
 def test_int8_that_fails_the_gate_is_marked_failed_and_auto_runs_fp32(standins, tmp_path: Path) -> None:
