@@ -31,6 +31,8 @@ def main() -> int:
                    help="edgeseg export --remedies (random weights fail the fidelity gate: the remedies run and are "
                         "part of the export time; 'none' measures the export without them)")
     p.add_argument("--remedy-time", type=float, default=300.0, help="edgeseg export --remedy-time")
+    p.add_argument("--time-budget", type=float, default=900.0,
+                   help="edgeseg export --time-budget (default 900 s, the issue's bound; 0: none)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
@@ -46,7 +48,7 @@ def main() -> int:
     cmd += ["--totalseg", "--labels", str(MRI.parent / "total_mr_labels.json"), "--calibration", str(calib),
             "--out", str(out), "--force", "--calibration-patches", str(args.patches),
             "--bias-correction", args.bias_correction, "--contrasts", "original", "--remedies", args.remedies,
-            "--remedy-time", str(args.remedy_time)]
+            "--remedy-time", str(args.remedy_time), "--time-budget", str(args.time_budget)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -65,6 +67,9 @@ def main() -> int:
     for prec, verdict in report.get("precision_verdicts", {}).items():
         print(f"{prec}: {verdict['verdict']} (lowest structure Dice {verdict.get('min_dice')}, remedies tried: "
               f"{[(t['remedy'], t['verdict'], t.get('seconds')) for t in verdict.get('remedies_tried', [])]})")
+    budget = validation.get("time_budget") or {}
+    print(f"time: base export {budget.get('base_export_s')} s, remedies {validation.get('remedies_s', 0)} s, "
+          f"bound by {budget.get('remedy_deadline', '-')} (budget {budget.get('time_budget_s')} s)")
     print()
     q = [{"part": k, "seconds": v} for k, v in validation["quantization_s"].items()]
     print_table(q, [("part", "quantized part"), ("seconds", "NNCF s")])

@@ -33,6 +33,7 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/edgeseg-gate"))
     p.add_argument("--remedies", default="accuracy_control,float_layers,bf16")
     p.add_argument("--remedy-time", type=float, default=300.0)
+    p.add_argument("--time-budget", type=float, default=900.0, help="edgeseg export --time-budget (0: none)")
     p.add_argument("--contrasts", default="original,inverted,gamma0.5,gamma2")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -55,7 +56,8 @@ def main() -> int:
         ExportSettings(precisions=("fp32", "int8"), totalseg=True, labels_file=LABELS, gate=Gate(),
                        validation_contrasts=tuple(c for c in args.contrasts.split(",") if c),
                        remedies=tuple(r for r in args.remedies.split(",") if r and r != "none"),
-                       remedy_time_s=args.remedy_time, torch_check_patches=1, latency_repeats=2))
+                       remedy_time_s=args.remedy_time, time_budget_s=args.time_budget or None,
+                       torch_check_patches=1, latency_repeats=2))
     seconds = time.perf_counter() - t0
     report = json.loads((bundle.path / "validation.json").read_text())
     print(f"\nexport: {seconds:.0f} s, peak RSS {peak_rss_mb():.0f} MB (this process)")
@@ -66,9 +68,28 @@ def main() -> int:
                      "worst": (verdict.get("worst") or {}).get("structure")})
     print_table(rows, [("precision", "PRECISION"), ("verdict", "VERDICT"), ("remedy", "REMEDY"),
                        ("min_dice", "MIN DICE"), ("mean_dice", "WORST MEAN"), ("worst", "WORST STRUCTURE")])
-    print("\nremedies tried:")
-    for r in report.get("remedies_tried", []):
-        print("  ", json.dumps(r))
+    tried = report.get("remedies_tried", [])
+    print(f"\nremedies tried ({report.get('remedies_s', 0)} s; {report.get('time_budget')}):")
+    print_table([{"remedy": t["remedy"], "verdict": t["verdict"], "min_dice": t.get("min_dice", "-"),
+                  "mean_dice": t.get("mean_dice", "-"), "worst": (t.get("worst") or {}).get("structure", "-"),
+                  "seconds": t.get("seconds", "-"), "reason": t.get("reason", "")} for t in tried],
+                [("remedy", "REMEDY"), ("verdict", "VERDICT"), ("min_dice", "MIN DICE"), ("mean_dice", "WORST MEAN"),
+                 ("worst", "WORST STRUCTURE"), ("seconds", "S"), ("reason", "REASON")])
+    for t in tried:
+        for part, kept in (t.get("kept_in_float") or {}).items():
+            print(f"  {t['remedy']}: {part} kept in float: "
+                  + ", ".join(f"{k['type']} {k['where']} (+{k['added_noise']:.2g})" for k in kept))
+    sensitivity = report.get("sensitivity") or {}
+    for part, ranking in (sensitivity.get("ranking") or {}).items():
+        print(f"  sensitivity {part} ({sensitivity.get('seconds')} s, {len(ranking)} operations), top 8: "
+              + ", ".join(f"{k['type']} {k['where']} (+{k['added_noise']:.2g})" for k in ranking[:8]))
+    if any(t.get("per_structure_min_dice") for t in tried):
+        print("\nlowest Dice vs FP32 per structure, per remedy step (1..n as in the table above):")
+        steps = [t for t in tried if t.get("per_structure_min_dice")]
+        names = sorted({n for t in steps for n in t["per_structure_min_dice"]})
+        print_table([{"structure": n, **{f"s{i}": t["per_structure_min_dice"].get(n, "-") for i, t in
+                                         enumerate(steps, 1)}} for n in names],
+                    [("structure", "STRUCTURE"), *((f"s{i}", f"{i}") for i in range(1, len(steps) + 1))])
     print("\nDice vs FP32 per structure (lowest over series and contrasts):")
     per: dict[str, dict[str, float]] = {}
     for r in [*report.get("segmentation_vs_fp32_before_remedy", []), *report["segmentation_vs_fp32"]]:

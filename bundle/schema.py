@@ -28,7 +28,8 @@ BUNDLE_FILE = "bundle.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 #: what export's fidelity gate found for a reduced precision (``precision_verdicts``): "passed" (as quantized, or
 #: after the remedy named in ``remedy``), "failed" (no remedy brought it through the gate: the runtime's ``auto``
-#: never chooses it), "unchecked" (a bundle written before the gate existed, or exported without validation)
+#: never chooses it), "unchecked" (a bundle written before the gate existed, or exported without validation: ``auto``
+#: does not choose it either; an explicit request for it runs with a WARNING)
 VERDICTS = ("passed", "failed", "unchecked")
 #: ``scipy.ndimage.zoom`` boundary modes a pre-resampling may name
 ZOOM_MODES = ("constant", "nearest", "reflect", "mirror", "wrap", "grid-constant", "grid-mirror", "grid-wrap")
@@ -184,6 +185,9 @@ class Bundle:
                                                                else "") + ")")
             if verdict == "failed":
                 text += ": precision auto never uses it"
+            elif verdict == "unchecked" and prec in held:
+                text += (" (no fidelity verdict: bundle written before export's fidelity gate; re-export it): precision"
+                         " auto does not use it" if not self.precision_verdicts else ": precision auto does not use it")
             out.append(text)
         return ", ".join(out)
 

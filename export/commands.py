@@ -67,11 +67,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "and the runtime's precision auto never uses it")
     p.add_argument("--remedies", default="accuracy_control,float_layers,bf16",
                    help="what export tries, in order, when INT8 fails the gate: accuracy_control (NNCF's "
-                        "accuracy-controlled quantization), float_layers (first and last convolutions kept in "
-                        "float), bf16 (FP32 with BF16 inference, where the CPU has it); 'none' tries nothing")
+                        "accuracy-controlled quantization), float_layers (a per-layer sensitivity pass ranks the "
+                        "quantized operations; the 1, 2, 4 ... most sensitive are kept in float), bf16 (FP32 with "
+                        "BF16 inference, where the CPU has it); 'none' tries nothing")
     p.add_argument("--remedy-time", type=float, default=300.0,
-                   help="seconds after the first validation in which remedies may start (default 300; one started "
-                        "runs to its end); a remedy not started by then is recorded as not tried")
+                   help="seconds the remedies may take in all, after the base export (default 300); a "
+                        "remedy that cannot fit is not started, one running when the time is up is stopped, and "
+                        "INT8 stays failed with what was tried recorded")
+    p.add_argument("--time-budget", type=float, default=900.0,
+                   help="seconds the whole export may take (default 900; 0: no bound): the base export (conversion, "
+                        "quantization, validation) always finishes, the remedies get only what is left of this and "
+                        "of --remedy-time")
     p.add_argument("--gate-mean-dice", type=float, default=0.99,
                    help="fidelity gate: lowest mean Dice over structures of any validation series and contrast "
                         "(default 0.99)")
@@ -133,6 +139,7 @@ def run_export(args: argparse.Namespace) -> int:
         version=args.bundle_version, not_for_clinical_use=args.not_for_clinical_use,
         gate=Gate(min_dice=args.gate_min_dice, mean_dice=args.gate_mean_dice),
         remedies=remedies, remedy_time_s=args.remedy_time,
+        time_budget_s=args.time_budget if args.time_budget > 0 else None,
     )
     with _terminate_as_interrupt():  # SIGTERM unwinds like Ctrl+C: the partial bundle folder is removed
         bundle = export_bundle(variants, args.out, args.calibration, settings, args.validation, force=args.force)
@@ -143,7 +150,16 @@ def run_export(args: argparse.Namespace) -> int:
               f"(worst series {s['worst_series_mean_dice']:.4f})")
     for prec, verdict in bundle.precision_verdicts.items():
         print(f"  {prec} fidelity gate: {verdict['verdict'].upper()} (lowest structure Dice {verdict.get('min_dice')}, "
-              f"lowest mean {verdict.get('mean_dice')}; gate {verdict.get('gate')})")
+              f"lowest mean {verdict.get('mean_dice')}; gate {verdict.get('gate')}"
+              + (f"; after {verdict['remedy']}" if verdict.get("remedy") else "") + ")")
+        for t in verdict.get("remedies_tried", []):
+            print(f"    remedy {t['remedy']}: {t['verdict']}"
+                  + (f" in {t['seconds']:.0f} s" if t.get("seconds") is not None else "")
+                  + (f" ({t['reason']})" if t.get("reason") else ""))
+    budget = report.get("time_budget") or {}
+    if budget:
+        print(f"  time: base export {budget.get('base_export_s')} s, remedies {report.get('remedies_s', 0)} s "
+              f"(budget {budget.get('time_budget_s')} s, remedy time {budget.get('remedy_time_s')} s)")
     for t in report["fp32_vs_torch"]:
         print(f"  fp32 IR vs torch [{t['variant']}/{t['part']}]: argmax agreement {t['argmax_agreement']:.6f}, "
               f"max |logit diff| {t['max_abs_logit_diff']:.2e}")

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from edgeseg.bundle.schema import (
     load_bundle, parse_bundle,
 )
 from edgeseg.errors import EdgesegError, ExportError
+from edgeseg.export.budget import NO_DEADLINE, BudgetSpent, Deadline, remedy_deadline
 from edgeseg.export.model_folder import ModelFolder, open_model
 from edgeseg.export.gate import Gate, judge
 from edgeseg.export.metrics import dice_per_class, mean_dice
@@ -74,8 +75,11 @@ class ExportSettings:
     gate: Gate = field(default_factory=Gate)
     #: what export tries, in order, when INT8 fails the gate (see _remedies; () tries nothing)
     remedies: tuple[str, ...] = ("accuracy_control", "float_layers", "bf16")
-    #: the time in which remedies may start (one started runs to its end: the bound is this plus one remedy)
-    remedy_time_s: float = 300.0
+    #: seconds the remedies may take in all, counted from the end of the base export (None: no bound of their own)
+    remedy_time_s: float | None = 300.0
+    #: seconds the whole export may take (None: no bound): the base export always finishes, the remedies get what
+    #: is left of it (export/budget.py); 900 s is the issue's 15 minutes for the TotalSegmentator-sized parts
+    time_budget_s: float | None = 900.0
     #: NNCF accuracy control's bound on the layers it reverts one by one
     remedy_iterations: int = 8
 
@@ -203,6 +207,8 @@ class Progress:
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
+        #: ``time.monotonic()`` at the start (the export's, when it does not say otherwise)
+        self.started = time.monotonic()
 
     def __call__(self, msg: str, *args: Any) -> None:
         log.info("[%6.1fs] " + msg, time.perf_counter() - self.t0, *args)
@@ -211,6 +217,7 @@ class Progress:
 def export_bundle(variants: Sequence[VariantSpec], out: Path, calibration: Path, settings: ExportSettings,
                   validation: Path | None = None, force: bool = False) -> Bundle:
     """Export ``variants`` into the bundle folder ``out`` (see module docstring); returns the loaded bundle."""
+    started = time.monotonic()
     out = Path(out)
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it.")
@@ -218,7 +225,7 @@ def export_bundle(variants: Sequence[VariantSpec], out: Path, calibration: Path,
     remove_stale_partials(out)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
-        _export_into(variants, work, calibration, settings, validation)
+        _export_into(variants, work, calibration, settings, validation, started)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -264,7 +271,7 @@ def remove_stale_partials(out: Path) -> list[Path]:
 
 
 def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path, settings: ExportSettings,
-                 validation_dir: Path | None) -> Bundle:
+                 validation_dir: Path | None, started: float | None = None) -> Bundle:
     from edgeseg.export.calibration import find_series
     from edgeseg.export.convert import export_onnx, save_ir, to_openvino
     from edgeseg.export.network import fold_ensemble, load_fold_networks, mirroring_axes_from_checkpoint
@@ -338,7 +345,8 @@ def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path,
         # the FP32 IR stays in every bundle: validation reference, exact-parity mode
         bundle = _bundle(root, settings, labels, bundle_variants, None)
 
-    report = _validate(bundle, valid_series, settings, progress)
+    references: dict[tuple[str, str, str], np.ndarray] = {}  # FP32 label maps, shared with the remedies
+    report = _validate(bundle, valid_series, settings, progress, references)
     report["fp32_vs_torch"] = torch_checks
     report["quantization_s"] = quant_times
     report["settings"] = _settings_record(settings)
@@ -346,9 +354,19 @@ def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path,
     report["validation_series"] = [s.name for s in valid_series]
     verdicts: dict[str, dict[str, Any]] = {prec: judge(report["segmentation_vs_fp32"], prec, settings.gate)
                                            for prec in ("int8", "fp16") if prec in settings.precisions}
+    base_done = time.monotonic()
+    export_started = started if started is not None else progress.started
+    report["time_budget"] = {"time_budget_s": settings.time_budget_s, "remedy_time_s": settings.remedy_time_s,
+                             "base_export_s": round(base_done - export_started, 1)}
     if verdicts.get("int8", {}).get("verdict") == "failed" and settings.remedies:
+        deadline = remedy_deadline(export_started, base_done, settings.time_budget_s, settings.remedy_time_s)
+        progress("INT8 failed the fidelity gate: remedies %s within %s (%.0f s left)", list(settings.remedies),
+                 deadline.what, max(deadline.left(), 0.0))
         bundle_variants, verdicts = _remedies(root, settings, labels, bundle_variants, verdicts, ov_models,
-                                              calib_series, valid_series, report, progress, quant_times)
+                                              calib_series, valid_series, report, progress, quant_times, deadline,
+                                              references)
+        report["time_budget"]["remedy_deadline"] = deadline.what
+    references.clear()
     shutil.rmtree(scratch, ignore_errors=True)
     for prec, verdict in verdicts.items():
         log_fn = log.warning if verdict["verdict"] == "failed" else log.info
@@ -369,23 +387,32 @@ def _export_into(variants: Sequence[VariantSpec], root: Path, calibration: Path,
 
 def _quantize_variants(bundle: Bundle, ov_models: dict[tuple[str, str], Any], root: Path, calib_series: list[Any],
                        valid_series: list[Any], qs: QuantizeSettings, progress: Progress,
-                       quant_times: dict[str, float], ignore_ends: int | None = None) -> list[Variant]:
-    """Quantize every part of ``bundle`` with ``qs`` (``ignore_ends``: keep that many convolutions at each end of
-    each part, at least the first and last, in floating point) and write its ``int8.xml``; the variants with
-    their INT8 model files."""
+                       quant_times: dict[str, float], in_float: dict[tuple[str, str], tuple[str, ...]] | None = None,
+                       deadline: Deadline = NO_DEADLINE) -> list[Variant]:
+    """Quantize every part of ``bundle`` with ``qs`` (``in_float``: (variant, part) -> names of operations kept
+    in floating point, NNCF's ignored scope; each name must be an operation of the part's model) and write its
+    ``int8.xml``; the variants with their INT8 model files. ``deadline`` stops it (:class:`BudgetSpent`)."""
     from edgeseg.export.calibration import calibration_patches
     from edgeseg.export.convert import save_ir
-    from edgeseg.export.quantize import first_and_last_convolutions, quantize
+    from edgeseg.export.quantize import quantize
     from edgeseg.runtime.infer.engine import core
 
     quantized: list[Variant] = []
     for variant in bundle.variants:
         entries = []
         for part in variant.parts:
+            deadline.check(f"the quantization of {variant.name}/{part.name}")
             t0 = time.perf_counter()
             model = ov_models[(variant.name, part.name)]
-            part_qs = qs if ignore_ends is None else replace(
-                qs, ignored=first_and_last_convolutions(model, max(ignore_ends - 1, 0)))
+            part_qs = qs
+            if in_float is not None:
+                keep = in_float.get((variant.name, part.name), ())
+                names = {op.get_friendly_name() for op in model.get_ops()}
+                unknown = [n for n in keep if n not in names]
+                if unknown:
+                    raise ExportError(f"{variant.name}/{part.name}: the operations {unknown[:3]} to keep in float are "
+                                      "not in the model (internal error: the names come from its own INT8 twin).")
+                part_qs = replace(qs, ignored=tuple(keep))
             calib = calibration_patches(calib_series, variant, part, part_qs.subset_size)
             fp32_compiled = None
             valid = None
@@ -393,51 +420,159 @@ def _quantize_variants(bundle: Bundle, ov_models: dict[tuple[str, str], Any], ro
                 fp32_compiled = core().compile_model(str(bundle.model_path(part, "fp32")), "CPU",
                                                      {"INFERENCE_PRECISION_HINT": "f32"})
                 valid = calibration_patches(valid_series, variant, part, max(4, part_qs.subset_size // 2), seed=1)
-            int8 = quantize(model, calib, part_qs, valid, fp32_compiled)
+            int8 = quantize(model, calib, part_qs, valid, fp32_compiled, deadline=deadline)
             rel = part.source["dir"]
             xml, binf = save_ir(int8, root / rel / "int8.xml")
             entries.append(replace(part, models={**part.models, "int8": _model_file("int8", rel, xml, binf)}))
             quant_times[f"{variant.name}/{part.name}"] = round(time.perf_counter() - t0, 1)
             progress("quantized %s/%s on %d patches in %.0fs%s", variant.name, part.name, len(calib),
                      quant_times[f"{variant.name}/{part.name}"],
-                     f" (kept in float: {', '.join(part_qs.ignored)})" if part_qs.ignored else "")
+                     f" ({len(part_qs.ignored)} operation(s) kept in float)" if part_qs.ignored else "")
         quantized.append(replace(variant, parts=tuple(entries)))
     return quantized
 
 
 #: the fidelity gate's remedies for a failed INT8, in the order the issue gives them (``--remedies``)
 REMEDIES = ("accuracy_control", "float_layers", "bf16")
+#: calibration patches per part the sensitivity pass runs on
+SENSITIVITY_PATCHES = 4
+
+
+def _sensitivity(bundle: Bundle, ov_models: dict[tuple[str, str], Any], original: dict[str, bytes],
+                 calib_series: list[Any], deadline: Deadline, progress: Progress) -> dict[tuple[str, str], list[Any]]:
+    """Each part's quantized operations ranked by the error they add (:mod:`edgeseg.export.sensitivity`), from the
+    FP32 model and the INT8 model as first quantized (``original``: its files' bytes by bundle path)."""
+    import openvino as ov
+
+    from edgeseg.export.calibration import calibration_patches
+    from edgeseg.export.sensitivity import rank_layers
+    from edgeseg.runtime.infer.engine import core
+
+    ranking = {}
+    for variant in bundle.variants:
+        for part in variant.parts:
+            files = part.models["int8"]
+            int8 = core().read_model(original[files.xml].decode("utf-8"),
+                                     ov.Tensor(np.frombuffer(original[files.bin], dtype=np.uint8).copy()))
+            patches = calibration_patches(calib_series, variant, part, SENSITIVITY_PATCHES, seed=3)
+            ranking[(variant.name, part.name)] = rank_layers(ov_models[(variant.name, part.name)], int8, patches,
+                                                             deadline=deadline)
+            progress("sensitivity %s/%s: %d quantized operations ranked", variant.name, part.name,
+                     len(ranking[(variant.name, part.name)]))
+    return ranking
+
+
+def _float_layer_steps(ranking: dict[tuple[str, str], list[Any]]) -> Iterator[tuple[int, dict[tuple[str, str],
+                                                                                             tuple[str, ...]]]]:
+    """k = 1, 2, 4 ... : the k most sensitive operations of each part kept in float, while some part has more to
+    give (at most half of a part's quantized operations: beyond that INT8 buys little)."""
+    k = 1
+    most = max((len(r) for r in ranking.values()), default=0)
+    while k <= max(1, most // 2):
+        yield k, {key: tuple(s.name for s in scores[:k]) for key, scores in ranking.items()}
+        k *= 2
 
 
 def _remedies(root: Path, settings: ExportSettings, labels: dict[int, str], variants: list[Variant],
               verdicts: dict[str, dict[str, Any]], ov_models: dict[tuple[str, str], Any], calib_series: list[Any],
               valid_series: list[Any], report: dict[str, Any], progress: Progress,
-              quant_times: dict[str, float]) -> tuple[list[Variant], dict[str, dict[str, Any]]]:
-    """INT8 failed the gate: try ``settings.remedies`` in order within ``settings.remedy_time_s`` and record each.
+              quant_times: dict[str, float], deadline: Deadline,
+              references: dict[tuple[str, str, str], np.ndarray] | None = None,
+              ) -> tuple[list[Variant], dict[str, dict[str, Any]]]:
+    """INT8 failed the gate: try ``settings.remedies`` in order until ``deadline`` (:mod:`edgeseg.export.budget`)
+    and record each.
 
     * ``accuracy_control``: NNCF's accuracy-controlled quantization (layers reverted to float by their measured
       effect on Dice against FP32 on validation patches; at most ``settings.remedy_iterations`` reverts);
-    * ``float_layers``: the first and last convolutions (the usual suspects: the input's full range, the logits'
-      top-2 margins) kept in floating point, then also the second and second-last;
+    * ``float_layers``: a per-layer sensitivity pass (:mod:`edgeseg.export.sensitivity`) ranks each part's
+      quantized operations by the error they add; the k most sensitive are kept in floating point (NNCF's ignored
+      scope), k = 1, 2, 4 ..., each re-quantized and re-validated against the gate;
     * ``bf16``: no INT8 at all -- the FP32 model with BF16 inference where this CPU has it, validated like the
       others (its verdict is bf16's; INT8 stays failed).
 
-    An INT8 remedy that passes replaces the INT8 model and its verdict records the remedy; when none passes, the
-    original INT8 model stays (marked failed, with every remedy's figures in ``remedies_tried``)."""
-    deadline = time.monotonic() + settings.remedy_time_s
+    Before a step starts, what it will cost is estimated from the base INT8 (its quantization and validation
+    seconds); a step that cannot fit in what is left is not started ("not tried", with the figures). A step the
+    deadline overtakes is stopped ("stopped"). An INT8 remedy that passes replaces the INT8 model and its verdict
+    records the remedy; when none passes, the original INT8 model stays (marked failed, with every remedy's
+    figures in ``remedies_tried``)."""
+    started = time.monotonic()
     tried: list[dict[str, Any]] = []
     original = {rel: (root / rel).read_bytes() for v in variants for part in v.parts if "int8" in part.models
                 for rel in (part.models["int8"].xml, part.models["int8"].bin)}
+    base_rows = [r for r in report["segmentation_vs_fp32"] if r["precision"] == "int8"]
+    validate_s = sum(float(r.get("seconds", 0.0)) for r in base_rows)
+    quantize_s = sum(quant_times.values())
+    costs = {"quantize_s": round(quantize_s, 1), "validate_s": round(validate_s, 1)}
     passed = False
-    for remedy in settings.remedies:
-        if time.monotonic() > deadline:
-            tried.append({"remedy": remedy, "verdict": "not tried", "reason": f"the remedy time "
-                          f"({settings.remedy_time_s:g} s) was spent"})
-            continue
+
+    def fits(name: str, needed: float) -> bool:
+        left = deadline.left()
+        if left >= needed:
+            return True
+        tried.append({"remedy": name, "verdict": "not tried",
+                      "reason": f"needs about {needed:.0f} s (as the base INT8: {costs}), {max(left, 0):.0f} s of "
+                                f"{deadline.what} left"})
+        progress("remedy %s not tried: %s", name, tried[-1]["reason"])
+        return False
+
+    def stopped(name: str, t0: float, err: BudgetSpent) -> None:
+        tried.append({"remedy": name, "verdict": "stopped", "reason": str(err),
+                      "seconds": round(time.perf_counter() - t0, 1)})
+        progress("remedy %s stopped: %s", name, err)
+
+    def int8_step(name: str, qs: QuantizeSettings, in_float: dict[tuple[str, str], tuple[str, ...]] | None,
+                  record: dict[str, Any] | None = None) -> bool:
+        nonlocal variants, passed
         t0 = time.perf_counter()
+        step_times: dict[str, float] = {}  # the base INT8's stay in the report's quantization_s
+        try:
+            candidate = _quantize_variants(_bundle(root, settings, labels, variants, None), ov_models, root,
+                                           calib_series, valid_series, qs, progress, step_times, in_float,
+                                           deadline)
+            bundle = _bundle(root, settings, labels, candidate, None)
+            rows = _compare(bundle, valid_series, settings, ["int8"], progress, deadline, references)
+        except BudgetSpent as err:
+            stopped(name, t0, err)
+            return False
+        except ExportError as err:
+            tried.append({"remedy": name, "verdict": "error", "reason": str(err)})
+            return True
+        verdict = judge(rows, "int8", settings.gate, remedy=name)
+        tried.append({"remedy": name, "verdict": verdict["verdict"], "min_dice": verdict.get("min_dice"),
+                      "mean_dice": verdict.get("mean_dice"), "worst": verdict.get("worst"),
+                      "seconds": round(time.perf_counter() - t0, 1), "quantization_s": step_times,
+                      "per_structure_min_dice": verdict.get("per_structure_min_dice"), **(record or {})})
+        progress("remedy %s: INT8 %s (lowest structure Dice %s, lowest mean %s)", name,
+                 verdict["verdict"].upper(), verdict.get("min_dice"), verdict.get("mean_dice"))
+        if verdict["verdict"] == "passed":
+            passed = True
+            variants = candidate
+            report["segmentation_vs_fp32_before_remedy"] = base_rows
+            report["segmentation_vs_fp32"] = [
+                r for r in report["segmentation_vs_fp32"] if r["precision"] != "int8"] + rows
+            verdicts["int8"] = {**verdict, **(record or {}), "failed_as_quantized": {
+                k: verdicts["int8"].get(k) for k in ("min_dice", "mean_dice", "worst")}}
+        return True
+
+    out_of_time = False
+    for remedy in settings.remedies:
+        if passed:
+            break
+        if out_of_time or deadline.left() <= 0:
+            out_of_time = True
+            tried.append({"remedy": remedy, "verdict": "not tried", "reason": f"{deadline.what} was spent"})
+            continue
         if remedy == "bf16":
-            bundle = _bundle(root, settings, labels, variants, None, {"int8": verdicts["int8"]})
-            rows = _compare(bundle, valid_series, settings, ["bf16"], progress)
+            if not fits(remedy, validate_s):
+                continue
+            t0 = time.perf_counter()
+            try:
+                bundle = _bundle(root, settings, labels, variants, None, {"int8": verdicts["int8"]})
+                rows = _compare(bundle, valid_series, settings, ["bf16"], progress, deadline, references)
+            except BudgetSpent as err:
+                stopped(remedy, t0, err)
+                out_of_time = True
+                continue
             if not rows:
                 tried.append({"remedy": remedy, "verdict": "not tried", "reason": "this CPU has no BF16"})
                 continue
@@ -445,46 +580,44 @@ def _remedies(root: Path, settings: ExportSettings, labels: dict[int, str], vari
             report["segmentation_vs_fp32"].extend(rows)
             tried.append({"remedy": remedy, "verdict": verdicts["bf16"]["verdict"],
                           "min_dice": verdicts["bf16"]["min_dice"], "mean_dice": verdicts["bf16"]["mean_dice"],
-                          "seconds": round(time.perf_counter() - t0, 1)})
+                          "worst": verdicts["bf16"].get("worst"), "seconds": round(time.perf_counter() - t0, 1),
+                          "per_structure_min_dice": verdicts["bf16"].get("per_structure_min_dice")})
             continue
-        steps = ([(replace(settings.quantize, accuracy_control=True, max_iterations=settings.remedy_iterations,
-                           max_dice_drop=min(settings.quantize.max_dice_drop, 1.0 - settings.gate.mean_dice)), None)]
-                 if remedy == "accuracy_control" else
-                 [(settings.quantize, 1), (settings.quantize, 2)])
-        for qs, ends in steps:
-            if passed or time.monotonic() > deadline:
+        if remedy == "accuracy_control":
+            qs = replace(settings.quantize, accuracy_control=True, max_iterations=settings.remedy_iterations,
+                         max_dice_drop=min(settings.quantize.max_dice_drop, 1.0 - settings.gate.mean_dice))
+            if fits(remedy, quantize_s + validate_s) and not int8_step(remedy, qs, None):
+                out_of_time = True
+            continue
+        # float_layers: rank, then keep the top k in float
+        t0 = time.perf_counter()
+        try:
+            ranking = _sensitivity(_bundle(root, settings, labels, variants, None), ov_models, original,
+                                   calib_series, deadline, progress)
+        except BudgetSpent as err:
+            stopped(f"{remedy} (sensitivity pass)", t0, err)
+            out_of_time = True
+            continue
+        sensitivity_s = round(time.perf_counter() - t0, 1)
+        report["sensitivity"] = {"seconds": sensitivity_s, "patches_per_part": SENSITIVITY_PATCHES,
+                                 "ranking": {f"{v}/{p}": [s.to_dict() for s in scores]
+                                             for (v, p), scores in ranking.items()}}
+        for k, in_float in _float_layer_steps(ranking):
+            name = f"{remedy} ({k} most sensitive operation(s) of each part in float)"
+            record = {"kept_in_float": {f"{v}/{p}": [s.to_dict() for s in ranking[(v, p)][:k]]
+                                        for (v, p) in ranking},
+                      "sensitivity_s": sensitivity_s}
+            if passed or not fits(name, quantize_s + validate_s):
                 break
-            name = remedy if ends is None else f"{remedy} ({ends} convolution(s) at each end in float)"
-            try:
-                candidate = _quantize_variants(_bundle(root, settings, labels, variants, None), ov_models, root,
-                                               calib_series, valid_series, qs, progress, quant_times, ends)
-            except ExportError as err:
-                tried.append({"remedy": name, "verdict": "error", "reason": str(err)})
-                continue
-            bundle = _bundle(root, settings, labels, candidate, None)
-            rows = _compare(bundle, valid_series, settings, ["int8"], progress)
-            verdict = judge(rows, "int8", settings.gate, remedy=name)
-            tried.append({"remedy": name, "verdict": verdict["verdict"], "min_dice": verdict.get("min_dice"),
-                          "mean_dice": verdict.get("mean_dice"), "worst": verdict.get("worst"),
-                          "seconds": round(time.perf_counter() - t0, 1)})
-            progress("remedy %s: INT8 %s (lowest structure Dice %s, lowest mean %s)", name,
-                     verdict["verdict"].upper(), verdict.get("min_dice"), verdict.get("mean_dice"))
-            if verdict["verdict"] == "passed":
-                passed = True
-                variants = candidate
-                report["segmentation_vs_fp32_before_remedy"] = [
-                    r for r in report["segmentation_vs_fp32"] if r["precision"] == "int8"]
-                report["segmentation_vs_fp32"] = [
-                    r for r in report["segmentation_vs_fp32"] if r["precision"] != "int8"] + rows
-                verdicts["int8"] = {**verdict, "failed_as_quantized": {
-                    k: verdicts["int8"].get(k) for k in ("min_dice", "mean_dice", "worst")}}
-        if passed:
-            break
+            if not int8_step(name, settings.quantize, in_float, record):
+                out_of_time = True
+                break
     if not passed:
         for rel, data in original.items():  # the INT8 model as first quantized, marked failed
             (root / rel).write_bytes(data)
     verdicts["int8"]["remedies_tried"] = tried
     report["remedies_tried"] = tried
+    report["remedies_s"] = round(time.monotonic() - started, 1)
     return variants, verdicts
 
 
@@ -517,10 +650,13 @@ def _check_against_torch(bundle: Bundle, variant: Any, part: Any, module: Any, s
 
 
 def _compare(bundle: Bundle, series: list[Any], settings: ExportSettings, precisions: Sequence[str],
-             progress: Progress) -> list[dict[str, Any]]:
+             progress: Progress, deadline: Deadline = NO_DEADLINE,
+             references: dict[tuple[str, str, str], np.ndarray] | None = None) -> list[dict[str, Any]]:
     """One row per variant, validation series, contrast and precision: Dice and volume difference of each
-    structure against FP32, through the full runtime. "bf16" is the FP32 model with BF16 inference (the engine's
-    choice for ``auto`` when INT8 is marked failed); no rows for it where this CPU has no BF16."""
+    structure against FP32, through the full runtime, and the seconds it took. "bf16" is the FP32 model with BF16
+    inference (the engine's choice for ``auto`` when INT8 is marked failed); no rows for it where this CPU has no
+    BF16. ``references``: FP32 label maps by (variant, series, contrast), filled and reused (the FP32 model does
+    not change during an export). ``deadline`` is checked at every tile (:class:`BudgetSpent`)."""
     from edgeseg.export.calibration import contrast_variant
     from edgeseg.runtime.options import SegmentOptions
     from edgeseg.runtime.segmenter import Segmenter
@@ -529,25 +665,42 @@ def _compare(bundle: Bundle, series: list[Any], settings: ExportSettings, precis
     # with the final one at the end)
     _write_json(bundle.path / BUNDLE_FILE, bundle_to_dict(bundle))
     results: list[dict[str, Any]] = []
+
+    def tick(stage: str, fraction: float) -> None:
+        deadline.check("validation")
+
     for variant in bundle.variants:
         # one segmenter per precision, set up once for every series and contrast of the variant
         segmenters = {"fp32": Segmenter(bundle, SegmentOptions(precision="fp32", variant=variant.name))}
+        # the precisions under validation are what export is checking: the engines get them without the runtime's
+        # warning about a precision with no verdict (bundle.json is left as it is)
+        checking = replace(bundle, precision_verdicts={
+            **bundle.precision_verdicts, **{p: {"verdict": "passed"} for p in precisions if p != "bf16"}})
         for prec in precisions:
             if prec == "bf16":
-                failed = {p: {"verdict": "failed"} for p in ("int8", "fp16")}
-                seg = Segmenter(replace(bundle, precision_verdicts=failed),
+                # auto with INT8/FP16 out and BF16 allowed: the engine's own choice of fp32+bf16 where it runs
+                only_bf16 = {"int8": {"verdict": "failed"}, "fp16": {"verdict": "failed"},
+                             "bf16": {"verdict": "passed"}}
+                seg = Segmenter(replace(bundle, precision_verdicts=only_bf16),
                                 SegmentOptions(precision="auto", variant=variant.name))
                 if not all(seg.engine(part).precision == "fp32+bf16" for part in variant.parts):
                     return []
                 segmenters[prec] = seg
             else:
-                segmenters[prec] = Segmenter(bundle, SegmentOptions(precision=prec, variant=variant.name))
+                segmenters[prec] = Segmenter(checking, SegmentOptions(precision=prec, variant=variant.name))
         for s in series:
             for contrast in settings.validation_contrasts:
                 vol = contrast_variant(s.volume, contrast)
-                ref, _ = segmenters["fp32"].segment_volume(vol)
+                key = (variant.name, s.name, contrast)
+                ref = references.get(key) if references is not None else None
+                if ref is None:
+                    ref, _ = segmenters["fp32"].segment_volume(vol, progress=tick)
+                    if references is not None:
+                        references[key] = ref
                 for prec in precisions:
-                    pred, rec = segmenters[prec].segment_volume(vol)
+                    t0 = time.perf_counter()
+                    pred, rec = segmenters[prec].segment_volume(vol, progress=tick)
+                    seconds = time.perf_counter() - t0
                     per_class = {bundle.labels[v]: d for v, d in dice_per_class(pred, ref, bundle.labels).items()}
                     volume_diff = {}
                     for v, name in bundle.labels.items():
@@ -563,6 +716,7 @@ def _compare(bundle: Bundle, series: list[Any], settings: ExportSettings, precis
                         "classes_compared": len(present),
                         "per_class_dice_vs_fp32": per_class,
                         "per_class_volume_diff_pct": volume_diff,
+                        "seconds": round(seconds, 2),
                     })
                     progress("validation %s %s %s %s: mean Dice vs FP32 %.4f (%d classes), voxel agreement %.5f",
                              variant.name, s.name, contrast, prec, results[-1]["mean_dice_vs_fp32"] or float("nan"),
@@ -571,21 +725,25 @@ def _compare(bundle: Bundle, series: list[Any], settings: ExportSettings, precis
     return results
 
 
-def _validate(bundle: Bundle, series: list[Any], settings: ExportSettings, progress: Progress) -> dict[str, Any]:
+def _validate(bundle: Bundle, series: list[Any], settings: ExportSettings, progress: Progress,
+              references: dict[tuple[str, str, str], np.ndarray] | None = None) -> dict[str, Any]:
     """Dice of INT8 (and FP16) vs FP32 through the full runtime on each validation series and contrast; latency
     per tile for each precision."""
     from edgeseg.runtime.infer.engine import measure_tile_latency
 
     precisions: list[str] = [p for p in ("int8", "fp16") if p in settings.precisions]
-    results = _compare(bundle, series, settings, precisions, progress)
+    results = _compare(bundle, series, settings, precisions, progress, references=references)
     latency: list[dict[str, Any]] = []
+    # what is being checked compiles without the runtime's warning about a precision with no verdict
+    checking = replace(bundle, precision_verdicts={
+        **bundle.precision_verdicts, **{p: {"verdict": "passed"} for p in precisions}})
     for variant in bundle.variants:
         for part in variant.parts:
             for prec in ("fp32", *precisions):
                 if prec not in part.models:
                     continue
                 try:
-                    sec = measure_tile_latency(bundle, part, prec, "CPU", repeats=settings.latency_repeats)
+                    sec = measure_tile_latency(checking, part, prec, "CPU", repeats=settings.latency_repeats)
                 except EdgesegError as err:
                     latency.append({"variant": variant.name, "part": part.name, "precision": prec, "error": str(err)})
                     continue

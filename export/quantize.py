@@ -16,6 +16,7 @@ import numpy as np
 
 from edgeseg._deps import require
 from edgeseg.errors import ExportError
+from edgeseg.export.budget import NO_DEADLINE, BudgetSpent, Deadline
 from edgeseg.export.metrics import mean_dice
 
 log = logging.getLogger(__name__)
@@ -30,31 +31,27 @@ class QuantizeSettings:
     preset: str = "performance"
     accuracy_control: bool = False
     max_dice_drop: float = 0.01
-    #: names of operations kept in floating point (nncf.IgnoredScope): the fidelity gate's "float layers" remedy
+    #: names of operations kept in floating point (nncf.IgnoredScope): the fidelity gate's "float_layers" remedy
+    #: (the most sensitive operations by export/sensitivity.py)
     ignored: tuple[str, ...] = ()
     #: with accuracy_control: NNCF's bound on its revert iterations (None: unbounded)
     max_iterations: int | None = None
 
 
-def first_and_last_convolutions(model: Any, extra: int = 0) -> tuple[str, ...]:
-    """Names of the first and last convolution (and ``extra`` more at each end) of an ``openvino.Model``: the
-    layers whose quantization costs most (the input's full dynamic range; the logits whose top-2 margins decide
-    the labels), kept in floating point by the "float layers" remedy."""
-    convs = [op.get_friendly_name() for op in model.get_ordered_ops()
-             if op.get_type_name() in ("Convolution", "ConvolutionBackpropData", "GroupConvolution")]
-    if not convs:
-        return ()
-    n = min(len(convs), 1 + extra)
-    return tuple(dict.fromkeys([*convs[:n], *convs[-n:]]))
-
-
 def quantize(model: Any, calibration: list[np.ndarray], settings: QuantizeSettings,
-             validation: list[np.ndarray] | None = None, fp32_compiled: Any = None) -> Any:
-    """Quantize an ``openvino.Model``; returns the INT8 ``openvino.Model``."""
+             validation: list[np.ndarray] | None = None, fp32_compiled: Any = None,
+             deadline: Deadline = NO_DEADLINE) -> Any:
+    """Quantize an ``openvino.Model``; returns the INT8 ``openvino.Model``. ``deadline`` is checked at every
+    calibration and validation patch NNCF takes (:class:`BudgetSpent` stops it)."""
     nncf = require("nncf", "INT8 quantization")
     preset = nncf.QuantizationPreset.PERFORMANCE if settings.preset == "performance" else \
         nncf.QuantizationPreset.MIXED
-    calib = nncf.Dataset(calibration)
+
+    def checked(patch: np.ndarray) -> np.ndarray:
+        deadline.check("quantization")
+        return patch
+
+    calib = nncf.Dataset(calibration, checked)
     subset = min(settings.subset_size, len(calibration))
     ignored = nncf.IgnoredScope(names=list(settings.ignored), validate=False) if settings.ignored else None
     try:
@@ -69,7 +66,10 @@ def quantize(model: Any, calibration: list[np.ndarray], settings: QuantizeSettin
         items = list(zip(validation, references))
 
         def validate(compiled: Any, data: Any) -> tuple[float, list[float]]:
-            scores = [mean_dice(np.asarray(compiled({0: x})[0])[0].argmax(0), ref, num_classes) for x, ref in data]
+            scores = []
+            for x, ref in data:
+                deadline.check("accuracy-controlled quantization")
+                scores.append(mean_dice(np.asarray(compiled({0: x})[0])[0].argmax(0), ref, num_classes))
             return float(np.mean(scores)), scores
 
         from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
@@ -82,7 +82,7 @@ def quantize(model: Any, calibration: list[np.ndarray], settings: QuantizeSettin
             fast_bias_correction=settings.fast_bias_correction, target_device=nncf.TargetDevice.CPU,
             ignored_scope=ignored, advanced_accuracy_restorer_parameters=restorer,
         )
-    except ExportError:
+    except (ExportError, BudgetSpent):
         raise
     except Exception as err:  # noqa: BLE001
         raise ExportError(f"NNCF quantization failed: {type(err).__name__}: {err}") from err

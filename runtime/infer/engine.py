@@ -5,10 +5,12 @@ Precision requests:
 * ``fp32``: the FP32 IR with ``INFERENCE_PRECISION_HINT=f32`` (exact parity with the FP32 network).
 * ``fp16``: the FP16 IR (f16 on GPU; f32 execution on CPU).
 * ``int8``: the NNCF INT8 IR; unquantized layers in bf16 where the CPU supports it, else f32.
-* ``auto``: the fastest that compiles, in this order: int8+bf16, int8+f32, fp16/fp32+bf16, fp32+f32 -- leaving
-  out every precision export's fidelity gate marked ``failed`` in bundle.json (``Bundle.precision_verdicts``;
-  bf16 counts as its own precision). An explicit request for a failed precision is obeyed with a WARNING, and the
-  engine (hence the run manifest) carries the verdict.
+* ``auto``: the fastest that compiles, in this order: int8+bf16, int8+f32, fp16/fp32+bf16, fp32+f32 -- among
+  FP32 and the reduced precisions export's fidelity gate *passed* (bundle.json's ``precision_verdicts``; bf16
+  counts as its own precision, and so does f16 inference of the FP32 model on a GPU as fp16). A precision the
+  gate marked ``failed``, or one a bundle written before the gate carries no verdict for (``unchecked``), is left
+  out: one line per bundle says so and how to re-export. An explicit request for a failed or unchecked precision
+  is obeyed with a WARNING, and the engine (hence the run manifest) carries the verdict.
 
 OpenVINO can refuse a combination at compile time ("No suitable implementations"), so every candidate is
 compiled and run once on zeros before it is accepted; what was used is recorded (``Engine.precision``).
@@ -128,16 +130,22 @@ def compile_part(bundle: Bundle, part: Part, device: str = "CPU", precision: str
     todo = candidates(part, precision, device)
     if not todo:  # the bundle lacks the model: the same BundleError as asking the bundle for it
         bundle.model_path(part, "fp32" if precision == "auto" else precision)
-    if precision == "auto":  # never a precision that failed export's fidelity gate
-        skipped = [c for c in todo if _verdict(bundle, *c) == "failed"]
-        todo = [c for c in todo if c not in skipped]
-        if skipped:
-            log.info("precision auto: part=%s leaves out %s (failed export's fidelity gate, bundle.json "
-                     "precision_verdicts)", part.name, ", ".join(f"{m}+{h}" for m, h in skipped))
+    if precision == "auto":  # only precisions export's fidelity gate passed
+        skipped = [c for c in todo if _verdict(bundle, *c) != "passed"]
+        kept = [c for c in todo if c not in skipped]
+        first = todo.index(kept[0]) if kept else len(todo)
+        if first:  # only what would have been tried before the first proven candidate is worth a line
+            _log_auto_skipped(bundle, part, todo[:first])
+        todo = kept
     elif precision != "fp32" and bundle.verdict(precision) == "failed":
         log.warning("precision %s was asked for, but export's fidelity gate marked it failed for bundle %s (%s): "
                     "results may differ from FP32 beyond the gate; the run manifest records it. Fix: use precision "
                     "auto or fp32.", precision, bundle.name, _gate_summary(bundle, precision))
+    elif precision != "fp32" and bundle.verdict(precision) == "unchecked":
+        log.warning("precision %s was asked for, but bundle %s carries no fidelity verdict for it (%s): nothing "
+                    "shows that its results match FP32; the run manifest records it as unchecked. Fix: %s, or use "
+                    "precision auto or fp32.",
+                    precision, bundle.name, _unchecked_reason(bundle), REEXPORT_FIX)
     errors: list[str] = []
     for model_precision, hint in todo:
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
@@ -181,14 +189,51 @@ def compile_part(bundle: Bundle, part: Part, device: str = "CPU", precision: str
     )
 
 
+#: how to get a verdict for a bundle that has none (the fix in the lines below)
+REEXPORT_FIX = ("re-export the bundle with this edgeseg (`edgeseg export ...`: its validation records each "
+                "precision's verdict in bundle.json)")
+
+#: bundles whose "auto left out an unchecked precision" line was logged (once per bundle and process)
+_told_unchecked: set[str] = set()
+
+
 def _verdict(bundle: Bundle, model_precision: str, hint: str) -> str:
     """Export's verdict on running ``model_precision`` with the inference precision ``hint``: the worse of the
-    model's and (bf16 on an FP32/FP16 model) bf16's."""
+    model's and, for reduced-precision inference of an FP32/FP16 model, that precision's (bf16; f16 on a GPU
+    counts as fp16)."""
     order = {"failed": 0, "unchecked": 1, "passed": 2}
     verdicts = [bundle.verdict(model_precision)]
-    if hint == "bf16":
-        verdicts.append(bundle.verdict("bf16") if model_precision != "int8" else "passed")
+    if model_precision != "int8" and hint in ("bf16", "f16"):
+        verdicts.append(bundle.verdict("bf16" if hint == "bf16" else "fp16"))
     return min(verdicts, key=lambda v: order.get(v, 1))
+
+
+def _unchecked_reason(bundle: Bundle) -> str:
+    return ("bundle.json has no precision_verdicts: it was written before export's fidelity gate"
+            if not bundle.precision_verdicts else "export recorded no validation of it")
+
+
+def _log_auto_skipped(bundle: Bundle, part: Part, skipped: list[tuple[str, str]]) -> None:
+    """What ``auto`` left out ahead of what it tries first: failed precisions at INFO (export's gate said so at
+    WARNING); those of a bundle written before the gate once per bundle and process at WARNING (an admin can
+    re-export to get the faster precision back); others without a verdict (export did not validate them) at INFO."""
+    failed = [f"{m}+{h}" for m, h in skipped if _verdict(bundle, m, h) == "failed"]
+    unchecked = [f"{m}+{h}" for m, h in skipped if _verdict(bundle, m, h) == "unchecked"]
+    if failed:
+        log.info("precision auto: part=%s leaves out %s (failed export's fidelity gate, bundle.json "
+                 "precision_verdicts)", part.name, ", ".join(failed))
+    if not unchecked:
+        return
+    key = f"{bundle.path}|{bundle.name}"
+    if bundle.precision_verdicts or key in _told_unchecked:
+        log.info("precision auto: part=%s leaves out %s (no fidelity verdict: %s)", part.name, ", ".join(unchecked),
+                 _unchecked_reason(bundle))
+        return
+    _told_unchecked.add(key)
+    log.warning("precision auto: bundle %s predates export's fidelity gate (bundle.json has no precision_verdicts), "
+                "so auto leaves out %s and runs FP32: nothing shows that a reduced precision matches FP32 for this "
+                "model. Fix: %s; precision fp32 runs the same without this line.", bundle.name, ", ".join(unchecked),
+                REEXPORT_FIX)
 
 
 def _gate_summary(bundle: Bundle, precision: str) -> str:

@@ -512,6 +512,7 @@ def read_dicom_series(ref: SeriesRef, limits: ReadLimits | None = None) -> Volum
         series_number=_int_or_none(first_ds, "SeriesNumber"),
         transfer_syntax_uid=str(getattr(getattr(first_ds, "file_meta", None), "TransferSyntaxUID", "")),
         stack=ref.stack.to_dict() if ref.stack else None,
+        rows_reversed=bool(flipped),
     )
     if excluded:
         log.info("series %s: not stacked: %s", uid, dict(excluded))

@@ -20,6 +20,10 @@ class DicomSource:
     * ``modality``, ``study_instance_uid``, ``frame_of_reference_uid``, ``series_number``, ``transfer_syntax_uid``:
       the first instance's values ("" / None where absent).
     * ``stack``: the 3-D stack read (``Stack.to_dict()``) when the series holds several, else None.
+    * ``rows_reversed``: every source image stores its rows in reverse order under an upright header (GE
+      ``epi_pepolar``, :mod:`edgeseg.runtime.read.vendor`); the volume is upright (rows reversed back, as dcm2niix
+      does), and a writer that references the source instances' stored pixels (the SEG) reverses the mask's rows
+      again so that each frame overlays its source frame as stored.
     """
 
     frames: tuple[tuple[Path, int | None], ...] = ()
@@ -33,6 +37,7 @@ class DicomSource:
     series_number: int | None = None
     transfer_syntax_uid: str = ""
     stack: Mapping[str, object] | None = None
+    rows_reversed: bool = False
 
 
 @dataclass(frozen=True)

@@ -230,8 +230,10 @@ KEYS_TABLE: Final[tuple[Key, ...]] = (
             "mercure's hardened mode passes no GPU into the container."),
     Key("threads", Kind.INT, _run("threads"), "CPU inference threads (null: OpenVINO uses every core)", minimum=1,
         nullable=True, flag="--threads", commands=_ALL, metavar="N", oneshot=True),
-    Key("precision", Kind.ENUM, _run("precision"), "model precision: auto (the fastest the device compiles, recorded "
-        "in each result's manifest), int8, fp16 or fp32 (exact parity)", choices=Precision, flag="--precision",
+    Key("precision", Kind.ENUM, _run("precision"), "model precision: auto (the fastest the device compiles among "
+        "FP32 and the precisions export's fidelity gate passed, recorded in each result's manifest), int8, fp16 or "
+        "fp32 (exact parity); one the gate failed or never checked runs only when named, with a warning",
+        choices=Precision, flag="--precision",
         commands=_ALL, oneshot=True),
     Key("time_budget_s", Kind.FLOAT, 120.0, "seconds one series may take: the most accurate plan predicted to fit "
         "(null: always the most accurate)", minimum=0.0, exclusive_minimum=True, nullable=True,

@@ -27,7 +27,11 @@ highdicom takes the plane geometry from the sources unless it is given explicitl
   them as one orientation within its tolerance): one orientation for the stack -- the reader's, from the volume's
   affine -- and explicit plane positions (each stacked plane's own ImagePositionPatient), so highdicom still links
   each frame to its source plane;
-* a partial stack (a frame of an enhanced image not stacked, e.g. a localizer): explicit plane positions.
+* a partial stack (a frame of an enhanced image not stacked, e.g. a localizer): explicit plane positions;
+* sources stored with reversed rows under an upright header (GE ``epi_pepolar``, ``Volume.dicom.rows_reversed``):
+  the reader reversed them back (the mask and NIfTI are upright on the header's grid), and each SEG frame's rows
+  are reversed again, into its source instance's stored order, with that instance's own position and orientation:
+  a viewer overlays the SEG on the pixels as stored, as it shows them.
 
 highdicom 0.28 reads the orientation and pixel measures of a multi-frame source from its Shared Functional Groups
 and demands one identical ImageOrientationPatient from classic sources even when they are given explicitly, so
@@ -564,6 +568,11 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
     # (K, Rows, Columns) segment numbers, C-contiguous: highdicom reads the frames plane by plane (and, for BINARY,
     # compares each plane with each segment number), so each plane must be one compact block
     frames = np.ascontiguousarray(lut[np.asarray(labelmap).transpose(2, 1, 0)])
+    if volume.dicom.rows_reversed:
+        # GE epi_pepolar: the sources store their rows reversed under an upright header and the reader reversed
+        # them back; each SEG frame references a source instance and has that instance's own position and
+        # orientation, so its rows go back into the instance's stored order (it overlays the pixels as stored)
+        frames = np.ascontiguousarray(frames[:, ::-1, :])
 
     sources = _sources(volume)
     _clean_sources(sources, volume.series_uid, warnings)

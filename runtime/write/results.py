@@ -148,6 +148,8 @@ def _series_record(volume: Volume) -> dict[str, Any]:
         "affine_ras": np.asarray(volume.affine).round(6).tolist(),
         "n_dicom_files": len(volume.dicom_files),
         "stack": volume.dicom.stack,
+        # GE epi_pepolar: the sources store their rows reversed; the NIfTI is upright, the SEG in the stored order
+        **({"stored_rows_reversed": True} if volume.dicom.rows_reversed else {}),
     }
 
 

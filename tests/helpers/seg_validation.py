@@ -184,7 +184,12 @@ def validate_result_folder(folder: str | os.PathLike[str]) -> list[str]:
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     segments = {int(n): int(s["label"]) for n, s in manifest["dicom_seg_segments"].items()}
     img = nib.load(str(folder / "seg.nii.gz"))
-    return validate_seg(folder / "seg.dcm", np.asanyarray(img.dataobj), img.affine, segments)
+    labelmap = np.asanyarray(img.dataobj)
+    if (manifest.get("series") or {}).get("stored_rows_reversed"):
+        # GE epi_pepolar sources store their rows reversed under an upright header: the SEG's frames follow the
+        # stored pixels (rows reversed within each plane), the NIfTI the corrected, upright image
+        labelmap = labelmap[:, ::-1, :]
+    return validate_seg(folder / "seg.dcm", labelmap, img.affine, segments)
 
 
 def validate_written_segs(root: str | os.PathLike[str]) -> int:

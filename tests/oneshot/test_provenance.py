@@ -1,7 +1,8 @@
 """Provenance in every object (issue 19): the SEG's and SR's SeriesDescription name the bundle (name and version)
 and the precision; a bundle marked not for clinical use (the demo) says so there and in the SEG's content label and
 description; series numbers differ between results of different models/precisions; the manifest records the
-precision verdict. And ``auto`` never runs a precision export's gate marked failed."""
+precision verdict. And ``auto`` runs only precisions export's gate passed: never a failed one, nor one a bundle
+written before the gate has no verdict for."""
 from __future__ import annotations
 
 import json
@@ -68,9 +69,8 @@ def test_auto_never_runs_a_failed_precision_and_an_explicit_request_warns(
     assert bundle.verdict("int8") == "failed" and bundle.verdict("fp32") == "passed"
     part = bundle.variant().parts[0]
     auto = compile_part(bundle, part, "CPU", "auto")
-    # FP32 (with BF16 inference where this CPU has it: not validated by this bundle's export, hence "unchecked")
-    assert auto.precision.startswith("fp32") and auto.verdict == ("unchecked" if "bf16" in auto.precision
-                                                                  else "passed")
+    # FP32 in FP32: BF16 inference was not validated by this bundle's export ("unchecked"), so auto leaves it out too
+    assert auto.precision == "fp32+f32" and auto.verdict == "passed"
     with caplog.at_level(logging.WARNING):
         explicit = compile_part(bundle, part, "CPU", "int8")
     assert explicit.precision.startswith("int8") and explicit.verdict == "failed"
@@ -85,3 +85,53 @@ def test_auto_never_runs_a_failed_precision_and_an_explicit_request_warns(
     assert manifest["run"]["parts"][0]["precision_verdict"] == "failed"
     assert seg.SeriesDescription.startswith("SEG stand-in sha ") and seg.SeriesDescription.endswith(" INT8")
     assert seg.ContentLabel == "EDGESEG"
+
+
+def _old_bundle(tmp_path: Path) -> Path:
+    """The demo bundle as every bundle written before the fidelity gate is: no precision_verdicts."""
+    bundle = tmp_path / "old-bundle"
+    shutil.copytree(demo_bundle_path(), bundle)
+    data = json.loads((bundle / "bundle.json").read_text())
+    data.pop("precision_verdicts")
+    data["name"], data["not_for_clinical_use"] = "old", False
+    (bundle / "bundle.json").write_text(json.dumps(data))
+    return bundle
+
+
+def test_auto_leaves_out_an_unchecked_precision_with_one_line_and_an_explicit_request_warns(
+        tmp_path: Path, demo_series: list[Path], caplog: pytest.LogCaptureFixture) -> None:
+    """A bundle without verdicts (exported before the gate): auto runs FP32 and says once, at WARNING, that the
+    bundle predates the gate and how to re-export; ``int8`` asked for by name runs with a WARNING and the manifest
+    marks it unchecked."""
+    from edgeseg.bundle.schema import load_bundle
+    from edgeseg.runtime.infer.engine import compile_part
+
+    bundle = load_bundle(_old_bundle(tmp_path))
+    assert bundle.verdict("int8") == "unchecked" and "int8" in bundle.variant().parts[0].models
+    part = bundle.variant().parts[0]
+    with caplog.at_level(logging.INFO):
+        first = compile_part(bundle, part, "CPU", "auto")
+        again = compile_part(bundle, part, "CPU", "auto")
+    assert first.precision == again.precision == "fp32+f32" and first.verdict == "passed"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings  # once per bundle, not per compile
+    assert "predates export's fidelity gate" in warnings[0] and "int8+" in warnings[0]
+    assert "re-export the bundle" in warnings[0] and "edgeseg export" in warnings[0]
+    assert any(r.levelno == logging.INFO and "no fidelity verdict" in r.getMessage() for r in caplog.records)
+    assert "int8 unchecked (no fidelity verdict: bundle written before export's fidelity gate; re-export it)" \
+        in bundle.describe_precisions()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        explicit = compile_part(bundle, part, "CPU", "int8")
+    assert explicit.precision.startswith("int8") and explicit.verdict == "unchecked"
+    assert any(r.levelno == logging.WARNING and "carries no fidelity verdict" in r.getMessage()
+               and "written before export's fidelity gate" in r.getMessage() for r in caplog.records)
+    inp = tmp_path / "in"
+    shutil.copytree(demo_series[0].parent, inp)
+    for precision in ("auto", "int8"):
+        assert main(["-q", "run", "--input", str(inp), "--output", str(tmp_path / precision), "--bundle",
+                     str(bundle.path), "--precision", precision, "--layout", "folders"]) == 0
+    assert _objects(tmp_path / "auto")[2]["run"]["parts"][0]["precision"] == "fp32+f32"
+    seg, _, manifest = _objects(tmp_path / "int8")
+    assert manifest["run"]["parts"][0]["precision_verdict"] == "unchecked"
+    assert seg.SeriesDescription.endswith(" INT8")

@@ -116,3 +116,66 @@ def test_an_unknown_polarity_mode_is_refused_with_its_reason(tmp_path: Path, rea
     with pytest.raises(InvalidSeriesError, match="without TemporalPositionIdentifier"):
         reversed_rows(ds, "series x")
     shutil.rmtree(tmp_path / "ge")
+
+
+def test_the_seg_overlays_the_stored_pixels_and_the_nifti_is_upright(tmp_path: Path, real_mri: Path) -> None:
+    """Each SEG frame references a source instance and carries that instance's own position and orientation, so
+    its rows are in the instance's *stored* order (reversed, like its pixels): read back with highdicom, every
+    frame's mask lies on the anatomy as stored. The NIfTI mask stays on the corrected (upright) grid."""
+    import highdicom as hd
+    import nibabel as nib
+
+    from edgeseg.demo import demo_bundle_path
+    from edgeseg.demo.dicom_series import write_dicom_series
+    from edgeseg.runtime.options import OutputOptions, SegmentOptions
+    from edgeseg.runtime.segmenter import Segmenter
+
+    write_dicom_series(real_mri, tmp_path / "upright", "upright")
+    _ge_series(real_mri, tmp_path / "ge")
+    segmenter = Segmenter(demo_bundle_path(), SegmentOptions(precision="fp32", outputs=OutputOptions(preview=False)))
+    reference, _ = segmenter.segment_volume(read_series(tmp_path / "upright"))
+    (tmp_path / "out").mkdir()
+    result = segmenter.segment(tmp_path / "ge", out_parent=tmp_path / "out")
+    volume = read_series(tmp_path / "ge")
+    assert volume.dicom.rows_reversed and result.manifest["series"]["stored_rows_reversed"] is True
+
+    # the NIfTI: upright, on the header's grid (the same mask as the upright series')
+    nifti = nib.load(result.files["labelmap"])
+    assert np.allclose(nifti.affine, volume.affine) and np.array_equal(np.asarray(nifti.dataobj), reference)
+
+    seg = hd.seg.segread(result.files["dicom_seg"])
+    segments = {int(n): s["label"] for n, s in result.manifest["dicom_seg_segments"].items()}
+    to_label = np.zeros(max(segments) + 1, np.uint8)
+    for number, label in segments.items():
+        to_label[number] = label
+    by_uid = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f for f in volume.dicom_files}
+    under_seg: dict[int, list[np.ndarray]] = {}
+    under_upright_rows: dict[int, list[np.ndarray]] = {}
+    for k, uid in enumerate(volume.dicom.sop_instance_uids):
+        stored = pydicom.dcmread(by_uid[uid]).pixel_array.astype(np.float64)
+        assert np.array_equal(stored[::-1, :], volume.array[:, :, k].T)  # stored upside down, read upright
+        frame = to_label[seg.get_pixels_by_source_instance([uid], combine_segments=True)[0]]
+        # exactly the upright mask with its rows back in the stored order
+        assert np.array_equal(frame, reference[:, :, k].T[::-1, :]), k
+        for label in np.unique(frame[frame > 0]):
+            under_seg.setdefault(int(label), []).append(stored[frame == label])
+            under_upright_rows.setdefault(int(label), []).append(stored[frame[::-1, :] == label])
+    # each structure covers, in the stored pixels, the very anatomy the NIfTI mask covers in the upright volume
+    # (the same intensities); the upright rows would cover something else
+    moved = 0
+    for label, values in under_seg.items():
+        expected = np.sort(np.asarray(volume.array, np.float64)[reference == label])
+        assert np.array_equal(np.sort(np.concatenate(values)), expected), label
+        other = np.concatenate(under_upright_rows[label])
+        moved += not np.isclose(other.mean(), expected.mean(), rtol=0.02)
+    assert len(under_seg) >= 5 and moved >= len(under_seg) // 2
+
+    # world geometry: each frame at its source instance's own position, with the sources' orientation
+    sources = {uid: pydicom.dcmread(by_uid[uid], stop_before_pixels=True) for uid in by_uid}
+    orientation = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    assert np.allclose([float(v) for v in orientation],
+                       [float(v) for v in next(iter(sources.values())).ImageOrientationPatient])
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        position = item.PlanePositionSequence[0].ImagePositionPatient
+        assert np.allclose([float(v) for v in position], [float(v) for v in sources[uid].ImagePositionPatient])
