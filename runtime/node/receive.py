@@ -14,7 +14,8 @@ Each received instance becomes ``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<
 * Disk full, an unwritable root, or less than ``min_free_mb`` free: 0xA700 "out of resources" (the console keeps the
   images and retries); the temporary is removed, nothing partial is left under a final name.
 * Associations are accepted only from the configured peers (calling AE title and/or host, the called AE title must be
-  ours); a refused peer gets A-ASSOCIATE-RJ before it can send anything, and the refusal and its reason are logged.
+  ours); a refused peer gets A-ASSOCIATE-RJ before it can send anything, and the refusal and its reason are logged
+  (the first of each reason per peer address in full, the rest in one summary line per peer and minute).
   Before that, :mod:`edgeseg.runtime.node.guard` closes a connection from a host not in ``allowed_hosts`` or beyond
   ``max_associations_per_host`` at accept, before reading a byte; negotiates TLS off the accept thread with a
   deadline; bounds each PDU's length and arrival time; and ends everything at :meth:`StorageReceiver.stop` within
@@ -166,6 +167,7 @@ class StorageReceiver:
         self._lock = threading.Lock()
         self._assocs: dict[int, tuple[set[Path], int, str]] = {}
         self._incoming = self.root / ".edgeseg-incoming"
+        self._refusals: Any = None  # the listener's guard.RefusalLog, set by start
 
     # ----------------------------------------------------------------------------------------------- lifecycle
 
@@ -225,6 +227,7 @@ class StorageReceiver:
                                   else f"host {host} is not in dicom_listener.allowed_hosts")
             server.per_host = s.max_associations_per_host
             server.incoming_dir = self._incoming
+            self._refusals = server.refusals
             _threading.Thread(target=server.serve_forever, name="edgeseg-dicom-accept", daemon=True).start()
             ae._servers.append(server)  # as AE.start_server does: the AE knows its server
             self._server = server
@@ -282,16 +285,19 @@ class StorageReceiver:
             reason = self.settings.allows(calling, address)
             if reason is not None and "AE title" in reason:
                 diagnostic = 0x03
+        kind = reason
         if reason is None:
             others = [a for a in assoc.ae.active_associations if a.is_acceptor and a is not assoc and _open(a)]
             if len(others) >= self.settings.max_associations:
                 reason = (f"local limit exceeded: {len(others)} associations open "
                           f"(dicom_listener.max_associations {self.settings.max_associations})")
+                kind = "local limit exceeded"
                 result, source, diagnostic = 0x02, 0x03, 0x02
         if reason is not None:
             self.stats["refused"] += 1
-            log.warning("DICOM association refused: host=%s port=%s calling_ae=%s called_ae=%s reason=%s", address,
-                        getattr(assoc.requestor, "port", "?"), calling, called, reason)
+            # the first of each reason per peer address in full, the rest summarized (guard.RefusalLog)
+            self._refusals.refused("association", address, getattr(assoc.requestor, "port", "?"), reason,
+                                   str(kind), calling, called)
             assoc.acse.send_reject(result, source, diagnostic)
             assoc.kill()  # as pynetdicom's own rejections: the DUL sends the A-ASSOCIATE-RJ before the socket closes
 

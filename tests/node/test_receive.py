@@ -95,7 +95,8 @@ def test_refused_peers_cannot_store_anything(tmp_path: Path, caplog: pytest.LogC
         server = lst.receiver._server
         assert server is not None and server.stats["refused"] == 2 and lst.receiver.stats["stored"] == 0
     closed = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
-    assert len(closed) == 2 and all("host=127.0.0.1" in m and "host 127.0.0.1 is not in dicom_listener.allowed_hosts"
+    assert "DICOM refusals suppressed: host=127.0.0.1 count=1" in caplog.text  # same host, same reason
+    assert len(closed) == 1 and all("host=127.0.0.1" in m and "host 127.0.0.1 is not in dicom_listener.allowed_hosts"
                                     in m for m in closed), closed
     # an allowed host: AE titles are checked at the A-ASSOCIATE-RQ, refused with A-ASSOCIATE-RJ
     caplog.clear()
@@ -111,7 +112,8 @@ def test_refused_peers_cannot_store_anything(tmp_path: Path, caplog: pytest.LogC
         assert lst.receiver.stats["refused"] == 3 and lst.receiver.stats["stored"] == 0
     assert _all_files(tmp_path / "root") == []
     reasons = [r.getMessage() for r in caplog.records if "association refused" in r.getMessage()]
-    assert len(reasons) == 3, reasons  # once each, with the address and both AE titles
+    assert len(reasons) == 2, reasons  # the first of each reason, with the address and both AE titles
+    assert "DICOM refusals suppressed: host=127.0.0.1 count=1" in caplog.text  # INTRUDER's second, at stop
     assert all("host=127.0.0.1" in m for m in reasons)
     assert any("calling_ae=INTRUDER called_ae=EDGESEG" in m and "'INTRUDER'" in m for m in reasons)
     assert any("'OTHER' is not ours" in m for m in reasons)
