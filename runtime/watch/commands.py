@@ -51,7 +51,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "DICOM listener and destinations",
                        description="Run the checks and print one OK / FAIL / SKIP line each; exit 0 only if "
                                    "nothing failed. With a DICOM listener: its port, TLS files and root; for each "
-                                   "destination: C-ECHO and whether it accepts the SEG (and SR) edgeseg sends.")
+                                   "destination: C-ECHO, whether it accepts the SEG (and SR) edgeseg sends, and "
+                                   "whether it took our C-STOREs as far as the job store's deliveries show.")
     _config_arg(p)
     p.set_defaults(func=cmd_doctor)
 
@@ -306,8 +307,11 @@ def _send_now(config: Any, destination: str | None) -> int:
         failed = [d for d in mine if d.state == FAILED]
         now = time.time()
         print(f"sent {worker.sent}, failed for good {worker.failed}, still pending {len(pending)}.")
+        for d in failed:  # in full: the reason names what to fix (our AE title, a SOP class)
+            print(f"FAILED {d.destination} {d.role} {d.job_key}: {d.last_error}")
+        if pending:
+            print(table(DELIVERY_HEADERS, [delivery_cells(d, now) for d in pending]))
         if failed or pending:
-            print(table(DELIVERY_HEADERS, [delivery_cells(d, now) for d in [*failed, *pending]]))
             print("Failed ones: fix what the error names, then `edgeseg deliver --retry --now`. Pending ones are "
                   "retried by the watcher (or the next `edgeseg deliver --now`).")
             return DeliveryError.exit_code

@@ -800,6 +800,23 @@ class JobStore:
                 raise
             return [DeliveryRow(**dict(r)) for r in cur.fetchall()]
 
+    def delivery_history(self, destination: str) -> tuple[DeliveryRow | None, DeliveryRow | None]:
+        """(the delivery to ``destination`` tried most recently, the one sent most recently): what ``doctor`` knows
+        of whether the destination takes our C-STOREs (None: there is none; none from a store before schema 3)."""
+        with self._lock:
+            try:
+                tried = self._db.execute("SELECT * FROM deliveries WHERE destination = ? AND (attempts > 0 OR state"
+                                         " != ?) ORDER BY updated_at DESC, id DESC LIMIT 1",
+                                         (destination, PENDING)).fetchone()
+                sent = self._db.execute("SELECT * FROM deliveries WHERE destination = ? AND state = ? ORDER BY"
+                                        " sent_at DESC, id DESC LIMIT 1", (destination, SENT)).fetchone()
+            except sqlite3.OperationalError as err:
+                if "no such table" in str(err):
+                    return None, None
+                raise
+        return (None if tried is None else DeliveryRow(**dict(tried)),
+                None if sent is None else DeliveryRow(**dict(sent)))
+
     def deliveries_of(self, key: str) -> list[DeliveryRow]:
         """The deliveries of the series ``key``'s result."""
         with self._lock:
