@@ -297,7 +297,8 @@ def _send_now(config: Any, destination: str | None) -> int:
     started = time.time()
     with JobStore(config.store_path) as store:
         worker = DeliveryWorker(store, config.node.destinations, config.node.delivery, listener_ae,
-                                threading.Event(), on_settled=partial(delivery_settled, store, Counter()))
+                                threading.Event(), on_settled=partial(delivery_settled, store, Counter()),
+                                seg_type=str(config.outputs.seg_type))
         for _ in range(SEND_NOW_ROUNDS):
             if not worker.deliver_due():
                 break
