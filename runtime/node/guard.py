@@ -177,25 +177,27 @@ class GuardedSocket(AssociationSocket):
                                      "accepted): connection closed before reading it", "PDU too long")
             raise OSError(f"PDU of {nr_bytes} bytes exceeds the maximum of {MAX_PDU}")
         deadline = time.monotonic() + PDU_TIMEOUT_S
-        data = bytearray()
-        while len(data) < nr_bytes:
-            left = deadline - time.monotonic()
-            try:
-                if left <= 0:
-                    raise TimeoutError(f"PDU not received within {PDU_TIMEOUT_S:g} s")
-                sock.settimeout(left)
-                chunk = sock.recv(min(1 << 16, nr_bytes - len(data)))
-            except TimeoutError:
-                server = getattr(self.assoc, "_server", None)
-                if isinstance(server, GuardedServer) and not server._closing:
-                    server.refused_assoc(self.assoc, f"a PDU did not arrive within {PDU_TIMEOUT_S:g} s (a peer "
-                                         "sending too slowly, or silent in the middle of one): association ended",
-                                         "PDU too slow")
-                raise
-            if not chunk:
-                return data
-            data.extend(chunk)
-        return data
+        data = bytearray(nr_bytes)  # received into in place: no chunk is copied twice
+        got = 0
+        with memoryview(data) as view:
+            while got < nr_bytes:
+                left = deadline - time.monotonic()
+                try:
+                    if left <= 0:
+                        raise TimeoutError(f"PDU not received within {PDU_TIMEOUT_S:g} s")
+                    sock.settimeout(left)
+                    n = sock.recv_into(view[got:], nr_bytes - got)
+                except TimeoutError:
+                    server = getattr(self.assoc, "_server", None)
+                    if isinstance(server, GuardedServer) and not server._closing:
+                        server.refused_assoc(self.assoc, f"a PDU did not arrive within {PDU_TIMEOUT_S:g} s (a peer "
+                                             "sending too slowly, or silent in the middle of one): association ended",
+                                             "PDU too slow")
+                    raise
+                if not n:
+                    break
+                got += n
+        return data if got == nr_bytes else data[:got]
 
 
 class GuardedHandler(RequestHandler):
@@ -376,8 +378,11 @@ def _incoming_dir() -> Path | None:
 def _named_temporary_file(*args: Any, **kwargs: Any) -> Any:
     folder = _incoming_dir()
     if folder is not None and "dir" not in kwargs:
-        folder.mkdir(parents=True, exist_ok=True)
         kwargs["dir"] = str(folder)
+        try:
+            return tempfile.NamedTemporaryFile(*args, **kwargs)
+        except FileNotFoundError:  # the folder was removed while listening: made again
+            folder.mkdir(parents=True, exist_ok=True)
     return tempfile.NamedTemporaryFile(*args, **kwargs)
 
 

@@ -288,6 +288,12 @@ def test_received_datasets_stream_inside_the_root_never_the_system_temp(tmp_path
     system_tmp = tmp_path / "system-tmp"
     system_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    from edgeseg.runtime.node import receive
+
+    def no_copy(*args: object) -> None:
+        raise AssertionError("copied: the received file is on the root's file system, it is linked")
+
+    monkeypatch.setattr(receive.shutil, "copyfileobj", no_copy)
     files = mr_series(tmp_path / "series", n=3)
     lst = Listener(tmp_path / "root")
     with lst.receiver:
@@ -295,7 +301,13 @@ def test_received_datasets_stream_inside_the_root_never_the_system_temp(tmp_path
         assert proc.returncode == 0, describe(proc)
     assert list(system_tmp.iterdir()) == []
     assert list((tmp_path / "root" / guard.INCOMING_DIR).iterdir()) == []
-    assert len(list((tmp_path / "root").glob("*/*/*.dcm"))) == 3
+    stored = list((tmp_path / "root").glob("*/*/*.dcm"))
+    assert len(stored) == 3
+    # linked into place, not copied: one name left once pynetdicom removed its own, and the permissions any new
+    # file gets here (pynetdicom creates its file 0600)
+    probe = tmp_path / "root" / "probe"
+    probe.write_bytes(b"")
+    assert {(p.stat().st_nlink, p.stat().st_mode & 0o777) for p in stored} == {(1, probe.stat().st_mode & 0o777)}
 
 
 def test_another_patient_under_a_stored_sop_instance_uid_is_kept_aside(tmp_path: Path,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from pydicom.uid import JPEGLosslessSV1
@@ -136,8 +137,11 @@ def test_hostile_or_missing_uids_never_name_a_path(tmp_path: Path, listener: Lis
     assert set(tmp_path.rglob("*")) - before == set(), "nothing was written anywhere"
 
 
+@pytest.mark.parametrize("where", ["copy", "link", "fsync"])
 def test_full_disk_answers_out_of_resources_and_leaves_nothing(tmp_path: Path, listener: Listener,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+                                                               monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """The disk fills while an instance is put in place: copied (a root on another file system than the received
+    file: the link fails with EXDEV), linked, or at the fsync of the linked file."""
     from pydicom import dcmread
 
     files = mr_series(tmp_path / "series", n=3)
@@ -147,7 +151,26 @@ def test_full_disk_answers_out_of_resources_and_leaves_nothing(tmp_path: Path, l
         os.write(dst.fileno(), b"\0" * 100)  # type: ignore[attr-defined] - a part was written, then the disk filled
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(receive.shutil, "copyfileobj", disk_full)
+    def fails(code: int) -> Callable[..., None]:
+        def fail(*args: object) -> None:
+            raise OSError(code, os.strerror(code))
+        return fail
+
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.path.islink(f"/proc/self/fd/{fd}") and ".recv-" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    if where == "copy":
+        monkeypatch.setattr(receive.os, "link", fails(errno.EXDEV))
+        monkeypatch.setattr(receive.shutil, "copyfileobj", disk_full)
+    elif where == "link":
+        monkeypatch.setattr(receive.os, "link", fails(errno.ENOSPC))
+        monkeypatch.setattr(receive.shutil, "copyfileobj", disk_full)  # never reached: the link's ENOSPC is final
+    else:
+        monkeypatch.setattr(receive.os, "fsync", fsync)
     assert _send_in_process(listener.port, datasets) == [receive.OUT_OF_RESOURCES] * 3
     assert _all_files(listener.receiver.root) == [], "no partial file, no temporary"
     monkeypatch.undo()
