@@ -245,6 +245,27 @@ def test_a_result_made_again_replaces_its_stale_outbox_rows(tmp_path: Path) -> N
     store.close()
 
 
+def test_replace_objects_renames_the_unsent_seg_and_sr_rows_and_drops_one_the_destination_has(tmp_path: Path) -> None:
+    store, uids = _store_with_result(tmp_path)
+    rows = {d.role: d for d in store.deliveries()}
+    new_seg, new_seg_uid = _file(tmp_path / "seg.binary", 5)
+    new_sr, new_sr_uid = _file(tmp_path / "sr.binary", 6)
+    now = store.replace_objects(rows["seg"], new_seg, new_seg_uid, new_sr, new_sr_uid)
+    assert now is not None and (now.id, now.sop_instance_uid, now.file) == (rows["seg"].id, new_seg_uid, new_seg)
+    after = {d.role: d for d in store.deliveries()}
+    assert (after["sr"].id, after["sr"].sop_instance_uid, after["sr"].file) == (rows["sr"].id, new_sr_uid, new_sr)
+    assert {d.state for d in after.values()} == {PENDING}
+    # the destination has that SEG already (sent for another row): the stale row goes, nothing is sent twice
+    other, other_uid = _file(tmp_path / "other", 7)
+    store.mark_done("in::9.9", tmp_path / "out", 1.0, deliveries=[DeliveryRequest("pacs", "seg", other, other_uid)])
+    [sent] = [d for d in store.deliveries() if d.sop_instance_uid == other_uid]
+    store.delivery_sent(sent.id, other_uid, "binary")
+    assert store.replace_objects(after["seg"], other, other_uid, None, None) is None
+    assert sorted((d.job_key, d.role, d.state) for d in store.deliveries()) == [
+        ("in::1.2.3", "sr", PENDING), ("in::9.9", "seg", SENT)]
+    store.close()
+
+
 def test_store_version_3_gains_the_sent_columns(tmp_path: Path) -> None:
     import sqlite3
 
