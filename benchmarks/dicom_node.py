@@ -14,7 +14,8 @@ all files of its series) over 127.0.0.1:
 * A:  DCMTK ``storescp`` receiving into a folder, as it normally does (no fsync).
 * A': the same storescp with 3 storescu at once (storescp serves one association at a time unless it forks).
 * B:  edgeseg's :class:`~edgeseg.runtime.node.receive.StorageReceiver` alone, in a child process (its peak RSS is
-  its own): chunked receive to a temporary file, copy to ``<root>/<Study>/<Series>/<SOP>.dcm``, fsync, rename,
+  its own): chunked receive to a temporary file, hard link (copy where it cannot link) to
+  ``<root>/<Study>/<Series>/<SOP>.dcm``, fsync, rename,
   fsync of the folder, then the success status. The child times ``store_file`` and ``os.fsync`` per instance.
 * B0: the same with ``os.fsync`` replaced by a no-op in that child: what durability costs (not the product).
 * B': the receiver with 3 storescu at once (3 series of n/3).
@@ -559,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  row {r['row']}: received {r['received']} of {r['instances']}; {r['errors'] or ''}"
               f"{r.get('receiver_stderr_tail') or ''}")
     print("\nWALL: storescu start to exit (slowest sender); PEAK RSS: the receiver's VmHWM. STORE MS: the receiver's "
-          "store_file per instance (copy from pynetdicom's temporary file, fsync, rename, folder fsync), FSYNC MS: "
+          "store_file per instance (link of pynetdicom's temporary file, fsync, rename, folder fsync), FSYNC MS: "
           "the os.fsync calls in it.")
     if watcher_table:
         print()

@@ -6,15 +6,17 @@ Each received instance becomes ``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<
   bounded whatever the image or the number of associations), in ``<root>/.edgeseg-incoming`` (inside the root, on its
   disk: ``min_free_mb`` covers it; never the system temporary folder); the handler reads only its header, checks the
   three UIDs (:func:`~edgeseg.runtime.node.settings.is_valid_uid`: digits and dots, so no value a peer sends can make
-  a path leave the root), copies it to a hidden temporary beside its final name, fsyncs it, renames it into place and
-  fsyncs the folder. Only then is 0x0000 returned: an instance the console was told was stored survives kill -9 and
-  power loss. A second copy of the same SOP Instance UID replaces the first atomically, unless it names another
-  patient (PatientID, PatientName, PatientBirthDate differ): then the first stays, the second is kept aside under
-  ``<root>/.edgeseg-conflicts/`` and a WARNING names both (a console that reuses UIDs, or a mix-up to look at).
+  a path leave the root), links it (same file system: no copy of its bytes; else copies it) to a hidden temporary
+  beside its final name, fsyncs it, renames it into place and fsyncs the folder. Only then is 0x0000 returned: an
+  instance the console was told was stored survives kill -9 and power loss. A second copy of the same SOP Instance
+  UID replaces the first atomically, unless it names another patient (PatientID, PatientName, PatientBirthDate
+  differ): then the first stays, the second is kept aside under ``<root>/.edgeseg-conflicts/`` and a WARNING names
+  both (a console that reuses UIDs, or a mix-up to look at).
 * Disk full, an unwritable root, or less than ``min_free_mb`` free: 0xA700 "out of resources" (the console keeps the
   images and retries); the temporary is removed, nothing partial is left under a final name.
 * Associations are accepted only from the configured peers (calling AE title and/or host, the called AE title must be
-  ours); a refused peer gets A-ASSOCIATE-RJ before it can send anything, and the refusal and its reason are logged.
+  ours); a refused peer gets A-ASSOCIATE-RJ before it can send anything, and the refusal and its reason are logged
+  (the first of each reason per peer address in full, the rest in one summary line per peer and minute).
   Before that, :mod:`edgeseg.runtime.node.guard` closes a connection from a host not in ``allowed_hosts`` or beyond
   ``max_associations_per_host`` at accept, before reading a byte; negotiates TLS off the accept thread with a
   deadline; bounds each PDU's length and arrival time; and ends everything at :meth:`StorageReceiver.stop` within
@@ -26,9 +28,12 @@ The receiver only writes into the folder; the watcher finds the files there as i
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import secrets
 import shutil
+import stat
 import threading
 import time
 from collections import Counter
@@ -93,13 +98,17 @@ def fsync_dir(folder: Path) -> None:
 
 def _make_dirs(root: Path, parts: tuple[str, ...]) -> Path:
     """Create ``root/parts...`` one level at a time, fsyncing each parent that got a new entry; refuses a level that
-    is a symbolic link (never written through)."""
+    is a symbolic link (never written through). One ``lstat`` per existing level."""
     here = root
     for part in parts:
         nxt = here / part
-        if nxt.is_symlink():
+        try:
+            mode: int | None = os.lstat(nxt).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and stat.S_ISLNK(mode):
             raise PermissionError(f"{nxt} is a symbolic link; edgeseg does not write through links")
-        if not nxt.is_dir():
+        if mode is None or not stat.S_ISDIR(mode):
             try:
                 nxt.mkdir()
             except FileExistsError:
@@ -107,6 +116,63 @@ def _make_dirs(root: Path, parts: tuple[str, ...]) -> Path:
             fsync_dir(here)
         here = nxt
     return here
+
+
+#: the permission bits a new file gets in the listener's root (the umask applied), read when a listener starts
+#: (:func:`new_file_mode`); a received file linked into place is given them (pynetdicom creates its file 0600)
+_file_mode: list[int] = []
+
+
+def new_file_mode(folder: Path) -> int | None:
+    """The permission bits a file created in ``folder`` gets (``0o666`` less the umask), read by creating one; None
+    where that cannot be done. Remembered for :func:`store_file`."""
+    probe = folder / f".edgeseg-mode-{os.getpid()}-{threading.get_ident()}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+            probe.unlink()
+    except OSError:
+        return None
+    _file_mode[:] = [mode]
+    return mode
+
+
+#: errors of a link that a copy would meet as well (the disk, not the way of writing): reported, not copied around
+_REAL_FAILURES = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EIO", "EROFS")
+                           if hasattr(errno, name))
+
+
+def _link_into_place(source: Path, final: Path) -> bool:
+    """Put the received file ``source`` (already in the root's file system, streamed there by pynetdicom) under
+    ``final`` without copying its bytes: a hard link under a hidden temporary name beside ``final``, fsync'ed, then
+    renamed over ``final``. False when ``source`` cannot be linked there (another file system, or one without hard
+    links): the caller copies. Raises OSError for any other failure (the temporary is removed)."""
+    tmp = final.with_name(f".{final.name}{RECEIVING_SUFFIX}{secrets.token_hex(6)}")
+    try:
+        os.link(source, tmp)
+    except OSError as err:
+        if err.errno in _REAL_FAILURES:
+            raise
+        return False
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            if _file_mode and hasattr(os, "fchmod"):
+                os.fchmod(fd, _file_mode[0])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    return True
 
 
 def remove_stale_temporaries(root: Path) -> int:
@@ -128,12 +194,14 @@ def remove_stale_temporaries(root: Path) -> int:
 
 
 def store_file(source: Path, root: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-    """Copy the received file ``source`` to ``root/study/series/sop.dcm`` atomically and durably; returns the final
-    path. The UIDs must be valid (checked by the caller). Raises OSError (the temporary is removed)."""
+    """Put the received file ``source`` at ``root/study/series/sop.dcm`` atomically and durably (linked when it is
+    on the same file system, else copied; fsync'ed under a hidden name, renamed, the folder fsync'ed); returns the
+    final path. The UIDs must be valid (checked by the caller). Raises OSError (the temporary is removed)."""
     folder = _make_dirs(root, (study_uid, series_uid))
     final = folder / f"{sop_uid}.dcm"
-    with open(source, "rb") as fin:
-        write_file_atomic(final, lambda fout: shutil.copyfileobj(fin, fout, 1 << 20), tmp_infix=RECEIVING_SUFFIX)
+    if not _link_into_place(source, final):
+        with open(source, "rb") as fin:
+            write_file_atomic(final, lambda fout: shutil.copyfileobj(fin, fout, 1 << 20), tmp_infix=RECEIVING_SUFFIX)
     fsync_dir(folder)
     return final
 
@@ -166,6 +234,7 @@ class StorageReceiver:
         self._lock = threading.Lock()
         self._assocs: dict[int, tuple[set[Path], int, str]] = {}
         self._incoming = self.root / ".edgeseg-incoming"
+        self._refusals: Any = None  # the listener's guard.RefusalLog, set by start
 
     # ----------------------------------------------------------------------------------------------- lifecycle
 
@@ -218,6 +287,7 @@ class StorageReceiver:
             remove_stale_temporaries(self.root)
             self._incoming = self.root / INCOMING_DIR
             stream_datasets_into(self._incoming)
+            new_file_mode(self._incoming)
             server: Any = ae.make_server((s.bind_address, s.port), evt_handlers=handlers, ssl_context=ssl_context,
                                          server_class=GuardedServer)
             allowed = s.allowed_hosts
@@ -225,6 +295,7 @@ class StorageReceiver:
                                   else f"host {host} is not in dicom_listener.allowed_hosts")
             server.per_host = s.max_associations_per_host
             server.incoming_dir = self._incoming
+            self._refusals = server.refusals
             _threading.Thread(target=server.serve_forever, name="edgeseg-dicom-accept", daemon=True).start()
             ae._servers.append(server)  # as AE.start_server does: the AE knows its server
             self._server = server
@@ -282,16 +353,19 @@ class StorageReceiver:
             reason = self.settings.allows(calling, address)
             if reason is not None and "AE title" in reason:
                 diagnostic = 0x03
+        kind = reason
         if reason is None:
             others = [a for a in assoc.ae.active_associations if a.is_acceptor and a is not assoc and _open(a)]
             if len(others) >= self.settings.max_associations:
                 reason = (f"local limit exceeded: {len(others)} associations open "
                           f"(dicom_listener.max_associations {self.settings.max_associations})")
+                kind = "local limit exceeded"
                 result, source, diagnostic = 0x02, 0x03, 0x02
         if reason is not None:
             self.stats["refused"] += 1
-            log.warning("DICOM association refused: host=%s port=%s calling_ae=%s called_ae=%s reason=%s", address,
-                        getattr(assoc.requestor, "port", "?"), calling, called, reason)
+            # the first of each reason per peer address in full, the rest summarized (guard.RefusalLog)
+            self._refusals.refused("association", address, getattr(assoc.requestor, "port", "?"), reason,
+                                   str(kind), calling, called)
             assoc.acse.send_reject(result, source, diagnostic)
             assoc.kill()  # as pynetdicom's own rejections: the DUL sends the A-ASSOCIATE-RJ before the socket closes
 
@@ -316,7 +390,7 @@ class StorageReceiver:
         try:
             source = Path(event.dataset_path)
             header = dcmread(source, stop_before_pixels=True,
-                             specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+                             specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", *PATIENT_KEYS])
         except Exception as err:  # noqa: BLE001 - anything unreadable is the peer's data, not our crash
             return failure(CANNOT_UNDERSTAND, f"dataset not readable: {type(err).__name__}")
         study, series = str(header.get("StudyInstanceUID", "")), str(header.get("SeriesInstanceUID", ""))
@@ -333,7 +407,7 @@ class StorageReceiver:
             return failure(OUT_OF_RESOURCES, f"root not available: {err.strerror or err}")
         if free_mb < self.settings.min_free_mb:
             return failure(OUT_OF_RESOURCES, f"less than {self.settings.min_free_mb:g} MB free")
-        conflict = self._other_patient(source, study, series, sop_uid)
+        conflict = self._other_patient(header, study, series, sop_uid)
         try:
             if conflict is not None:
                 (self.root / CONFLICTS_DIR).mkdir(exist_ok=True)
@@ -358,9 +432,9 @@ class StorageReceiver:
         self._emit(Stored(path, key, peer))
         return SUCCESS
 
-    def _other_patient(self, source: Path, study: str, series: str, sop_uid: str) -> str | None:
-        """None, unless ``root/study/series/sop.dcm`` exists and names another patient than ``source``: then what
-        differs (attribute names only, no values: logs are not the place for patient data)."""
+    def _other_patient(self, new: Any, study: str, series: str, sop_uid: str) -> str | None:
+        """None, unless ``root/study/series/sop.dcm`` exists and names another patient than the received header
+        ``new``: then what differs (attribute names only, no values: logs are not the place for patient data)."""
         from pydicom import dcmread
 
         stored = self.root / study / series / f"{sop_uid}.dcm"
@@ -368,7 +442,6 @@ class StorageReceiver:
             return None
         try:
             old = dcmread(stored, stop_before_pixels=True, specific_tags=list(PATIENT_KEYS))
-            new = dcmread(source, stop_before_pixels=True, specific_tags=list(PATIENT_KEYS))
         except Exception:  # noqa: BLE001 - an unreadable stored copy is replaced as before
             return None
         differ = [k for k in PATIENT_KEYS if str(old.get(k, "") or "").strip() != str(new.get(k, "") or "").strip()]

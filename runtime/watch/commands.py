@@ -51,15 +51,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "DICOM listener and destinations",
                        description="Run the checks and print one OK / FAIL / SKIP line each; exit 0 only if "
                                    "nothing failed. With a DICOM listener: its port, TLS files and root; for each "
-                                   "destination: C-ECHO and whether it accepts the SEG (and SR) edgeseg sends.")
+                                   "destination: C-ECHO, whether it accepts the SEG (and SR) edgeseg sends, and "
+                                   "whether it took our C-STOREs as far as the job store's deliveries show.")
     _config_arg(p)
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("deliver", help="results to DICOM destinations: send failed deliveries again",
                        description="Without options: the deliveries of the job store (pending, sent, failed). "
                                    "--retry: failed deliveries become pending again; --now: pending ones are due at "
-                                   "once (also those waiting in back-off); a running watcher sends them "
-                                   "within seconds, else the watcher sends them at its next start.")
+                                   "once (also those waiting in back-off): a running watcher sends them within "
+                                   "seconds; with no watcher running this command sends them itself and prints "
+                                   "the outcome (exit 19 when some were not delivered).")
     _config_arg(p)
     p.add_argument("--retry", action="store_true", help="make failed deliveries pending again")
     p.add_argument("--now", action="store_true", help="send pending deliveries now (also those waiting in back-off); "
@@ -199,8 +201,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
-    """``edgeseg deliver [--retry] [--destination NAME]``: the outbox, and failed deliveries made pending again."""
-    from edgeseg.errors import EXIT_FAILED, EXIT_OK
+    """``edgeseg deliver [--retry] [--now] [--destination NAME]``: the outbox; failed deliveries made pending again;
+    pending ones sent now (by the running watcher, else by this command with the watcher's delivery code)."""
+    from edgeseg.errors import EXIT_FAILED, EXIT_OK, WatcherRunningError
+    from edgeseg.runtime.watch.lock import StateLock
     from edgeseg.runtime.watch.store import JobStore
 
     config = state_config(args)
@@ -210,46 +214,106 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     configured = {d.name for d in config.node.destinations}
     now = time.time()
-    def work(store: JobStore) -> tuple[Any, ...]:
-        retried = store.retry_failed_deliveries(args.destination) if args.retry else 0
-        if args.now:
-            retried += store.make_due(args.destination)
-        return retried, store.delivery_counts(), [d for d in store.deliveries("failed")
-                                                  if args.destination is None or d.destination == args.destination]
+    lock: StateLock | None = None
+    if args.now:  # no watcher holds the state folder: this command sends, and holds the folder meanwhile
+        lock = StateLock(config.state_dir)
+        try:
+            lock.acquire(wait_s=0.2)
+        except WatcherRunningError:
+            lock = None
+    try:
+        def work(store: JobStore) -> tuple[Any, ...]:
+            retried = store.retry_failed_deliveries(args.destination) if args.retry else 0
+            if args.now:
+                retried += store.make_due(args.destination)
+            return retried, store.delivery_counts(), [d for d in store.deliveries("failed")
+                                                      if args.destination is None or d.destination == args.destination]
 
-    answer = with_store(config.store_path, work, readonly=not (args.retry or args.now))
-    if isinstance(answer, int):
-        return answer
-    n, counts, failed = answer
-    which = f" to {args.destination}" if args.destination else ""
-    if args.destination and args.destination not in configured:
-        print(f"Note: {args.destination!r} is not among the configured destinations "
-              f"({', '.join(sorted(configured)) or 'none'}); its deliveries fail again at once unless it is "
-              "configured in watch_config.yaml.")
-    print("deliveries: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    if not (args.retry or args.now):
-        if failed:
-            print(f"\nFailed{which} ({len(failed)}); fix the reason, then `edgeseg deliver --retry`:")
-            print(table(DELIVERY_HEADERS, [delivery_cells(d, now) for d in failed]))
-        return EXIT_OK
-    if n == 0 and not args.now:
-        print(f"No failed deliveries{which} to retry.")
-        return EXIT_OK
-    if args.now:
-        n = counts.get("pending", 0) if args.destination is None else n
-        if n == 0:
-            print(f"Nothing pending{which}.")
+        answer = with_store(config.store_path, work, readonly=not (args.retry or args.now))
+        if isinstance(answer, int):
+            return answer
+        n, counts, failed = answer
+        which = f" to {args.destination}" if args.destination else ""
+        if args.destination and args.destination not in configured:
+            print(f"Note: {args.destination!r} is not among the configured destinations "
+                  f"({', '.join(sorted(configured)) or 'none'}); its deliveries fail again at once unless it is "
+                  "configured in watch_config.yaml.")
+        print("deliveries: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        if not (args.retry or args.now):
+            if failed:
+                print(f"\nFailed{which} ({len(failed)}); fix the reason, then `edgeseg deliver --retry`:")
+                print(table(DELIVERY_HEADERS, [delivery_cells(d, now) for d in failed]))
             return EXIT_OK
-        print(f"{n} deliver{'y is' if n == 1 else 'ies are'} due now{which}.")
-    else:
-        print(f"{n} failed deliver{'y is' if n == 1 else 'ies are'} pending again{which}.")
-    state = liveness(config.state_dir, read_beat(config.state_dir), time.time())
-    them = "it" if n == 1 else "them"
-    if state.startswith("running"):
-        print(f"The watcher is {state}: it sends {them} within seconds; `edgeseg status` shows the outcome.")
-    elif state.startswith("NOT RESPONDING"):
-        print(f"The watcher is {state}: it sends {them} once it responds again (or after a restart).")
-    else:
-        print(f"No watcher runs on this state folder ({state}): it sends {them} when it starts next (edgeseg "
-              "watch, or the service).")
+        if n == 0 and not args.now:
+            print(f"No failed deliveries{which} to retry.")
+            return EXIT_OK
+        if args.now:
+            n = counts.get("pending", 0) if args.destination is None else n
+            if n == 0:
+                print(f"Nothing pending{which}.")
+                return EXIT_OK
+            print(f"{n} deliver{'y is' if n == 1 else 'ies are'} due now{which}.")
+        else:
+            print(f"{n} failed deliver{'y is' if n == 1 else 'ies are'} pending again{which}.")
+        if lock is not None:
+            return _send_now(config, args.destination)
+        state = liveness(config.state_dir, read_beat(config.state_dir), time.time())
+        them = "it" if n == 1 else "them"
+        if state.startswith("running"):
+            print(f"The watcher is {state}: it sends {them} within seconds; `edgeseg status` shows the outcome.")
+        elif state.startswith("NOT RESPONDING"):
+            print(f"The watcher is {state}: it sends {them} once it responds again (or after a restart).")
+        else:
+            print(f"No watcher runs on this state folder ({state}): it sends {them} when it starts next (edgeseg "
+                  "watch, or the service); `edgeseg deliver --now` sends them at once.")
+        return EXIT_OK
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+#: rounds ``deliver --now`` sends at most (each round: every due delivery, up to the store's batch of 100)
+SEND_NOW_ROUNDS = 50
+
+
+def _send_now(config: Any, destination: str | None) -> int:
+    """``deliver --now`` with no watcher on the state folder (its lock held by this command): the due deliveries are
+    sent by the watcher's own delivery code (:class:`~edgeseg.runtime.watch.deliver.DeliveryWorker`, with the
+    watcher's settlement of each result), rounds until nothing is due; prints what happened."""
+    import threading
+    from collections import Counter
+    from functools import partial
+
+    from edgeseg.errors import EXIT_OK, DeliveryError
+    from edgeseg.runtime.node.send import tame_pynetdicom_logs
+    from edgeseg.runtime.watch.deliver import DeliveryWorker
+    from edgeseg.runtime.watch.store import FAILED, PENDING, JobStore
+    from edgeseg.runtime.watch.worker import delivery_settled
+
+    print("No watcher runs on this state folder: this command sends them now (it holds the state folder until it is "
+          "done: a watcher started meanwhile is refused as 'another watcher').")
+    tame_pynetdicom_logs()
+    listener_ae = config.node.listener.ae_title if config.node.listener.enabled else None
+    started = time.time()
+    with JobStore(config.store_path) as store:
+        worker = DeliveryWorker(store, config.node.destinations, config.node.delivery, listener_ae,
+                                threading.Event(), on_settled=partial(delivery_settled, store, Counter()),
+                                seg_type=str(config.outputs.seg_type))
+        for _ in range(SEND_NOW_ROUNDS):
+            if not worker.deliver_due():
+                break
+        mine = [d for d in store.deliveries()
+                if (destination is None or d.destination == destination) and d.updated_at >= started]
+        pending = [d for d in store.deliveries(PENDING) if destination is None or d.destination == destination]
+        failed = [d for d in mine if d.state == FAILED]
+        now = time.time()
+        print(f"sent {worker.sent}, failed for good {worker.failed}, still pending {len(pending)}.")
+        for d in failed:  # in full: the reason names what to fix (our AE title, a SOP class)
+            print(f"FAILED {d.destination} {d.role} {d.job_key}: {d.last_error}")
+        if pending:
+            print(table(DELIVERY_HEADERS, [delivery_cells(d, now) for d in pending]))
+        if failed or pending:
+            print("Failed ones: fix what the error names, then `edgeseg deliver --retry --now`. Pending ones are "
+                  "retried by the watcher (or the next `edgeseg deliver --now`).")
+            return DeliveryError.exit_code
     return EXIT_OK

@@ -20,6 +20,12 @@ so the PACS keeps one copy. Files due for one destination go over one associatio
 is never in flight twice, and a C-STORE response is awaited for ``send.store_response_s`` (a slow PACS is not sent
 a second copy because it took longer than ``timeout_s``).
 
+Settings changed since a result was made: a SEG not sent yet that is a label map while ``outputs.seg_type`` is
+``binary`` now (the watcher restarted with the new setting, ``edgeseg deliver --now``) is rendered as a BINARY SEG
+(:mod:`edgeseg.runtime.watch.seg_variant`) before it is sent, and its outbox rows (SEG and SR of that destination)
+are replaced by the rendered pair, so the row names the object actually sent. A BINARY SEG not sent yet while the
+setting says ``labelmap`` goes as it is (every PACS that stores SEGs takes BINARY ones).
+
 SEG type, negotiated per destination: the association proposes the label-map and the BINARY SEG classes. Where
 the label map is accepted ``seg.dcm`` goes as written; where only BINARY is, a BINARY SEG rendered from the result
 (:mod:`edgeseg.runtime.watch.seg_variant`, deterministic UIDs) goes, and the row records the kind and the SOP
@@ -37,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from edgeseg.runtime.node.settings import DeliverySettings, Destination
-from edgeseg.runtime.watch.store import FAILED, SENT, DeliveryRow, JobStore
+from edgeseg.runtime.watch.store import FAILED, PENDING, SENT, DeliveryRow, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +93,8 @@ class DeliveryWorker:
     def __init__(self, store: JobStore, destinations: Sequence[Destination], settings: DeliverySettings,
                  calling_ae: str | None, stop: threading.Event, sender: Sender | None = None,
                  clock: Callable[[], float] = time.time,
-                 on_settled: Callable[[str], None] | None = None, echoer: Echoer | None = None) -> None:
+                 on_settled: Callable[[str], None] | None = None, echoer: Echoer | None = None,
+                 seg_type: str | None = None) -> None:
         self.store = store
         self.destinations = {d.name: d for d in destinations}
         self.settings = settings
@@ -105,6 +112,8 @@ class DeliveryWorker:
         self._last_echo = float("-inf")
         #: destinations seen to refuse the label-map SEG but take a BINARY one (learnt in an association)
         self._binary_only: dict[str, bool] = {}
+        #: ``outputs.seg_type`` now: a label-map SEG not sent yet is rendered BINARY when it says "binary"
+        self.seg_type = seg_type
 
     def wake(self) -> None:
         self._wake.set()
@@ -195,7 +204,7 @@ class DeliveryWorker:
         BINARY SEG rendered from the result (:mod:`edgeseg.runtime.watch.seg_variant`)."""
         direct: list[DeliveryRow] = []
         binary: list[DeliveryRow] = []
-        for row in rows:
+        for row in [r for r in map(self._as_configured, rows) if r is not None]:
             (binary if self._binary_only.get(name) and self._is_labelmap(row.file) else direct).append(row)
         if direct:
             for row, outcome in zip(direct, self._send(name, [r.file for r in direct])):
@@ -225,13 +234,35 @@ class DeliveryWorker:
                 for row, outcome in zip(rendered, self._send(name, files)):
                     self._record(name, row, outcome, settled, "binary")
 
+    def _as_configured(self, row: DeliveryRow) -> DeliveryRow | None:
+        """``row`` (a SEG not sent yet) as the settings of now would have it: a label map while ``seg_type`` is
+        "binary" is rendered BINARY and its rows replaced (:meth:`JobStore.replace_objects`); None when the
+        destination has that object already."""
+        if self.seg_type != "binary" or row.role != "seg" or not self._is_labelmap(row.file):
+            return row
+        try:
+            variant = self._variant(row)
+        except Exception as err:  # noqa: BLE001 - an OutputError saying why; the stored SEG goes as it is
+            log.warning("pending SEG is a label map but outputs.seg_type is binary now, and no BINARY SEG could be "
+                        "rendered from it (%s): it is sent as stored: destination=%s key=%s", err, row.destination,
+                        row.job_key)
+            return row
+        replaced = self.store.replace_objects(row, variant.seg, variant.seg_uid, variant.sr, variant.sr_uid)
+        log.info("pending label-map SEG replaced by a BINARY one (outputs.seg_type is binary now): destination=%s "
+                 "key=%s sop_instance_uid=%s replaced=%s", row.destination, row.job_key, variant.seg_uid,
+                 row.sop_instance_uid)
+        return replaced
+
     def _send_srs(self, name: str, rows: list[DeliveryRow], settled: set[str]) -> None:
         """The SRs whose SEG this destination accepted (each referencing exactly the SEG it got); an SR whose SEG was
         refused is not sent (an SR in PACS referencing a SEG it never received is an orphan)."""
         ready: list[tuple[DeliveryRow, Path]] = []
-        for row in rows:
-            seg = next((d for d in self.store.deliveries_of(row.job_key)
-                        if d.destination == name and d.role == "seg"), None)
+        for stale in rows:
+            now_rows = self.store.deliveries_of(stale.job_key)  # as the SEGs of this round left them (replaced?)
+            row = next((d for d in now_rows if d.id == stale.id), None)
+            if row is None or row.state != PENDING:
+                continue
+            seg = next((d for d in now_rows if d.destination == name and d.role == "seg"), None)
             if seg is None:  # this destination is sent no SEG (send: [sr]): the SR as written
                 ready.append((row, row.file))
             elif seg.state == FAILED:

@@ -157,7 +157,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     check("time budget", budget_check)
 
     _doctor_listener(config, check)
-    _doctor_destinations(config, check)
+    _doctor_destinations(config, check, history=True)
 
     failed = [r for r in results if r[0] == "FAIL"]
     print(f"\n{len(results) + 1 - len(failed)} OK/SKIP, {len(failed)} FAIL")
@@ -325,11 +325,12 @@ def destination_refusals(config: Any) -> list[str]:
     return refusals
 
 
-def _doctor_destinations(config: Any, check: Check, refusals: list[str] | None = None) -> None:
+def _doctor_destinations(config: Any, check: Check, refusals: list[str] | None = None, history: bool = False) -> None:
     """Each destination: C-ECHO, then whether it accepts the SOP classes of what it is sent (SEG by
     ``outputs.seg_type``: a destination that takes only BINARY SEGs gets one rendered from a label-map result; and
-    the Comprehensive 3D SR when ``send`` includes sr). ``refusals`` collects the FAIL messages of "does not
-    accept" (for :func:`destination_refusals`)."""
+    the Comprehensive 3D SR when ``send`` includes sr); with ``history``, whether it takes C-STOREs from our AE
+    title as far as the job store's deliveries show (:func:`store_acceptance`). ``refusals`` collects the FAIL
+    messages of "does not accept" (for :func:`destination_refusals`)."""
     from edgeseg.runtime.node.send import default_calling_ae, echo
 
     listener = config.node.listener
@@ -399,4 +400,46 @@ def _doctor_destinations(config: Any, check: Check, refusals: list[str] | None =
                 return "FAIL", (f"{destination.address} does not accept {name}. Fix: allow it on the PACS, or set "
                                 f"send: [seg] for destination {destination.name}")
             check(f"destination {destination.name} {what}", sop_check)
+        if history:
+            check(f"destination {destination.name} C-STORE from {calling}",
+                  functools.partial(store_acceptance, config, destination, calling))
+
+
+def store_acceptance(config: Any, destination: Any, calling: str) -> tuple[str, str]:
+    """Does ``destination`` take C-STOREs from our AE title ``calling``? Neither C-ECHO nor an association proves it
+    (Orthanc with ``DicomAlwaysAllowEcho``, its default, answers anyone's C-ECHO and accepts the association, then
+    aborts the first C-STORE of an AE title it does not know), and doctor sends no object: the job store's delivery
+    history says it. FAIL when the delivery tried last was refused naming ``calling`` (the message has the fix); OK
+    when one was accepted (when, and the latest try if that failed since); SKIP, saying so, when nothing proves it
+    yet."""
+    from edgeseg.runtime.watch.state_view import age
+    from edgeseg.runtime.watch.store import SENT, JobStore
+
+    tried = sent = None
+    if config.store_path.is_file():
+        with JobStore(config.store_path, readonly=True) as store:
+            tried, sent = store.delivery_history(destination.name)
+    now = time.time()
+    unproven = (f"C-ECHO and an association do not show whether {destination.address} accepts C-STORE from our AE "
+                f"title {calling!r} (Orthanc, for one, answers C-ECHO from any AE title and aborts the C-STORE of one "
+                "it does not know); only a delivery does")
+    latest = ""
+    if tried is not None and tried.state != SENT:
+        error = (tried.last_error or "no error recorded").replace("\n", " ")
+        latest = f"the latest delivery ({tried.role}, {age(now - tried.updated_at)} ago) is {tried.state}: {error}"
+        if "register AE title" in error:
+            if f"our AE title {calling!r}" in error:
+                return "FAIL", (f"{destination.address} refused our AE title {calling!r}: {latest}. When it is "
+                                "registered there, `edgeseg deliver --retry --now` sends what waits")
+            return "SKIP", (f"{unproven}. {latest} (another AE title than {calling!r}, which we call as now: not "
+                            "tried yet)")
+    if sent is not None:
+        when = age(now - (sent.sent_at or sent.updated_at))
+        text = (f"{destination.address} accepted C-STORE from AE title {calling!r}: the last delivery sent was "
+                f"{sent.role} {sent.sent_sop_instance_uid or sent.sop_instance_uid}, {when} ago")
+        return "OK", text + (f"; since then {latest}" if latest else "")
+    if latest:
+        return "SKIP", f"{unproven}, and none was accepted yet: {latest}"
+    return "SKIP", (f"{unproven}, and none is recorded yet. Fix, if not done: register AE title {calling!r} with "
+                    f"this PC's address on {destination.address}")
 

@@ -175,7 +175,8 @@ class Watcher:
             refuse_untakeable(cfg)  # doctor's FAIL for a destination that answers but refuses what it is sent
             listener_ae = cfg.node.listener.ae_title if cfg.node.listener.enabled else None
             self.delivery = DeliveryWorker(store, cfg.node.destinations, cfg.node.delivery, listener_ae, self._stop,
-                                           on_settled=partial(delivery_settled, store, self.stats))
+                                           on_settled=partial(delivery_settled, store, self.stats),
+                                           seg_type=str(cfg.outputs.seg_type))
         if cfg.node.listener.enabled and not self.once:  # last: nothing is acknowledged before the store is open
             from edgeseg.runtime.node.receive import StorageReceiver
 

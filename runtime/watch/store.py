@@ -800,6 +800,52 @@ class JobStore:
                 raise
             return [DeliveryRow(**dict(r)) for r in cur.fetchall()]
 
+    def replace_objects(self, seg: DeliveryRow, seg_path: Path, seg_uid: str, sr_path: Path | None,
+                        sr_uid: str | None) -> DeliveryRow | None:
+        """The result of ``seg`` (a SEG row not sent yet) is to go as another object (its SEG rendered anew under
+        the settings of now): the row names ``seg_path``/``seg_uid`` instead, and the SR row of the same result and
+        destination that was not sent names ``sr_path``/``sr_uid`` (the SR of exactly that SEG), in one
+        transaction. Another unsent row for the same object and destination goes; when the destination already has
+        that object (a sent row), the stale row goes and None is returned. Returns the row as it is now."""
+        now = time.time()
+        with self._tx() as db:
+            for role, row_id, path, uid in (("seg", seg.id, seg_path, seg_uid), ("sr", None, sr_path, sr_uid)):
+                if path is None or uid is None:
+                    continue
+                if row_id is None:
+                    found = db.execute("SELECT id FROM deliveries WHERE job_key = ? AND destination = ? AND role = ?"
+                                       " AND state != ?", (seg.job_key, seg.destination, role, SENT)).fetchone()
+                    if found is None:
+                        continue
+                    row_id = int(found[0])
+                db.execute("DELETE FROM deliveries WHERE destination = ? AND sop_instance_uid = ? AND id != ? AND"
+                           " state != ?", (seg.destination, uid, row_id, SENT))
+                if db.execute("SELECT 1 FROM deliveries WHERE destination = ? AND sop_instance_uid = ? AND id != ?",
+                              (seg.destination, uid, row_id)).fetchone() is not None:
+                    db.execute("DELETE FROM deliveries WHERE id = ?", (row_id,))  # the destination has it
+                    continue
+                db.execute("UPDATE deliveries SET path = ?, sop_instance_uid = ?, updated_at = ? WHERE id = ?",
+                           (fs_text(str(path)), uid, now, row_id))
+            row = db.execute("SELECT * FROM deliveries WHERE id = ?", (seg.id,)).fetchone()
+        return None if row is None else DeliveryRow(**dict(row))
+
+    def delivery_history(self, destination: str) -> tuple[DeliveryRow | None, DeliveryRow | None]:
+        """(the delivery to ``destination`` tried most recently, the one sent most recently): what ``doctor`` knows
+        of whether the destination takes our C-STOREs (None: there is none; none from a store before schema 3)."""
+        with self._lock:
+            try:
+                tried = self._db.execute("SELECT * FROM deliveries WHERE destination = ? AND (attempts > 0 OR state"
+                                         " != ?) ORDER BY updated_at DESC, id DESC LIMIT 1",
+                                         (destination, PENDING)).fetchone()
+                sent = self._db.execute("SELECT * FROM deliveries WHERE destination = ? AND state = ? ORDER BY"
+                                        " sent_at DESC, id DESC LIMIT 1", (destination, SENT)).fetchone()
+            except sqlite3.OperationalError as err:
+                if "no such table" in str(err):
+                    return None, None
+                raise
+        return (None if tried is None else DeliveryRow(**dict(tried)),
+                None if sent is None else DeliveryRow(**dict(sent)))
+
     def deliveries_of(self, key: str) -> list[DeliveryRow]:
         """The deliveries of the series ``key``'s result."""
         with self._lock:

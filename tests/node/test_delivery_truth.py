@@ -245,6 +245,27 @@ def test_a_result_made_again_replaces_its_stale_outbox_rows(tmp_path: Path) -> N
     store.close()
 
 
+def test_replace_objects_renames_the_unsent_seg_and_sr_rows_and_drops_one_the_destination_has(tmp_path: Path) -> None:
+    store, uids = _store_with_result(tmp_path)
+    rows = {d.role: d for d in store.deliveries()}
+    new_seg, new_seg_uid = _file(tmp_path / "seg.binary", 5)
+    new_sr, new_sr_uid = _file(tmp_path / "sr.binary", 6)
+    now = store.replace_objects(rows["seg"], new_seg, new_seg_uid, new_sr, new_sr_uid)
+    assert now is not None and (now.id, now.sop_instance_uid, now.file) == (rows["seg"].id, new_seg_uid, new_seg)
+    after = {d.role: d for d in store.deliveries()}
+    assert (after["sr"].id, after["sr"].sop_instance_uid, after["sr"].file) == (rows["sr"].id, new_sr_uid, new_sr)
+    assert {d.state for d in after.values()} == {PENDING}
+    # the destination has that SEG already (sent for another row): the stale row goes, nothing is sent twice
+    other, other_uid = _file(tmp_path / "other", 7)
+    store.mark_done("in::9.9", tmp_path / "out", 1.0, deliveries=[DeliveryRequest("pacs", "seg", other, other_uid)])
+    [sent] = [d for d in store.deliveries() if d.sop_instance_uid == other_uid]
+    store.delivery_sent(sent.id, other_uid, "binary")
+    assert store.replace_objects(after["seg"], other, other_uid, None, None) is None
+    assert sorted((d.job_key, d.role, d.state) for d in store.deliveries()) == [
+        ("in::1.2.3", "sr", PENDING), ("in::9.9", "seg", SENT)]
+    store.close()
+
+
 def test_store_version_3_gains_the_sent_columns(tmp_path: Path) -> None:
     import sqlite3
 
@@ -277,15 +298,82 @@ def config_path(tmp_path: Path) -> Path:
     return path
 
 
-def test_deliver_now_makes_backed_off_deliveries_due(tmp_path: Path, config_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    store, _ = _store_with_result(tmp_path)
+def _config_to(tmp_path: Path, port: int, aet: str) -> Path:
+    (tmp_path / "in").mkdir(exist_ok=True)
+    path = tmp_path / "watch_config.yaml"
+    path.write_text(f"roots: [in]\nbundle: demo\nstate_dir: state\ndestinations:\n  - {{name: pacs, ae_title: {aet}, "
+                    f"host: {LOOPBACK}, port: {port}, timeout_s: 5}}\n", encoding="utf-8")
+    return path
+
+
+def _backed_off_result(tmp_path: Path) -> dict:
+    store, uids = _store_with_result(tmp_path)
     for d in store.deliveries():
         store.delivery_retry(d.id, time.time() + 900, "no association (connection refused)")
     store.close()
-    assert main(["deliver", "--now", "--config", str(config_path)]) == 0
+    return uids
+
+
+def test_deliver_now_with_no_watcher_sends_the_pending_deliveries_itself(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """No watcher holds the state folder: ``deliver --now`` sends what waits in back-off itself, with the watcher's
+    delivery code (SEG before SR), and says so; DCMTK storescp receives both."""
+    require_peer("storescp")
+    uids = _backed_off_result(tmp_path)
+    with DcmtkStorescp(tmp_path / "received", aet="ARCHIVE") as scp:
+        config_path = _config_to(tmp_path, scp.port, scp.aet)
+        assert main(["deliver", "--now", "--config", str(config_path)]) == 0
+        out = capsys.readouterr().out
+        received = scp.wait_for(2)
+    assert "2 deliveries are due now." in out and "No watcher runs on this state folder: this command sends" in out
+    assert "sent 2, failed for good 0, still pending 0." in out, out
+    assert sorted(str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in received) == \
+        sorted(uids.values())
+    log = scp.log()
+    assert log.index(uids["seg"]) < log.index(uids["sr"])  # the SEG first, then its SR
+    with JobStore(tmp_path / "state" / "jobs.sqlite3", readonly=True) as store:
+        assert {d.role: (d.state, d.sent_sop_instance_uid) for d in store.deliveries()} == {
+            "seg": (SENT, uids["seg"]), "sr": (SENT, uids["sr"])}
+    from edgeseg.runtime.watch.lock import lock_is_held
+
+    assert lock_is_held(tmp_path / "state") is False  # the state folder is free again for the watcher
+
+
+def test_deliver_now_with_no_watcher_and_the_pacs_down_says_what_is_pending(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    _backed_off_result(tmp_path)
+    config_path = _config_to(tmp_path, free_port(), "PACS")  # nobody listens there
+    assert main(["deliver", "--now", "--config", str(config_path)]) == 19
     out = capsys.readouterr().out
-    assert "2 deliveries are due now." in out and "sends them when it starts next" in out, out
+    assert "sent 0, failed for good 0, still pending 2." in out and "connection refused" in out.lower(), out
+    with JobStore(tmp_path / "state" / "jobs.sqlite3", readonly=True) as store:
+        assert {d.state for d in store.deliveries()} == {PENDING}
+
+
+def test_deliver_now_with_a_watcher_running_only_signals_it(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A watcher holds the state folder (its lock and a fresh heartbeat): ``deliver --now`` makes the deliveries due
+    and leaves the sending to it; nothing reaches the PACS from the command."""
+    import json
+
+    from edgeseg.runtime.watch.lock import StateLock
+
+    require_peer("storescp")
+    _backed_off_result(tmp_path)
+    watcher_lock = StateLock(tmp_path / "state")
+    watcher_lock.acquire()
+    (tmp_path / "state" / "watcher.json").write_text(json.dumps(
+        {"pid": os.getpid(), "started_at": time.time() - 60, "heartbeat_at": time.time()}), encoding="utf-8")
+    try:
+        with DcmtkStorescp(tmp_path / "received", aet="ARCHIVE") as scp:
+            config_path = _config_to(tmp_path, scp.port, scp.aet)
+            assert main(["deliver", "--now", "--config", str(config_path)]) == 0
+            out = capsys.readouterr().out
+            time.sleep(1.0)
+            assert scp.files() == []
+    finally:
+        watcher_lock.release()
+    assert "2 deliveries are due now." in out and "The watcher is running" in out and "within seconds" in out, out
     with JobStore(tmp_path / "state" / "jobs.sqlite3", readonly=True) as store:
         assert all(d.next_at <= time.time() and d.state == PENDING for d in store.deliveries())
 

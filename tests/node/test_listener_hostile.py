@@ -1,10 +1,12 @@
 """The listener against hosts that are not consoles (issue 18): sockets from a second loopback address (127.0.0.2)
 that stay idle, flood before any association, open TLS and never finish the handshake, or trickle bytes. The console
 (127.0.0.1) is served meanwhile; memory stays bounded; the listener stops within seconds whatever they do; each
-refusal is logged once with the address. Every socket is bounded in count and time."""
+refusal is logged with the address, the first of each reason per peer in full and the rest in one summary line per
+peer and minute (a flood cannot spam the log). Every socket is bounded in count and time."""
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import struct
 import tempfile
@@ -58,6 +60,13 @@ def _rss_mb() -> float:
     return 0.0
 
 
+def _suppressed(caplog: pytest.LogCaptureFixture, host: str = STRANGER) -> list[int]:
+    """The counts of the summary lines of ``host``'s suppressed refusals."""
+    return [int(m.group(1)) for r in caplog.records
+            for m in [re.search(rf"DICOM refusals suppressed: host={re.escape(host)} count=(\d+)", r.getMessage())]
+            if m is not None]
+
+
 @pytest.fixture
 def closing() -> Iterator[list[socket.socket]]:
     opened: list[socket.socket] = []
@@ -76,8 +85,9 @@ def test_a_stranger_by_address_is_closed_at_accept_and_the_console_is_served(
         ok, took = _console_echo(lst.port)
         assert ok and took < 2.0, took
     refusals = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
-    assert len(refusals) == 8 and all(f"host={STRANGER}" in m and "not in dicom_listener.allowed_hosts" in m
+    assert len(refusals) == 1 and all(f"host={STRANGER}" in m and "not in dicom_listener.allowed_hosts" in m
                                       for m in refusals), refusals
+    assert _suppressed(caplog) == [7]  # the other 7, summarized when the listener stopped
 
 
 def test_idle_sockets_of_one_host_cannot_take_every_slot(tmp_path: Path, closing: list[socket.socket],
@@ -97,7 +107,8 @@ def test_idle_sockets_of_one_host_cannot_take_every_slot(tmp_path: Path, closing
         assert all(_closed_by_peer(s, guard.ARTIM_S + 5 - (time.monotonic() - t0)) for s in held)
         assert time.monotonic() - t0 < guard.ARTIM_S + 5
     refusals = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
-    assert len(refusals) == 6 and all("max_associations_per_host 2" in m for m in refusals), refusals
+    assert len(refusals) == 1 and all("max_associations_per_host 2" in m for m in refusals), refusals
+    assert _suppressed(caplog) == [5]
 
 
 def test_a_pre_association_flood_is_cut_before_memory_grows(tmp_path: Path, closing: list[socket.socket],
@@ -126,8 +137,9 @@ def test_a_pre_association_flood_is_cut_before_memory_grows(tmp_path: Path, clos
         assert ok
     assert grew < 50, f"RSS grew by {grew:.0f} MB"
     refusals = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
-    assert len(refusals) == 3 and all("a PDU of 4294967280 bytes announced" in m and f"host={STRANGER}" in m
+    assert len(refusals) == 1 and all("a PDU of 4294967280 bytes announced" in m and f"host={STRANGER}" in m
                                       for m in refusals), refusals
+    assert _suppressed(caplog) == [2] and "reasons=PDU too long x2" in caplog.text
 
 
 def _refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -148,9 +160,10 @@ def test_tls_half_open_strangers_do_not_block_the_tls_listener(tmp_path: Path, c
             ok, took = _console_echo(lst.port, TlsSettings(ca=certs["ca"]))
             assert ok and took < 2.0, took
             assert all(_closed_by_peer(s, 5.0) for s in socks)  # the handshake deadline ends them
-            # a handshake thread logs its refusal right after closing the socket: wait for the three lines
+            # a handshake thread counts its refusal right after closing the socket: wait for the three
+            server = lst.receiver._server
             deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline and len(_refusals(caplog)) < 3:
+            while time.monotonic() < deadline and server.stats["refused"] < 3:
                 time.sleep(0.05)
             t0 = time.monotonic()
         stop_s = time.monotonic() - t0
@@ -158,8 +171,9 @@ def test_tls_half_open_strangers_do_not_block_the_tls_listener(tmp_path: Path, c
         guard.TLS_HANDSHAKE_S = old
     assert stop_s < 3.0
     refusals = _refusals(caplog)
-    assert len(refusals) == 3 and all("no TLS handshake within 2 s" in m and f"host={STRANGER}" in m
+    assert len(refusals) == 1 and all("no TLS handshake within 2 s" in m and f"host={STRANGER}" in m
                                       for m in refusals), refusals
+    assert _suppressed(caplog) == [2] and "reasons=TLS handshake timed out x2" in caplog.text
 
 
 def test_a_trickling_peer_is_cut_and_stop_does_not_wait_for_peers(tmp_path: Path, closing: list[socket.socket],
@@ -200,6 +214,73 @@ def test_a_trickling_peer_is_cut_and_stop_does_not_wait_for_peers(tmp_path: Path
     assert any("a PDU did not arrive within 2 s" in m and f"host={STRANGER}" in m for m in refusals), refusals
 
 
+def test_a_flood_of_refused_connections_is_one_line_and_a_summary_per_peer_and_window(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A stranger reconnecting in a loop for ~3 windows (shortened to 1 s) leaves one full refusal line and at most
+    one summary per window, whose counts add up to every other refusal; the console's own refusal (an AE title we do
+    not know, from 127.0.0.1) is still logged in full: the limit is per peer."""
+    monkeypatch.setattr(guard, "REFUSAL_SUMMARY_S", 1.0)
+    lst = Listener(tmp_path / "root", allowed_hosts=(LOOPBACK,))
+    caplog.set_level(logging.INFO)
+    with lst.receiver:
+        server = lst.receiver._server
+        n = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3.2:
+            [s] = _stranger_sockets(lst.port, 1)
+            s.close()
+            n += 1
+        deadline = time.monotonic() + 10
+        while server.stats["refused"] < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.stats["refused"] == n and n >= 50, n
+        dest = Destination(name="x", ae_title=LISTENER_AE, host=LOOPBACK, port=lst.port, timeout_s=5)
+        assert not echo(dest, "INTRUDER")[0]
+        ok, _ = _console_echo(lst.port)
+        assert ok
+    full = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
+    assert len(full) == 1 and f"host={STRANGER}" in full[0], full
+    counts = _suppressed(caplog)
+    assert sum(counts) == n - 1, (counts, n)
+    assert 2 <= len(counts) <= 5, counts  # one per window that ended (~3), and the rest when it stopped
+    summaries = [r for r in caplog.records if "refusals suppressed" in r.getMessage()]
+    assert all(r.levelno == logging.WARNING and "host not allowed x" in r.getMessage() for r in summaries)
+    gaps = [b.created - a.created for a, b in zip(summaries, summaries[1:-1])]
+    assert all(g >= 0.9 for g in gaps), gaps  # at most one per window while the flood goes on
+    console = [r.getMessage() for r in caplog.records if "association refused" in r.getMessage()]
+    assert len(console) == 1 and "calling_ae=INTRUDER" in console[0] and f"host={LOOPBACK}" in console[0]
+
+
+def test_refusal_log_windows() -> None:
+    """RefusalLog with a clock of its own: first line of each reason, then one summary per window; a quiet window
+    ends silently and the next refusal is logged in full again; a crowd of addresses stays bounded."""
+    now = [0.0]
+    refusals = guard.RefusalLog(clock=lambda: now[0])
+    assert refusals.refused("connection", "10.0.0.9", 1, "why", "a")
+    assert refusals.refused("connection", "10.0.0.9", 2, "why b", "b")
+    assert not refusals.refused("connection", "10.0.0.9", 3, "why", "a")
+    assert refusals.refused("connection", "10.0.0.8", 3, "why", "a")  # another peer: its own line
+    now[0] = 30.0
+    assert not refusals.refused("connection", "10.0.0.9", 4, "why", "a")
+    now[0] = 61.0
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    guard.log.addHandler(handler)
+    try:
+        refusals.flush()
+        assert len(lines) == 1 and "host=10.0.0.9 count=2 within_s=61 reasons=a x2" in lines[0], lines
+        now[0] = 122.0  # a window with nothing suppressed ends silently
+        refusals.flush()
+        assert len(lines) == 1
+        assert refusals.refused("connection", "10.0.0.9", 5, "why", "a")  # logged in full again
+        for i in range(guard.REFUSAL_PEERS_MAX + 5):
+            refusals.refused("connection", f"10.1.{i // 256}.{i % 256}", 1, "why", "a")
+        assert len(refusals._peers) <= guard.REFUSAL_PEERS_MAX
+    finally:
+        guard.log.removeHandler(handler)
+
+
 def test_received_datasets_stream_inside_the_root_never_the_system_temp(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from helpers.dicom_peers import dcmtk_storescu, describe
@@ -207,6 +288,12 @@ def test_received_datasets_stream_inside_the_root_never_the_system_temp(tmp_path
     system_tmp = tmp_path / "system-tmp"
     system_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    from edgeseg.runtime.node import receive
+
+    def no_copy(*args: object) -> None:
+        raise AssertionError("copied: the received file is on the root's file system, it is linked")
+
+    monkeypatch.setattr(receive.shutil, "copyfileobj", no_copy)
     files = mr_series(tmp_path / "series", n=3)
     lst = Listener(tmp_path / "root")
     with lst.receiver:
@@ -214,7 +301,13 @@ def test_received_datasets_stream_inside_the_root_never_the_system_temp(tmp_path
         assert proc.returncode == 0, describe(proc)
     assert list(system_tmp.iterdir()) == []
     assert list((tmp_path / "root" / guard.INCOMING_DIR).iterdir()) == []
-    assert len(list((tmp_path / "root").glob("*/*/*.dcm"))) == 3
+    stored = list((tmp_path / "root").glob("*/*/*.dcm"))
+    assert len(stored) == 3
+    # linked into place, not copied: one name left once pynetdicom removed its own, and the permissions any new
+    # file gets here (pynetdicom creates its file 0600)
+    probe = tmp_path / "root" / "probe"
+    probe.write_bytes(b"")
+    assert {(p.stat().st_nlink, p.stat().st_mode & 0o777) for p in stored} == {(1, probe.stat().st_mode & 0o777)}
 
 
 def test_another_patient_under_a_stored_sop_instance_uid_is_kept_aside(tmp_path: Path,

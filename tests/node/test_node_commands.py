@@ -273,6 +273,50 @@ def test_doctor_checks_destinations_against_a_real_orthanc(orthanc: OrthancPacs,
     assert all(line.startswith("SKIP") for line in _lines(out, "destination pacs S")), out
 
 
+def test_doctor_tells_whether_the_pacs_takes_our_c_stores_from_the_delivery_history(
+        write_config: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Orthanc 1.10 with its default DicomAlwaysAllowEcho and no entry for our AE title: C-ECHO and the association
+    succeed, the C-STORE is aborted. doctor sends no object: before any delivery it says that nothing proves the
+    C-STORE; after the refused delivery it FAILs naming our AE title and the fix; once Orthanc knows us and
+    ``deliver --retry --now`` delivered, it is OK with the delivery's time."""
+    require_peer("orthanc")
+    with OrthancPacs(tmp_path / "orthanc", always_allow_echo=True) as stranger_pacs:
+        config = write_config(_destinations_yaml(("pacs", stranger_pacs.aet, stranger_pacs.dicom_port)))
+        assert main(["doctor", "--config", str(config)]) == 0
+        out = capsys.readouterr().out
+        assert _lines(out, "destination pacs:")[0].startswith("OK    destination pacs: C-ECHO answered"), out
+        [store_line] = _lines(out, f"destination pacs C-STORE from {OUR_AE}:")
+        assert store_line.startswith("SKIP") and "only a delivery does" in store_line, out
+        assert "none is recorded yet" in store_line and f"register AE title '{OUR_AE}'" in store_line
+
+        seg, seg_uid = _result_file(tmp_path / "results" / "seg")
+        with JobStore(load_config(config).store_path) as store:
+            store.mark_done("in::1.2.3", None, 1.0, deliveries=[DeliveryRequest("pacs", "seg", seg, seg_uid)])
+        assert main(["deliver", "--now", "--config", str(config)]) == 19  # a real delivery, aborted by Orthanc
+        out = capsys.readouterr().out
+        assert "failed for good 1" in out and f"our AE title '{OUR_AE}'" in out, out
+        assert stranger_pacs.count_instances() == 0
+
+        assert main(["doctor", "--config", str(config)]) == 1
+        out = capsys.readouterr().out
+        [store_line] = _lines(out, f"destination pacs C-STORE from {OUR_AE}:")
+        assert store_line.startswith("FAIL") and f"refused our AE title '{OUR_AE}'" in store_line, out
+        assert "aborted the association at the C-STORE" in store_line and f"register AE title '{OUR_AE}'" in store_line
+        assert "ago) is failed" in store_line and "edgeseg deliver --retry --now" in store_line
+        assert out.rstrip().endswith(", 1 FAIL"), out
+
+    with OrthancPacs(tmp_path / "orthanc2", modalities={"edgeseg": (OUR_AE, LOOPBACK, 11112)}) as pacs:
+        config = write_config(_destinations_yaml(("pacs", pacs.aet, pacs.dicom_port)))
+        assert main(["deliver", "--retry", "--now", "--config", str(config)]) == 0
+        assert "sent 1, failed for good 0" in capsys.readouterr().out
+        assert pacs.sop_instance_uids() == [seg_uid]
+        assert main(["doctor", "--config", str(config)]) == 0
+        out = capsys.readouterr().out
+        [store_line] = _lines(out, f"destination pacs C-STORE from {OUR_AE}:")
+        assert store_line.startswith("OK") and f"accepted C-STORE from AE title '{OUR_AE}'" in store_line, out
+        assert f"the last delivery sent was seg {seg_uid}, 0 s ago" in store_line
+
+
 def _listener_yaml(port: int) -> str:
     return (f"dicom_listener:\n  enabled: true\n  bind_address: {LOOPBACK}\n  port: {port}\n"
             "  allowed_ae_titles: [CONSOLE]\n")

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from node_helpers import CONSOLE, LISTENER_AE, mr_series
-from helpers.dicom_peers import LOOPBACK, OrthancPacs, dcmtk_storescu, describe, free_port
+from helpers.dicom_peers import LOOPBACK, DcmtkStorescp, OrthancPacs, dcmtk_storescu, describe, free_port, require_peer
 
 import edgeseg.demo
 from edgeseg.demo.dicom_series import write_dicom_series
@@ -165,6 +167,79 @@ def test_a_label_map_result_reaches_orthanc_1_10_as_a_binary_seg_with_its_sr(tmp
     (result / "sr.binary.dcm").unlink()
     again = binary_variant(result)
     assert (again.seg_uid, again.sr_uid) == (binary.SOPInstanceUID, sr["SOPInstanceUID"])
+
+
+@pytest.mark.parametrize("how", ["watcher restart", "deliver --now"])
+def test_a_seg_type_change_sends_a_fresh_binary_seg_and_the_sr_of_exactly_it(
+        tmp_path: Path, how: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A result made under ``seg_type: labelmap`` while the PACS is down waits in the outbox as a label map. The
+    setting becomes ``binary``; the PACS (DCMTK storescp in promiscuous mode: it would take the label map too) comes
+    up; after a watcher restart, or ``edgeseg deliver --now`` with no watcher, it receives a BINARY SEG with a new
+    SOP Instance UID (not the stored label map) and the SR that references exactly that SEG; the outbox rows name
+    the objects actually sent."""
+    from pydicom import dcmread
+    from pydicom.uid import SegmentationStorage
+
+    from edgeseg.cli import main
+    from edgeseg.runtime.watch.store import PENDING, JobStore
+
+    require_peer("storescp")
+    pacs_port = free_port()
+    destination = {"name": "pacs", "ae_title": "LABELMAPS", "host": LOOPBACK, "port": pacs_port,
+                   "send": ["seg", "sr"], "timeout_s": 5}
+    slow = {"delivery.retry_initial_s": 600.0, "delivery.retry_max_s": 900.0}  # back-off: only C-ECHO or --now
+    config = node_config(tmp_path, destinations=[destination], **{"outputs.seg_type": "labelmap"}, **slow)
+    watcher = Watcher(config, settle_s=0.2)
+    watcher.start()
+    try:
+        send(config.node.listener.port, write_dicom_series(edgeseg.demo.demo_mri_path(), tmp_path / "c"))
+        assert wait_for(lambda: watcher.store is not None and any(
+            d.role == "seg" and d.attempts >= 1 for d in watcher.store.deliveries()), timeout=180)
+    finally:
+        watcher.stop()
+    result = next((tmp_path / "in").rglob("*.edgeseg"))
+    labelmap = dcmread(result / "seg.dcm", stop_before_pixels=True)
+    assert labelmap.SegmentationType == "LABELMAP"
+    with JobStore(config.store_path, readonly=True) as store:
+        before = {d.role: d for d in store.deliveries()}
+    assert before["seg"].sop_instance_uid == labelmap.SOPInstanceUID and before["seg"].state == PENDING
+
+    with DcmtkStorescp(tmp_path / "received", aet="LABELMAPS", port=pacs_port, extra=("-pm",)) as scp:
+        if how == "watcher restart":
+            config = node_config(tmp_path, destinations=[destination], **{"outputs.seg_type": "binary"}, **slow)
+            watcher = Watcher(config, settle_s=0.2)
+            watcher.start()
+            try:
+                received = scp.wait_for(2, timeout=60)  # C-ECHO during back-off: due as soon as it answers
+            finally:
+                watcher.stop()
+        else:
+            path = tmp_path / "watch_config.yaml"
+            path.write_text(f"roots: [in]\nbundle: demo\nstate_dir: state\noutputs:\n  seg_type: binary\n"
+                            f"destinations:\n  - {{name: pacs, ae_title: LABELMAPS, host: {LOOPBACK}, port: "
+                            f"{pacs_port}, timeout_s: 5}}\n", encoding="utf-8")
+            capsys.readouterr()
+            assert main(["deliver", "--now", "--config", str(path)]) == 0
+            out = capsys.readouterr().out
+            assert "this command sends them now" in out and "sent 2, failed for good 0" in out, out
+            received = scp.wait_for(2)
+        time.sleep(0.5)
+        assert len(scp.files()) == 2  # exactly the pair: no label map besides
+    by_modality = {str(d.Modality): d for d in (dcmread(f) for f in received)}
+    seg, sr = by_modality["SEG"], by_modality["SR"]
+    binary = dcmread(result / "seg.binary.dcm", stop_before_pixels=True)
+    assert seg.SOPClassUID == SegmentationStorage and seg.SegmentationType == "BINARY"
+    assert seg.SOPInstanceUID == binary.SOPInstanceUID != labelmap.SOPInstanceUID
+    evidence = {s.SeriesInstanceUID: {i.ReferencedSOPInstanceUID for i in s.ReferencedSOPSequence}
+                for study in sr.CurrentRequestedProcedureEvidenceSequence for s in study.ReferencedSeriesSequence}
+    assert evidence[seg.SeriesInstanceUID] == {seg.SOPInstanceUID}  # the SR of exactly the SEG the PACS got
+    with JobStore(config.store_path, readonly=True) as store:
+        rows = {d.role: d for d in store.deliveries()}
+    assert len(store_rows := list(rows.values())) == 2, store_rows
+    assert (rows["seg"].state, rows["seg"].sop_instance_uid, rows["seg"].sent_sop_instance_uid, rows["seg"].sent_kind,
+            rows["seg"].file.name) == ("sent", seg.SOPInstanceUID, seg.SOPInstanceUID, "binary", "seg.binary.dcm")
+    assert (rows["sr"].state, rows["sr"].sop_instance_uid, rows["sr"].sent_sop_instance_uid, rows["sr"].file.name) == \
+        ("sent", sr.SOPInstanceUID, sr.SOPInstanceUID, "sr.binary.dcm")
 
 
 def test_a_series_over_several_associations_is_segmented_once_with_all_its_instances(tmp_path: Path) -> None:

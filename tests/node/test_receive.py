@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from pydicom.uid import JPEGLosslessSV1
@@ -95,7 +96,8 @@ def test_refused_peers_cannot_store_anything(tmp_path: Path, caplog: pytest.LogC
         server = lst.receiver._server
         assert server is not None and server.stats["refused"] == 2 and lst.receiver.stats["stored"] == 0
     closed = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
-    assert len(closed) == 2 and all("host=127.0.0.1" in m and "host 127.0.0.1 is not in dicom_listener.allowed_hosts"
+    assert "DICOM refusals suppressed: host=127.0.0.1 count=1" in caplog.text  # same host, same reason
+    assert len(closed) == 1 and all("host=127.0.0.1" in m and "host 127.0.0.1 is not in dicom_listener.allowed_hosts"
                                     in m for m in closed), closed
     # an allowed host: AE titles are checked at the A-ASSOCIATE-RQ, refused with A-ASSOCIATE-RJ
     caplog.clear()
@@ -111,7 +113,8 @@ def test_refused_peers_cannot_store_anything(tmp_path: Path, caplog: pytest.LogC
         assert lst.receiver.stats["refused"] == 3 and lst.receiver.stats["stored"] == 0
     assert _all_files(tmp_path / "root") == []
     reasons = [r.getMessage() for r in caplog.records if "association refused" in r.getMessage()]
-    assert len(reasons) == 3, reasons  # once each, with the address and both AE titles
+    assert len(reasons) == 2, reasons  # the first of each reason, with the address and both AE titles
+    assert "DICOM refusals suppressed: host=127.0.0.1 count=1" in caplog.text  # INTRUDER's second, at stop
     assert all("host=127.0.0.1" in m for m in reasons)
     assert any("calling_ae=INTRUDER called_ae=EDGESEG" in m and "'INTRUDER'" in m for m in reasons)
     assert any("'OTHER' is not ours" in m for m in reasons)
@@ -134,8 +137,11 @@ def test_hostile_or_missing_uids_never_name_a_path(tmp_path: Path, listener: Lis
     assert set(tmp_path.rglob("*")) - before == set(), "nothing was written anywhere"
 
 
+@pytest.mark.parametrize("where", ["copy", "link", "fsync"])
 def test_full_disk_answers_out_of_resources_and_leaves_nothing(tmp_path: Path, listener: Listener,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+                                                               monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """The disk fills while an instance is put in place: copied (a root on another file system than the received
+    file: the link fails with EXDEV), linked, or at the fsync of the linked file."""
     from pydicom import dcmread
 
     files = mr_series(tmp_path / "series", n=3)
@@ -145,7 +151,26 @@ def test_full_disk_answers_out_of_resources_and_leaves_nothing(tmp_path: Path, l
         os.write(dst.fileno(), b"\0" * 100)  # type: ignore[attr-defined] - a part was written, then the disk filled
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(receive.shutil, "copyfileobj", disk_full)
+    def fails(code: int) -> Callable[..., None]:
+        def fail(*args: object) -> None:
+            raise OSError(code, os.strerror(code))
+        return fail
+
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.path.islink(f"/proc/self/fd/{fd}") and ".recv-" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    if where == "copy":
+        monkeypatch.setattr(receive.os, "link", fails(errno.EXDEV))
+        monkeypatch.setattr(receive.shutil, "copyfileobj", disk_full)
+    elif where == "link":
+        monkeypatch.setattr(receive.os, "link", fails(errno.ENOSPC))
+        monkeypatch.setattr(receive.shutil, "copyfileobj", disk_full)  # never reached: the link's ENOSPC is final
+    else:
+        monkeypatch.setattr(receive.os, "fsync", fsync)
     assert _send_in_process(listener.port, datasets) == [receive.OUT_OF_RESOURCES] * 3
     assert _all_files(listener.receiver.root) == [], "no partial file, no temporary"
     monkeypatch.undo()
