@@ -82,13 +82,23 @@ def make_input(work: Path, size: str, kind: str) -> Path:
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
-    from edgeseg.runtime.options import SegmentOptions
+    from edgeseg.runtime.options import OutputOptions, SegmentOptions
     from edgeseg.runtime.segmenter import Segmenter
 
     work = Path(args.work)
-    options = SegmentOptions(time_budget_s=args.budget, cache_dir=work / "model_cache")
+    outputs = OutputOptions(seg_type=args.seg_type) if args.seg_type else OutputOptions()
+    options = SegmentOptions(time_budget_s=args.budget, cache_dir=work / "model_cache", precision=args.precision,
+                             outputs=outputs)
     t0 = time.monotonic()
     segmenter = Segmenter(Path(args.bundle), options, latency_path=work / f"latency-{args.label}.json")
+    if args.warm:  # the once-per-bundle set-up a watcher or a one-shot task pays before its first series
+        from edgeseg.runtime.read import SeriesGeometry, read_series
+
+        volume = read_series(Path(args.input))
+        plan = segmenter.plan(SeriesGeometry.from_volume(volume), name="warm-up")  # measures missing latencies
+        for part in segmenter.bundle.variant(plan.variant if plan else None).parts:
+            segmenter.engine(part)
+        del volume
     setup = time.monotonic() - t0
     with tempfile.TemporaryDirectory(prefix="edgeseg-scaling-") as out:
         t0 = time.monotonic()
@@ -111,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", default="nifti,dicom")
     ap.add_argument("--budget", type=float, default=1e6, help="time budget per series (the planner predicts it)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeseg-scaling"))
+    ap.add_argument("--precision", default="auto", help="SegmentOptions.precision (auto: what export's gate passed)")
+    ap.add_argument("--seg-type", choices=("binary", "labelmap"), help="outputs.seg_type (default: the default)")
+    ap.add_argument("--warm", action="store_true",
+                    help="set the segmenter up before the timed series (compile every part, measure missing tile "
+                         "latencies), as a watcher does once per bundle: the row is then one series of a running "
+                         "workstation, and the set-up is printed apart")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.worker:
@@ -124,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             path = make_input(args.work, size, kind)
             made = time.perf_counter() - t0
-            got, _ = run_child([__file__, "--worker", "--input", str(path), "--bundle", args.bundle, "--label",
-                                args.label, "--budget", str(args.budget), "--work", str(args.work)])
+            cmd = [__file__, "--worker", "--input", str(path), "--bundle", args.bundle, "--label", args.label,
+                   "--budget", str(args.budget), "--work", str(args.work), "--precision", args.precision]
+            cmd += (["--seg-type", args.seg_type] if args.seg_type else []) + (["--warm"] if args.warm else [])
+            got, _ = run_child(cmd)
             t = got["timings"]
             infer = max(float(t["infer"]), 1e-9)
             total = float(t["total"])
@@ -136,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                    "non_network_pct": round(100 * (1 - infer / total), 1) if total else None,
                    "resample_x": round(float(t["resample"]) / infer, 2),
                    "write_x": round(float(t["write"]) / infer, 2), "read_x": round(float(t["read"]) / infer, 2),
-                   "rss_mb": round(got["peak_rss_mb"]), "write_s": got["write_s"],
+                   "rss_mb": round(got["peak_rss_mb"]), "write_s": got["write_s"], "setup": round(got["setup_s"], 2),
                    "predicted_stages": got["predicted_stages"]}
             rows.append(row)
             print(f"  {args.label} {size} {kind}: total {total:.1f} s (input made in {made:.0f} s)", flush=True)
@@ -147,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                        ("postprocess", "post"), ("write", "write"), ("other", "other"), ("total", "total"),
                        ("wall", "wall"), ("predicted", "predicted"), ("pred_err_pct", "pred err %"),
                        ("non_network_pct", "non-net %"), ("read_x", "read x"), ("resample_x", "resample x"),
-                       ("write_x", "write x"), ("rss_mb", "peak RSS MB")])
+                       ("write_x", "write x"), ("rss_mb", "peak RSS MB"), ("setup", "set-up s (apart)")])
     write_json(args.json, {"machine": machine(), "bundle": args.bundle, "rows": rows})
     return 0
 
