@@ -201,7 +201,7 @@ class LatencyTable:
         PC (:func:`fit_stage`); empty before the first run that reported its stages."""
         entry = self._overheads.get(self.overhead_key(bundle_id, device, threads)) or {}
         samples = entry.get("stage_samples") or {}
-        return {k: fit_stage([tuple(float(x) for x in sample) for sample in v],  # type: ignore[misc]
+        return {k: fit_stage([tuple(float(x) for x in sample) for sample in v],
                              last_only=k in _LAST_OBSERVED, proportional=k == "infer:tile_s")
                 for k, v in samples.items() if v}
 
