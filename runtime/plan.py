@@ -25,9 +25,10 @@ Prediction, per plan (variant, tile step)::
   DICOM runs (a series of 2000 tiny slices is dominated by reading files and writing the SEG, not by tiles).
 * Once a series has run with this bundle on this PC, the prediction is per stage instead (``details["stages"]``,
   :func:`stage_units`): every stage's fixed seconds plus seconds per unit, a line fitted to the last runs on
-  this PC, the recent ones weighing most (:meth:`LatencyTable.record_stages` keeps each run's stage timings;
-  :func:`fit_stage`), at the series' units: reading per DICOM instance (per input Mvoxel for NIfTI/PAR),
-  preprocessing, resampling back and postprocessing per Mvoxel (input plus network grids), inference per
+  this PC, the recent ones weighing most and each run by its total seconds (:meth:`LatencyTable.record_stages`
+  keeps each run's stage timings; :func:`fit_stage`), at the series' units: reading per DICOM instance (per input
+  Mvoxel for NIfTI/PAR), preprocessing and resampling back per Mvoxel of the network grids plus the input's where
+  it is resampled (on the network's own spacing they cost next to nothing), postprocessing per Mvoxel, inference per
   predicted tile-second (the sliding window's own cost on top of the network's is in that ratio), writing per
   input Mvoxel (DICOM and NIfTI inputs apart: a DICOM-SEG and SR cost more), and the planner, compilation and the
   rest as fixed seconds. The manifest's ``plan.details.stages`` beside its ``run.timings_s`` shows where a
@@ -200,16 +201,17 @@ class LatencyTable:
         PC (:func:`fit_stage`); empty before the first run that reported its stages."""
         entry = self._overheads.get(self.overhead_key(bundle_id, device, threads)) or {}
         samples = entry.get("stage_samples") or {}
-        return {k: fit_stage([(float(u), float(t)) for u, t in v], last_only=k in _LAST_OBSERVED,
-                             proportional=k == "infer:tile_s")
+        return {k: fit_stage([tuple(float(x) for x in sample) for sample in v],
+                             last_only=k in _LAST_OBSERVED, proportional=k == "infer:tile_s")
                 for k, v in samples.items() if v}
 
     def record_stages(self, bundle_id: str, device: str, threads: int | None, units: dict[str, float],
                       stages: dict[str, float]) -> None:
-        """Keep a finished run's (units, seconds) per stage: ``units`` (:func:`stage_units` of the plan it
-        followed) and ``stages`` (its measured seconds per stage, the manifest's ``timings_s``); the last
-        :data:`STAGE_SAMPLES` runs per stage are kept."""
+        """Keep a finished run's (units, seconds, the run's total seconds) per stage: ``units``
+        (:func:`stage_units` of the plan it followed) and ``stages`` (its measured seconds per stage, the manifest's
+        ``timings_s``); the last :data:`STAGE_SAMPLES` runs per stage are kept."""
         k = self.overhead_key(bundle_id, device, threads)
+        total = sum(max(0.0, float(v)) for key, v in stages.items() if key in STAGES)
         with self._lock:
             entry = dict(self._overheads.get(k, {}))
             samples = {key: list(v) for key, v in (entry.get("stage_samples") or {}).items()}
@@ -218,7 +220,7 @@ class LatencyTable:
                 if stage not in stages or amount <= 0:
                     continue
                 kept = samples.setdefault(rate_key, [])
-                kept.append([round(float(amount), 6), round(max(0.0, float(stages[stage])), 4)])
+                kept.append([round(float(amount), 6), round(max(0.0, float(stages[stage])), 4), round(total, 4)])
                 del kept[:-STAGE_SAMPLES]
             entry["stage_samples"] = samples
             entry.setdefault("seconds_per_mvoxel", DEFAULT_SECONDS_PER_MVOXEL)
@@ -270,6 +272,25 @@ def network_shape(geometry: SeriesGeometry, variant: Variant, part: Part) -> tup
     return (shape[0], shape[1], shape[2])
 
 
+def _resamples(geometry: SeriesGeometry, variant: Variant, part: Part) -> bool:
+    """Whether the part's preprocessing resamples the input (nnU-Net's new shape differs from the input's; the
+    crop to the body is ignored, as everywhere here)."""
+    spacing = [float(s) for s in geometry.spacing]
+    if variant.reorient == "RAS":  # the same spacing per patient axis; which voxel axis carries it does not matter
+        world = [0.0, 0.0, 0.0]
+        for axis, sp in zip(geometry.world_axes, spacing):
+            world[axis] = sp
+        spacing = world
+        shape_world = [0, 0, 0]
+        for axis, n in zip(geometry.world_axes, geometry.shape):
+            shape_world[axis] = int(n)
+        pairs = list(zip(shape_world[::-1], spacing[::-1]))
+    else:
+        pairs = list(zip([int(n) for n in geometry.shape][::-1], spacing[::-1]))
+    pairs = [pairs[a] for a in part.transpose_forward]
+    return any(int(round(sp / float(target) * n)) != n for (n, sp), target in zip(pairs, part.spacing))
+
+
 def part_tiles(geometry: SeriesGeometry, variant: Variant, part: Part, step: float) -> int:
     """Network evaluations for one part: sliding-window tiles times mirror evaluations."""
     tiles = tile_count(network_shape(geometry, variant, part), tuple(part.patch_size), step)
@@ -290,35 +311,44 @@ def _effective_step(part: Part, override: float | None) -> float:
 
 def stage_units(details: dict[str, Any], dicom: bool) -> dict[str, float]:
     """Rate key -> units of work of one plan (its :func:`predict` details): ``read:instance`` (DICOM) or
-    ``read:mvoxel`` (input Mvoxels), ``preprocess:``/``resample:``/``postprocess:mvoxel`` (input plus network
-    Mvoxels), ``infer:tile_s`` (the tile-seconds predicted from the measured tile latencies), ``write:dicom_mvoxel``
-    or ``write:mvoxel`` (input Mvoxels), and one fixed unit of ``plan``, ``compile`` and ``other``."""
+    ``read:mvoxel`` (input Mvoxels), ``preprocess:``/``resample:mvoxel`` (network Mvoxels, plus the input's
+    where a part resamples it: ``details["resampled"]``), ``postprocess:mvoxel`` (input plus network Mvoxels),
+    ``infer:tile_s`` (the tile-seconds predicted from the measured tile latencies), ``write:dicom_mvoxel`` or
+    ``write:mvoxel`` (input Mvoxels), and one fixed unit of ``plan``, ``compile`` and ``other``."""
     instances = int(details.get("instances", 0) or 0)
     input_mv = float(details.get("input_mvoxels", 0.0) or 0.0)
     all_mv = float(details.get("mvoxels", 0.0) or 0.0)
+    # the input's voxels cost preprocessing (a spline zoom) and resampling back only where the input is
+    # resampled; on the network's own spacing both stages are a copy and an argmax over the network grid
+    resampled = bool(details.get("resampled", True))
+    grid_mv = all_mv if resampled else max(0.0, all_mv - input_mv)
     units = {"read:instance" if dicom and instances else "read:mvoxel": float(instances) if dicom and instances
              else input_mv,
-             "plan:fixed": 1.0, "preprocess:mvoxel": all_mv, "compile:fixed": 1.0,
-             "infer:tile_s": float(details.get("tile_seconds", 0.0) or 0.0), "resample:mvoxel": all_mv,
+             "plan:fixed": 1.0, "preprocess:mvoxel": grid_mv, "compile:fixed": 1.0,
+             "infer:tile_s": float(details.get("tile_seconds", 0.0) or 0.0), "resample:mvoxel": grid_mv,
              "postprocess:mvoxel": all_mv, "write:dicom_mvoxel" if dicom else "write:mvoxel": input_mv,
              "other:fixed": 1.0}
     return units
 
 
-def fit_stage(samples: list[tuple[float, float]], last_only: bool = False,
+def fit_stage(samples: list[tuple[float, ...]], last_only: bool = False,
               proportional: bool = False) -> tuple[float, float]:
-    """(fixed seconds, seconds per unit) of one stage from its runs' (units, seconds), oldest first: a weighted
-    least-squares line through them once they cover two sizes (both terms kept non-negative), else seconds
-    proportional to the units (one size seen). Each run weighs by its relative error (a big series does not
-    drown the small ones) and by its recency (x0.8 per newer run: the load of a shared PC changes, the last runs
-    tell the present best). ``last_only``: the last run's seconds as a fixed cost (compiling, measuring a
-    latency: paid by a segmenter's first series only). ``proportional``: a line through zero (inference: its
-    seconds per predicted tile-second)."""
+    """(fixed seconds, seconds per unit) of one stage from its runs' (units, seconds[, the run's total seconds]),
+    oldest first: a weighted least-squares line through them once they cover two sizes (both terms kept
+    non-negative), else seconds proportional to the units (one size seen). Each run weighs by the inverse of its
+    total seconds (what a prediction is judged by is its error relative to the run's wall time: a stage's error
+    counts as much as it moves the total, so a big series does not drown the small ones, and a stage that is
+    near zero on a small series cannot pin the line through that point) and by its recency (x0.8 per newer run:
+    the load of a shared PC changes, the last runs tell the present best); a sample without its total (older
+    tables) weighs by its own seconds. ``last_only``: the last run's seconds as a fixed cost (compiling,
+    measuring a latency: paid by a segmenter's first series only). ``proportional``: a line through zero
+    (inference: its seconds per predicted tile-second)."""
     if last_only:
         return samples[-1][1], 0.0
-    x = np.array([u for u, _ in samples])
-    y = np.array([t for _, t in samples])
-    w = 0.8 ** np.arange(len(samples) - 1, -1, -1) / np.maximum(y, 1e-3)  # 1/sigma per run
+    x = np.array([s[0] for s in samples])
+    y = np.array([s[1] for s in samples])
+    scale = np.array([s[2] if len(s) > 2 else s[1] for s in samples])
+    w = 0.8 ** np.arange(len(samples) - 1, -1, -1) / np.maximum(scale, 1e-3)  # 1/sigma per run
     w2 = w * w
     if proportional or np.ptp(x) <= 1e-9 * max(1.0, float(x.max())):
         return 0.0, float(np.dot(w2 * x, y) / np.dot(w2 * x, x))
@@ -367,10 +397,12 @@ def predict(geometry: SeriesGeometry, variant: Variant, step: float | None, late
     voxels = float(geometry.voxels)
     unknown = []
     details: dict[str, Any] = {}
+    resampled = variant.pre_resample is not None
     for part in variant.parts:
         eff = _effective_step(part, step)
         n = part_tiles(geometry, variant, part, eff)
         shape = network_shape(geometry, variant, part)
+        resampled = resampled or _resamples(geometry, variant, part)
         voxels += shape[0] * shape[1] * shape[2]
         total_tiles += n
         lat = latency(part)
@@ -382,6 +414,7 @@ def predict(geometry: SeriesGeometry, variant: Variant, step: float | None, late
     details["tile_seconds"] = tile_seconds
     details["mvoxels"] = voxels / 1e6
     details["input_mvoxels"] = float(geometry.voxels) / 1e6
+    details["resampled"] = resampled
     details["instances"] = int(instances)
     details["read_write_s"] = per_instance * instances
     if unknown:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -24,7 +24,7 @@ from scipy import ndimage
 from edgeseg.bundle.schema import Normalization, Part, PreResample, Variant
 from edgeseg.errors import InvalidSeriesError
 from edgeseg.runtime.read.volume import Volume
-from edgeseg.runtime.resample import compute_new_shape, resample_data
+from edgeseg.runtime.resample import Handover, SlabSource, compute_new_shape, resample_data, separate_z_axis
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ class Preprocessed:
 
 
 def orient(volume: Volume, variant: Variant) -> Oriented:
-    """Steps 1-2: reorientation and TotalSegmentator-style pre-resampling (float32 result)."""
+    """Steps 1-2: reorientation and TotalSegmentator-style pre-resampling (float32 result; without
+    pre-resampling a view of ``volume.array``, never written to)."""
     import nibabel as nib
 
     array = np.asarray(volume.array, dtype=np.float32)
@@ -79,7 +80,9 @@ def orient(volume: Volume, variant: Variant) -> Oriented:
     pre = variant.pre_resample
     if pre is not None:
         array, spacing = _pre_resample(array, spacing, pre)
-    return Oriented(np.ascontiguousarray(array), spacing, ornt, input_shape, pre)  # type: ignore[arg-type]
+    # without pre-resampling a (flipped, transposed) view of the volume's array: every part copies it into its own
+    # network order anyway, and a whole float32 copy more is what a 512x512x400 series cannot spare
+    return Oriented(array, spacing, ornt, input_shape, pre)  # type: ignore[arg-type]
 
 
 def _pre_resample(array: np.ndarray, spacing: Sequence[float], pre: PreResample) -> tuple[np.ndarray, tuple]:
@@ -161,8 +164,47 @@ def normalize(data: np.ndarray, schemes: Sequence[Normalization], mask: np.ndarr
     return data
 
 
+def elementwise_normalization(data: np.ndarray,
+                              schemes: Sequence[Normalization]) -> Callable[[np.ndarray], None] | None:
+    """For a one-channel image whose scheme is elementwise once its parameters are known (z-score over the whole
+    image, CT, none): a function that normalizes a float32 array in place exactly as :func:`normalize` does each
+    of its voxels, with the parameters computed here, from ``data`` (nnU-Net's layout: the mean and std of a copy
+    and of a view differ in the last bit). None for other schemes (z-score within the mask, rescaling to [0, 1])
+    and several channels."""
+    if data.shape[0] != 1 or len(schemes) != 1:
+        return None
+    norm = schemes[0]
+    eps = 1e-8
+    if norm.scheme == "ZScoreNormalization" and not norm.use_mask_for_norm:
+        image = data[0]
+        mean = image.mean()
+        divisor = max(image.std(), eps)
+
+        def zscore(x: np.ndarray) -> None:
+            x -= mean
+            x /= divisor
+        return zscore
+    if norm.scheme == "CTNormalization":
+        p = norm.intensity_properties
+
+        def ct(x: np.ndarray) -> None:
+            np.clip(x, p["percentile_00_5"], p["percentile_99_5"], out=x)
+            x -= p["mean"]
+            x /= max(p["std"], eps)
+        return ct
+    if norm.scheme == "NoNormalization":
+        return lambda x: None
+    return None
+
+
 def preprocess(oriented: Oriented, part: Part) -> Preprocessed:
-    """Steps 3-4 for one model part."""
+    """Steps 3-4 for one model part.
+
+    Memory: where the input is resampled in one piece with an elementwise normalization (the common case), the
+    network-order copy only serves the crop box and the normalization's mean and std and is dropped before the
+    resampling, which reads the normalized values a few planes at a time from the oriented image (a view of the
+    input) into its float64 working array: a 512x512x400 series never holds its float32 copy and that array at
+    once. The values are those of normalizing the copy and resampling it, bit for bit."""
     data, spacing = to_network_order(oriented, part)
     if part.num_input_channels != data.shape[0]:
         raise InvalidSeriesError(
@@ -173,11 +215,24 @@ def preprocess(oriented: Oriented, part: Part) -> Preprocessed:
     data = data[(slice(None), *slicer)]  # a view of to_network_order's copy, as nnU-Net's crop_to_nonzero
     mask = mask[slicer]
     shape_after = tuple(int(s) for s in data.shape[1:])
-    data = normalize(data, part.normalization, mask)
     target = tuple(float(s) for s in part.spacing)
     new_shape = compute_new_shape(shape_after, spacing, target)
     r = part.resampling_data
-    data = resample_data(data, new_shape, spacing, target, r.order, r.order_z, r.force_separate_z,
+    resampled = tuple(new_shape) != shape_after
+    in_one_piece = separate_z_axis(r.force_separate_z, spacing, target, r.anisotropy_threshold) is None
+    transform = elementwise_normalization(data, part.normalization) if resampled and in_one_piece else None
+    source: Handover | SlabSource
+    if transform is not None:
+        del data, mask  # the copy: its values are read again, normalized, from the oriented view
+        tf = part.transpose_forward
+        view = oriented.array.transpose(2, 1, 0).transpose(*tf)[slicer]
+        source = SlabSource(view, transform)
+    else:
+        data = normalize(data, part.normalization, mask)
+        del mask
+        source = Handover(data)  # this copy's last reference: dropped inside once the zoom has copied it
+        del data
+    data = resample_data(source, new_shape, spacing, target, r.order, r.order_z, r.force_separate_z,
                          r.anisotropy_threshold)
     log.debug("preprocessed part=%s shape_before=%s crop=%s network_shape=%s spacing=%s->%s", part.name,
               shape_before, shape_after, data.shape[1:], spacing, target)

@@ -46,13 +46,147 @@ def separate_z_axis(force_separate_z: bool | None, current_spacing: Sequence[flo
 
 def resize(image: np.ndarray, new_shape: Sequence[int], order: int) -> np.ndarray:
     """scikit-image ``resize(image, new_shape, order, mode='edge', anti_aliasing=False, clip=True)`` for float
-    input: a grid-mode spline zoom with edge extension, clipped to the input's value range. Returns float64."""
-    image = np.asarray(image, dtype=np.float64)
-    zoom = [n / o for n, o in zip(new_shape, image.shape)]
-    out = ndimage.zoom(image, zoom, order=order, mode="nearest", grid_mode=True)
-    if order > 1:  # lower orders cannot leave the input's range
-        np.clip(out, image.min(), image.max(), out=out)
+    input: a grid-mode spline zoom with edge extension, clipped to the input's value range. Returns float64.
+
+    float32 input is read as it is (scipy converts each value to float64 exactly): no float64 copy of it."""
+    return _resize_taken(Handover(image), new_shape, order)
+
+
+class Handover:
+    """An array passed on with its caller's last reference (the caller keeps none): the resampling drops it as soon
+    as its values are in its float64 working array, so that a whole volume's float32 and float64 copies do not
+    coexist (:func:`resample_data`)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._array: np.ndarray | None = array
+        self.shape = tuple(int(s) for s in array.shape)
+
+    def take(self) -> np.ndarray:
+        array, self._array = self._array, None
+        assert array is not None, "an array handed over is taken once"
+        return array
+
+    def fill(self, out: np.ndarray) -> tuple[float, float]:
+        """Copy the array into ``out`` (dropping it) and return its (min, max)."""
+        array = self.take()
+        out[...] = array
+        return array.min(), array.max()
+
+
+class SlabSource:
+    """A one-channel float32 image that is never whole in memory: ``view`` (e.g. the input volume's, in the
+    network's order and crop) whose values, a few planes at a time, are cast to float32 and passed through
+    ``transform`` (in place; the normalization) on their way into the zoom's float64 working array. Only the
+    lean spline zoom reads it so (:func:`resample_data`); elsewhere it is materialised first."""
+
+    def __init__(self, view: np.ndarray, transform: Callable[[np.ndarray], None], planes: int = 8) -> None:
+        self.view = view
+        self.transform = transform
+        self.planes = max(1, int(planes))
+        self.shape = tuple(int(s) for s in view.shape)
+
+    def fill(self, out: np.ndarray) -> tuple[float, float]:
+        """Write the transformed float32 values into ``out`` (same shape) and return their (min, max)."""
+        lo = hi = None
+        for z in range(0, self.shape[0], self.planes):
+            slab = np.array(self.view[z:z + self.planes], dtype=np.float32)
+            self.transform(slab)
+            out[z:z + self.planes] = slab
+            s_lo, s_hi = slab.min(), slab.max()
+            lo = s_lo if lo is None else min(lo, s_lo)
+            hi = s_hi if hi is None else max(hi, s_hi)
+        assert lo is not None and hi is not None
+        return lo, hi
+
+    def materialize(self) -> np.ndarray:
+        out = np.empty(self.shape, dtype=np.float32)
+        self.fill(out)
+        return out
+
+
+def _resize_taken(source: Handover | SlabSource, new_shape: Sequence[int], order: int) -> np.ndarray:
+    """:func:`resize` of the image ``source`` holds (a handed-over array is dropped once copied)."""
+    if isinstance(source, SlabSource) and (order <= 1 or not _lean_zoom_works()):
+        source = Handover(source.materialize())
+    if isinstance(source, Handover):
+        image = source.take()
+        if image.dtype not in (np.float32, np.float64):
+            image = np.asarray(image, dtype=np.float64)  # scipy reads no float16; other types: as before
+        zoom = [n / o for n, o in zip(new_shape, image.shape)]
+        if order <= 1:  # no prefilter, and lower orders cannot leave the input's range
+            return ndimage.zoom(image, zoom, output=np.float64, order=order, mode="nearest", grid_mode=True)
+        if not _lean_zoom_works():
+            out = ndimage.zoom(image, zoom, output=np.float64, order=order, mode="nearest", grid_mode=True)
+            np.clip(out, image.min(), image.max(), out=out)
+            return out
+        source = Handover(image)
+        del image
+    zoom = [n / o for n, o in zip(new_shape, source.shape)]
+    out, lo, hi = _spline_zoom_nearest(source, zoom, order)
+    np.clip(out, lo, hi, out=out)
     return out
+
+
+#: scipy's zoom pads by this much before its spline prefilter in mode "nearest" (``_prepad_for_spline_filter``)
+_SPLINE_NPAD = 12
+
+
+def _spline_zoom_nearest(source: Handover | SlabSource, zoom: Sequence[float],
+                         order: int) -> tuple[np.ndarray, float, float]:
+    """``ndimage.zoom(image, zoom, output=np.float64, order=order, mode="nearest", grid_mode=True)`` bit for bit
+    (``order`` >= 2; ``image`` float32 or float64, what ``source`` holds) and the image's (min, max), with one
+    whole-size array instead of three: scipy pads a copy of the input (in its dtype), spline-filters that into a
+    new float64 array and zooms from it; here the input is written once into a float64 array padded the same way
+    (edge values), filtered in place axis by axis (scipy's own ``spline_filter1d``, as its ``spline_filter`` does
+    after the first axis) and zoomed by scipy's own zoom kernel with the same padding offset. That kernel is
+    private to scipy: :func:`_lean_zoom_works` checks this function against ``ndimage.zoom`` before it is used.
+    """
+    from scipy.ndimage import _nd_image, _ni_support
+
+    kernel = _nd_image.zoom_shift
+    mode = _ni_support._extend_mode_to_code("nearest")
+    zoom = [float(z) for z in zoom]
+    shape = source.shape
+    output_shape = tuple(int(round(n * z)) for n, z in zip(shape, zoom))  # as ndimage.zoom rounds it
+    npad = _SPLINE_NPAD
+    padded = np.empty(tuple(n + 2 * npad for n in shape), dtype=np.float64)
+    lo, hi = source.fill(padded[tuple(slice(npad, npad + n) for n in shape)])
+    for axis, n in enumerate(shape):  # np.pad(mode="edge"), axis after axis
+        low = [slice(None)] * len(shape)
+        edge = [slice(None)] * len(shape)
+        low[axis], edge[axis] = slice(0, npad), slice(npad, npad + 1)
+        padded[tuple(low)] = padded[tuple(edge)]
+        low[axis], edge[axis] = slice(npad + n, None), slice(npad + n - 1, npad + n)
+        padded[tuple(low)] = padded[tuple(edge)]
+    for axis in range(len(shape)):
+        ndimage.spline_filter1d(padded, order, axis, output=padded, mode="nearest")
+    out_shape = np.array(output_shape)
+    factors = np.divide(np.array(shape), out_shape, out=np.ones(len(shape), dtype=np.float64),
+                        where=out_shape != 0)
+    out = np.empty(output_shape, dtype=np.float64)
+    kernel(padded, np.ascontiguousarray(factors), None, out, order, mode, 0.0, npad, True)
+    return out, lo, hi
+
+
+_LEAN_ZOOM: list[bool] = []
+
+
+def _lean_zoom_works() -> bool:
+    """Whether :func:`_spline_zoom_nearest` equals scipy's zoom bit for bit with this scipy (checked once, on a
+    small array with odd factors both ways; False sends every zoom through ``ndimage.zoom``)."""
+    if not _LEAN_ZOOM:
+        ok = False
+        try:
+            rng = np.random.default_rng(7)
+            probe = rng.standard_normal((9, 14, 11)).astype(np.float32)
+            zoom = [5 / 9, 31 / 14, 11 / 11]
+            want = ndimage.zoom(probe, zoom, output=np.float64, order=3, mode="nearest", grid_mode=True)
+            got, _, _ = _spline_zoom_nearest(Handover(probe), zoom, 3)
+            ok = got.shape == want.shape and bool(np.array_equal(got, want))
+        except Exception:  # noqa: BLE001 - any failure of the private kernel: the public route
+            ok = False
+        _LEAN_ZOOM.append(ok)
+    return _LEAN_ZOOM[0]
 
 
 def _resample_channel_separate_z(channel: np.ndarray, new_shape: tuple[int, ...], axis: int, order: int,
@@ -87,16 +221,35 @@ def resample_channel(channel: np.ndarray, new_shape: Sequence[int], order: int, 
     return _resample_channel_separate_z(channel, new_shape, separate_axis, order, order_z)
 
 
-def resample_data(data: np.ndarray, new_shape: Sequence[int], current_spacing: Sequence[float],
-                  new_spacing: Sequence[float], order: int = 3, order_z: int = 0,
+def resample_data(data: np.ndarray | Handover | SlabSource, new_shape: Sequence[int],
+                  current_spacing: Sequence[float], new_spacing: Sequence[float], order: int = 3, order_z: int = 0,
                   force_separate_z: bool | None = None, threshold: float = 3.0) -> np.ndarray:
-    """(C, *spatial) image -> (C, *new_shape) float32, nnU-Net's ``resample_data_or_seg_to_shape`` for data."""
-    if tuple(data.shape[1:]) == tuple(new_shape):
-        return data
+    """(C, *spatial) image -> (C, *new_shape) float32, nnU-Net's ``resample_data_or_seg_to_shape`` for data.
+
+    ``data`` as a :class:`Handover` (its caller keeps no reference): a one-channel image resampled in one piece is
+    dropped once copied into the zoom's float64 working array; as a :class:`SlabSource` (one channel, spatial
+    shape) it is read into that array a few planes at a time and never whole (the peak memory of preprocessing a
+    large series)."""
+    new_shape = tuple(int(s) for s in new_shape)
+    if isinstance(data, SlabSource):
+        axis = separate_z_axis(force_separate_z, current_spacing, new_spacing, threshold)
+        if data.shape != new_shape and axis is None:
+            out = np.empty((1, *new_shape), dtype=np.float32)
+            out[0] = _resize_taken(data, new_shape, order)
+            return out
+        data = data.materialize()[None]
+    array = data.take() if isinstance(data, Handover) else data
+    if tuple(array.shape[1:]) == new_shape:
+        return array
     axis = separate_z_axis(force_separate_z, current_spacing, new_spacing, threshold)
-    out = np.empty((data.shape[0], *new_shape), dtype=np.float32)
-    for c in range(data.shape[0]):
-        out[c] = resample_channel(data[c], new_shape, order, order_z, axis)
+    out = np.empty((array.shape[0], *new_shape), dtype=np.float32)
+    if isinstance(data, Handover) and array.shape[0] == 1 and axis is None:
+        channel = Handover(array[0])
+        del array
+        out[0] = _resize_taken(channel, new_shape, order)
+        return out
+    for c in range(array.shape[0]):
+        out[c] = resample_channel(array[c], new_shape, order, order_z, axis)
     return out
 
 

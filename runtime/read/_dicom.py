@@ -49,7 +49,7 @@ from edgeseg.runtime.read.limits import ReadLimits, check_frames, check_voxels
 from edgeseg.runtime.read.selection import SelectionRules, select, series_rule
 from edgeseg.runtime.read.series_ref import DICOM, SeriesRef, Skipped, StackKey
 from edgeseg.runtime.read.vendor import reversed_rows
-from edgeseg.runtime.read.volume import DicomSource, Volume
+from edgeseg.runtime.read.volume import FILE_UID_KEYS, DicomSource, Volume
 
 log = logging.getLogger(__name__)
 
@@ -503,6 +503,7 @@ def read_dicom_series(ref: SeriesRef, limits: ReadLimits | None = None) -> Volum
     source = DicomSource(
         frames=tuple((f.path, f.index) for f in ordered),
         sop_instance_uids=tuple(f.sop_uid for f in ordered),
+        file_uids=tuple(tuple(_str(datasets[path], key) for key in FILE_UID_KEYS) for path in dicom_files),
         multiframe=ordered[0].index is not None,
         slice_spacing_mm=spacing,
         excluded=dict(excluded),

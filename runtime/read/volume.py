@@ -8,12 +8,18 @@ from typing import Any, Mapping
 import numpy as np
 
 
+#: the UIDs of a source file that a result's evidence lists (``DicomSource.file_uids``)
+FILE_UID_KEYS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
 @dataclass(frozen=True)
 class DicomSource:
     """What the writers need to know of a DICOM series' source instances, read once by the reader.
 
     * ``frames``: (file, frame index or None for a single-frame file) of each slice, in k order.
     * ``sop_instance_uids``: the SOPInstanceUID of each slice's file, in k order ("" where an export has none).
+    * ``file_uids``: per file of ``Volume.dicom_files``, its :data:`FILE_UID_KEYS` as the file says ("" where
+      absent): what the SR's evidence lists, without reading every header again.
     * ``multiframe``: the slices are frames of one enhanced multi-frame image.
     * ``slice_spacing_mm``: the distance between slice centres along k.
     * ``excluded``: why instances of the series were not stacked -> how many (localizer, no pixel data ...).
@@ -28,6 +34,7 @@ class DicomSource:
 
     frames: tuple[tuple[Path, int | None], ...] = ()
     sop_instance_uids: tuple[str, ...] = ()
+    file_uids: tuple[tuple[str, ...], ...] = ()
     multiframe: bool = False
     slice_spacing_mm: float = 1.0
     excluded: Mapping[str, int] = field(default_factory=dict)

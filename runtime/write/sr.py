@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 from edgeseg import __version__
 from edgeseg.errors import OutputError
-from edgeseg.runtime.read.volume import Volume
+from edgeseg.runtime.read.volume import FILE_UID_KEYS, Volume
 from edgeseg.runtime.write.dicomseg import (
     _clean_sources, _sanitise_person_names, _sources, model_identity, provenance, result_series_number, result_uids,
 )
@@ -97,19 +97,29 @@ def _observer(bundle: Mapping[str, Any], model: list[str]) -> Any:
 
 
 #: what the evidence sequence takes from each source instance after the first
-_EVIDENCE_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_EVIDENCE_TAGS = FILE_UID_KEYS
 
 
 def _evidence(volume: Volume) -> list[Any]:
     """The source instances as evidence: the first in full (highdicom copies the patient and study from it; its
     person names sanitised as for the SEG), the others with only the UIDs their evidence items hold
-    (:data:`_EVIDENCE_TAGS`): reading and copying every header in full costs more than the report itself."""
+    (:data:`_EVIDENCE_TAGS`), as the reader kept them (``DicomSource.file_uids``); a file whose UIDs the reader
+    did not keep is read again for them. Reading and copying every header in full costs more than the report."""
     import pydicom
+    from pydicom.dataset import Dataset
 
     first = _sources(replace(volume, dicom_files=volume.dicom_files[:1]))
     _sanitise_person_names(first[0])
+    kept = volume.dicom.file_uids
     rest = []
-    for path in volume.dicom_files[1:]:
+    for index, path in enumerate(volume.dicom_files[1:], start=1):
+        uids = kept[index] if len(kept) == len(volume.dicom_files) else ()
+        if len(uids) == len(_EVIDENCE_TAGS) and all(uids):
+            item = Dataset()
+            for key, uid in zip(_EVIDENCE_TAGS, uids):
+                setattr(item, key, uid)
+            rest.append(item)
+            continue
         try:
             rest.append(pydicom.dcmread(os.fspath(path), stop_before_pixels=True, specific_tags=list(_EVIDENCE_TAGS)))
         except Exception as err:
@@ -148,7 +158,8 @@ def write_dicom_sr(path: StrPath, volume: Volume, seg_path: StrPath, segments: M
         raise ValueError("the DICOM-SEG has no segments: there is nothing to measure")
     structures = statistics.get("structures") or {}
     bundle = bundle or {}
-    seg = pydicom.dcmread(os.fspath(seg_path), stop_before_pixels=True)
+    # the SEG's UIDs only (its evidence item and references): not its per-frame groups
+    seg = pydicom.dcmread(os.fspath(seg_path), stop_before_pixels=True, specific_tags=list(_EVIDENCE_TAGS))
     sources = _evidence(volume)  # the first in full (person names sanitised), the others' UIDs only
     # highdicom copies the patient and study from the first: its values are cleaned as for the SEG (whose lines are
     # in ``warnings`` already); the others carry only UIDs

@@ -275,3 +275,35 @@ def test_segment_writes_the_sr_and_honours_no_dicom_sr(tmp_path: Path, bundle: P
     assert (result / "seg.dcm").is_file() and not (result / "sr.dcm").exists()
     manifest = json.loads((result / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["status"] == COMPLETE and "dicom_sr" not in manifest["outputs"]
+
+
+def test_the_evidence_comes_from_the_uids_the_reader_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SR lists every source instance (and the SEG) from the UIDs the reader kept of each file: it reads the
+    first source in full (patient and study) and the SEG's UIDs, not 300 headers again; without kept UIDs (a
+    volume made otherwise) it reads them from the files, with the same evidence."""
+    from edgeseg.runtime.write import write_dicom_seg, write_dicom_sr
+    from edgeseg.runtime.write.statistics import compute_statistics
+
+    small_series(tmp_path / "series", n=7)
+    vol = read_series(tmp_path / "series")
+    assert len(vol.dicom.file_uids) == len(vol.dicom_files) == 7
+    labelmap = np.zeros(vol.shape, dtype=np.uint8)
+    labelmap[2:8, 2:7, 1:6] = 1
+    labels = {1: "liver"}
+    segments = write_dicom_seg(tmp_path / "seg.dcm", vol, labelmap, labels)
+    stats = compute_statistics(vol, labelmap, labels)
+    read: list[str] = []
+    real = pydicom.dcmread
+    monkeypatch.setattr(pydicom, "dcmread", lambda path, *a, **k: read.append(Path(path).name) or real(path, *a, **k))
+    write_dicom_sr(tmp_path / "kept.dcm", vol, tmp_path / "seg.dcm", segments, stats)
+    assert sorted(read) == sorted([vol.dicom_files[0].name, "seg.dcm"])
+    read.clear()
+    bare = replace(vol, dicom=replace(vol.dicom, file_uids=()))
+    write_dicom_sr(tmp_path / "read.dcm", bare, tmp_path / "seg.dcm", segments, stats)
+    assert len(read) == 8  # every source file and the SEG
+    monkeypatch.setattr(pydicom, "dcmread", real)
+    kept, again = hd.sr.srread(tmp_path / "kept.dcm"), hd.sr.srread(tmp_path / "read.dcm")
+    assert kept.get_evidence() == again.get_evidence()
+    assert {sop for _, _, sop, _ in kept.get_evidence()} == {
+        str(pydicom.dcmread(tmp_path / "seg.dcm", stop_before_pixels=True).SOPInstanceUID),
+        *map(str, vol.dicom.sop_instance_uids)}

@@ -167,3 +167,35 @@ def test_a_stage_is_a_fixed_cost_plus_a_cost_per_unit_once_two_sizes_ran() -> No
     assert fit_stage([(1.0, 9.0), (1.0, 0.2)], last_only=True) == (0.2, 0.0)  # compiled once, not again
     assert 1.1 < fit_stage([(1.0, 1.2), (4.0, 4.4)], proportional=True)[1] < 1.2
     assert fit_stage([(1.0, 4.0), (1.0, 1.0)])[1] < 1.2  # the machine got faster: the last run tells
+
+
+def test_each_run_weighs_by_its_total_so_a_near_zero_stage_of_a_small_series_does_not_pin_the_line() -> None:
+    """Preprocessing seconds of the demo bundle as series_scaling measured them (units, seconds, the run's total):
+    the 117x91x20 rows are already on the network's spacing (a few milliseconds, 10x apart from run to run).
+    Weighed by their own seconds they pinned the line at them and 512x512x400 was predicted at 1.4 s instead of
+    about 14 s; weighed by their run's total (what a prediction is judged by) the line follows the big series."""
+    from edgeseg.runtime.plan import fit_stage
+
+    samples = [(0.4, 0.003, 0.7), (0.4, 0.027, 1.4), (6.2, 0.93, 3.1), (25.8, 3.43, 11.5), (52.9, 7.8, 27.5)]
+    fixed, per = fit_stage(samples)
+    assert 0.75 * 14.0 < fixed + per * 105.9 < 1.25 * 14.0
+    old_fixed, old_per = fit_stage([s[:2] for s in samples])  # a table written before totals were kept
+    assert old_fixed + old_per * 105.9 < 3.0
+
+
+def test_input_voxels_count_for_preprocessing_and_resampling_back_only_where_the_input_is_resampled() -> None:
+    """On the network's own spacing preprocessing is a copy and resampling back an argmax over the network grid:
+    the input's voxels are not units of those stages there (they are where the input is resampled)."""
+    from edgeseg.runtime.plan import predict, stage_units
+
+    variant = Variant("default", 0, "RAS", None, (make_part("p", 1.5),))
+    native = SeriesGeometry((120, 100, 80), (1.5, 1.5, 1.5))
+    finer = SeriesGeometry((180, 150, 120), (1.0, 1.0, 1.0))
+    _, _, same = predict(native, variant, None, latency({"p": 0.1}), NO_OVERHEAD)
+    _, _, zoomed = predict(finer, variant, None, latency({"p": 0.1}), NO_OVERHEAD)
+    assert same["resampled"] is False and zoomed["resampled"] is True
+    units, zoomed_units = stage_units(same, False), stage_units(zoomed, False)
+    grid = 120 * 100 * 80 / 1e6
+    assert units["preprocess:mvoxel"] == pytest.approx(grid) == units["resample:mvoxel"]
+    assert zoomed_units["preprocess:mvoxel"] == pytest.approx(grid + 180 * 150 * 120 / 1e6)
+    assert units["postprocess:mvoxel"] == pytest.approx(2 * grid)  # merging the parts: every grid
