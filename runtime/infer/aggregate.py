@@ -9,7 +9,6 @@ array, half the memory of float32.
 """
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -68,12 +67,11 @@ _ONE_THREAD = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
 
 
 def aggregation_threads() -> int:
-    """Threads that aggregate a tile: the cores this process may use, at most 4 (the work is memory-bound)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
+    """Threads that aggregate a tile by default: 1. Measured on the 2-core machine (51-class 128^3 INT8 tiles,
+    benchmarks/sliding_window_tile.py): two workers added a tile no faster than one (~0.13 s; the single-threaded
+    kernels of two workers ran one after the other), and with the window's ping-pong one aggregation thread
+    beside OpenVINO's inference threads is what overlaps. ``threads=`` chooses more."""
+    return 1
 
 
 def chunks(num_outputs: int, patch: Sequence[int], target: int | None = None) -> list[tuple[slice, slice]]:
