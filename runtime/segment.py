@@ -97,7 +97,7 @@ def segment_volume(volume: Volume, bundle: Bundle, options: SegmentOptions, engi
 
         t0 = time.perf_counter()
         try:
-            # the engine's requests in turn: the next tile infers while this one is aggregated
+            # the engine's requests in turn (more than 4 cores: the next tile infers while this one is aggregated)
             prediction = sliding_window(pre.data, engine.window_requests(window_jobs()), part.patch_size,
                                         part.num_outputs, step, part.use_gaussian, mirror, tile_progress)
         except FloatingPointError as err:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 from collections import deque
 from typing import Any, Callable, Iterator, Sequence
@@ -133,8 +134,12 @@ def predict_logits(data: np.ndarray, model: Any, patch: Sequence[int], num_outpu
 
 
 def window_jobs() -> int:
-    """Infer requests the window keeps in turn by default: 2 (the next tile infers while this one is added)."""
-    return 2
+    """Infer requests the window uses in turn by default: 2 where a core is left for the aggregation beside
+    OpenVINO's inference threads (more than 4 cores), else 1 (tile after tile). On the 2-core machine the
+    ping-pong was not faster (benchmarks/sliding_window_tile.py, INT8 51-class 128^3 tiles: 0.74 s per tile with
+    2 requests against 0.68 s with 1, network alone 0.43 s; see docs/benchmarks.md): the aggregation thread takes
+    a core from the network's two threads, and a spare request holds another output buffer."""
+    return 2 if (os.cpu_count() or 1) > 4 else 1
 
 
 def sliding_window(data: np.ndarray, model: Any, patch: Sequence[int], num_outputs: int, tile_step_size: float,
