@@ -6,10 +6,11 @@ axes), multiplication by nnU-Net's fp16 Gaussian importance map, accumulation of
 with nnU-Net's rounding (:mod:`edgeseg.runtime.infer.aggregate`), division, removal of the padding, argmax.
 Memory: the accumulator is (K, Z, Y, X) fp16; at most ``jobs`` tiles are in flight.
 
-With OpenVINO, the window overlaps the aggregation of a tile with the inference of the next: infer requests are
-used in turn (ping-pong), and while this thread adds the finished tile from its request's own output buffer, the
-next request is already inferring (OpenVINO releases the GIL). A request is restarted only after its output has
-been aggregated, so no output is overwritten while it is read.
+With several OpenVINO infer requests (:func:`window_jobs`: on more than 4 cores), the window overlaps the
+aggregation of a tile with the inference of the next: the requests are used in turn (ping-pong), and while this
+thread adds the finished tile from its request's own output buffer, the next request is already inferring
+(OpenVINO releases the GIL). A request is restarted only after its output has been aggregated, so no output is
+overwritten while it is read.
 """
 from __future__ import annotations
 
