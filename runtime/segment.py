@@ -6,7 +6,6 @@ the compiled engines this module asks for through ``engine_for``.
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -18,7 +17,7 @@ from edgeseg import __version__
 from edgeseg.bundle.schema import Bundle, Part, Variant
 from edgeseg.errors import InferenceError
 from edgeseg.runtime.infer.engine import Engine
-from edgeseg.runtime.infer.sliding_window import sliding_window
+from edgeseg.runtime.infer.sliding_window import sliding_window, window_jobs
 from edgeseg.runtime.infer.tiling import tile_count
 from edgeseg.runtime.options import SegmentOptions
 from edgeseg.runtime.postprocess import empty_labels, logits_to_part_labels, merge_part, to_input_grid
@@ -98,10 +97,9 @@ def segment_volume(volume: Volume, bundle: Bundle, options: SegmentOptions, engi
 
         t0 = time.perf_counter()
         try:
-            # few cores: the engine's own request, tile after tile; more cores: overlap requests
-            model = engine.request if (os.cpu_count() or 1) <= 4 and engine.request is not None else engine.compiled
-            prediction = sliding_window(pre.data, model, part.patch_size, part.num_outputs, step,
-                                        part.use_gaussian, mirror, tile_progress)
+            # the engine's requests in turn (more than 4 cores: the next tile infers while this one is aggregated)
+            prediction = sliding_window(pre.data, engine.window_requests(window_jobs()), part.patch_size,
+                                        part.num_outputs, step, part.use_gaussian, mirror, tile_progress)
         except FloatingPointError as err:
             raise InferenceError(f"Part '{part.name}': {err}") from err
         finally:

@@ -10,29 +10,83 @@ array, half the memory of float32.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
 
 
-@lru_cache(maxsize=8)
-def _accumulate_kernel(num_outputs: int, patch: tuple[int, ...], gaussian_key: bytes, pred_type: str) -> Any:
+#: elements per kernel call: a chunk's gathered accumulator, prediction, Gaussian and result (~5 MB for 512 K
+#: elements with an f32 prediction) stay in the core's caches between the gather, the kernel and the scatter
+#: (measured: 0.5-4 M elements per chunk all add a 51-class 128^3 tile in ~0.13 s on one core)
+CHUNK_ELEMENTS = 1 << 19
+
+
+@lru_cache(maxsize=32)
+def _accumulate_kernel(shape: tuple[int, ...], pred_type: str, worker: int) -> Any:
+    """acc' = f16(f32(acc) + f32(pred) * g) for one chunk (classes, *rows) with g (*rows) f32; nnU-Net computes
+    ``prediction *= gaussian`` (float32) and ``predicted_logits[sl] += prediction`` (fp16 += f32) in that order.
+    One thread: each aggregation worker runs its own compiled copy (``worker`` keys the cache).
+
+    OpenVINO's fused element-wise code ("snippets") turns the multiply and add into one FMA, rounded once; torch
+    rounds the float32 product first. For an fp16 prediction the product of two fp16 values is exact in float32,
+    so the two agree; for a float32 prediction (FP32 networks, the parity path) snippets are off for this kernel
+    (about 2.4x slower, ~1 % of an FP32 tile), which gives torch's rounding bit for bit."""
     import openvino as ov
     import openvino.opset13 as ops
 
     from edgeseg.runtime.infer.engine import core
 
-    g16 = np.frombuffer(gaussian_key, dtype=np.float16).reshape(patch)
-    acc = ops.parameter([num_outputs, *patch], ov.Type.f16, name="acc")
-    pred = ops.parameter([num_outputs, *patch], ov.Type.f16 if pred_type == "f16" else ov.Type.f32, name="pred")
-    w = ops.parameter(list(patch), ov.Type.f16, name="w")
-    g = ops.convert(ops.constant(g16), ov.Type.f32)
+    acc = ops.parameter(list(shape), ov.Type.f16, name="acc")
+    pred = ops.parameter(list(shape), ov.Type.f16 if pred_type == "f16" else ov.Type.f32, name="pred")
+    g = ops.parameter(list(shape[1:]), ov.Type.f32, name="g")
     pred32 = ops.convert(pred, ov.Type.f32) if pred_type != "f32" else pred
     new_acc = ops.convert(ops.add(ops.convert(acc, ov.Type.f32), ops.multiply(pred32, g)), ov.Type.f16)
-    new_w = ops.convert(ops.add(ops.convert(w, ov.Type.f32), g), ov.Type.f16)
-    model = ov.Model([new_acc, new_w], [acc, pred, w], "nnunet_fp16_accumulate")
-    return core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+    model = ov.Model([new_acc], [acc, pred, g], f"nnunet_fp16_accumulate_{worker}")
+    config = _ONE_THREAD if pred_type == "f16" else {**_ONE_THREAD, "SNIPPETS_MODE": "DISABLE"}
+    return core().compile_model(model, "CPU", config)
+
+
+@lru_cache(maxsize=16)
+def _weights_kernel(shape: tuple[int, ...], worker: int) -> Any:
+    """w' = f16(f32(w) + g) (nnU-Net's ``n_predictions[sl] += gaussian`` in fp16)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from edgeseg.runtime.infer.engine import core
+
+    w = ops.parameter(list(shape), ov.Type.f16, name="w")
+    g = ops.parameter(list(shape), ov.Type.f32, name="g")
+    model = ov.Model([ops.convert(ops.add(ops.convert(w, ov.Type.f32), g), ov.Type.f16)], [w, g],
+                     f"nnunet_fp16_weights_{worker}")
+    return core().compile_model(model, "CPU", _ONE_THREAD)
+
+
+_ONE_THREAD = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1,
+               "NUM_STREAMS": 1}
+
+
+def aggregation_threads() -> int:
+    """Threads that aggregate a tile by default: 1. Measured on the 2-core machine (51-class 128^3 INT8 tiles,
+    benchmarks/sliding_window_tile.py): two workers added a tile no faster than one (~0.13 s; the single-threaded
+    kernels of two workers ran one after the other), and with the window's ping-pong one aggregation thread
+    beside OpenVINO's inference threads is what overlaps. ``threads=`` chooses more."""
+    return 1
+
+
+def chunks(num_outputs: int, patch: Sequence[int], target: int | None = None) -> list[tuple[slice, slice]]:
+    """(classes, first-axis rows) of the pieces a tile is aggregated in: several whole classes when one class of
+    the patch is small, else one class in slabs of rows; about ``target`` (default :data:`CHUNK_ELEMENTS`)
+    elements each, covering the tile."""
+    target = target or CHUNK_ELEMENTS
+    rows, plane = int(patch[0]), int(np.prod(patch[1:]))
+    per_class = rows * plane
+    if per_class <= target:
+        step = max(1, target // per_class)
+        return [(slice(k, min(k + step, num_outputs)), slice(0, rows)) for k in range(0, num_outputs, step)]
+    step = max(1, target // plane)
+    return [(slice(k, k + 1), slice(z, min(z + step, rows))) for k in range(num_outputs) for z in range(0, rows, step)]
 
 
 @lru_cache(maxsize=2)
@@ -68,36 +122,92 @@ def _argmax_kernel() -> Any:
 class Fp16Aggregator:
     """(K, *shape) fp16 logits and (*shape) fp16 weights, updated tile by tile with nnU-Net's rounding.
 
-    ``add`` is thread-safe (OpenVINO callbacks call it); ``finish`` returns float32 logits holding exactly
-    nnU-Net's fp16 values (fp16 -> fp32 is exact), so a float32 argmax equals nnU-Net's fp16 argmax.
+    A tile is added in chunks (:func:`chunks`: a few classes, or one class's slab of rows) by ``threads`` worker
+    threads, each with its own single-threaded kernel and buffers: a chunk's region of the accumulator is gathered
+    into a small contiguous buffer, updated by the kernel and scattered back while it is still in the core's
+    cache (numpy's copies and OpenVINO's inference release the GIL; on the 2-core machine two workers were still
+    no faster than one, see :func:`aggregation_threads`). Chunks are disjoint and element-wise, so the result
+    does not depend on how a tile is cut or on the thread count.
+    ``add`` may be called from one thread at a time; ``finish`` returns float32 logits holding exactly nnU-Net's
+    fp16 values (fp16 -> fp32 is exact), so a float32 argmax equals nnU-Net's fp16 argmax.
     """
 
-    def __init__(self, num_outputs: int, shape: Sequence[int], patch: Sequence[int], gaussian: np.ndarray) -> None:
+    def __init__(self, num_outputs: int, shape: Sequence[int], patch: Sequence[int], gaussian: np.ndarray,
+                 threads: int | None = None) -> None:
         self.logits = np.zeros((num_outputs, *shape), dtype=np.float16)
         self.weights = np.zeros(tuple(shape), dtype=np.float16)
         self.patch = tuple(int(p) for p in patch)
-        self._gaussian = np.ascontiguousarray(gaussian, dtype=np.float16).tobytes()
+        self._g32 = np.ascontiguousarray(gaussian, dtype=np.float16).astype(np.float32)
         self._num_outputs = num_outputs
-        self._requests: dict[str, Any] = {}
+        self._chunks = chunks(num_outputs, self.patch)
+        rows = self._chunks[0][1].stop - self._chunks[0][1].start
+        self._weight_rows = [slice(z, min(z + rows, self.patch[0])) for z in range(0, self.patch[0], rows)]
+        self._threads = max(1, threads or aggregation_threads())
+        self._pool: ThreadPoolExecutor | None = None
+        self._requests: dict[tuple[Any, ...], Any] = {}
+        self._buffers: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
         self._lock = threading.Lock()
 
     def add(self, sl: tuple[slice, ...], pred: np.ndarray) -> None:
         """Accumulate one tile's (K, *patch) prediction (float32, or float16 from an INT8/FP16 network; not
-        yet weighted) at ``sl``. Inputs and outputs are shared with OpenVINO, not copied."""
-        region = (slice(None), *sl)
+        yet weighted) at ``sl``. ``pred`` is only read, and only until ``add`` returns."""
+        pred = np.ascontiguousarray(pred, dtype=np.float16 if pred.dtype == np.float16 else np.float32)
         kind = "f16" if pred.dtype == np.float16 else "f32"
         with self._lock:
-            request = self._requests.get(kind)
-            if request is None:
-                kernel = _accumulate_kernel(self._num_outputs, self.patch, self._gaussian, kind)
-                request = self._requests[kind] = kernel.create_infer_request()
-            out = request.infer({
-                "acc": np.ascontiguousarray(self.logits[region]),
-                "pred": np.ascontiguousarray(pred, dtype=np.float16 if kind == "f16" else np.float32),
-                "w": np.ascontiguousarray(self.weights[sl]),
-            }, share_inputs=True, share_outputs=True)
-            self.logits[region] = out[0]
-            self.weights[sl] = out[1]
+            if self._threads == 1:
+                self._work(0, sl, pred, kind)
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="edgeseg-aggregate")
+            futures = [self._pool.submit(self._work, w, sl, pred, kind) for w in range(self._threads)]
+            for f in futures:
+                f.result()
+
+    def _work(self, worker: int, sl: tuple[slice, ...], pred: np.ndarray, kind: str) -> None:
+        """Worker ``worker``'s share of one tile: every ``threads``-th chunk, and its share of the weights."""
+        n = self._threads
+        inner = sl[1:]
+        for classes, rows in self._chunks[worker::n]:
+            z = slice(sl[0].start + rows.start, sl[0].start + rows.stop)
+            region = self.logits[(classes, z, *inner)]
+            buf = self._buffer(worker, region.shape)
+            np.copyto(buf, region)
+            request = self._request(("acc", region.shape, kind, worker))
+            out = request.infer({"acc": buf, "pred": pred[classes, rows], "g": self._g32[rows]},
+                                share_inputs=True, share_outputs=True)[0]
+            np.copyto(region, out)
+        for rows in self._weight_rows[worker::n]:
+            z = slice(sl[0].start + rows.start, sl[0].start + rows.stop)
+            region = self.weights[(z, *inner)]
+            buf = self._buffer(worker, region.shape)
+            np.copyto(buf, region)
+            request = self._request(("w", region.shape, worker))
+            np.copyto(region, request.infer({"w": buf, "g": self._g32[rows]}, share_inputs=True,
+                                            share_outputs=True)[0])
+
+    def _buffer(self, worker: int, shape: tuple[int, ...]) -> np.ndarray:
+        buf = self._buffers.get((worker, shape))
+        if buf is None:
+            buf = self._buffers[(worker, shape)] = np.empty(shape, dtype=np.float16)
+        return buf
+
+    def _request(self, key: tuple[Any, ...]) -> Any:
+        request = self._requests.get(key)
+        if request is None:
+            if key[0] == "acc":
+                kernel = _accumulate_kernel(key[1], key[2], key[3])
+            else:
+                kernel = _weights_kernel(key[1], key[2])
+            request = self._requests[key] = kernel.create_infer_request()
+        return request
+
+    def close(self) -> None:
+        """Stop the worker threads (the accumulator stays readable)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._requests.clear()
+        self._buffers.clear()
 
     def finish(self, slab: int = 8) -> np.ndarray:
         """Divide logits by weights (fp16 result, as nnU-Net) and return them as float32, slab by slab."""

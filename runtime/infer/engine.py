@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,14 +99,27 @@ class Engine:
     request: Any = None
     #: export's fidelity verdict on the precision used ("passed", "failed", "unchecked"; see bundle.schema)
     verdict: str = "passed"
+    #: more requests for the sliding window (:meth:`window_requests`); dropped by :meth:`release`
+    spares: list[Any] = field(default_factory=list)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return (1, self.part.num_input_channels, *self.part.patch_size)
 
+    def window_requests(self, n: int) -> list[Any]:
+        """``n`` infer requests for the sliding window (used in turn: one infers while another's output is
+        aggregated): the engine's own request and ``n - 1`` spares, created once and kept (each holds its own
+        output buffer: 214 MB for a 51-class 128^3 fp16 tile) until :meth:`release`."""
+        if self.request is None:
+            self.request = self.compiled.create_infer_request()
+        while len(self.spares) < n - 1:
+            self.spares.append(self.compiled.create_infer_request())
+        return [self.request, *self.spares[:max(0, n - 1)]]
+
     def release(self) -> None:
-        """Free the intermediate buffers (the compiled model stays loaded); the next inference allocates them
-        again, which costs about a second for a 128^3 network."""
+        """Free the intermediate buffers and the spare requests' outputs (the compiled model stays loaded); the
+        next inference allocates them again, which costs about a second for a 128^3 network."""
+        self.spares.clear()
         self.compiled.release_memory()
 
 
@@ -159,16 +172,7 @@ def compile_part(bundle: Bundle, part: Part, device: str = "CPU", precision: str
         xml = bundle.model_path(part, model_precision)
         t0 = time.perf_counter()
         try:
-            model = c.read_model(str(xml))
-            if model_precision != "fp32":
-                # logits leave the network as fp16: half the output memory per request (a 51-class 128^3 tile
-                # is 428 MB in f32); an INT8/FP16 network's logits carry no more precision than that anyway
-                import openvino as ov
-
-                ppp = ov.preprocess.PrePostProcessor(model)
-                ppp.output(0).tensor().set_element_type(ov.Type.f16)
-                model = ppp.build()
-            compiled = c.compile_model(model, device, config)
+            compiled = _read_and_compile(xml, model_precision, device, config)
             # one inference on zeros: proves this precision runs here and pays the one-off kernel set-up and
             # buffer allocation now; the request is kept and reused for every series (no re-allocation)
             request = compiled.create_infer_request()
@@ -195,6 +199,34 @@ REEXPORT_FIX = ("re-export the bundle with this edgeseg (`edgeseg export ...`: i
 
 #: bundles whose "auto left out an unchecked precision" line was logged (once per bundle and process)
 _told_unchecked: set[str] = set()
+
+
+def _read_and_compile(xml: Path, model_precision: str, device: str, config: dict[str, Any]) -> Any:
+    model = core().read_model(str(xml))
+    if model_precision != "fp32":
+        # logits leave the network as fp16: half the output memory per request (a 51-class 128^3 tile
+        # is 428 MB in f32); an INT8/FP16 network's logits carry no more precision than that anyway
+        import openvino as ov
+
+        ppp = ov.preprocess.PrePostProcessor(model)
+        ppp.output(0).tensor().set_element_type(ov.Type.f16)
+        model = ppp.build()
+    return core().compile_model(model, device, config)
+
+
+def compile_model(xml: Path, model_precision: str, device: str = "CPU", threads: int | None = None) -> tuple[Any, str]:
+    """Compile one IR file as :func:`compile_part` compiles it, with the first (fastest) inference precision hint
+    :func:`candidates` would try for ``model_precision`` ("fp32", "fp16", "int8"); no fallback, no warm-up.
+    Returns (the compiled model, the precision used, e.g. "int8+bf16"). For benchmarks and tools."""
+    gpu = device.startswith("GPU")
+    if model_precision == "int8" and _supports_bf16(device):
+        hint = "bf16"
+    else:
+        hint = "f16" if gpu and model_precision != "fp32" else "f32"
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
+    if threads and device == "CPU":
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return _read_and_compile(Path(xml), model_precision, device, config), f"{model_precision}+{hint}"
 
 
 def _verdict(bundle: Bundle, model_precision: str, hint: str) -> str:

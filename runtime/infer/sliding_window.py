@@ -6,7 +6,11 @@ axes), multiplication by nnU-Net's fp16 Gaussian importance map, accumulation of
 with nnU-Net's rounding (:mod:`edgeseg.runtime.infer.aggregate`), division, removal of the padding, argmax.
 Memory: the accumulator is (K, Z, Y, X) fp16; at most ``jobs`` tiles are in flight.
 
-Tiles are submitted to an ``openvino.AsyncInferQueue`` so the next tile is cut while the current one runs.
+With several OpenVINO infer requests (:func:`window_jobs`: on more than 4 cores), the window overlaps the
+aggregation of a tile with the inference of the next: the requests are used in turn (ping-pong), and while this
+thread adds the finished tile from its request's own output buffer, the next request is already inferring
+(OpenVINO releases the GIL). A request is restarted only after its output has been aggregated, so no output is
+overwritten while it is read.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import itertools
 import logging
 import os
 import threading
+from collections import deque
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -61,9 +66,9 @@ class _Accumulator:
     """Averages each tile's mirrored predictions (float32), then hands the tile to the fp16 aggregator."""
 
     def __init__(self, num_outputs: int, shape: Sequence[int], patch: Sequence[int], use_gaussian: bool,
-                 n_mirror: int) -> None:
+                 n_mirror: int, threads: int | None = None) -> None:
         g = gaussian_importance(tuple(patch)) if use_gaussian else np.ones(tuple(patch), np.float16)
-        self.fp16 = Fp16Aggregator(num_outputs, shape, patch, g)
+        self.fp16 = Fp16Aggregator(num_outputs, shape, patch, g, threads)
         self.n_mirror = n_mirror
         self.pending: dict[int, tuple[np.ndarray, int]] = {}
         self.lock = threading.Lock()
@@ -122,31 +127,40 @@ def _jobs(slicers: list[tuple[slice, ...]], flips: list[tuple[int, ...]]) -> Ite
 
 def predict_logits(data: np.ndarray, model: Any, patch: Sequence[int], num_outputs: int, tile_step_size: float,
                    use_gaussian: bool = True, mirror_axes: Sequence[int] | None = None,
-                   progress: Progress | None = None, jobs: int | None = None) -> np.ndarray:
+                   progress: Progress | None = None, jobs: int | None = None,
+                   threads: int | None = None) -> np.ndarray:
     """Sliding-window logits (K, *data.shape[1:]) float32 (holding nnU-Net's fp16 values)."""
     return sliding_window(data, model, patch, num_outputs, tile_step_size, use_gaussian, mirror_axes, progress,
-                          jobs).logits()
+                          jobs, threads).logits()
+
+
+def window_jobs() -> int:
+    """Infer requests the window uses in turn by default: 2 where a core is left for the aggregation beside
+    OpenVINO's inference threads (more than 4 cores), else 1 (tile after tile). On the 2-core machine the
+    ping-pong was not faster (benchmarks/sliding_window_tile.py, INT8 51-class 128^3 tiles: 0.74 s per tile with
+    2 requests against 0.68 s with 1, network alone 0.43 s; see docs/benchmarks.md): the aggregation thread takes
+    a core from the network's two threads, and a spare request holds another output buffer."""
+    return 2 if (os.cpu_count() or 1) > 4 else 1
 
 
 def sliding_window(data: np.ndarray, model: Any, patch: Sequence[int], num_outputs: int, tile_step_size: float,
                    use_gaussian: bool = True, mirror_axes: Sequence[int] | None = None,
-                   progress: Progress | None = None, jobs: int | None = None) -> Aggregated:
+                   progress: Progress | None = None, jobs: int | None = None,
+                   threads: int | None = None) -> Aggregated:
     """nnU-Net's sliding window over one preprocessed (C, Z, Y, X) volume; read the result with
     :meth:`Aggregated.argmax` or :meth:`Aggregated.logits`.
 
-    ``model`` is an ``openvino.InferRequest`` (run tile after tile, its buffers reused), an
-    ``openvino.CompiledModel`` (run through an AsyncInferQueue of ``jobs`` requests) or any callable mapping a
-    (1, C, *patch) float32 array to (1, K, *patch) logits (used by tests with constant/synthetic models).
-    ``jobs``: tiles in flight; None: 2 on machines with more than 4 cores (cutting and aggregating the next
-    tile overlaps the running one), else 1 (on 2 cores there is no idle core to overlap with, and every request
-    holds its own output buffer).
+    ``model`` is a sequence of ``openvino.InferRequest`` of one compiled model (used in turn: while one request's
+    tile is aggregated, the next infers; :meth:`Engine.window_requests` keeps them), a single ``InferRequest`` (tile
+    after tile), an ``openvino.CompiledModel`` (``jobs`` requests created for this call, default
+    :func:`window_jobs`) or any callable mapping a (1, C, *patch) float32 array to (1, K, *patch) logits (run
+    synchronously; tests use constant/synthetic models). ``threads``: aggregation threads
+    (default :func:`~edgeseg.runtime.infer.aggregate.aggregation_threads`); the result does not depend on it.
     """
-    if jobs is None:
-        jobs = 2 if (os.cpu_count() or 1) > 4 else 1
     padded, unpad = pad_to_patch(data, patch)
     slicers = tile_slicers(padded.shape[1:], patch, tile_step_size)
     flips = mirror_combinations(mirror_axes)
-    acc = _Accumulator(num_outputs, padded.shape[1:], patch, use_gaussian, len(flips))
+    acc = _Accumulator(num_outputs, padded.shape[1:], patch, use_gaussian, len(flips), threads)
     total = len(slicers)
     log.debug("sliding window: %d tiles x %d flips, shape %s, patch %s, step %s", total, len(flips),
               padded.shape[1:], tuple(patch), tile_step_size)
@@ -157,43 +171,56 @@ def sliding_window(data: np.ndarray, model: Any, patch: Sequence[int], num_outpu
             tile = np.flip(tile, axis=tuple(a + 1 for a in flip))
         return np.ascontiguousarray(tile[None], dtype=np.float32)
 
-    def report(finished: bool) -> None:
-        if finished and progress:
+    def add(job: tuple[int, tuple, tuple], out: np.ndarray) -> None:
+        index, sl, flip = job
+        if acc.add(index, sl, flip, out) and progress:
             progress(acc.done, total)
 
-    if type(model).__name__ == "InferRequest":  # one reusable request: synchronous, zero-copy output
-        request = model
-
-        def model(x: np.ndarray) -> np.ndarray:
-            return request.infer({0: x}, share_inputs=True, share_outputs=True)[0]
-
-    if _is_openvino(model):
-        import openvino as ov
-
-        errors: list[BaseException] = []
-        queue = ov.AsyncInferQueue(model, max(1, jobs))
-
-        def on_done(request: Any, userdata: tuple[int, tuple, tuple]) -> None:
-            try:
-                index, sl, flip = userdata
-                out = request.get_output_tensor(0).data[0]  # the request's buffer: used before it is reused
-                report(acc.add(index, sl, flip, out))
-            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-                errors.append(err)
-
-        queue.set_callback(on_done)
-        for index, sl, flip in _jobs(slicers, flips):
-            if errors:
-                break
-            queue.start_async({0: cut(sl, flip)}, (index, sl, flip))
-        queue.wait_all()
-        if errors:
-            raise errors[0]
-    else:  # synchronous: the engine's own request, or a plain callable (tests)
-        for index, sl, flip in _jobs(slicers, flips):
-            out = np.asarray(model(cut(sl, flip)))[0]  # fp16 or fp32; the aggregator takes either
-            report(acc.add(index, sl, flip, out))
+    try:
+        if _is_openvino(model) and type(model).__name__ == "CompiledModel":
+            requests = [model.create_infer_request() for _ in range(max(1, jobs or window_jobs()))]
+            _ping_pong(requests, _jobs(slicers, flips), cut, add)
+        elif type(model).__name__ == "InferRequest":
+            _ping_pong([model], _jobs(slicers, flips), cut, add)
+        elif isinstance(model, (list, tuple)) and model and all(_is_openvino(r) for r in model):
+            _ping_pong(list(model), _jobs(slicers, flips), cut, add)
+        else:  # a plain callable (tests)
+            for job in _jobs(slicers, flips):
+                add(job, np.asarray(model(cut(job[1], job[2])))[0])  # fp16 or fp32; the aggregator takes either
+    finally:
+        acc.fp16.close()
     return Aggregated(acc, unpad)
+
+
+def _ping_pong(requests: list[Any], jobs: Iterator[tuple[int, tuple, tuple]],
+               cut: Callable[[tuple, tuple], np.ndarray],
+               add: Callable[[tuple[int, tuple, tuple], np.ndarray], None]) -> None:
+    """Run ``jobs`` on ``requests`` in turn: all requests are started, then the oldest is waited for, its output
+    aggregated (read in place from the request's own output tensor) and only then restarted with the next tile.
+    OpenVINO runs the started requests while this thread aggregates."""
+    in_flight: deque[tuple[Any, tuple[int, tuple, tuple], np.ndarray]] = deque()
+
+    def start(request: Any, job: tuple[int, tuple, tuple]) -> None:
+        x = cut(job[1], job[2])  # kept referenced until the request is done: the request reads it in place
+        request.start_async({0: x}, share_inputs=True)
+        in_flight.append((request, job, x))
+
+    try:
+        for request in requests:
+            job = next(jobs, None)
+            if job is None:
+                break
+            start(request, job)
+        while in_flight:
+            request, job, _ = in_flight.popleft()
+            request.wait()
+            add(job, request.get_output_tensor(0).data[0])
+            job = next(jobs, None)
+            if job is not None:
+                start(request, job)
+    finally:  # an error (or a stop from the progress callback): let OpenVINO finish before the inputs go
+        for request, _, _ in in_flight:
+            request.wait()
 
 
 def _is_openvino(model: Any) -> bool:
