@@ -31,7 +31,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
 import shutil
 import stat
 import threading
@@ -43,7 +42,7 @@ from typing import Any, Callable, Union
 
 from edgeseg.errors import DicomNodeError
 from edgeseg.runtime.node.settings import ListenerSettings, is_valid_uid
-from edgeseg.runtime.write.atomic import write_file_atomic
+from edgeseg.runtime.write.atomic import write_file_atomic, write_path_atomic
 
 log = logging.getLogger(__name__)
 
@@ -147,31 +146,25 @@ _REAL_FAILURES = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT",
 
 def _link_into_place(source: Path, final: Path) -> bool:
     """Put the received file ``source`` (already in the root's file system, streamed there by pynetdicom) under
-    ``final`` without copying its bytes: a hard link under a hidden temporary name beside ``final``, fsync'ed, then
-    renamed over ``final``. False when ``source`` cannot be linked there (another file system, or one without hard
-    links): the caller copies. Raises OSError for any other failure (the temporary is removed)."""
-    tmp = final.with_name(f".{final.name}{RECEIVING_SUFFIX}{secrets.token_hex(6)}")
-    try:
+    ``final`` without copying its bytes: the one atomic writer (:func:`write_path_atomic`) with a hard link as the
+    hidden temporary (``.<SOP>.dcm.recv-*`` beside ``final``), fsync'ed, then renamed over ``final``. False when
+    ``source`` cannot be linked there (another file system, or one without hard links): the caller copies. Raises
+    OSError for any other failure (the temporary is removed)."""
+    linked = False
+
+    def link(tmp: Path) -> None:
+        nonlocal linked
         os.link(source, tmp)
+        linked = True
+        if _file_mode:
+            os.chmod(tmp, _file_mode[0])
+
+    try:
+        write_path_atomic(final, link, tmp_infix=RECEIVING_SUFFIX)
     except OSError as err:
-        if err.errno in _REAL_FAILURES:
+        if linked or err.errno in _REAL_FAILURES:
             raise
         return False
-    try:
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            if _file_mode and hasattr(os, "fchmod"):
-                os.fchmod(fd, _file_mode[0])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
     return True
 
 
