@@ -490,17 +490,31 @@ class OrthancPacs:
     def __enter__(self) -> OrthancPacs:
         exe = require_peer("orthanc")
         (self.workdir / "storage").mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
-        self._log = open(self.log_path, "wb")  # closed in __exit__
-        self._proc = subprocess.Popen([exe, "--verbose", "--no-jobs", os.fspath(self.config_path)],
-                                      stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      cwd=self.workdir)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
+        for attempt in range(3):
+            self.config_path.write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
+            self._log = open(self.log_path, "wb")  # closed in __exit__
+            self._proc = subprocess.Popen([exe, "--verbose", "--no-jobs", os.fspath(self.config_path)],
+                                          stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          cwd=self.workdir)
+            try:
+                self._wait_ready()
+                return self
+            except OrthancError:
+                lost_http_port = "port of the HTTP server is privileged or already in use" in self.log()
+                if not lost_http_port or attempt == 2:
+                    self.__exit__(None, None, None)
+                    raise
+                self._stop_process()
+                # free_port()'s race: an outgoing connection took the HTTP port (the ephemeral range) between the
+                # choice and Orthanc's bind; only the REST client uses that port, so another one is safe to take
+                self.http_port = free_port()
+                while self.http_port == self.dicom_port:
+                    self.http_port = free_port()
+                self.url = f"http://{LOOPBACK}:{self.http_port}"
+            except BaseException:
+                self.__exit__(None, None, None)
+                raise
+        raise AssertionError("unreachable")
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -524,14 +538,17 @@ class OrthancPacs:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self._stop_process()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _stop_process(self) -> None:
         if self._proc is not None:
             _stop(self._proc, grace=10.0)
             self._proc = None
         if self._log is not None:
             self._log.close()
             self._log = None
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def log(self) -> str:
         """The end of Orthanc's log (for failure messages)."""

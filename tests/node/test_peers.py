@@ -164,6 +164,23 @@ def test_echoscu_of_both_toolkits_against_orthanc(tmp_path: Path) -> None:
             describe(app_refused)
 
 
+def test_orthanc_starts_on_another_http_port_when_its_own_was_taken(tmp_path: Path) -> None:
+    """free_port()'s race, forced: the HTTP port is taken between the choice and Orthanc's bind (as an outgoing
+    connection from the ephemeral range can take it); the helper restarts Orthanc on another HTTP port, keeping the
+    DICOM port that tests hand to edgeseg before entering."""
+    import socket
+
+    pacs = _pacs(tmp_path)
+    taken, dicom_port = pacs.http_port, pacs.dicom_port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
+        blocker.bind((LOOPBACK, taken))
+        blocker.listen(1)
+        with pacs:
+            assert pacs.http_port != taken and pacs.dicom_port == dicom_port
+            echo = pynetdicom_echoscu(pacs.host, pacs.dicom_port, calling_aet=SENDER, called_aet=pacs.aet)
+            assert echo.returncode == 0, describe(echo)
+
+
 def _expected_skips() -> tuple[str, ...]:
     conftest = Path(__file__).resolve().parents[1] / "conftest.py"
     spec = importlib.util.spec_from_file_location("_edgeseg_root_conftest_peers", conftest)
