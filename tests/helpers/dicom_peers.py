@@ -433,14 +433,18 @@ class OrthancPacs:
         self.startup_timeout = startup_timeout
         self.extra_config = dict(extra_config or {})
         self.dicom_port = free_port()
-        self.http_port = free_port()
-        while self.http_port == self.dicom_port:
-            self.http_port = free_port()
-        self.url = f"http://{LOOPBACK}:{self.http_port}"
+        self._choose_http_port()
         self.config_path = self.workdir / "orthanc.json"
         self.log_path = self.workdir / "orthanc.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
+
+    def _choose_http_port(self) -> None:
+        """A free HTTP port other than the DICOM port, and the REST URL on it."""
+        self.http_port = free_port()
+        while self.http_port == self.dicom_port:
+            self.http_port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.http_port}"
 
     def config(self) -> dict[str, Any]:
         """The complete Orthanc configuration this instance runs with."""
@@ -507,10 +511,7 @@ class OrthancPacs:
                 self._stop_process()
                 # free_port()'s race: an outgoing connection took the HTTP port (the ephemeral range) between the
                 # choice and Orthanc's bind; only the REST client uses that port, so another one is safe to take
-                self.http_port = free_port()
-                while self.http_port == self.dicom_port:
-                    self.http_port = free_port()
-                self.url = f"http://{LOOPBACK}:{self.http_port}"
+                self._choose_http_port()
             except BaseException:
                 self.__exit__(None, None, None)
                 raise
