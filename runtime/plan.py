@@ -26,11 +26,13 @@ Prediction, per plan (variant, tile step)::
 * Once a series has run with this bundle on this PC, the prediction is per stage instead (``details["stages"]``,
   :func:`stage_units`): every stage's fixed seconds plus seconds per unit, a line fitted to the last runs on
   this PC, the recent ones weighing most and each run by its total seconds (:meth:`LatencyTable.record_stages`
-  keeps each run's stage timings; :func:`fit_stage`), at the series' units: reading per DICOM instance (per input
-  Mvoxel for NIfTI/PAR), preprocessing and resampling back per Mvoxel of the network grids plus the input's where
-  it is resampled (on the network's own spacing they cost next to nothing), postprocessing per Mvoxel, inference per
-  predicted tile-second (the sliding window's own cost on top of the network's is in that ratio), writing per
-  input Mvoxel (DICOM and NIfTI inputs apart: a DICOM-SEG and SR cost more), and the planner, compilation and the
+  keeps each run's stage timings; :func:`fit_stage`), at the series' units: reading per DICOM instance and per
+  input Mvoxel together (a plane through the runs, :func:`fit_stage_joint`: each file's own cost and its pixels'),
+  per input Mvoxel for NIfTI/PAR, preprocessing and resampling back per Mvoxel of the network grids plus the
+  input's where it is resampled (on the network's own spacing they cost next to nothing), postprocessing per
+  Mvoxel, inference per predicted tile-second (the sliding window's own cost on top of the network's is in that
+  ratio), writing per input Mvoxel for NIfTI/PAR and, for DICOM, per source plane and per input Mvoxel together
+  (the DICOM-SEG's frames and the SR cost per plane, the masks per voxel), and the planner, compilation and the
   rest as fixed seconds. The manifest's ``plan.details.stages`` beside its ``run.timings_s`` shows where a
   prediction was off.
 * ``ceiling_s`` (the hard time ceiling per series): a plan whose prediction exceeds it, even the fastest, comes
@@ -77,6 +79,8 @@ STAGES = ("read", "plan", "preprocess", "compile", "infer", "resample", "postpro
 _LAST_OBSERVED = ("compile:fixed", "plan:fixed")
 #: runs kept per stage for its fitted line
 STAGE_SAMPLES = 12
+#: units of work of one stage: one amount, or several for a key naming several units (``"read:instance+mvoxel"``)
+Units = float | tuple[float, ...]
 
 #: measure(bundle, part, precision, device, threads) -> seconds per tile on this machine
 MeasureFn = Callable[[Bundle, Part, str, str, "int | None"], float]
@@ -196,16 +200,23 @@ class LatencyTable:
                                   "runs": runs + 1, "seconds_per_instance": per_instance, "read_write_runs": rw_runs}
             self._save()
 
-    def stage_rates(self, bundle_id: str, device: str, threads: int | None) -> dict[str, tuple[float, float]]:
-        """(fixed seconds, seconds per unit) of each stage (:func:`stage_units`' keys), fitted to the runs on this
-        PC (:func:`fit_stage`); empty before the first run that reported its stages."""
+    def stage_rates(self, bundle_id: str, device: str, threads: int | None) -> dict[str, tuple[float, ...]]:
+        """(fixed seconds, seconds per unit, ...) of each stage (:func:`stage_units`' keys), fitted to the runs on
+        this PC (:func:`fit_stage`; :func:`fit_stage_joint` for a key with several units); empty before the first
+        run that reported its stages."""
         entry = self._overheads.get(self.overhead_key(bundle_id, device, threads)) or {}
         samples = entry.get("stage_samples") or {}
-        return {k: fit_stage([tuple(float(x) for x in sample) for sample in v],
-                             last_only=k in _LAST_OBSERVED, proportional=k == "infer:tile_s")
-                for k, v in samples.items() if v}
+        rates: dict[str, tuple[float, ...]] = {}
+        for k, v in samples.items():
+            n_units = units_of_key(k)
+            rows = [tuple(float(x) for x in sample) for sample in v if len(sample) >= n_units + 1]
+            if not rows:
+                continue
+            rates[k] = (fit_stage_joint(rows, n_units) if n_units > 1 else
+                        fit_stage(rows, last_only=k in _LAST_OBSERVED, proportional=k == "infer:tile_s"))
+        return rates
 
-    def record_stages(self, bundle_id: str, device: str, threads: int | None, units: dict[str, float],
+    def record_stages(self, bundle_id: str, device: str, threads: int | None, units: dict[str, Units],
                       stages: dict[str, float]) -> None:
         """Keep a finished run's (units, seconds, the run's total seconds) per stage: ``units``
         (:func:`stage_units` of the plan it followed) and ``stages`` (its measured seconds per stage, the manifest's
@@ -217,10 +228,12 @@ class LatencyTable:
             samples = {key: list(v) for key, v in (entry.get("stage_samples") or {}).items()}
             for rate_key, amount in units.items():
                 stage = rate_key.split(":", 1)[0]
-                if stage not in stages or amount <= 0:
+                amounts = _amounts(amount)
+                if stage not in stages or max(amounts) <= 0:
                     continue
                 kept = samples.setdefault(rate_key, [])
-                kept.append([round(float(amount), 6), round(max(0.0, float(stages[stage])), 4), round(total, 4)])
+                kept.append([*(round(a, 6) for a in amounts), round(max(0.0, float(stages[stage])), 4),
+                             round(total, 4)])
                 del kept[:-STAGE_SAMPLES]
             entry["stage_samples"] = samples
             entry.setdefault("seconds_per_mvoxel", DEFAULT_SECONDS_PER_MVOXEL)
@@ -309,12 +322,23 @@ def _effective_step(part: Part, override: float | None) -> float:
     return float(part.tile_step_size) if override is None else max(float(part.tile_step_size), override)
 
 
-def stage_units(details: dict[str, Any], dicom: bool) -> dict[str, float]:
-    """Rate key -> units of work of one plan (its :func:`predict` details): ``read:instance`` (DICOM) or
-    ``read:mvoxel`` (input Mvoxels), ``preprocess:``/``resample:mvoxel`` (network Mvoxels, plus the input's
-    where a part resamples it: ``details["resampled"]``), ``postprocess:mvoxel`` (input plus network Mvoxels),
-    ``infer:tile_s`` (the tile-seconds predicted from the measured tile latencies), ``write:dicom_mvoxel`` or
-    ``write:mvoxel`` (input Mvoxels), and one fixed unit of ``plan``, ``compile`` and ``other``."""
+def units_of_key(key: str) -> int:
+    """How many units a rate key names (``"write:dicom_instance+mvoxel"``: 2)."""
+    return key.split(":", 1)[-1].count("+") + 1
+
+
+def _amounts(amount: Any) -> tuple[float, ...]:
+    return tuple(float(a) for a in amount) if isinstance(amount, (tuple, list)) else (float(amount),)
+
+
+def stage_units(details: dict[str, Any], dicom: bool) -> dict[str, Units]:
+    """Rate key -> units of work of one plan (its :func:`predict` details): ``read:instance+mvoxel`` (DICOM:
+    instances and input Mvoxels, each file's own cost and its pixels') or ``read:mvoxel`` (input Mvoxels),
+    ``preprocess:``/``resample:mvoxel`` (network Mvoxels, plus the input's where a part resamples it:
+    ``details["resampled"]``), ``postprocess:mvoxel`` (input plus network Mvoxels), ``infer:tile_s`` (the
+    tile-seconds predicted from the measured tile latencies), ``write:dicom_instance+mvoxel`` (DICOM: the SEG's
+    and SR's costs per source plane, i.e. per frame of each segment, and the masks' per voxel) or ``write:mvoxel``
+    (input Mvoxels), and one fixed unit of ``plan``, ``compile`` and ``other``."""
     instances = int(details.get("instances", 0) or 0)
     input_mv = float(details.get("input_mvoxels", 0.0) or 0.0)
     all_mv = float(details.get("mvoxels", 0.0) or 0.0)
@@ -322,12 +346,15 @@ def stage_units(details: dict[str, Any], dicom: bool) -> dict[str, float]:
     # resampled; on the network's own spacing both stages are a copy and an argmax over the network grid
     resampled = bool(details.get("resampled", True))
     grid_mv = all_mv if resampled else max(0.0, all_mv - input_mv)
-    units = {"read:instance" if dicom and instances else "read:mvoxel": float(instances) if dicom and instances
-             else input_mv,
-             "plan:fixed": 1.0, "preprocess:mvoxel": grid_mv, "compile:fixed": 1.0,
-             "infer:tile_s": float(details.get("tile_seconds", 0.0) or 0.0), "resample:mvoxel": grid_mv,
-             "postprocess:mvoxel": all_mv, "write:dicom_mvoxel" if dicom else "write:mvoxel": input_mv,
-             "other:fixed": 1.0}
+    per_file = dicom and instances > 0
+    units: dict[str, Units] = {
+        "read:instance+mvoxel" if per_file else "read:mvoxel": (float(instances), input_mv) if per_file else input_mv,
+        "plan:fixed": 1.0, "preprocess:mvoxel": grid_mv, "compile:fixed": 1.0,
+        "infer:tile_s": float(details.get("tile_seconds", 0.0) or 0.0), "resample:mvoxel": grid_mv,
+        "postprocess:mvoxel": all_mv,
+        "write:dicom_instance+mvoxel" if per_file else "write:mvoxel": (float(instances), input_mv) if per_file
+        else input_mv,
+        "other:fixed": 1.0}
     return units
 
 
@@ -360,19 +387,43 @@ def fit_stage(samples: list[tuple[float, ...]], last_only: bool = False,
     return float(fixed), float(per)
 
 
-def predict_stages(details: dict[str, Any], rates: dict[str, tuple[float, float]]) -> dict[str, float] | None:
+def fit_stage_joint(samples: list[tuple[float, ...]], n_units: int) -> tuple[float, ...]:
+    """(fixed seconds, seconds per each unit) of a stage whose cost has several causes (a DICOM series' files and
+    its voxels), from its runs' (units..., seconds, the run's total seconds), oldest first, weighted as
+    :func:`fit_stage`: a non-negative least-squares plane (``scipy.optimize.nnls``) once the runs span it (as many
+    different sizes as terms, not all of one shape), else :func:`fit_stage` on the first unit alone (a first DICOM
+    series: its cost in proportion to its files, the unit that carries a small series' fixed costs best)."""
+    from scipy.optimize import nnls
+
+    x = np.array([s[:n_units] for s in samples], dtype=float)
+    y = np.array([s[n_units] for s in samples], dtype=float)
+    scale = np.array([s[n_units + 1] if len(s) > n_units + 1 else s[n_units] for s in samples], dtype=float)
+    w = 0.8 ** np.arange(len(samples) - 1, -1, -1) / np.maximum(scale, 1e-3)
+    design = np.column_stack([np.ones(len(samples)), x])
+    norm = np.maximum(np.abs(design).max(axis=0), 1e-12)  # columns of one magnitude for the rank and the solver
+    if np.linalg.matrix_rank(design / norm, tol=1e-6) < n_units + 1:
+        fixed, per = fit_stage([(float(a[0]), float(b), float(c)) for a, b, c in zip(x, y, scale)])
+        return (fixed, per, *([0.0] * (n_units - 1)))
+    coef, _ = nnls(design / norm * w[:, None], y * w)
+    return tuple(float(c) for c in coef / norm)
+
+
+def predict_stages(details: dict[str, Any], rates: dict[str, tuple[float, ...]]) -> dict[str, float] | None:
     """Predicted seconds per stage from the fitted ``rates`` (:meth:`LatencyTable.stage_rates`), or None while a
     stage this series needs has none yet. Inference without a fitted line is the tile-seconds themselves."""
     out: dict[str, float] = {}
     for key, amount in stage_units(details, int(details.get("instances", 0) or 0) > 0).items():
         stage = key.split(":", 1)[0]
+        amounts = _amounts(amount)
+        pers: tuple[float, ...]
         if key not in rates:
             if stage != "infer":
                 return None
-            fixed, per = 0.0, 1.0
+            fixed, pers = 0.0, (1.0,)
         else:
-            fixed, per = rates[key]
-        out[stage] = out.get(stage, 0.0) + fixed + per * amount
+            fixed, *rest = rates[key]
+            pers = tuple(rest)
+        out[stage] = out.get(stage, 0.0) + fixed + sum(p * a for p, a in zip(pers, amounts))
     return out
 
 
@@ -386,7 +437,7 @@ LatencyFn = Callable[[Part], "float | None"]
 def predict(geometry: SeriesGeometry, variant: Variant, step: float | None, latency: LatencyFn,
             overhead: tuple[float, float], instances: int = 0,
             per_instance: float = DEFAULT_SECONDS_PER_INSTANCE,
-            rates: dict[str, tuple[float, float]] | None = None) -> tuple[float | None, int, dict[str, Any]]:
+            rates: dict[str, tuple[float, ...]] | None = None) -> tuple[float | None, int, dict[str, Any]]:
     """(predicted seconds or None, total network evaluations, per-part details) of one plan. ``instances``: DICOM
     files to read (0 for NIfTI/PAR, whose reading is per voxel). ``rates``: the stage rates learnt on this PC
     (:meth:`LatencyTable.stage_rates`): when they cover every stage the prediction is their sum
@@ -436,7 +487,7 @@ def plan_series(
     instances: int = 0,
     per_instance: float = DEFAULT_SECONDS_PER_INSTANCE,
     ceiling_s: float | None = None,
-    rates: dict[str, tuple[float, float]] | None = None,
+    rates: dict[str, tuple[float, ...]] | None = None,
 ) -> Plan:
     """The most accurate plan predicted to fit ``budget_s``, else the fastest (``fits=False``; ``over_ceiling``
     when even that is predicted above ``ceiling_s``). Without a budget but with a ceiling, the ceiling is the

@@ -199,3 +199,48 @@ def test_input_voxels_count_for_preprocessing_and_resampling_back_only_where_the
     assert units["preprocess:mvoxel"] == pytest.approx(grid) == units["resample:mvoxel"]
     assert zoomed_units["preprocess:mvoxel"] == pytest.approx(grid + 180 * 150 * 120 / 1e6)
     assert units["postprocess:mvoxel"] == pytest.approx(2 * grid)  # merging the parts: every grid
+
+
+def test_a_dicom_stage_is_fitted_per_file_and_per_voxel_together() -> None:
+    """Writing a DICOM series' results costs per source plane (the SEG's frames, the SR) and per voxel (the
+    masks): runs of different shapes give back both rates and predict a new shape; a first run predicts in
+    proportion to its files (a small series' fixed costs), never extrapolated from its few voxels."""
+    from edgeseg.runtime.plan import fit_stage_joint, predict_stages, stage_units
+
+    def cost(inst: float, mv: float) -> float:
+        return 0.7 + 0.025 * inst + 0.1 * mv
+
+    sizes = [(20, 0.21), (72, 6.1), (300, 25.4), (200, 52.4)]
+    runs = [(inst, mv, cost(inst, mv), 10.0) for inst, mv in sizes]
+    fixed, per_file, per_mv = fit_stage_joint(runs, 2)
+    assert (fixed, per_file, per_mv) == pytest.approx((0.7, 0.025, 0.1), rel=1e-6)
+    first = fit_stage_joint(runs[:1], 2)
+    assert first[2] == 0.0 and first[0] + first[1] * 72 == pytest.approx(cost(20, 0.21) * 72 / 20)
+    # two runs of one in-plane size (files and voxels in proportion): a line in the files
+    assert fit_stage_joint(runs[1:3], 2)[2] == 0.0
+    details = {"instances": 400, "input_mvoxels": 104.9, "mvoxels": 110.0, "tile_seconds": 5.0,
+               "resampled": True}
+    units = stage_units(details, True)
+    assert units["write:dicom_instance+mvoxel"] == (400.0, 104.9)
+    assert units["read:instance+mvoxel"] == (400.0, 104.9)
+    rates = {key: (0.0, 0.0) for key in units}
+    rates["write:dicom_instance+mvoxel"] = (fixed, per_file, per_mv)
+    rates["read:instance+mvoxel"] = (0.1, 0.001, 0.01)
+    stages = predict_stages(details, rates)
+    assert stages is not None
+    assert stages["write"] == pytest.approx(cost(400, 104.9))
+    assert stages["read"] == pytest.approx(0.1 + 0.4 + 1.049)
+
+
+def test_stage_samples_of_several_units_are_recorded_and_fitted(tmp_path: Path) -> None:
+    """The latency table keeps a DICOM run's files and voxels with its seconds and fits them again after a
+    reload (a table from before, with one unit per key, is simply not used for the new keys)."""
+    from edgeseg.runtime.plan import LatencyTable
+
+    table = LatencyTable(tmp_path / "latency.json")
+    for inst, mv in [(20, 0.2), (72, 6.0), (300, 25.0), (200, 52.0)]:
+        table.record_stages("b", "CPU", None, {"write:dicom_instance+mvoxel": (float(inst), mv)},
+                            {"write": 1.0 + 0.02 * inst + 0.1 * mv, "infer": 5.0})
+    again = LatencyTable(tmp_path / "latency.json")
+    fixed, per_file, per_mv = again.stage_rates("b", "CPU", None)["write:dicom_instance+mvoxel"]
+    assert (fixed, per_file, per_mv) == pytest.approx((1.0, 0.02, 0.1), rel=1e-6)
