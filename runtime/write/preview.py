@@ -88,9 +88,15 @@ def _percentiles(histogram: np.ndarray, qs: list[float]) -> np.ndarray:
 
 
 def _window(image: np.ndarray) -> tuple[float, float]:
-    flat = image.ravel()
-    step = max(1, flat.size // 1_000_000)
-    lo, hi = np.percentile(flat[::step], [1.0, 99.0])
+    """The 1st and 99th percentile of every ``size // 1e6``-th voxel in C order. The samples are gathered by
+    index: ``ravel()`` of a reoriented (flipped or transposed) view would copy the whole image first (0.8 s for
+    512x512x400)."""
+    step = max(1, image.size // 1_000_000)
+    if image.flags.c_contiguous:
+        sample = image.reshape(-1)[::step]
+    else:
+        sample = image[np.unravel_index(np.arange(0, image.size, step), image.shape)]
+    lo, hi = np.percentile(sample, [1.0, 99.0])
     lo, hi = float(lo), float(hi)
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 

@@ -301,3 +301,18 @@ def test_mask_summary_is_one_pass_of_the_same_numbers(slab_voxels: int, monkeypa
     drawn = np.asarray(render_preview(vol, lab, {2: "a"}, summary=summary))
     monkeypatch.setattr(stats_module, "_SLAB_VOXELS", 10**9)
     assert (drawn == np.asarray(render_preview(vol, lab, {2: "a"}))).all()
+
+
+def test_preview_window_samples_a_reoriented_view_as_its_c_order_copy_would() -> None:
+    """The preview's grey window is the 1st/99th percentile of every n-th voxel in C order; on a flipped and
+    transposed view it is gathered by index (no copy of the image) and gives exactly the copy's numbers."""
+    from edgeseg.runtime.write.preview import _window
+
+    image = np.random.default_rng(5).normal(size=(130, 120, 90)).astype(np.float32)
+    view = image[::-1, :, ::-1].transpose(2, 0, 1)
+    assert not view.flags.c_contiguous
+    flat = np.ascontiguousarray(view).ravel()
+    step = max(1, flat.size // 1_000_000)
+    expected = tuple(float(v) for v in np.percentile(flat[::step], [1.0, 99.0]))
+    assert _window(view) == expected
+    assert _window(np.ascontiguousarray(view)) == expected
