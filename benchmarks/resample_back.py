@@ -1,8 +1,11 @@
-"""Resampling logits back to the input grid: the band route of ``argmax_resampled`` vs the brute-force route.
+"""Resampling back to the input grid: logits (nnU-Net-style bundles: the band route of ``argmax_resampled`` vs the
+brute-force route) or, with ``--labels``, the order-0 label map of TotalSegmentator-style bundles (``to_input_grid``:
+the per-axis gather vs ``ndimage.zoom`` + ``apply_orientation`` + a contiguous copy).
 
 Usage:
 
     nice -n 5 python benchmarks/resample_back.py [--json /tmp/resample_back.json] [--spacing 1.5] [--classes 22]
+    nice -n 5 python benchmarks/resample_back.py --labels [--repeats 5] [--json /tmp/labels_back.json]
 
 The case (issue 21): a 320x260x300 series at 1.19x1.19x1.5 mm (nnU-Net order (300, 260, 320) at (1.5, 1.19,
 1.19)); the network grid at ``--spacing`` mm isotropic (1.5 mm: (300, 206, 254)); ``--classes`` logits holding
@@ -82,16 +85,79 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             "threads": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
 
 
+LABEL_CASES = {"512x512x200": ((171, 171, 133), (512, 512, 200)),
+               "512x512x400": ((171, 171, 267), (512, 512, 400))}
+LPS = np.array([[0, -1], [1, -1], [2, 1]], dtype=float)   # nibabel's io_orientation of an LPS (DICOM) affine
+
+
+def labels_worker(args: argparse.Namespace) -> dict[str, Any]:
+    from edgeseg.bundle.schema import PreResample
+    from edgeseg.runtime import postprocess, resample
+    from edgeseg.runtime.preprocess import Oriented
+
+    import nibabel  # imported by to_input_grid on its first call: not what is measured
+
+    low, shape = LABEL_CASES[args.case]
+    labels = np.random.default_rng(0).integers(0, 51, size=low, dtype=np.uint8)
+    pre = PreResample((1.5, 1.5, 1.5), order=1, cast="int32", mode="nearest", order_back=0, header_float32=True)
+    oriented = Oriented(np.zeros((1, 1, 1), np.float32), (1.5, 1.5, 1.5), LPS, shape, pre)  # type: ignore[arg-type]
+
+    def before() -> np.ndarray:  # to_input_grid before issue 21
+        nib = nibabel
+        out = resample._zoom_to_shape_reference(labels, shape, 0, pre.mode)
+        back = nib.orientations.ornt_transform(np.array([[0, 1], [1, 1], [2, 1]], dtype=float), LPS)
+        return np.ascontiguousarray(nib.orientations.apply_orientation(out, back))
+
+    fn = before if args.worker == "labels-old" else (lambda: postprocess.to_input_grid(labels, oriented))
+    times, out = [], None
+    for _ in range(args.repeats):
+        out = None
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    assert out is not None
+    return {"seconds": min(times), "median_s": float(np.median(times)), "input_shape": list(low),
+            "output_shape": list(out.shape), "labels_sha256": hashlib.sha256(out.tobytes()).hexdigest(),
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def labels_main(args: argparse.Namespace) -> int:
+    me = [str(Path(__file__).resolve()), "--repeats", str(args.repeats)]
+    rows: list[dict[str, Any]] = []
+    for case in LABEL_CASES:
+        pair = []
+        for name, which in (("zoom + apply_orientation (before)", "labels-old"), ("gather", "labels-new")):
+            result, wall = run_child(me + ["--worker", which, "--case", case])
+            result.update(case=case, config=name, process_wall_s=wall)
+            pair.append(result)
+            print(f"  measured {case} {name}: {result['seconds']:.3f} s", flush=True)
+        pair[1]["speedup"] = pair[0]["seconds"] / pair[1]["seconds"]
+        for r in pair:
+            r["identical"] = pair[0]["labels_sha256"] == pair[1]["labels_sha256"]
+        rows += pair
+    print(f"\norder-0 label map back to the input grid (uint8, LPS input, mode nearest), best and median of "
+          f"{args.repeats}\n")
+    print_table(rows, [("case", "input grid"), ("config", "route"), ("seconds", "best s"), ("median_s", "median s"),
+                       ("speedup", "speed-up"), ("identical", "identical"), ("peak_rss_mb", "peak RSS MB")])
+    write_json(args.json, {"machine": machine(), "case": "labels", "results": rows})
+    return 0 if all(r["identical"] for r in rows) else 1
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--worker", choices=("old", "new"))
+    p.add_argument("--worker", choices=("old", "new", "labels-old", "labels-new"))
+    p.add_argument("--labels", action="store_true", help="the order-0 label map back (TotalSegmentator bundles)")
+    p.add_argument("--case", choices=tuple(LABEL_CASES), default="512x512x200")
+    p.add_argument("--repeats", type=int, default=5, help="calls per route with --labels (default 5)")
     p.add_argument("--spacing", type=float, default=1.5, help="the network's isotropic spacing, mm (default 1.5)")
     p.add_argument("--classes", type=int, default=22)
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args)))
+        print(json.dumps(labels_worker(args) if args.worker.startswith("labels") else worker(args)))
         return 0
+    if args.labels:
+        return labels_main(args)
 
     me = [str(Path(__file__).resolve()), "--spacing", str(args.spacing), "--classes", str(args.classes)]
     rows: list[dict[str, Any]] = []

@@ -13,7 +13,8 @@ import numpy as np
 from edgeseg.bundle.schema import Part
 from edgeseg.runtime.infer.sliding_window import Aggregated
 from edgeseg.runtime.preprocess import Oriented, Preprocessed
-from edgeseg.runtime.resample import argmax_resampled, zoom_to_shape
+from edgeseg.runtime.resample import (argmax_resampled, order0_gather_applies, order0_zoom_indices, take_grid,
+                                      zoom_to_shape)
 
 
 def logits_to_part_labels(prediction: Aggregated, pre: Preprocessed, part: Part) -> np.ndarray:
@@ -45,17 +46,39 @@ def merge_part(merged: np.ndarray, part_labels: np.ndarray, part: Part) -> None:
 
 
 def to_input_grid(labels: np.ndarray, oriented: Oriented) -> np.ndarray:
-    """Undo pre-resampling (the bundle's ``order_back`` and ``mode``, to the exact input shape) and reorientation."""
+    """Undo pre-resampling (the bundle's ``order_back`` and ``mode``, to the exact input shape) and reorientation.
+
+    With order 0 (TotalSegmentator's bundles) both are one gather straight into the C-contiguous result: the
+    per-axis indices of :func:`~edgeseg.runtime.resample.order0_zoom_indices`, flipped and permuted as nibabel's
+    ``apply_orientation`` would flip and transpose the zoomed array, applied to the (small) label map transposed
+    the same way; the same values as zoom, ``apply_orientation`` and a contiguous copy."""
     import nibabel as nib
 
     pre = oriented.pre_resample
-    if pre is not None and tuple(labels.shape) != oriented.input_shape:
-        labels = zoom_to_shape(labels, oriented.input_shape, order=pre.order_back, mode=pre.mode)
+    back = None
     if oriented.ornt is not None:
         canonical = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
         back = nib.orientations.ornt_transform(canonical, oriented.ornt)
+    if pre is not None and tuple(labels.shape) != oriented.input_shape:
+        if pre.order_back == 0 and order0_gather_applies(labels, oriented.input_shape):
+            indices = order0_zoom_indices(labels.shape, oriented.input_shape, pre.mode)
+            if back is not None:
+                labels, indices = _oriented_gather(labels, indices, back)
+            return take_grid(labels, indices)
+        labels = zoom_to_shape(labels, oriented.input_shape, order=pre.order_back, mode=pre.mode)
+    if back is not None:
         labels = nib.orientations.apply_orientation(labels, back)
     return np.ascontiguousarray(labels)
+
+
+def _oriented_gather(labels: np.ndarray, indices: list[np.ndarray],
+                     ornt: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``apply_orientation(labels[ix_(*indices)], ornt)`` as a gather ``source[ix_(*oriented)]``: nibabel flips
+    axis a where ``ornt[a, 1] == -1`` (reversing that axis' indices) and then transposes by
+    ``argsort(ornt[:, 0])`` (the source and the index lists permuted the same way)."""
+    flips = [idx[::-1] if flip == -1 else idx for idx, flip in zip(indices, ornt[:, 1])]
+    perm = [int(a) for a in np.argsort(ornt[:, 0])]
+    return labels.transpose(perm), [flips[a] for a in perm]
 
 
 def empty_labels(shape: tuple[int, ...], max_label: int) -> np.ndarray:
