@@ -212,18 +212,26 @@ class Fp16Aggregator:
     def finish(self, slab: int = 8) -> np.ndarray:
         """Divide logits by weights (fp16 result, as nnU-Net) and return them as float32, slab by slab."""
         out = np.empty(self.logits.shape, dtype=np.float32)
+        request = _divide_kernel().create_infer_request()
         for z in range(0, self.logits.shape[1], slab):
-            out[:, z:z + slab] = divide_fp16(self.logits[:, z:z + slab], self.weights[z:z + slab])
+            out[:, z:z + slab] = divide_fp16(self.logits[:, z:z + slab], self.weights[z:z + slab], request)
         return out
 
 
-def divide_fp16(acc: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``f16(f32(acc) / f32(weights))`` (nnU-Net's fp16 division); raises on non-finite results."""
-    request = _divide_kernel().create_infer_request()
+def _check_finite(q: np.ndarray) -> None:
+    """FloatingPointError when fp16 ``q`` holds inf or NaN (exponent bits all set: one integer pass, ~5x faster
+    than numpy's fp16 ``isfinite``)."""
+    if ((q.view(np.uint16) & 0x7C00) == 0x7C00).any():
+        raise FloatingPointError("non-finite logits after aggregation (fp16 overflow or an inf/NaN model output)")
+
+
+def divide_fp16(acc: np.ndarray, weights: np.ndarray, request: Any = None) -> np.ndarray:
+    """``f16(f32(acc) / f32(weights))`` (nnU-Net's fp16 division); raises on non-finite results. ``request``: an
+    infer request of the division kernel to reuse (its output is copied out)."""
+    request = request or _divide_kernel().create_infer_request()
     res = np.array(request.infer({"acc": np.ascontiguousarray(acc), "w": np.ascontiguousarray(weights)},
                                  share_inputs=True)[0])
-    if not np.isfinite(res).all():
-        raise FloatingPointError("non-finite logits after aggregation (fp16 overflow or an inf/NaN model output)")
+    _check_finite(res)
     return res
 
 
@@ -231,3 +239,18 @@ def argmax_first(logits16: np.ndarray) -> np.ndarray:
     """argmax over axis 0 of fp16 logits, first maximum wins (as torch/numpy); int32."""
     request = _argmax_kernel().create_infer_request()
     return np.array(request.infer({"q": np.ascontiguousarray(logits16, dtype=np.float16)}, share_inputs=True)[0])[0]
+
+
+def argmax_of_quotient(acc: np.ndarray, weights: np.ndarray, out: np.ndarray, slab: int = 4) -> np.ndarray:
+    """``out[...] = argmax_first(divide_fp16(acc, weights))`` over (K, Z, ...) ``acc`` and (Z, ...) ``weights``,
+    slab by slab along Z, with one infer request per kernel for all slabs (a new request per slab paid the
+    dynamic-shape kernels' set-up again: 30 classes on 171x171x133 took 0.31-0.46 s, now 0.21-0.25 s) and the
+    quotient read in place from the division's output. Raises FloatingPointError on non-finite logits."""
+    divide = _divide_kernel().create_infer_request()
+    argmax = _argmax_kernel().create_infer_request()
+    for z in range(0, acc.shape[1], slab):
+        q = divide.infer({"acc": np.ascontiguousarray(acc[:, z:z + slab]),
+                          "w": np.ascontiguousarray(weights[z:z + slab])}, share_inputs=True)[0]
+        _check_finite(q)
+        out[z:z + slab] = argmax.infer({"q": q}, share_inputs=True)[0][0]
+    return out

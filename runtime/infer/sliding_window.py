@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from edgeseg.runtime.infer.aggregate import Fp16Aggregator, argmax_first, divide_fp16
+from edgeseg.runtime.infer.aggregate import Fp16Aggregator, argmax_of_quotient
 from edgeseg.runtime.infer.tiling import compute_steps, gaussian_importance
 
 log = logging.getLogger(__name__)
@@ -105,14 +105,12 @@ class Aggregated:
         self._acc = acc.fp16
         self.unpad = unpad
 
-    def argmax(self, slab: int = 8) -> np.ndarray:
+    def argmax(self, slab: int = 4) -> np.ndarray:
         """uint8 (uint16 above 256 classes) labels of the unpadded region; first maximum wins, as torch."""
         logits = self._acc.logits[(slice(None), *self.unpad)]
         weights = self._acc.weights[self.unpad]
         out = np.empty(logits.shape[1:], dtype=np.uint8 if logits.shape[0] <= 256 else np.uint16)
-        for z in range(0, logits.shape[1], slab):
-            out[z:z + slab] = argmax_first(divide_fp16(logits[:, z:z + slab], weights[z:z + slab]))
-        return out
+        return argmax_of_quotient(logits, weights, out, slab)
 
     def logits(self) -> np.ndarray:
         """float32 copy of the unpadded fp16 logits (exact values)."""

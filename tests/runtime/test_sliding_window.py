@@ -118,3 +118,22 @@ def test_aggregation_is_bit_identical_to_nnunetv2(mirror):
     else:  # the 8 flips are summed in float32 in another order: at most a stray fp16 ulp
         assert (ours != ref).mean() < 1e-4
         np.testing.assert_allclose(ours, ref, rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize("slab", [1, 3, 4, 16])
+def test_argmax_of_quotient_is_the_argmax_of_nnunets_fp16_quotient(slab: int) -> None:
+    """Labels read from the fp16 accumulator with one request per kernel for all slabs are exactly the first
+    maximum of f16(acc / w) per voxel (numpy's argmax of the same fp16 quotient), whatever the slab; an inf in the
+    accumulator raises instead of giving a label."""
+    from edgeseg.runtime.infer.aggregate import argmax_of_quotient
+
+    rng = np.random.default_rng(slab)
+    acc = rng.normal(size=(7, 10, 9, 5)).astype(np.float16)
+    acc[3, :, :2] = acc[1, :, :2]  # exact ties: the first class wins
+    w = (rng.random((10, 9, 5)) + 0.3).astype(np.float16)
+    quotient = (acc.astype(np.float32) / w.astype(np.float32)).astype(np.float16)
+    out = np.empty(acc.shape[1:], np.uint8)
+    np.testing.assert_array_equal(argmax_of_quotient(acc, w, out, slab), np.argmax(quotient, axis=0))
+    acc[2, 9, 8, 4] = np.inf
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        argmax_of_quotient(acc, w, out, slab)
