@@ -390,11 +390,9 @@ def fit_stage(samples: list[tuple[float, ...]], last_only: bool = False,
 def fit_stage_joint(samples: list[tuple[float, ...]], n_units: int) -> tuple[float, ...]:
     """(fixed seconds, seconds per each unit) of a stage whose cost has several causes (a DICOM series' files and
     its voxels), from its runs' (units..., seconds, the run's total seconds), oldest first, weighted as
-    :func:`fit_stage`: a non-negative least-squares plane (``scipy.optimize.nnls``) once the runs span it (as many
+    :func:`fit_stage`: a non-negative least-squares plane once the runs span it (as many
     different sizes as terms, not all of one shape), else :func:`fit_stage` on the first unit alone (a first DICOM
     series: its cost in proportion to its files, the unit that carries a small series' fixed costs best)."""
-    from scipy.optimize import nnls
-
     x = np.array([s[:n_units] for s in samples], dtype=float)
     y = np.array([s[n_units] for s in samples], dtype=float)
     scale = np.array([s[n_units + 1] if len(s) > n_units + 1 else s[n_units] for s in samples], dtype=float)
@@ -404,8 +402,25 @@ def fit_stage_joint(samples: list[tuple[float, ...]], n_units: int) -> tuple[flo
     if np.linalg.matrix_rank(design / norm, tol=1e-6) < n_units + 1:
         fixed, per = fit_stage([(float(a[0]), float(b), float(c)) for a, b, c in zip(x, y, scale)])
         return (fixed, per, *([0.0] * (n_units - 1)))
-    coef, _ = nnls(design / norm * w[:, None], y * w)
+    coef = _nonnegative_lstsq(design / norm * w[:, None], y * w)
     return tuple(float(c) for c in coef / norm)
+
+
+def _nonnegative_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """argmin ||a x - b|| over x >= 0 for a handful of columns: the best least-squares solution over every subset
+    of columns whose own solution is non-negative (the optimum is one of them; 2^n small solves)."""
+    n = a.shape[1]
+    best, best_err = np.zeros(n), float(np.dot(b, b))
+    for mask in range(1, 2 ** n):
+        cols = [c for c in range(n) if mask >> c & 1]
+        sol = np.linalg.lstsq(a[:, cols], b, rcond=None)[0]
+        if (sol < 0).any():
+            continue
+        err = float(np.sum((a[:, cols] @ sol - b) ** 2))
+        if err < best_err:
+            best, best_err = np.zeros(n), err
+            best[cols] = sol
+    return best
 
 
 def predict_stages(details: dict[str, Any], rates: dict[str, tuple[float, ...]]) -> dict[str, float] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeseg.bundle import Variant
@@ -244,3 +245,22 @@ def test_stage_samples_of_several_units_are_recorded_and_fitted(tmp_path: Path) 
     again = LatencyTable(tmp_path / "latency.json")
     fixed, per_file, per_mv = again.stage_rates("b", "CPU", None)["write:dicom_instance+mvoxel"]
     assert (fixed, per_file, per_mv) == pytest.approx((1.0, 0.02, 0.1), rel=1e-6)
+
+
+def test_a_joint_fit_never_predicts_with_a_negative_rate() -> None:
+    """Runs whose plane would need a negative rate (here: seconds falling with the voxels) get that rate 0 and the
+    best plane through the others, as scipy's nnls would give (the frozen app leaves scipy.optimize out)."""
+    from edgeseg.runtime.plan import _nonnegative_lstsq, fit_stage_joint
+
+    runs = [(20.0, 1.0, 3.0, 9.0), (200.0, 50.0, 6.0, 9.0), (300.0, 20.0, 9.0, 9.0), (100.0, 80.0, 2.0, 9.0)]
+    rates = fit_stage_joint(runs, 2)
+    assert min(rates) >= 0.0 and rates[2] == 0.0
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a, b = rng.normal(size=(6, 3)), rng.normal(size=6)
+        x = _nonnegative_lstsq(a, b)
+        assert (x >= 0).all()
+        err = np.sum((a @ x - b) ** 2)
+        for _ in range(50):  # no non-negative point nearby does better
+            y = np.maximum(0.0, x + rng.normal(scale=0.1, size=3))
+            assert np.sum((a @ y - b) ** 2) >= err - 1e-9
