@@ -20,6 +20,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from edgeseg.runtime.naming import safe_stem
+from edgeseg.runtime.arrays import reversed_axes
+from edgeseg.runtime.gz import open_gzip
 from edgeseg.runtime.read.volume import Volume
 from edgeseg.typing import StrPath
 
@@ -84,13 +86,28 @@ def _check(labelmap: np.ndarray, volume: Volume) -> None:
 
 def write_labelmap(path: StrPath, labelmap: np.ndarray, volume: Volume, labels: Mapping[int, str]) -> Path:
     """Write the multilabel mask (shape and affine of ``volume``, label names in a header extension)."""
-    import nibabel as nib
 
     _check(labelmap, volume)
     data = np.asarray(labelmap).astype(mask_dtype(labelmap, labels), copy=False)
+    if data.ndim == 3 and not data.flags.f_contiguous:
+        # NIfTI stores Fortran order: hand nibabel a Fortran-ordered array, copied in cache-sized blocks, instead
+        # of letting it transpose slice by slice (0.7 of 1.1 s for a 512x512x400 mask)
+        data = reversed_axes(data).T
     path = Path(path)
-    nib.save(_nifti(data, volume, labels), str(path))
+    save(_nifti(data, volume, labels), path)
     return path
+
+
+def save(img: Any, path: Path) -> None:
+    """``nib.save``, a ``.gz`` name packed through :func:`edgeseg.runtime.gz.open_gzip` (ISA-L)."""
+    import nibabel as nib
+
+    if not path.name.lower().endswith(".gz"):
+        nib.save(img, str(path))
+        return
+    with open_gzip(path, "wb") as fh:
+        img.to_file_map({"image": nib.FileHolder(filename=str(path), fileobj=fh),
+                         "header": nib.FileHolder(filename=str(path), fileobj=fh)})
 
 
 def write_label_sidecar(path: StrPath, labels: Mapping[int, str]) -> Path:
@@ -121,7 +138,6 @@ def write_structures(folder: StrPath, labelmap: np.ndarray, volume: Volume,
 
     Same geometry as :func:`write_labelmap`; each file's extension holds its single label name.
     """
-    import nibabel as nib
 
     _check(labelmap, volume)
     folder = Path(folder)
@@ -130,7 +146,7 @@ def write_structures(folder: StrPath, labelmap: np.ndarray, volume: Volume,
     for value, file_name in structure_file_names(labels).items():
         mask = (labelmap == value).astype(np.uint8)
         path = folder / file_name
-        nib.save(_nifti(mask, volume, {1: labels[value]}), str(path))
+        save(_nifti(mask, volume, {1: labels[value]}), Path(path))
         written[value] = path
     return written
 
