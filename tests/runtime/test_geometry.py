@@ -129,3 +129,25 @@ def test_missing_gpu_and_unknown_device_give_clear_errors(tmp_path):
             Segmenter(bundle, SegmentOptions(device="GPU", precision="fp32")).segment_volume(vol)
     with pytest.raises(BundleError, match="has no int8 model"):  # the same class as asking the bundle for it
         Segmenter(bundle, SegmentOptions(precision="int8")).segment_volume(vol)
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+@pytest.mark.parametrize("mode", ["nearest", "constant"])
+def test_pre_resampling_zooms_the_float32_view_to_totalsegmentators_bits(order: int, mode: str) -> None:
+    """TotalSegmentator zooms a float64 copy of the image; zooming the float32 reoriented view into a float64
+    output (no copy) gives the same bits, then the same int32 cast."""
+    from scipy import ndimage
+
+    from edgeseg.bundle.schema import PreResample
+    from edgeseg.runtime.preprocess import _pre_resample
+
+    rng = np.random.default_rng(order)
+    image = (rng.random((41, 37, 23), dtype=np.float32) * 1200).astype(np.float32)
+    view = image[::-1].transpose(1, 0, 2)
+    pre = PreResample(spacing=(1.5, 1.5, 1.5), order=order, cast="int32", mode=mode, order_back=0,
+                      header_float32=True)
+    out, spacing = _pre_resample(view, (0.7, 0.9, 2.1), pre)
+    zoom = np.asarray((0.7, 0.9, 2.1), np.float32).astype(np.float64) / 1.5
+    expected = ndimage.zoom(view.astype(np.float64), zoom, order=order, mode=mode).astype(np.int32)
+    np.testing.assert_array_equal(out, expected.astype(np.float32))
+    assert out.dtype == np.float32
