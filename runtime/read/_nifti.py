@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -184,19 +187,44 @@ def _read_one_pass(path: Path, head: HeaderOnlyImage, end: int) -> tuple[Any, np
         n_i, n_j, n_k = shape
         plane = n_i * n_j * dtype.itemsize
         slab = max(1, min(_SLAB_SLICES, n_k, _SLAB_BYTES // max(1, plane)))
-        raw = np.empty(plane * slab, np.uint8)
         array = np.empty(shape, np.float32)
         bad = 0
-        for k0 in range(0, n_k, slab):
-            n = min(slab, n_k - k0)
-            stream.readinto(memoryview(raw)[: plane * n])
+        for k0, n, raw in _slabs(stream, plane, slab, n_k):
             voxels = np.ndarray((n_i, n_j, n), dtype=dtype, buffer=raw, order="F")
             bad += scale_into(array[:, :, k0: k0 + n], voxels, proxy.slope, proxy.inter)
-        del raw
         stream.finish()
     if bad:
         log.warning("%s: %d non-finite voxel values (NaN/inf) replaced by 0", path, bad)
     return img, array
+
+
+def _slabs(stream: PromisedStream, plane: int, slab: int, n_k: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(first slice, slices, raw bytes) of each slab of ``slab`` K slices read from ``stream`` in order. Where the
+    process has more than one core, the next slab is unpacked in a second thread (zlib and numpy's copies release
+    the GIL) while the caller converts this one: two slab buffers in turn; a read error is raised here."""
+    starts = list(range(0, n_k, slab))
+    buffers = [np.empty(plane * slab, np.uint8) for _ in range(2 if len(starts) > 1 and _cores() > 1 else 1)]
+
+    def fill(i: int) -> np.ndarray:
+        buf = buffers[i % len(buffers)]
+        stream.readinto(memoryview(buf)[: plane * min(slab, n_k - starts[i])])
+        return buf
+
+    if len(buffers) == 1:
+        for i, k0 in enumerate(starts):
+            yield k0, min(slab, n_k - k0), fill(i)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="edgeseg-read") as pool:
+        pending = pool.submit(fill, 0)
+        for i, k0 in enumerate(starts):
+            buf = pending.result()
+            if i + 1 < len(starts):  # the other buffer: the caller finished converting it before asking for this one
+                pending = pool.submit(fill, i + 1)
+            yield k0, min(slab, n_k - k0), buf
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def scale_into(out: np.ndarray, raw: np.ndarray, slope: Any, inter: Any) -> int:

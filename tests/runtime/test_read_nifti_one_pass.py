@@ -180,3 +180,25 @@ def test_truncated_damaged_and_trailing_streams_are_refused(tmp_path, mr_image) 
     plain.write_bytes(gzip.decompress(data)[:-10])
     with pytest.raises(InvalidSeriesError, match="shorter than its header says"):
         read_series(plain)
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_one_core_and_the_unpacking_thread_read_the_same(tmp_path, monkeypatch, mr_image, cores) -> None:
+    monkeypatch.setattr(_nifti, "_cores", lambda: cores)
+    threads: list[str] = []
+    original = _nifti.PromisedStream.readinto
+
+    def readinto(self, buf):
+        import threading
+
+        threads.append(threading.current_thread().name)
+        return original(self, buf)
+
+    monkeypatch.setattr(_nifti.PromisedStream, "readinto", readinto)
+    path = tmp_path / "mr.nii.gz"
+    nib.save(nib.Nifti1Image(*mr_image), str(path))
+    vol = read_series(path)
+    np.testing.assert_array_equal(vol.array.view(np.uint32), expected(path).view(np.uint32))
+    slabs = threads[1:]  # after the header
+    assert len(slabs) == 7  # 20 slices in slabs of 3
+    assert all(name.startswith("edgeseg-read") for name in slabs) == (cores > 1)
