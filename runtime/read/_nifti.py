@@ -207,7 +207,7 @@ def _slabs(stream: PromisedStream, plane: int, slab: int, n_k: int) -> Iterator[
 
     def fill(i: int) -> np.ndarray:
         buf = buffers[i % len(buffers)]
-        stream.readinto(memoryview(buf)[: plane * min(slab, n_k - starts[i])])
+        stream.readinto(buf.data[: plane * min(slab, n_k - starts[i])])
         return buf
 
     if len(buffers) == 1:
