@@ -5,6 +5,7 @@ import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -189,9 +190,10 @@ def _read_one_pass(path: Path, head: HeaderOnlyImage, end: int) -> tuple[Any, np
         slab = max(1, min(_SLAB_SLICES, n_k, _SLAB_BYTES // max(1, plane)))
         array = np.empty(shape, np.float32)
         bad = 0
-        for k0, n, raw in _slabs(stream, plane, slab, n_k):
-            voxels = np.ndarray((n_i, n_j, n), dtype=dtype, buffer=raw, order="F")
-            bad += scale_into(array[:, :, k0: k0 + n], voxels, proxy.slope, proxy.inter)
+        with closing(_slabs(stream, plane, slab, n_k)) as slabs:  # on an error: the thread is done before the file
+            for k0, n, raw in slabs:                                # is closed
+                voxels = np.ndarray((n_i, n_j, n), dtype=dtype, buffer=raw, order="F")
+                bad += scale_into(array[:, :, k0: k0 + n], voxels, proxy.slope, proxy.inter)
         stream.finish()
     if bad:
         log.warning("%s: %d non-finite voxel values (NaN/inf) replaced by 0", path, bad)

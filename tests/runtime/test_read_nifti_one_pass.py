@@ -202,3 +202,27 @@ def test_one_core_and_the_unpacking_thread_read_the_same(tmp_path, monkeypatch, 
     slabs = threads[1:]  # after the header
     assert len(slabs) == 7  # 20 slices in slabs of 3
     assert all(name.startswith("edgeseg-read") for name in slabs) == (cores > 1)
+
+
+def test_an_error_while_converting_waits_for_the_unpacking_thread(tmp_path, monkeypatch, mr_image) -> None:
+    monkeypatch.setattr(_nifti, "_cores", lambda: 2)
+    done: list[bool] = []
+    original = _nifti.PromisedStream.readinto
+
+    def slow_readinto(self, buf):
+        import time
+
+        time.sleep(0.05)
+        original(self, buf)
+        done.append(self._fh is not None)  # the file was still open when the read ended
+
+    def failing_scale(out, raw, slope, inter):
+        raise MemoryError("test")
+
+    monkeypatch.setattr(_nifti.PromisedStream, "readinto", slow_readinto)
+    monkeypatch.setattr(_nifti, "scale_into", failing_scale)
+    path = tmp_path / "mr.nii.gz"
+    nib.save(nib.Nifti1Image(*mr_image), str(path))
+    with pytest.raises(MemoryError):
+        read_series(path)
+    assert done and all(done)
