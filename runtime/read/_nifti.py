@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
@@ -200,7 +200,10 @@ def _read_one_pass(path: Path, head: HeaderOnlyImage, end: int) -> tuple[Any, np
     return img, array
 
 
-def _slabs(stream: PromisedStream, plane: int, slab: int, n_k: int) -> Iterator[tuple[int, int, np.ndarray]]:
+_Slabs = Generator[tuple[int, int, np.ndarray], None, None]
+
+
+def _slabs(stream: PromisedStream, plane: int, slab: int, n_k: int) -> _Slabs:
     """(first slice, slices, raw bytes) of each slab of ``slab`` K slices read from ``stream`` in order. Where the
     process has more than one core, the next slab is unpacked in a second thread (zlib and numpy's copies release
     the GIL) while the caller converts this one: two slab buffers in turn; a read error is raised here."""
