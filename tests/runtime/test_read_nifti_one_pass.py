@@ -226,3 +226,18 @@ def test_an_error_while_converting_waits_for_the_unpacking_thread(tmp_path, monk
     with pytest.raises(MemoryError):
         read_series(path)
     assert done and all(done)
+
+
+@pytest.mark.parametrize("name", ["n2.nii", "n2.nii.gz"])
+def test_nifti2_files(tmp_path, mr_image, name) -> None:
+    arr, aff = mr_image
+    img = nib.Nifti2Image(arr.astype(np.float32) * 0.5, aff)
+    img.header.set_slope_inter(1.25, -3.0)
+    path = tmp_path / name
+    nib.save(img, str(path))
+    loaded = nib.load(str(path))
+    assert isinstance(loaded, nib.Nifti2Image)
+    vol = read_series(path)
+    np.testing.assert_array_equal(vol.array.view(np.uint32), expected(path).view(np.uint32))
+    np.testing.assert_array_equal(vol.affine, loaded.affine)
+    assert vol.nifti_header.binaryblock == loaded.header.binaryblock
