@@ -168,31 +168,94 @@ def check_nifti_file(path: Path, limits: ReadLimits | None = None) -> HeaderOnly
     return img
 
 
+class PromisedStream:
+    """One pass over the bytes a NIfTI header promises (header, extensions and image data: ``end`` bytes), for a
+    reader that consumes them as they are unpacked: :meth:`readinto` fills buffers in order (at most ``end`` bytes in
+    all), :meth:`finish` checks the rest. For a ``.nii.gz``: at most ``end`` bytes plus one are unpacked, and a
+    stream that is truncated or damaged before ``end`` or holds anything after it is refused
+    (:class:`InvalidSeriesError`, the messages of :func:`check_gzip_stream`); an uncompressed file shorter than
+    ``end`` is refused as truncated. Use as a context manager (the file is closed on leaving)."""
+
+    def __init__(self, path: Path, end: int, *, compressed: bool | None = None) -> None:
+        self.path = Path(path)
+        self.end = int(end)
+        self.got = 0
+        self.gzip = self.path.name.lower().endswith(".gz") if compressed is None else compressed
+        self._fh: Any = None
+
+    def __enter__(self) -> PromisedStream:
+        try:
+            self._fh = gzip.open(self.path, "rb") if self.gzip else open(self.path, "rb")
+        except FileNotFoundError as err:
+            raise InvalidSeriesError(f"{self.path} does not exist: check the path.") from err
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def readinto(self, buf: memoryview) -> None:
+        """Fill ``buf`` with the next ``len(buf)`` promised bytes (read in steps of at most 1 MB)."""
+        view = memoryview(buf).cast("B")
+        size = len(view)
+        if self.got + size > self.end:
+            raise ValueError(f"reading {size} bytes at {self.got} goes past the promised {self.end}")
+        pos = 0
+        try:
+            while pos < size:
+                n = self._fh.readinto(view[pos: pos + min(_CHUNK, size - pos)])
+                if not n:
+                    break
+                pos += n
+                self.got += n
+        except (OSError, EOFError, zlib.error) as err:
+            if not self.gzip:
+                raise
+            raise InvalidSeriesError(
+                f"{self.path}: the compressed stream is truncated or damaged after {self.got:,} of {self.end:,} "
+                f"bytes ({type(err).__name__}: {err}). Copy it again.") from err
+        if pos < size:
+            self._short()
+
+    def _short(self) -> None:
+        if self.gzip:
+            raise InvalidSeriesError(
+                f"{self.path} unpacks to {self.got:,} bytes, fewer than the {self.end:,} its header promises: the "
+                "file is truncated. Copy it again.")
+        raise InvalidSeriesError(
+            f"{self.path} is shorter than its header says ({self.got:,} < {self.end:,} bytes): the file is "
+            "truncated. Copy it again.")
+
+    def finish(self) -> int:
+        """After all ``end`` bytes were read: for a gzip stream, unpack one more byte and refuse the file when there
+        is one (trailing data). Returns the bytes unpacked or read (at most ``end + 1``)."""
+        if self.got < self.end:
+            scratch = bytearray(min(_CHUNK, self.end - self.got))
+            while self.got < self.end:
+                self.readinto(memoryview(scratch)[: min(len(scratch), self.end - self.got)])
+        if not self.gzip:
+            return self.got
+        try:
+            more = self._fh.read(1)
+        except (OSError, EOFError, zlib.error) as err:
+            raise InvalidSeriesError(
+                f"{self.path}: the compressed stream is truncated or damaged after {self.got:,} of {self.end:,} "
+                f"bytes ({type(err).__name__}: {err}). Copy it again.") from err
+        if more:
+            raise InvalidSeriesError(
+                f"{self.path} holds more compressed data after the image its header describes (trailing gzip "
+                "data: a damaged export or a decompression bomb); refused without unpacking the rest. Re-export the "
+                "image.")
+        return self.got
+
+
 def check_gzip_stream(path: Path, end: int) -> int:
     """Unpack the gzip file ``path`` up to ``end`` bytes plus one: :class:`InvalidSeriesError` when it is truncated
-    or damaged before ``end`` or holds anything after it. Returns the bytes unpacked (at most ``end + 1``)."""
-    got = 0
-    try:
-        with gzip.open(path, "rb") as fh:
-            while got < end:
-                block = fh.read(min(_CHUNK, end - got))
-                if not block:
-                    break
-                got += len(block)
-            more = fh.read(1) if got >= end else b""
-    except (OSError, EOFError, zlib.error) as err:
-        raise InvalidSeriesError(
-            f"{path}: the compressed stream is truncated or damaged after {got:,} of {end:,} bytes "
-            f"({type(err).__name__}: {err}). Copy it again.") from err
-    if got < end:
-        raise InvalidSeriesError(
-            f"{path} unpacks to {got:,} bytes, fewer than the {end:,} its header promises: the file is truncated. "
-            "Copy it again.")
-    if more:
-        raise InvalidSeriesError(
-            f"{path} holds more compressed data after the image its header describes (trailing gzip data: a "
-            "damaged export or a decompression bomb); refused without unpacking the rest. Re-export the image.")
-    return got + len(more)
+    or damaged before ``end`` or holds anything after it. Returns the bytes unpacked (at most ``end + 1``).
+    The same checks as a reader's one pass over the data (:class:`PromisedStream`), with nothing kept."""
+    with PromisedStream(Path(path), end, compressed=True) as stream:
+        return stream.finish()
 
 
 #: the most a completeness check on the watcher's scheduler thread unpacks (larger images: checked by the worker)
