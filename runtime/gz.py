@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from typing import cast
 
-from isal import igzip
+from isal import igzip, isal_zlib
+
+#: what reading a damaged or truncated stream raises (ISA-L's own error is not an OSError)
+ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, cast(type[BaseException], isal_zlib.error))
 
 #: the level nibabel writes ``.nii.gz`` at (``nibabel.openers.Opener.default_compresslevel``)
 COMPRESSLEVEL = 1

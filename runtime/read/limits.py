@@ -18,14 +18,13 @@ Defaults (``limits:`` in watch_config.yaml) are sized for MRI on a workstation:
 """
 from __future__ import annotations
 
-import gzip
 import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeseg.errors import InvalidSeriesError, SeriesTooLargeError
+from edgeseg.runtime.gz import ERRORS as GZIP_ERRORS, open_gzip
 
 _MB = 1024 * 1024
 _CHUNK = 1 << 20
@@ -96,7 +95,7 @@ class HeaderOnlyImage:
 
 
 def _open(path: Path) -> Any:
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+    return open_gzip(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
 def read_nifti_header(path: Path) -> HeaderOnlyImage:
@@ -185,7 +184,7 @@ class PromisedStream:
 
     def __enter__(self) -> PromisedStream:
         try:
-            self._fh = gzip.open(self.path, "rb") if self.gzip else open(self.path, "rb")
+            self._fh = open_gzip(self.path, "rb") if self.gzip else open(self.path, "rb")
         except FileNotFoundError as err:
             raise InvalidSeriesError(f"{self.path} does not exist: check the path.") from err
         return self
@@ -209,7 +208,7 @@ class PromisedStream:
                     break
                 pos += n
                 self.got += n
-        except (OSError, EOFError, zlib.error) as err:
+        except GZIP_ERRORS as err:
             if not self.gzip:
                 raise
             raise InvalidSeriesError(
@@ -238,7 +237,7 @@ class PromisedStream:
             return self.got
         try:
             more = self._fh.read(1)
-        except (OSError, EOFError, zlib.error) as err:
+        except GZIP_ERRORS as err:
             raise InvalidSeriesError(
                 f"{self.path}: the compressed stream is truncated or damaged after {self.got:,} of {self.end:,} "
                 f"bytes ({type(err).__name__}: {err}). Copy it again.") from err
