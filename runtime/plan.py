@@ -28,8 +28,9 @@ Prediction, per plan (variant, tile step)::
   this PC, the recent ones weighing most and each run by its total seconds (:meth:`LatencyTable.record_stages`
   keeps each run's stage timings; :func:`fit_stage`), at the series' units: reading per DICOM instance and per
   input Mvoxel together (a plane through the runs, :func:`fit_stage_joint`: each file's own cost and its pixels'),
-  per input Mvoxel for NIfTI/PAR, preprocessing and resampling back per Mvoxel of the network grids plus the
-  input's where it is resampled (on the network's own spacing they cost next to nothing), postprocessing per
+  per input Mvoxel for NIfTI/PAR, preprocessing and resampling back per Mvoxel of the network grids and per
+  input Mvoxel where the input is resampled, the two fitted apart (normalising and the argmax of the logits
+  follow the network grids; a zoom in and a gather back the input), postprocessing per
   Mvoxel, inference per predicted tile-second (the sliding window's own cost on top of the network's is in that
   ratio), writing per input Mvoxel for NIfTI/PAR and, for DICOM, per source plane and per input Mvoxel together
   (the DICOM-SEG's frames and the SR cost per plane, the masks per voxel), and the planner, compilation and the
@@ -334,23 +335,24 @@ def _amounts(amount: Any) -> tuple[float, ...]:
 def stage_units(details: dict[str, Any], dicom: bool) -> dict[str, Units]:
     """Rate key -> units of work of one plan (its :func:`predict` details): ``read:instance+mvoxel`` (DICOM:
     instances and input Mvoxels, each file's own cost and its pixels') or ``read:mvoxel`` (input Mvoxels),
-    ``preprocess:``/``resample:mvoxel`` (network Mvoxels, plus the input's where a part resamples it:
-    ``details["resampled"]``), ``postprocess:mvoxel`` (input plus network Mvoxels), ``infer:tile_s`` (the
-    tile-seconds predicted from the measured tile latencies), ``write:dicom_instance+mvoxel`` (DICOM: the SEG's
-    and SR's costs per source plane, i.e. per frame of each segment, and the masks' per voxel) or ``write:mvoxel``
-    (input Mvoxels), and one fixed unit of ``plan``, ``compile`` and ``other``."""
+    ``preprocess:``/``resample:grid+input_mvoxel`` (the network grids' Mvoxels and, where a part resamples the
+    input (``details["resampled"]``), the input's; else 0), ``postprocess:mvoxel`` (input plus network Mvoxels),
+    ``infer:tile_s`` (the tile-seconds predicted from the measured tile latencies),
+    ``write:dicom_instance+mvoxel`` (DICOM: the SEG's and SR's costs per source plane, i.e. per frame of each
+    segment, and the masks' per voxel) or ``write:mvoxel`` (input Mvoxels), and one fixed unit of ``plan``,
+    ``compile`` and ``other``."""
     instances = int(details.get("instances", 0) or 0)
     input_mv = float(details.get("input_mvoxels", 0.0) or 0.0)
     all_mv = float(details.get("mvoxels", 0.0) or 0.0)
-    # the input's voxels cost preprocessing (a spline zoom) and resampling back only where the input is
-    # resampled; on the network's own spacing both stages are a copy and an argmax over the network grid
+    # preprocessing and resampling back cost per voxel of the network grids (normalising, the argmax of the
+    # fp16 logits) and per input voxel only where the input is resampled (a zoom, a gather back); fitted apart
     resampled = bool(details.get("resampled", True))
-    grid_mv = all_mv if resampled else max(0.0, all_mv - input_mv)
+    grids = (max(0.0, all_mv - input_mv), input_mv if resampled else 0.0)
     per_file = dicom and instances > 0
     units: dict[str, Units] = {
         "read:instance+mvoxel" if per_file else "read:mvoxel": (float(instances), input_mv) if per_file else input_mv,
-        "plan:fixed": 1.0, "preprocess:mvoxel": grid_mv, "compile:fixed": 1.0,
-        "infer:tile_s": float(details.get("tile_seconds", 0.0) or 0.0), "resample:mvoxel": grid_mv,
+        "plan:fixed": 1.0, "preprocess:grid+input_mvoxel": grids, "compile:fixed": 1.0,
+        "infer:tile_s": float(details.get("tile_seconds", 0.0) or 0.0), "resample:grid+input_mvoxel": grids,
         "postprocess:mvoxel": all_mv,
         "write:dicom_instance+mvoxel" if per_file else "write:mvoxel": (float(instances), input_mv) if per_file
         else input_mv,

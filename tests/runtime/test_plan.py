@@ -186,7 +186,8 @@ def test_each_run_weighs_by_its_total_so_a_near_zero_stage_of_a_small_series_doe
 
 def test_input_voxels_count_for_preprocessing_and_resampling_back_only_where_the_input_is_resampled() -> None:
     """On the network's own spacing preprocessing is a copy and resampling back an argmax over the network grid:
-    the input's voxels are not units of those stages there (they are where the input is resampled)."""
+    the input's voxels are not units of those stages there (they are, fitted apart from the network grid's, where
+    the input is resampled)."""
     from edgeseg.runtime.plan import predict, stage_units
 
     variant = Variant("default", 0, "RAS", None, (make_part("p", 1.5),))
@@ -197,8 +198,9 @@ def test_input_voxels_count_for_preprocessing_and_resampling_back_only_where_the
     assert same["resampled"] is False and zoomed["resampled"] is True
     units, zoomed_units = stage_units(same, False), stage_units(zoomed, False)
     grid = 120 * 100 * 80 / 1e6
-    assert units["preprocess:mvoxel"] == pytest.approx(grid) == units["resample:mvoxel"]
-    assert zoomed_units["preprocess:mvoxel"] == pytest.approx(grid + 180 * 150 * 120 / 1e6)
+    assert units["preprocess:grid+input_mvoxel"] == pytest.approx((grid, 0.0))
+    assert units["resample:grid+input_mvoxel"] == units["preprocess:grid+input_mvoxel"]
+    assert zoomed_units["preprocess:grid+input_mvoxel"] == pytest.approx((grid, 180 * 150 * 120 / 1e6))
     assert units["postprocess:mvoxel"] == pytest.approx(2 * grid)  # merging the parts: every grid
 
 
