@@ -12,6 +12,7 @@ DICOM-SEG written beside it, in segment order:
 * finding type: the SEG's Segmented Property Type of the structure, finding category its Segmented Property Category
   (:mod:`edgeseg.runtime.write.structure_codes`); finding site: the same type, with its laterality (SCT 7771000
   "Left" / 24028007 "Right") for a sided structure, which the finding type alone does not tell apart;
+* the algorithm (TID 4019: edgeseg and its version), once per group, for all its measurements;
 * measurement SCT 118565006 "Volume" in UCUM "ml" (``statistics.json``'s ``volume_ml``);
 * the mean intensity (``mean_intensity``, derivation SCT 373098007 "Mean") where it has a coded quantity and unit:
   for MR, DCM 110852 "MR signal intensity" in UCUM "[arb'U]" (arbitrary units: MR intensities are not
@@ -60,21 +61,24 @@ def _coded(code: tuple[str, str, str]) -> Any:
     return hd.sr.CodedConcept(value, scheme, meaning)
 
 
-def _measurements(structure: Mapping[str, Any], modality: str, algorithm: Any) -> list[Any]:
-    """TID 300 measurements of one structure's statistics record (``volume_ml``, ``mean_intensity``)."""
+def _measurements(structure: Mapping[str, Any], modality: str) -> list[Any]:
+    """TID 300 measurements of one structure's statistics record (``volume_ml``, ``mean_intensity``). No algorithm
+    identification of their own: their group's (TID 1411's TID 4019, "the algorithm used for making measurements")
+    names edgeseg and its version once; repeating it per measurement was a third of the report's content items
+    and of its writing time."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     measurements = [hd.sr.Measurement(
         name=codes.SCT.Volume, value=float(structure["volume_ml"]),
-        unit=hd.sr.CodedConcept("ml", "UCUM", "milliliter"), algorithm_id=algorithm)]
+        unit=hd.sr.CodedConcept("ml", "UCUM", "milliliter"))]
     mean = structure.get("mean_intensity")
     quantity = INTENSITY_QUANTITIES.get(modality.upper())
     if mean is not None and quantity is not None:
         concept, (unit, unit_meaning) = quantity
         measurements.append(hd.sr.Measurement(
             name=_coded(concept), value=float(mean), unit=hd.sr.CodedConcept(unit, "UCUM", unit_meaning),
-            derivation=codes.SCT.Mean, algorithm_id=algorithm))
+            derivation=codes.SCT.Mean))
     return measurements
 
 
@@ -187,7 +191,7 @@ def write_dicom_sr(path: StrPath, volume: Volume, seg_path: StrPath, segments: M
             finding_category=_coded(code.category),
             finding_sites=[hd.sr.FindingSite(anatomic_location=_coded(code.type), laterality=laterality)],
             algorithm_id=algorithm,
-            measurements=_measurements(structures[name], modality, algorithm),
+            measurements=_measurements(structures[name], modality),
         ))
     report = hd.sr.MeasurementReport(
         observation_context=_observer(bundle, model),

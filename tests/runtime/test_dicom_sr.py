@@ -108,6 +108,13 @@ def test_sr_measures_every_segment_of_the_seg(seg_type: str, axial_series: Path,
         (mean,) = group.get_measurements(name=hd.sr.CodedConcept("110852", "DCM", "MR signal intensity"))
         assert mean.unit.value == "[arb'U]"
         assert mean.value == pytest.approx(statistics[name]["mean_intensity"], rel=1e-9)
+        # the algorithm that made the measurements, once per group (TID 4019 in TID 1411), not per measurement
+        items = group[0].ContentSequence
+        names = [i.TextValue for i in items if i.ConceptNameCodeSequence[0].CodeValue == "111001"]
+        assert names == ["edgeseg"]
+        for measurement in (volume, mean):
+            inner = getattr(measurement[0] if isinstance(measurement, list) else measurement, "ContentSequence", [])
+            assert not [i for i in inner if i.ConceptNameCodeSequence[0].CodeValue == "111001"]
 
 
 def test_sr_needs_no_statistics_json(tmp_path: Path) -> None:
