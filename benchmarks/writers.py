@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgeseg-writebench-") as tmp:
         work = args.work or Path(tmp)
         t0 = time.perf_counter()
+        shutil.rmtree(work / "series", ignore_errors=True)  # a --work used before holds another series (new UIDs)
         folder, _, _ = _series(work / "series", args.slices)
         volume = read_series(folder)
         labelmap = _phantom(volume.shape, len(labels))
