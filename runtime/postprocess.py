@@ -26,7 +26,10 @@ def logits_to_part_labels(prediction: Aggregated, pre: Preprocessed, part: Part)
         cropped = prediction.argmax()
     else:
         r = part.resampling_probabilities
-        cropped = argmax_resampled(prediction.logits(), pre.shape_after_cropping, pre.network_spacing,
+        # nnU-Net resamples its fp16 logits into an fp16 array (``resample_data_or_seg``: ``dtype_out =
+        # data.dtype``), so each resampled value is rounded to fp16 before the argmax: the fp16 quotient, made in
+        # place in the accumulator (no float32 copy of every class), gives exactly that rounding
+        cropped = argmax_resampled(prediction.logits16(), pre.shape_after_cropping, pre.network_spacing,
                                    pre.spacing_before_resampling, r.order, r.order_z, r.force_separate_z,
                                    r.anisotropy_threshold)
     full = np.zeros(pre.shape_before_cropping, dtype=cropped.dtype)

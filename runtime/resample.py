@@ -260,8 +260,9 @@ def argmax_resampled(logits: np.ndarray, new_shape: Sequence[int], current_spaci
     """argmax over classes of the logits resampled to ``new_shape`` (first class on ties).
 
     Equal, voxel for voxel, to resampling all (C, ...) logits (nnU-Net's ``resampling_fn_probabilities``, whose
-    output keeps the logits' dtype: each resampled value is rounded to ``logits.dtype``) and then taking the
-    argmax; :func:`_argmax_resampled_reference` is that computation, one class at a time.
+    output keeps the logits' dtype: each resampled value is rounded to ``logits.dtype``, fp16 for the fp16 logits
+    of nnU-Net's aggregation) and then taking the argmax; :func:`_argmax_resampled_reference` is that
+    computation, one class at a time.
 
     For linear resampling (``order`` 1; along a separate axis ``order_z`` 0) only a band around the label
     boundaries is resampled class by class; elsewhere the label is the coarse argmax, which is provably what
@@ -302,7 +303,8 @@ def _argmax_resampled_reference(logits: np.ndarray, new_shape: Sequence[int], cu
     for c in range(logits.shape[0]):
         # nnU-Net stores the resampled logits in their own dtype (fp16 from its fp16 aggregation) before the
         # argmax: round the same way, or near-ties break differently
-        resampled = resample_channel(logits[c], new_shape, order, order_z, axis).astype(logits.dtype)
+        channel = logits[c] if logits.dtype != np.float16 else logits[c].astype(np.float32)  # exact
+        resampled = resample_channel(channel, new_shape, order, order_z, axis).astype(logits.dtype)
         resampled = resampled.astype(np.float32, copy=False)
         better = resampled > best
         labels[better] = c

@@ -209,6 +209,16 @@ class Fp16Aggregator:
         self._requests.clear()
         self._buffers.clear()
 
+    def quotient_in_place(self, slab: int = 8) -> np.ndarray:
+        """Divide the logits by the weights into the accumulator itself (nnU-Net's fp16 result) and return it:
+        no second (K, *shape) array (a fresh float32 one is 4x the memory of the fp16 logits, and its first
+        touch alone cost 0.9 s for 51 classes on 127x103x150). The accumulator holds quotients afterwards
+        (:meth:`add` must not be called again)."""
+        request = _divide_kernel().create_infer_request()
+        for z in range(0, self.logits.shape[1], slab):
+            self.logits[:, z:z + slab] = divide_fp16(self.logits[:, z:z + slab], self.weights[z:z + slab], request)
+        return self.logits
+
     def finish(self, slab: int = 8) -> np.ndarray:
         """Divide logits by weights (fp16 result, as nnU-Net) and return them as float32, slab by slab."""
         out = np.empty(self.logits.shape, dtype=np.float32)

@@ -116,6 +116,11 @@ class Aggregated:
         """float32 copy of the unpadded fp16 logits (exact values)."""
         return self._acc.finish()[(slice(None), *self.unpad)]
 
+    def logits16(self) -> np.ndarray:
+        """The unpadded fp16 logits (nnU-Net's values), computed in place in the accumulator: no float32 copy of
+        all classes. Afterwards :meth:`argmax` and :meth:`logits` are no longer valid."""
+        return self._acc.quotient_in_place()[(slice(None), *self.unpad)]
+
 
 def _jobs(slicers: list[tuple[slice, ...]], flips: list[tuple[int, ...]]) -> Iterator[tuple[int, tuple, tuple]]:
     for i, sl in enumerate(slicers):

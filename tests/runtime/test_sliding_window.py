@@ -137,3 +137,41 @@ def test_argmax_of_quotient_is_the_argmax_of_nnunets_fp16_quotient(slab: int) ->
     acc[2, 9, 8, 4] = np.inf
     with pytest.raises(FloatingPointError, match="non-finite"):
         argmax_of_quotient(acc, w, out, slab)
+
+
+def test_fp16_logits_in_place_are_nnunets_fp16_values_and_what_resampling_back_reads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``logits16`` divides in the accumulator itself: the same fp16 values ``logits`` gives as float32, and the
+    array the part's resampling back reads is that fp16 one (nnU-Net resamples fp16 logits into fp16, so each
+    resampled value is rounded to fp16 before the argmax)."""
+    from types import SimpleNamespace
+
+    from edgeseg.runtime import postprocess
+    from edgeseg.runtime.infer.sliding_window import sliding_window
+
+    rng = np.random.default_rng(4)
+    data = rng.normal(size=(1, 19, 23, 17)).astype(np.float32)
+
+    def model(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([x * 3.1, -x, x * x], axis=1)
+
+    as_float32 = sliding_window(data, model, (8, 16, 8), 3, 0.5).logits()
+    in_place = sliding_window(data, model, (8, 16, 8), 3, 0.5).logits16()
+    assert in_place.dtype == np.float16
+    np.testing.assert_array_equal(in_place.astype(np.float32), as_float32)
+
+    seen = {}
+
+    def fake_argmax_resampled(logits: np.ndarray, shape: tuple, *args: object) -> np.ndarray:
+        seen["dtype"] = logits.dtype
+        return np.zeros(shape, np.uint8)
+
+    monkeypatch.setattr(postprocess, "argmax_resampled", fake_argmax_resampled)
+    pre = SimpleNamespace(data=data, shape_after_cropping=(30, 23, 17), bbox=((0, 30), (0, 23), (0, 17)),
+                          shape_before_cropping=(30, 23, 17), network_spacing=(1.0,) * 3,
+                          spacing_before_resampling=(0.6, 1.0, 1.0))
+    part = SimpleNamespace(resampling_probabilities=SimpleNamespace(order=1, order_z=0, force_separate_z=None,
+                                                                    anisotropy_threshold=3.0),
+                           transpose_backward=(0, 1, 2))
+    postprocess.logits_to_part_labels(sliding_window(data, model, (8, 16, 8), 3, 0.5), pre, part)
+    assert seen["dtype"] == np.float16
