@@ -80,6 +80,9 @@ STAGES = ("read", "plan", "preprocess", "compile", "infer", "resample", "postpro
 _LAST_OBSERVED = ("compile:fixed", "plan:fixed")
 #: runs kept per stage for its fitted line
 STAGE_SAMPLES = 12
+#: joint keys whose units are alike (Mvoxels of two grids): until the runs span a plane, one line through their sum
+#: (which grid a stage's time follows is not known yet); other joint keys fall back to their first unit
+_SUMMED_UNTIL_SPANNED = ("preprocess:grid+input_mvoxel", "resample:grid+input_mvoxel")
 #: units of work of one stage: one amount, or several for a key naming several units (``"read:instance+mvoxel"``)
 Units = float | tuple[float, ...]
 
@@ -213,7 +216,7 @@ class LatencyTable:
             rows = [tuple(float(x) for x in sample) for sample in v if len(sample) >= n_units + 1]
             if not rows:
                 continue
-            rates[k] = (fit_stage_joint(rows, n_units) if n_units > 1 else
+            rates[k] = (fit_stage_joint(rows, n_units, summed=k in _SUMMED_UNTIL_SPANNED) if n_units > 1 else
                         fit_stage(rows, last_only=k in _LAST_OBSERVED, proportional=k == "infer:tile_s"))
         return rates
 
@@ -389,12 +392,13 @@ def fit_stage(samples: list[tuple[float, ...]], last_only: bool = False,
     return float(fixed), float(per)
 
 
-def fit_stage_joint(samples: list[tuple[float, ...]], n_units: int) -> tuple[float, ...]:
+def fit_stage_joint(samples: list[tuple[float, ...]], n_units: int, summed: bool = False) -> tuple[float, ...]:
     """(fixed seconds, seconds per each unit) of a stage whose cost has several causes (a DICOM series' files and
     its voxels), from its runs' (units..., seconds, the run's total seconds), oldest first, weighted as
     :func:`fit_stage`: a non-negative least-squares plane once the runs span it (as many
     different sizes as terms, not all of one shape), else :func:`fit_stage` on the first unit alone (a first DICOM
-    series: its cost in proportion to its files, the unit that carries a small series' fixed costs best)."""
+    series: its cost in proportion to its files, the unit that carries a small series' fixed costs best) or, with
+    ``summed`` (units of one kind), on their sum, every unit at that one rate."""
     x = np.array([s[:n_units] for s in samples], dtype=float)
     y = np.array([s[n_units] for s in samples], dtype=float)
     scale = np.array([s[n_units + 1] if len(s) > n_units + 1 else s[n_units] for s in samples], dtype=float)
@@ -402,6 +406,9 @@ def fit_stage_joint(samples: list[tuple[float, ...]], n_units: int) -> tuple[flo
     design = np.column_stack([np.ones(len(samples)), x])
     norm = np.maximum(np.abs(design).max(axis=0), 1e-12)  # columns of one magnitude for the rank and the solver
     if np.linalg.matrix_rank(design / norm, tol=1e-6) < n_units + 1:
+        if summed:
+            fixed, per = fit_stage([(float(a.sum()), float(b), float(c)) for a, b, c in zip(x, y, scale)])
+            return (fixed, *([per] * n_units))
         fixed, per = fit_stage([(float(a[0]), float(b), float(c)) for a, b, c in zip(x, y, scale)])
         return (fixed, per, *([0.0] * (n_units - 1)))
     coef = _nonnegative_lstsq(design / norm * w[:, None], y * w)

@@ -221,6 +221,10 @@ def test_a_dicom_stage_is_fitted_per_file_and_per_voxel_together() -> None:
     assert first[2] == 0.0 and first[0] + first[1] * 72 == pytest.approx(cost(20, 0.21) * 72 / 20)
     # two runs of one in-plane size (files and voxels in proportion): a line in the files
     assert fit_stage_joint(runs[1:3], 2)[2] == 0.0
+    # units of one kind (network-grid and input Mvoxels) before the runs span a plane: one rate for their sum
+    grids = [(0.2, 0.0, 0.06, 1.0), (1.0, 6.0, 0.88, 2.0)]
+    fixed_g, per_grid, per_input = fit_stage_joint(grids, 2, summed=True)
+    assert per_grid == per_input and fixed_g + per_grid * 7.0 == pytest.approx(0.88)
     details = {"instances": 400, "input_mvoxels": 104.9, "mvoxels": 110.0, "tile_seconds": 5.0,
                "resampled": True}
     units = stage_units(details, True)
