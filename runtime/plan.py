@@ -398,7 +398,8 @@ def fit_stage_joint(samples: list[tuple[float, ...]], n_units: int, summed: bool
     :func:`fit_stage`: a non-negative least-squares plane once the runs span it (as many
     different sizes as terms, not all of one shape), else :func:`fit_stage` on the first unit alone (a first DICOM
     series: its cost in proportion to its files, the unit that carries a small series' fixed costs best) or, with
-    ``summed`` (units of one kind), on their sum, every unit at that one rate."""
+    ``summed`` (units of one kind) and runs of two sizes or more, on their sum, every unit at that one rate (one
+    size seen: in proportion to the first unit, the network grid, as a stage at the network's own spacing is)."""
     x = np.array([s[:n_units] for s in samples], dtype=float)
     y = np.array([s[n_units] for s in samples], dtype=float)
     scale = np.array([s[n_units + 1] if len(s) > n_units + 1 else s[n_units] for s in samples], dtype=float)
@@ -406,7 +407,7 @@ def fit_stage_joint(samples: list[tuple[float, ...]], n_units: int, summed: bool
     design = np.column_stack([np.ones(len(samples)), x])
     norm = np.maximum(np.abs(design).max(axis=0), 1e-12)  # columns of one magnitude for the rank and the solver
     if np.linalg.matrix_rank(design / norm, tol=1e-6) < n_units + 1:
-        if summed:
+        if summed and len({tuple(row) for row in x.round(9).tolist()}) > 1:
             fixed, per = fit_stage([(float(a.sum()), float(b), float(c)) for a, b, c in zip(x, y, scale)])
             return (fixed, *([per] * n_units))
         fixed, per = fit_stage([(float(a[0]), float(b), float(c)) for a, b, c in zip(x, y, scale)])

@@ -225,6 +225,8 @@ def test_a_dicom_stage_is_fitted_per_file_and_per_voxel_together() -> None:
     grids = [(0.2, 0.0, 0.06, 1.0), (1.0, 6.0, 0.88, 2.0)]
     fixed_g, per_grid, per_input = fit_stage_joint(grids, 2, summed=True)
     assert per_grid == per_input and fixed_g + per_grid * 7.0 == pytest.approx(0.88)
+    # one size seen: in proportion to the network grid alone (the input's share is not known at all)
+    assert fit_stage_joint(grids[1:], 2, summed=True) == pytest.approx((0.0, 0.88, 0.0))
     details = {"instances": 400, "input_mvoxels": 104.9, "mvoxels": 110.0, "tile_seconds": 5.0,
                "resampled": True}
     units = stage_units(details, True)
