@@ -80,9 +80,11 @@ STAGES = ("read", "plan", "preprocess", "compile", "infer", "resample", "postpro
 _LAST_OBSERVED = ("compile:fixed", "plan:fixed")
 #: runs kept per stage for its fitted line
 STAGE_SAMPLES = 12
-#: joint keys whose units are alike (Mvoxels of two grids): until the runs span a plane, one line through their sum
-#: (which grid a stage's time follows is not known yet); other joint keys fall back to their first unit
-_SUMMED_UNTIL_SPANNED = ("preprocess:grid+input_mvoxel", "resample:grid+input_mvoxel")
+#: how a joint key is fitted until its runs span a plane (:func:`fit_stage_joint`'s ``fallback``): units of one
+#: kind (Mvoxels of two grids) on their sum, writing a DICOM result with a per-series part; the others ("first")
+#: on their first unit
+_UNTIL_SPANNED = {"preprocess:grid+input_mvoxel": "sum", "resample:grid+input_mvoxel": "sum",
+                  "write:dicom_instance+mvoxel": "half"}
 #: units of work of one stage: one amount, or several for a key naming several units (``"read:instance+mvoxel"``)
 Units = float | tuple[float, ...]
 
@@ -216,7 +218,7 @@ class LatencyTable:
             rows = [tuple(float(x) for x in sample) for sample in v if len(sample) >= n_units + 1]
             if not rows:
                 continue
-            rates[k] = (fit_stage_joint(rows, n_units, summed=k in _SUMMED_UNTIL_SPANNED) if n_units > 1 else
+            rates[k] = (fit_stage_joint(rows, n_units, _UNTIL_SPANNED.get(k, "first")) if n_units > 1 else
                         fit_stage(rows, last_only=k in _LAST_OBSERVED, proportional=k == "infer:tile_s"))
         return rates
 
@@ -392,14 +394,16 @@ def fit_stage(samples: list[tuple[float, ...]], last_only: bool = False,
     return float(fixed), float(per)
 
 
-def fit_stage_joint(samples: list[tuple[float, ...]], n_units: int, summed: bool = False) -> tuple[float, ...]:
+def fit_stage_joint(samples: list[tuple[float, ...]], n_units: int, fallback: str = "first") -> tuple[float, ...]:
     """(fixed seconds, seconds per each unit) of a stage whose cost has several causes (a DICOM series' files and
     its voxels), from its runs' (units..., seconds, the run's total seconds), oldest first, weighted as
-    :func:`fit_stage`: a non-negative least-squares plane once the runs span it (as many
-    different sizes as terms, not all of one shape), else :func:`fit_stage` on the first unit alone (a first DICOM
-    series: its cost in proportion to its files, the unit that carries a small series' fixed costs best) or, with
-    ``summed`` (units of one kind) and runs of two sizes or more, on their sum, every unit at that one rate (one
-    size seen: in proportion to the first unit, the network grid, as a stage at the network's own spacing is)."""
+    :func:`fit_stage`: a non-negative least-squares plane once the runs span it (as many different sizes as
+    terms, not all of one shape), else by ``fallback``: "first": :func:`fit_stage` on the first unit alone (a
+    DICOM series' files); "half": the same, except that from a single size half its seconds are fixed and half per
+    file (writing a DICOM result has a per-series part, the SR and the SEG's header, that one series cannot tell
+    from its per-plane part; all of it per file made a 20-slice series' SR cost 15x in a 300-slice one); "sum"
+    (units of one kind): from two sizes on, one line through their sum, every unit at that rate, and from one size
+    in proportion to the first unit (the network grid, as a stage at the network's own spacing is)."""
     x = np.array([s[:n_units] for s in samples], dtype=float)
     y = np.array([s[n_units] for s in samples], dtype=float)
     scale = np.array([s[n_units + 1] if len(s) > n_units + 1 else s[n_units] for s in samples], dtype=float)
@@ -407,9 +411,12 @@ def fit_stage_joint(samples: list[tuple[float, ...]], n_units: int, summed: bool
     design = np.column_stack([np.ones(len(samples)), x])
     norm = np.maximum(np.abs(design).max(axis=0), 1e-12)  # columns of one magnitude for the rank and the solver
     if np.linalg.matrix_rank(design / norm, tol=1e-6) < n_units + 1:
-        if summed and len({tuple(row) for row in x.round(9).tolist()}) > 1:
+        sizes = len({tuple(row) for row in x.round(9).tolist()})
+        if fallback == "sum" and sizes > 1:
             fixed, per = fit_stage([(float(a.sum()), float(b), float(c)) for a, b, c in zip(x, y, scale)])
             return (fixed, *([per] * n_units))
+        if fallback == "half" and sizes == 1 and x[-1, 0] > 0:
+            return (float(y[-1]) / 2, float(y[-1]) / 2 / float(x[-1, 0]), *([0.0] * (n_units - 1)))
         fixed, per = fit_stage([(float(a[0]), float(b), float(c)) for a, b, c in zip(x, y, scale)])
         return (fixed, per, *([0.0] * (n_units - 1)))
     coef = _nonnegative_lstsq(design / norm * w[:, None], y * w)

@@ -147,7 +147,7 @@ def test_prediction_is_per_stage_once_a_run_reported_its_stages(tmp_path: Path) 
     bigger = type(TYPICAL)((TYPICAL.shape[0], TYPICAL.shape[1], 2 * TYPICAL.shape[2]), TYPICAL.spacing)
     big = reloaded.plan(bigger, 1e6, instances=320)
     assert big.details["stages"]["read"] == pytest.approx(2 * 3.2)  # per instance
-    assert big.details["stages"]["write"] == pytest.approx(2 * 6.0)  # per input voxel
+    assert big.details["stages"]["write"] == pytest.approx(6.0 / 2 + 2 * 6.0 / 2)  # one run: half of it per file
     assert big.details["stages"]["infer"] == pytest.approx(1.1 * big.details["tile_seconds"])
     assert big.details["stages"]["other"] == pytest.approx(0.3)  # fixed
     nifti = reloaded.plan(TYPICAL, 1e6)  # a NIfTI input has no rates of its own yet: the overhead model
@@ -217,16 +217,18 @@ def test_a_dicom_stage_is_fitted_per_file_and_per_voxel_together() -> None:
     runs = [(inst, mv, cost(inst, mv), 10.0) for inst, mv in sizes]
     fixed, per_file, per_mv = fit_stage_joint(runs, 2)
     assert (fixed, per_file, per_mv) == pytest.approx((0.7, 0.025, 0.1), rel=1e-6)
-    first = fit_stage_joint(runs[:1], 2)
-    assert first[2] == 0.0 and first[0] + first[1] * 72 == pytest.approx(cost(20, 0.21) * 72 / 20)
+    first = fit_stage_joint(runs[:1], 2, "half")  # one series: half per series, half per file
+    assert first[2] == 0.0 and first[0] == pytest.approx(cost(20, 0.21) / 2)
+    assert first[0] + first[1] * 72 == pytest.approx(cost(20, 0.21) / 2 * (1 + 72 / 20))
     # two runs of one in-plane size (files and voxels in proportion): a line in the files
     assert fit_stage_joint(runs[1:3], 2)[2] == 0.0
     # units of one kind (network-grid and input Mvoxels) before the runs span a plane: one rate for their sum
     grids = [(0.2, 0.0, 0.06, 1.0), (1.0, 6.0, 0.88, 2.0)]
-    fixed_g, per_grid, per_input = fit_stage_joint(grids, 2, summed=True)
+    fixed_g, per_grid, per_input = fit_stage_joint(grids, 2, "sum")
     assert per_grid == per_input and fixed_g + per_grid * 7.0 == pytest.approx(0.88)
     # one size seen: in proportion to the network grid alone (the input's share is not known at all)
-    assert fit_stage_joint(grids[1:], 2, summed=True) == pytest.approx((0.0, 0.88, 0.0))
+    assert fit_stage_joint(grids[1:], 2, "sum") == pytest.approx((0.0, 0.88, 0.0))
+    assert fit_stage_joint(runs[:1], 2) == pytest.approx((0.0, cost(20, 0.21) / 20, 0.0))  # files alone
     details = {"instances": 400, "input_mvoxels": 104.9, "mvoxels": 110.0, "tile_seconds": 5.0,
                "resampled": True}
     units = stage_units(details, True)
