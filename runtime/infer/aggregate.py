@@ -214,14 +214,15 @@ class Fp16Aggregator:
         no second (K, *shape) array (a fresh float32 one is 4x the memory of the fp16 logits, and its first
         touch alone cost 0.9 s for 51 classes on 127x103x150). The accumulator holds quotients afterwards
         (:meth:`add` must not be called again)."""
-        request = _divide_kernel().create_infer_request()
-        for z in range(0, self.logits.shape[1], slab):
-            self.logits[:, z:z + slab] = divide_fp16(self.logits[:, z:z + slab], self.weights[z:z + slab], request)
-        return self.logits
+        return self._divide_into(self.logits, slab)
 
     def finish(self, slab: int = 8) -> np.ndarray:
         """Divide logits by weights (fp16 result, as nnU-Net) and return them as float32, slab by slab."""
-        out = np.empty(self.logits.shape, dtype=np.float32)
+        return self._divide_into(np.empty(self.logits.shape, dtype=np.float32), slab)
+
+    def _divide_into(self, out: np.ndarray, slab: int) -> np.ndarray:
+        """``out`` (the accumulator itself, or a float32 array of its shape) = logits / weights, slab by slab, with
+        one infer request of the division kernel for all slabs."""
         request = _divide_kernel().create_infer_request()
         for z in range(0, self.logits.shape[1], slab):
             out[:, z:z + slab] = divide_fp16(self.logits[:, z:z + slab], self.weights[z:z + slab], request)
@@ -235,24 +236,18 @@ def _check_finite(q: np.ndarray) -> None:
         raise FloatingPointError("non-finite logits after aggregation (fp16 overflow or an inf/NaN model output)")
 
 
-def divide_fp16(acc: np.ndarray, weights: np.ndarray, request: Any = None) -> np.ndarray:
-    """``f16(f32(acc) / f32(weights))`` (nnU-Net's fp16 division); raises on non-finite results. ``request``: an
-    infer request of the division kernel to reuse (its output is copied out)."""
-    request = request or _divide_kernel().create_infer_request()
+def divide_fp16(acc: np.ndarray, weights: np.ndarray, request: Any) -> np.ndarray:
+    """``f16(f32(acc) / f32(weights))`` (nnU-Net's fp16 division) by ``request``, an infer request of the division
+    kernel (reused across slabs; its output is copied out); raises on non-finite results."""
     res = np.array(request.infer({"acc": np.ascontiguousarray(acc), "w": np.ascontiguousarray(weights)},
                                  share_inputs=True)[0])
     _check_finite(res)
     return res
 
 
-def argmax_first(logits16: np.ndarray) -> np.ndarray:
-    """argmax over axis 0 of fp16 logits, first maximum wins (as torch/numpy); int32."""
-    request = _argmax_kernel().create_infer_request()
-    return np.array(request.infer({"q": np.ascontiguousarray(logits16, dtype=np.float16)}, share_inputs=True)[0])[0]
-
-
 def argmax_of_quotient(acc: np.ndarray, weights: np.ndarray, out: np.ndarray, slab: int = 4) -> np.ndarray:
-    """``out[...] = argmax_first(divide_fp16(acc, weights))`` over (K, Z, ...) ``acc`` and (Z, ...) ``weights``,
+    """``out[...]`` = the index of the first maximum over classes (torch's tie rule, :func:`_argmax_kernel`) of
+    nnU-Net's fp16 quotient ``f16(f32(acc) / f32(weights))``, over (K, Z, ...) ``acc`` and (Z, ...) ``weights``,
     slab by slab along Z, with one infer request per kernel for all slabs (a new request per slab paid the
     dynamic-shape kernels' set-up again: 30 classes on 171x171x133 took 0.31-0.46 s, now 0.21-0.25 s) and the
     quotient read in place from the division's output. Raises FloatingPointError on non-finite logits."""
