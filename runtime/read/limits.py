@@ -211,11 +211,14 @@ class PromisedStream:
         except GZIP_ERRORS as err:
             if not self.gzip:
                 raise
-            raise InvalidSeriesError(
-                f"{self.path}: the compressed stream is truncated or damaged after {self.got:,} of {self.end:,} "
-                f"bytes ({type(err).__name__}: {err}). Copy it again.") from err
+            raise self._damaged(err) from err
         if pos < size:
             self._short()
+
+    def _damaged(self, err: BaseException) -> InvalidSeriesError:
+        return InvalidSeriesError(
+            f"{self.path}: the compressed stream is truncated or damaged after {self.got:,} of {self.end:,} bytes "
+            f"({type(err).__name__}: {err}). Copy it again.")
 
     def _short(self) -> None:
         if self.gzip:
@@ -238,9 +241,7 @@ class PromisedStream:
         try:
             more = self._fh.read(1)
         except GZIP_ERRORS as err:
-            raise InvalidSeriesError(
-                f"{self.path}: the compressed stream is truncated or damaged after {self.got:,} of {self.end:,} "
-                f"bytes ({type(err).__name__}: {err}). Copy it again.") from err
+            raise self._damaged(err) from err
         if more:
             raise InvalidSeriesError(
                 f"{self.path} holds more compressed data after the image its header describes (trailing gzip "
