@@ -1,10 +1,13 @@
-"""Array layout helpers shared by the stages (a leaf: numpy only).
+"""Array helpers shared by the stages (a leaf: numpy only): the blocked transposed copy, and the cores that
+threads over slabs of an array may use.
 
 Scanner-sized label maps and images are 50-400 M elements; numpy's copy of a transposed array walks one side
 with a large stride and costs 5-10 ns per element (0.7-1.0 s for 512x512x400 uint8). Copying in square blocks of
 the two outer axes keeps both sides in the caches (0.14 s for the same array, measured on the 2-core machine).
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -26,3 +29,8 @@ def reversed_axes(array: np.ndarray, block: int = BLOCK) -> np.ndarray:
         for j0 in range(0, n_j, block):
             out[:, j0:j0 + block, i0:i0 + block] = array[i0:i0 + block, j0:j0 + block, :].T
     return out
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one, else the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

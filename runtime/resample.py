@@ -8,12 +8,13 @@ Arrays here are (C, *spatial) in the network's axis order.
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
+
+from edgeseg.runtime.arrays import usable_cores
 
 
 def compute_new_shape(old_shape: Sequence[int], old_spacing: Sequence[float],
@@ -429,7 +430,7 @@ def _argmax_resampled_band(logits: np.ndarray, new_shape: tuple[int, ...], axis:
     rounded = np.dtype(logits.dtype)  # the dtype nnU-Net's resampled array keeps
     work = np.float64 if rounded.itemsize > 4 else np.float32
     if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = usable_cores()
     axes = [_Axis(in_shape[d], new_shape[d], nearest=(d == axis)) for d in range(3)]
 
     with ThreadPoolExecutor(max(1, threads)) as pool:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import InvalidSeriesError
+from edgeseg.runtime.arrays import usable_cores
 from edgeseg.runtime.naming import nifti_name
 from edgeseg.runtime.read.limits import (
     HeaderOnlyImage,
@@ -208,7 +208,7 @@ def _slabs(stream: PromisedStream, plane: int, slab: int, n_k: int) -> _Slabs:
     process has more than one core, the next slab is unpacked in a second thread (zlib and numpy's copies release
     the GIL) while the caller converts this one: two slab buffers in turn; a read error is raised here."""
     starts = list(range(0, n_k, slab))
-    buffers = [np.empty(plane * slab, np.uint8) for _ in range(2 if len(starts) > 1 and _cores() > 1 else 1)]
+    buffers = [np.empty(plane * slab, np.uint8) for _ in range(2 if len(starts) > 1 and usable_cores() > 1 else 1)]
 
     def fill(i: int) -> np.ndarray:
         buf = buffers[i % len(buffers)]
@@ -226,10 +226,6 @@ def _slabs(stream: PromisedStream, plane: int, slab: int, n_k: int) -> _Slabs:
             if i + 1 < len(starts):  # the other buffer: the caller finished converting it before asking for this one
                 pending = pool.submit(fill, i + 1)
             yield k0, min(slab, n_k - k0), buf
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def scale_into(out: np.ndarray, raw: np.ndarray, slope: Any, inter: Any) -> int:

@@ -124,20 +124,6 @@ def test_extensions_and_header_as_nib_load_has_them(tmp_path, mr_image) -> None:
     np.testing.assert_array_equal(vol.affine, loaded.affine)
 
 
-@pytest.fixture
-def unpacked(monkeypatch) -> list[int]:
-    counts: list[int] = []
-    original = gzip.GzipFile.read
-
-    def counting_read(self, size=-1):
-        data = original(self, size)
-        counts.append(len(data))
-        return data
-
-    monkeypatch.setattr(gzip.GzipFile, "read", counting_read)
-    return counts
-
-
 def test_the_gzip_stream_is_unpacked_once(tmp_path, unpacked, mr_image) -> None:
     path = tmp_path / "once.nii.gz"
     nib.save(nib.Nifti1Image(*mr_image), str(path))
@@ -184,7 +170,7 @@ def test_truncated_damaged_and_trailing_streams_are_refused(tmp_path, mr_image) 
 
 @pytest.mark.parametrize("cores", [1, 2])
 def test_one_core_and_the_unpacking_thread_read_the_same(tmp_path, monkeypatch, mr_image, cores) -> None:
-    monkeypatch.setattr(_nifti, "_cores", lambda: cores)
+    monkeypatch.setattr(_nifti, "usable_cores", lambda: cores)
     threads: list[str] = []
     original = _nifti.PromisedStream.readinto
 
@@ -205,7 +191,7 @@ def test_one_core_and_the_unpacking_thread_read_the_same(tmp_path, monkeypatch, 
 
 
 def test_an_error_while_converting_waits_for_the_unpacking_thread(tmp_path, monkeypatch, mr_image) -> None:
-    monkeypatch.setattr(_nifti, "_cores", lambda: 2)
+    monkeypatch.setattr(_nifti, "usable_cores", lambda: 2)
     done: list[bool] = []
     original = _nifti.PromisedStream.readinto
 
