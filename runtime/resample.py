@@ -596,7 +596,9 @@ def take_grid(array: np.ndarray, indices: Sequence[np.ndarray]) -> np.ndarray:
     for axis in reversed(range(array.ndim)):
         idx = indices[axis]
         fill = idx < 0
-        out = np.take(out, np.where(fill, 0, idx) if fill.any() else idx, axis=axis)
-        if fill.any():
-            out[(slice(None),) * axis + (fill,)] = 0
+        if not fill.any():
+            out = np.take(out, idx, axis=axis)
+            continue
+        out = np.take(out, np.where(fill, 0, idx), axis=axis)
+        out[(slice(None),) * axis + (fill,)] = 0
     return np.ascontiguousarray(out)
