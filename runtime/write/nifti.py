@@ -86,7 +86,6 @@ def _check(labelmap: np.ndarray, volume: Volume) -> None:
 
 def write_labelmap(path: StrPath, labelmap: np.ndarray, volume: Volume, labels: Mapping[int, str]) -> Path:
     """Write the multilabel mask (shape and affine of ``volume``, label names in a header extension)."""
-
     _check(labelmap, volume)
     data = np.asarray(labelmap).astype(mask_dtype(labelmap, labels), copy=False)
     if data.ndim == 3 and not data.flags.f_contiguous:
@@ -138,7 +137,6 @@ def write_structures(folder: StrPath, labelmap: np.ndarray, volume: Volume,
 
     Same geometry as :func:`write_labelmap`; each file's extension holds its single label name.
     """
-
     _check(labelmap, volume)
     folder = Path(folder)
     folder.mkdir(exist_ok=True)
