@@ -6,6 +6,7 @@ Every file the tests read is in the repository: the real MRI and its label names
 """
 from __future__ import annotations
 
+import gzip
 import os
 import sys
 from pathlib import Path
@@ -168,3 +169,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         f"{len(_UNEXPECTED)} test(s) skipped for a reason not in EXPECTED_SKIPS of tests/conftest.py{ci}: make them "
         "run (missing test extra: pip install -e \".[test]\"), or, if the skip is truly legitimate, add its reason "
         "there with a comment saying why.", red=True)
+
+
+@pytest.fixture
+def unpacked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts every byte any gzip reader in this process hands out (nibabel's reads and ISA-L's ``IGzipFile``, a
+    ``gzip.GzipFile``, included): the tests that bound how much of a stream is unpacked."""
+    counts: list[int] = []
+    original = gzip.GzipFile.read
+
+    def counting_read(self: gzip.GzipFile, size: int = -1) -> bytes:
+        data = original(self, size)
+        counts.append(len(data))
+        return data
+
+    monkeypatch.setattr(gzip.GzipFile, "read", counting_read)
+    return counts

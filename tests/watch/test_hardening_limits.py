@@ -48,21 +48,6 @@ def write_huge_header(path: Path, shape: tuple[int, int, int]) -> None:
         fh.write(header.binaryblock + b"\0\0\0\0")
 
 
-@pytest.fixture
-def unpacked(monkeypatch) -> list[int]:
-    """Counts every byte any gzip reader in this process hands out (nibabel's reads included)."""
-    counts: list[int] = []
-    original = gzip.GzipFile.read
-
-    def counting_read(self, size=-1):
-        data = original(self, size)
-        counts.append(len(data))
-        return data
-
-    monkeypatch.setattr(gzip.GzipFile, "read", counting_read)
-    return counts
-
-
 # -------------------------------------------------------------------------------- finding 7: bombs and limits
 
 
