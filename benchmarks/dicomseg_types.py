@@ -14,6 +14,8 @@ it), best of ``--repeats``, in this process; read-back time: ``highdicom.seg.seg
 """
 from __future__ import annotations
 
+import edgeseg  # noqa: F401 - before numpy: the process set-up edgeseg's own commands have (edgeseg/_memory.py)
+
 import argparse
 import json
 import sys

@@ -7,6 +7,8 @@ the share of time per executed layer type and the 10 slowest layers.
 """
 from __future__ import annotations
 
+import edgeseg  # noqa: F401 - before numpy: the process set-up edgeseg's own commands have (edgeseg/_memory.py)
+
 import argparse
 import sys
 from collections import defaultdict

@@ -18,6 +18,8 @@ were resampled class by class.
 """
 from __future__ import annotations
 
+import edgeseg  # noqa: F401 - before numpy: the process set-up edgeseg's own commands have (edgeseg/_memory.py)
+
 import argparse
 import hashlib
 import json

@@ -20,6 +20,8 @@ each stage's ratio to the inference time, and the peak RSS.
 """
 from __future__ import annotations
 
+import edgeseg  # noqa: F401 - before numpy: the process set-up edgeseg's own commands have (edgeseg/_memory.py)
+
 import argparse
 import json
 import sys

@@ -19,6 +19,8 @@ hint where the CPU has it, fp16 logits) and measured in its own child process:
 """
 from __future__ import annotations
 
+import edgeseg  # noqa: F401 - before numpy: the process set-up edgeseg's own commands have (edgeseg/_memory.py)
+
 import argparse
 import json
 import sys

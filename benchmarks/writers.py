@@ -14,6 +14,8 @@ DICOM SR of the BINARY SEG. ``--label`` names the run in the table (e.g. "before
 """
 from __future__ import annotations
 
+import edgeseg  # noqa: F401 - before numpy: the process set-up edgeseg's own commands have (edgeseg/_memory.py)
+
 import argparse
 import json
 import shutil

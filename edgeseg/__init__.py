@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from edgeseg._memory import numpy_small_pages
 from edgeseg._offline import disable_openvino_telemetry
 
 disable_openvino_telemetry()  # before any edgeseg module imports openvino: no network, nothing under ~/intel
+numpy_small_pages()  # before any edgeseg module imports numpy: no compaction stalls on big arrays' first touch
 
 __version__ = "0.1.0"
 
