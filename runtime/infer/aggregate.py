@@ -23,6 +23,31 @@ import numpy as np
 CHUNK_ELEMENTS = 1 << 19
 
 
+#: how bf16 logits travel in numpy (which has no bf16): their raw bits as uint16 (:func:`logits_of`); the kernels
+#: declare them bf16, :func:`as_float32` widens them exactly
+BF16_BITS = np.dtype(np.uint16)
+
+
+def logits_of(tensor: Any) -> np.ndarray:
+    """An OpenVINO output tensor's data as the aggregation takes it, without a copy: float32 or fp16 as they are,
+    bf16 as :data:`BF16_BITS` (OpenVINO's numpy view of a bf16 tensor says float16, which would misread them)."""
+    data = tensor.data
+    if tensor.element_type.get_type_name() == "bf16":
+        return data.view(BF16_BITS)
+    return data
+
+
+def as_float32(logits: np.ndarray) -> np.ndarray:
+    """float32 values of float32, fp16 or bf16-bit (:data:`BF16_BITS`) logits (exact: both widen losslessly)."""
+    if logits.dtype == BF16_BITS:
+        return (logits.astype(np.uint32) << 16).view(np.float32)
+    return logits.astype(np.float32, copy=False)
+
+
+def _pred_kind(pred: np.ndarray) -> str:
+    return {np.dtype(np.float16): "f16", BF16_BITS: "bf16"}.get(pred.dtype, "f32")
+
+
 @lru_cache(maxsize=32)
 def _accumulate_kernel(shape: tuple[int, ...], pred_type: str, worker: int) -> Any:
     """acc' = f16(f32(acc) + f32(pred) * g) for one chunk (classes, *rows) with g (*rows) f32; nnU-Net computes
@@ -30,21 +55,23 @@ def _accumulate_kernel(shape: tuple[int, ...], pred_type: str, worker: int) -> A
     One thread: each aggregation worker runs its own compiled copy (``worker`` keys the cache).
 
     OpenVINO's fused element-wise code ("snippets") turns the multiply and add into one FMA, rounded once; torch
-    rounds the float32 product first. For an fp16 prediction the product of two fp16 values is exact in float32,
-    so the two agree; for a float32 prediction (FP32 networks, the parity path) snippets are off for this kernel
-    (about 2.4x slower, ~1 % of an FP32 tile), which gives torch's rounding bit for bit."""
+    rounds the float32 product first. For an fp16 or bf16 prediction the product with an fp16 weight is exact in
+    float32 (at most 11 + 11 significant bits), so the two agree; for a float32 prediction (FP32 networks, the
+    parity path) snippets are off for this kernel (about 2.4x slower, ~1 % of an FP32 tile), which gives torch's
+    rounding bit for bit."""
     import openvino as ov
     import openvino.opset13 as ops
 
     from edgeseg.runtime.infer.engine import core
 
     acc = ops.parameter(list(shape), ov.Type.f16, name="acc")
-    pred = ops.parameter(list(shape), ov.Type.f16 if pred_type == "f16" else ov.Type.f32, name="pred")
+    pred = ops.parameter(list(shape), {"f16": ov.Type.f16, "bf16": ov.Type.bf16}.get(pred_type, ov.Type.f32),
+                         name="pred")
     g = ops.parameter(list(shape[1:]), ov.Type.f32, name="g")
     pred32 = ops.convert(pred, ov.Type.f32) if pred_type != "f32" else pred
     new_acc = ops.convert(ops.add(ops.convert(acc, ov.Type.f32), ops.multiply(pred32, g)), ov.Type.f16)
     model = ov.Model([new_acc], [acc, pred, g], f"nnunet_fp16_accumulate_{worker}")
-    config = _ONE_THREAD if pred_type == "f16" else {**_ONE_THREAD, "SNIPPETS_MODE": "DISABLE"}
+    config = _ONE_THREAD if pred_type != "f32" else {**_ONE_THREAD, "SNIPPETS_MODE": "DISABLE"}
     return core().compile_model(model, "CPU", config)
 
 
@@ -149,10 +176,11 @@ class Fp16Aggregator:
         self._lock = threading.Lock()
 
     def add(self, sl: tuple[slice, ...], pred: np.ndarray) -> None:
-        """Accumulate one tile's (K, *patch) prediction (float32, or float16 from an INT8/FP16 network; not
-        yet weighted) at ``sl``. ``pred`` is only read, and only until ``add`` returns."""
-        pred = np.ascontiguousarray(pred, dtype=np.float16 if pred.dtype == np.float16 else np.float32)
-        kind = "f16" if pred.dtype == np.float16 else "f32"
+        """Accumulate one tile's (K, *patch) prediction (float32, fp16 from an INT8/FP16 network, or bf16 bits
+        (:func:`logits_of`) from one inferring in bf16; not yet weighted) at ``sl``. ``pred`` is only read, and
+        only until ``add`` returns."""
+        kind = _pred_kind(pred)
+        pred = np.ascontiguousarray(pred, dtype=pred.dtype if kind != "f32" else np.float32)
         with self._lock:
             if self._threads == 1:
                 self._work(0, sl, pred, kind)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from edgeseg.runtime.infer.aggregate import Fp16Aggregator, argmax_of_quotient
+from edgeseg.runtime.infer.aggregate import Fp16Aggregator, argmax_of_quotient, as_float32, logits_of
 from edgeseg.runtime.infer.tiling import compute_steps, gaussian_importance
 
 log = logging.getLogger(__name__)
@@ -75,13 +75,14 @@ class _Accumulator:
         self.done = 0
 
     def add(self, index: int, sl: tuple[slice, ...], flip: tuple[int, ...], logits: np.ndarray) -> bool:
-        """Add one (possibly flipped) prediction (K, *patch) float32; True when the tile is complete."""
+        """Add one (possibly flipped) prediction (K, *patch): float32, fp16 or bf16 bits (:func:`logits_of`); True
+        when the tile is complete."""
         if flip:
             logits = np.flip(logits, axis=tuple(a + 1 for a in flip))
         with self.lock:
             if self.n_mirror > 1:
                 total, count = self.pending.pop(index, (None, 0))
-                logits = logits.astype(np.float32, copy=False)
+                logits = as_float32(logits)
                 total = logits.copy() if total is None else total + logits
                 count += 1
                 if count < self.n_mirror:
@@ -217,7 +218,7 @@ def _ping_pong(requests: list[Any], jobs: Iterator[tuple[int, tuple, tuple]],
         while in_flight:
             request, job, _ = in_flight.popleft()
             request.wait()
-            add(job, request.get_output_tensor(0).data[0])
+            add(job, logits_of(request.get_output_tensor(0))[0])
             job = next(jobs, None)
             if job is not None:
                 start(request, job)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgeseg.runtime.infer import aggregate
-from edgeseg.runtime.infer.aggregate import Fp16Aggregator, chunks
+from edgeseg.runtime.infer.aggregate import BF16_BITS, Fp16Aggregator, as_float32, chunks, logits_of
 from edgeseg.runtime.infer.sliding_window import predict_logits, tile_slicers
 from edgeseg.runtime.infer.tiling import gaussian_importance
 
@@ -83,6 +83,42 @@ def test_float32_predictions_round_the_product_as_torch_does():
     assert (agg.logits == expected).all()
 
 
+def _bf16_bits(values: np.ndarray) -> np.ndarray:
+    """bf16 bits of float32 ``values`` (truncated: any bf16 value will do)."""
+    return (values.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def test_bf16_predictions_aggregate_as_their_float32_values():
+    """bf16 logits (a network inferring in bf16) added as their bits equal the same values added as float32, and
+    nnU-Net's fp16 update of those values: the widening is exact and so is the product with the fp16 weight."""
+    patch, shape, k = (8, 6, 10), (13, 9, 17), 5
+    rng = np.random.default_rng(8)
+    bits = [(sl, _bf16_bits(rng.standard_normal((k, *patch)) * 20)) for sl in tile_slicers(shape, patch, 0.5)]
+    values = [(sl, as_float32(b)) for sl, b in bits]
+    assert bits[0][1].dtype == BF16_BITS and values[0][1].dtype == np.float32
+    np.testing.assert_array_equal(values[0][1], (bits[0][1].astype(np.uint32) << 16).view(np.float32))
+    from_bits = _aggregate(bits, k, shape, patch, threads=2)
+    from_values = _aggregate(values, k, shape, patch, threads=1)
+    np.testing.assert_array_equal(from_bits.logits, from_values.logits)
+    np.testing.assert_array_equal(from_bits.weights, from_values.weights)
+    logits, weights = _nnunet_accumulate(k, shape, patch, values)
+    np.testing.assert_array_equal(from_bits.logits, logits)
+    assert np.abs(logits).max() > 1  # real sums, not zeros
+
+
+def test_logits_of_reads_a_bf16_tensor_as_bits_in_place():
+    import openvino as ov
+
+    bits = _bf16_bits(np.array([1.5, -2.25, 3.0e4, 1e-3], np.float32))
+    tensor = ov.Tensor(bits, ov.Shape([4]), ov.Type.bf16)
+    assert tensor.data.dtype == np.float16  # OpenVINO's own view: the bits misread as fp16
+    got = logits_of(tensor)
+    assert got.dtype == BF16_BITS and np.shares_memory(got, tensor.data)
+    np.testing.assert_array_equal(as_float32(got), [1.5, -2.25, 29952.0, 0.00099945068359375])
+    f16 = ov.Tensor(np.ones(3, np.float16))
+    assert logits_of(f16).dtype == np.float16
+
+
 def _small_openvino_model(channels_out=3):
     """A fixed random 3x3x3 convolution as an OpenVINO model (1, 1, 8, 16, 12) -> (1, K, 8, 16, 12)."""
     import openvino as ov
@@ -97,23 +133,27 @@ def _small_openvino_model(channels_out=3):
 
 
 @pytest.mark.parametrize("mirror", [None, (0, 1, 2)])
-@pytest.mark.parametrize("fp16_output", [False, True])
-def test_requests_in_turn_give_the_synchronous_logits(mirror, fp16_output):
+@pytest.mark.parametrize("logits", [None, "f16", "bf16"])
+def test_requests_in_turn_give_the_synchronous_logits(mirror, logits):
+    """Also with the logits types the engine compiles (fp16; bf16 bits, which OpenVINO's numpy view would misread
+    as fp16: ``logits_of`` reads them)."""
     import openvino as ov
 
     from edgeseg.runtime.infer.engine import core
 
     model = _small_openvino_model()
-    if fp16_output:  # as the engine compiles INT8/FP16 networks
+    if logits:  # as the engine compiles INT8/FP16 networks (f16) and networks inferring in bf16
         ppp = ov.preprocess.PrePostProcessor(model)
-        ppp.output(0).tensor().set_element_type(ov.Type.f16)
+        ppp.output(0).tensor().set_element_type(ov.Type.f16 if logits == "f16" else ov.Type.bf16)
         model = ppp.build()
     compiled = core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     data = np.random.default_rng(5).standard_normal((1, 23, 41, 30)).astype(np.float32)
     patch = (8, 16, 12)
 
-    def synchronous(x):  # one inference at a time, its output copied out at once
-        return np.array(compiled({0: x})[0])
+    def synchronous(x):  # one inference at a time, its output widened to float32 at once
+        request = compiled.create_infer_request()
+        request.infer({0: x})
+        return as_float32(logits_of(request.get_output_tensor(0))).copy()
 
     reference = predict_logits(data, synchronous, patch, 3, 0.5, mirror_axes=mirror)
     requests = [compiled.create_infer_request() for _ in range(3)]
@@ -145,3 +185,36 @@ def test_an_error_while_adding_waits_for_the_requests_in_flight():
     for request in requests:
         request.wait()  # returns at once: nothing is left running
         request.infer({0: np.zeros((1, 1, 8, 16, 12), np.float32)})  # and the requests are reusable
+
+
+def test_the_engine_keeps_bf16_logits_only_where_the_network_computes_them(tmp_path, caplog):
+    """bf16 logits leave the network only under the bf16 hint and only when its last computing layer writes bf16
+    (read from the runtime model); otherwise the engine compiles it again with fp16 logits, as before."""
+    import logging
+
+    import openvino as ov
+
+    from edgeseg.runtime.infer import engine
+
+    xml = tmp_path / "small.xml"
+    ov.save_model(_small_openvino_model(), xml)
+
+    def logits_type(model_precision: str, hint: str) -> object:
+        return engine._read_and_compile(xml, model_precision, "CPU", {"INFERENCE_PRECISION_HINT": hint}).outputs[0] \
+            .get_element_type()
+
+    assert logits_type("int8", "f32") == ov.Type.f16
+    assert logits_type("fp32", "f32") == ov.Type.f32
+    # bf16 asked of a float32 computation: the runtime model shows a conversion, which proves nothing
+    forced = engine.core().compile_model(engine._with_logits_type(xml, "bf16"), "CPU",
+                                         {"INFERENCE_PRECISION_HINT": "f32"})
+    assert forced.outputs[0].get_element_type() == ov.Type.bf16
+    assert not engine.produces_bf16(forced)
+    with caplog.at_level(logging.INFO, logger="edgeseg.runtime.infer.engine"):
+        compiled = engine._read_and_compile(xml, "int8", "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+    kept = compiled.outputs[0].get_element_type() == ov.Type.bf16
+    assert kept == engine.produces_bf16(compiled)
+    assert kept or compiled.outputs[0].get_element_type() == ov.Type.f16
+    assert kept != ("compiled again with f16 logits" in caplog.text)
+    if engine._supports_bf16("CPU"):  # the convolution (its bias fused) computes in bf16 and writes bf16
+        assert kept
