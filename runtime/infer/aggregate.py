@@ -116,34 +116,68 @@ def chunks(num_outputs: int, patch: Sequence[int], target: int | None = None) ->
     return [(slice(k, k + 1), slice(z, min(z + step, rows))) for k in range(num_outputs) for z in range(0, rows, step)]
 
 
-@lru_cache(maxsize=2)
-def _divide_kernel() -> Any:
-    """q = f16(f32(acc) / f32(w)). The rounding to fp16 happens at the output: with the f32 precision hint the
-    CPU plugin computes any intermediate f16 tensor in f32, so rounding inside one graph would be lost."""
+#: compiled read-out kernels kept per slab shape (a series needs two: its slabs and the last, thinner one)
+_READOUT_SHAPES = 8
+
+
+@lru_cache(maxsize=_READOUT_SHAPES)
+def _divide_kernel(shape: tuple[int, ...]) -> Any:
+    """q = f16(f32(acc) / f32(w)) for (K, Z, Y, X) ``acc`` and (Z, Y, X) ``w``. The rounding to fp16 happens at
+    the output: with the f32 precision hint the CPU plugin computes any intermediate f16 tensor in f32, so rounding
+    inside one graph would be lost. Static shapes: the CPU plugin's dynamic-shape division took 0.20 s for 26
+    classes on 160x208x256 where a kernel compiled for the slab's shape takes 0.035 s."""
     import openvino as ov
     import openvino.opset13 as ops
 
     from edgeseg.runtime.infer.engine import core
 
-    acc = ops.parameter(ov.PartialShape([-1, -1, -1, -1]), ov.Type.f16, name="acc")
-    w = ops.parameter(ov.PartialShape([-1, -1, -1]), ov.Type.f16, name="w")
+    acc = ops.parameter(list(shape), ov.Type.f16, name="acc")
+    w = ops.parameter(list(shape[1:]), ov.Type.f16, name="w")
     q = ops.convert(ops.divide(ops.convert(acc, ov.Type.f32), ops.convert(w, ov.Type.f32)), ov.Type.f16)
     model = ov.Model([q], [acc, w], "nnunet_fp16_divide")
     return core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
 
-@lru_cache(maxsize=2)
-def _argmax_kernel() -> Any:
-    """Index of the first maximum over axis 0 (torch.argmax's tie rule: a stable TopK with k=1)."""
+@lru_cache(maxsize=_READOUT_SHAPES)
+def _argmax_kernel(shape: tuple[int, ...]) -> Any:
+    """Index of the first maximum over axis 0 of (K, Z, Y, X) fp16 (torch.argmax's tie rule: a stable TopK with
+    k=1); static shape, as :func:`_divide_kernel`."""
     import openvino as ov
     import openvino.opset13 as ops
 
     from edgeseg.runtime.infer.engine import core
 
-    q = ops.parameter(ov.PartialShape([-1, -1, -1, -1]), ov.Type.f16, name="q")
+    q = ops.parameter(list(shape), ov.Type.f16, name="q")
     top = ops.topk(ops.convert(q, ov.Type.f32), 1, 0, "max", "value", "i32", stable=True)
     model = ov.Model([top.output(1)], [q], "argmax_first")
     return core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+
+class _SlabRequests:
+    """One infer request per read-out kernel and slab shape, for all the slabs of one read-out (a request is
+    reused: its output buffer is read before the next slab of its shape runs)."""
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[str, tuple[int, ...]], Any] = {}
+
+    def divide(self, acc: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """nnU-Net's fp16 quotient of one slab, in the request's own output buffer (valid until the next slab of
+        this shape); raises FloatingPointError on non-finite values."""
+        q = self._get("divide", acc.shape).infer({"acc": np.ascontiguousarray(acc), "w": np.ascontiguousarray(weights)},
+                                                 share_inputs=True, share_outputs=True)[0]
+        _check_finite(q)
+        return q
+
+    def argmax(self, q: np.ndarray) -> np.ndarray:
+        return self._get("argmax", q.shape).infer({"q": q}, share_inputs=True, share_outputs=True)[0][0]
+
+    def _get(self, kind: str, shape: tuple[int, ...]) -> Any:
+        key = (kind, tuple(int(n) for n in shape))
+        request = self._requests.get(key)
+        if request is None:
+            kernel = _divide_kernel(key[1]) if kind == "divide" else _argmax_kernel(key[1])
+            request = self._requests[key] = kernel.create_infer_request()
+        return request
 
 
 class Fp16Aggregator:
@@ -249,11 +283,11 @@ class Fp16Aggregator:
         return self._divide_into(np.empty(self.logits.shape, dtype=np.float32), slab)
 
     def _divide_into(self, out: np.ndarray, slab: int) -> np.ndarray:
-        """``out`` (the accumulator itself, or a float32 array of its shape) = logits / weights, slab by slab, with
-        one infer request of the division kernel for all slabs."""
-        request = _divide_kernel().create_infer_request()
+        """``out`` (the accumulator itself, or a float32 array of its shape) = logits / weights, slab by slab
+        (:class:`_SlabRequests`); raises FloatingPointError on non-finite logits."""
+        requests = _SlabRequests()
         for z in range(0, self.logits.shape[1], slab):
-            out[:, z:z + slab] = divide_fp16(self.logits[:, z:z + slab], self.weights[z:z + slab], request)
+            out[:, z:z + slab] = requests.divide(self.logits[:, z:z + slab], self.weights[z:z + slab])
         return out
 
 
@@ -264,26 +298,13 @@ def _check_finite(q: np.ndarray) -> None:
         raise FloatingPointError("non-finite logits after aggregation (fp16 overflow or an inf/NaN model output)")
 
 
-def divide_fp16(acc: np.ndarray, weights: np.ndarray, request: Any) -> np.ndarray:
-    """``f16(f32(acc) / f32(weights))`` (nnU-Net's fp16 division) by ``request``, an infer request of the division
-    kernel (reused across slabs; its output is copied out); raises on non-finite results."""
-    res = np.array(request.infer({"acc": np.ascontiguousarray(acc), "w": np.ascontiguousarray(weights)},
-                                 share_inputs=True)[0])
-    _check_finite(res)
-    return res
-
-
 def argmax_of_quotient(acc: np.ndarray, weights: np.ndarray, out: np.ndarray, slab: int = 4) -> np.ndarray:
     """``out[...]`` = the index of the first maximum over classes (torch's tie rule, :func:`_argmax_kernel`) of
     nnU-Net's fp16 quotient ``f16(f32(acc) / f32(weights))``, over (K, Z, ...) ``acc`` and (Z, ...) ``weights``,
-    slab by slab along Z, with one infer request per kernel for all slabs (a new request per slab paid the
-    dynamic-shape kernels' set-up again: 30 classes on 171x171x133 took 0.31-0.46 s, now 0.21-0.25 s) and the
-    quotient read in place from the division's output. Raises FloatingPointError on non-finite logits."""
-    divide = _divide_kernel().create_infer_request()
-    argmax = _argmax_kernel().create_infer_request()
+    slab by slab along Z with kernels compiled for the slab's shape (:class:`_SlabRequests`; dynamic-shape kernels
+    took 0.43-0.61 s for 26 classes on 160x208x256, these 0.20 s), the quotient read in place from the division's
+    output. Raises FloatingPointError on non-finite logits."""
+    requests = _SlabRequests()
     for z in range(0, acc.shape[1], slab):
-        q = divide.infer({"acc": np.ascontiguousarray(acc[:, z:z + slab]),
-                          "w": np.ascontiguousarray(weights[z:z + slab])}, share_inputs=True)[0]
-        _check_finite(q)
-        out[z:z + slab] = argmax.infer({"q": q}, share_inputs=True)[0][0]
+        out[z:z + slab] = requests.argmax(requests.divide(acc[:, z:z + slab], weights[z:z + slab]))
     return out
