@@ -14,7 +14,9 @@ hint where the CPU has it, fp16 logits) and measured in its own child process:
 * ``network s/tile``: the engine's request run tile after tile on the same input (median of ``--repeats``);
 * ``window s/tile``: ``sliding_window`` over a volume of ``--tiles`` tiles (2x2x2 at step 0.5 by default), wall
   seconds of the whole call / tiles (cutting, inference, Gaussian weighting, fp16 accumulation), the way the
-  segmenter calls it (``segment._window_model``);
+  segmenter calls it: where the network infers in bf16, with the update inside the network
+  (``engine.accumulating_model``; ``--separate``: the plain network and the separate update), else the engine's
+  requests;
 * ``readout s``: ``Aggregated.argmax`` once at the end (not per tile).
 """
 from __future__ import annotations
@@ -91,11 +93,16 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     side = [p + p // 2 * (n - 1) for p, n in zip(PATCH, args.grid)]  # n tiles per axis at step 0.5
     data = rng.standard_normal((1, *side)).astype(np.float32)
     kwargs: dict[str, Any] = {}
-    if hasattr(sw, "window_jobs"):  # as segment.py calls it: the engine's requests in turn
+    window_model: Any = None
+    path = "separate update"
+    if hasattr(engine, "accumulating_model") and used.endswith("+bf16") and not args.separate:
+        window_model = _accumulating_window_model(engine, sw, Path(args.xml), args.threads)
+        jobs, path = 1, "update in the network"
+    if window_model is None and hasattr(sw, "window_jobs"):  # as segment.py calls it: the engine's requests in turn
         jobs = args.jobs or sw.window_jobs()
-        window_model: Any = [request, *(compiled.create_infer_request() for _ in range(jobs - 1))]
+        window_model = [request, *(compiled.create_infer_request() for _ in range(jobs - 1))]
         kwargs["threads"] = args.aggregation_threads
-    else:  # before: the engine's one request, tile after tile (what segment.py passed on <= 4 cores)
+    elif window_model is None:  # before: the engine's one request, tile after tile (segment.py on <= 4 cores)
         jobs, window_model = 1, request
     sw.sliding_window(data[:, :PATCH[0], :PATCH[1], :PATCH[2]], window_model, PATCH, num_outputs, 0.5,
                       **kwargs)  # compiles the aggregation kernels
@@ -106,11 +113,27 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     agg.argmax()
     readout = time.perf_counter() - t0
-    return {"precision_used": used, "classes": num_outputs, "jobs": jobs,
+    return {"precision_used": used, "classes": num_outputs, "jobs": jobs, "path": path,
             "aggregation_threads": kwargs.get("threads") or "default", "network_s": network,
             "network_min_s": min(times),
             "window_s": window / tiles, "tiles": tiles, "overhead_pct": 100 * (window / tiles / network - 1),
             "readout_s": readout, "volume": "x".join(map(str, side)), "peak_rss_mb": peak_rss_mb()}
+
+
+def _accumulating_window_model(engine: Any, sw: Any, xml: Path, threads: int | None) -> Any:
+    """The network with the window's update inside (as ``compile_part`` builds it where the network infers in
+    bf16), warmed up, as an ``AccumulatingRequest``; None where the compiled graph does not keep it exact."""
+    from edgeseg.runtime.infer.tiling import gaussian_importance
+
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = engine.core().compile_model(engine.accumulating_model(xml, gaussian_importance(PATCH)), "CPU", config)
+    if not engine.accumulates_exactly(compiled):
+        return None
+    request = compiled.create_infer_request()
+    request.infer(engine.zero_inputs(compiled))  # warm-up, as compile_part does
+    return sw.AccumulatingRequest(request)
 
 
 def _compile_like_engine(xml: Path, precision: str, threads: int | None) -> tuple[Any, str]:
@@ -140,6 +163,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, help="the network's inference threads (default: OpenVINO's)")
     p.add_argument("--jobs", type=int, help="infer requests used in turn (default: the runtime's)")
     p.add_argument("--aggregation-threads", type=int, help="default: the runtime's")
+    p.add_argument("--separate", action="store_true",
+                   help="the plain network and the separate update even where the runtime updates in the network")
     p.add_argument("--label", default="", help="a name for this code state in the table (e.g. before/after)")
     p.add_argument("--json", type=Path)
     p.add_argument("--worker", action="store_true")
@@ -157,13 +182,15 @@ def main() -> int:
         for flag in ("threads", "jobs", "aggregation_threads"):
             if getattr(args, flag):
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        cmd += ["--separate"] if args.separate else []
         result, _ = run_child(cmd)
         result["config"] = f"{args.label} {prec}".strip()
         rows.append(result)
         print(f"  measured {result['config']}: network {result['network_s']:.3f} s/tile, window "
               f"{result['window_s']:.3f} s/tile", flush=True)
     print()
-    print_table(rows, [("config", "configuration"), ("precision_used", "precision"), ("classes", "classes"),
+    print_table(rows, [("config", "configuration"), ("precision_used", "precision"), ("path", "window"),
+                       ("classes", "classes"),
                        ("volume", "volume"), ("tiles", "tiles"), ("jobs", "requests"),
                        ("aggregation_threads", "agg threads"), ("network_s", "network s/tile"),
                        ("network_min_s", "network min s"), ("window_s", "window s/tile"),

@@ -17,7 +17,7 @@ from edgeseg import __version__
 from edgeseg.bundle.schema import Bundle, Part, Variant
 from edgeseg.errors import InferenceError
 from edgeseg.runtime.infer.engine import Engine
-from edgeseg.runtime.infer.sliding_window import sliding_window, window_jobs
+from edgeseg.runtime.infer.sliding_window import AccumulatingRequest, sliding_window, window_jobs
 from edgeseg.runtime.infer.tiling import tile_count
 from edgeseg.runtime.options import SegmentOptions
 from edgeseg.runtime.postprocess import empty_labels, logits_to_part_labels, merge_part, to_input_grid
@@ -97,8 +97,11 @@ def segment_volume(volume: Volume, bundle: Bundle, options: SegmentOptions, engi
 
         t0 = time.perf_counter()
         try:
-            # the engine's requests in turn (more than 4 cores: the next tile infers while this one is aggregated)
-            prediction = sliding_window(pre.data, engine.window_requests(window_jobs()), part.patch_size,
+            # a network that accumulates itself: its one request, tile after tile; else the engine's requests in
+            # turn (more than 4 cores: the next tile infers while this one is aggregated)
+            model = (AccumulatingRequest(engine.window_requests(1)[0]) if engine.accumulates
+                     else engine.window_requests(window_jobs()))
+            prediction = sliding_window(pre.data, model, part.patch_size,
                                         part.num_outputs, step, part.use_gaussian, mirror, tile_progress)
         except FloatingPointError as err:
             raise InferenceError(f"Part '{part.name}': {err}") from err

@@ -238,7 +238,17 @@ class Fp16Aggregator:
             out = request.infer({"acc": buf, "pred": pred[classes, rows], "g": self._g32[rows]},
                                 share_inputs=True, share_outputs=True)[0]
             np.copyto(region, out)
-        for rows in self._weight_rows[worker::n]:
+        self._add_weights(worker, sl, self._weight_rows[worker::n])
+
+    def add_weights(self, sl: tuple[slice, ...]) -> None:
+        """Accumulate only the tile's Gaussian into the weights at ``sl`` (a network that updated the logits'
+        region itself, :class:`~edgeseg.runtime.infer.sliding_window.AccumulatingRequest`)."""
+        with self._lock:
+            self._add_weights(0, sl, self._weight_rows)
+
+    def _add_weights(self, worker: int, sl: tuple[slice, ...], rows_list: list[slice]) -> None:
+        inner = sl[1:]
+        for rows in rows_list:
             z = slice(sl[0].start + rows.start, sl[0].start + rows.stop)
             region = self.weights[(z, *inner)]
             buf = self._buffer(worker, region.shape)

@@ -218,3 +218,87 @@ def test_the_engine_keeps_bf16_logits_only_where_the_network_computes_them(tmp_p
     assert kept != ("compiled again with f16 logits" in caplog.text)
     if engine._supports_bf16("CPU"):  # the convolution (its bias fused) computes in bf16 and writes bf16
         assert kept
+
+
+def _integer_model(channels_out: int = 4):
+    """A 3x3x3 convolution with small integer weights and bias: on integer images its logits are small integers,
+    exact in bf16, fp16 and float32 whatever the inference precision, so every way of adding them must agree."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(12)
+    x = ops.parameter([1, 1, 8, 16, 12], ov.Type.f32, name="image")
+    w = ops.constant(rng.integers(-2, 3, (channels_out, 1, 3, 3, 3)).astype(np.float32))
+    y = ops.convolution(x, w, [1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1])
+    y = ops.add(y, ops.constant(rng.integers(-3, 4, (1, channels_out, 1, 1, 1)).astype(np.float32)))
+    return ov.Model([y], [x], "integer")
+
+
+@pytest.mark.parametrize("use_gaussian", [True, False])
+def test_a_network_that_accumulates_itself_gives_the_windows_logits(tmp_path, use_gaussian):
+    """The window through an AccumulatingRequest (the update inside the network, the region copied in and out, the
+    buffer updated in place) equals the plain network with the separate fp16 update, bit for bit, and reports the
+    same progress."""
+    import openvino as ov
+
+    from edgeseg.runtime.infer import engine
+    from edgeseg.runtime.infer.sliding_window import AccumulatingRequest, sliding_window
+
+    xml = tmp_path / "integer.xml"
+    ov.save_model(_integer_model(), xml)
+    patch, k = (8, 16, 12), 4
+    g = gaussian_importance(patch) if use_gaussian else np.ones(patch, np.float16)
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    accumulating = engine.core().compile_model(engine.accumulating_model(xml, g), "CPU", config)
+    plain = engine._read_and_compile(xml, "int8", "CPU", config)  # fp16 logits, the separate update
+    data = np.random.default_rng(9).integers(-3, 4, (1, 23, 41, 30)).astype(np.float32)
+    seen: dict[str, list[tuple[int, int]]] = {"in network": [], "plain": []}
+    runs = {}
+    for name, model in (("in network", AccumulatingRequest(accumulating.create_infer_request())),
+                        ("plain", [plain.create_infer_request()])):
+        runs[name] = sliding_window(data, model, patch, k, 0.5, use_gaussian,
+                                    progress=lambda done, total, _n=name: seen[_n].append((done, total)))
+    assert np.abs(runs["plain"].logits()).max() > 1  # real logits, not zeros
+    np.testing.assert_array_equal(runs["in network"].logits(), runs["plain"].logits())
+    np.testing.assert_array_equal(runs["in network"].argmax(), runs["plain"].argmax())
+    assert seen["in network"] == seen["plain"] and seen["plain"][-1][0] == seen["plain"][-1][1] > 1
+    with pytest.raises(ValueError, match="unmirrored"):
+        sliding_window(data, AccumulatingRequest(accumulating.create_infer_request()), patch, k, 0.5,
+                       mirror_axes=(0,))
+
+
+def test_the_update_runs_in_the_network_only_where_it_is_exact(tmp_path):
+    """In-network accumulation is proven from the compiled graph: a float32 computation (logits not the network's
+    own bf16) does not count; under the bf16 hint on a CPU with bf16 the convolution's bf16 logits do."""
+    import openvino as ov
+
+    from edgeseg.runtime.infer import engine
+
+    xml = tmp_path / "small.xml"
+    ov.save_model(_small_openvino_model(), xml)
+    model = engine.accumulating_model(xml, gaussian_importance((8, 16, 12)))
+    assert [tuple(p.get_shape()) for p in model.inputs] == [(1, 1, 8, 16, 12), (3, 8, 16, 12)]
+    f32 = engine.core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert not engine.accumulates_exactly(f32)
+    if engine._supports_bf16("CPU"):
+        bf16 = engine.core().compile_model(engine.accumulating_model(xml, gaussian_importance((8, 16, 12))), "CPU",
+                                           {"INFERENCE_PRECISION_HINT": "bf16"})
+        assert engine.accumulates_exactly(bf16)
+
+
+def test_the_engine_accumulates_in_the_network_only_for_bf16_unmirrored_parts():
+    from dataclasses import replace
+
+    from edgeseg.bundle import load_bundle
+    from edgeseg.demo import demo_bundle_path
+    from edgeseg.runtime.infer import engine
+
+    bundle = load_bundle(demo_bundle_path())
+    part = bundle.variant(None).parts[0]
+    int8 = engine.compile_part(bundle, part, "CPU", "int8")
+    assert int8.accumulates == (int8.precision == "int8+bf16" and not engine._mirrored(part))
+    if engine._supports_bf16("CPU") and not engine._mirrored(part):
+        assert int8.accumulates and [tuple(p.get_shape()) for p in int8.compiled.inputs][1][0] == part.num_outputs
+    assert not engine.compile_part(bundle, part, "CPU", "fp32").accumulates
+    mirrored = replace(part, use_mirroring=True, mirror_axes=(0, 1, 2))
+    assert not engine.compile_part(bundle, mirrored, "CPU", "int8").accumulates
