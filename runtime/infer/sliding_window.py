@@ -11,6 +11,10 @@ aggregation of a tile with the inference of the next: the requests are used in t
 thread adds the finished tile from its request's own output buffer, the next request is already inferring
 (OpenVINO releases the GIL). A request is restarted only after its output has been aggregated, so no output is
 overwritten while it is read.
+
+With an :class:`AccumulatingRequest` (an engine whose network carries the fp16 update itself,
+:func:`~edgeseg.runtime.infer.engine.accumulating_model`) the tiles run one after the other: each tile's region of
+the accumulator goes into the request and comes back updated; only the weights are added here.
 """
 from __future__ import annotations
 
