@@ -312,13 +312,18 @@ def accumulates_exactly(compiled: Any) -> bool:
 
 
 def _compile_accumulating(xml: Path, part: Part, device: str, config: dict[str, Any]) -> Any | None:
-    """The part's :func:`accumulating_model` compiled, or None where :func:`accumulates_exactly` does not hold
-    (logged; the caller compiles the plain network)."""
+    """The part's :func:`accumulating_model` compiled, or None where it does not compile or
+    :func:`accumulates_exactly` does not hold (logged; the caller compiles the plain network)."""
     from edgeseg.runtime.infer.tiling import gaussian_importance
 
     patch = tuple(part.patch_size)
     g = gaussian_importance(patch) if part.use_gaussian else np.ones(patch, np.float16)
-    compiled = core().compile_model(accumulating_model(xml, g), device, config)
+    try:
+        compiled = core().compile_model(accumulating_model(xml, g), device, config)
+    except Exception as err:  # noqa: BLE001 - the plain network may still compile with this precision
+        log.info("compile %s with the window's update inside failed on %s (%s): the plain network is used",
+                 xml.name, device, str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        return None
     if accumulates_exactly(compiled):
         return compiled
     log.info("compile %s: the window's update cannot run inside the network exactly on %s (the compiled graph "

@@ -302,3 +302,25 @@ def test_the_engine_accumulates_in_the_network_only_for_bf16_unmirrored_parts():
     assert not engine.compile_part(bundle, part, "CPU", "fp32").accumulates
     mirrored = replace(part, use_mirroring=True, mirror_axes=(0, 1, 2))
     assert not engine.compile_part(bundle, mirrored, "CPU", "int8").accumulates
+
+
+def test_a_network_the_update_cannot_be_appended_to_keeps_its_precision(monkeypatch, caplog):
+    """A failure to build or compile the in-network update costs the update, not the precision: the plain network
+    is compiled with the same precision."""
+    import logging
+
+    from edgeseg.bundle import load_bundle
+    from edgeseg.demo import demo_bundle_path
+    from edgeseg.runtime.infer import engine
+
+    def broken(xml, gaussian):
+        raise RuntimeError("no such output shape")
+
+    monkeypatch.setattr(engine, "accumulating_model", broken)
+    monkeypatch.setattr(engine, "_supports_bf16", lambda device: True)  # the bf16 candidate first, on any CPU
+    bundle = load_bundle(demo_bundle_path())
+    part = bundle.variant(None).parts[0]
+    with caplog.at_level(logging.INFO, logger="edgeseg.runtime.infer.engine"):
+        compiled = engine.compile_part(bundle, part, "CPU", "int8")
+    assert not compiled.accumulates and compiled.precision.startswith("int8+")
+    assert "no such output shape" in caplog.text and "the plain network is used" in caplog.text
