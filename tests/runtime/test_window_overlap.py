@@ -324,3 +324,24 @@ def test_a_network_the_update_cannot_be_appended_to_keeps_its_precision(monkeypa
         compiled = engine.compile_part(bundle, part, "CPU", "int8")
     assert not compiled.accumulates and compiled.precision.startswith("int8+")
     assert "no such output shape" in caplog.text and "the plain network is used" in caplog.text
+
+
+@pytest.mark.parametrize("shape, patch, step", [((23, 41, 30), (8, 16, 12), 0.5), ((40, 35, 29), (16, 16, 16), 0.8),
+                                                ((16, 16, 16), (16, 16, 16), 0.5)])
+def test_the_box_no_earlier_tile_covered_is_exactly_the_untouched_part(shape, patch, step):
+    """What the in-network window copies in: outside the corner's box every voxel of the tile was covered by an
+    earlier tile, inside none (checked against the tiles' coverage drawn one by one)."""
+    from edgeseg.runtime.infer.sliding_window import _first_untouched
+
+    slicers = tile_slicers(shape, patch, step)
+    corners = _first_untouched(slicers)
+    assert corners is not None and corners[0] == (0, 0, 0)
+    covered = np.zeros(shape, bool)
+    for sl, (z, y, x) in zip(slicers, corners):
+        box = np.zeros(patch, bool)
+        box[z:, y:, x:] = True
+        assert not covered[sl][box].any() and covered[sl][~box].all()
+        covered[sl] = True
+    assert covered.all()
+    if len(slicers) > 1:
+        assert _first_untouched(slicers[::-1]) is None  # not nnU-Net's order: the whole region is copied
