@@ -261,11 +261,16 @@ def accumulating_model(xml: Path, gaussian: np.ndarray) -> Any:
     shape = [d.get_length() for d in logits.get_partial_shape()][1:]  # (K, *patch)
     acc = ops.parameter(shape, ov.Type.f16, name="acc")
     g32 = np.ascontiguousarray(gaussian, dtype=np.float16).astype(np.float32)
-    pred = ops.convert(ops.reshape(logits, ops.constant(np.array(shape, np.int64)), False), ov.Type.f32)
-    total = ops.add(ops.convert(acc, ov.Type.f32), ops.multiply(pred, ops.constant(g32)))
-    for node in (pred, total):  # arithmetic in float32 whatever the inference precision
+    pred = ops.convert(ops.reshape(logits, ops.constant(np.array(shape, np.int64), name="edgeseg_update_shape"),
+                                   False, name="edgeseg_update_logits"), ov.Type.f32, name="edgeseg_update_pred")
+    weighted = ops.multiply(pred, ops.constant(g32, name="edgeseg_update_gaussian"), name="edgeseg_update_weighted")
+    total = ops.add(ops.convert(acc, ov.Type.f32, name="edgeseg_update_acc"), weighted, name="edgeseg_update_sum")
+    for node in (pred, weighted, total):  # arithmetic in float32 whatever the inference precision
         node.get_rt_info()["disable_fp16_compression_0"] = ""
-    return ov.Model([ops.convert(total, ov.Type.f16)], [tile, acc], f"{model.get_friendly_name()}_accumulating")
+    out = ops.result(ops.convert(total, ov.Type.f16, name="edgeseg_update"), name="edgeseg_update_result")
+    # every node named: OpenVINO's model cache hashes the graph with its names, and generated names (a process-wide
+    # counter) would give the same model a new cache entry in every process that built other nodes first
+    return ov.Model([out], [tile, acc], f"{model.get_friendly_name()}_accumulating")
 
 
 #: layers of a runtime model that only move or re-shape values
