@@ -119,11 +119,6 @@ class Engine:
     def input_shape(self) -> tuple[int, ...]:
         return (1, self.part.num_input_channels, *self.part.patch_size)
 
-    def zero_inputs(self) -> dict[int, np.ndarray]:
-        """Inputs of zeros for every input of the compiled model (the tile; the accumulator region where it
-        accumulates)."""
-        return zero_inputs(self.compiled)
-
     def window_requests(self, n: int) -> list[Any]:
         """``n`` infer requests for the sliding window (used in turn: one infers while another's output is
         aggregated): the engine's own request and ``n - 1`` spares, created once and kept (each holds its own
@@ -277,10 +272,17 @@ def accumulating_model(xml: Path, gaussian: np.ndarray) -> Any:
 _LAYOUT = ("Reorder", "Reshape")
 
 
-def _producer(node: Any) -> Any:
-    """The first node before ``node``'s output that is not a layout-only layer (:data:`_LAYOUT`)."""
+def _exec_info(node: Any) -> tuple[str, str]:
+    """A runtime-model node's layer type and output precision (lower case), from OpenVINO's execution info."""
+    info = node.get_rt_info()
+    return str(info["layerType"].astype(str)), str(info["outputPrecisions"].astype(str)).lower()
+
+
+def _producer(node: Any, skip: tuple[str, ...] = _LAYOUT) -> Any:
+    """The first node at or before ``node`` whose layer type is not in ``skip`` (default: the layout-only layers,
+    :data:`_LAYOUT`), following first inputs; ValueError after eight."""
     for _ in range(8):
-        if str(node.get_rt_info()["layerType"].astype(str)) not in _LAYOUT:
+        if _exec_info(node)[0] not in skip:
             return node
         node = node.input_value(0).get_node()
     raise ValueError("layout layers do not end")
@@ -294,15 +296,13 @@ def accumulates_exactly(compiled: Any) -> bool:
     other shape of the graph (e.g. the update fused into the convolution, or logits computed in float32)."""
     try:
         update = _producer(compiled.get_runtime_model().get_results()[0].input_value(0).get_node())
-        info = update.get_rt_info()
-        if str(info["layerType"].astype(str)) not in ("Subgraph", "Eltwise", "Convert") or \
-                str(info["outputPrecisions"].astype(str)).lower() != "f16":
+        layer, precision = _exec_info(update)
+        if layer not in ("Subgraph", "Eltwise", "Convert") or precision != "f16":
             return False
         kinds = []
         for i in range(update.get_input_size()):
             source = _producer(update.input_value(i).get_node())
-            rt = source.get_rt_info()
-            layer, precision = str(rt["layerType"].astype(str)), str(rt["outputPrecisions"].astype(str)).lower()
+            layer, precision = _exec_info(source)
             if layer == "Input" and source.get_friendly_name() == "acc":
                 kinds.append("acc")
             elif layer == "Const":
@@ -374,16 +374,11 @@ def produces_bf16(compiled: Any) -> bool:
     layer's float32: :data:`_CONVERSIONS`) and its output precision is bf16. False otherwise, or when the
     information is missing."""
     try:
-        node = compiled.get_runtime_model().get_results()[0].input_value(0).get_node()
-        for _ in range(8):
-            info = node.get_rt_info()
-            layer = str(info["layerType"].astype(str))
-            if layer != "Reorder":
-                return layer not in _CONVERSIONS and str(info["outputPrecisions"].astype(str)).lower() == "bf16"
-            node = node.input_value(0).get_node()
+        layer, precision = _exec_info(_producer(compiled.get_runtime_model().get_results()[0].input_value(0)
+                                                .get_node(), ("Reorder",)))
     except Exception:  # noqa: BLE001 - a plugin without execution info: not proven
         return False
-    return False
+    return layer not in _CONVERSIONS and precision == "bf16"
 
 
 def compile_model(xml: Path, model_precision: str, device: str = "CPU", threads: int | None = None) -> tuple[Any, str]:
@@ -451,7 +446,7 @@ def measure_tile_latency(bundle: Bundle, part: Part, precision: str = "auto", de
                          threads: int | None = None, cache_dir: Path | None = None, repeats: int = 3) -> float:
     """Median seconds per tile of the compiled part on this machine (for the watcher's time-budget planner)."""
     engine = compile_part(bundle, part, device, precision, threads, cache_dir)
-    inputs = engine.zero_inputs()  # with the accumulator region where the engine accumulates: its update counts
+    inputs = zero_inputs(engine.compiled)  # with the accumulator region where the engine accumulates: it counts
     inputs[0] = np.random.default_rng(0).standard_normal(engine.input_shape).astype(np.float32)
     request = engine.compiled.create_infer_request()
     times = []
