@@ -64,6 +64,7 @@ from edgeseg.errors import OutputError
 from edgeseg.runtime.arrays import reversed_axes
 from edgeseg.runtime.read import planes_from_affine
 from edgeseg.runtime.read.volume import Volume
+from edgeseg.runtime.write.frame_groups import save_as
 from edgeseg.runtime.write.statistics import MaskSummary
 from edgeseg.typing import StrPath
 
@@ -614,6 +615,6 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
         contributing_equipment=[_contributing_equipment(bundle)],
         **geometry,
     )
-    seg.save_as(os.fspath(path))
+    save_as(seg, path)  # pydicom's save_as, each distinct per-frame group encoded once
     log.info("wrote %s DICOM-SEG with %d segment(s) to %s", seg_type, len(segments), path)
     return segments

@@ -1,0 +1,174 @@
+"""The DICOM-SEG's per-frame groups encoded once per distinct item: the bytes of pydicom's own save_as."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+
+from io_helpers import geometry_variants
+from edgeseg.demo.dicom_series import write_enhanced_mr
+from edgeseg.runtime.read import read_series
+from edgeseg.runtime.write import dicomseg, frame_groups, write_dicom_seg
+
+_PER_FRAME = 0x52009230
+
+
+def _both_ways(ds: Any, folder: Path) -> tuple[bytes, bytes]:
+    """(pydicom's save_as bytes, frame_groups.save_as bytes) of ``ds``, which must come back unchanged."""
+    before = ds[_PER_FRAME]
+    frame_groups.save_as(ds, folder / "encoded.dcm")
+    assert ds[_PER_FRAME] is before and not ds[_PER_FRAME].is_raw  # the dataset keeps its own sequence
+    assert ds.original_encoding == (None, None)  # and reads as new again
+    ds.save_as(folder / "plain.dcm")
+    return (folder / "plain.dcm").read_bytes(), (folder / "encoded.dcm").read_bytes()
+
+
+def _captured_seg(monkeypatch: pytest.MonkeyPatch, volume: Any, labelmap: np.ndarray, labels: dict[int, str],
+                  folder: Path, seg_type: str) -> Any:
+    seen: list[Any] = []
+
+    def keep(ds: Any, path: Any) -> None:
+        seen.append(ds)
+        frame_groups.save_as(ds, path)
+
+    monkeypatch.setattr(dicomseg, "save_as", keep)
+    write_dicom_seg(folder / "seg.dcm", volume, labelmap, labels, segmentation_type=seg_type)
+    assert len(seen) == 1
+    return seen[0]
+
+
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+def test_seg_bytes_equal_pydicoms(seg_type: str, dicom_series_dirs: dict[str, Path], seg_array: np.ndarray,
+                                  labels: dict[int, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    series = tmp_path / "series"
+    shutil.copytree(dicom_series_dirs["oblique"], series)
+    vol = read_series(series)
+    seg = _captured_seg(monkeypatch, vol, seg_array, labels, tmp_path, seg_type)
+    plain, encoded = _both_ways(seg, tmp_path)
+    assert encoded == plain
+    assert (tmp_path / "seg.dcm").read_bytes() == plain  # what write_dicom_seg wrote
+    frames = int(seg.NumberOfFrames)
+    assert frames == len(seg.PerFrameFunctionalGroupsSequence) > vol.shape[2] - 1
+
+
+def test_enhanced_source_bytes_equal_pydicoms(mr_image: tuple[np.ndarray, np.ndarray], seg_array: np.ndarray,
+                                              labels: dict[int, str], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    arr, aff = geometry_variants(*mr_image)["oblique"]
+    src = write_enhanced_mr((arr, aff), tmp_path / "enh" / "MF0001", frame_order="shuffled")
+    vol = read_series(src)
+    seg = _captured_seg(monkeypatch, vol, seg_array, labels, tmp_path, "BINARY")
+    plain, encoded = _both_ways(seg, tmp_path)
+    assert encoded == plain
+
+
+def _multiframe(n_frames: int = 6, charset: str | None = "ISO_IR 100") -> Dataset:
+    """A small multi-frame object: per-frame groups sharing each plane's items, with text in them."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.SegmentationStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = pydicom.uid.SegmentationStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.PatientName = "Müller^Jörg"
+    ds.NumberOfFrames = n_frames
+    planes = []
+    for k in range(2):
+        position = Dataset()
+        position.ImagePositionPatient = [0.0, 0.0, 1.5 * k]
+        source = Dataset()
+        source.ReferencedSOPClassUID = pydicom.uid.MRImageStorage
+        source.ReferencedSOPInstanceUID = generate_uid()
+        purpose = Dataset()
+        purpose.CodeValue, purpose.CodingSchemeDesignator = "121322", "DCM"
+        purpose.CodeMeaning = "Source image for image processing operation (ç)"
+        source.PurposeOfReferenceCodeSequence = [purpose]
+        planes.append((position, source))
+    items = []
+    for f in range(n_frames):
+        position, source = planes[f % 2]
+        item = Dataset()
+        content = Dataset()
+        content.DimensionIndexValues = [f // 2 + 1, f % 2 + 1]
+        item.FrameContentSequence = [content]
+        item.PlanePositionSequence = Sequence([position])
+        derivation = Dataset()
+        derivation.SourceImageSequence = Sequence([source])
+        item.DerivationImageSequence = [derivation]
+        identification = Dataset()
+        identification.ReferencedSegmentNumber = f // 2 + 1
+        item.SegmentIdentificationSequence = [identification]
+        items.append(item)
+    ds.PerFrameFunctionalGroupsSequence = items
+    return ds
+
+
+@pytest.mark.parametrize("charset", ["ISO_IR 100", "ISO_IR 192", None])
+def test_shared_items_are_encoded_once(charset: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = _multiframe(charset=charset)
+    calls = _plain_saves(monkeypatch)
+    plain, encoded = _both_ways(ds, tmp_path)
+    assert calls == [True, False]  # pydicom saved the encoded sequence as a raw element, then the plain one
+    assert encoded == plain
+    encoder = frame_groups._Encoder(ds.get("SpecificCharacterSet", "iso8859"))
+    encoder.sequence(_PER_FRAME, ds.PerFrameFunctionalGroupsSequence)
+    # per frame its item, frame content, derivation and identification; the 2 planes' position, source and purpose
+    assert encoder.distinct == 6 * 4 + 2 * 3
+
+
+def _plain_saves(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    calls: list[Any] = []
+    original = Dataset.save_as
+
+    def counted(self: Dataset, *args: Any, **kwargs: Any) -> None:
+        calls.append(self.get_item(_PER_FRAME).is_raw)  # (indexing would decode it)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Dataset, "save_as", counted)
+    return calls
+
+
+@pytest.mark.parametrize("what", ["implicit VR", "undefined-length item", "undefined-length sequence",
+                                  "ambiguous VR", "character set in an item"])
+def test_what_it_does_not_cover_is_saved_by_pydicom(what: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = _multiframe()
+    item = ds.PerFrameFunctionalGroupsSequence[1]
+    if what == "implicit VR":
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    elif what == "undefined-length item":
+        item.is_undefined_length_sequence_item = True
+    elif what == "undefined-length sequence":
+        item["FrameContentSequence"].is_undefined_length = True
+    elif what == "ambiguous VR":
+        item.FrameContentSequence[0].add_new(0x00280106, "US or SS", b"\x00\x00")  # SmallestImagePixelValue
+    else:
+        item.FrameContentSequence[0].SpecificCharacterSet = "ISO_IR 192"
+    calls = _plain_saves(monkeypatch)
+    frame_groups.save_as(ds, tmp_path / "encoded.dcm")
+    assert calls == [False]  # one save, by pydicom, of the sequence as it was (not the raw encoding)
+    ds.save_as(tmp_path / "plain.dcm")
+    assert (tmp_path / "encoded.dcm").read_bytes() == (tmp_path / "plain.dcm").read_bytes()
+
+
+def test_a_failed_save_leaves_the_dataset_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = _multiframe()
+    before = ds[_PER_FRAME]
+
+    def fails(self: Dataset, *args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Dataset, "save_as", fails)
+    with pytest.raises(OSError, match="disk full"):
+        frame_groups.save_as(ds, tmp_path / "x.dcm")
+    assert ds[_PER_FRAME] is before and ds.original_encoding == (None, None)
