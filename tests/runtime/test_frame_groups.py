@@ -22,9 +22,10 @@ _PER_FRAME = 0x52009230
 
 def _both_ways(ds: Any, folder: Path) -> tuple[bytes, bytes]:
     """(pydicom's save_as bytes, frame_groups.save_as bytes) of ``ds``, which must come back unchanged."""
-    before = ds[_PER_FRAME]
+    before, pixels = ds[_PER_FRAME], ds.get("PixelData")
     frame_groups.save_as(ds, folder / "encoded.dcm")
     assert ds[_PER_FRAME] is before and not ds[_PER_FRAME].is_raw  # the dataset keeps its own sequence
+    assert ds.get("PixelData") is pixels  # and its pixels
     assert ds.original_encoding == (None, None)  # and reads as new again
     ds.save_as(folder / "plain.dcm")
     return (folder / "plain.dcm").read_bytes(), (folder / "encoded.dcm").read_bytes()
@@ -110,6 +111,8 @@ def _multiframe(n_frames: int = 6, charset: str | None = "ISO_IR 100") -> Datase
         item.SegmentIdentificationSequence = [identification]
         items.append(item)
     ds.PerFrameFunctionalGroupsSequence = items
+    ds.BitsAllocated, ds.Rows, ds.Columns = 1, 4, 4
+    ds.PixelData = bytes(range(2 * n_frames))  # 16 bits per frame
     return ds
 
 
@@ -118,7 +121,8 @@ def test_shared_items_are_encoded_once(charset: str | None, tmp_path: Path, monk
     ds = _multiframe(charset=charset)
     calls = _plain_saves(monkeypatch)
     plain, encoded = _both_ways(ds, tmp_path)
-    assert calls == [True, False]  # pydicom saved the encoded sequence as a raw element, then the plain one
+    # pydicom saved the encoded sequence as a raw element and the pixels from a buffer, then the plain dataset
+    assert calls == [True, True, False, False]
     assert encoded == plain
     encoder = frame_groups._Encoder(ds.get("SpecificCharacterSet", "iso8859"))
     encoder.sequence(_PER_FRAME, ds.PerFrameFunctionalGroupsSequence)
@@ -132,6 +136,7 @@ def _plain_saves(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
     def counted(self: Dataset, *args: Any, **kwargs: Any) -> None:
         calls.append(self.get_item(_PER_FRAME).is_raw)  # (indexing would decode it)
+        calls.append(self["PixelData"].is_buffered)
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(Dataset, "save_as", counted)
@@ -156,14 +161,22 @@ def test_what_it_does_not_cover_is_saved_by_pydicom(what: str, tmp_path: Path,
         item.FrameContentSequence[0].SpecificCharacterSet = "ISO_IR 192"
     calls = _plain_saves(monkeypatch)
     frame_groups.save_as(ds, tmp_path / "encoded.dcm")
-    assert calls == [False]  # one save, by pydicom, of the sequence as it was (not the raw encoding)
+    assert calls == [False, True]  # one save, by pydicom, of the sequence as it was (not the raw encoding)
     ds.save_as(tmp_path / "plain.dcm")
     assert (tmp_path / "encoded.dcm").read_bytes() == (tmp_path / "plain.dcm").read_bytes()
 
 
+def test_odd_length_pixels_are_not_streamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = _multiframe()
+    ds.PixelData = b"\x01\x02\x03"  # pydicom pads it to even length as it writes it; a buffer's length is its own
+    calls = _plain_saves(monkeypatch)
+    plain, encoded = _both_ways(ds, tmp_path)
+    assert calls[:2] == [True, False] and encoded == plain
+
+
 def test_a_failed_save_leaves_the_dataset_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = _multiframe()
-    before = ds[_PER_FRAME]
+    before, pixels = ds[_PER_FRAME], ds["PixelData"]
 
     def fails(self: Dataset, *args: Any, **kwargs: Any) -> None:
         raise OSError("disk full")
@@ -171,4 +184,4 @@ def test_a_failed_save_leaves_the_dataset_as_it_was(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(Dataset, "save_as", fails)
     with pytest.raises(OSError, match="disk full"):
         frame_groups.save_as(ds, tmp_path / "x.dcm")
-    assert ds[_PER_FRAME] is before and ds.original_encoding == (None, None)
+    assert ds[_PER_FRAME] is before and ds["PixelData"] is pixels and ds.original_encoding == (None, None)
