@@ -99,7 +99,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         volume = read_series(Path(args.input))
         plan = segmenter.plan(SeriesGeometry.from_volume(volume), name="warm-up")  # measures missing latencies
         for part in segmenter.bundle.variant(plan.variant if plan else None).parts:
-            segmenter.engine(part)
+            # compiled, then in the state a watcher keeps it between series: every part's window releases its
+            # engine's working memory when it ends (runtime/segment.py), so a series never starts with another
+            # part's activations held (compiled and warm here, they would stay held through the first part)
+            segmenter.engine(part).release()
         del volume
     setup = time.monotonic() - t0
     with tempfile.TemporaryDirectory(prefix="edgeseg-scaling-") as out:
