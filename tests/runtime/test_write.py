@@ -303,6 +303,30 @@ def test_mask_summary_is_one_pass_of_the_same_numbers(slab_voxels: int, monkeypa
     assert (drawn == np.asarray(render_preview(vol, lab, {2: "a"}))).all()
 
 
+def test_mask_summary_threads_give_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slabs run on the process's cores; their sums are added in slab order, so one thread or several give
+    the same float64 bits (not merely close numbers), and every slab is counted once."""
+    from edgeseg.runtime.read.volume import Volume
+    from edgeseg.runtime.write import statistics as stats_module
+
+    rng = np.random.default_rng(11)
+    lab = rng.integers(0, 7, (41, 13, 9)).astype(np.uint8)
+    vol = Volume(array=(rng.normal(size=lab.shape) * 1e3).astype(np.float32), affine=np.eye(4), source="x",
+                 kind="nifti", name="x")
+    monkeypatch.setattr(stats_module, "_SLAB_VOXELS", 13 * 9 * 2)  # 21 slabs of two planes
+    got = {}
+    for threads in (1, 2, 5):
+        monkeypatch.setattr(stats_module, "usable_cores", lambda n=threads: n)
+        got[threads] = stats_module.summarize_mask(vol, lab)
+    for threads in (2, 5):
+        assert got[threads].sums.tobytes() == got[1].sums.tobytes()
+        np.testing.assert_array_equal(got[threads].counts, got[1].counts)
+        for mine, one in zip(got[threads].marginals, got[1].marginals):
+            np.testing.assert_array_equal(mine, one)
+    np.testing.assert_array_equal(got[5].counts, np.bincount(lab.ravel()))
+    np.testing.assert_array_equal(got[5].marginals[0], np.count_nonzero(lab, axis=(1, 2)))
+
+
 def test_preview_window_samples_a_reoriented_view_as_its_c_order_copy_would() -> None:
     """The preview's grey window is the 1st/99th percentile of every n-th voxel in C order; on a flipped and
     transposed view it is gathered by index (no copy of the image) and gives exactly the copy's numbers."""
