@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from edgeseg.runtime.arrays import usable_cores
 from edgeseg.runtime.infer.aggregate import Fp16Aggregator, argmax_of_quotient, as_float32, logits_of
 from edgeseg.runtime.infer.tiling import compute_steps, gaussian_importance
 
@@ -156,11 +157,12 @@ def predict_logits(data: np.ndarray, model: Any, patch: Sequence[int], num_outpu
 
 def window_jobs() -> int:
     """Infer requests the window uses in turn by default: 2 where a core is left for the aggregation beside
-    OpenVINO's inference threads (more than 4 cores), else 1 (tile after tile). On the 2-core machine the
-    ping-pong was not faster (benchmarks/sliding_window_tile.py, INT8 51-class 128^3 tiles: 0.74 s per tile with
-    2 requests against 0.68 s with 1, network alone 0.43 s; see docs/benchmarks.md): the aggregation thread takes
-    a core from the network's two threads, and a spare request holds another output buffer."""
-    return 2 if (os.cpu_count() or 1) > 4 else 1
+    OpenVINO's inference threads (more than 4 cores given to the process), else 1 (tile after tile). On the
+    2-core machine the ping-pong was not faster (benchmarks/sliding_window_tile.py, INT8 51-class 128^3 tiles:
+    0.74 s per tile with 2 requests against 0.68 s with 1, network alone 0.43 s; see docs/benchmarks.md): the
+    aggregation thread takes a core from the network's two threads, and a spare request holds another output
+    buffer."""
+    return 2 if usable_cores() > 4 else 1
 
 
 def sliding_window(data: np.ndarray, model: Any, patch: Sequence[int], num_outputs: int, tile_step_size: float,
@@ -237,24 +239,39 @@ def _accumulate_in_network(request: Any, slicers: list[tuple[slice, ...]],
     into the request's own accumulator input, which is also made its output (the network updates it in place:
     one (K, *patch) buffer instead of two), and copied back; then the weights. Of the region only what earlier
     tiles covered is copied in (:func:`_first_untouched`; the rest is still the accumulator's zeros: the buffer is
-    zeroed there instead of read). (Splitting the strided copies over two threads was slower on the 2-core
-    machine: 30 classes of 128^3, ~0.03 s each way in one.)"""
+    zeroed there instead of read). The copies are strided (rows of the patch's last axis) and split by classes
+    over the process's cores: on the 2-core machine 26 classes of 128^3 took 26 ms in and 32 ms out in one
+    thread, 14 and 16 ms in two, and the TS-sized two-part window of 24 tiles 11.9 -> 10.8 s (OpenVINO's threads
+    are idle between tiles)."""
     region_in = request.get_input_tensor(1)
     request.set_output_tensor(0, region_in)
     buffer = region_in.data
     corners = _first_untouched(slicers)
-    for index, sl in enumerate(slicers):
-        region = acc.fp16.logits[(slice(None), *sl)]
-        if corners:
-            _gather_covered(buffer, region, corners[index])
-        else:
-            np.copyto(buffer, region)
-        request.infer({0: cut(sl, ())}, share_inputs=True, share_outputs=True)
-        np.copyto(region, buffer)
-        acc.fp16.add_weights(sl)
-        acc.done += 1
-        if progress:
-            progress(acc.done, len(slicers))
+    ranges = _class_ranges(buffer.shape[0], usable_cores())
+    with ThreadPoolExecutor(len(ranges), thread_name_prefix="edgeseg-window-copy") as pool:
+
+        def each(copy: Callable[[slice], Any]) -> None:
+            for done in [pool.submit(copy, classes) for classes in ranges]:
+                done.result()
+
+        for index, sl in enumerate(slicers):
+            region = acc.fp16.logits[(slice(None), *sl)]
+            corner = corners[index] if corners else None
+            each(lambda k: _gather_covered(buffer[k], region[k], corner) if corner is not None
+                 else np.copyto(buffer[k], region[k]))
+            request.infer({0: cut(sl, ())}, share_inputs=True, share_outputs=True)
+            each(lambda k: np.copyto(region[k], buffer[k]))
+            acc.fp16.add_weights(sl)
+            acc.done += 1
+            if progress:
+                progress(acc.done, len(slicers))
+
+
+def _class_ranges(classes: int, threads: int) -> list[slice]:
+    """``classes`` split into at most ``threads`` contiguous ranges of near-equal size (none empty)."""
+    n = max(1, min(int(threads), classes))
+    bounds = [round(i * classes / n) for i in range(n + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 def _gather_covered(buffer: np.ndarray, region: np.ndarray, corner: tuple[int, ...]) -> None:

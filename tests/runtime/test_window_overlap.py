@@ -234,15 +234,18 @@ def _integer_model(channels_out: int = 4):
     return ov.Model([y], [x], "integer")
 
 
-@pytest.mark.parametrize("use_gaussian", [True, False])
-def test_a_network_that_accumulates_itself_gives_the_windows_logits(tmp_path, use_gaussian):
-    """The window through an AccumulatingRequest (the update inside the network, the region copied in and out, the
-    buffer updated in place) equals the plain network with the separate fp16 update, bit for bit, and reports the
-    same progress."""
+@pytest.mark.parametrize("use_gaussian,copy_threads", [(True, 1), (False, 1), (True, 3)])
+def test_a_network_that_accumulates_itself_gives_the_windows_logits(tmp_path, monkeypatch, use_gaussian,
+                                                                     copy_threads):
+    """The window through an AccumulatingRequest (the update inside the network, the region copied in and out by
+    classes over ``copy_threads`` threads, the buffer updated in place) equals the plain network with the separate
+    fp16 update, bit for bit, and reports the same progress."""
     import openvino as ov
 
-    from edgeseg.runtime.infer import engine
+    from edgeseg.runtime.infer import engine, sliding_window as window_module
     from edgeseg.runtime.infer.sliding_window import AccumulatingRequest, sliding_window
+
+    monkeypatch.setattr(window_module, "usable_cores", lambda: copy_threads)
 
     xml = tmp_path / "integer.xml"
     ov.save_model(_integer_model(), xml)
@@ -265,6 +268,17 @@ def test_a_network_that_accumulates_itself_gives_the_windows_logits(tmp_path, us
     with pytest.raises(ValueError, match="unmirrored"):
         sliding_window(data, AccumulatingRequest(accumulating.create_infer_request()), patch, k, 0.5,
                        mirror_axes=(0,))
+
+
+def test_class_ranges_split_every_class_once():
+    from edgeseg.runtime.infer.sliding_window import _class_ranges
+
+    for classes in (1, 2, 5, 30):
+        for threads in (1, 2, 3, 64):
+            ranges = _class_ranges(classes, threads)
+            assert len(ranges) == min(threads, classes)
+            assert [c for r in ranges for c in range(classes)[r]] == list(range(classes))
+            assert max(r.stop - r.start for r in ranges) - min(r.stop - r.start for r in ranges) <= 1
 
 
 def test_the_update_runs_in_the_network_only_where_it_is_exact(tmp_path):
