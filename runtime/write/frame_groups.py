@@ -3,9 +3,10 @@
 A BINARY DICOM-SEG of a scanner-size series has one frame per (structure, plane): 7555 frames for 50 structures on
 300 slices, each with its own Per-frame Functional Groups item (its dimension index values, the plane's position,
 the source instance it derives from, the segment). pydicom encodes every element of every item from scratch (and
-re-checks the ambiguous VRs of each nested dataset on the way down): 2.6-3.1 s of a 6 s SEG on the 2-core
+re-checks the ambiguous VRs of each nested dataset on the way down): 3.1-3.3 s of a 6.2 s SEG on the 2-core
 machine, where most of what it encodes is the same few hundred items again -- highdicom builds each plane's
-position and source-image items once and refers to them from every frame of that plane.
+position and source-image items once and refers to them from every frame of that plane. Encoded as below, the
+same file is written in 0.75 s.
 
 :func:`save_as` writes exactly the bytes of pydicom's ``dataset.save_as(path)`` (tested byte for byte) but encodes
 the sequence itself: every dataset in it once per Python object (:class:`_Encoder` keeps the bytes of each
