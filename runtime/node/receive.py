@@ -117,14 +117,10 @@ def _make_dirs(root: Path, parts: tuple[str, ...]) -> Path:
     return here
 
 
-#: the permission bits a new file gets in the listener's root (the umask applied), read when a listener starts
-#: (:func:`new_file_mode`); a received file linked into place is given them (pynetdicom creates its file 0600)
-_file_mode: list[int] = []
-
-
 def new_file_mode(folder: Path) -> int | None:
     """The permission bits a file created in ``folder`` gets (``0o666`` less the umask), read by creating one; None
-    where that cannot be done. Remembered for :func:`store_file`."""
+    where that cannot be done. A listener reads them when it starts and gives them to every received file it links
+    into place (:func:`store_file`: pynetdicom creates its file 0600)."""
     probe = folder / f".edgeseg-mode-{os.getpid()}-{threading.get_ident()}"
     try:
         fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
@@ -135,7 +131,6 @@ def new_file_mode(folder: Path) -> int | None:
             probe.unlink()
     except OSError:
         return None
-    _file_mode[:] = [mode]
     return mode
 
 
@@ -144,20 +139,20 @@ _REAL_FAILURES = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT",
                            if hasattr(errno, name))
 
 
-def _link_into_place(source: Path, final: Path) -> bool:
+def _link_into_place(source: Path, final: Path, mode: int | None) -> bool:
     """Put the received file ``source`` (already in the root's file system, streamed there by pynetdicom) under
     ``final`` without copying its bytes: the one atomic writer (:func:`write_path_atomic`) with a hard link as the
     hidden temporary (``.<SOP>.dcm.recv-*`` beside ``final``), fsync'ed, then renamed over ``final``. False when
     ``source`` cannot be linked there (another file system, or one without hard links): the caller copies. Raises
-    OSError for any other failure (the temporary is removed)."""
+    OSError for any other failure (the temporary is removed). ``mode``: the permission bits it is given."""
     linked = False
 
     def link(tmp: Path) -> None:
         nonlocal linked
         os.link(source, tmp)
         linked = True
-        if _file_mode:
-            os.chmod(tmp, _file_mode[0])
+        if mode is not None:
+            os.chmod(tmp, mode)
 
     try:
         write_path_atomic(final, link, tmp_infix=RECEIVING_SUFFIX)
@@ -186,13 +181,15 @@ def remove_stale_temporaries(root: Path) -> int:
     return removed
 
 
-def store_file(source: Path, root: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+def store_file(source: Path, root: Path, study_uid: str, series_uid: str, sop_uid: str,
+               mode: int | None = None) -> Path:
     """Put the received file ``source`` at ``root/study/series/sop.dcm`` atomically and durably (linked when it is
     on the same file system, else copied; fsync'ed under a hidden name, renamed, the folder fsync'ed); returns the
-    final path. The UIDs must be valid (checked by the caller). Raises OSError (the temporary is removed)."""
+    final path. The UIDs must be valid (checked by the caller). ``mode``: the permission bits a linked file is
+    given (:func:`new_file_mode`; a copy is created with them). Raises OSError (the temporary is removed)."""
     folder = _make_dirs(root, (study_uid, series_uid))
     final = folder / f"{sop_uid}.dcm"
-    if not _link_into_place(source, final):
+    if not _link_into_place(source, final, mode):
         with open(source, "rb") as fin:
             write_file_atomic(final, lambda fout: shutil.copyfileobj(fin, fout, 1 << 20), tmp_infix=RECEIVING_SUFFIX)
     fsync_dir(folder)
@@ -227,6 +224,7 @@ class StorageReceiver:
         self._lock = threading.Lock()
         self._assocs: dict[int, tuple[set[Path], int, str]] = {}
         self._incoming = self.root / ".edgeseg-incoming"
+        self._file_mode: int | None = None  # of a new file in the root, read at start (new_file_mode)
         self._refusals: Any = None  # the listener's guard.RefusalLog, set by start
 
     # ----------------------------------------------------------------------------------------------- lifecycle
@@ -280,7 +278,7 @@ class StorageReceiver:
             remove_stale_temporaries(self.root)
             self._incoming = self.root / INCOMING_DIR
             stream_datasets_into(self._incoming)
-            new_file_mode(self._incoming)
+            self._file_mode = new_file_mode(self._incoming)
             server: Any = ae.make_server((s.bind_address, s.port), evt_handlers=handlers, ssl_context=ssl_context,
                                          server_class=GuardedServer)
             allowed = s.allowed_hosts
@@ -405,14 +403,14 @@ class StorageReceiver:
             if conflict is not None:
                 (self.root / CONFLICTS_DIR).mkdir(exist_ok=True)
                 path = store_file(source, self.root / CONFLICTS_DIR, study, series,
-                                  f"{sop_uid}.{time.time_ns()}")
+                                  f"{sop_uid}.{time.time_ns()}", self._file_mode)
                 self.stats["kept_aside"] += 1
                 log.warning("DICOM instance kept aside: peer=%s sop_instance_uid=%s names another patient than the "
                             "stored instance of that UID (%s); the stored one stays at %s, this one is at %s. Check "
                             "the console (UIDs reused?) and remove the one that is wrong.", peer, sop_uid, conflict,
                             self.root / study / series / f"{sop_uid}.dcm", path)
                 return SUCCESS
-            path = store_file(source, self.root, study, series, sop_uid)
+            path = store_file(source, self.root, study, series, sop_uid, self._file_mode)
         except OSError as err:
             return failure(OUT_OF_RESOURCES, f"not written: {err.strerror or type(err).__name__}")
         self.stats["stored"] += 1

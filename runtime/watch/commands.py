@@ -282,23 +282,18 @@ def _send_now(config: Any, destination: str | None) -> int:
     watcher's settlement of each result), rounds until nothing is due; prints what happened."""
     import threading
     from collections import Counter
-    from functools import partial
 
     from edgeseg.errors import EXIT_OK, DeliveryError
     from edgeseg.runtime.node.send import tame_pynetdicom_logs
-    from edgeseg.runtime.watch.deliver import DeliveryWorker
     from edgeseg.runtime.watch.store import FAILED, PENDING, JobStore
-    from edgeseg.runtime.watch.worker import delivery_settled
+    from edgeseg.runtime.watch.worker import delivery_worker
 
     print("No watcher runs on this state folder: this command sends them now (it holds the state folder until it is "
           "done: a watcher started meanwhile is refused as 'another watcher').")
     tame_pynetdicom_logs()
-    listener_ae = config.node.listener.ae_title if config.node.listener.enabled else None
     started = time.time()
     with JobStore(config.store_path) as store:
-        worker = DeliveryWorker(store, config.node.destinations, config.node.delivery, listener_ae,
-                                threading.Event(), on_settled=partial(delivery_settled, store, Counter()),
-                                seg_type=str(config.outputs.seg_type))
+        worker = delivery_worker(config, store, threading.Event(), Counter())
         for _ in range(SEND_NOW_ROUNDS):
             if not worker.deliver_due():
                 break

@@ -48,7 +48,6 @@ import signal
 import threading
 import time
 from collections import Counter
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,7 +67,7 @@ from edgeseg.runtime.watch.retention import Retention
 from edgeseg.runtime.watch.scheduler import Scheduler
 from edgeseg.runtime.watch.status_page import ReceiveCounter, StatusPage, WatcherView
 from edgeseg.runtime.watch.store import JobStore
-from edgeseg.runtime.watch.worker import JobRecord, Worker, delivery_settled, write_error
+from edgeseg.runtime.watch.worker import JobRecord, Worker, delivery_worker, write_error
 
 __all__ = ["JobRecord", "Watcher"]
 
@@ -173,10 +172,7 @@ class Watcher:
             self._observer = self._start_observer()
         if cfg.node.destinations:
             refuse_untakeable(cfg)  # doctor's FAIL for a destination that answers but refuses what it is sent
-            listener_ae = cfg.node.listener.ae_title if cfg.node.listener.enabled else None
-            self.delivery = DeliveryWorker(store, cfg.node.destinations, cfg.node.delivery, listener_ae, self._stop,
-                                           on_settled=partial(delivery_settled, store, self.stats),
-                                           seg_type=str(cfg.outputs.seg_type))
+            self.delivery = delivery_worker(cfg, store, self._stop, self.stats)
         if cfg.node.listener.enabled and not self.once:  # last: nothing is acknowledged before the store is open
             from edgeseg.runtime.node.receive import StorageReceiver
 

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,17 @@ def delivery_settled(store: JobStore, stats: Counter[str], key: str) -> None:
                     f"{remedy_for(DeliveryError)} The masks and the other results are in {row.output_dir}.")
     elif store.mark_delivered(key):
         _clear_error(row.folder_path, row.name, key)
+
+
+def delivery_worker(config: WatchConfig, store: JobStore, stop: threading.Event,
+                    stats: Counter[str]) -> DeliveryWorker:
+    """The delivery worker of ``config``'s destinations over ``store`` (the watcher's delivery thread, and
+    ``edgeseg deliver --now`` when no watcher runs): calling as the listener's AE title when there is a listener,
+    each result settled by :func:`delivery_settled` (counted in ``stats``), label-map SEGs as ``outputs.seg_type``
+    says now."""
+    listener_ae = config.node.listener.ae_title if config.node.listener.enabled else None
+    return DeliveryWorker(store, config.node.destinations, config.node.delivery, listener_ae, stop,
+                          on_settled=partial(delivery_settled, store, stats), seg_type=str(config.outputs.seg_type))
 
 
 class Worker:
