@@ -9,7 +9,7 @@ Arrays here are (C, *spatial) in the network's axis order.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -281,7 +281,7 @@ def argmax_resampled(logits: np.ndarray, new_shape: Sequence[int], current_spaci
         if labels is not None:
             return labels
     else:
-        last_route.update(route="reference", band_fraction=None)
+        last_route.update(route="reference", band_fraction=None, class_fraction=None)
     return _argmax_resampled_reference(logits, new_shape, current_spacing, new_spacing, order, order_z,
                                        force_separate_z, threshold, progress)
 
@@ -334,7 +334,10 @@ def _argmax_resampled_reference(logits: np.ndarray, new_shape: Sequence[int], cu
 # M being the largest |logit| (a convex combination stays within it). So: where all footprint samples have the
 # same coarse argmax k and a margin > tau over every lower class ("safe"), the label is k. Everywhere else (the
 # band) the values are computed exactly as the reference does, by scipy's own ``map_coordinates`` on the very
-# same float64 coordinates (its interpolation arithmetic is the zoom's, term for term), only there.
+# same float64 coordinates (its interpolation arithmetic is the zoom's, term for term), only there. And in the
+# band only for the classes that can win: where some class k has every footprint sample more than tau above every
+# sample of c, the same argument makes R_k > R_c, so c is skipped (``_candidates``; on the demo bundle's 22
+# classes this cut resampling a 320x260x300 series back from 3.95 to 2.69 s).
 
 _UNSAFE_SLAB = 4   # coarse planes per task in the coarse pass
 _OUT_SLAB = 4      # output planes per task in the band pass
@@ -421,6 +424,53 @@ def _coarse_pass(logits: np.ndarray, pool: ThreadPoolExecutor,
     return labels, margin, top
 
 
+def _block_reduce(values: np.ndarray, axes: list[_Axis], reduce: Any) -> np.ndarray:
+    """``reduce`` (``np.maximum``/``np.minimum``) of ``values`` (coarse (Z, Y, X)) over each footprint block: along
+    a linear axis the edge-padded pairs (block b covers samples b - 1 and b, clamped), as the block codes are
+    built, so that ``axes[d].block`` indexes the result."""
+    out = values
+    for d in range(3):
+        if axes[d].pair:
+            pad = [(0, 0)] * 3
+            pad[d] = (1, 1)
+            padded = np.pad(out, pad, mode="edge")
+            lo = [slice(None)] * 3
+            hi = [slice(None)] * 3
+            lo[d], hi[d] = slice(0, -1), slice(1, None)
+            out = reduce(padded[tuple(lo)], padded[tuple(hi)])
+    return out
+
+
+def _candidates(logits: np.ndarray, axes: list[_Axis], band_blocks: np.ndarray, tau: float,
+                pool: ThreadPoolExecutor) -> np.ndarray:
+    """(C, len(band_blocks)) bool: whether class c can be the argmax of an output voxel whose footprint is that
+    block (``band_blocks``: flat indices into the block grid of the blocks in the band). It cannot where another
+    class k has ``min(v_k) - max(v_c) > tau`` over the block's samples: then at every sample v_k - v_c > tau, so
+    k's computed value is strictly above c's (the exactness argument above). Kept where ``max(v_c) >= L - tau``,
+    L the largest of the classes' block minima, compared in float32 against a threshold rounded down (keeping a
+    class is always exact; only skipping one needs the bound). One class at a time per thread: its block
+    extrema over the whole grid are transient, only their values in the band are kept."""
+    C = logits.shape[0]
+
+    def extreme(c: int, reduce: Any) -> np.ndarray:
+        return _block_reduce(logits[c], axes, reduce).reshape(-1)[band_blocks]
+
+    floor = np.full(band_blocks.size, -np.inf)
+    for low in pool.map(lambda c: extreme(c, np.minimum), range(C)):
+        np.maximum(floor, low, out=floor)
+    floor -= tau
+    threshold = floor.astype(np.float32)
+    up = threshold.astype(np.float64) > floor  # rounded up: one float32 step down keeps it <= L - tau
+    threshold[up] = np.nextafter(threshold[up], np.float32(-np.inf))
+    out = np.empty((C, band_blocks.size), dtype=bool)
+
+    def keep(c: int) -> None:
+        np.greater_equal(extreme(c, np.maximum), threshold, out=out[c])
+
+    list(pool.map(keep, range(C)))
+    return out
+
+
 def _argmax_resampled_band(logits: np.ndarray, new_shape: tuple[int, ...], axis: int | None, dtype: type,
                            progress: Callable[[int, int], None] | None,
                            threads: int | None) -> np.ndarray | None:
@@ -436,11 +486,11 @@ def _argmax_resampled_band(logits: np.ndarray, new_shape: tuple[int, ...], axis:
     with ThreadPoolExecutor(max(1, threads)) as pool:
         coarse = _coarse_pass(logits, pool, work)
         if coarse is None:
-            last_route.update(route="reference", band_fraction=None)
+            last_route.update(route="reference", band_fraction=None, class_fraction=None)
             return None
         labels_in, margin, top = coarse
         if top > float(np.finfo(np.float32).max) / 4:  # the float32 comparison could overflow: reference
-            last_route.update(route="reference", band_fraction=None)
+            last_route.update(route="reference", band_fraction=None, class_fraction=None)
             return None
         # the reference rounds each value to the logits' dtype, then to float32 for the comparison
         eps_t = max(float(np.finfo(rounded).eps), float(np.finfo(np.float32).eps))
@@ -462,6 +512,11 @@ def _argmax_resampled_band(logits: np.ndarray, new_shape: tuple[int, ...], axis:
                 code = np.where(a == b, a, C).astype(code.dtype)
                 del padded, a, b
 
+        # per block of the band, the classes that can win there (most cannot: the rest are skipped below)
+        band_blocks = np.flatnonzero(code.reshape(-1) == C)
+        candidates = _candidates(logits, axes, band_blocks, tau, pool)
+        slot = np.full(code.size, -1, dtype=np.intp)
+        slot[band_blocks] = np.arange(band_blocks.size)
         n_out0 = new_shape[0]
         starts = list(range(0, n_out0, _OUT_SLAB))
         band_sizes: list[int] = []
@@ -477,17 +532,18 @@ def _argmax_resampled_band(logits: np.ndarray, new_shape: tuple[int, ...], axis:
         sampled = sum(int(np.count_nonzero(codes_for(o0) == C)) for o0 in sample)
         sampled_size = sum(min(o0 + _OUT_SLAB, n_out0) - o0 for o0 in sample) * new_shape[1] * new_shape[2]
         if sampled > _DENSE_BAND * sampled_size:
-            last_route.update(route="reference", band_fraction=sampled / sampled_size)
+            last_route.update(route="reference", band_fraction=sampled / sampled_size, class_fraction=None)
             return None
 
         out: np.ndarray = np.empty(new_shape, dtype=dtype)
         done = [0]
 
-        def slab(o0: int) -> int:
+        def slab(o0: int) -> tuple[int, int]:
             o1 = min(o0 + _OUT_SLAB, n_out0)
             codes = codes_for(o0)
             band = np.nonzero(codes == C)
             n_band = band[0].size
+            evaluated = 0
             if n_band:
                 # the coarse planes this slab reads (map_coordinates on a crop shifted by an integer: the same
                 # float64 coordinates minus an integer are exact, edge clamping only happens at true edges)
@@ -498,34 +554,46 @@ def _argmax_resampled_band(logits: np.ndarray, new_shape: tuple[int, ...], axis:
                 coords[0] = axes[0].coord[o0 + band[0]] - first
                 coords[1] = axes[1].coord[band[1]]
                 coords[2] = axes[2].coord[band[2]]
+                blocks = slot[np.ravel_multi_index((axes[0].block[o0 + band[0]], axes[1].block[band[1]],
+                                                    axes[2].block[band[2]]), code.shape)]
                 best = np.full(n_band, -np.inf, dtype=np.float32)
                 lab: np.ndarray = np.zeros(n_band, dtype=dtype)
                 values = np.empty(n_band, dtype=np.float64)
                 for c in range(C):
+                    # only where class c can win: elsewhere another class is above it at every sample
+                    where = np.flatnonzero(candidates[c, blocks])
+                    if where.size == 0:
+                        continue
+                    evaluated += where.size
                     src = logits[c, first:last + 1]
                     if src.dtype not in (np.float32, np.float64):
                         src = src.astype(np.float32)  # exact: scipy reads float16 nowhere
-                    ndimage.map_coordinates(src, coords, output=values, order=1, mode="nearest")
-                    v = values.astype(rounded).astype(np.float32, copy=False)
-                    better = v > best
-                    lab[better] = c
-                    np.maximum(best, v, out=best)
+                    got = values[:where.size]
+                    ndimage.map_coordinates(src, coords[:, where], output=got, order=1, mode="nearest")
+                    v = got.astype(rounded).astype(np.float32, copy=False)
+                    better = v > best[where]
+                    lab[where[better]] = c
+                    best[where] = np.maximum(best[where], v)
                 codes[band] = lab
             out[o0:o1] = codes
-            return n_band
+            return n_band, evaluated
 
-        for n_band in pool.map(slab, starts):
+        evaluations = 0
+        for n_band, evaluated in pool.map(slab, starts):
             band_sizes.append(n_band)
+            evaluations += evaluated
             done[0] += 1
             if progress:
                 progress(done[0], len(starts))
-    last_route.update(route="band", band_fraction=sum(band_sizes) / float(np.prod(new_shape)))
+    last_route.update(route="band", band_fraction=sum(band_sizes) / float(np.prod(new_shape)),
+                      class_fraction=evaluations / max(1, C * sum(band_sizes)))
     return out
 
 
-#: how the last :func:`argmax_resampled` call with resampling went: ``route`` "band" or "reference" and the
-#: share of output voxels resampled class by class (the band; estimated where it made the call fall back)
-last_route: dict[str, object] = {"route": None, "band_fraction": None}
+#: how the last :func:`argmax_resampled` call with resampling went: ``route`` "band" or "reference", the share of
+#: output voxels resampled class by class (the band; estimated where it made the call fall back) and, on the band
+#: route, the share of (class, band voxel) pairs interpolated (the classes that could win there)
+last_route: dict[str, object] = {"route": None, "band_fraction": None, "class_fraction": None}
 
 
 def argmax_chunked(logits: np.ndarray, dtype: type = np.uint8, slab: int = 16) -> np.ndarray:

@@ -109,7 +109,23 @@ def test_structured_logits_take_the_band_route_and_stay_exact():
         _check(arr, new_shape, cur, new, None)
         assert resample.last_route["route"] == "band"
         assert resample.last_route["band_fraction"] < 0.3
+        # in the band only the classes that can win there are interpolated (two or three of the seven)
+        assert 1 / 7 <= resample.last_route["class_fraction"] < 0.5
         _check(arr.astype(np.float32), new_shape, cur, new, None, threads=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_a_class_that_wins_only_between_samples_is_kept(band_always, dtype):
+    """Class 0 is the argmax at no sample, yet wins halfway between them (classes 1 and 2 take turns at 6 along
+    the last axis, class 0 is 5 everywhere): the classes skipped in the band must only be those that cannot win
+    (every sample of another class above all of theirs), so class 0 still appears where the reference has it."""
+    shape = (6, 7, 9)
+    x = np.arange(shape[2]) % 2
+    logits = np.stack([np.full(shape, 5.0), np.broadcast_to(6.0 * (x == 0), shape),
+                       np.broadcast_to(6.0 * (x == 1), shape)]).astype(dtype)
+    labels = _check(logits, (12, 14, 18), (2.0, 2.0, 2.0), (1.0, 1.0, 1.0), None)
+    assert resample.last_route["route"] == "band"
+    assert {0, 1} <= set(np.unique(labels).tolist())  # class 0 between the samples, class 1 at the clamped edge
 
 
 def test_many_classes_give_uint16_labels(band_always):
