@@ -276,3 +276,37 @@ def test_nested_folders_and_our_outputs(tmp_path: Path, mr_image: Image) -> None
     assert refs[0].source == tmp_path / "DICOM" / "ST0" / "SE1"
     assert discover_series(tmp_path, recursive=False) == []
     assert os.listdir(out)  # untouched
+
+
+@pytest.mark.parametrize("threads,chunk,slices", [(1, 32, 5), (2, 4, 11), (3, 3, 9), (64, 32, 40)])
+def test_slices_are_placed_transposed_whatever_the_threads_and_chunks(monkeypatch, threads, chunk, slices):
+    """The reader's slice placer (decoded (rows, cols) slices in k order -> the (cols, rows, K) float32 volume, in
+    chunks copied by threads over the first axis) gives exactly the slices' transposed stack, with the float64
+    rescale of some slices cast to float32 as before, however the work is cut."""
+    from edgeseg.runtime.read import _dicom
+
+    monkeypatch.setattr(_dicom, "usable_cores", lambda: threads)
+    monkeypatch.setattr(_dicom._SlicePlacer, "CHUNK", chunk)
+    rng = np.random.default_rng(threads * 100 + slices)
+    planes = [rng.integers(-2000, 4000, (7, 13)).astype(np.int16) for _ in range(slices)]
+    values = [p.astype(np.float64) * 1.7 + 3.25 if k % 3 == 0 else p for k, p in enumerate(planes)]
+    array = np.full((13, 7, slices), np.nan, dtype=np.float32)
+    with _dicom._SlicePlacer(array) as placer:
+        for v in values:
+            placer.put(v)
+    expected = np.stack([np.asarray(v, dtype=np.float32) for v in values]).transpose(2, 1, 0)
+    assert array.tobytes() == np.ascontiguousarray(expected).tobytes()
+
+
+def test_a_failed_read_leaves_no_placer_threads(monkeypatch):
+    from edgeseg.runtime.read import _dicom
+
+    array = np.zeros((4, 3, 2), np.float32)
+    with pytest.raises(ValueError, match="bad slice"):
+        with _dicom._SlicePlacer(array) as placer:
+            placer.put(np.ones((3, 4)))
+            raise ValueError("bad slice")
+    import threading
+
+    assert not [t for t in threading.enumerate() if t.name.startswith("edgeseg-place")]
+    assert not array.any()  # nothing half-placed was flushed after the error
