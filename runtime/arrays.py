@@ -1,5 +1,5 @@
-"""Array helpers shared by the stages (a leaf: numpy only): the blocked transposed copy, and the cores that
-threads over slabs of an array may use.
+"""Array helpers shared by the stages (a leaf: numpy only): the blocked transposed copy, the cores that threads
+over slabs of an array may use, and how such work is split among them.
 
 Scanner-sized label maps and images are 50-400 M elements; numpy's copy of a transposed array walks one side
 with a large stride and costs 5-10 ns per element (0.7-1.0 s for 512x512x400 uint8). Copying in square blocks of
@@ -34,3 +34,11 @@ def reversed_axes(array: np.ndarray, block: int = BLOCK) -> np.ndarray:
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity where the OS has one, else the machine's)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def even_ranges(n: int, parts: int) -> list[slice]:
+    """``range(n)`` split into at most ``parts`` contiguous ranges of near-equal length, none empty (the shares
+    of threads that work on disjoint parts of an array)."""
+    k = max(1, min(int(parts), int(n)))
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from edgeseg.runtime.arrays import usable_cores
+from edgeseg.runtime.arrays import even_ranges, usable_cores
 from edgeseg.runtime.infer.aggregate import Fp16Aggregator, argmax_of_quotient, as_float32, logits_of
 from edgeseg.runtime.infer.tiling import compute_steps, gaussian_importance
 
@@ -247,7 +247,7 @@ def _accumulate_in_network(request: Any, slicers: list[tuple[slice, ...]],
     request.set_output_tensor(0, region_in)
     buffer = region_in.data
     corners = _first_untouched(slicers)
-    ranges = _class_ranges(buffer.shape[0], usable_cores())
+    ranges = even_ranges(buffer.shape[0], usable_cores())
     with ThreadPoolExecutor(len(ranges), thread_name_prefix="edgeseg-window-copy") as pool:
 
         def each(copy: Callable[[slice], Any]) -> None:
@@ -265,13 +265,6 @@ def _accumulate_in_network(request: Any, slicers: list[tuple[slice, ...]],
             acc.done += 1
             if progress:
                 progress(acc.done, len(slicers))
-
-
-def _class_ranges(classes: int, threads: int) -> list[slice]:
-    """``classes`` split into at most ``threads`` contiguous ranges of near-equal size (none empty)."""
-    n = max(1, min(int(threads), classes))
-    bounds = [round(i * classes / n) for i in range(n + 1)]
-    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 def _gather_covered(buffer: np.ndarray, region: np.ndarray, corner: tuple[int, ...]) -> None:

@@ -41,7 +41,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from edgeseg.errors import InvalidSeriesError
-from edgeseg.runtime.arrays import usable_cores
+from edgeseg.runtime.arrays import even_ranges, usable_cores
 from edgeseg.runtime.naming import dicom_series_name
 from edgeseg.runtime.read.headers import (LOCALIZER_ONLY, NOT_DICOM, REFUSED, Instance, SkippedFiles, _int_or_none,
                                           _is_localizer, _is_multiframe, _str, dicom_geometry, expected_instances,
@@ -383,9 +383,7 @@ class _SlicePlacer:
         self.array = array
         n_i, rows, n_k = array.shape
         self.buffer = np.empty((min(self.CHUNK, max(1, n_k)), rows, n_i), dtype=np.float32)
-        threads = max(1, min(usable_cores(), n_i))
-        bounds = [round(t * n_i / threads) for t in range(threads + 1)]
-        self.ranges = [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+        self.ranges = even_ranges(n_i, usable_cores())
         self.pool = ThreadPoolExecutor(len(self.ranges), thread_name_prefix="edgeseg-place")
         self.k = 0  # slices put so far
         self.held = 0  # of them in the buffer

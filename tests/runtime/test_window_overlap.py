@@ -270,14 +270,14 @@ def test_a_network_that_accumulates_itself_gives_the_windows_logits(tmp_path, mo
                        mirror_axes=(0,))
 
 
-def test_class_ranges_split_every_class_once():
-    from edgeseg.runtime.infer.sliding_window import _class_ranges
+def test_even_ranges_split_every_index_once():
+    from edgeseg.runtime.arrays import even_ranges
 
-    for classes in (1, 2, 5, 30):
-        for threads in (1, 2, 3, 64):
-            ranges = _class_ranges(classes, threads)
-            assert len(ranges) == min(threads, classes)
-            assert [c for r in ranges for c in range(classes)[r]] == list(range(classes))
+    for n in (1, 2, 5, 30):
+        for parts in (1, 2, 3, 64):
+            ranges = even_ranges(n, parts)
+            assert len(ranges) == min(parts, n)
+            assert [i for r in ranges for i in range(n)[r]] == list(range(n))
             assert max(r.stop - r.start for r in ranges) - min(r.stop - r.start for r in ranges) <= 1
 
 
