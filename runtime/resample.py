@@ -425,9 +425,10 @@ def _coarse_pass(logits: np.ndarray, pool: ThreadPoolExecutor,
 
 
 def _block_reduce(values: np.ndarray, axes: list[_Axis], reduce: Any) -> np.ndarray:
-    """``reduce`` (``np.maximum``/``np.minimum``) of ``values`` (coarse (Z, Y, X)) over each footprint block: along
-    a linear axis the edge-padded pairs (block b covers samples b - 1 and b, clamped), as the block codes are
-    built, so that ``axes[d].block`` indexes the result."""
+    """``reduce`` of ``values`` (coarse (Z, Y, X)) over each footprint block, pair by pair: along a linear axis the
+    edge-padded pairs (block b covers samples b - 1 and b, clamped), so that ``axes[d].block`` indexes the result.
+    ``reduce(a, b)``: ``np.maximum``/``np.minimum`` (the classes' block extrema) or "the common code, else the
+    band" (the block codes)."""
     out = values
     for d in range(3):
         if axes[d].pair:
@@ -500,17 +501,11 @@ def _argmax_resampled_band(logits: np.ndarray, new_shape: tuple[int, ...], axis:
         # block codes: the common label of a block whose samples all agree and are safe, else C (the band)
         code = np.where(margin > tau, labels_in, C).astype(np.uint8 if C <= 255 else np.uint16)
         del margin, labels_in
-        for d in range(3):
-            if axes[d].pair:
-                pad = [(0, 0)] * 3
-                pad[d] = (1, 1)
-                padded = np.pad(code, pad, mode="edge")
-                lo = [slice(None)] * 3
-                hi = [slice(None)] * 3
-                lo[d], hi[d] = slice(0, -1), slice(1, None)
-                a, b = padded[tuple(lo)], padded[tuple(hi)]
-                code = np.where(a == b, a, C).astype(code.dtype)
-                del padded, a, b
+
+        def agreed(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # the pair's common code, else the band
+            return np.where(a == b, a, C).astype(a.dtype)
+
+        code = _block_reduce(code, axes, agreed)
 
         # per block of the band, the classes that can win there (most cannot: the rest are skipped below)
         band_blocks = np.flatnonzero(code.reshape(-1) == C)
