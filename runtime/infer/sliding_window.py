@@ -251,8 +251,7 @@ def _accumulate_in_network(request: Any, slicers: list[tuple[slice, ...]],
     with ThreadPoolExecutor(len(ranges), thread_name_prefix="edgeseg-window-copy") as pool:
 
         def each(copy: Callable[[slice], Any]) -> None:
-            for done in [pool.submit(copy, classes) for classes in ranges]:
-                done.result()
+            list(pool.map(copy, ranges))
 
         for index, sl in enumerate(slicers):
             region = acc.fp16.logits[(slice(None), *sl)]

@@ -403,8 +403,7 @@ class _SlicePlacer:
         def copy(part: slice) -> None:
             self.array[part, :, k0:k0 + n] = chunk[:, :, part].transpose(2, 1, 0)
 
-        for done in [self.pool.submit(copy, part) for part in self.ranges]:
-            done.result()
+        list(self.pool.map(copy, self.ranges))
         self.held = 0
 
     def __enter__(self) -> _SlicePlacer:
@@ -518,7 +517,7 @@ def read_dicom_series(ref: SeriesRef, limits: ReadLimits | None = None) -> Volum
     array = np.empty((cols, rows, len(ordered)), dtype=np.float32)
     flipped = 0
     with _SlicePlacer(array) as placer:
-        for k, frame in enumerate(ordered):
+        for frame in ordered:
             ds = datasets[frame.path]
             try:  # decodes one frame, without caching the array in the dataset
                 pixels = np.asarray(pixel_array(ds, index=frame.index))
