@@ -37,8 +37,9 @@ from edgeseg import __version__
 from edgeseg.errors import OutputError
 from edgeseg.runtime.read.volume import FILE_UID_KEYS, Volume
 from edgeseg.runtime.write.dicomseg import (
-    _clean_sources, _sanitise_person_names, _sources, model_identity, provenance, result_series_number, result_uids,
+    _clean_source, _sanitise_person_names, _sources, model_identity, provenance, result_series_number, result_uids,
 )
+from edgeseg.runtime.write.gc_pause import gc_paused
 from edgeseg.typing import StrPath
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ def _evidence(volume: Volume) -> list[Any]:
     return [*first, *rest]
 
 
+@gc_paused()
 def write_dicom_sr(path: StrPath, volume: Volume, seg_path: StrPath, segments: Mapping[int, Mapping[str, Any]],
                    statistics: Mapping[str, Any], *, bundle: Mapping[str, Any] | None = None,
                    run: Mapping[str, Any] | None = None, series_number: int | None = None,
@@ -167,7 +169,7 @@ def write_dicom_sr(path: StrPath, volume: Volume, seg_path: StrPath, segments: M
     sources = _evidence(volume)  # the first in full (person names sanitised), the others' UIDs only
     # highdicom copies the patient and study from the first: its values are cleaned as for the SEG (whose lines are
     # in ``warnings`` already); the others carry only UIDs
-    _clean_sources(sources[:1], volume.series_uid, warnings)
+    _clean_source(sources[0], volume.series_uid, warnings)
     model = model_identity(bundle, run)
     series_uid, sop_uid = result_uids(volume, model, "sr", f"seg={seg.SOPInstanceUID}")
     modality = str(volume.dicom.modality or sources[0].get("Modality") or "")
