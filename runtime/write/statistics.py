@@ -29,8 +29,9 @@ from edgeseg.typing import StrPath
 log = logging.getLogger(__name__)
 
 STATISTICS_FILE = "statistics.json"
-#: voxels per slab of :func:`summarize_mask`: its index arrays stay at tens of MB whatever the series' size
-_SLAB_VOXELS = 4_000_000
+#: voxels per slab of :func:`summarize_mask`: its temporaries (8 bytes per voxel each) stay near the cores' caches
+#: whatever the series' size (a 512x512x400 mask's summary: 0.72 s with slabs of 4 M voxels, 0.45 s with 1 M)
+_SLAB_VOXELS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def summarize_mask(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, st
     each axis. The slabs run on the process's cores (numpy releases the GIL in these counts) and their results
     are added in slab order, so the sums are the same bits whatever the number of threads. Measured on a
     512x512x400 mask of 51 labels over a float32 volume (2 cores): the weighted counts alone 0.90 s in one
-    thread, 0.37 s in two. ``sums[0]`` (the background's) is reported as 0.
+    thread, 0.37 s in two; the whole summary 0.45 s. ``sums[0]`` (the background's) is reported as 0.
     ``labels``: the model's labels (the counts reach at least their largest value). Raises ValueError for a mask
     on another grid or with negative values.
     """
@@ -81,7 +82,7 @@ def summarize_mask(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, st
 
     def slab(i0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         lab = np.ascontiguousarray(labelmap[i0:i0 + step])
-        flat = lab.reshape(-1)
+        flat = lab.reshape(-1).astype(np.intp)  # once for both counts (bincount would convert it for each)
         counts = np.bincount(flat, minlength=top + 1)
         sums = np.bincount(flat, weights=np.ascontiguousarray(image[i0:i0 + step]).reshape(-1), minlength=top + 1)
         labelled = lab != 0
