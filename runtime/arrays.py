@@ -1,4 +1,4 @@
-"""Array helpers shared by the stages (a leaf: numpy only): the blocked transposed copy, the cores that threads
+"""Array helpers shared by the stages (a leaf: numpy only): the blocked copy between layouts, the cores that threads
 over slabs of an array may use, and how such work is split among them.
 
 Scanner-sized label maps and images are 50-400 M elements; numpy's copy of a transposed array walks one side
@@ -8,26 +8,52 @@ the two outer axes keeps both sides in the caches (0.14 s for the same array, me
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 #: block edge of :func:`reversed_axes` (64 x 64 x the innermost axis: fastest of 16-128 for uint8 and float32)
 BLOCK = 64
+#: block edge of :func:`copy_blocked` where the destination's innermost axis is a short run (the readers put 32-64
+#: planes at a time into a (I, J, K) volume: 16-32 fastest, 0.14-0.21 s for 400 planes of 512x512 in two threads
+#: against 0.82 s for numpy's one strided copy)
+PLANE_BLOCK = 32
 
 
-def reversed_axes(array: np.ndarray, block: int = BLOCK) -> np.ndarray:
+def copy_blocked(dst: np.ndarray, src: np.ndarray, block: int = BLOCK, threads: int = 1) -> None:
+    """``dst[...] = src`` (3-D, the same shape; numpy's casting) where the two are laid out differently (one's
+    first axis the other's fastest): copied in ``block`` x ``block`` tiles of the first two axes, so both sides
+    stay in the caches, by ``threads`` threads each on its own range of the first axis (numpy releases the GIL in
+    the copies). The same values as the one assignment."""
+    if dst.ndim != 3 or dst.shape != src.shape:
+        raise ValueError(f"copy_blocked takes two 3-D arrays of one shape, not {dst.shape} and {src.shape}")
+    n_j = dst.shape[1]
+
+    def copy(part: slice) -> None:
+        for i0 in range(part.start, part.stop, block):
+            i1 = min(i0 + block, part.stop)
+            for j0 in range(0, n_j, block):
+                dst[i0:i1, j0:j0 + block] = src[i0:i1, j0:j0 + block]
+
+    ranges = even_ranges(dst.shape[0], threads)
+    if len(ranges) <= 1:
+        for part in ranges:
+            copy(part)
+        return
+    with ThreadPoolExecutor(len(ranges), thread_name_prefix="edgeseg-copy") as pool:
+        list(pool.map(copy, ranges))
+
+
+def reversed_axes(array: np.ndarray, block: int = BLOCK, threads: int = 1) -> np.ndarray:
     """C-contiguous copy of a 3-D ``array`` with its axes reversed: ``np.ascontiguousarray(array.transpose(2, 1,
-    0))`` with the same values, copied in ``block`` x ``block`` tiles of the first two axes.
+    0))`` with the same values, copied by :func:`copy_blocked`.
 
     ``reversed_axes(a).T`` is ``a`` laid out in Fortran order (NIfTI's order on disk; for a label map in (I, J, K),
     ``reversed_axes(a)`` holds its (K, J, I) planes, the frames of a DICOM-SEG)."""
     if array.ndim != 3:
         raise ValueError(f"reversed_axes takes a 3-D array, not {array.ndim}-D")
-    n_i, n_j, _ = array.shape
     out = np.empty(array.shape[::-1], dtype=array.dtype)
-    for i0 in range(0, n_i, block):
-        for j0 in range(0, n_j, block):
-            out[:, j0:j0 + block, i0:i0 + block] = array[i0:i0 + block, j0:j0 + block, :].T
+    copy_blocked(out.T, array, block, threads)
     return out
 
 

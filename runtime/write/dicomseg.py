@@ -61,7 +61,7 @@ import numpy as np
 
 from edgeseg import __version__
 from edgeseg.errors import OutputError
-from edgeseg.runtime.arrays import reversed_axes
+from edgeseg.runtime.arrays import reversed_axes, usable_cores
 from edgeseg.runtime.read import planes_from_affine
 from edgeseg.runtime.read.volume import Volume
 from edgeseg.runtime.write.frame_groups import save_as
@@ -566,7 +566,7 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
         segments[number] = {"label": value, "name": str(labels.get(value, f"label_{value}"))}
     # (K, Rows, Columns) segment numbers, C-contiguous: highdicom reads the frames plane by plane (and, for BINARY,
     # compares each plane with each segment number), so each plane must be one compact block
-    frames = lut[reversed_axes(np.asarray(labelmap))]
+    frames = lut[reversed_axes(np.asarray(labelmap), threads=usable_cores())]
     if volume.dicom.rows_reversed:
         # GE epi_pepolar: the sources store their rows reversed under an upright header and the reader reversed
         # them back; each SEG frame references a source instance and has that instance's own position and

@@ -308,5 +308,5 @@ def test_a_failed_read_leaves_no_placer_threads(monkeypatch):
             raise ValueError("bad slice")
     import threading
 
-    assert not [t for t in threading.enumerate() if t.name.startswith("edgeseg-place")]
+    assert not [t for t in threading.enumerate() if t.name.startswith(("edgeseg-place", "edgeseg-copy"))]
     assert not array.any()  # nothing half-placed was flushed after the error
