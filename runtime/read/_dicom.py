@@ -538,10 +538,7 @@ def read_dicom_series(ref: SeriesRef, limits: ReadLimits | None = None) -> Volum
                  "((0019,109C) epi_pepolar, (0019,10B3))", uid)
     first_ds = datasets[ordered[0].path]
     description = _str(first_ds, "SeriesDescription") or ref.description
-    dicom_files: list[Path] = []
-    for frame in ordered:
-        if frame.path not in dicom_files:
-            dicom_files.append(frame.path)
+    dicom_files = list(dict.fromkeys(frame.path for frame in ordered))  # each file once, in k order
     spacing = float(np.linalg.norm(affine[:3, 2]))
     source = DicomSource(
         frames=tuple((f.path, f.index) for f in ordered),

@@ -640,7 +640,7 @@ def split_series(ref: SeriesRef, members: Iterable[tuple[Path, Instance]], echoe
         raise ValueError(f"echoes must be one of {', '.join(ECHOES)}, not {echoes!r}")
     members = list(members)
     positions: dict[StackKey, set[Any]] = {}
-    files: dict[StackKey, list[Path]] = {}
+    files: dict[StackKey, dict[Path, None]] = {}  # in order of arrival (a dict: a series of n files is O(n))
     planes: dict[StackKey, int] = {}
     instances: dict[StackKey, list[Instance]] = {}
     for path, instance in members:
@@ -649,8 +649,8 @@ def split_series(ref: SeriesRef, members: Iterable[tuple[Path, Instance]], echoe
         for key, position in instance.planes:
             positions.setdefault(key, set()).add(position)
             planes[key] = planes.get(key, 0) + 1
-            if path not in files.setdefault(key, []):
-                files[key].append(path)
+            if path not in files.setdefault(key, {}):
+                files[key][path] = None
                 instances.setdefault(key, []).append(instance)
     keys = sorted(positions, key=_stack_order)
     overlap = any(positions[a] & positions[b] - {None} for i, a in enumerate(keys) for b in keys[i + 1:])
