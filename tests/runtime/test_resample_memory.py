@@ -113,3 +113,15 @@ def test_preprocessing_reads_the_oriented_view_slab_by_slab_to_the_same_bits(sch
     assert not oriented.array.flags.owndata  # no float32 copy of the whole series
     got = preprocess(oriented, part).data[0]
     np.testing.assert_array_equal(got, _preprocess_as_before(oriented, part))
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+@pytest.mark.parametrize("shape,new_shape", [((40, 57, 33), (13, 20, 70)), ((1, 20, 20), (3, 7, 7)),
+                                             ((3, 30, 31), (2, 61, 9))])
+def test_the_zoom_shared_out_among_cores_gives_the_same_bits(monkeypatch, threads, shape, new_shape) -> None:
+    """The prefilter's lines and the zoom's output planes shared out among ``threads`` (as for any volume over
+    the threshold): scipy's zoom bit for bit, however the ranges fall (more threads than planes included)."""
+    monkeypatch.setattr(resample, "_THREADED_ZOOM_VOXELS", 1)
+    monkeypatch.setattr(resample, "usable_cores", lambda: threads)
+    image = (np.random.default_rng(threads).standard_normal(shape) * 50).astype(np.float32)
+    np.testing.assert_array_equal(resize(image, new_shape, 3), _scipy_resize(image, new_shape, 3))
