@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from edgeseg.bundle.schema import Normalization, Part, PreResample, Variant
+from edgeseg.runtime.arrays import reversed_axes, usable_cores
 from edgeseg.errors import InvalidSeriesError
 from edgeseg.runtime.read.volume import Volume
 from edgeseg.runtime.resample import Handover, SlabSource, compute_new_shape, resample_data, separate_z_axis
@@ -116,7 +117,9 @@ def to_network_order(oriented: Oriented, part: Part) -> tuple[np.ndarray, tuple[
 
     The result is a float32 copy laid out as nnU-Net's is (C-contiguous in SimpleITK order, then a transposed
     view): numpy's sums, hence the normalization's mean and std, depend on the memory layout."""
-    data = np.ascontiguousarray(oriented.array.transpose(2, 1, 0)[None], dtype=np.float32)
+    # numpy's copy of the transposed array walks the input with a large stride (0.6 s for 512x512x200):
+    # reversed_axes copies the same values, in blocks, on the process's cores
+    data = reversed_axes(np.asarray(oriented.array, dtype=np.float32), threads=usable_cores())[None]
     spacing = tuple(oriented.spacing[::-1])
     tf = part.transpose_forward
     data = data.transpose(0, *[i + 1 for i in tf])

@@ -87,17 +87,22 @@ class SlabSource:
         self.shape = tuple(int(s) for s in view.shape)
 
     def fill(self, out: np.ndarray) -> tuple[float, float]:
-        """Write the transformed float32 values into ``out`` (same shape) and return their (min, max)."""
-        lo = hi = None
-        for z in range(0, self.shape[0], self.planes):
-            slab = np.array(self.view[z:z + self.planes], dtype=np.float32)
-            self.transform(slab)
-            out[z:z + self.planes] = slab
-            s_lo, s_hi = slab.min(), slab.max()
-            lo = s_lo if lo is None else min(lo, s_lo)
-            hi = s_hi if hi is None else max(hi, s_hi)
-        assert lo is not None and hi is not None
-        return lo, hi
+        """Write the transformed float32 values into ``out`` (same shape) and return their (min, max). The slabs
+        are shared out among the process's cores (numpy's copies and the elementwise transform release the GIL;
+        each thread holds one slab)."""
+
+        def slab(z: int) -> tuple[Any, Any]:
+            values = np.array(self.view[z:z + self.planes], dtype=np.float32)
+            self.transform(values)
+            out[z:z + self.planes] = values
+            return values.min(), values.max()
+
+        starts = range(0, self.shape[0], self.planes)
+        with ThreadPoolExecutor(max(1, min(usable_cores(), len(starts))), thread_name_prefix="edgeseg-fill") as pool:
+            extremes = list(pool.map(slab, starts))
+        if not extremes:
+            raise ValueError("an empty image has no values to resample")
+        return min(lo for lo, _ in extremes), max(hi for _, hi in extremes)
 
     def materialize(self) -> np.ndarray:
         out = np.empty(self.shape, dtype=np.float32)
