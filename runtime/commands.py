@@ -30,8 +30,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def resolve_bundle_path(value: str | Path) -> Path:
-    """'demo' means the bundle shipped inside the package."""
-    if str(value) == "demo":
+    """'demo' (:data:`~edgeseg.runtime.settings.schema.DEMO_BUNDLE_KEYWORD`) means the bundle shipped inside the
+    package."""
+    from edgeseg.runtime.settings.schema import DEMO_BUNDLE_KEYWORD
+
+    if str(value) == DEMO_BUNDLE_KEYWORD:
         from edgeseg.demo import demo_bundle_path
 
         return demo_bundle_path()
@@ -44,6 +47,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from edgeseg.runtime.segmenter import Segmenter
     from edgeseg.runtime.settings.flags import flag_values
     from edgeseg.runtime.settings.run import segment_settings
+    from edgeseg.runtime.settings.schema import BUNDLE_REMEDY
     from edgeseg.runtime.write import PARTIAL, describe_missing
 
     settings = segment_settings(flag_values(args, "segment"))
@@ -54,8 +58,7 @@ def run_segment(args: argparse.Namespace) -> int:
         _user_cache().mkdir(parents=True, exist_ok=True)
         latency_path = _user_cache() / "latency.json"
     if not args.bundle:  # nothing runs a model nobody named
-        raise ConfigError("No model bundle named. Fix: pass --bundle with the folder `edgeseg export` wrote (it holds "
-                          "bundle.json), or --bundle demo for the packaged demo model (not for clinical use).")
+        raise ConfigError(f"No model bundle named. Fix: pass --bundle with {BUNDLE_REMEDY}.")
     segmenter = Segmenter(resolve_bundle_path(args.bundle), options, latency_path=latency_path)
     # images edgeseg refuses (a mosaic, a colour image, no geometry) are series that failed, each with its reason
     refs, refused = series_to_segment(args.input, selection=settings.selection)

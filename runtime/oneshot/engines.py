@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Mapping
 
 from edgeseg.errors import BundleError, ConfigError, OutputError
+from edgeseg.runtime.settings.schema import BUNDLE_REMEDY, DEMO_BUNDLE_KEYWORD
 
 #: (engine, input variable, output variable), strongest first
 FOLDER_VARIABLES: tuple[tuple[str, str, str], ...] = (
@@ -39,9 +40,6 @@ FOLDER_VARIABLES: tuple[tuple[str, str, str], ...] = (
 BUNDLE_VARIABLE = "EDGESEG_BUNDLE"
 #: where a MONAI application package keeps its model(s); used as the bundle when it holds a bundle.json
 MODEL_VARIABLES: tuple[str, ...] = ("HOLOSCAN_MODEL_PATH", "MONAI_MODELPATH")
-#: the packaged demo bundle
-DEMO = "demo"
-
 
 @dataclass(frozen=True)
 class Folders:
@@ -135,8 +133,7 @@ def resolve_bundle(flag_value: str | os.PathLike[str] | None = None,
             what = "holds no bundle.json" if Path(value).is_dir() else "does not exist"
             raise BundleError(f"{name}: the model folder {value} {what}, so it is not an edgeseg model bundle. Fix: "
                               "put the folder `edgeseg export` wrote there, or set EDGESEG_BUNDLE / --bundle to one "
-                              f"(or to '{DEMO}' for the demo model, which is not for clinical use).")
+                              f"(or to '{DEMO_BUNDLE_KEYWORD}' for the demo model, which is not for clinical use).")
         return value, name
     raise ConfigError(f"No model bundle named: give --bundle DIR, set {BUNDLE_VARIABLE}, or run in a MONAI "
-                      f"application package ({' / '.join(MODEL_VARIABLES)}). Fix: name the bundle folder `edgeseg "
-                      f"export` wrote, or '{DEMO}' for the demo model (trained on one case, not for clinical use).")
+                      f"application package ({' / '.join(MODEL_VARIABLES)}). Fix: name {BUNDLE_REMEDY}.")

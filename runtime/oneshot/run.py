@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping
 from edgeseg import __version__
 from edgeseg.bundle.schema import Bundle, load_bundle
 from edgeseg.errors import EXIT_OK, EdgesegError, exit_code_of, kind_of, remedy_for, summary_exit_code
-from edgeseg.runtime.oneshot.engines import DEMO, Folders
+from edgeseg.runtime.oneshot.engines import Folders
 from edgeseg.runtime.oneshot.mercure import (NOTIFICATION_KEY, RESULT_FILE, AnnouncedSeries, MercureTask,
                                              announced_series, dispatch_name, is_mercure_input, model_cache_dir,
                                              notification, persistence_dir, read_task, task_settings_layer)
@@ -53,6 +53,7 @@ from edgeseg.runtime.read import SeriesRef, SkippedFiles, series_to_segment
 from edgeseg.runtime.read.series_ref import Skipped
 from edgeseg.runtime.commands import resolve_bundle_path
 from edgeseg.runtime.segmenter import Segmenter
+from edgeseg.runtime.settings.schema import DEMO_BUNDLE_KEYWORD
 from edgeseg.runtime.write import COMPLETE, PARTIAL, SegmentResult, describe_missing
 from edgeseg.runtime.write.atomic import output_error, write_json_atomic
 
@@ -154,8 +155,9 @@ def choose_layout(layout: str, folders: Folders) -> str:
     return layout
 
 
-def run_oneshot(folders: Folders, bundle: str | Path | Bundle = DEMO, overrides: Mapping[str, Any] | None = None,
-                layout: str = "auto", cache_dir: Path | None = None, use_cache: bool = True,
+def run_oneshot(folders: Folders, bundle: str | Path | Bundle = DEMO_BUNDLE_KEYWORD,
+                overrides: Mapping[str, Any] | None = None, layout: str = "auto", cache_dir: Path | None = None,
+                use_cache: bool = True,
                 env: Mapping[str, str] | None = None, progress: ProgressCallback | None = None) -> OneShotResult:
     """Segment every series in ``folders.input`` once into ``folders.output`` (module docstring).
 

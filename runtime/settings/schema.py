@@ -41,6 +41,9 @@ ONESHOT_COMMANDS: Final[tuple[str, ...]] = ("segment", "run")
 ENV_PREFIX: Final = "EDGESEG_"
 #: ``bundle: demo`` resolves to the packaged demo bundle
 DEMO_BUNDLE_KEYWORD: Final = "demo"
+#: what names a model bundle, in every message that asks for one (nothing runs a model nobody named)
+BUNDLE_REMEDY: Final = (f"the folder `edgeseg export` wrote (it holds bundle.json), or '{DEMO_BUNDLE_KEYWORD}' for "
+                        "the packaged demo model (trained on one case, not for clinical use)")
 #: where the watcher keeps its state when neither the file nor the environment nor the command line says
 HOME_STATE_DIR: Final = Path.home() / ".edgeseg" / "watch"
 

@@ -29,7 +29,7 @@ from edgeseg.runtime.read.selection import SelectionRules
 from edgeseg.runtime.settings.enums import Echoes, ObserverKind, Precision
 from edgeseg.runtime.settings.run import selection_rules
 from edgeseg.runtime.settings.schema import (
-    DEFAULT_EXCLUDE, DEMO_BUNDLE_KEYWORD, ENV_PREFIX, HOME_STATE_DIR, WATCH_KEYS, Key, default, env_name,
+    BUNDLE_REMEDY, DEFAULT_EXCLUDE, DEMO_BUNDLE_KEYWORD, ENV_PREFIX, HOME_STATE_DIR, WATCH_KEYS, Key, default, env_name,
 )
 from edgeseg.runtime.settings.validate import (
     Problems, Value, check_budget_and_ceiling, check_roots, node_settings, read_env, read_file, read_flags,
@@ -217,8 +217,7 @@ def load_config(
         values["log_dir"] = values["state_dir"] / "logs"
     if values["bundle"] is None:  # nothing runs a model nobody named
         problems.add(str(source) if source else "command line", "bundle", "no model bundle named",
-                     "set bundle: to the folder `edgeseg export` wrote (it holds bundle.json), or bundle: demo for the "
-                     "packaged demo model (not for clinical use); on the command line --bundle")
+                     f"set bundle: (on the command line --bundle) to {BUNDLE_REMEDY}")
     if "time_ceiling_s" not in merged and values["time_budget_s"] is not None:  # the default follows the budget
         values["time_ceiling_s"] = max(default("time_ceiling_s"), 3 * values["time_budget_s"])
     check_budget_and_ceiling(values, merged, problems)

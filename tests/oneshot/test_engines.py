@@ -79,7 +79,7 @@ def test_an_output_through_a_link_into_the_input_is_refused(tmp_path: Path) -> N
 def test_bundle_precedence(tmp_path: Path) -> None:
     model = tmp_path / "models"
     model.mkdir()
-    with pytest.raises(ConfigError, match="No model bundle named.*'demo' for the demo model"):
+    with pytest.raises(ConfigError, match="No model bundle named.*'demo' for the packaged demo model"):
         resolve_bundle(None, env={})  # never the demo unless named
     with pytest.raises(BundleError, match=r"HOLOSCAN_MODEL_PATH: the model folder .*models holds no bundle.json"):
         resolve_bundle(None, env={"HOLOSCAN_MODEL_PATH": str(model)})
