@@ -24,9 +24,12 @@ def copy_blocked(dst: np.ndarray, src: np.ndarray, block: int = BLOCK, threads: 
     """``dst[...] = src`` (3-D, the same shape; numpy's casting) where the two are laid out differently (one's
     first axis the other's fastest): copied in ``block`` x ``block`` tiles of the first two axes, so both sides
     stay in the caches, by ``threads`` threads each on its own range of the first axis (numpy releases the GIL in
-    the copies). The same values as the one assignment."""
+    the copies). The same values as the one assignment, for arrays that do not share memory (numpy buffers an
+    overlapping source; blocks copied in turn would not): such a pair is refused."""
     if dst.ndim != 3 or dst.shape != src.shape:
         raise ValueError(f"copy_blocked takes two 3-D arrays of one shape, not {dst.shape} and {src.shape}")
+    if np.may_share_memory(dst, src):
+        raise ValueError("copy_blocked copies between arrays that do not share memory")
     n_j = dst.shape[1]
 
     def copy(part: slice) -> None:

@@ -80,6 +80,9 @@ class SlabSource:
     ``transform`` (in place; the normalization) on their way into the zoom's float64 working array. Only the
     lean spline zoom reads it so (:func:`resample_data`); elsewhere it is materialised first."""
 
+    #: slabs read at once (one per thread)
+    SLABS_IN_FLIGHT = 2
+
     def __init__(self, view: np.ndarray, transform: Callable[[np.ndarray], None], planes: int = 8) -> None:
         self.view = view
         self.transform = transform
@@ -88,8 +91,9 @@ class SlabSource:
 
     def fill(self, out: np.ndarray) -> tuple[float, float]:
         """Write the transformed float32 values into ``out`` (same shape) and return their (min, max). The slabs
-        are shared out among the process's cores (numpy's copies and the elementwise transform release the GIL;
-        each thread holds one slab)."""
+        are shared out among at most :attr:`SLABS_IN_FLIGHT` of the process's cores (numpy's copies and the
+        elementwise transform release the GIL; each thread holds one slab, so the memory bound does not grow with
+        the machine's cores)."""
 
         def slab(z: int) -> tuple[Any, Any]:
             values = np.array(self.view[z:z + self.planes], dtype=np.float32)
@@ -98,8 +102,12 @@ class SlabSource:
             return values.min(), values.max()
 
         starts = range(0, self.shape[0], self.planes)
-        with ThreadPoolExecutor(max(1, min(usable_cores(), len(starts))), thread_name_prefix="edgeseg-fill") as pool:
-            extremes = list(pool.map(slab, starts))
+        threads = max(1, min(usable_cores(), self.SLABS_IN_FLIGHT, len(starts)))
+        if threads == 1:
+            extremes = [slab(z) for z in starts]
+        else:
+            with ThreadPoolExecutor(threads, thread_name_prefix="edgeseg-fill") as pool:
+                extremes = list(pool.map(slab, starts))
         if not extremes:
             raise ValueError("an empty image has no values to resample")
         return min(lo for lo, _ in extremes), max(hi for _, hi in extremes)
@@ -173,7 +181,11 @@ def _spline_zoom_nearest(source: Handover | SlabSource, zoom: Sequence[float], o
     out = np.empty(output_shape, dtype=np.float64)
     if threads is None:
         threads = usable_cores() if padded.size >= _THREADED_ZOOM_VOXELS else 1
-    threads = threads if padded.ndim > 1 else 1
+    if threads <= 1 or padded.ndim < 2:  # in the caller's thread, whole
+        for axis in range(len(shape)):
+            ndimage.spline_filter1d(padded, order, axis, output=padded, mode="nearest")
+        kernel(padded, factors, None, out, order, mode, 0.0, npad, True)
+        return out, lo, hi
     with ThreadPoolExecutor(threads, thread_name_prefix="edgeseg-zoom") as pool:
         for axis in range(len(shape)):
             # along ``axis`` each line is filtered on its own: the lines are shared out by ranges of another axis

@@ -82,7 +82,9 @@ def summarize_mask(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, st
 
     def slab(i0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         lab = np.ascontiguousarray(labelmap[i0:i0 + step])
-        flat = lab.reshape(-1).astype(np.intp)  # once for both counts (bincount would convert it for each)
+        # once for both counts (bincount would convert it for each), and as bincount would: a float or uint64 mask
+        # is refused, never truncated
+        flat = lab.reshape(-1).astype(np.intp, casting="safe")
         counts = np.bincount(flat, minlength=top + 1)
         sums = np.bincount(flat, weights=np.ascontiguousarray(image[i0:i0 + step]).reshape(-1), minlength=top + 1)
         labelled = lab != 0

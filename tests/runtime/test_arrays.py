@@ -31,6 +31,9 @@ def test_copy_blocked_refuses_shapes_that_differ() -> None:
         copy_blocked(np.zeros((2, 3, 4)), np.zeros((2, 3, 5)))
     with pytest.raises(ValueError, match="3-D"):
         copy_blocked(np.zeros((2, 3)), np.zeros((2, 3)))
+    a = np.arange(27.0).reshape(3, 3, 3)
+    with pytest.raises(ValueError, match="share memory"):  # numpy would buffer it; blocks in turn would not
+        copy_blocked(a, a.transpose(2, 1, 0))
 
 
 @pytest.mark.parametrize("threads", [1, 2, 5])

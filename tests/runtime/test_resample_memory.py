@@ -44,7 +44,7 @@ def test_resize_equals_scipys_zoom_of_a_float64_copy(shape, new_shape, order, dt
     np.testing.assert_array_equal(got[0], _scipy_resize(data[0], new_shape, order).astype(np.float32))
 
 
-def test_the_zoom_holds_one_float64_working_array() -> None:
+def test_the_zoom_holds_one_float64_working_array(monkeypatch) -> None:
     """tracemalloc sees numpy's buffers. A handed-over float32 image (order 3): the input until it is copied, then
     the padded float64 working array and the small output; scipy's way held the input, a float64 copy, a padded
     copy and a filtered copy. Read slab by slab (:class:`SlabSource`), the working array and a few planes."""
@@ -53,6 +53,7 @@ def test_the_zoom_holds_one_float64_working_array() -> None:
     small = 4 * np.prod(new_shape) * 8
     image = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     want = _scipy_resize(image, new_shape, 3).astype(np.float32)
+    monkeypatch.setattr(resample, "usable_cores", lambda: 16)  # the slabs in flight do not grow with the cores
     tracemalloc.start()
     try:
         data = image[None].copy()
@@ -125,3 +126,8 @@ def test_the_zoom_shared_out_among_cores_gives_the_same_bits(monkeypatch, thread
     monkeypatch.setattr(resample, "usable_cores", lambda: threads)
     image = (np.random.default_rng(threads).standard_normal(shape) * 50).astype(np.float32)
     np.testing.assert_array_equal(resize(image, new_shape, 3), _scipy_resize(image, new_shape, 3))
+
+
+def test_a_one_dimensional_zoom_stays_scipys() -> None:
+    line = np.random.default_rng(4).standard_normal(37).astype(np.float32)
+    np.testing.assert_array_equal(resize(line, (80,), 3), _scipy_resize(line, (80,), 3))

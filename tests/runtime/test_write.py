@@ -375,3 +375,15 @@ def test_labelmap_nifti_holds_what_nibabel_would_have_written(tmp_path: Path) ->
     with gzip.open(tmp_path / "new.nii.gz") as a, gzip.open(tmp_path / "nibabel.nii.gz") as b:
         assert a.read() == b.read()
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "new.nii.gz").dataobj), lab)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint64])
+def test_mask_summary_refuses_a_mask_it_would_have_to_truncate(dtype: type) -> None:
+    """A float (or uint64) label map is refused as numpy's bincount refuses it, never cast to labels."""
+    from edgeseg.runtime.read.volume import Volume
+    from edgeseg.runtime.write.statistics import summarize_mask
+
+    lab = np.full((4, 3, 2), 1.7 if dtype is np.float32 else 1, dtype=dtype)
+    vol = Volume(array=np.zeros(lab.shape, np.float32), affine=np.eye(4), source="x", kind="nifti", name="x")
+    with pytest.raises(TypeError):
+        summarize_mask(vol, lab)
