@@ -1,5 +1,5 @@
 """Array helpers shared by the stages (a leaf: numpy only): the blocked copy between layouts, the cores that threads
-over slabs of an array may use, and how such work is split among them.
+over slabs of an array may use, how such work is split among them and run.
 
 Scanner-sized label maps and images are 50-400 M elements; numpy's copy of a transposed array walks one side
 with a large stride and costs 5-10 ns per element (0.7-1.0 s for 512x512x400 uint8). Copying in square blocks of
@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 #: block edge of :func:`reversed_axes` (64 x 64 x the innermost axis: fastest of 16-128 for uint8 and float32)
 BLOCK = 64
@@ -38,13 +42,7 @@ def copy_blocked(dst: np.ndarray, src: np.ndarray, block: int = BLOCK, threads: 
             for j0 in range(0, n_j, block):
                 dst[i0:i1, j0:j0 + block] = src[i0:i1, j0:j0 + block]
 
-    ranges = even_ranges(dst.shape[0], threads)
-    if len(ranges) <= 1:
-        for part in ranges:
-            copy(part)
-        return
-    with ThreadPoolExecutor(len(ranges), thread_name_prefix="edgeseg-copy") as pool:
-        list(pool.map(copy, ranges))
+    map_in_threads(copy, even_ranges(dst.shape[0], threads), threads, "edgeseg-copy")
 
 
 def reversed_axes(array: np.ndarray, block: int = BLOCK, threads: int = 1) -> np.ndarray:
@@ -71,3 +69,13 @@ def even_ranges(n: int, parts: int) -> list[slice]:
     k = max(1, min(int(parts), int(n)))
     bounds = [round(i * n / k) for i in range(k + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def map_in_threads(fn: Callable[[_T], _R], items: Sequence[_T], threads: int, name: str) -> list[_R]:
+    """``[fn(item) for item in items]``, in order, by up to ``threads`` threads named ``name`` (numpy and scipy
+    release the GIL in their array work); with one thread or one item, in the caller's thread, without a pool."""
+    workers = min(int(threads), len(items))
+    if workers <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(workers, thread_name_prefix=name) as pool:
+        return list(pool.map(fn, items))

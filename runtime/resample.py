@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from edgeseg.runtime.arrays import even_ranges, usable_cores
+from edgeseg.runtime.arrays import even_ranges, map_in_threads, usable_cores
 
 
 def compute_new_shape(old_shape: Sequence[int], old_spacing: Sequence[float],
@@ -101,13 +101,8 @@ class SlabSource:
             out[z:z + self.planes] = values
             return values.min(), values.max()
 
-        starts = range(0, self.shape[0], self.planes)
-        threads = max(1, min(usable_cores(), self.SLABS_IN_FLIGHT, len(starts)))
-        if threads == 1:
-            extremes = [slab(z) for z in starts]
-        else:
-            with ThreadPoolExecutor(threads, thread_name_prefix="edgeseg-fill") as pool:
-                extremes = list(pool.map(slab, starts))
+        threads = min(usable_cores(), self.SLABS_IN_FLIGHT)
+        extremes = map_in_threads(slab, range(0, self.shape[0], self.planes), threads, "edgeseg-fill")
         if not extremes:
             raise ValueError("an empty image has no values to resample")
         return min(lo for lo, _ in extremes), max(hi for _, hi in extremes)
@@ -181,31 +176,27 @@ def _spline_zoom_nearest(source: Handover | SlabSource, zoom: Sequence[float], o
     out = np.empty(output_shape, dtype=np.float64)
     if threads is None:
         threads = usable_cores() if padded.size >= _THREADED_ZOOM_VOXELS else 1
-    if threads <= 1 or padded.ndim < 2:  # in the caller's thread, whole
-        for axis in range(len(shape)):
-            ndimage.spline_filter1d(padded, order, axis, output=padded, mode="nearest")
-        kernel(padded, factors, None, out, order, mode, 0.0, npad, True)
-        return out, lo, hi
-    with ThreadPoolExecutor(threads, thread_name_prefix="edgeseg-zoom") as pool:
-        for axis in range(len(shape)):
-            # along ``axis`` each line is filtered on its own: the lines are shared out by ranges of another axis
-            # (scipy releases the GIL; the same values)
-            across = 1 if axis == 0 else 0
+    if padded.ndim < 2:  # one line: nothing to share out
+        threads = 1
+    for axis in range(len(shape)):
+        # along ``axis`` each line is filtered on its own: the lines are shared out by ranges of another axis
+        # (scipy releases the GIL; the same values)
+        across = 1 if axis == 0 and padded.ndim > 1 else 0
 
-            def prefilter(part: slice, _axis: int = axis, _across: int = across) -> None:
-                view = padded[(slice(None),) * _across + (part,)]
-                ndimage.spline_filter1d(view, order, _axis, output=view, mode="nearest")
+        def prefilter(part: slice, _axis: int = axis, _across: int = across) -> None:
+            view = padded[(slice(None),) * _across + (part,)]
+            ndimage.spline_filter1d(view, order, _axis, output=view, mode="nearest")
 
-            list(pool.map(prefilter, even_ranges(padded.shape[across], threads)))
+        map_in_threads(prefilter, even_ranges(padded.shape[across], threads), threads, "edgeseg-zoom")
 
-        def interpolate(part: slice) -> None:
-            # output planes part.start... of axis 0: the kernel's shift is added to each output index before the
-            # zoom, so an integer shift gives these planes the coordinates the whole zoom gives them
-            shift = np.zeros(len(shape), dtype=np.float64)
-            shift[0] = part.start
-            kernel(padded, factors, shift, out[part], order, mode, 0.0, npad, True)
+    def interpolate(part: slice) -> None:
+        # output planes part.start... of axis 0: the kernel's shift is added to each output index before the
+        # zoom, so an integer shift gives these planes the coordinates the whole zoom gives them
+        shift = np.zeros(len(shape), dtype=np.float64)
+        shift[0] = part.start
+        kernel(padded, factors, shift, out[part], order, mode, 0.0, npad, True)
 
-        list(pool.map(interpolate, even_ranges(output_shape[0], threads)))
+    map_in_threads(interpolate, even_ranges(output_shape[0], threads), threads, "edgeseg-zoom")
     return out, lo, hi
 
 

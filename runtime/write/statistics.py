@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeseg.runtime.arrays import usable_cores
+from edgeseg.runtime.arrays import map_in_threads, usable_cores
 from edgeseg.runtime.read.volume import Volume
 from edgeseg.typing import StrPath
 
@@ -95,14 +94,12 @@ def summarize_mask(volume: Volume, labelmap: np.ndarray, labels: Mapping[int, st
     sums = np.zeros(top + 1, dtype=np.float64)
     along = [np.zeros(n, np.int64) for n in (n_i, n_j, n_k)]
     starts = range(0, n_i, step)
-    threads = min(usable_cores(), len(starts))
-    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="edgeseg-summary") as pool:
-        for i0, (c, w, a0, a1, a2) in zip(starts, pool.map(slab, starts)):  # in slab order
-            counts += c
-            sums += w
-            along[0][i0:i0 + step] = a0
-            along[1] += a1
-            along[2] += a2
+    for i0, (c, w, a0, a1, a2) in zip(starts, map_in_threads(slab, starts, usable_cores(), "edgeseg-summary")):
+        counts += c  # in slab order
+        sums += w
+        along[0][i0:i0 + step] = a0
+        along[1] += a1
+        along[2] += a2
     sums[0] = 0.0
     return MaskSummary(counts=counts, sums=sums, marginals=(along[0], along[1], along[2]))
 
