@@ -129,15 +129,19 @@ def _read_with_nibabel(path: Path, limits: ReadLimits | None) -> tuple[Any, np.n
         raise InvalidSeriesError(f"{path} does not exist: check the path.") from err
     except Exception as err:  # nibabel raises many types on malformed files
         raise _unreadable(path, err) from err
+    return img, nibabel_float32(img, path, "the voxel data", "the file is probably truncated. Copy it again.")
+
+
+def nibabel_float32(img: Any, path: Path, what: str, remedy: str) -> np.ndarray:
+    """A nibabel image's data as a 3-D float32 array (:func:`to_3d`, :func:`finite_float32`): the NIfTI and the
+    PAR/REC readers' one route through ``get_fdata``. A read that fails names ``path``, ``what`` was read and the
+    ``remedy``."""
     shape = to_3d(img.shape, path)
     try:
         data = img.get_fdata(dtype=np.float32)
     except Exception as err:
-        raise InvalidSeriesError(
-            f"{path}: the voxel data could not be read ({type(err).__name__}: {err}); the file is probably "
-            "truncated. Copy it again."
-        ) from err
-    return img, finite_float32(data.reshape(shape), path)
+        raise InvalidSeriesError(f"{path}: {what} could not be read ({type(err).__name__}: {err}); {remedy}") from err
+    return finite_float32(data.reshape(shape), path)
 
 
 #: raw bytes of one slab of K slices converted at a time (and at most this many slices): what the reader holds of

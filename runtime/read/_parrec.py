@@ -6,11 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgeseg.errors import InvalidSeriesError
 from edgeseg.runtime.naming import nifti_name
-from edgeseg.runtime.read._nifti import check_affine, finite_float32, to_3d
+from edgeseg.runtime.read._nifti import check_affine, nibabel_float32
 from edgeseg.runtime.read.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -63,16 +61,8 @@ def read_parrec(path: Path) -> Volume:
             f"{par} is not a readable Philips PAR/REC pair ({type(err).__name__}: {err}). Re-export the series "
             "(PAR/REC v4.x or DICOM)."
         ) from err
-    shape = to_3d(img.shape, par)
-    try:
-        data = img.get_fdata(dtype=np.float32)
-    except Exception as err:
-        raise InvalidSeriesError(
-            f"{par}: the REC data could not be read ({type(err).__name__}: {err}); it is probably truncated. "
-            "Copy the REC file again."
-        ) from err
     vol = Volume(
-        array=finite_float32(data.reshape(shape), par),
+        array=nibabel_float32(img, par, "the REC data", "it is probably truncated. Copy the REC file again."),
         affine=check_affine(img.affine, par),
         source=par,
         kind="parrec",

@@ -125,3 +125,17 @@ def test_real_parrec(tmp_path: Path) -> None:
     assert vol.shape == full.shape[:3]
     np.testing.assert_allclose(vol.affine, full.affine)
     np.testing.assert_allclose(vol.array, full.get_fdata()[..., 0], rtol=1e-5)
+
+
+def test_truncated_rec_names_the_pair_and_the_remedy(tmp_path: Path) -> None:
+    """A REC shorter than its PAR promises: an InvalidSeriesError naming the PAR and saying to copy the REC
+    again (nibabel's error inside it), never nibabel's own exception."""
+    lines = [line for line in PHANTOM_PAR.read_bytes().decode("latin-1").splitlines(keepends=True)
+             if not (line.split() and line.split()[0].isdigit() and line.split()[2] != "1")]
+    lines = [re.sub(r":(\s*)3", r":\g<1>1", line) if "Max. number of dynamics" in line else line for line in lines]
+    par = tmp_path / "cut.PAR"
+    par.write_bytes("".join(lines).encode("latin-1"))
+    (tmp_path / "cut.REC").write_bytes(PHANTOM_PAR.with_suffix(".REC").read_bytes()[:1000])
+    with pytest.raises(InvalidSeriesError,
+                       match=r"(?s)cut\.PAR: the REC data could not be read.*Copy the REC file again"):
+        read_series(par)
