@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgeseg.runtime.arrays import usable_cores
+
 
 #: elements per kernel call: a chunk's gathered accumulator, prediction, Gaussian and result (~5 MB for 512 K
 #: elements with an f32 prediction) stay in the core's caches between the gather, the kernel and the scatter
@@ -94,12 +96,16 @@ _ONE_THREAD = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                "NUM_STREAMS": 1}
 
 
-def aggregation_threads() -> int:
-    """Threads that aggregate a tile by default: 1. Measured on the 2-core machine (51-class 128^3 INT8 tiles,
-    benchmarks/sliding_window_tile.py): two workers added a tile no faster than one (~0.13 s; the single-threaded
-    kernels of two workers ran one after the other), and with the window's ping-pong one aggregation thread
-    beside OpenVINO's inference threads is what overlaps. ``threads=`` chooses more."""
-    return 1
+def aggregation_threads(requests: int = 1) -> int:
+    """Threads that aggregate a tile by default, for a window that uses ``requests`` infer requests in turn.
+
+    One request (tile after tile, :func:`~edgeseg.runtime.infer.sliding_window.window_jobs` on up to 4 cores):
+    OpenVINO's inference threads are idle while a tile is aggregated, so every core the process may use
+    aggregates. Measured with ``benchmarks/sliding_window_tile.py`` (INT8 51-class 128^3 tiles, separate update):
+    on the 2-core AMD EPYC (AVX2) machine two threads took the window from +17.5-18.3 % to +5.1-5.4 % over the
+    network alone (4.4-4.7 s per tile); on the 2-core Xeon two were no faster than one (~0.13 s per tile either
+    way). Several requests (ping-pong): one thread, beside the request that is inferring."""
+    return usable_cores() if requests <= 1 else 1
 
 
 def chunks(num_outputs: int, patch: Sequence[int], target: int | None = None) -> list[tuple[slice, slice]]:
@@ -186,9 +192,8 @@ class Fp16Aggregator:
     A tile is added in chunks (:func:`chunks`: a few classes, or one class's slab of rows) by ``threads`` worker
     threads, each with its own single-threaded kernel and buffers: a chunk's region of the accumulator is gathered
     into a small contiguous buffer, updated by the kernel and scattered back while it is still in the core's
-    cache (numpy's copies and OpenVINO's inference release the GIL; on the 2-core machine two workers were still
-    no faster than one, see :func:`aggregation_threads`). Chunks are disjoint and element-wise, so the result
-    does not depend on how a tile is cut or on the thread count.
+    cache (numpy's copies and OpenVINO's inference release the GIL; how many: :func:`aggregation_threads`). Chunks
+    are disjoint and element-wise, so the result does not depend on how a tile is cut or on the thread count.
     ``add`` may be called from one thread at a time; ``finish`` returns float32 logits holding exactly nnU-Net's
     fp16 values (fp16 -> fp32 is exact), so a float32 argmax equals nnU-Net's fp16 argmax.
     """

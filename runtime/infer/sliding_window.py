@@ -28,7 +28,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from edgeseg.runtime.arrays import even_ranges, usable_cores
-from edgeseg.runtime.infer.aggregate import Fp16Aggregator, argmax_of_quotient, as_float32, logits_of
+from edgeseg.runtime.infer.aggregate import (Fp16Aggregator, aggregation_threads, argmax_of_quotient,
+                                              as_float32, logits_of)
 from edgeseg.runtime.infer.tiling import compute_steps, gaussian_importance
 
 log = logging.getLogger(__name__)
@@ -176,12 +177,21 @@ def sliding_window(data: np.ndarray, model: Any, patch: Sequence[int], num_outpu
     tile is aggregated, the next infers; :meth:`Engine.window_requests` keeps them), a single ``InferRequest`` (tile
     after tile), an ``openvino.CompiledModel`` (``jobs`` requests created for this call, default
     :func:`window_jobs`) or any callable mapping a (1, C, *patch) float32 array to (1, K, *patch) logits (run
-    synchronously; tests use constant/synthetic models). ``threads``: aggregation threads
-    (default :func:`~edgeseg.runtime.infer.aggregate.aggregation_threads`); the result does not depend on it.
+    synchronously; tests use constant/synthetic models). ``threads``: aggregation threads (default
+    :func:`~edgeseg.runtime.infer.aggregate.aggregation_threads` of the requests used: every core with one, one
+    beside several); the result does not depend on it.
     """
     padded, unpad = pad_to_patch(data, patch)
     slicers = tile_slicers(padded.shape[1:], patch, tile_step_size)
     flips = mirror_combinations(mirror_axes)
+    requests: list[Any] | None = None  # the OpenVINO requests used in turn (one: tile after tile)
+    if _is_openvino(model) and type(model).__name__ == "CompiledModel":
+        requests = [model.create_infer_request() for _ in range(max(1, jobs or window_jobs()))]
+    elif type(model).__name__ == "InferRequest":
+        requests = [model]
+    elif isinstance(model, (list, tuple)) and model and all(_is_openvino(r) for r in model):
+        requests = list(model)
+    threads = threads or aggregation_threads(len(requests) if requests else 1)
     acc = _Accumulator(num_outputs, padded.shape[1:], patch, use_gaussian, len(flips), threads)
     total = len(slicers)
     log.debug("sliding window: %d tiles x %d flips, shape %s, patch %s, step %s", total, len(flips),
@@ -203,13 +213,8 @@ def sliding_window(data: np.ndarray, model: Any, patch: Sequence[int], num_outpu
             if len(flips) > 1:
                 raise ValueError("a network that accumulates itself runs unmirrored windows only")
             _accumulate_in_network(model.request, slicers, cut, acc, progress)
-        elif _is_openvino(model) and type(model).__name__ == "CompiledModel":
-            requests = [model.create_infer_request() for _ in range(max(1, jobs or window_jobs()))]
+        elif requests:
             _ping_pong(requests, _jobs(slicers, flips), cut, add)
-        elif type(model).__name__ == "InferRequest":
-            _ping_pong([model], _jobs(slicers, flips), cut, add)
-        elif isinstance(model, (list, tuple)) and model and all(_is_openvino(r) for r in model):
-            _ping_pong(list(model), _jobs(slicers, flips), cut, add)
         else:  # a plain callable (tests)
             for job in _jobs(slicers, flips):
                 add(job, np.asarray(model(cut(job[1], job[2])))[0])  # fp16 or fp32; the aggregator takes either

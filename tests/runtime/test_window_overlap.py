@@ -359,3 +359,31 @@ def test_the_box_no_earlier_tile_covered_is_exactly_the_untouched_part(shape, pa
     assert covered.all()
     if len(slicers) > 1:
         assert _first_untouched(slicers[::-1]) is None  # not nnU-Net's order: the whole region is copied
+
+
+def test_one_request_aggregates_on_every_core_several_on_one(monkeypatch):
+    """The default aggregation threads follow the requests the window uses: tile after tile (one request) OpenVINO
+    is idle while a tile is added, so every usable core adds; beside a request in flight (several), one thread."""
+    from edgeseg.runtime.infer import sliding_window as window_module
+    from edgeseg.runtime.infer.engine import core
+
+    monkeypatch.setattr(aggregate, "usable_cores", lambda: 3)
+    assert aggregate.aggregation_threads(1) == 3 and aggregate.aggregation_threads(2) == 1
+    used = []
+    real = Fp16Aggregator.__init__
+
+    def spy(self, num_outputs, shape, patch_, gaussian, threads=None):
+        used.append(threads)
+        real(self, num_outputs, shape, patch_, gaussian, threads)
+
+    monkeypatch.setattr(Fp16Aggregator, "__init__", spy)
+    compiled = core().compile_model(_small_openvino_model(), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    data = np.random.default_rng(7).standard_normal((1, 23, 41, 30)).astype(np.float32)
+    patch = (8, 16, 12)
+    one = window_module.predict_logits(data, compiled.create_infer_request(), patch, 3, 0.5)
+    two = window_module.predict_logits(data, [compiled.create_infer_request() for _ in range(2)], patch, 3, 0.5)
+    by_jobs = window_module.predict_logits(data, compiled, patch, 3, 0.5, jobs=1)
+    chosen = window_module.predict_logits(data, compiled, patch, 3, 0.5, jobs=2, threads=2)
+    assert used == [3, 1, 3, 2]
+    for name, logits in {"two requests": two, "compiled, one job": by_jobs, "threads=2": chosen}.items():
+        np.testing.assert_array_equal(logits, one, err_msg=name)
