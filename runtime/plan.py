@@ -65,8 +65,13 @@ log = logging.getLogger(__name__)
 
 #: tile steps coarser than a part's own that the planner may fall back to (TotalSegmentator uses 0.8 for total_mr)
 COARSER_STEPS = (0.8, 1.0)
-#: guesses until a run on this machine has been measured
-DEFAULT_SECONDS_PER_MVOXEL = 1.5
+#: guesses until a run on this machine has been measured: the work around the network per Mvoxel (input plus
+#: network grids), a little above the slowest measured (benchmarks/series_scaling.py on the 2-core AMD EPYC
+#: machine: TotalSegmentator-sized bundle 0.035-0.26 s, the demo bundle, whose preprocessing and resampling back
+#: follow the input's voxels, up to ~0.25 s); 1.5 s dated from the per-class resampling back (146 s for 25 M
+#: voxels) and predicted a first 512x512x400 series 5-30x too long, enough to run it in a faster variant it did not
+#: need. The fixed seconds stay generous: a PC's first series also compiles the model.
+DEFAULT_SECONDS_PER_MVOXEL = 0.3
 DEFAULT_FIXED_S = 3.0
 #: reading one DICOM instance and writing its share of the DICOM-SEG: 2000 slices of 64 x 64 took 49 s here, of
 #: which 5.6 s were tiles and per-voxel work, so about 0.02 s per instance
