@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
@@ -47,8 +48,9 @@ class LayerScore:
 
     name: str
     type: str
-    #: where it is, in names that survive a re-conversion: a convolution's own (from the ONNX graph); for an
-    #: OpenVINO-made operation (an MVN's name is a per-process counter, e.g. "MVN_183") the convolution feeding it
+    #: where it is, in names that survive a re-conversion: a convolution's own (from the ONNX graph; a transposed
+    #: one's, a per-process counter, by its bias's ONNX node: :func:`_conv_name`); for an OpenVINO-made operation
+    #: (an MVN's name is a per-process counter, e.g. "MVN_183") the convolution feeding it
     where: str
     sqnr_in_db: float
     sqnr_out_db: float
@@ -76,15 +78,42 @@ def quantized_operations(int8_model: Any) -> list[Any]:
     return out
 
 
+def _conv_name(op: Any) -> str:
+    """A convolution's name that survives a re-conversion: its own where the ONNX frontend gave it one (a Conv's is
+    "<ONNX node>/WithoutBiases"). A ConvTranspose becomes a ConvolutionBackpropData named by a per-process counter
+    ("ConvolutionBackpropData_335"): then the bias Add after it, which carries the ONNX node's name, or, without a
+    bias (nnU-Net's transposed convolutions), its weights' name (the torch parameter's,
+    "members.0.decoder.transpconvs.1.weight")."""
+    name = str(op.get_friendly_name())
+    if not _generated(op):
+        return name
+    consumers = [t.get_node() for t in op.output(0).get_target_inputs()]
+    if len(consumers) == 1 and consumers[0].get_type_name() == "Add" and not _generated(consumers[0]):
+        return str(consumers[0].get_friendly_name())
+    weights = op.input(1).get_source_output().get_node()
+    for _ in range(4):  # the weights' Constant, perhaps through a Convert (compressed weights)
+        if weights.get_type_name() == "Constant" or weights.get_input_size() == 0:
+            break
+        weights = weights.input(0).get_source_output().get_node()
+    if weights.get_type_name() == "Constant" and not _generated(weights):
+        return str(weights.get_friendly_name())
+    return name
+
+
+def _generated(op: Any) -> bool:
+    """Whether an OpenVINO operation's name is the per-process "<Type>_<counter>" OpenVINO gives unnamed ones."""
+    return re.fullmatch(rf"{re.escape(op.get_type_name())}_\d+", str(op.get_friendly_name())) is not None
+
+
 def _where(op: Any) -> str:
     """:attr:`LayerScore.where` of an FP32 model's operation."""
     if op.get_type_name() in CONV_TYPES:
-        return str(op.get_friendly_name())
+        return _conv_name(op)
     node = op
     for _ in range(8):  # MVN <- Add (bias) <- Convolution, perhaps through a Reshape or Convert
         node = node.input(0).get_source_output().get_node()
         if node.get_type_name() in CONV_TYPES:
-            return f"after {node.get_friendly_name()}"
+            return f"after {_conv_name(node)}"
         if node.get_input_size() == 0:
             break
     return str(op.get_friendly_name())
