@@ -102,9 +102,10 @@ def aggregation_threads(requests: int = 1) -> int:
     One request (tile after tile, :func:`~edgeseg.runtime.infer.sliding_window.window_jobs` on up to 4 cores):
     OpenVINO's inference threads are idle while a tile is aggregated, so every core the process may use
     aggregates. Measured with ``benchmarks/sliding_window_tile.py`` (INT8 51-class 128^3 tiles, separate update):
-    on the 2-core AMD EPYC (AVX2) machine two threads took the window from +17.5-18.3 % to +5.1-5.4 % over the
-    network alone (4.4-4.7 s per tile); on the 2-core Xeon two were no faster than one (~0.13 s per tile either
-    way). Several requests (ping-pong): one thread, beside the request that is inferring."""
+    on the 2-core AMD EPYC (AVX2) machine a first interleaved series gave +17.5-18.3 % over the network alone with
+    one thread and +5.1-5.4 % with two (4.4-4.7 s per tile), a second no difference within that VM's 10-20 % noise;
+    on the 2-core Xeon two were no faster than one (~0.13 s per tile either way). Several requests (ping-pong): one
+    thread, beside the request that is inferring."""
     return usable_cores() if requests <= 1 else 1
 
 
