@@ -10,6 +10,8 @@ Prediction, per plan (variant, tile step)::
     seconds = sum over parts (tiles x mirror evaluations x seconds per tile)
               + seconds_per_mvoxel x (input voxels + network-grid voxels of every part) / 1e6
               + seconds_per_instance x DICOM instances          (reading them, and the DICOM-SEG frames written)
+              + dicom_result_s                                  (a DICOM series: the SEG's and SR's own costs)
+              + compile_s x parts not compiled yet              (a segmenter compiles a part once)
               + fixed_s
 
 * ``seconds per tile`` is measured on this machine (``measure(bundle, part, precision, device, threads)``,
@@ -23,6 +25,8 @@ Prediction, per plan (variant, tile step)::
   (:meth:`LatencyTable.record_run`, an exponential moving average). The per-instance read+write term starts at
   :data:`DEFAULT_SECONDS_PER_INSTANCE` and is learnt the same way from the measured read and write stages of
   DICOM runs (a series of 2000 tiny slices is dominated by reading files and writing the SEG, not by tiles).
+* Compilation is predicted only for the parts the segmenter has not compiled yet (``compiled``, the segmenter's:
+  a watcher's second series, or one after the tile latency was measured on the kept engine, compiles nothing).
 * Once a series has run with this bundle on this PC, the prediction is per stage instead (``details["stages"]``,
   :func:`stage_units`): every stage's fixed seconds plus seconds per unit, a line fitted to the last runs on
   this PC, the recent ones weighing most and each run by its total seconds (:meth:`LatencyTable.record_stages`
@@ -33,9 +37,15 @@ Prediction, per plan (variant, tile step)::
   follow the network grids; a zoom in and a gather back the input), postprocessing per
   Mvoxel, inference per predicted tile-second (the sliding window's own cost on top of the network's is in that
   ratio), writing per input Mvoxel for NIfTI/PAR and, for DICOM, per source plane and per input Mvoxel together
-  (the DICOM-SEG's frames and the SR cost per plane, the masks per voxel), and the planner, compilation and the
-  rest as fixed seconds. The manifest's ``plan.details.stages`` beside its ``run.timings_s`` shows where a
-  prediction was off.
+  (the DICOM-SEG's frames and the SR cost per plane, the masks per voxel), compiling per part not compiled yet
+  (the last measured seconds per part), and the planner and the rest as fixed seconds. A stage this PC has not
+  measured for this kind of input yet (the first DICOM series after NIfTI ones, or the reverse) is predicted
+  from the other kind's rates of that stage plus the DICOM-only costs' guesses
+  (:data:`DEFAULT_READ_S_PER_INSTANCE`, :data:`DEFAULT_DICOM_RESULT_S`, :data:`DEFAULT_WRITE_S_PER_INSTANCE`),
+  compiling at :data:`DEFAULT_COMPILE_S` per part until a series has compiled one. The manifest's
+  ``plan.details.stages`` beside its ``run.timings_s`` shows where a prediction was off.
+* Seconds spent measuring a part's tile latency while planning (a segmenter's first series of that part) are part
+  of every plan's prediction (``details["measuring_s"]``), and not of the planning rate learnt from it.
 * ``ceiling_s`` (the hard time ceiling per series): a plan whose prediction exceeds it, even the fastest, comes
   back with ``over_ceiling=True`` and the watcher refuses the series before starting it.
 
@@ -70,19 +80,36 @@ COARSER_STEPS = (0.8, 1.0)
 #: machine: TotalSegmentator-sized bundle 0.035-0.26 s, the demo bundle, whose preprocessing and resampling back
 #: follow the input's voxels, up to ~0.25 s); 1.5 s dated from the per-class resampling back (146 s for 25 M
 #: voxels) and predicted a first 512x512x400 series 5-30x too long, enough to run it in a faster variant it did not
-#: need. The fixed seconds stay generous: a PC's first series also compiles the model.
+#: need.
 DEFAULT_SECONDS_PER_MVOXEL = 0.3
-DEFAULT_FIXED_S = 3.0
+#: a series' own fixed seconds around a compiled network (planning, the manifest, publishing the folder): 0.25-0.3 s
+#: for the demo bundle's smallest series on the 2-core AMD EPYC; 3 s including compilation predicted its first
+#: series +160 % when the segmenter had compiled it already
+DEFAULT_FIXED_S = 0.5
+#: compiling one part that the segmenter has not compiled yet, until a series on this PC has measured it
+DEFAULT_COMPILE_S = 2.5
 #: reading one DICOM instance and writing its share of the DICOM-SEG: 2000 slices of 64 x 64 took 49 s here, of
 #: which 5.6 s were tiles and per-voxel work, so about 0.02 s per instance
 DEFAULT_SECONDS_PER_INSTANCE = 0.02
+#: a DICOM result's costs per series, whatever its planes (the SR, the SEG's header and segment descriptions): 1.4-1.5
+#: s for the demo bundle's 50 structures on the 2-core AMD EPYC (its DICOM write stage minus the NIfTI one at 20
+#: slices); the first DICOM series of a PC that had only seen NIfTI ones was predicted -46 % without it
+DEFAULT_DICOM_RESULT_S = 1.5
+#: what a DICOM instance adds to reading the same voxels from NIfTI (opening and parsing the file): 5-6 ms there
+DEFAULT_READ_S_PER_INSTANCE = 0.006
+#: what a source plane adds to writing a DICOM result beyond the NIfTI outputs (its BINARY SEG frames, one per
+#: structure present): 0.02-0.03 s for the demo bundle, 0.06 s for 50 structures on every 512x512 plane there
+DEFAULT_WRITE_S_PER_INSTANCE = 0.03
+#: reading a NIfTI input, or writing the NIfTI outputs, per Mvoxel of the input, while only DICOM runs were seen:
+#: 0.010-0.014 s there (512x512x400: read 1.09 s, write 1.30-1.42 s)
+DEFAULT_NIFTI_S_PER_MVOXEL = 0.015
 _EMA = 0.3
 
 #: the stages of a run (``Timings``) the per-stage prediction covers, in order
 STAGES = ("read", "plan", "preprocess", "compile", "infer", "resample", "postprocess", "write", "other")
 #: stage rates that follow the last run instead of a moving average: compiling the engines and measuring a tile
 #: latency happen for the first series of a segmenter only
-_LAST_OBSERVED = ("compile:fixed", "plan:fixed")
+_LAST_OBSERVED = ("compile:part", "plan:fixed")
 #: runs kept per stage for its fitted line
 STAGE_SAMPLES = 12
 #: how a joint key is fitted until its runs span a plane (:func:`fit_stage_joint`'s ``fallback``): units of one
@@ -349,8 +376,8 @@ def stage_units(details: dict[str, Any], dicom: bool) -> dict[str, Units]:
     input (``details["resampled"]``), the input's; else 0), ``postprocess:mvoxel`` (input plus network Mvoxels),
     ``infer:tile_s`` (the tile-seconds predicted from the measured tile latencies),
     ``write:dicom_instance+mvoxel`` (DICOM: the SEG's and SR's costs per source plane, i.e. per frame of each
-    segment, and the masks' per voxel) or ``write:mvoxel`` (input Mvoxels), and one fixed unit of ``plan``,
-    ``compile`` and ``other``."""
+    segment, and the masks' per voxel) or ``write:mvoxel`` (input Mvoxels), ``compile:part`` (the parts not
+    compiled yet, ``details["uncompiled_parts"]``) and one fixed unit of ``plan`` and ``other``."""
     instances = int(details.get("instances", 0) or 0)
     input_mv = float(details.get("input_mvoxels", 0.0) or 0.0)
     all_mv = float(details.get("mvoxels", 0.0) or 0.0)
@@ -361,7 +388,8 @@ def stage_units(details: dict[str, Any], dicom: bool) -> dict[str, Units]:
     per_file = dicom and instances > 0
     units: dict[str, Units] = {
         "read:instance+mvoxel" if per_file else "read:mvoxel": (float(instances), input_mv) if per_file else input_mv,
-        "plan:fixed": 1.0, "preprocess:grid+input_mvoxel": grids, "compile:fixed": 1.0,
+        "plan:fixed": 1.0, "preprocess:grid+input_mvoxel": grids,
+        "compile:part": float(details.get("uncompiled_parts", 1)),
         "infer:tile_s": float(details.get("tile_seconds", 0.0) or 0.0), "resample:grid+input_mvoxel": grids,
         "postprocess:mvoxel": all_mv,
         "write:dicom_instance+mvoxel" if per_file else "write:mvoxel": (float(instances), input_mv) if per_file
@@ -379,11 +407,12 @@ def fit_stage(samples: list[tuple[float, ...]], last_only: bool = False,
     counts as much as it moves the total, so a big series does not drown the small ones, and a stage that is
     near zero on a small series cannot pin the line through that point) and by its recency (x0.8 per newer run:
     the load of a shared PC changes, the last runs tell the present best); a sample without its total (older
-    tables) weighs by its own seconds. ``last_only``: the last run's seconds as a fixed cost (compiling,
-    measuring a latency: paid by a segmenter's first series only). ``proportional``: a line through zero
-    (inference: its seconds per predicted tile-second)."""
+    tables) weighs by its own seconds. ``last_only``: the last run's seconds per unit (compiling a part, measuring
+    a latency: paid by a segmenter's first series only, and only by a series that does it). ``proportional``: a
+    line through zero (inference: its seconds per predicted tile-second)."""
     if last_only:
-        return samples[-1][1], 0.0
+        units, seconds = samples[-1][0], samples[-1][1]
+        return 0.0, seconds / units if units > 0 else 0.0
     x = np.array([s[0] for s in samples])
     y = np.array([s[1] for s in samples])
     scale = np.array([s[2] if len(s) > 2 else s[1] for s in samples])
@@ -445,22 +474,40 @@ def _nonnegative_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return best
 
 
+def _substitute(key: str, rates: dict[str, tuple[float, ...]]) -> tuple[float, ...] | None:
+    """Rates for a key this PC has no runs of, from what it has: inference at the tile-seconds themselves,
+    compiling at :data:`DEFAULT_COMPILE_S` per part, and reading and writing one kind of input from the other
+    kind's rates of that stage (the voxels cost the same) plus the DICOM-only guesses (the files, the SEG's frames
+    and the per-series SEG and SR); None where nothing stands in (the planner's overhead model then)."""
+    if key == "infer:tile_s":
+        return 0.0, 1.0
+    if key == "compile:part":
+        return 0.0, DEFAULT_COMPILE_S
+    other = {"read:instance+mvoxel": "read:mvoxel", "read:mvoxel": "read:instance+mvoxel",
+             "write:dicom_instance+mvoxel": "write:mvoxel", "write:mvoxel": "write:dicom_instance+mvoxel"}.get(key)
+    if other is None or other not in rates:
+        return None
+    known = rates[other]
+    if key == "read:instance+mvoxel":
+        return known[0], DEFAULT_READ_S_PER_INSTANCE, known[1]
+    if key == "write:dicom_instance+mvoxel":
+        return known[0] + DEFAULT_DICOM_RESULT_S, DEFAULT_WRITE_S_PER_INSTANCE, known[1]
+    # NIfTI from DICOM runs: their per-voxel rate (none while the DICOM fit is per file only: the guess)
+    per_mvoxel = known[2] if known[2] > 0 else DEFAULT_NIFTI_S_PER_MVOXEL
+    return (0.0 if key == "write:mvoxel" else known[0]), per_mvoxel
+
+
 def predict_stages(details: dict[str, Any], rates: dict[str, tuple[float, ...]]) -> dict[str, float] | None:
-    """Predicted seconds per stage from the fitted ``rates`` (:meth:`LatencyTable.stage_rates`), or None while a
-    stage this series needs has none yet. Inference without a fitted line is the tile-seconds themselves."""
+    """Predicted seconds per stage from the fitted ``rates`` (:meth:`LatencyTable.stage_rates`), a stage this PC
+    has no runs of standing in as :func:`_substitute` says, or None while one needed has no stand-in."""
     out: dict[str, float] = {}
     for key, amount in stage_units(details, int(details.get("instances", 0) or 0) > 0).items():
         stage = key.split(":", 1)[0]
-        amounts = _amounts(amount)
-        pers: tuple[float, ...]
-        if key not in rates:
-            if stage != "infer":
-                return None
-            fixed, pers = 0.0, (1.0,)
-        else:
-            fixed, *rest = rates[key]
-            pers = tuple(rest)
-        out[stage] = out.get(stage, 0.0) + fixed + sum(p * a for p, a in zip(pers, amounts))
+        got = rates.get(key) or _substitute(key, rates)
+        if got is None:
+            return None
+        fixed, *pers = got
+        out[stage] = out.get(stage, 0.0) + fixed + sum(p * a for p, a in zip(pers, _amounts(amount)))
     return out
 
 
@@ -469,16 +516,20 @@ def predict_stages(details: dict[str, Any], rates: dict[str, tuple[float, ...]])
 
 #: latency(part) -> seconds per tile, or None when unknown
 LatencyFn = Callable[[Part], "float | None"]
+#: compiled(part) -> whether the segmenter has the part compiled already (None: assumed compiled)
+CompiledFn = Callable[[Part], bool]
 
 
 def predict(geometry: SeriesGeometry, variant: Variant, step: float | None, latency: LatencyFn,
             overhead: tuple[float, float], instances: int = 0,
             per_instance: float = DEFAULT_SECONDS_PER_INSTANCE,
-            rates: dict[str, tuple[float, ...]] | None = None) -> tuple[float | None, int, dict[str, Any]]:
+            rates: dict[str, tuple[float, ...]] | None = None,
+            compiled: CompiledFn | None = None) -> tuple[float | None, int, dict[str, Any]]:
     """(predicted seconds or None, total network evaluations, per-part details) of one plan. ``instances``: DICOM
     files to read (0 for NIfTI/PAR, whose reading is per voxel). ``rates``: the stage rates learnt on this PC
     (:meth:`LatencyTable.stage_rates`): when they cover every stage the prediction is their sum
-    (``details["stages"]``), else the overhead model of the module docstring."""
+    (``details["stages"]``), else the overhead model of the module docstring. ``compiled``: which parts the
+    segmenter has compiled already (None: all of them)."""
     per_mvoxel, fixed = overhead
     total_tiles = 0
     tile_seconds = 0.0
@@ -505,13 +556,16 @@ def predict(geometry: SeriesGeometry, variant: Variant, step: float | None, late
     details["resampled"] = resampled
     details["instances"] = int(instances)
     details["read_write_s"] = per_instance * instances
+    details["uncompiled_parts"] = 0 if compiled is None else sum(1 for p in variant.parts if not compiled(p))
     if unknown:
         return None, total_tiles, details
     stages = predict_stages(details, rates) if rates else None
     if stages is not None:
         details["stages"] = {k: round(v, 3) for k, v in stages.items()}
         return sum(stages.values()), total_tiles, details
-    return tile_seconds + per_mvoxel * voxels / 1e6 + per_instance * instances + fixed, total_tiles, details
+    dicom_result = DEFAULT_DICOM_RESULT_S if instances > 0 else 0.0
+    return (tile_seconds + per_mvoxel * voxels / 1e6 + per_instance * instances + dicom_result + fixed
+            + DEFAULT_COMPILE_S * details["uncompiled_parts"], total_tiles, details)
 
 
 def plan_series(
@@ -525,16 +579,21 @@ def plan_series(
     per_instance: float = DEFAULT_SECONDS_PER_INSTANCE,
     ceiling_s: float | None = None,
     rates: dict[str, tuple[float, ...]] | None = None,
+    compiled: CompiledFn | None = None,
+    measuring: Callable[[], float] | None = None,
 ) -> Plan:
     """The most accurate plan predicted to fit ``budget_s``, else the fastest (``fits=False``; ``over_ceiling``
     when even that is predicted above ``ceiling_s``). Without a budget but with a ceiling, the ceiling is the
     budget (a plan that cannot finish within it would be cancelled anyway).
 
     ``latency(part)`` returns seconds per tile for a part, or None when unknown. ``instances``: DICOM files of
-    the series, each costing ``per_instance`` seconds of reading and writing.
+    the series, each costing ``per_instance`` seconds of reading and writing. ``compiled(part)``: whether the
+    segmenter has the part compiled; ``measuring()``: the seconds this planning has spent measuring latencies so
+    far (the series has spent them already, whichever plan it runs).
     """
     variants = sorted(bundle.variants, key=lambda v: (v.rank, v.name))
     best = variants[0]
+
     if budget_s is None and ceiling_s is None:
         return Plan(best.name, None, None, True, "no time budget: the most accurate variant")
     if geometry is None:
@@ -548,12 +607,13 @@ def plan_series(
     for variant in variants:
         for step in _candidate_steps(variant, coarser_steps):
             seconds, tiles, details = predict(geometry, variant, step, latency, overhead, instances, per_instance,
-                                              rates)
+                                              rates, compiled)
             if seconds is None:
                 missing = [k for k, v in details.items() if isinstance(v, dict) and v.get("seconds_per_tile") is None]
                 return Plan(best.name, None, None, False,
                             f"no tile latency measured for part(s) {', '.join(missing)} of variant {variant.name}: "
                             "the most accurate variant, unplanned", tiles, details)
+            seconds = _with_measuring(seconds, details, measuring() if measuring is not None else 0.0)
             plan = Plan(variant.name, step, seconds, seconds <= budget_s, "", tiles, details)
             if plan.fits:
                 what = "its own tile step" if step is None else f"tile step {step:g}"
@@ -577,11 +637,23 @@ def plan_series(
                 fastest.details, over_ceiling=over)
 
 
+def _with_measuring(seconds: float, details: dict[str, Any], measuring_s: float) -> float:
+    """A plan's prediction with the seconds its planning spent measuring tile latencies (``details``:
+    ``measuring_s``, and the plan stage's share where it is predicted per stage): spent by the series already,
+    whichever plan it runs."""
+    measuring_s = round(measuring_s, 3) if measuring_s >= 0.001 else 0.0
+    details["measuring_s"] = measuring_s
+    if measuring_s and "stages" in details:
+        details["stages"]["plan"] = round(details["stages"].get("plan", 0.0) + measuring_s, 3)
+    return seconds + measuring_s
+
+
 class Planner:
     """Plans series for one bundle on one device with a latency table (and optionally measures missing entries)."""
 
     def __init__(self, bundle: Bundle, table: LatencyTable, device: str, precision: str, threads: int | None,
-                 measure: MeasureFn | None = None, coarser_steps: Iterable[float] = COARSER_STEPS) -> None:
+                 measure: MeasureFn | None = None, coarser_steps: Iterable[float] = COARSER_STEPS,
+                 compiled: CompiledFn | None = None) -> None:
         self.bundle = bundle
         self.table = table
         self.device = device
@@ -589,9 +661,15 @@ class Planner:
         self.threads = threads
         self.measure = measure
         self.coarser_steps = tuple(coarser_steps)
+        self.compiled = compiled
         self.bundle_id = bundle_identity(bundle)
+        self._measuring_s = 0.0  # seconds the plan being made has spent measuring tile latencies
 
     def latency(self, part: Part) -> float | None:
+        known = self.table.get(self.bundle_id, part.name, self.precision, self.device, self.threads)
+        if known is not None or self.measure is None:
+            return known
+        t0 = time.perf_counter()
         try:
             return self.table.get_or_measure(self.bundle, part, self.precision, self.device, self.threads,
                                              self.measure)
@@ -599,13 +677,17 @@ class Planner:
             log.warning("tile latency measurement failed, planning without it: part=%s error=%s", part.name, err)
             self.measure = None
             return None
+        finally:
+            self._measuring_s += time.perf_counter() - t0
 
     def plan(self, geometry: SeriesGeometry | None, budget_s: float | None, instances: int = 0,
              ceiling_s: float | None = None) -> Plan:
+        self._measuring_s = 0.0
         return plan_series(self.bundle, geometry, budget_s, self.latency,
                            self.table.overhead(self.bundle_id, self.device, self.threads), self.coarser_steps,
                            instances, self.table.per_instance(self.bundle_id, self.device, self.threads), ceiling_s,
-                           self.table.stage_rates(self.bundle_id, self.device, self.threads))
+                           self.table.stage_rates(self.bundle_id, self.device, self.threads), self.compiled,
+                           lambda: self._measuring_s)
 
     def record(self, plan: Plan, actual_s: float, read_write_s: float | None = None,
                stages: dict[str, float] | None = None) -> None:
@@ -618,8 +700,10 @@ class Planner:
             return
         if stages:
             units = stage_units(plan.details, int(plan.details.get("instances", 0) or 0) > 0)
-            self.table.record_stages(self.bundle_id, self.device, self.threads, units,
-                                     {k: float(v) for k, v in stages.items() if k in STAGES})
+            measured = {k: float(v) for k, v in stages.items() if k in STAGES}
+            if "plan" in measured:  # a latency measurement is a segmenter's first series' only, not planning's
+                measured["plan"] = max(0.0, measured["plan"] - float(plan.details.get("measuring_s", 0.0) or 0.0))
+            self.table.record_stages(self.bundle_id, self.device, self.threads, units, measured)
         if plan.predicted_s is None:
             return
         self.table.record_run(self.bundle_id, self.device, self.threads, float(mvoxels), float(tile_seconds),

@@ -27,7 +27,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +36,7 @@ import numpy as np
 from edgeseg.bundle.hashing import sha256_file
 from edgeseg.bundle.schema import Bundle, Part, load_bundle
 from edgeseg.errors import OutOfMemoryError, TimeCeilingError
-from edgeseg.runtime.infer.engine import Engine, compile_part, measure_tile_latency
+from edgeseg.runtime.infer.engine import Engine, compile_part, engine_tile_latency
 from edgeseg.runtime.options import SegmentOptions
 from edgeseg.runtime.plan import LatencyTable, MeasureFn, Plan, Planner
 from edgeseg.runtime.read import DICOM, SeriesGeometry, SeriesRef, Volume, read_series
@@ -187,7 +187,8 @@ class Segmenter(SeriesSegmenter):
     when ``verify``). ``options``: device, precision, threads, compiled-model cache, budget, outputs, read limits.
     ``ceiling_s``: the hard time ceiling per series (None: none). ``latency_path``: where the planner keeps the
     tile latencies measured on this PC (None: in memory). ``measure``: how a missing latency is measured (default:
-    compile the part and time a tile); ``measure_missing=False``: plan only from what the table knows (``doctor``).
+    time a tile of the engine this segmenter compiles and keeps for the part); ``measure_missing=False``: plan
+    only from what the table knows (``doctor``).
     """
 
     def __init__(self, bundle: Bundle | StrPath, options: SegmentOptions | None = None, *,
@@ -199,9 +200,9 @@ class Segmenter(SeriesSegmenter):
         planner = None
         if (options.time_budget_s is not None or ceiling_s is not None) and options.variant is None:
             if measure is None and measure_missing:
-                measure = partial(measure_tile_latency, cache_dir=options.cache_dir)
+                measure = self._measure_latency
             planner = Planner(self.bundle, LatencyTable(latency_path), options.device, options.precision,
-                              options.threads, measure)
+                              options.threads, measure, compiled=self.compiled)
         super().__init__(options, ceiling_s=ceiling_s, planner=planner)
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._engines_lock = threading.Lock()
@@ -211,6 +212,16 @@ class Segmenter(SeriesSegmenter):
         """sha256 of the bundle's bundle.json, computed once (at the first series written: export's validation
         segments an in-memory bundle whose bundle.json is not written yet)."""
         return sha256_file(self.bundle.path / "bundle.json")
+
+    def compiled(self, part: Part) -> bool:
+        """Whether ``part``'s engine is compiled and kept (the planner predicts no compilation for it)."""
+        return part.name in self._engines
+
+    def _measure_latency(self, bundle: Bundle, part: Part, precision: str, device: str,
+                         threads: int | None) -> float:
+        """The planner's tile latency of ``part``, timed on the engine this segmenter keeps for it (the planner's
+        precision, device and threads are this segmenter's options)."""
+        return engine_tile_latency(self.engine(part))
 
     def engine(self, part: Part) -> Engine:
         """The compiled engine of ``part`` (compiled on first use, kept for the next series)."""

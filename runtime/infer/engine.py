@@ -444,8 +444,14 @@ def _gate_summary(bundle: Bundle, precision: str) -> str:
 
 def measure_tile_latency(bundle: Bundle, part: Part, precision: str = "auto", device: str = "CPU",
                          threads: int | None = None, cache_dir: Path | None = None, repeats: int = 3) -> float:
-    """Median seconds per tile of the compiled part on this machine (for the watcher's time-budget planner)."""
-    engine = compile_part(bundle, part, device, precision, threads, cache_dir)
+    """Median seconds per tile of the part compiled here (export's report; a planner without a segmenter)."""
+    return engine_tile_latency(compile_part(bundle, part, device, precision, threads, cache_dir), repeats)
+
+
+def engine_tile_latency(engine: Engine, repeats: int = 3) -> float:
+    """Median seconds per tile of a compiled ``engine`` on this machine (the time-budget planner's latency; the
+    segmenter measures the engine it keeps, so a part is compiled once, not once more for the measurement).
+    Its working memory is released after."""
     inputs = zero_inputs(engine.compiled)  # with the accumulator region where the engine accumulates: it counts
     inputs[0] = np.random.default_rng(0).standard_normal(engine.input_shape).astype(np.float32)
     request = engine.compiled.create_infer_request()

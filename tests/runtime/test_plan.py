@@ -9,7 +9,19 @@ import pytest
 
 from edgeseg.bundle import Variant
 from edgeseg.runtime.infer.tiling import tile_count
-from edgeseg.runtime.plan import LatencyTable, Planner, bundle_identity, network_shape, part_tiles, plan_series
+from edgeseg.runtime.plan import (
+    DEFAULT_COMPILE_S,
+    DEFAULT_DICOM_RESULT_S,
+    DEFAULT_NIFTI_S_PER_MVOXEL,
+    DEFAULT_READ_S_PER_INSTANCE,
+    DEFAULT_WRITE_S_PER_INSTANCE,
+    LatencyTable,
+    Planner,
+    bundle_identity,
+    network_shape,
+    part_tiles,
+    plan_series,
+)
 from edgeseg.runtime.read import SeriesGeometry
 from helpers.plan_fakes import ACCURATE, BUNDLE, NO_OVERHEAD, TYPICAL, latency, make_part
 
@@ -95,8 +107,11 @@ def test_latency_table_is_cached_on_disk_and_measured_once(tmp_path: Path) -> No
     data = json.loads(path.read_text())
     bid = bundle_identity(BUNDLE)
     assert data["tiles"][f"{bid}|organs|int8|CPU|2"]["seconds_per_tile"] == 0.4
+    assert plan.details["measuring_s"] >= 0.0  # the seconds spent measuring are in the first prediction
     again = Planner(BUNDLE, LatencyTable(path), "CPU", "int8", 2, measure)
-    assert again.plan(TYPICAL, 1000.0).predicted_s == plan.predicted_s
+    second = again.plan(TYPICAL, 1000.0)
+    assert second.details["measuring_s"] == 0.0
+    assert second.predicted_s == pytest.approx(plan.predicted_s - plan.details["measuring_s"])
     assert len(calls) == 2  # cached: not measured again
     Planner(BUNDLE, LatencyTable(path), "GPU", "int8", 2, measure).plan(TYPICAL, 1000.0)
     assert len(calls) == 4  # another device is another key
@@ -150,8 +165,54 @@ def test_prediction_is_per_stage_once_a_run_reported_its_stages(tmp_path: Path) 
     assert big.details["stages"]["write"] == pytest.approx(6.0 / 2 + 2 * 6.0 / 2)  # one run: half of it per file
     assert big.details["stages"]["infer"] == pytest.approx(1.1 * big.details["tile_seconds"])
     assert big.details["stages"]["other"] == pytest.approx(0.3)  # fixed
-    nifti = reloaded.plan(TYPICAL, 1e6)  # a NIfTI input has no rates of its own yet: the overhead model
-    assert "stages" not in nifti.details
+    # a NIfTI input has no reading or writing rates of its own yet: the DICOM runs' per-voxel rates stand in (none
+    # from one DICOM size: the NIfTI guess), the other stages are the same
+    nifti = reloaded.plan(TYPICAL, 1e6)
+    mvoxels = nifti.details["input_mvoxels"]
+    assert nifti.details["stages"]["read"] == pytest.approx(DEFAULT_NIFTI_S_PER_MVOXEL * mvoxels, abs=1e-3)
+    assert nifti.details["stages"]["write"] == pytest.approx(DEFAULT_NIFTI_S_PER_MVOXEL * mvoxels, abs=1e-3)
+    assert nifti.details["stages"]["preprocess"] == pytest.approx(2.0)
+
+
+def test_the_first_dicom_series_after_nifti_ones_adds_the_dicom_costs_to_the_nifti_rates(tmp_path: Path) -> None:
+    """A PC that has run NIfTI series only predicts its first DICOM series from the NIfTI reading and writing rates
+    plus the DICOM-only guesses: each file read, each plane's SEG frames, the SEG's and SR's per-series cost (without
+    that cost the first DICOM series on the 2-core AMD EPYC was predicted -46 %)."""
+    table = LatencyTable(tmp_path / "l.json")
+    for name in ("organs", "muscles", "all"):
+        table.put(bundle_identity(BUNDLE), name, "int8", "CPU", None, 0.2)
+    planner = Planner(BUNDLE, table, "CPU", "int8", None)
+    plan = planner.plan(TYPICAL, 1e6)
+    stages = {"read": 0.3, "plan": 0.0, "preprocess": 2.0, "compile": 0.0, "infer": plan.details["tile_seconds"],
+              "resample": 4.0, "postprocess": 0.5, "write": 0.4, "other": 0.3}
+    planner.record(plan, sum(stages.values()), stages=stages)
+    dicom = planner.plan(TYPICAL, 1e6, instances=160)
+    assert dicom.details["stages"]["read"] == pytest.approx(0.3 + 160 * DEFAULT_READ_S_PER_INSTANCE, abs=1e-3)
+    assert dicom.details["stages"]["write"] == pytest.approx(0.4 + DEFAULT_DICOM_RESULT_S
+                                                             + 160 * DEFAULT_WRITE_S_PER_INSTANCE, abs=1e-3)
+    assert dicom.details["stages"]["resample"] == pytest.approx(4.0)
+
+
+def test_compilation_is_predicted_for_the_parts_the_segmenter_has_not_compiled() -> None:
+    """A part the segmenter keeps compiled costs nothing to compile (a watcher's later series, or one whose
+    latency was measured on the kept engine); one not compiled costs the guess until a series measured it, then
+    the last measured seconds per part."""
+    kept: set[str] = set()
+    table = LatencyTable()
+    for name in ("organs", "muscles", "all"):
+        table.put(bundle_identity(BUNDLE), name, "int8", "CPU", None, 0.2)
+    planner = Planner(BUNDLE, table, "CPU", "int8", None, compiled=lambda part: part.name in kept)
+    cold = planner.plan(TYPICAL, 1e6)
+    kept.update({"organs", "muscles"})
+    warm = planner.plan(TYPICAL, 1e6)
+    assert cold.details["uncompiled_parts"] == 2 and warm.details["uncompiled_parts"] == 0
+    assert cold.predicted_s - warm.predicted_s == pytest.approx(2 * DEFAULT_COMPILE_S)
+    stages = {"read": 0.3, "plan": 0.0, "preprocess": 2.0, "compile": 6.0, "infer": cold.details["tile_seconds"],
+              "resample": 4.0, "postprocess": 0.5, "write": 0.4, "other": 0.3}
+    planner.record(cold, sum(stages.values()), stages=stages)  # the two parts compiled in 6 s
+    assert planner.plan(TYPICAL, 1e6).details["stages"]["compile"] == 0.0
+    kept.discard("muscles")
+    assert planner.plan(TYPICAL, 1e6).details["stages"]["compile"] == pytest.approx(3.0)
 
 
 def test_a_stage_is_a_fixed_cost_plus_a_cost_per_unit_once_two_sizes_ran() -> None:
@@ -165,7 +226,8 @@ def test_a_stage_is_a_fixed_cost_plus_a_cost_per_unit_once_two_sizes_ran() -> No
     fixed, per = fit_stage([(1.0, 2.0), (2.0, 1.0)])  # slower on the smaller: no slope, the later run weighs most
     assert per == 0.0 and 1.0 < fixed < 1.5
     assert fit_stage([(1.0, 0.5), (2.0, 2.0)])[0] == 0.0  # a negative fixed part: proportional instead
-    assert fit_stage([(1.0, 9.0), (1.0, 0.2)], last_only=True) == (0.2, 0.0)  # compiled once, not again
+    assert fit_stage([(1.0, 9.0), (1.0, 0.2)], last_only=True) == (0.0, 0.2)  # compiled once, not again
+    assert fit_stage([(1.0, 9.0), (2.0, 6.0)], last_only=True) == (0.0, 3.0)  # two parts compiled: 3 s each
     assert 1.1 < fit_stage([(1.0, 1.2), (4.0, 4.4)], proportional=True)[1] < 1.2
     assert fit_stage([(1.0, 4.0), (1.0, 1.0)])[1] < 1.2  # the machine got faster: the last run tells
 

@@ -15,7 +15,14 @@ from watch_helpers import QUIET, CountingSegmenter, error_files, results, wait_f
 
 from edgeseg.bundle import Variant
 from edgeseg.errors import ConfigError, InvalidSeriesError, SeriesTooLargeError
-from edgeseg.runtime.plan import DEFAULT_SECONDS_PER_INSTANCE, LatencyTable, Planner, bundle_identity, plan_series
+from edgeseg.runtime.plan import (
+    DEFAULT_DICOM_RESULT_S,
+    DEFAULT_SECONDS_PER_INSTANCE,
+    LatencyTable,
+    Planner,
+    bundle_identity,
+    plan_series,
+)
 from edgeseg.runtime.read import NIFTI, check_image_file, read_series
 from edgeseg.runtime.read.limits import SCHEDULER_UNPACK_BYTES, ReadLimits, check_nifti_file
 from edgeseg.runtime.watch.config import load_config
@@ -186,7 +193,8 @@ def test_finding8_prediction_includes_reading_and_writing_per_instance() -> None
     lat = latency({"organs": 0.5, "muscles": 0.5, "all": 0.5})
     nifti = plan_series(BUNDLE, TYPICAL, 1e6, lat, (0.0, 0.0))
     dicom = plan_series(BUNDLE, TYPICAL, 1e6, lat, (0.0, 0.0), instances=2000)
-    assert dicom.predicted_s == pytest.approx(nifti.predicted_s + 2000 * DEFAULT_SECONDS_PER_INSTANCE)
+    assert dicom.predicted_s == pytest.approx(nifti.predicted_s + 2000 * DEFAULT_SECONDS_PER_INSTANCE
+                                              + DEFAULT_DICOM_RESULT_S)
     assert dicom.details["instances"] == 2000
 
 
