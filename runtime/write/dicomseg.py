@@ -55,6 +55,7 @@ import logging
 import os
 import re
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -64,7 +65,7 @@ from edgeseg.errors import OutputError
 from edgeseg.runtime.arrays import reversed_axes, usable_cores
 from edgeseg.runtime.read import planes_from_affine
 from edgeseg.runtime.read.volume import Volume
-from edgeseg.runtime.write.frame_groups import save_as
+from edgeseg.runtime.write.frame_groups import FrameSpool, save_as
 from edgeseg.runtime.write.statistics import MaskSummary
 from edgeseg.runtime.write.gc_pause import gc_paused
 from edgeseg.typing import StrPath
@@ -593,27 +594,30 @@ def write_dicom_seg(path: StrPath, volume: Volume, labelmap: np.ndarray, labels:
         series_number = result_series_number("seg", sources[0].get("SeriesNumber"), series_uid)
     description = provenance(bundle, run, "SEG")
     demo = bool((bundle or {}).get("not_for_clinical_use"))
-    seg = hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=frames,
-        segmentation_type=seg_type,
-        segment_descriptions=descriptions,
-        series_instance_uid=series_uid,
-        series_number=int(series_number) % 2**31,
-        sop_instance_uid=sop_uid,
-        instance_number=1,
-        manufacturer="edgeseg",
-        manufacturer_model_name="edgeseg",
-        software_versions=__version__,
-        device_serial_number="0",
-        content_description=description,
-        content_creator_name="EDGESEG^AUTOMATIC",
-        content_label=NOT_CLINICAL_LABEL if demo else "EDGESEG",
-        series_description=description,
-        omit_empty_frames=True,
-        contributing_equipment=[_contributing_equipment(bundle)],
-        **geometry,
-    )
-    save_as(seg, path)  # pydicom's save_as, each distinct per-frame group encoded once
+    with FrameSpool(Path(path).parent) as spool:  # the frames on disk, not twice in memory (frame_groups)
+        seg = spool.subclass(hd.seg.Segmentation)(
+            source_images=sources,
+            pixel_array=frames,
+            segmentation_type=seg_type,
+            segment_descriptions=descriptions,
+            series_instance_uid=series_uid,
+            series_number=int(series_number) % 2**31,
+            sop_instance_uid=sop_uid,
+            instance_number=1,
+            manufacturer="edgeseg",
+            manufacturer_model_name="edgeseg",
+            software_versions=__version__,
+            device_serial_number="0",
+            content_description=description,
+            content_creator_name="EDGESEG^AUTOMATIC",
+            content_label=NOT_CLINICAL_LABEL if demo else "EDGESEG",
+            series_description=description,
+            omit_empty_frames=True,
+            contributing_equipment=[_contributing_equipment(bundle)],
+            **geometry,
+        )
+        del frames  # highdicom keeps its own frames (spooled); the planes are not needed again
+        spool.attach(seg)
+        save_as(seg, path)  # pydicom's save_as, each distinct per-frame group encoded once
     log.info("wrote %s DICOM-SEG with %d segment(s) to %s", seg_type, len(segments), path)
     return segments

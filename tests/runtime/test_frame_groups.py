@@ -38,6 +38,10 @@ def _captured_seg(monkeypatch: pytest.MonkeyPatch, volume: Any, labelmap: np.nda
     def keep(ds: Any, path: Any) -> None:
         seen.append(ds)
         frame_groups.save_as(ds, path)
+        pixels = ds["PixelData"]
+        if pixels.is_buffered:  # the spooled frames (FrameSpool), whose file is gone once the SEG is written
+            pixels.value.seek(0)
+            ds.PixelData = pixels.value.read()
 
     monkeypatch.setattr(dicomseg, "save_as", keep)
     write_dicom_seg(folder / "seg.dcm", volume, labelmap, labels, segmentation_type=seg_type)
@@ -57,6 +61,43 @@ def test_seg_bytes_equal_pydicoms(seg_type: str, dicom_series_dirs: dict[str, Pa
     assert (tmp_path / "seg.dcm").read_bytes() == plain  # what write_dicom_seg wrote
     frames = int(seg.NumberOfFrames)
     assert frames == len(seg.PerFrameFunctionalGroupsSequence) > vol.shape[2] - 1
+
+
+@pytest.mark.parametrize(("seg_type", "shape"), [("BINARY", None), ("LABELMAP", None), ("BINARY", (11, 9, 7))])
+def test_spooled_frames_are_highdicoms_own(seg_type: str, shape: tuple[int, int, int] | None,
+                                           dicom_series_dirs: dict[str, Path], seg_array: np.ndarray,
+                                           labels: dict[int, str], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SEG written with its frames spooled to a temporary file (FrameSpool) is, byte for byte, the SEG of
+    highdicom's own object, for planes whose pixel count is not a multiple of 8 too (11 x 9: highdicom packs the
+    bits across frames and pads the odd total); the temporary file is gone after, and nothing else is left."""
+    from edgeseg.demo.dicom_series import write_dicom_series
+
+    if shape is None:
+        series = tmp_path / "series"
+        shutil.copytree(dicom_series_dirs["oblique"], series)
+        labelmap = seg_array
+    else:
+        rng = np.random.default_rng(3)
+        series = tmp_path / "series"
+        write_dicom_series((rng.integers(0, 500, shape).astype(np.int16), np.diag([1.0, 1.0, 2.0, 1.0])), series)
+        labelmap = rng.integers(0, 2, shape).astype(np.uint8)  # 7 frames of 99 bits: 87 bytes, padded
+    vol = read_series(series)
+    spooled, plain = tmp_path / "spooled", tmp_path / "plain"
+    spooled.mkdir()
+    plain.mkdir()
+    write_dicom_seg(spooled / "seg.dcm", vol, labelmap, labels, segmentation_type=seg_type)
+    assert sorted(p.name for p in spooled.iterdir()) == ["seg.dcm"]
+    monkeypatch.setattr(frame_groups.FrameSpool, "subclass", lambda self, cls: cls)  # highdicom's own object
+    write_dicom_seg(plain / "seg.dcm", vol, labelmap, labels, segmentation_type=seg_type)
+    ds, own = pydicom.dcmread(spooled / "seg.dcm"), pydicom.dcmread(plain / "seg.dcm")
+    assert ds.PixelData == own.PixelData and len(ds.PixelData) % 2 == 0
+    assert int(ds.NumberOfFrames) == len(ds.PerFrameFunctionalGroupsSequence) == int(own.NumberOfFrames) > 0
+    differing = {elem.keyword for elem in ds if elem != own.get(elem.tag)}
+    # the clock's and highdicom's new DimensionOrganizationUID, nothing else (the per-frame groups are the same)
+    assert differing <= {"ContentTime", "InstanceCreationTime", "SeriesTime", "ContentDate", "InstanceCreationDate",
+                         "SeriesDate", "ContributingEquipmentSequence", "DimensionIndexSequence",
+                         "DimensionOrganizationSequence"}
 
 
 def test_enhanced_source_bytes_equal_pydicoms(mr_image: tuple[np.ndarray, np.ndarray], seg_array: np.ndarray,
