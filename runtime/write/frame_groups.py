@@ -67,7 +67,7 @@ class FrameSpool:
         """``cls`` (highdicom's Segmentation) with each natively encoded frame written here instead of kept."""
         spool = self
 
-        class Spooled(cls):  # type: ignore[misc, valid-type]
+        class Spooled(cls):
             def _encode_pixels_native(self, planes: Any) -> bytes:
                 spool.file.write(super()._encode_pixels_native(planes))
                 spool.frames += 1
