@@ -64,7 +64,9 @@ class FrameSpool:
         self.file.close()
 
     def subclass(self, cls: type) -> type:
-        """``cls`` (highdicom's Segmentation) with each natively encoded frame written here instead of kept."""
+        """``cls`` (highdicom's Segmentation) for an object that is only saved: each natively encoded frame
+        written here instead of kept, and without the lookup tables highdicom builds last for reading frames
+        back out of the object (``_build_luts``: 14 % of a 10000-frame BINARY SEG's time; no DICOM attribute)."""
         spool = self
 
         class Spooled(cls):
@@ -72,6 +74,9 @@ class FrameSpool:
                 spool.file.write(super()._encode_pixels_native(planes))
                 spool.frames += 1
                 return b""
+
+            def _build_luts(self) -> None:
+                pass
 
         Spooled.__name__ = Spooled.__qualname__ = cls.__name__
         return Spooled
