@@ -27,9 +27,10 @@ of a TS-sized 20000-frame SEG's 2.6 GB peak). The spool's subclass of highdicom'
 highdicom's own ``_encode_pixels_native`` encodes it, to an unnamed temporary file in the output's folder and hands
 highdicom nothing to join; :meth:`FrameSpool.attach` then gives the object that file as its pixel data (padded to
 even length with the byte highdicom pads with), which :func:`save_as` streams. The file's bytes are highdicom's
-(tested against highdicom's own object). Where highdicom encodes frames another way (a compressed transfer syntax,
-a release whose method is named otherwise), the spool stays empty and the object keeps the pixel data highdicom gave
-it.
+(tested against highdicom's own object); the subclass also skips the lookup tables highdicom builds for reading
+frames back out of the object, which a SEG that is only saved never does. Where highdicom encodes frames another
+way (a compressed transfer syntax, a release whose method is named otherwise), the spool stays empty and the object
+keeps the pixel data highdicom gave it.
 """
 from __future__ import annotations
 
