@@ -97,13 +97,16 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         from edgeseg.runtime.read import SeriesGeometry, read_series
 
         volume = read_series(Path(args.input))
-        plan = segmenter.plan(SeriesGeometry.from_volume(volume), name="warm-up")  # measures missing latencies
+        geometry = SeriesGeometry.from_volume(volume)
+        # measured without the volume in memory, as a watcher (it plans from the headers) and a one-shot run
+        # (Planner.prepare before reading) measure
+        del volume
+        plan = segmenter.plan(geometry, name="warm-up")  # measures missing latencies
         for part in segmenter.bundle.variant(plan.variant if plan else None).parts:
             # compiled, then in the state a watcher keeps it between series: every part's window releases its
             # engine's working memory when it ends (runtime/segment.py), so a series never starts with another
             # part's activations held (compiled and warm here, they would stay held through the first part)
             segmenter.engine(part).release()
-        del volume
     setup = time.monotonic() - t0
     with tempfile.TemporaryDirectory(prefix="edgeseg-scaling-") as out:
         t0 = time.monotonic()
