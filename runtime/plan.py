@@ -593,7 +593,6 @@ def plan_series(
     """
     variants = sorted(bundle.variants, key=lambda v: (v.rank, v.name))
     best = variants[0]
-
     if budget_s is None and ceiling_s is None:
         return Plan(best.name, None, None, True, "no time budget: the most accurate variant")
     if geometry is None:
