@@ -662,7 +662,7 @@ class Planner:
         self.coarser_steps = tuple(coarser_steps)
         self.compiled = compiled
         self.bundle_id = bundle_identity(bundle)
-        self._measuring_s = 0.0  # seconds spent measuring tile latencies since the last plan (that plan's share)
+        self._measuring_s = 0.0  # seconds the plan being made has spent measuring tile latencies
 
     def latency(self, part: Part) -> float | None:
         known = self.table.get(self.bundle_id, part.name, self.precision, self.device, self.threads)
@@ -679,24 +679,14 @@ class Planner:
         finally:
             self._measuring_s += time.perf_counter() - t0
 
-    def prepare(self) -> None:
-        """Measure the most accurate variant's missing tile latencies now (a segmenter does this before it reads
-        a series to plan it: the measurement compiles each part and runs a tile, and with a 512x512x400 volume in
-        memory beside that it set the one-shot's peak). Their seconds go into the next plan's prediction."""
-        best = min(self.bundle.variants, key=lambda v: (v.rank, v.name))
-        for part in best.parts:
-            self.latency(part)
-
     def plan(self, geometry: SeriesGeometry | None, budget_s: float | None, instances: int = 0,
              ceiling_s: float | None = None) -> Plan:
-        try:
-            return plan_series(self.bundle, geometry, budget_s, self.latency,
-                               self.table.overhead(self.bundle_id, self.device, self.threads), self.coarser_steps,
-                               instances, self.table.per_instance(self.bundle_id, self.device, self.threads),
-                               ceiling_s, self.table.stage_rates(self.bundle_id, self.device, self.threads),
-                               self.compiled, lambda: self._measuring_s)
-        finally:
-            self._measuring_s = 0.0
+        self._measuring_s = 0.0
+        return plan_series(self.bundle, geometry, budget_s, self.latency,
+                           self.table.overhead(self.bundle_id, self.device, self.threads), self.coarser_steps,
+                           instances, self.table.per_instance(self.bundle_id, self.device, self.threads), ceiling_s,
+                           self.table.stage_rates(self.bundle_id, self.device, self.threads), self.compiled,
+                           lambda: self._measuring_s)
 
     def record(self, plan: Plan, actual_s: float, read_write_s: float | None = None,
                stages: dict[str, float] | None = None) -> None:

@@ -248,8 +248,6 @@ class Segmenter(SeriesSegmenter):
     def _planning_input(self, source: Source, timings: Timings) -> tuple[Source, SeriesGeometry | None, int]:
         if isinstance(source, SeriesRef) and source.geometry is not None:
             return super()._planning_input(source, timings)
-        if self.planner is not None and not isinstance(source, Volume):
-            self.planner.prepare()  # a first series' latency measurement before the volume is in memory
         volume = self._read(source, timings)  # the planner needs the size: read first (the volume is reused)
         return super()._planning_input(volume, timings)
 

@@ -49,38 +49,3 @@ def test_manifest_timings_cover_every_stage_and_add_up_to_the_wall_time(tmp_path
     predicted = second["plan"]["details"]["stages"]
     assert predicted["read"] == pytest.approx(first["run"]["timings_s"]["read"], rel=0.01, abs=0.002)
     assert second["plan"]["predicted_s"] == pytest.approx(sum(predicted.values()), abs=0.01)
-
-
-def test_a_first_series_measures_its_latencies_on_the_kept_engines_before_reading_it(
-        tmp_path: Path, real_mri: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A one-shot series on a PC without latencies: each part of the most accurate variant is compiled once, for
-    the measurement and the series alike, before the volume is read (the two in memory together set the peak of a
-    512x512x400 series); the measurement's seconds are in the prediction and the plan stage, none in compiling."""
-    from edgeseg.runtime import segmenter as segmenter_module
-
-    events: list[str] = []
-    read = segmenter_module.read_series
-
-    def reading(*args: object, **kwargs: object) -> object:
-        events.append("read")
-        return read(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(segmenter_module, "read_series", reading)
-    options = SegmentOptions(time_budget_s=1e6, outputs=OutputOptions(per_structure=False))
-    segmenter = Segmenter(DEMO_BUNDLE, options, latency_path=tmp_path / "latency.json")
-    engine = segmenter.engine
-
-    def compiling(part: object) -> object:
-        if not segmenter.compiled(part):  # type: ignore[arg-type]
-            events.append(f"compile {part.name}")  # type: ignore[attr-defined]
-        return engine(part)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(segmenter, "engine", compiling)
-    (tmp_path / "out").mkdir()
-    result = segmenter.segment(real_mri, out_parent=tmp_path / "out")
-    parts = [p.name for p in segmenter.bundle.variants[0].parts]
-    assert events == [*(f"compile {name}" for name in parts), "read"]
-    manifest = json.loads(result.files["manifest"].read_text())
-    details, timings = manifest["plan"]["details"], manifest["run"]["timings_s"]
-    assert details["uncompiled_parts"] == 0 and details["measuring_s"] > 0
-    assert timings["plan"] >= details["measuring_s"] and timings["compile"] < 0.05
