@@ -98,8 +98,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
         volume = read_series(Path(args.input))
         geometry = SeriesGeometry.from_volume(volume)
-        # measured without the volume in memory, as a watcher (it plans from the headers) and a one-shot run
-        # (Planner.prepare before reading) measure
+        # measured without the volume in memory, as a watcher measures (it plans from the headers)
         del volume
         plan = segmenter.plan(geometry, name="warm-up")  # measures missing latencies
         for part in segmenter.bundle.variant(plan.variant if plan else None).parts:
