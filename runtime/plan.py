@@ -665,17 +665,20 @@ class Planner:
         self._measuring_s = 0.0  # seconds the plan being made has spent measuring tile latencies
 
     def latency(self, part: Part) -> float | None:
-        known = self.table.get(self.bundle_id, part.name, self.precision, self.device, self.threads)
-        if known is not None or self.measure is None:
-            return known
-        t0 = time.perf_counter()
         try:
             return self.table.get_or_measure(self.bundle, part, self.precision, self.device, self.threads,
-                                             self.measure)
+                                             self._timed_measure if self.measure is not None else None)
         except Exception as err:  # noqa: BLE001 - a failed measurement must not stop segmentation
             log.warning("tile latency measurement failed, planning without it: part=%s error=%s", part.name, err)
             self.measure = None
             return None
+
+    def _timed_measure(self, bundle: Bundle, part: Part, precision: str, device: str, threads: int | None) -> float:
+        """``measure``, its seconds added to the plan being made (:meth:`plan`)."""
+        assert self.measure is not None
+        t0 = time.perf_counter()
+        try:
+            return self.measure(bundle, part, precision, device, threads)
         finally:
             self._measuring_s += time.perf_counter() - t0
 
