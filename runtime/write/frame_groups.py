@@ -56,7 +56,6 @@ class FrameSpool:
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.file = tempfile.TemporaryFile(dir=Path(folder), prefix=".edgeseg-frames-", suffix=".tmp")
-        self.frames = 0
 
     def __enter__(self) -> FrameSpool:
         return self
@@ -73,7 +72,6 @@ class FrameSpool:
         class Spooled(cls):
             def _encode_pixels_native(self, planes: Any) -> bytes:
                 spool.file.write(super()._encode_pixels_native(planes))
-                spool.frames += 1
                 return b""
 
             def _build_luts(self) -> None:
@@ -88,7 +86,7 @@ class FrameSpool:
         from pydicom.dataelem import DataElement
 
         pixels = dataset.get(_PIXEL_DATA)
-        if not self.frames or pixels is None or not isinstance(pixels.value, bytes) or pixels.value:
+        if not self.file.tell() or pixels is None or not isinstance(pixels.value, bytes) or pixels.value:
             return
         if self.file.tell() % 2:
             self.file.write(b"0")  # highdicom pads odd pixel data with this byte (b"0", not b"\x00")
