@@ -39,6 +39,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -113,12 +114,38 @@ def require_peer(name: str) -> str:
     return found
 
 
+def ephemeral_port_range() -> tuple[int, int]:
+    """The ports the OS hands to outgoing connections (Linux's ip_local_port_range; IANA's 49152-65535 elsewhere,
+    Windows' and macOS' default)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now (the OS picks it). Another process could take it before the
-    caller binds it; on a test machine that race is rare, and the servers here fail loudly if it happens."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that is free on 127.0.0.1 right now, chosen below the ephemeral range.
+
+    A port the OS picks (bind to port 0) lies in the ephemeral range, where any outgoing connection of the test run
+    (a REST request, an SCU) can take it as its source port before the server binds it: CI once lost Orthanc's DICOM
+    port that way. Below that range only listeners bind, and each of them got its port from here, checked free."""
+    low = 20000
+    high = min(ephemeral_port_range()[0], 49152) - 1
+    if high <= low:  # an ephemeral range that starts this low leaves no room: the OS chooses
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            return int(sock.getsockname()[1])
+    pick = random.SystemRandom()  # independent of any seed a test sets
+    for _ in range(200):
+        port = pick.randint(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:  # in use, or in TIME_WAIT from an earlier test's server
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port on {LOOPBACK} between {low} and {high} after 200 tries")
 
 
 def _port_open(port: int, host: str = LOOPBACK) -> bool:
@@ -509,8 +536,8 @@ class OrthancPacs:
                     self.__exit__(None, None, None)
                     raise
                 self._stop_process()
-                # free_port()'s race: an outgoing connection took the HTTP port (the ephemeral range) between the
-                # choice and Orthanc's bind; only the REST client uses that port, so another one is safe to take
+                # free_port()'s race: another listener (a process outside the tests) took the HTTP port between
+                # the choice and Orthanc's bind; only the REST client uses that port, so another one is safe to take
                 self._choose_http_port()
             except BaseException:
                 self.__exit__(None, None, None)

@@ -164,10 +164,24 @@ def test_echoscu_of_both_toolkits_against_orthanc(tmp_path: Path) -> None:
             describe(app_refused)
 
 
+def test_free_ports_lie_below_the_ephemeral_range_where_no_outgoing_connection_takes_them() -> None:
+    """CI once lost Orthanc's DICOM port to an outgoing connection between free_port() and Orthanc's bind: the ports
+    the servers get are outside the range the OS hands to outgoing connections, differ, and can be listened on."""
+    import socket
+
+    low, _ = dicom_peers.ephemeral_port_range()
+    ports = {dicom_peers.free_port() for _ in range(20)}
+    assert all(1024 < port < low for port in ports), (sorted(ports), low)
+    assert len(ports) > 1
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind((LOOPBACK, ports.pop()))
+        server.listen(1)
+
+
 def test_orthanc_starts_on_another_http_port_when_its_own_was_taken(tmp_path: Path) -> None:
-    """free_port()'s race, forced: the HTTP port is taken between the choice and Orthanc's bind (as an outgoing
-    connection from the ephemeral range can take it); the helper restarts Orthanc on another HTTP port, keeping the
-    DICOM port that tests hand to edgeseg before entering."""
+    """free_port()'s race, forced: the HTTP port is taken between the choice and Orthanc's bind (by a listener
+    outside the tests); the helper restarts Orthanc on another HTTP port, keeping the DICOM port that tests hand to
+    edgeseg before entering."""
     import socket
 
     pacs = _pacs(tmp_path)
