@@ -10,21 +10,24 @@ same file is written in 0.75 s.
 
 :func:`save_as` writes exactly the bytes of pydicom's ``dataset.save_as(path)`` (tested byte for byte) but encodes
 the sequence itself: every dataset in it once per Python object (:class:`_Encoder` keeps the bytes of each
-by ``id`` while the sequence is alive), every non-sequence element with pydicom's own ``write_data_element``, and
-only the framing of sequences and items (a tag and a 32-bit length, PS3.5 7.5, as pydicom writes them: defined
-lengths) is put together here. The encoded sequence goes into the dataset as a raw element, which pydicom copies
-as it is; the other elements are corrected for ambiguous VRs and written by pydicom as before. Anything outside
+by ``id`` while the sequence is alive), every non-sequence element with pydicom's own ``write_data_element`` but
+the binary numbers (US, UL, SL, FL, FD: each frame's dimension index values and segment number), whose tag, VR,
+16-bit length and packed values are put together here as pydicom's ``write_numbers`` packs them, as is the
+framing of sequences and items (a tag and a 32-bit length, PS3.5 7.5, as pydicom writes them: defined lengths).
+The encoded sequence goes into the dataset as a raw element, which pydicom copies as it is; the other elements are
+corrected for ambiguous VRs and written by pydicom as before. Anything outside
 what this covers (an implicit-VR or big-endian transfer syntax, a sequence or item of undefined length, a value
 over 4 GB) is saved by pydicom unchanged.
 
-The pixel data (bytes of even length) is handed to pydicom as a buffer, which it writes in chunks, instead of as
-bytes, which it copies into an element buffer and copies again into the file: two copies of 518 MB at the peak of
-writing a 15820-frame SEG of 512x512 planes.
+The pixel data (bytes of even length) is handed to pydicom as a buffer, which it writes in chunks (4 MiB here, not
+its default 8 KiB), instead of as bytes, which it copies into an element buffer and copies again into the file:
+two copies of 518 MB at the peak of writing a 15820-frame SEG of 512x512 planes.
 
 :class:`FrameSpool` keeps the frames out of memory while highdicom builds the object: highdicom encodes each frame
 into a list of bytes and joins the list into the pixel data (two copies of every frame at once: 2 x 655 MB, 1.3 GB
 of a TS-sized 20000-frame SEG's 2.6 GB peak). The spool's subclass of highdicom's class writes each frame, as
-highdicom's own ``_encode_pixels_native`` encodes it, to an unnamed temporary file in the output's folder and hands
+highdicom's own ``_encode_pixels_native`` encodes it (a 1-bit frame of 0s and 1s packed by numpy alone, the same
+bytes without pydicom's checks and copies), to an unnamed temporary file in the output's folder and hands
 highdicom nothing to join; :meth:`FrameSpool.attach` then gives the object that file as its pixel data (padded to
 even length with the byte highdicom pads with), which :func:`save_as` streams. The file's bytes are highdicom's
 (tested against highdicom's own object); the subclass also skips the lookup tables highdicom builds for reading
@@ -34,11 +37,15 @@ keeps the pixel data highdicom gave it.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import logging
 import os
+import struct
 import tempfile
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,11 @@ _ITEM_TAG = b"\xfe\xff\x00\xe0"
 _PER_FRAME = 0x52009230  # PerFrameFunctionalGroupsSequence
 _PIXEL_DATA = 0x7FE00010
 _MAX_LENGTH = 0xFFFFFFFE  # the longest defined length (0xFFFFFFFF means undefined)
+_CHUNK = 4 << 20  # bytes of the pixel data copied to the file at a time
+_CHARACTER_SET = 0x00080005  # SpecificCharacterSet
+#: struct formats of the binary-number VRs encoded here (SS is left to pydicom: it writes LUT descriptors apart)
+_NUMBER_FORMATS = {"US": "H", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
+_VR_BYTES = {vr: vr.encode("ascii") for vr in _NUMBER_FORMATS}
 
 
 class FrameSpool:
@@ -71,7 +83,7 @@ class FrameSpool:
 
         class Spooled(cls):
             def _encode_pixels_native(self, planes: Any) -> bytes:
-                spool.file.write(super()._encode_pixels_native(planes))
+                spool.file.write(_packed_bits(self, planes) or super()._encode_pixels_native(planes))
                 return b""
 
             def _build_luts(self) -> None:
@@ -93,6 +105,19 @@ class FrameSpool:
         self.file.flush()
         self.file.seek(0)
         dataset[_PIXEL_DATA] = DataElement(_PIXEL_DATA, pixels.VR, self.file)
+
+
+def _packed_bits(image: Any, planes: Any) -> bytes | None:
+    """The bytes pydicom's ``pack_bits(planes, pad=False)`` gives a 1-bit image's frame of 0s and 1s (what
+    highdicom's ``_encode_pixels_native`` returns for it), packed by numpy alone: pydicom first checks that the
+    values are binary by comparing the frame with a boolean copy and then copies it once more (46 of the 55 us of a
+    512x512 frame here). None where the frame is anything else: highdicom and pydicom encode it (or refuse it)."""
+    import numpy as np
+
+    if (getattr(image, "BitsAllocated", None) != 1 or not isinstance(planes, np.ndarray) or planes.dtype != np.uint8
+            or planes.ndim != 1 or not planes.size or planes.size % 8 or planes.max() > 1):
+        return None
+    return bytes(np.packbits(planes, bitorder="little"))
 
 
 class _Unsupported(Exception):
@@ -124,26 +149,66 @@ class _Encoder:
         return _ITEM_TAG + len(body).to_bytes(4, "little") + body
 
     def dataset(self, ds: Any) -> bytes:
-        from pydicom.filebase import DicomBytesIO
-        from pydicom.filewriter import write_data_element
-
-        if "SpecificCharacterSet" in ds:
+        if _CHARACTER_SET in ds:
             raise _Unsupported("a character set inside the sequence")
-        out = DicomBytesIO()
-        out.is_little_endian, out.is_implicit_VR = True, False
+        parts = []
         for tag in sorted(ds.keys()):
             if tag.element == 0 and tag.group > 6:
                 continue  # pydicom does not write retired group lengths either
             elem = ds[tag]
-            if elem.VR == "SQ":
+            vr = elem.VR
+            if vr == "SQ":
                 if elem.is_undefined_length:
                     raise _Unsupported("a sequence of undefined length")
-                out.write(self.sequence(tag, elem.value))
-            elif elem.VR is None or len(elem.VR) != 2:
+                parts.append(self.sequence(tag, elem.value))
+            elif vr is None or len(vr) != 2:
                 raise _Unsupported(f"the ambiguous VR of {tag}")  # pydicom resolves it from the ancestors
             else:
-                write_data_element(out, elem, self.encodings)
+                parts.append(_numbers(tag, vr, elem) or self.element(elem))
+        return b"".join(parts)
+
+    def element(self, elem: Any) -> bytes:
+        """``elem`` as pydicom's ``write_data_element`` writes it."""
+        from pydicom.filebase import DicomBytesIO
+        from pydicom.filewriter import write_data_element
+
+        out = DicomBytesIO()
+        out.is_little_endian, out.is_implicit_VR = True, False
+        write_data_element(out, elem, self.encodings)
         return out.getvalue()
+
+
+def _numbers(tag: int, vr: str, elem: Any) -> bytes | None:
+    """The bytes of a binary-number element (US, UL, SL, FL, FD) with a value, as pydicom's ``write_numbers``
+    packs it, put together here (pydicom's generic path costs a buffer and a dozen calls per element: most of
+    encoding a frame's items, whose dimension index values and segment number are such elements); None for
+    anything else, which pydicom writes."""
+    fmt = _NUMBER_FORMATS.get(vr)
+    element, several = _pydicom_types()
+    if fmt is None or type(elem) is not element:
+        return None
+    value = elem.value
+    try:
+        if type(value) is int or (type(value) is float and fmt in "fd"):
+            packed = struct.pack("<" + fmt, value)
+        elif isinstance(value, several) and value:
+            packed = struct.pack(f"<{len(value)}{fmt}", *value)
+        else:
+            return None
+    except struct.error:
+        return None  # pydicom raises its own error for it
+    if len(packed) > 0xFFFF:
+        return None  # pydicom writes it as UN
+    return _tag(tag) + _VR_BYTES[vr] + len(packed).to_bytes(2, "little") + packed
+
+
+@functools.cache
+def _pydicom_types() -> tuple[Any, Any]:
+    """pydicom's DataElement, and what a value of several numbers is (pydicom's MultiValue, or a list)."""
+    from pydicom.dataelem import DataElement
+    from pydicom.multival import MultiValue
+
+    return DataElement, (MultiValue, list)
 
 
 def _tag(tag: int) -> bytes:
@@ -165,10 +230,26 @@ def save_as(dataset: Any, path: str | os.PathLike[str]) -> None:
         # stay the same object (io.BytesIO shares them until written to)
         dataset[_PIXEL_DATA] = DataElement(_PIXEL_DATA, pixels.VR, io.BytesIO(pixels.value))
     try:
-        _save_per_frame_encoded(dataset, path)
+        with _read_chunks(_CHUNK):
+            _save_per_frame_encoded(dataset, path)
     finally:
         if streamed:
             dataset[_PIXEL_DATA] = pixels
+
+
+@contextlib.contextmanager
+def _read_chunks(size: int) -> Iterator[None]:
+    """pydicom copies a buffered value (the pixel data: the spool or the joined frames) to the file in chunks of
+    ``config.settings.buffered_read_size``, 8 KiB by default: 80000 reads and writes for a 655 MB SEG (0.5 s of
+    system calls here). Larger chunks for the save; the setting is put back after."""
+    from pydicom import config
+
+    before = config.settings.buffered_read_size
+    config.settings.buffered_read_size = max(before, size)
+    try:
+        yield
+    finally:
+        config.settings.buffered_read_size = before
 
 
 def _save_per_frame_encoded(dataset: Any, path: str | os.PathLike[str]) -> None:

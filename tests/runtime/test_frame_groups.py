@@ -171,6 +171,36 @@ def test_shared_items_are_encoded_once(charset: str | None, tmp_path: Path, monk
     assert encoder.distinct == 6 * 4 + 2 * 3
 
 
+@pytest.mark.filterwarnings("ignore:A value of type 'uint32':UserWarning")  # pydicom keeps it and writes it
+def test_number_elements_are_packed_as_pydicom_packs_them(tmp_path: Path) -> None:
+    """The binary-number elements the encoder packs itself (one or several values, signed, floating, empty, numpy
+    and bool values, and SS, which pydicom writes apart for LUT descriptors) give pydicom's own bytes."""
+    ds = _multiframe()
+    values = [("US", 0x00280010, 7), ("US", 0x00280011, [1, 2, 3]), ("UL", 0x00209157, [4, 70000]),
+              ("SL", 0x00189219, -5), ("FD", 0x00189087, 1.25), ("FD", 0x00189089, [0.5, -1.0, 2.0]),
+              ("FL", 0x00189327, 3.5), ("FL", 0x00189328, [1.0, 2.5]), ("US", 0x00280100, None),
+              ("UL", 0x00209128, np.uint32(9)), ("US", 0x00280102, True), ("SS", 0x00281101, [256, -2, 16]),
+              ("FD", 0x00189088, 3)]
+    for f, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        content = item.FrameContentSequence[0]
+        for vr, tag, value in values[f::2]:
+            content.add_new(tag, vr, value)
+    plain, encoded = _both_ways(ds, tmp_path)
+    assert encoded == plain
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value:UserWarning")  # pydicom's, as the value is set
+def test_an_unpackable_number_fails_as_pydicom_fails(tmp_path: Path) -> None:
+    ds = _multiframe()
+    ds.PerFrameFunctionalGroupsSequence[2].FrameContentSequence[0].add_new(0x00280010, "US", 70000)  # over 16 bits
+    with pytest.raises(OSError, match="ushort format requires") as ours:
+        frame_groups.save_as(ds, tmp_path / "encoded.dcm")
+    with pytest.raises(OSError, match="ushort format requires"):
+        ds.save_as(tmp_path / "plain.dcm")
+    assert "Rows" in str(ours.value) and "70000" in str(ours.value)  # pydicom's message for the element
+    assert not (tmp_path / "encoded.dcm").exists()  # it fails while encoding, before the file is opened
+
+
 def _plain_saves(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     calls: list[Any] = []
     original = Dataset.save_as
