@@ -1,6 +1,6 @@
 """Per-tile cost of the sliding window against the network alone, on a TotalSegmentator-sized network.
 
-    python benchmarks/sliding_window_tile.py --work /tmp/edgeseg-bench [--precision int8 fp32] [--tiles 8]
+    python benchmarks/sliding_window_tile.py --work /tmp/edgeseg-bench [--precision int8 fp32] [--grid 2 2 2] [--rounds 3]
 
 The network is the TS-sized 3 mm model (``tests/helpers/testmodels/ts_sized.py`` "852": PlainConvUNet, 128^3
 patch, 51 outputs, random weights: speed only). Its IRs are built once into ``--work/ts51`` by the cheapest
@@ -11,13 +11,18 @@ window does not depend on what the weights are).
 Each precision is compiled as the runtime's engine compiles it (``engine.compile_model``: INT8 with the bf16
 hint where the CPU has it, fp16 logits) and measured in its own child process:
 
-* ``network s/tile``: the engine's request run tile after tile on the same input (median of ``--repeats``);
-* ``window s/tile``: ``sliding_window`` over a volume of ``--tiles`` tiles (2x2x2 at step 0.5 by default), wall
+* ``network s/tile``: the engine's request run tile after tile on the same input (median of ``--repeats`` per
+  round);
+* ``window s/tile``: ``sliding_window`` over a volume of ``--grid`` tiles (2x2x2 at step 0.5 by default), wall
   seconds of the whole call / tiles (cutting, inference, Gaussian weighting, fp16 accumulation), the way the
   segmenter calls it: where the network infers in bf16, with the update inside the network
   (``engine.accumulating_model``; ``--separate``: the plain network and the separate update), else the engine's
   requests;
 * ``readout s``: ``Aggregated.argmax`` once at the end (not per tile).
+
+The two are measured in ``--rounds`` rounds, the network alone then the window, in turn: a 2-core VM's speed drifts
+by more than the 10 % looked for between one minute and the next, and a drift then reaches both sides of a round.
+The table gives the median of the rounds' ratios and their range.
 """
 from __future__ import annotations
 
@@ -84,12 +89,15 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     tile = rng.standard_normal((1, 1, *PATCH)).astype(np.float32)
     request.infer({0: tile}, share_inputs=True, share_outputs=True)  # warm-up (allocation)
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        request.infer({0: tile}, share_inputs=True, share_outputs=True)
-        times.append(time.perf_counter() - t0)
-    network = float(np.median(times))
+
+    def network_alone() -> list[float]:
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            request.infer({0: tile}, share_inputs=True, share_outputs=True)
+            times.append(time.perf_counter() - t0)
+        return times
+
     side = [p + p // 2 * (n - 1) for p, n in zip(PATCH, args.grid)]  # n tiles per axis at step 0.5
     data = rng.standard_normal((1, *side)).astype(np.float32)
     kwargs: dict[str, Any] = {}
@@ -106,17 +114,27 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         jobs, window_model = 1, request
     sw.sliding_window(data[:, :PATCH[0], :PATCH[1], :PATCH[2]], window_model, PATCH, num_outputs, 0.5,
                       **kwargs)  # compiles the aggregation kernels
-    t0 = time.perf_counter()
-    agg = sw.sliding_window(data, window_model, PATCH, num_outputs, 0.5, **kwargs)
-    window = time.perf_counter() - t0
     tiles = int(np.prod(args.grid))
+    # rounds of (the network alone, the window) in turn: a drift of the machine's speed (other guests of the host,
+    # the clock) reaches both sides of a round alike; each round's ratio, and their median
+    times: list[float] = []
+    rounds = []
+    for _ in range(args.rounds):
+        alone = network_alone()
+        t0 = time.perf_counter()
+        agg = sw.sliding_window(data, window_model, PATCH, num_outputs, 0.5, **kwargs)
+        per_tile = (time.perf_counter() - t0) / tiles
+        times += alone
+        rounds.append({"network_s": float(np.median(alone)), "window_s": per_tile,
+                       "overhead_pct": 100 * (per_tile / float(np.median(alone)) - 1)})
     t0 = time.perf_counter()
     agg.argmax()
     readout = time.perf_counter() - t0
     return {"precision_used": used, "classes": num_outputs, "jobs": jobs, "path": path,
-            "aggregation_threads": kwargs.get("threads") or "default", "network_s": network,
-            "network_min_s": min(times),
-            "window_s": window / tiles, "tiles": tiles, "overhead_pct": 100 * (window / tiles / network - 1),
+            "aggregation_threads": kwargs.get("threads") or "default", "network_s": float(np.median(times)),
+            "network_min_s": min(times), "window_s": float(np.median([r["window_s"] for r in rounds])),
+            "tiles": tiles, "rounds": rounds, "overhead_pct": float(np.median([r["overhead_pct"] for r in rounds])),
+            "overhead_range": " … ".join(f"{f(r['overhead_pct'] for r in rounds):+.1f}" for f in (min, max)),
             "readout_s": readout, "volume": "x".join(map(str, side)), "peak_rss_mb": peak_rss_mb()}
 
 
@@ -158,7 +176,9 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/edgeseg-bench"))
     p.add_argument("--precision", nargs="+", default=["int8", "fp32"])
     p.add_argument("--grid", type=int, nargs=3, default=[2, 2, 2], help="tiles per axis of the window's volume")
-    p.add_argument("--repeats", type=int, default=5, help="network-alone runs")
+    p.add_argument("--repeats", type=int, default=5, help="network-alone runs per round")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of (network alone, window) in turn; the table gives the median round's ratio")
     p.add_argument("--calibration-patches", type=int, default=3)
     p.add_argument("--threads", type=int, help="the network's inference threads (default: OpenVINO's)")
     p.add_argument("--jobs", type=int, help="infer requests used in turn (default: the runtime's)")
@@ -178,7 +198,7 @@ def main() -> int:
     rows = []
     for prec in args.precision:
         cmd = [str(Path(__file__).resolve()), "--worker", "--xml", str(irs[prec]), "--precision", prec,
-               "--repeats", str(args.repeats), "--grid", *map(str, args.grid)]
+               "--repeats", str(args.repeats), "--rounds", str(args.rounds), "--grid", *map(str, args.grid)]
         for flag in ("threads", "jobs", "aggregation_threads"):
             if getattr(args, flag):
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
@@ -194,7 +214,8 @@ def main() -> int:
                        ("volume", "volume"), ("tiles", "tiles"), ("jobs", "requests"),
                        ("aggregation_threads", "agg threads"), ("network_s", "network s/tile"),
                        ("network_min_s", "network min s"), ("window_s", "window s/tile"),
-                       ("overhead_pct", "window over network %"), ("readout_s", "readout s"),
+                       ("overhead_pct", "window over network % (median round)"),
+                       ("overhead_range", "rounds' range %"), ("readout_s", "readout s"),
                        ("peak_rss_mb", "peak RSS MB")])
     write_json(args.json, {"machine": machine(), "results": rows})
     return 0
