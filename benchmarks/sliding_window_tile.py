@@ -1,6 +1,6 @@
 """Per-tile cost of the sliding window against the network alone, on a TotalSegmentator-sized network.
 
-    python benchmarks/sliding_window_tile.py --work /tmp/edgeseg-bench [--precision int8 fp32] [--grid 2 2 2] [--rounds 3]
+    python benchmarks/sliding_window_tile.py --work /tmp/edgeseg-bench [--precision int8 fp32] [--rounds 3]
 
 The network is the TS-sized 3 mm model (``tests/helpers/testmodels/ts_sized.py`` "852": PlainConvUNet, 128^3
 patch, 51 outputs, random weights: speed only). Its IRs are built once into ``--work/ts51`` by the cheapest
