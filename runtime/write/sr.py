@@ -39,6 +39,7 @@ from edgeseg.runtime.read.volume import FILE_UID_KEYS, Volume
 from edgeseg.runtime.write.dicomseg import (
     _clean_source, _sanitise_person_names, _sources, model_identity, provenance, result_series_number, result_uids,
 )
+from edgeseg.runtime.write.frame_groups import save_as
 from edgeseg.runtime.write.gc_pause import gc_paused
 from edgeseg.typing import StrPath
 
@@ -213,6 +214,6 @@ def write_dicom_sr(path: StrPath, volume: Volume, seg_path: StrPath, segments: M
         manufacturer="edgeseg",
         series_description=provenance(bundle, run, "SR"),
     )
-    sr.save_as(os.fspath(path))
+    save_as(sr, path)  # pydicom's save_as, the content tree's sequences encoded by frame_groups
     log.info("wrote DICOM SR with %d measurement group(s) to %s", len(groups), path)
     return {"series_instance_uid": series_uid, "sop_instance_uid": sop_uid}

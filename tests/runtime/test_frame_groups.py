@@ -100,6 +100,52 @@ def test_spooled_frames_are_highdicoms_own(seg_type: str, shape: tuple[int, int,
                          "DimensionOrganizationSequence"}
 
 
+def test_sr_bytes_equal_pydicoms(dicom_series_dirs: dict[str, Path], seg_array: np.ndarray, labels: dict[int, str],
+                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SR's content tree and evidence (nested items, text in several VRs, numbers) are encoded here too: the
+    file write_dicom_sr writes is pydicom's own save of the same object, byte for byte."""
+    from edgeseg.runtime.write import sr as sr_module
+    from edgeseg.runtime.write.statistics import compute_statistics
+
+    series = tmp_path / "series"
+    shutil.copytree(dicom_series_dirs["oblique"], series)
+    vol = read_series(series)
+    segments = write_dicom_seg(tmp_path / "seg.dcm", vol, seg_array, labels)
+    seen: list[Any] = []
+
+    def keep(ds: Any, path: Any) -> None:
+        seen.append(ds)
+        frame_groups.save_as(ds, path)
+
+    monkeypatch.setattr(sr_module, "save_as", keep)
+    sr_module.write_dicom_sr(tmp_path / "sr.dcm", vol, tmp_path / "seg.dcm", segments,
+                             compute_statistics(vol, seg_array, labels))
+    [report] = seen
+    assert {elem.keyword for elem in report if elem.VR == "SQ"} >= {"ContentSequence",
+                                                                    "CurrentRequestedProcedureEvidenceSequence"}
+    plain, encoded = _both_ways_sr(report, tmp_path)
+    assert encoded == plain
+    assert (tmp_path / "sr.dcm").read_bytes() == plain
+
+
+def _both_ways_sr(ds: Any, folder: Path) -> tuple[bytes, bytes]:
+    sequences = {elem.tag: elem for elem in ds if elem.VR == "SQ"}
+    raw: list[bool] = []
+    original = Dataset.save_as
+
+    def counted(self: Dataset, *args: Any, **kwargs: Any) -> None:
+        raw.extend(self.get_item(tag).is_raw for tag in sequences)  # (indexing would decode them)
+        original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Dataset, "save_as", counted)
+        frame_groups.save_as(ds, folder / "encoded.dcm")
+    assert raw and all(raw)  # pydicom got every sequence encoded here, not the items to encode itself
+    assert all(ds[tag] is elem and not ds[tag].is_raw for tag, elem in sequences.items())  # put back
+    ds.save_as(folder / "plain.dcm")
+    return (folder / "plain.dcm").read_bytes(), (folder / "encoded.dcm").read_bytes()
+
+
 def test_enhanced_source_bytes_equal_pydicoms(mr_image: tuple[np.ndarray, np.ndarray], seg_array: np.ndarray,
                                               labels: dict[int, str], tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
