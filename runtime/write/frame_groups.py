@@ -132,6 +132,7 @@ class _Encoder:
     def __init__(self, encodings: Any) -> None:
         self.encodings = encodings
         self.memo: dict[int, bytes] = {}
+        self.strings: dict[tuple[Any, str, str], bytes] = {}
         self.distinct = 0
 
     def sequence(self, tag: int, items: Any) -> bytes:
@@ -170,14 +171,21 @@ class _Encoder:
         return b"".join(parts)
 
     def element(self, elem: Any) -> bytes:
-        """``elem`` as pydicom's ``write_data_element`` writes it."""
+        """``elem`` as pydicom's ``write_data_element`` writes it; an element whose value is one string, once per
+        (tag, VR, string) (an SR repeats its concept names, codes and units in every measurement group)."""
         from pydicom.filebase import DicomBytesIO
         from pydicom.filewriter import write_data_element
 
-        out = DicomBytesIO()
-        out.is_little_endian, out.is_implicit_VR = True, False
-        write_data_element(out, elem, self.encodings)
-        return out.getvalue()
+        key = (elem.tag, elem.VR, elem.value) if isinstance(elem.value, str) else None
+        encoded = self.strings.get(key) if key is not None else None
+        if encoded is None:
+            out = DicomBytesIO()
+            out.is_little_endian, out.is_implicit_VR = True, False
+            write_data_element(out, elem, self.encodings)
+            encoded = out.getvalue()
+            if key is not None and type(elem) is _pydicom_types()[0]:
+                self.strings[key] = encoded
+        return encoded
 
 
 def _numbers(tag: int, vr: str, elem: Any) -> bytes | None:
