@@ -46,8 +46,9 @@ import logging
 import os
 import struct
 import tempfile
-from pathlib import Path
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -251,15 +252,27 @@ def save_as(dataset: Any, path: str | os.PathLike[str]) -> None:
 def _read_chunks(size: int) -> Iterator[None]:
     """pydicom copies a buffered value (the pixel data: the spool or the joined frames) to the file in chunks of
     ``config.settings.buffered_read_size``, 8 KiB by default: 80000 reads and writes for a 655 MB SEG (0.5 s of
-    system calls here). Larger chunks for the save; the setting is put back after."""
+    system calls here). Larger chunks while any save of this module runs (saves in several threads share one
+    process-wide setting: the first to start raises it, the last to end puts the value before it back)."""
     from pydicom import config
 
-    before = config.settings.buffered_read_size
-    config.settings.buffered_read_size = max(before, size)
+    with _CHUNKS_LOCK:
+        if not _CHUNK_USERS:
+            _CHUNK_USERS.append(config.settings.buffered_read_size)  # the value to put back
+            config.settings.buffered_read_size = max(_CHUNK_USERS[0], size)
+        _CHUNK_USERS.append(size)
     try:
         yield
     finally:
-        config.settings.buffered_read_size = before
+        with _CHUNKS_LOCK:
+            _CHUNK_USERS.pop()
+            if len(_CHUNK_USERS) == 1:
+                config.settings.buffered_read_size = _CHUNK_USERS.pop()
+
+
+#: guards :data:`_CHUNK_USERS`: the setting's value before the first running save, then one entry per running save
+_CHUNKS_LOCK = threading.Lock()
+_CHUNK_USERS: list[int] = []
 
 
 def _save_sequences_encoded(dataset: Any, path: str | os.PathLike[str]) -> None:

@@ -302,3 +302,36 @@ def test_a_failed_save_leaves_the_dataset_as_it_was(tmp_path: Path, monkeypatch:
     with pytest.raises(OSError, match="disk full"):
         frame_groups.save_as(ds, tmp_path / "x.dcm")
     assert ds[_PER_FRAME] is before and ds["PixelData"] is pixels and ds.original_encoding == (None, None)
+
+
+def test_saves_in_several_threads_put_pydicoms_chunk_size_back_when_the_last_ends() -> None:
+    """The pixel data is copied in 4 MiB chunks while any save runs (pydicom's process-wide setting); saves that
+    overlap in two threads leave the setting as it was before the first only when the last one ends."""
+    import threading
+
+    from pydicom import config
+
+    before = config.settings.buffered_read_size
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
+
+    def first() -> None:
+        with frame_groups._read_chunks(frame_groups._CHUNK):
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(10)
+        with frame_groups._read_chunks(frame_groups._CHUNK):
+            second_in.set()
+            first_out.wait(10)
+            seen["after the first ended"] = config.settings.buffered_read_size
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"after the first ended": max(before, frame_groups._CHUNK)}
+    assert config.settings.buffered_read_size == before and frame_groups._CHUNK_USERS == []
