@@ -227,9 +227,9 @@ def _tag(tag: int) -> bytes:
 
 
 def save_as(dataset: Any, path: str | os.PathLike[str]) -> None:
-    """``dataset.save_as(path)`` (pydicom), the same bytes, with the Per-frame Functional Groups Sequence encoded
-    once per distinct item and the pixel data streamed (see the module's text). ``dataset`` is left as it was:
-    its own sequence and pixel data elements are put back after."""
+    """``dataset.save_as(path)`` (pydicom), the same bytes, with its top-level sequences encoded here (each distinct
+    item once) and the pixel data streamed (see the module's text). ``dataset`` is left as it was: its own sequence
+    and pixel data elements are put back after."""
     from pydicom.dataelem import DataElement
 
     pixels = dataset.get(_PIXEL_DATA)
@@ -256,23 +256,30 @@ def _read_chunks(size: int) -> Iterator[None]:
     process-wide setting: the first to start raises it, the last to end puts the value before it back)."""
     from pydicom import config
 
-    with _CHUNKS_LOCK:
-        if not _CHUNK_USERS:
-            _CHUNK_USERS.append(config.settings.buffered_read_size)  # the value to put back
-            config.settings.buffered_read_size = max(_CHUNK_USERS[0], size)
-        _CHUNK_USERS.append(size)
+    with _CHUNKS.lock:
+        if not _CHUNKS.saves:
+            _CHUNKS.before = config.settings.buffered_read_size
+            config.settings.buffered_read_size = max(_CHUNKS.before, size)
+        _CHUNKS.saves += 1
     try:
         yield
     finally:
-        with _CHUNKS_LOCK:
-            _CHUNK_USERS.pop()
-            if len(_CHUNK_USERS) == 1:
-                config.settings.buffered_read_size = _CHUNK_USERS.pop()
+        with _CHUNKS.lock:
+            _CHUNKS.saves -= 1
+            if not _CHUNKS.saves:
+                config.settings.buffered_read_size = _CHUNKS.before
 
 
-#: guards :data:`_CHUNK_USERS`: the setting's value before the first running save, then one entry per running save
-_CHUNKS_LOCK = threading.Lock()
-_CHUNK_USERS: list[int] = []
+class _ChunkSetting:
+    """The saves running now and pydicom's chunk size before the first of them (:func:`_read_chunks`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.saves = 0
+        self.before = 0
+
+
+_CHUNKS = _ChunkSetting()
 
 
 def _save_sequences_encoded(dataset: Any, path: str | os.PathLike[str]) -> None:
@@ -282,11 +289,10 @@ def _save_sequences_encoded(dataset: Any, path: str | os.PathLike[str]) -> None:
     from pydicom.tag import BaseTag
 
     syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-    tags = [tag for tag in dataset.keys() if dataset[tag].VR == "SQ"]
-    if not tags or syntax is None or syntax.is_implicit_VR or not syntax.is_little_endian:
+    elements = {tag: elem for tag in dataset.keys() if (elem := dataset[tag]).VR == "SQ"}
+    if not elements or syntax is None or syntax.is_implicit_VR or not syntax.is_little_endian:
         dataset.save_as(os.fspath(path))
         return
-    elements = {tag: dataset[tag] for tag in tags}
     encoder = _Encoder(dataset.get("SpecificCharacterSet", default_encoding))
     values = {}
     try:
@@ -299,7 +305,7 @@ def _save_sequences_encoded(dataset: Any, path: str | os.PathLike[str]) -> None:
         dataset.save_as(os.fspath(path))
         return
     read_encoding = (dataset.original_encoding, dataset.original_character_set)
-    for tag in tags:
+    for tag in elements:
         del dataset[tag]
     try:
         # what pydicom's write_dataset would do on the way in (the ambiguous VRs of the other elements) is done
@@ -314,7 +320,7 @@ def _save_sequences_encoded(dataset: Any, path: str | os.PathLike[str]) -> None:
         for tag, element in elements.items():
             dataset[tag] = element
         dataset.set_original_encoding(read_encoding[0][0], read_encoding[0][1], read_encoding[1])
-    log.debug("%d sequence(s) of %d item(s), %d distinct datasets encoded", len(tags),
+    log.debug("%d sequence(s) of %d item(s), %d distinct datasets encoded", len(elements),
               sum(len(e.value) for e in elements.values()), encoder.distinct)
 
 

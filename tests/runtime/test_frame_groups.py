@@ -334,4 +334,4 @@ def test_saves_in_several_threads_put_pydicoms_chunk_size_back_when_the_last_end
     for t in threads:
         t.join(20)
     assert seen == {"after the first ended": max(before, frame_groups._CHUNK)}
-    assert config.settings.buffered_read_size == before and frame_groups._CHUNK_USERS == []
+    assert config.settings.buffered_read_size == before and frame_groups._CHUNKS.saves == 0
