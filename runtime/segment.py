@@ -16,6 +16,7 @@ import numpy as np
 from edgeseg import __version__
 from edgeseg.bundle.schema import Bundle, Part, Variant
 from edgeseg.errors import InferenceError
+from edgeseg.runtime.heap import release_freed_memory
 from edgeseg.runtime.infer.engine import Engine
 from edgeseg.runtime.infer.sliding_window import AccumulatingRequest, sliding_window, window_jobs
 from edgeseg.runtime.infer.tiling import tile_count
@@ -118,6 +119,7 @@ def segment_volume(volume: Volume, bundle: Bundle, options: SegmentOptions, engi
         except FloatingPointError as err:
             raise InferenceError(f"Part '{part.name}': {err}") from err
         del prediction
+        release_freed_memory()  # the logits and the resampling workers' buffers, before the next part's
         timings.resample += time.perf_counter() - t0
         t0 = time.perf_counter()
         merge_part(merged, part_labels, part)

@@ -105,7 +105,8 @@ class Engine:
     device: str
     precision: str
     compile_s: float
-    #: the engine's own infer request, reused series after series (its buffers stay allocated)
+    #: the engine's own infer request, reused tile after tile within a window; dropped by :meth:`release` with its
+    #: input and output tensors (a window's are the accumulator region: 126 MB each for a 30-class 128^3 tile)
     request: Any = None
     #: export's fidelity verdict on the precision used ("passed", "failed", "unchecked"; see bundle.schema)
     verdict: str = "passed"
@@ -130,8 +131,12 @@ class Engine:
         return [self.request, *self.spares[:max(0, n - 1)]]
 
     def release(self) -> None:
-        """Free the intermediate buffers and the spare requests' outputs (the compiled model stays loaded); the
-        next inference allocates them again (0.1-0.2 s for a TS-sized 128^3 INT8 network)."""
+        """Free the intermediate buffers and the requests with their input and output tensors (the compiled model
+        stays loaded); the next window creates a request and allocates them again (0.1-0.2 s for a TS-sized 128^3
+        INT8 network). Held between series and while the other parts run, a TS-sized two-part bundle's requests
+        kept 330 MB of tensors nobody used (the 512x512x400 series of ``benchmarks/series_scaling.py`` peaked at
+        1982 MB before)."""
+        self.request = None
         self.spares.clear()
         self.compiled.release_memory()
 
@@ -190,8 +195,8 @@ def compile_part(bundle: Bundle, part: Part, device: str = "CPU", precision: str
             accumulates = compiled is not None
             if compiled is None:
                 compiled = _read_and_compile(xml, model_precision, device, config)
-            # one inference on zeros: proves this precision runs here and pays the one-off kernel set-up and
-            # buffer allocation now; the request is kept and reused for every series (no re-allocation)
+            # one inference on zeros: proves this precision runs here and pays the one-off kernel set-up now; the
+            # request is kept for the first window (:meth:`Engine.release` drops it after each)
             request = compiled.create_infer_request()
             request.infer(zero_inputs(compiled))
         except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgeseg.errors import InvalidSeriesError
 from edgeseg.runtime.naming import is_edgeseg_output
+from edgeseg.runtime.heap import release_freed_memory
 from edgeseg.runtime.read._dicom import discover_dicom, read_dicom_series
 from edgeseg.runtime.read._nifti import read_nifti
 from edgeseg.runtime.read._parrec import par_of, read_parrec, rec_files
@@ -173,10 +174,13 @@ def read_series(ref_or_path: SeriesRef | StrPath, limits: ReadLimits | None = No
                 "discover_series, or a folder or file holding only that series)."
             )
         ref = refs[0]
-    if ref.kind == NIFTI:
-        return read_nifti(ref.source, limits)
-    if ref.kind == PARREC:
-        return read_parrec(ref.source)
-    if ref.kind == DICOM:
-        return read_dicom_series(ref, limits)
+    try:
+        if ref.kind == NIFTI:
+            return read_nifti(ref.source, limits)
+        if ref.kind == PARREC:
+            return read_parrec(ref.source)
+        if ref.kind == DICOM:
+            return read_dicom_series(ref, limits)
+    finally:
+        release_freed_memory()  # the decoding workers' freed buffers: else the next stages grow the process again
     raise InvalidSeriesError(f"{ref.source}: unknown series kind {ref.kind!r} (expected dicom, nifti or parrec).")
