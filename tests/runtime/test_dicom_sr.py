@@ -117,6 +117,41 @@ def test_sr_measures_every_segment_of_the_seg(seg_type: str, axial_series: Path,
             assert not [i for i in inner if i.ConceptNameCodeSequence[0].CodeValue == "111001"]
 
 
+def test_the_sr_is_highdicoms_own_document_element_for_element(tmp_path: Path, axial_series: Path,
+                                                                seg_array: np.ndarray, labels: dict[int, str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_dicom_sr hands highdicom's constructor the report's root without its children and attaches them after
+    (sr._document: the constructor's copies of the tree cost more than the rest of the SR); the file is the one
+    highdicom's constructor makes of the whole report, every element the same but the times of creation."""
+    from edgeseg.runtime.write import sr as sr_module
+
+    vol = read_series(axial_series)
+    options = OutputOptions(preview=False, seg_type="binary")
+    (tmp_path / "fast").mkdir()
+    (tmp_path / "slow").mkdir()
+    fast = write_results(vol, seg_array, labels, options, MANIFEST, out_parent=tmp_path / "fast")
+    used: list[int] = []
+
+    def whole(*, evidence: list[Any], report: Any, **kwargs: Any) -> Any:
+        used.append(len(report[0].ContentSequence))
+        return hd.sr.Comprehensive3DSR(evidence=evidence, content=report, **kwargs)
+
+    monkeypatch.setattr(sr_module, "_document", whole)
+    slow = write_results(vol, seg_array, labels, options, MANIFEST, out_parent=tmp_path / "slow")
+    assert used and used[0] > 2  # the observer context, the procedure and the measurements: the whole tree
+    datasets = [pydicom.dcmread(r.files["dicom_sr"]) for r in (fast, slow)]
+    for ds in datasets:
+        for keyword in ("ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime"):
+            ds.pop(keyword, None)
+        for item in ds.get("ContributingEquipmentSequence", []):
+            item.pop("ContributionDateTime", None)
+    ours, highdicoms = datasets
+    assert len(ours.ContentSequence) == used[0] and ours.ContentSequence[-1].ContentSequence  # the groups
+    assert ours.SOPInstanceUID == highdicoms.SOPInstanceUID
+    assert ours == highdicoms
+    assert ours.file_meta == highdicoms.file_meta
+
+
 def test_sr_needs_no_statistics_json(tmp_path: Path) -> None:
     """The volumes come from the same computation when statistics.json is not requested; no mean intensity for a
     modality without a coded quantity (here: OT)."""
