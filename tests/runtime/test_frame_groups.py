@@ -100,6 +100,27 @@ def test_spooled_frames_are_highdicoms_own(seg_type: str, shape: tuple[int, int,
                          "DimensionOrganizationSequence"}
 
 
+def test_the_frames_of_a_plane_share_its_derivation_element(dicom_series_dirs: dict[str, Path],
+                                                            seg_array: np.ndarray, labels: dict[int, str],
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A BINARY SEG's frames of one plane (one per segment present there) carry one Derivation Image Sequence
+    element, built once per plane (FrameSpool._frame_item), holding that plane's source instance; the bytes stay
+    highdicom's (test_spooled_frames_are_highdicoms_own)."""
+    series = tmp_path / "series"
+    shutil.copytree(dicom_series_dirs["axial"], series)
+    vol = read_series(series)
+    seg = _captured_seg(monkeypatch, vol, seg_array, labels, tmp_path, "BINARY")
+    items = list(seg.PerFrameFunctionalGroupsSequence)
+    by_plane: dict[str, set[int]] = {}
+    for item in items:
+        (derivation,) = item.DerivationImageSequence
+        (source,) = derivation.SourceImageSequence
+        by_plane.setdefault(str(source.ReferencedSOPInstanceUID), set()).add(id(item.DerivationImageSequence))
+    assert len(items) > len(by_plane) > 1  # several segments on a plane: frames to share with
+    assert all(len(ids) == 1 for ids in by_plane.values())
+    assert len({id(item) for item in items}) == len(items)  # each frame its own item still
+
+
 def test_sr_bytes_equal_pydicoms(dicom_series_dirs: dict[str, Path], seg_array: np.ndarray, labels: dict[int, str],
                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The SR's content tree and evidence (nested items, text in several VRs, numbers) are encoded here too: the
