@@ -97,20 +97,16 @@ def segment_volume(volume: Volume, bundle: Bundle, options: SegmentOptions, engi
                          (_i + done / max(total, 1)) / len(variant.parts))
 
         t0 = time.perf_counter()
-        try:
-            # a network that accumulates itself: its one request, tile after tile; else the engine's requests in
-            # turn (more than 4 cores: the next tile infers while this one is aggregated)
-            model = (AccumulatingRequest(engine.window_requests(1)[0]) if engine.accumulates
-                     else engine.window_requests(window_jobs()))
-            prediction = sliding_window(pre.data, model, part.patch_size,
-                                        part.num_outputs, step, part.use_gaussian, mirror, tile_progress)
-        except FloatingPointError as err:
-            raise InferenceError(f"Part '{part.name}': {err}") from err
-        finally:
-            # memory bound: this part's activations are not needed while the next part runs, nor while the labels
-            # are read out, resampled and written (about 360 MB for a TS-sized 128^3 network; its next inference
-            # allocates them again in 0.1-0.2 s)
-            engine.release()
+        # a network that accumulates itself: its one request, tile after tile; else the engine's requests in turn
+        # (more than 4 cores: the next tile infers while this one is aggregated). The requests are this series'
+        # alone, and released (activations and tensors) when the window ends: Engine.window
+        with engine.window(1 if engine.accumulates else window_jobs()) as requests:
+            try:
+                model = AccumulatingRequest(requests[0]) if engine.accumulates else requests
+                prediction = sliding_window(pre.data, model, part.patch_size,
+                                            part.num_outputs, step, part.use_gaussian, mirror, tile_progress)
+            except FloatingPointError as err:
+                raise InferenceError(f"Part '{part.name}': {err}") from err
         timings.infer += time.perf_counter() - t0
 
         t0 = time.perf_counter()

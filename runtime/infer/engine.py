@@ -30,6 +30,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,27 +117,44 @@ class Engine:
     #: the compiled model is the network with the window's update appended (:func:`accumulating_model`): inputs
     #: the tile and its accumulator region, output the updated region
     accumulates: bool = False
+    #: held while one thread's window (:meth:`window`) or latency measurement uses the requests: a watcher with
+    #: ``max_concurrent_series`` above 1 runs series in several threads over one segmenter's engines, and two
+    #: windows on one request would infer into, and accumulate in, the same tensors
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return (1, self.part.num_input_channels, *self.part.patch_size)
 
+    @contextmanager
+    def window(self, n: int) -> Iterator[list[Any]]:
+        """:meth:`window_requests` for one sliding window, this thread's alone until the block ends (another
+        thread's window of this part waits), then :meth:`release`: a part's activations and tensors are not held
+        while the next part runs, nor while the labels are read out, resampled and written (about 600 MB for a
+        TS-sized 128^3 network; its next window allocates them again in 0.1-0.2 s)."""
+        with self.lock:
+            try:
+                yield self.window_requests(n)
+            finally:
+                self.release()
+
     def window_requests(self, n: int) -> list[Any]:
         """``n`` infer requests for the sliding window (used in turn: one infers while another's output is
-        aggregated): the engine's own request and ``n - 1`` spares, created once and kept (each holds its own
-        output buffer: 214 MB for a 51-class 128^3 fp16 tile) until :meth:`release`."""
-        if self.request is None:
-            self.request = self.compiled.create_infer_request()
+        aggregated): the engine's own request and ``n - 1`` spares, created where :meth:`release` dropped them
+        (each holds its own output buffer: 214 MB for a 51-class 128^3 fp16 tile). Use :meth:`window`, which
+        holds :attr:`lock`, unless no other thread can use the engine."""
+        request = self.request if self.request is not None else self.compiled.create_infer_request()
+        self.request = request
         while len(self.spares) < n - 1:
             self.spares.append(self.compiled.create_infer_request())
-        return [self.request, *self.spares[:max(0, n - 1)]]
+        return [request, *self.spares[:max(0, n - 1)]]
 
     def release(self) -> None:
         """Free the intermediate buffers and the requests with their input and output tensors (the compiled model
         stays loaded); the next window creates a request and allocates them again (0.1-0.2 s for a TS-sized 128^3
         INT8 network). Held between series and while the other parts run, a TS-sized two-part bundle's requests
-        kept 330 MB of tensors nobody used (the 512x512x400 series of ``benchmarks/series_scaling.py`` peaked at
-        1982 MB before)."""
+        kept 330 MB of tensors nobody used (the 512x512x400 DICOM series of ``benchmarks/series_scaling.py``
+        peaked at 1982 MB with them, 1789 MB without)."""
         self.request = None
         self.spares.clear()
         self.compiled.release_memory()
@@ -196,7 +215,7 @@ def compile_part(bundle: Bundle, part: Part, device: str = "CPU", precision: str
             if compiled is None:
                 compiled = _read_and_compile(xml, model_precision, device, config)
             # one inference on zeros: proves this precision runs here and pays the one-off kernel set-up now; the
-            # request is kept for the first window (:meth:`Engine.release` drops it after each)
+            # request is kept until the engine's first release (after a window or a latency measurement)
             request = compiled.create_infer_request()
             request.infer(zero_inputs(compiled))
         except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
@@ -459,12 +478,11 @@ def engine_tile_latency(engine: Engine, repeats: int = 3) -> float:
     Its working memory is released after."""
     inputs = zero_inputs(engine.compiled)  # with the accumulator region where the engine accumulates: it counts
     inputs[0] = np.random.default_rng(0).standard_normal(engine.input_shape).astype(np.float32)
-    request = engine.compiled.create_infer_request()
     times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        request.infer(inputs, share_inputs=True, share_outputs=True)
-        times.append(time.perf_counter() - t0)
-    del request
-    engine.release()
+    with engine.window(1) as (request,):  # not beside another thread's window (nor timed against it)
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            request.infer(inputs, share_inputs=True, share_outputs=True)
+            times.append(time.perf_counter() - t0)
+        del request
     return float(np.median(times))

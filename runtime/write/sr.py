@@ -144,7 +144,8 @@ def _document(*, evidence: list[Any], report: Any, **kwargs: Any) -> Any:
     the tree for referenced instances to check them against the evidence: for 50 structures (2000 content items)
     0.2 of the SR's 0.5 s, for a tree it then stores as given. It gets the root container without its children
     and they are attached after; the check it leaves out holds by construction (the one instance the report
-    references is the SEG, which is in ``evidence``). The dataset is highdicom's own, element for element
+    references is the SEG, which is in ``evidence``: a report that comes to reference others, key images say,
+    must add them to ``evidence`` itself). The dataset is highdicom's own, element for element
     (``tests/runtime/test_dicom_sr.py``); only the object's ``content`` property holds the root alone."""
     import highdicom as hd
     from pydicom.dataset import Dataset

@@ -119,6 +119,9 @@ def test_the_frames_of_a_plane_share_its_derivation_element(dicom_series_dirs: d
     assert len(items) > len(by_plane) > 1  # several segments on a plane: frames to share with
     assert all(len(ids) == 1 for ids in by_plane.values())
     assert len({id(item) for item in items}) == len(items)  # each frame its own item still
+    monkeypatch.setattr(frame_groups.FrameSpool, "subclass", lambda self, cls: cls)  # highdicom's own object
+    own = _captured_seg(monkeypatch, vol, seg_array, labels, tmp_path, "BINARY")
+    assert seg.PerFrameFunctionalGroupsSequence == own.PerFrameFunctionalGroupsSequence
 
 
 def test_sr_bytes_equal_pydicoms(dicom_series_dirs: dict[str, Path], seg_array: np.ndarray, labels: dict[int, str],

@@ -183,3 +183,21 @@ def test_no_part_holds_an_infer_request_between_series_and_the_next_series_gets_
     assert all(e.request is None and not e.spares for e in engines)
     np.testing.assert_array_equal(first, second)
     assert first.any()  # the landmark was segmented: the comparison compares labels
+
+
+def test_series_in_two_threads_take_turns_on_a_parts_requests(tmp_path):
+    """A watcher with max_concurrent_series 2 segments two series at once over one segmenter's engines: a window
+    has its part's requests alone (Engine.window; another thread's window of the part waits), so each series gets
+    the labels it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bundle = load_bundle(make_bundle(tmp_path / "b", parts=2))
+    volumes = [_volume((10, 10, 10), np.eye(4), landmark=(3, 3, 3)),
+               _volume((12, 10, 9), np.eye(4), landmark=(7, 5, 4))]
+    segmenter = Segmenter(bundle, SegmentOptions(precision="fp32"))
+    alone = [segmenter.segment_volume(v)[0] for v in volumes]
+    assert not np.array_equal(alone[0][:10, :10, :9], alone[1][:10, :10, :9])  # tells the two apart
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda v: segmenter.segment_volume(v)[0], volumes * 4))
+    for i, labels in enumerate(together):
+        np.testing.assert_array_equal(labels, alone[i % 2])
