@@ -91,10 +91,11 @@ DEFAULT_COMPILE_S = 2.5
 #: reading one DICOM instance and writing its share of the DICOM-SEG: 2000 slices of 64 x 64 took 49 s here, of
 #: which 5.6 s were tiles and per-voxel work, so about 0.02 s per instance
 DEFAULT_SECONDS_PER_INSTANCE = 0.02
-#: a DICOM result's costs per series, whatever its planes (the SR, the SEG's header and segment descriptions): 1.4-1.5
-#: s for the demo bundle's 50 structures on the 2-core AMD EPYC (its DICOM write stage minus the NIfTI one at 20
-#: slices); the first DICOM series of a PC that had only seen NIfTI ones was predicted -46 % without it
-DEFAULT_DICOM_RESULT_S = 1.5
+#: a DICOM result's costs per series, whatever its planes (the SR, the SEG's header and segment descriptions): 0.37
+#: s for the demo bundle, 0.52 s for the TS-sized one on the 2-core AMD EPYC Zen 4 (the DICOM write stage minus the
+#: NIfTI one at 20 slices, 2026-12-07; 1.4-1.5 s before the SEG and SR were made faster), half as much again for a
+#: slower PC; the first DICOM series of a PC that had only seen NIfTI ones was predicted -46 % without it
+DEFAULT_DICOM_RESULT_S = 0.75
 #: what a DICOM instance adds to reading the same voxels from NIfTI (opening and parsing the file): 5-6 ms there
 DEFAULT_READ_S_PER_INSTANCE = 0.006
 #: what a source plane adds to writing a DICOM result beyond the NIfTI outputs (its BINARY SEG frames, one per
@@ -117,6 +118,8 @@ STAGE_SAMPLES = 12
 #: on their first unit
 _UNTIL_SPANNED = {"preprocess:grid+input_mvoxel": "sum", "resample:grid+input_mvoxel": "sum",
                   "write:dicom_instance+mvoxel": "half"}
+#: seconds per unit a key is fitted with while its runs are all of one size (:func:`fit_stage`'s ``prior_per_unit``)
+_PRIOR_PER_UNIT = {"read:mvoxel": DEFAULT_NIFTI_S_PER_MVOXEL, "write:mvoxel": DEFAULT_NIFTI_S_PER_MVOXEL}
 #: units of work of one stage: one amount, or several for a key naming several units (``"read:instance+mvoxel"``)
 Units = float | tuple[float, ...]
 
@@ -245,13 +248,19 @@ class LatencyTable:
         entry = self._overheads.get(self.overhead_key(bundle_id, device, threads)) or {}
         samples = entry.get("stage_samples") or {}
         rates: dict[str, tuple[float, ...]] = {}
+        rows_of: dict[str, list[tuple[float, ...]]] = {}
         for k, v in samples.items():
             n_units = units_of_key(k)
             rows = [tuple(float(x) for x in sample) for sample in v if len(sample) >= n_units + 1]
             if not rows:
                 continue
+            rows_of[k] = rows
             rates[k] = (fit_stage_joint(rows, n_units, _UNTIL_SPANNED.get(k, "first")) if n_units > 1 else
-                        fit_stage(rows, last_only=k in _LAST_OBSERVED, proportional=k == "infer:tile_s"))
+                        fit_stage(rows, last_only=k in _LAST_OBSERVED, proportional=k == "infer:tile_s",
+                                  prior_per_unit=_PRIOR_PER_UNIT.get(k)))
+        dicom_write, nifti_write = "write:dicom_instance+mvoxel", "write:mvoxel"
+        if dicom_write in rows_of and nifti_write in rates and rates[nifti_write][1] > 0:
+            rates[dicom_write] = dicom_write_rates(rows_of[dicom_write], rates[nifti_write][1])
         return rates
 
     def record_stages(self, bundle_id: str, device: str, threads: int | None, units: dict[str, Units],
@@ -399,7 +408,7 @@ def stage_units(details: dict[str, Any], dicom: bool) -> dict[str, Units]:
 
 
 def fit_stage(samples: list[tuple[float, ...]], last_only: bool = False,
-              proportional: bool = False) -> tuple[float, float]:
+              proportional: bool = False, prior_per_unit: float | None = None) -> tuple[float, float]:
     """(fixed seconds, seconds per unit) of one stage from its runs' (units, seconds[, the run's total seconds]),
     oldest first: a weighted least-squares line through them once they cover two sizes (both terms kept
     non-negative), else seconds proportional to the units (one size seen). Each run weighs by the inverse of its
@@ -409,7 +418,10 @@ def fit_stage(samples: list[tuple[float, ...]], last_only: bool = False,
     the load of a shared PC changes, the last runs tell the present best); a sample without its total (older
     tables) weighs by its own seconds. ``last_only``: the last run's seconds per unit (compiling a part, measuring
     a latency: paid by a segmenter's first series only, and only by a series that does it). ``proportional``: a
-    line through zero (inference: its seconds per predicted tile-second)."""
+    line through zero (inference: its seconds per predicted tile-second). ``prior_per_unit``: from one size, these
+    seconds per unit (at most all of the seconds) and the rest fixed, instead of all of it per unit (reading and
+    writing NIfTI, :data:`_PRIOR_PER_UNIT`: a 20-slice series' write, 0.06 s, is mostly its fixed part, the
+    manifest, statistics and preview; all of it per voxel predicted 1.6 s for a 72-slice series that took 0.14 s)."""
     if last_only:
         units, seconds = samples[-1][0], samples[-1][1]
         return 0.0, seconds / units if units > 0 else 0.0
@@ -418,7 +430,11 @@ def fit_stage(samples: list[tuple[float, ...]], last_only: bool = False,
     scale = np.array([s[2] if len(s) > 2 else s[1] for s in samples])
     w = 0.8 ** np.arange(len(samples) - 1, -1, -1) / np.maximum(scale, 1e-3)  # 1/sigma per run
     w2 = w * w
-    if proportional or np.ptp(x) <= 1e-9 * max(1.0, float(x.max())):
+    one_size = np.ptp(x) <= 1e-9 * max(1.0, float(x.max()))
+    if one_size and prior_per_unit is not None and not proportional and float(x[-1]) > 0:
+        per = min(prior_per_unit, float(y[-1] / x[-1]))
+        return float(y[-1]) - per * float(x[-1]), per
+    if proportional or one_size:
         return 0.0, float(np.dot(w2 * x, y) / np.dot(w2 * x, x))
     per, fixed = np.polyfit(x, y, 1, w=w)
     if per < 0:
@@ -455,6 +471,19 @@ def fit_stage_joint(samples: list[tuple[float, ...]], n_units: int, fallback: st
         return (fixed, per, *([0.0] * (n_units - 1)))
     coef = _nonnegative_lstsq(design / norm * w[:, None], y * w)
     return tuple(float(c) for c in coef / norm)
+
+
+def dicom_write_rates(samples: list[tuple[float, ...]], per_mvoxel: float) -> tuple[float, float, float]:
+    """(fixed seconds, seconds per source instance, ``per_mvoxel``) of writing a DICOM series' results, from its
+    runs' (instances, input Mvoxels, seconds, total) and the NIfTI outputs' seconds per Mvoxel on this PC (a DICOM
+    series gets them too). Fitted jointly, instances and Mvoxels grow together on one scanner's series and the
+    plane was steered by the plane size: three 320x260 series put the DICOM-SEG's cost on the voxels and predicted
+    a 512x512x200 series' write at 7.7 s that took 3.4 s (its frames, what a SEG costs, follow the planes and the
+    structures on them). The voxels are priced at the NIfTI rate; the rest is fitted on the instances
+    (:func:`fit_stage_joint`, from one size half of it fixed)."""
+    rest = [(s[0], max(0.0, s[2] - per_mvoxel * s[1]), *s[3:]) for s in samples]
+    fixed, per_instance = fit_stage_joint(rest, 1, "half")
+    return fixed, per_instance, per_mvoxel
 
 
 def _nonnegative_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:

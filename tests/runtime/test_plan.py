@@ -232,6 +232,53 @@ def test_a_stage_is_a_fixed_cost_plus_a_cost_per_unit_once_two_sizes_ran() -> No
     assert fit_stage([(1.0, 4.0), (1.0, 1.0)])[1] < 1.2  # the machine got faster: the last run tells
 
 
+def test_nifti_reading_and_writing_from_one_size_are_mostly_fixed_until_a_second_size_ran() -> None:
+    """A 117x91x20 NIfTI series' outputs took 0.056 s (the manifest, statistics, preview: mostly fixed); all of it
+    per voxel predicted 1.6 s for a 320x260x72 series that took 0.14 s. From one size the default rate per Mvoxel
+    is the variable part and the rest fixed; a series cheaper than that rate is all variable; two sizes fit a
+    line as before."""
+    from edgeseg.runtime.plan import LatencyTable, fit_stage
+
+    assert fit_stage([(0.213, 0.056)], prior_per_unit=DEFAULT_NIFTI_S_PER_MVOXEL) == pytest.approx(
+        (0.056 - 0.213 * DEFAULT_NIFTI_S_PER_MVOXEL, DEFAULT_NIFTI_S_PER_MVOXEL))
+    assert fit_stage([(2.0, 0.01)], prior_per_unit=DEFAULT_NIFTI_S_PER_MVOXEL) == pytest.approx((0.0, 0.005))
+    two = [(0.2, 1.0), (6.0, 1.58), (25.0, 3.48)]
+    assert fit_stage(two, prior_per_unit=DEFAULT_NIFTI_S_PER_MVOXEL) == pytest.approx(fit_stage(two))
+
+    table = LatencyTable()
+    units = {"read:mvoxel": 0.213, "write:mvoxel": 0.213, "resample:grid+input_mvoxel": (0.213, 0.0)}
+    table.record_stages("b", "CPU", None, units, {"read": 0.005, "write": 0.056, "resample": 0.05, "total": 0.5})
+    rates = table.stage_rates("b", "CPU", None)
+    fixed, per = rates["write:mvoxel"]
+    assert 0.10 < fixed + per * 6.08 < 0.2  # measured: 0.138 s
+    assert rates["resample:grid+input_mvoxel"][1] == pytest.approx(0.05 / 0.213)  # other stages as before
+
+
+def test_a_dicom_series_write_prices_its_voxels_at_the_nifti_rate_and_fits_the_rest_on_its_instances() -> None:
+    """The TS-sized scaling rows as measured (2026-12-07): three 320x260 DICOM series (instances and Mvoxels grow
+    together) fitted jointly put the SEG's cost on the voxels and predicted the 512x512x200 series' write at 7.7 s;
+    it took 3.42 s. With the NIfTI runs' rate per Mvoxel for the voxels and the rest per instance: within 20 %."""
+    from edgeseg.runtime.plan import LatencyTable
+
+    table = LatencyTable()
+    for dicom, nifti in [((20, 0.213, 0.696, 16.78), (0.213, 0.105, 17.6)), ((72, 6.08, 1.611, 20.14),
+                         (6.08, 0.195, 19.32)), ((300, 25.35, 3.972, 53.61), (25.35, 0.319, 48.8))]:
+        table.record_stages("b", "CPU", None, {"write:dicom_instance+mvoxel": dicom[:2]},
+                            {"write": dicom[2], "infer": dicom[3] - dicom[2]})
+        table.record_stages("b", "CPU", None, {"write:mvoxel": nifti[0]},
+                            {"write": nifti[1], "infer": nifti[2] - nifti[1]})
+    rates = table.stage_rates("b", "CPU", None)
+    fixed, per_instance, per_mvoxel = rates["write:dicom_instance+mvoxel"]
+    assert per_mvoxel == pytest.approx(rates["write:mvoxel"][1])
+    assert 0.8 * 3.42 < fixed + per_instance * 200 + per_mvoxel * 52.4 < 1.2 * 3.42
+    assert 0.8 * 6.49 < fixed + per_instance * 400 + per_mvoxel * 104.9 < 1.2 * 6.49  # 512x512x400: 6.49 s
+
+    only_dicom = LatencyTable()  # no NIfTI runs: the joint fit as before
+    only_dicom.record_stages("b", "CPU", None, {"write:dicom_instance+mvoxel": (20, 0.213)}, {"write": 0.7})
+    assert only_dicom.stage_rates("b", "CPU", None)["write:dicom_instance+mvoxel"] == pytest.approx(
+        (0.35, 0.35 / 20, 0.0))
+
+
 def test_each_run_weighs_by_its_total_so_a_near_zero_stage_of_a_small_series_does_not_pin_the_line() -> None:
     """Preprocessing seconds of the demo bundle as series_scaling measured them (units, seconds, the run's total):
     the 117x91x20 rows are already on the network's spacing (a few milliseconds, 10x apart from run to run).
