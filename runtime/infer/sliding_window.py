@@ -174,8 +174,8 @@ def sliding_window(data: np.ndarray, model: Any, patch: Sequence[int], num_outpu
     :meth:`Aggregated.argmax` or :meth:`Aggregated.logits`.
 
     ``model`` is a sequence of ``openvino.InferRequest`` of one compiled model (used in turn: while one request's
-    tile is aggregated, the next infers; :meth:`Engine.window_requests` keeps them), a single ``InferRequest`` (tile
-    after tile), an ``openvino.CompiledModel`` (``jobs`` requests created for this call, default
+    tile is aggregated, the next infers; :meth:`Engine.window` lends them for a window), a single ``InferRequest``
+    (tile after tile), an ``openvino.CompiledModel`` (``jobs`` requests created for this call, default
     :func:`window_jobs`) or any callable mapping a (1, C, *patch) float32 array to (1, K, *patch) logits (run
     synchronously; tests use constant/synthetic models). ``threads``: aggregation threads (default
     :func:`~edgeseg.runtime.infer.aggregate.aggregation_threads` of the requests used: every core with one, one

@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 
 #: PS3.5 7.5: the Item tag (FFFE,E000) as written in little endian
 _ITEM_TAG = b"\xfe\xff\x00\xe0"
-_PER_FRAME = 0x52009230  # PerFrameFunctionalGroupsSequence
 _DERIVATION_IMAGE = 0x00089124  # DerivationImageSequence
 _PIXEL_DATA = 0x7FE00010
 _MAX_LENGTH = 0xFFFFFFFE  # the longest defined length (0xFFFFFFFF means undefined)
