@@ -34,7 +34,9 @@ Prediction, per plan (variant, tile step)::
   input Mvoxel together (a plane through the runs, :func:`fit_stage_joint`: each file's own cost and its pixels'),
   per input Mvoxel for NIfTI/PAR, preprocessing and resampling back per Mvoxel of the network grids and per
   input Mvoxel where the input is resampled, the two fitted apart (normalising and the argmax of the logits
-  follow the network grids; a zoom in and a gather back the input), postprocessing per
+  follow the network grids; a zoom in, the band around the boundaries and a gather back the input; until the runs
+  tell them apart an input Mvoxel weighs as :data:`_INPUT_WEIGHTS` says), and, apart from those, per Mvoxel of the
+  network grids where no part resamples (a series on the network's spacing: a copy and an argmax), postprocessing per
   Mvoxel, inference per predicted tile-second (the sliding window's own cost on top of the network's is in that
   ratio), writing per input Mvoxel for NIfTI/PAR and, for DICOM, per source plane and per input Mvoxel together
   (the DICOM-SEG's frames and the SR cost per plane, the masks per voxel), compiling per part not compiled yet
@@ -99,8 +101,9 @@ DEFAULT_DICOM_RESULT_S = 0.75
 #: what a DICOM instance adds to reading the same voxels from NIfTI (opening and parsing the file): 5-6 ms there
 DEFAULT_READ_S_PER_INSTANCE = 0.006
 #: what a source plane adds to writing a DICOM result beyond the NIfTI outputs (its BINARY SEG frames, one per
-#: structure present): 0.02-0.03 s for the demo bundle, 0.06 s for 50 structures on every 512x512 plane there
-DEFAULT_WRITE_S_PER_INSTANCE = 0.03
+#: structure present): 0.005 s for the demo bundle, 0.009 s for the TS-sized one on 320x260 planes, 0.015 s on
+#: 512x512 planes (2026-12-07, after the SEG was made faster; 0.02-0.06 s before), a third again for a slower PC
+DEFAULT_WRITE_S_PER_INSTANCE = 0.02
 #: reading a NIfTI input, or writing the NIfTI outputs, per Mvoxel of the input, while only DICOM runs were seen:
 #: 0.010-0.014 s there (512x512x400: read 1.09 s, write 1.30-1.42 s)
 DEFAULT_NIFTI_S_PER_MVOXEL = 0.015
@@ -118,6 +121,17 @@ STAGE_SAMPLES = 12
 #: on their first unit
 _UNTIL_SPANNED = {"preprocess:grid+input_mvoxel": "sum", "resample:grid+input_mvoxel": "sum",
                   "write:dicom_instance+mvoxel": "half"}
+#: what an input Mvoxel costs against a network-grid Mvoxel where the input is resampled, until the runs span a
+#: plane (the "sum" fallback's weights): the demo bundle's preprocessing and resampling back fitted on four
+#: resampled sizes (2026-12-07, the 2-core AMD EPYC Zen 4): 0.22 and 0.92 s per grid Mvoxel, 0.029 and 0.035 s per
+#: input Mvoxel. Series of one spacing (a site's 320x260 series at 1.19 mm) keep the two in one proportion, and one
+#: rate for both predicted a 512x512x200 series at 0.5 mm, 40 % of it the input's voxels, +67 % (resampling back
+#: 5.5 s, took 2.2 s); the grid alone would have said 0.8 s.
+_INPUT_WEIGHTS = {"preprocess:grid+input_mvoxel": (1.0, 0.13), "resample:grid+input_mvoxel": (1.0, 0.04)}
+#: seconds per input Mvoxel of preprocessing and resampling back where the input is resampled, while this PC has run
+#: only series on the network's spacing (:func:`_substitute`): the first resampled series, 320x260x72 at 1.19 mm,
+#: took 0.045 and 0.12 s per input Mvoxel with the demo bundle, 0.05 and 0.06 s with the TS-sized one
+DEFAULT_RESAMPLED_S_PER_INPUT_MVOXEL = {"preprocess": 0.05, "resample": 0.1}
 #: seconds per unit a key is fitted with while its runs are all of one size (:func:`fit_stage`'s ``prior_per_unit``)
 _PRIOR_PER_UNIT = {"read:mvoxel": DEFAULT_NIFTI_S_PER_MVOXEL, "write:mvoxel": DEFAULT_NIFTI_S_PER_MVOXEL}
 #: units of work of one stage: one amount, or several for a key naming several units (``"read:instance+mvoxel"``)
@@ -246,7 +260,7 @@ class LatencyTable:
         this PC (:func:`fit_stage`; :func:`fit_stage_joint` for a key with several units); empty before the first
         run that reported its stages."""
         entry = self._overheads.get(self.overhead_key(bundle_id, device, threads)) or {}
-        samples = entry.get("stage_samples") or {}
+        samples = _on_own_spacing_apart(entry.get("stage_samples") or {})
         rates: dict[str, tuple[float, ...]] = {}
         rows_of: dict[str, list[tuple[float, ...]]] = {}
         for k, v in samples.items():
@@ -255,7 +269,8 @@ class LatencyTable:
             if not rows:
                 continue
             rows_of[k] = rows
-            rates[k] = (fit_stage_joint(rows, n_units, _UNTIL_SPANNED.get(k, "first")) if n_units > 1 else
+            rates[k] = (fit_stage_joint(rows, n_units, _UNTIL_SPANNED.get(k, "first"), _INPUT_WEIGHTS.get(k))
+                        if n_units > 1 else
                         fit_stage(rows, last_only=k in _LAST_OBSERVED, proportional=k == "infer:tile_s",
                                   prior_per_unit=_PRIOR_PER_UNIT.get(k)))
         dicom_write, nifti_write = "write:dicom_instance+mvoxel", "write:mvoxel"
@@ -369,6 +384,20 @@ def _effective_step(part: Part, override: float | None) -> float:
     return float(part.tile_step_size) if override is None else max(float(part.tile_step_size), override)
 
 
+def _on_own_spacing_apart(samples: dict[str, list[list[float]]]) -> dict[str, list[list[float]]]:
+    """Stage samples with the runs on the network's own spacing that a table written before they had their own
+    keys kept under ``preprocess:``/``resample:grid+input_mvoxel`` (0 input Mvoxels) moved to the ``grid_mvoxel``
+    keys, ahead of the runs recorded there since."""
+    out = dict(samples)
+    for stage in ("preprocess", "resample"):
+        joint = f"{stage}:grid+input_mvoxel"
+        own = [row for row in out.get(joint, []) if len(row) >= 3 and float(row[1]) == 0.0]
+        if own:
+            out[joint] = [row for row in out[joint] if not (len(row) >= 3 and float(row[1]) == 0.0)]
+            out[f"{stage}:grid_mvoxel"] = [[row[0], *row[2:]] for row in own] + out.get(f"{stage}:grid_mvoxel", [])
+    return out
+
+
 def units_of_key(key: str) -> int:
     """How many units a rate key names (``"write:dicom_instance+mvoxel"``: 2)."""
     return key.split(":", 1)[-1].count("+") + 1
@@ -381,8 +410,9 @@ def _amounts(amount: Any) -> tuple[float, ...]:
 def stage_units(details: dict[str, Any], dicom: bool) -> dict[str, Units]:
     """Rate key -> units of work of one plan (its :func:`predict` details): ``read:instance+mvoxel`` (DICOM:
     instances and input Mvoxels, each file's own cost and its pixels') or ``read:mvoxel`` (input Mvoxels),
-    ``preprocess:``/``resample:grid+input_mvoxel`` (the network grids' Mvoxels and, where a part resamples the
-    input (``details["resampled"]``), the input's; else 0), ``postprocess:mvoxel`` (input plus network Mvoxels),
+    ``preprocess:``/``resample:grid+input_mvoxel`` (the network grids' Mvoxels and the input's, where a part
+    resamples the input, ``details["resampled"]``) or ``preprocess:``/``resample:grid_mvoxel`` (the network grids'
+    Mvoxels, where none does), ``postprocess:mvoxel`` (input plus network Mvoxels),
     ``infer:tile_s`` (the tile-seconds predicted from the measured tile latencies),
     ``write:dicom_instance+mvoxel`` (DICOM: the SEG's and SR's costs per source plane, i.e. per frame of each
     segment, and the masks' per voxel) or ``write:mvoxel`` (input Mvoxels), ``compile:part`` (the parts not
@@ -391,15 +421,18 @@ def stage_units(details: dict[str, Any], dicom: bool) -> dict[str, Units]:
     input_mv = float(details.get("input_mvoxels", 0.0) or 0.0)
     all_mv = float(details.get("mvoxels", 0.0) or 0.0)
     # preprocessing and resampling back cost per voxel of the network grids (normalising, the argmax of the
-    # fp16 logits) and per input voxel only where the input is resampled (a zoom, a gather back); fitted apart
-    resampled = bool(details.get("resampled", True))
-    grids = (max(0.0, all_mv - input_mv), input_mv if resampled else 0.0)
+    # fp16 logits) and, where the input is resampled, per input voxel too (a zoom, the band around the labels'
+    # boundaries, a gather back), fitted apart; on the network's own spacing they are other work (a copy, an
+    # argmax: the demo bundle's resampling back 0.26 s per grid Mvoxel there, 0.92 where it resamples), own keys
+    grid = max(0.0, all_mv - input_mv)
+    grids: tuple[str, Units] = (("grid+input_mvoxel", (grid, input_mv)) if bool(details.get("resampled", True)) else
+                                ("grid_mvoxel", grid))
     per_file = dicom and instances > 0
     units: dict[str, Units] = {
         "read:instance+mvoxel" if per_file else "read:mvoxel": (float(instances), input_mv) if per_file else input_mv,
-        "plan:fixed": 1.0, "preprocess:grid+input_mvoxel": grids,
+        "plan:fixed": 1.0, f"preprocess:{grids[0]}": grids[1],
         "compile:part": float(details.get("uncompiled_parts", 1)),
-        "infer:tile_s": float(details.get("tile_seconds", 0.0) or 0.0), "resample:grid+input_mvoxel": grids,
+        "infer:tile_s": float(details.get("tile_seconds", 0.0) or 0.0), f"resample:{grids[0]}": grids[1],
         "postprocess:mvoxel": all_mv,
         "write:dicom_instance+mvoxel" if per_file else "write:mvoxel": (float(instances), input_mv) if per_file
         else input_mv,
@@ -444,7 +477,8 @@ def fit_stage(samples: list[tuple[float, ...]], last_only: bool = False,
     return float(fixed), float(per)
 
 
-def fit_stage_joint(samples: list[tuple[float, ...]], n_units: int, fallback: str = "first") -> tuple[float, ...]:
+def fit_stage_joint(samples: list[tuple[float, ...]], n_units: int, fallback: str = "first",
+                    weights: tuple[float, ...] | None = None) -> tuple[float, ...]:
     """(fixed seconds, seconds per each unit) of a stage whose cost has several causes (a DICOM series' files and
     its voxels), from its runs' (units..., seconds, the run's total seconds), oldest first, weighted as
     :func:`fit_stage`: a non-negative least-squares plane once the runs span it (as many different sizes as
@@ -452,8 +486,9 @@ def fit_stage_joint(samples: list[tuple[float, ...]], n_units: int, fallback: st
     DICOM series' files); "half": the same, except that from a single size half its seconds are fixed and half per
     file (writing a DICOM result has a per-series part, the SR and the SEG's header, that one series cannot tell
     from its per-plane part; all of it per file made a 20-slice series' SR cost 15x in a 300-slice one); "sum"
-    (units of one kind): from two sizes on, one line through their sum, every unit at that rate, and from one size
-    in proportion to the first unit (the network grid, as a stage at the network's own spacing is)."""
+    (units of one kind): one line through their sum weighted by ``weights`` (what a unit costs
+    against the first; all 1 if not given), each unit at that rate times its weight, and from one size in
+    proportion to that sum."""
     x = np.array([s[:n_units] for s in samples], dtype=float)
     y = np.array([s[n_units] for s in samples], dtype=float)
     scale = np.array([s[n_units + 1] if len(s) > n_units + 1 else s[n_units] for s in samples], dtype=float)
@@ -462,9 +497,10 @@ def fit_stage_joint(samples: list[tuple[float, ...]], n_units: int, fallback: st
     norm = np.maximum(np.abs(design).max(axis=0), 1e-12)  # columns of one magnitude for the rank and the solver
     if np.linalg.matrix_rank(design / norm, tol=1e-6) < n_units + 1:
         sizes = len({tuple(row) for row in x.round(9).tolist()})
-        if fallback == "sum" and sizes > 1:
-            fixed, per = fit_stage([(float(a.sum()), float(b), float(c)) for a, b, c in zip(x, y, scale)])
-            return (fixed, *([per] * n_units))
+        if fallback == "sum":
+            unit_weights = np.asarray(weights if weights is not None else (1.0,) * n_units, dtype=float)
+            fixed, per = fit_stage([(float(a @ unit_weights), float(b), float(c)) for a, b, c in zip(x, y, scale)])
+            return (fixed, *(per * float(u) for u in unit_weights))
         if fallback == "half" and sizes == 1 and x[-1, 0] > 0:
             return (float(y[-1]) / 2, float(y[-1]) / 2 / float(x[-1, 0]), *([0.0] * (n_units - 1)))
         fixed, per = fit_stage([(float(a[0]), float(b), float(c)) for a, b, c in zip(x, y, scale)])
@@ -505,13 +541,20 @@ def _nonnegative_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _substitute(key: str, rates: dict[str, tuple[float, ...]]) -> tuple[float, ...] | None:
     """Rates for a key this PC has no runs of, from what it has: inference at the tile-seconds themselves,
-    compiling at :data:`DEFAULT_COMPILE_S` per part, and reading and writing one kind of input from the other
+    compiling at :data:`DEFAULT_COMPILE_S` per part, preprocessing and resampling back on the network's spacing at
+    the resampled runs' fixed seconds and grid rate, where the input is resampled at the other runs' rates plus
+    :data:`DEFAULT_RESAMPLED_S_PER_INPUT_MVOXEL`, reading and writing one kind of input from the other
     kind's rates of that stage (the voxels cost the same) plus the DICOM-only guesses (the files, the SEG's frames
     and the per-series SEG and SR); None where nothing stands in (the planner's overhead model then)."""
     if key == "infer:tile_s":
         return 0.0, 1.0
     if key == "compile:part":
         return 0.0, DEFAULT_COMPILE_S
+    stage, units = key.split(":", 1)
+    if units == "grid_mvoxel" and f"{stage}:grid+input_mvoxel" in rates:  # its grid rate: an upper bound
+        return rates[f"{stage}:grid+input_mvoxel"][:2]
+    if units == "grid+input_mvoxel" and f"{stage}:grid_mvoxel" in rates:
+        return (*rates[f"{stage}:grid_mvoxel"], DEFAULT_RESAMPLED_S_PER_INPUT_MVOXEL[stage])
     other = {"read:instance+mvoxel": "read:mvoxel", "read:mvoxel": "read:instance+mvoxel",
              "write:dicom_instance+mvoxel": "write:mvoxel", "write:mvoxel": "write:dicom_instance+mvoxel"}.get(key)
     if other is None or other not in rates:
