@@ -43,8 +43,11 @@ Prediction, per plan (variant, tile step)::
   (the last measured seconds per part), and the planner and the rest as fixed seconds. A stage this PC has not
   measured for this kind of input yet (the first DICOM series after NIfTI ones, or the reverse) is predicted
   from the other kind's rates of that stage plus the DICOM-only costs' guesses
-  (:data:`DEFAULT_READ_S_PER_INSTANCE`, :data:`DEFAULT_DICOM_RESULT_S`, :data:`DEFAULT_WRITE_S_PER_INSTANCE`),
-  compiling at :data:`DEFAULT_COMPILE_S` per part until a series has compiled one. The manifest's
+  (:data:`DEFAULT_READ_S_PER_INSTANCE`, :data:`DEFAULT_DICOM_RESULT_S`, :data:`DEFAULT_WRITE_S_PER_INSTANCE`);
+  likewise preprocessing and resampling back of the first series on the network's own spacing after resampled
+  ones (the resampled runs' fixed seconds and grid rate), or of the first resampled series after own-spacing ones
+  (their rates plus :data:`DEFAULT_RESAMPLED_S_PER_INPUT_MVOXEL`); compiling at :data:`DEFAULT_COMPILE_S` per part
+  until a series has compiled one. The manifest's
   ``plan.details.stages`` beside its ``run.timings_s`` shows where a prediction was off.
 * Seconds spent measuring a part's tile latency while planning (a segmenter's first series of that part) are part
   of every plan's prediction (``details["measuring_s"]``), and not of the planning rate learnt from it.
@@ -117,21 +120,22 @@ _LAST_OBSERVED = ("compile:part", "plan:fixed")
 #: runs kept per stage for its fitted line
 STAGE_SAMPLES = 12
 #: how a joint key is fitted until its runs span a plane (:func:`fit_stage_joint`'s ``fallback``): units of one
-#: kind (Mvoxels of two grids) on their sum, writing a DICOM result with a per-series part; the others ("first")
-#: on their first unit
+#: kind (Mvoxels of two grids) on their sum weighted by :data:`_INPUT_WEIGHTS`, writing a DICOM result with a
+#: per-series part; the others ("first") on their first unit
 _UNTIL_SPANNED = {"preprocess:grid+input_mvoxel": "sum", "resample:grid+input_mvoxel": "sum",
                   "write:dicom_instance+mvoxel": "half"}
 #: what an input Mvoxel costs against a network-grid Mvoxel where the input is resampled, until the runs span a
 #: plane (the "sum" fallback's weights): the demo bundle's preprocessing and resampling back fitted on four
 #: resampled sizes (2026-12-07, the 2-core AMD EPYC Zen 4): 0.22 and 0.92 s per grid Mvoxel, 0.029 and 0.035 s per
 #: input Mvoxel. Series of one spacing (a site's 320x260 series at 1.19 mm) keep the two in one proportion, and one
-#: rate for both predicted a 512x512x200 series at 0.5 mm, 40 % of it the input's voxels, +67 % (resampling back
-#: 5.5 s, took 2.2 s); the grid alone would have said 0.8 s.
+#: rate for both predicted a 512x512x200 series at 0.5 mm, 40 % of it the input's voxels, +67 % in all (its
+#: resampling back at 5.5 s, took 2.2 s); the grid alone would have said 0.8 s.
 _INPUT_WEIGHTS = {"preprocess:grid+input_mvoxel": (1.0, 0.13), "resample:grid+input_mvoxel": (1.0, 0.04)}
-#: seconds per input Mvoxel of preprocessing and resampling back where the input is resampled, while this PC has run
-#: only series on the network's spacing (:func:`_substitute`): the first resampled series, 320x260x72 at 1.19 mm,
-#: took 0.045 and 0.12 s per input Mvoxel with the demo bundle, 0.05 and 0.06 s with the TS-sized one
-DEFAULT_RESAMPLED_S_PER_INPUT_MVOXEL = {"preprocess": 0.05, "resample": 0.1}
+#: seconds per input Mvoxel that preprocessing and resampling back add, where the input is resampled, to the
+#: own-spacing runs' fixed seconds and grid rate, while this PC has run only series on the network's spacing
+#: (:func:`_substitute`): the demo bundle's first resampled series (320x260x72 at 1.19 mm, 6 input Mvoxels) took
+#: 0.23-0.27 and 0.57 s beyond those rates, 0.04 and 0.095 s per input Mvoxel (2026-12-07, the 2-core AMD EPYC Zen 4)
+DEFAULT_RESAMPLED_S_PER_INPUT_MVOXEL = {"preprocess": 0.04, "resample": 0.1}
 #: seconds per unit a key is fitted with while its runs are all of one size (:func:`fit_stage`'s ``prior_per_unit``)
 _PRIOR_PER_UNIT = {"read:mvoxel": DEFAULT_NIFTI_S_PER_MVOXEL, "write:mvoxel": DEFAULT_NIFTI_S_PER_MVOXEL}
 #: units of work of one stage: one amount, or several for a key naming several units (``"read:instance+mvoxel"``)
@@ -287,7 +291,7 @@ class LatencyTable:
         total = sum(max(0.0, float(v)) for key, v in stages.items() if key in STAGES)
         with self._lock:
             entry = dict(self._overheads.get(k, {}))
-            samples = {key: list(v) for key, v in (entry.get("stage_samples") or {}).items()}
+            samples = _on_own_spacing_apart({key: list(v) for key, v in (entry.get("stage_samples") or {}).items()})
             for rate_key, amount in units.items():
                 stage = rate_key.split(":", 1)[0]
                 amounts = _amounts(amount)
@@ -387,14 +391,16 @@ def _effective_step(part: Part, override: float | None) -> float:
 def _on_own_spacing_apart(samples: dict[str, list[list[float]]]) -> dict[str, list[list[float]]]:
     """Stage samples with the runs on the network's own spacing that a table written before they had their own
     keys kept under ``preprocess:``/``resample:grid+input_mvoxel`` (0 input Mvoxels) moved to the ``grid_mvoxel``
-    keys, ahead of the runs recorded there since."""
+    keys, ahead of the runs recorded there since (the last :data:`STAGE_SAMPLES` kept). Read and recorded through
+    this, so that the next runs move the table itself and do not push those runs out of the resampled key's."""
     out = dict(samples)
     for stage in ("preprocess", "resample"):
         joint = f"{stage}:grid+input_mvoxel"
         own = [row for row in out.get(joint, []) if len(row) >= 3 and float(row[1]) == 0.0]
         if own:
             out[joint] = [row for row in out[joint] if not (len(row) >= 3 and float(row[1]) == 0.0)]
-            out[f"{stage}:grid_mvoxel"] = [[row[0], *row[2:]] for row in own] + out.get(f"{stage}:grid_mvoxel", [])
+            moved = [[row[0], *row[2:]] for row in own] + out.get(f"{stage}:grid_mvoxel", [])
+            out[f"{stage}:grid_mvoxel"] = moved[-STAGE_SAMPLES:]
     return out
 
 
@@ -542,19 +548,21 @@ def _nonnegative_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _substitute(key: str, rates: dict[str, tuple[float, ...]]) -> tuple[float, ...] | None:
     """Rates for a key this PC has no runs of, from what it has: inference at the tile-seconds themselves,
     compiling at :data:`DEFAULT_COMPILE_S` per part, preprocessing and resampling back on the network's spacing at
-    the resampled runs' fixed seconds and grid rate, where the input is resampled at the other runs' rates plus
-    :data:`DEFAULT_RESAMPLED_S_PER_INPUT_MVOXEL`, reading and writing one kind of input from the other
-    kind's rates of that stage (the voxels cost the same) plus the DICOM-only guesses (the files, the SEG's frames
-    and the per-series SEG and SR); None where nothing stands in (the planner's overhead model then)."""
+    the resampled runs' fixed seconds and grid rate (more than the own-spacing work costs), where the input is
+    resampled at the own-spacing runs' rates plus :data:`DEFAULT_RESAMPLED_S_PER_INPUT_MVOXEL` per input Mvoxel,
+    reading and writing one kind of input from the other kind's rates of that stage (the voxels cost the same)
+    plus the DICOM-only guesses (the files, the SEG's frames and the per-series SEG and SR); None where nothing
+    stands in (the planner's overhead model then)."""
     if key == "infer:tile_s":
         return 0.0, 1.0
     if key == "compile:part":
         return 0.0, DEFAULT_COMPILE_S
     stage, units = key.split(":", 1)
-    if units == "grid_mvoxel" and f"{stage}:grid+input_mvoxel" in rates:  # its grid rate: an upper bound
-        return rates[f"{stage}:grid+input_mvoxel"][:2]
-    if units == "grid+input_mvoxel" and f"{stage}:grid_mvoxel" in rates:
-        return (*rates[f"{stage}:grid_mvoxel"], DEFAULT_RESAMPLED_S_PER_INPUT_MVOXEL[stage])
+    if units == "grid_mvoxel" and f"{stage}:grid+input_mvoxel" in rates:
+        return rates[f"{stage}:grid+input_mvoxel"][:2]  # the resampled work's fixed seconds and grid rate: more
+    per_input = DEFAULT_RESAMPLED_S_PER_INPUT_MVOXEL.get(stage)
+    if units == "grid+input_mvoxel" and f"{stage}:grid_mvoxel" in rates and per_input is not None:
+        return (*rates[f"{stage}:grid_mvoxel"], per_input)
     other = {"read:instance+mvoxel": "read:mvoxel", "read:mvoxel": "read:instance+mvoxel",
              "write:dicom_instance+mvoxel": "write:mvoxel", "write:mvoxel": "write:dicom_instance+mvoxel"}.get(key)
     if other is None or other not in rates:
@@ -579,7 +587,7 @@ def predict_stages(details: dict[str, Any], rates: dict[str, tuple[float, ...]])
         if got is None:
             return None
         fixed, *pers = got
-        out[stage] = out.get(stage, 0.0) + fixed + sum(p * a for p, a in zip(pers, _amounts(amount)))
+        out[stage] = out.get(stage, 0.0) + fixed + sum(p * a for p, a in zip(pers, _amounts(amount), strict=True))
     return out
 
 

@@ -336,7 +336,7 @@ def _demo_stage_predictions(runs: list[tuple[str, float, float, float, float, fl
     details = {"mvoxels": grid + (inp or 0.21294), "input_mvoxels": inp or 0.21294, "resampled": inp > 0,
                "tile_seconds": 1.0}
     rates = {**table.stage_rates("b", "CPU", None), "read:mvoxel": (0.0, 0.0), "write:mvoxel": (0.0, 0.0),
-             "postprocess:mvoxel": (0.0, 0.0), "plan:fixed": (0.0,), "other:fixed": (0.0,),
+             "postprocess:mvoxel": (0.0, 0.0), "plan:fixed": (0.0, 0.0), "other:fixed": (0.0, 0.0),
              "compile:part": (0.0, 0.0), "infer:tile_s": (0.0, 0.0)}
     stages = predict_stages(details, rates)
     assert stages is not None
@@ -347,16 +347,17 @@ def test_resampled_and_own_spacing_series_are_fitted_apart_and_input_voxels_weig
     """The demo bundle's measured runs: on the network's own spacing resampling back is an argmax (0.26 s per grid
     Mvoxel), where the input is resampled it is the band and the gather (0.92 s per grid Mvoxel and 0.035 per input
     Mvoxel): one plane through both predicted a 320x260x72 series' resampling back at 0.39 s after a history of
-    all sizes (took 0.69-0.78 s), the 117x91x20 one's at 0.17 s (took 0.06 s), and from the 320x260 series alone,
-    one rate for both units put a 512x512x200 series' at 5.5 s (took 2.2 s). Each within 25 % now."""
+    all sizes (took 0.69-0.78 s), the 117x91x20 one's at 0.17 s (took 0.05-0.09 s), and from the 320x260 series
+    alone, one rate for both units put a 512x512x200 series' at 5.5 s (took 2.2 s). Each stage within 25 % of what
+    its runs took now."""
     own, first_zoom = DEMO_RUNS[:2], DEMO_RUNS[2]
     prep, resample = _demo_stage_predictions(own, first_zoom[1:3])  # the first resampled series
-    assert 0.75 * 0.69 < resample < 1.25 * 0.69 and 0.75 * 0.25 < prep < 1.25 * 0.29
+    assert 0.75 * 0.69 < resample < 1.25 * 0.69 and 0.75 * 0.25 < prep < 1.25 * 0.25
     prep, resample = _demo_stage_predictions(DEMO_RUNS[:6], DEMO_RUNS[6][1:3])  # the first at 0.5 mm
     assert 0.75 * 2.24 < resample < 1.25 * 2.24 and 0.75 * 1.61 < prep < 1.25 * 1.61
     history = DEMO_RUNS * 2
     _, resample = _demo_stage_predictions(history, own[0][1:3])
-    assert 0.75 * 0.057 < resample < 1.25 * 0.09
+    assert 0.75 * 0.05 < resample < 1.25 * 0.09
     _, resample = _demo_stage_predictions(history, first_zoom[1:3])
     assert 0.75 * 0.69 < resample < 1.25 * 0.78
 
@@ -376,11 +377,55 @@ def test_a_table_from_before_keeps_its_own_spacing_runs_under_their_new_keys(tmp
     assert fixed + per_grid * 0.470916 + per_input * 5.9904 == pytest.approx(0.78)
 
 
+def test_a_stage_of_one_kind_of_series_stands_in_for_the_other_until_it_ran() -> None:
+    """Before this PC has run a series on the network's own spacing, its preprocessing and resampling back take the
+    resampled runs' fixed seconds and grid rate (the resampled work costs more); before it has run a resampled one,
+    the own-spacing rates plus the default per input Mvoxel. Each with as many rates as its key has units."""
+    from edgeseg.runtime.plan import DEFAULT_RESAMPLED_S_PER_INPUT_MVOXEL, _substitute
+
+    rates = {"resample:grid+input_mvoxel": (0.1, 0.9, 0.035), "preprocess:grid_mvoxel": (0.002, 0.014)}
+    assert _substitute("resample:grid_mvoxel", rates) == (0.1, 0.9)
+    assert _substitute("preprocess:grid+input_mvoxel", rates) == (
+        0.002, 0.014, DEFAULT_RESAMPLED_S_PER_INPUT_MVOXEL["preprocess"])
+    assert _substitute("preprocess:grid_mvoxel", {}) is None and _substitute("resample:grid+input_mvoxel", {}) is None
+
+
+def test_an_older_tables_own_spacing_runs_move_to_their_keys_and_stay_there(tmp_path: Path) -> None:
+    """An older table's own-spacing runs (under the resampled keys, 0 input Mvoxels) go ahead of the runs recorded
+    under the new keys, for both stages, the last STAGE_SAMPLES kept; the next recorded run writes the table so
+    moved, and twelve resampled runs after it no longer push the own-spacing ones out."""
+    from edgeseg.runtime.plan import STAGE_SAMPLES, LatencyTable, _on_own_spacing_apart
+
+    old = [[0.21, 0.0, round(0.05 + i / 1000, 3), 0.5] for i in range(5)]
+    samples = {"resample:grid+input_mvoxel": [*old[:3], [0.47, 6.0, 0.7, 1.8]],
+               "preprocess:grid+input_mvoxel": [[0.21, 0.0, 0.003]],
+               "resample:grid_mvoxel": [[0.21, round(0.06 + i / 1000, 3), 0.5] for i in range(11)]}
+    moved = _on_own_spacing_apart(samples)
+    assert moved["resample:grid+input_mvoxel"] == [[0.47, 6.0, 0.7, 1.8]]
+    assert moved["preprocess:grid_mvoxel"] == [[0.21, 0.003]] and "preprocess:grid+input_mvoxel" not in [
+        k for k, v in moved.items() if v]
+    own = moved["resample:grid_mvoxel"]
+    # the moved runs ahead of the newer ones, the last STAGE_SAMPLES of the 14 kept: the two oldest dropped
+    assert len(own) == STAGE_SAMPLES and own[:2] == [[0.21, 0.052, 0.5], [0.21, 0.06, 0.5]]
+    assert own[-1] == [0.21, 0.07, 0.5]
+
+    path = tmp_path / "latency.json"
+    path.write_text(json.dumps({"version": 1, "tiles": {}, "overheads": {"b|CPU|auto": {
+        "stage_samples": {"resample:grid+input_mvoxel": old}}}}), encoding="utf-8")
+    table = LatencyTable(path)
+    for _ in range(STAGE_SAMPLES):
+        table.record_stages("b", "CPU", None, {"resample:grid+input_mvoxel": (0.47, 6.0)}, {"resample": 0.7})
+    stored = json.loads(path.read_text(encoding="utf-8"))["overheads"]["b|CPU|auto"]["stage_samples"]
+    assert stored["resample:grid_mvoxel"] == [[0.21, row[2], 0.5] for row in old]
+    assert LatencyTable(path).stage_rates("b", "CPU", None)["resample:grid_mvoxel"][1] == pytest.approx(
+        float(np.mean([row[2] for row in old])) / 0.21, rel=0.05)
+
+
 def test_a_dicom_stage_is_fitted_per_file_and_per_voxel_together() -> None:
     """Writing a DICOM series' results costs per source plane (the SEG's frames, the SR) and per voxel (the
     masks): runs of different shapes give back both rates and predict a new shape; a first run predicts in
     proportion to its files (a small series' fixed costs), never extrapolated from its few voxels."""
-    from edgeseg.runtime.plan import fit_stage_joint, predict_stages, stage_units
+    from edgeseg.runtime.plan import fit_stage_joint, predict_stages, stage_units, units_of_key
 
     def cost(inst: float, mv: float) -> float:
         return 0.7 + 0.025 * inst + 0.1 * mv
@@ -409,7 +454,7 @@ def test_a_dicom_stage_is_fitted_per_file_and_per_voxel_together() -> None:
     units = stage_units(details, True)
     assert units["write:dicom_instance+mvoxel"] == (400.0, 104.9)
     assert units["read:instance+mvoxel"] == (400.0, 104.9)
-    rates = {key: (0.0, 0.0) for key in units}
+    rates = {key: (0.0,) * (1 + units_of_key(key)) for key in units}
     rates["write:dicom_instance+mvoxel"] = (fixed, per_file, per_mv)
     rates["read:instance+mvoxel"] = (0.1, 0.001, 0.01)
     stages = predict_stages(details, rates)
