@@ -193,6 +193,9 @@ class LatencyTable:
                 if data.get("version") == self.VERSION:
                     self._tiles = dict(data.get("tiles", {}))
                     self._overheads = dict(data.get("overheads", {}))
+                    for entry in self._overheads.values():  # a table from before the own-spacing keys
+                        if isinstance(entry, dict) and entry.get("stage_samples"):
+                            entry["stage_samples"] = _on_own_spacing_apart(entry["stage_samples"])
             except (OSError, ValueError, AttributeError) as err:
                 log.warning("latency table unreadable, starting empty: path=%s error=%s", self.path, err)
 
@@ -264,7 +267,7 @@ class LatencyTable:
         this PC (:func:`fit_stage`; :func:`fit_stage_joint` for a key with several units); empty before the first
         run that reported its stages."""
         entry = self._overheads.get(self.overhead_key(bundle_id, device, threads)) or {}
-        samples = _on_own_spacing_apart(entry.get("stage_samples") or {})
+        samples = entry.get("stage_samples") or {}
         rates: dict[str, tuple[float, ...]] = {}
         rows_of: dict[str, list[tuple[float, ...]]] = {}
         for k, v in samples.items():
@@ -291,7 +294,7 @@ class LatencyTable:
         total = sum(max(0.0, float(v)) for key, v in stages.items() if key in STAGES)
         with self._lock:
             entry = dict(self._overheads.get(k, {}))
-            samples = _on_own_spacing_apart({key: list(v) for key, v in (entry.get("stage_samples") or {}).items()})
+            samples = {key: list(v) for key, v in (entry.get("stage_samples") or {}).items()}
             for rate_key, amount in units.items():
                 stage = rate_key.split(":", 1)[0]
                 amounts = _amounts(amount)
@@ -391,8 +394,9 @@ def _effective_step(part: Part, override: float | None) -> float:
 def _on_own_spacing_apart(samples: dict[str, list[list[float]]]) -> dict[str, list[list[float]]]:
     """Stage samples with the runs on the network's own spacing that a table written before they had their own
     keys kept under ``preprocess:``/``resample:grid+input_mvoxel`` (0 input Mvoxels) moved to the ``grid_mvoxel``
-    keys, ahead of the runs recorded there since (the last :data:`STAGE_SAMPLES` kept). Read and recorded through
-    this, so that the next runs move the table itself and do not push those runs out of the resampled key's."""
+    keys, ahead of the runs recorded there since (the last :data:`STAGE_SAMPLES` kept). Applied once, as
+    :class:`LatencyTable` loads the table: the next runs are recorded in, and saved with, the moved table, so they do
+    not push those runs out of the resampled key's."""
     out = dict(samples)
     for stage in ("preprocess", "resample"):
         joint = f"{stage}:grid+input_mvoxel"

@@ -143,11 +143,11 @@ class Engine:
         aggregated): the engine's own request and ``n - 1`` spares, created where :meth:`release` dropped them
         (each holds its own output buffer: 214 MB for a 51-class 128^3 fp16 tile). Use :meth:`window`, which
         holds :attr:`lock`, unless no other thread can use the engine."""
-        request = self.request if self.request is not None else self.compiled.create_infer_request()
-        self.request = request
+        if self.request is None:
+            self.request = self.compiled.create_infer_request()
         while len(self.spares) < n - 1:
             self.spares.append(self.compiled.create_infer_request())
-        return [request, *self.spares[:max(0, n - 1)]]
+        return [self.request, *self.spares[:max(0, n - 1)]]
 
     def release(self) -> None:
         """Free the intermediate buffers and the requests with their input and output tensors (the compiled model
