@@ -16,7 +16,9 @@ planner predicts it; 1e6 s unless ``--budget``), the compiled-model cache and th
 shared by the rows (the planner learns its per-stage rates from the rows before, as it would on this PC), and the
 default outputs (for DICOM: the DICOM-SEG and SR too). Printed per row: the manifest's seconds per stage (they add
 up to the wall time), the planner's prediction and its error, the share of the wall time outside network inference,
-each stage's ratio to the inference time, and the peak RSS.
+each stage's ratio to the inference time, and the peak RSS. ``--warm-up``: the first row's set-up runs the
+watcher's warm-up (:mod:`edgeseg.runtime.warmup`), so that a fresh folder's rows are those of a watcher started on
+a PC that had run nothing.
 """
 from __future__ import annotations
 
@@ -106,6 +108,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             # engine's working memory when it ends (runtime/segment.py), so a series never starts with another
             # part's activations held (compiled and warm here, they would stay held through the first part)
             segmenter.engine(part).release()
+    if args.warm_up:  # what a watcher does before its first series on a PC with no runs of the bundle (warm_up)
+        segmenter.warm_up(work / "warm-up")
     setup = time.monotonic() - t0
     with tempfile.TemporaryDirectory(prefix="edgeseg-scaling-") as out:
         t0 = time.monotonic()
@@ -134,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="set the segmenter up before the timed series (compile every part, measure missing tile "
                          "latencies), as a watcher does once per bundle: the row is then one series of a running "
                          "workstation, and the set-up is printed apart")
+    ap.add_argument("--warm-up", action="store_true",
+                    help="before the first row, the watcher's warm-up (edgeseg.runtime.warmup: the shipped MRI "
+                         "segmented as NIfTI and as DICOM, recorded in the latency table) where the table has no "
+                         "runs of the bundle yet, as a watcher does at its start on a fresh PC; in the set-up time")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.worker:
@@ -150,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [__file__, "--worker", "--input", str(path), "--bundle", args.bundle, "--label", args.label,
                    "--budget", str(args.budget), "--work", str(args.work), "--precision", args.precision]
             cmd += (["--seg-type", args.seg_type] if args.seg_type else []) + (["--warm"] if args.warm else [])
+            cmd += ["--warm-up"] if args.warm_up else []
             got, _ = run_child(cmd)
             t = got["timings"]
             infer = max(float(t["infer"]), 1e-9)

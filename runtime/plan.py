@@ -310,6 +310,11 @@ class LatencyTable:
             self._overheads[k] = entry
             self._save()
 
+    def has_runs(self, bundle_id: str, device: str, threads: int | None) -> bool:
+        """Whether a series of this bundle has run on this PC with this device and threads (its stages kept)."""
+        entry = self._overheads.get(self.overhead_key(bundle_id, device, threads)) or {}
+        return bool(entry.get("stage_samples"))
+
     def get_or_measure(self, bundle: Bundle, part: Part, precision: str, device: str, threads: int | None,
                        measure: MeasureFn | None) -> float | None:
         """The cached latency, or measure it now (and cache it) when ``measure`` is given."""
@@ -765,6 +770,11 @@ class Planner:
             return self.measure(bundle, part, precision, device, threads)
         finally:
             self._measuring_s += time.perf_counter() - t0
+
+    def has_runs(self) -> bool:
+        """Whether this PC has run a series of the bundle with this device and threads (:mod:`~edgeseg.runtime.
+        warmup` runs two when not)."""
+        return self.table.has_runs(self.bundle_id, self.device, self.threads)
 
     def plan(self, geometry: SeriesGeometry | None, budget_s: float | None, instances: int = 0,
              ceiling_s: float | None = None) -> Plan:

@@ -41,6 +41,7 @@ from edgeseg.runtime.options import SegmentOptions
 from edgeseg.runtime.plan import LatencyTable, MeasureFn, Plan, Planner
 from edgeseg.runtime.read import DICOM, SeriesGeometry, SeriesRef, Volume, read_series
 from edgeseg.runtime.segment import Timings, run_manifest, segment_volume
+from edgeseg.runtime.warmup import WarmUpRun, warm_up
 from edgeseg.runtime.write import SegmentResult, describe_missing, write_results
 from edgeseg.typing import StrPath
 
@@ -166,6 +167,11 @@ class SeriesSegmenter(ABC):
             self.planner.record(plan, seconds, read_write_s=read_write, stages=stages)
         return result
 
+    def warm_up(self, folder: Path, cancel: threading.Event | None = None, force: bool = False) -> list[WarmUpRun]:
+        """Measure this PC before the first series (:func:`edgeseg.runtime.warmup.warm_up`); a segmenter without the
+        real pipeline has nothing to measure."""
+        return []
+
     def _planning_input(self, source: Source, timings: Timings) -> tuple[Source, SeriesGeometry | None, int]:
         """What the planner sees of ``source``: (the source to segment, its geometry, DICOM instances)."""
         if isinstance(source, SeriesRef):
@@ -237,6 +243,12 @@ class Segmenter(SeriesSegmenter):
             while len(self._engines) > MAX_ENGINES:
                 self._engines.popitem(last=False)
         return engine
+
+    def warm_up(self, folder: Path, cancel: threading.Event | None = None, force: bool = False) -> list[WarmUpRun]:
+        """Segment the shipped MRI as NIfTI and as DICOM under ``folder`` (results dropped) when the planner has no
+        runs of this bundle on this PC (``force``: even then), so that the first series is predicted from measured
+        rates (:func:`edgeseg.runtime.warmup.warm_up`)."""
+        return warm_up(self, folder, cancel, force)
 
     def segment_volume(self, volume: Volume, options: SegmentOptions | None = None,
                        progress: ProgressCallback | None = None,

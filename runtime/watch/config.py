@@ -118,6 +118,8 @@ class WatchConfig:
     time_budget_s: float | None = default("time_budget_s")
     #: hard limit per series: refused up front when even the fastest plan cannot fit, cancelled when run past it
     time_ceiling_s: float | None = default("time_ceiling_s")
+    #: before the first series of the bundle on this PC, segment the shipped MRI so the planner has measured rates
+    warm_up: bool = default("warm_up")
     outputs: OutputOptions = field(default_factory=OutputOptions)
     #: the 3-D stacks of a series that holds several (echoes, image types, time points) to segment: all or first
     echoes: Echoes = default("echoes")
@@ -247,6 +249,7 @@ def load_config(
         precision=values["precision"],
         time_budget_s=values["time_budget_s"],
         time_ceiling_s=values["time_ceiling_s"],
+        warm_up=values["warm_up"],
         limits=ReadLimits(
             max_voxels=values["limits.max_voxels"],
             max_decompressed_mb=values["limits.max_decompressed_mb"],

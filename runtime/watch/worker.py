@@ -150,7 +150,14 @@ class Worker:
         self.once = once
 
     def loop(self) -> None:
-        """One worker thread: take a job, run it, report its outcome on ``finished``."""
+        """One worker thread: take a job, run it, report its outcome on ``finished``. First, when this PC has run no
+        series of the bundle, the warm-up (``warm_up``; :mod:`edgeseg.runtime.warmup`: one worker runs it, the
+        others wait for it)."""
+        if self.config.warm_up:
+            try:
+                self.segmenter.warm_up(self.config.state_dir, cancel=self.stop)
+            except SeriesCancelled:
+                return
         while not self.stop.is_set():
             try:
                 job = self.jobs.get(timeout=0.2)

@@ -1,0 +1,115 @@
+"""Warm-up: measure this PC's costs around the network before the first real series of a bundle.
+
+The planner (:mod:`edgeseg.runtime.plan`) predicts a series stage by stage from the runs on this PC. On a PC that
+has run nothing with a bundle it has only its guesses, set for a PC slower than most (a first series predicted
++68 % on the 2-core AMD EPYC Zen 4, a first DICOM series after NIfTI ones +125 %): a site's first series may then
+run a faster variant it did not need, or, on a PC slower than the guesses, overrun its budget.
+
+:func:`warm_up` segments the MRI shipped with edgeseg (:func:`edgeseg.demo.demo_mri_path`, 117x91x20 at 3 mm),
+through the segmenter's own pipeline with the outputs the settings ask for, twice: as a NIfTI file on its own grid
+and as a classic MR DICOM series at half the in-plane spacing (234x182x20, 1.5 x 1.5 x 3 mm; with the demo bundle,
+a series the network resamples). The planner records the two runs as it records every series (its
+:class:`~edgeseg.runtime.plan.LatencyTable`), so the first real series is predicted from this PC's measured rates;
+the engines are compiled and the tile latencies measured on the way, which the first series would pay otherwise.
+Inputs and results live in a hidden folder of their own under ``folder`` (the watcher's state folder) and are
+removed afterwards. Once per bundle, device and threads: the latency table remembers the runs, and a PC that has
+run series of the bundle skips it. The watcher runs it before its first series (``warm_up``, on by default).
+
+A warm-up that fails is a WARNING and the watcher goes on (its first series is then planned from the guesses); a
+stop request ends it (:class:`~edgeseg.runtime.segmenter.SeriesCancelled`).
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeseg.errors import EdgesegError
+
+if TYPE_CHECKING:
+    from edgeseg.runtime.segmenter import SeriesSegmenter
+
+__all__ = ["WarmUpRun", "warm_up", "warm_up_inputs"]
+
+log = logging.getLogger(__name__)
+
+#: one warm-up at a time per process (a watcher's workers wait for it, then find it done)
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class WarmUpRun:
+    """One warm-up series: what it was and the seconds it took (the manifest's per-stage timings)."""
+
+    kind: str
+    shape: tuple[int, int, int]
+    seconds: float
+    timings: dict[str, float]
+
+
+def warm_up_inputs(folder: Path) -> list[tuple[str, Path, tuple[int, int, int]]]:
+    """The warm-up series written under ``folder``: (kind, path, shape) of the shipped MRI as NIfTI on its own grid
+    and as a classic DICOM series at half its in-plane spacing. :class:`~edgeseg.errors.BundleError` when this
+    installation lacks the MRI."""
+    import shutil
+
+    import numpy as np
+    from scipy import ndimage
+
+    from edgeseg.demo import demo_mri_path
+    from edgeseg.demo.dicom_series import write_dicom_series
+    from edgeseg.runtime.read import read_series
+
+    mri = demo_mri_path()
+    folder.mkdir(parents=True, exist_ok=True)
+    nifti = folder / "warm-up.nii.gz"
+    shutil.copyfile(mri, nifti)
+    volume = read_series(mri)
+    finer = np.round(ndimage.zoom(volume.array, (2.0, 2.0, 1.0), order=1)).astype(np.int16)
+    affine = volume.affine.copy()
+    affine[:3, :2] /= 2.0  # about half the spacing along the first two axes (a timing input: its masks are dropped)
+    dicom = folder / "warm-up-dicom"
+    write_dicom_series((finer, affine), dicom, series_description="edgeseg warm-up", patient_id="EDGESEG-WARM-UP")
+    return [("nifti", nifti, _shape(volume.array)), ("dicom", dicom, _shape(finer))]
+
+
+def _shape(array: Any) -> tuple[int, int, int]:
+    i, j, k = (int(n) for n in array.shape)
+    return i, j, k
+
+
+def warm_up(segmenter: SeriesSegmenter, folder: Path, cancel: threading.Event | None = None,
+            force: bool = False) -> list[WarmUpRun]:
+    """Segment the warm-up series (module docstring) with ``segmenter`` under ``folder`` unless its planner has
+    runs of this bundle on this PC already (``force``: even then). Returns the runs (empty: nothing to do, or it
+    failed: logged). Raises :class:`~edgeseg.runtime.segmenter.SeriesCancelled` when ``cancel`` is set."""
+    planner = segmenter.planner
+    if planner is None:  # no budget and no ceiling: nothing is planned, nothing to learn
+        return []
+    with _LOCK:
+        if planner.has_runs() and not force:
+            return []
+        log.info("warm-up: measuring this PC with the shipped MRI before the first series (bundle=%s device=%s "
+                 "threads=%s); once per bundle", segmenter.name, planner.device, planner.threads or "auto")
+        runs: list[WarmUpRun] = []
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".edgeseg-warm-up-", dir=folder) as tmp:
+            try:
+                inputs = warm_up_inputs(Path(tmp) / "inputs")
+                results = Path(tmp) / "results"
+                results.mkdir()
+                for i, (kind, path, shape) in enumerate(inputs, 1):
+                    t0 = time.monotonic()
+                    result = segmenter.segment(path, out_parent=results, cancel=cancel)
+                    seconds = time.monotonic() - t0
+                    runs.append(WarmUpRun(kind, shape, seconds, dict(result.timings or {})))
+                    log.info("warm-up series %d/%d done: kind=%s shape=%s seconds=%.2f", i, len(inputs), kind,
+                             "x".join(map(str, shape)), seconds)
+            except (EdgesegError, OSError, MemoryError) as err:
+                log.warning("warm-up failed, the first series is planned from the planner's guesses: error=%s", err)
+                return runs
+        return runs

@@ -1,0 +1,80 @@
+"""The warm-up (edgeseg.runtime.warmup): before the first series of a bundle on a PC, the shipped MRI is segmented
+as NIfTI and as DICOM so that the planner predicts the first real series from this PC's measured rates."""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+
+from edgeseg.demo import demo_bundle_path
+from edgeseg.errors import BundleError
+from edgeseg.runtime import warmup
+from edgeseg.runtime.options import OutputOptions, SegmentOptions
+from edgeseg.runtime.plan import LatencyTable, bundle_identity
+from edgeseg.runtime.read import SeriesGeometry
+from edgeseg.runtime.segmenter import Segmenter, SeriesCancelled
+
+pytest.importorskip("openvino")
+
+
+def _segmenter(tmp_path: Path, budget: float | None = 1e6) -> Segmenter:
+    options = SegmentOptions(time_budget_s=budget, cache_dir=tmp_path / "cache",
+                             outputs=OutputOptions(preview=False))
+    return Segmenter(demo_bundle_path(), options, latency_path=tmp_path / "latency.json")
+
+
+def test_warm_up_measures_both_kinds_once_and_leaves_nothing(tmp_path: Path) -> None:
+    segmenter = _segmenter(tmp_path)
+    assert segmenter.planner is not None and not segmenter.planner.has_runs()
+    geometry = SeriesGeometry((320, 260, 72), (1.19, 1.19, 1.5))
+    before = segmenter.plan(geometry, instances=72)
+    assert before is not None and "stages" not in before.details  # the guesses: the overhead model
+
+    runs = segmenter.warm_up(tmp_path / "state")
+
+    assert [(r.kind, r.shape) for r in runs] == [("nifti", (117, 91, 20)), ("dicom", (234, 182, 20))]
+    assert all(r.seconds > 0 and r.timings["infer"] > 0 for r in runs)
+    assert list((tmp_path / "state").iterdir()) == []  # inputs and results removed
+    assert segmenter.planner.has_runs()
+    rates = LatencyTable(tmp_path / "latency.json").stage_rates(bundle_identity(segmenter.bundle), "CPU", None)
+    # each kind's reading and writing measured, and the resampled and own-spacing work apart
+    for key in ("read:mvoxel", "read:instance+mvoxel", "write:mvoxel", "write:dicom_instance+mvoxel",
+                "preprocess:grid_mvoxel", "resample:grid+input_mvoxel", "infer:tile_s"):
+        assert key in rates, key
+    after = segmenter.plan(geometry, instances=72)
+    assert after is not None and set(after.details["stages"]) >= {"read", "infer", "resample", "write"}
+    assert segmenter.warm_up(tmp_path / "state") == []  # once: the table remembers
+    assert len(segmenter.warm_up(tmp_path / "state", force=True)) == 2
+
+
+def test_warm_up_without_a_planner_does_nothing(tmp_path: Path) -> None:
+    segmenter = _segmenter(tmp_path, budget=None)
+    assert segmenter.planner is None
+    assert segmenter.warm_up(tmp_path / "state") == []
+    assert not (tmp_path / "state").exists() and not (tmp_path / "latency.json").exists()
+
+
+def test_a_stop_request_ends_the_warm_up(tmp_path: Path) -> None:
+    segmenter = _segmenter(tmp_path)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(SeriesCancelled):
+        segmenter.warm_up(tmp_path / "state", cancel=stop)
+    assert list((tmp_path / "state").iterdir()) == []
+    assert segmenter.planner is not None and not segmenter.planner.has_runs()
+
+
+def test_a_failed_warm_up_is_a_warning_and_nothing_more(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    def missing() -> Path:
+        raise BundleError("The demo MRI is missing from this installation (x); reinstall edgeseg.")
+
+    monkeypatch.setattr("edgeseg.demo.demo_mri_path", missing)
+    segmenter = _segmenter(tmp_path)
+    with caplog.at_level(logging.WARNING, logger=warmup.__name__):
+        assert segmenter.warm_up(tmp_path / "state") == []
+    assert any("warm-up failed" in r.getMessage() and "demo MRI is missing" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
+    assert list((tmp_path / "state").iterdir()) == []
