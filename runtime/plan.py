@@ -51,6 +51,10 @@ Prediction, per plan (variant, tile step)::
   ``plan.details.stages`` beside its ``run.timings_s`` shows where a prediction was off.
 * Seconds spent measuring a part's tile latency while planning (a segmenter's first series of that part) are part
   of every plan's prediction (``details["measuring_s"]``), and not of the planning rate learnt from it.
+* On a PC with no runs of the bundle, the watcher warms up first (:mod:`edgeseg.runtime.warmup`: the shipped MRI
+  as NIfTI and as DICOM, recorded here like any series), so that its first real series is predicted per stage
+  from this PC's rates; the guesses serve the first series of a run without it (``edgeseg segment``,
+  ``warm_up: false``).
 * ``ceiling_s`` (the hard time ceiling per series): a plan whose prediction exceeds it, even the fastest, comes
   back with ``over_ceiling=True`` and the watcher refuses the series before starting it.
 
