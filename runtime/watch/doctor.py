@@ -143,8 +143,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         if not segmenters:
             return "SKIP", "no bundle to plan with"
         if not config.latency_path.is_file():
-            return "SKIP", (f"no latency table yet ({config.latency_path}); it is measured at the first series the "
-                            "watcher segments")
+            return "SKIP", (f"no latency table yet ({config.latency_path}); the watcher measures it when it starts "
+                            "(warm_up) or at its first series")
         from edgeseg.runtime.read import SeriesGeometry
 
         plan = segmenters[0].plan(SeriesGeometry(TYPICAL_SHAPE, TYPICAL_SPACING))
