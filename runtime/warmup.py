@@ -106,7 +106,12 @@ def warm_up(segmenter: SeriesSegmenter, folder: Path, cancel: threading.Event | 
                     runs.append(WarmUpRun(kind, shape, seconds, dict(result.timings or {})))
                     log.info("warm-up series %d/%d done: kind=%s shape=%s seconds=%.2f", i, len(inputs), kind,
                              "x".join(map(str, shape)), seconds)
-            except (EdgesegError, OSError, MemoryError) as err:
-                log.warning("warm-up failed, the first series is planned from the planner's guesses: error=%s", err)
+            except Exception as err:  # noqa: BLE001 - a failed warm-up never stops the watcher (a stop request does)
+                from edgeseg.runtime.segmenter import SeriesCancelled
+
+                if isinstance(err, SeriesCancelled):
+                    raise
+                log.warning("warm-up failed, the first series is planned from the planner's guesses: error=%s%s",
+                            err, "" if isinstance(err, EdgesegError) else f" ({type(err).__name__})")
                 return runs
         return runs

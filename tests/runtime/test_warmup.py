@@ -78,3 +78,18 @@ def test_a_failed_warm_up_is_a_warning_and_nothing_more(tmp_path: Path, monkeypa
     assert any("warm-up failed" in r.getMessage() and "demo MRI is missing" in r.getMessage()
                for r in caplog.records if r.levelno == logging.WARNING)
     assert list((tmp_path / "state").iterdir()) == []
+
+
+def test_an_unexpected_error_in_the_warm_up_is_a_warning_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever fails inside the warm-up (here the pipeline itself), the watcher's worker goes on to its series."""
+    segmenter = _segmenter(tmp_path)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Exception from src/inference/src/cpp/infer_request.cpp")
+
+    monkeypatch.setattr(segmenter, "_segment", broken)
+    with caplog.at_level(logging.WARNING, logger=warmup.__name__):
+        assert segmenter.warm_up(tmp_path / "state") == []
+    assert any("warm-up failed" in r.getMessage() and "(RuntimeError)" in r.getMessage() for r in caplog.records)
+    assert list((tmp_path / "state").iterdir()) == []
