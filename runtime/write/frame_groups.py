@@ -48,7 +48,9 @@ import os
 import struct
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +61,8 @@ _ITEM_TAG = b"\xfe\xff\x00\xe0"
 _DERIVATION_IMAGE = 0x00089124  # DerivationImageSequence
 _PIXEL_DATA = 0x7FE00010
 _MAX_LENGTH = 0xFFFFFFFE  # the longest defined length (0xFFFFFFFF means undefined)
-_CHUNK = 4 << 20  # bytes of the pixel data copied to the file at a time
+_CHUNK = 4 << 20  # bytes of the pixel data copied to the file at a time, and of frames spooled at a time
+_BATCHES_IN_FLIGHT = 4  # spooled batches handed to the writer thread and not written yet
 _CHARACTER_SET = 0x00080005  # SpecificCharacterSet
 #: struct formats of the binary-number VRs encoded here (SS is left to pydicom: it writes LUT descriptors apart)
 _NUMBER_FORMATS = {"US": "H", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}
@@ -75,12 +78,44 @@ class FrameSpool:
         #: (id of a plane's source-image items, id of the derivation code) -> (the Derivation Image Sequence
         #: element of the plane's frames, the two objects, kept so that their ids stay theirs)
         self._derivations: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
+        self._batch = bytearray()
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[Any]] = deque()
 
     def __enter__(self) -> FrameSpool:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.file.close()
+        try:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self.file.close()
+
+    def write(self, frame: bytes) -> None:
+        """Append one encoded frame. Frames are gathered into batches of :data:`_CHUNK` bytes, each written to the
+        file by one thread of its own while the caller builds the next frames (a write of a big batch releases the
+        GIL; one ``write`` per frame was 17000 system calls, 1.1 s of a 512x512 SEG's 16970 frames), at most
+        :data:`_BATCHES_IN_FLIGHT` batches held at a time."""
+        self._batch += frame
+        if len(self._batch) >= _CHUNK:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if not self._batch:
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeseg-spool")
+        while len(self._pending) >= _BATCHES_IN_FLIGHT:
+            self._pending.popleft().result()  # raises the writer's error here
+        self._pending.append(self._writer.submit(self.file.write, bytes(self._batch)))
+        self._batch = bytearray()
+
+    def flush(self) -> None:
+        """Every frame handed over is in the file (the writer's error, if any, raised here)."""
+        self._hand_over()
+        while self._pending:
+            self._pending.popleft().result()
 
     def subclass(self, cls: type) -> type:
         """``cls`` (highdicom's Segmentation) for an object that is only saved: each natively encoded frame
@@ -95,7 +130,7 @@ class FrameSpool:
 
         class Spooled(cls):
             def _encode_pixels_native(self, planes: Any) -> bytes:
-                spool.file.write(_packed_bits(self, planes) or super()._encode_pixels_native(planes))
+                spool.write(_packed_bits(self, planes) or super()._encode_pixels_native(planes))
                 return b""
 
             if base_item is not None:
@@ -137,6 +172,7 @@ class FrameSpool:
         even length, the pad byte highdicom's."""
         from pydicom.dataelem import DataElement
 
+        self.flush()
         pixels = dataset.get(_PIXEL_DATA)
         if not self.file.tell() or pixels is None or not isinstance(pixels.value, bytes) or pixels.value:
             return
@@ -352,13 +388,69 @@ def _save_sequences_encoded(dataset: Any, path: str | os.PathLike[str]) -> None:
         for tag, value in values.items():
             dataset[tag] = RawDataElement(BaseTag(tag), "SQ", len(value), value, 0, False, True)
         dataset.set_original_encoding(False, True, _character_set(dataset))
-        dataset.save_as(os.fspath(path))
+        _save_pixels_copied(dataset, path)
     finally:
         for tag, element in elements.items():
             dataset[tag] = element
         dataset.set_original_encoding(read_encoding[0][0], read_encoding[0][1], read_encoding[1])
     log.debug("%d sequence(s) of %d item(s), %d distinct datasets encoded", len(elements),
               sum(len(e.value) for e in elements.values()), encoder.distinct)
+
+
+def _save_pixels_copied(dataset: Any, path: str | os.PathLike[str]) -> None:
+    """``dataset.save_as(path)`` with its pixel data (a buffered value: the spooled frames, or the joined ones as a
+    buffer) written after the rest without passing through Python: the element's tag, VR, reserved bytes and 32-bit
+    length as pydicom writes an OB or OW element in explicit VR little endian (PS3.5 7.1.2), then its value copied by
+    the kernel (``os.copy_file_range``) from the spool's pages to the file's, where pydicom reads and writes it in
+    :data:`_CHUNK` pieces (564 MB for 16970 frames of 512x512). The same bytes. Only where the pixel data is the
+    dataset's last element and of even length; else pydicom saves all of it."""
+    pixels = dataset.get(_PIXEL_DATA)
+    source = pixels.value if pixels is not None and pixels.is_buffered else None
+    if source is None or pixels.VR not in ("OB", "OW") or max(dataset.keys()) != _PIXEL_DATA:
+        dataset.save_as(os.fspath(path))
+        return
+    start = source.tell()
+    length = source.seek(0, os.SEEK_END) - start
+    source.seek(start)
+    if length % 2 or length > _MAX_LENGTH:
+        dataset.save_as(os.fspath(path))
+        return
+    del dataset[_PIXEL_DATA]
+    try:
+        dataset.save_as(os.fspath(path))
+    finally:
+        dataset[_PIXEL_DATA] = pixels
+    with open(path, "r+b") as out:
+        out.seek(0, os.SEEK_END)
+        out.write(_tag(_PIXEL_DATA) + pixels.VR.encode("ascii") + b"\0\0" + length.to_bytes(4, "little"))
+        out.flush()
+        _copy_bytes(source, start, length, out)
+
+
+def _copy_bytes(source: Any, start: int, length: int, out: Any) -> None:
+    """``length`` bytes of ``source`` from ``start`` appended to ``out`` (flushed, positioned at its end): by the
+    kernel between two files where it can, else through a buffer."""
+    begin = out.tell()
+    done = 0
+    try:
+        src, dst = source.fileno(), out.fileno()
+        copy = os.copy_file_range  # Linux; elsewhere the buffered copy below
+        while done < length:
+            n = copy(src, dst, length - done, start + done)
+            if n <= 0:
+                break
+            done += n
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        pass  # not two files (a buffer in memory), or a file system that refuses it: copied from where it stopped
+    if done < length:
+        out.seek(begin + done)
+        source.seek(start + done)
+        while done < length:
+            chunk = source.read(min(_CHUNK, length - done))
+            if not chunk:
+                raise OSError(f"the pixel data ended {length - done} bytes early")
+            out.write(chunk)
+            done += len(chunk)
 
 
 def _character_set(dataset: Any) -> Any:

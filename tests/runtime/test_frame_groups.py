@@ -1,6 +1,7 @@
 """The DICOM-SEG's per-frame groups encoded once per distinct item: the bytes of pydicom's own save_as."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -232,8 +233,9 @@ def test_shared_items_are_encoded_once(charset: str | None, tmp_path: Path, monk
     ds = _multiframe(charset=charset)
     calls = _plain_saves(monkeypatch)
     plain, encoded = _both_ways(ds, tmp_path)
-    # pydicom saved the encoded sequence as a raw element and the pixels from a buffer, then the plain dataset
-    assert calls == [True, True, False, False]
+    # pydicom saved the encoded sequence as a raw element and the rest but the pixels (appended after it,
+    # _save_pixels_copied), then the plain dataset
+    assert calls == [True, "appended", False, False]
     assert encoded == plain
     encoder = frame_groups._Encoder(ds.get("SpecificCharacterSet", "iso8859"))
     encoder.sequence(_PER_FRAME, ds.PerFrameFunctionalGroupsSequence)
@@ -277,7 +279,7 @@ def _plain_saves(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
     def counted(self: Dataset, *args: Any, **kwargs: Any) -> None:
         calls.append(self.get_item(_PER_FRAME).is_raw)  # (indexing would decode it)
-        calls.append(self["PixelData"].is_buffered)
+        calls.append(self["PixelData"].is_buffered if "PixelData" in self else "appended")
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(Dataset, "save_as", counted)
@@ -359,3 +361,73 @@ def test_saves_in_several_threads_put_pydicoms_chunk_size_back_when_the_last_end
         t.join(20)
     assert seen == {"after the first ended": max(before, frame_groups._CHUNK)}
     assert config.settings.buffered_read_size == before and frame_groups._CHUNKS.saves == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "copy_file_range"), reason="os.copy_file_range is Linux's only")
+@pytest.mark.parametrize("kernel", ["refused", "stops half way"])
+def test_the_pixels_appended_without_the_kernel_copy_are_the_same_bytes(kernel: str, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pixel data appended after pydicom's save (_save_pixels_copied) from a spooled file, where the kernel
+    refuses to copy between the two files or stops part of the way: the rest copied through a buffer, the same
+    bytes as pydicom's own save."""
+    ds = _multiframe(n_frames=64)
+    ds.PixelData = bytes(range(256)) * 512  # 128 KiB
+    spool = tmp_path / "spool"
+    spool.write_bytes(ds.PixelData)
+    calls: list[int] = []
+
+    def copy(src: int, dst: int, count: int, offset_src: int | None = None, *args: Any) -> int:
+        calls.append(count)
+        if kernel == "refused":
+            raise OSError(18, "Invalid cross-device link")
+        if len(calls) > 1:
+            return 0
+        return real(src, dst, count // 3, offset_src)
+
+    real = os.copy_file_range
+    ds.save_as(tmp_path / "plain.dcm")
+    monkeypatch.setattr(frame_groups.os, "copy_file_range", copy)
+    with open(spool, "rb") as fh:
+        from pydicom.dataelem import DataElement
+
+        ds["PixelData"] = DataElement(0x7FE00010, "OB", fh)
+        frame_groups.save_as(ds, tmp_path / "encoded.dcm")
+    assert calls  # the kernel was asked first
+    assert (tmp_path / "encoded.dcm").read_bytes() == (tmp_path / "plain.dcm").read_bytes()
+
+
+def test_pixels_followed_by_another_element_are_saved_by_pydicom(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = _multiframe()
+    ds.add_new(0xFFFCFFFC, "OB", b"\x00\x00")  # Data Set Trailing Padding, after the pixel data
+    calls = _plain_saves(monkeypatch)
+    plain, encoded = _both_ways(ds, tmp_path)
+    assert calls[:2] == [True, True] and encoded == plain  # the pixels saved by pydicom, from a buffer
+
+
+def test_spooled_batches_keep_their_order_and_a_write_error_is_raised(tmp_path: Path) -> None:
+    """FrameSpool writes frames in batches from a thread of its own: the file holds them in order once flushed,
+    and a failed write (a full disk) is raised in the caller, not lost in the thread."""
+    frames = [bytes([i % 251]) * 40000 for i in range(300)]  # 12 MB: several batches
+    with frame_groups.FrameSpool(tmp_path) as spool:
+        for frame in frames:
+            spool.write(frame)
+        spool.flush()
+        spool.file.seek(0)
+        assert spool.file.read() == b"".join(frames)
+
+    class Full:
+        def write(self, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+        def close(self) -> None:
+            pass
+
+    with frame_groups.FrameSpool(tmp_path) as spool:
+        spool.file.close()
+        spool.file = Full()  # type: ignore[assignment]
+        with pytest.raises(OSError, match="No space left"):
+            for frame in frames:
+                spool.write(frame)
+            spool.flush()
+    assert list(tmp_path.iterdir()) == []
