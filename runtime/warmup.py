@@ -29,19 +29,28 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from edgeseg.errors import EdgesegError
+from edgeseg.runtime.plan import Planner
 
-if TYPE_CHECKING:
-    from edgeseg.runtime.segmenter import SeriesSegmenter
-
-__all__ = ["WarmUpRun", "warm_up", "warm_up_inputs"]
+__all__ = ["Segments", "WarmUpRun", "warm_up", "warm_up_inputs"]
 
 log = logging.getLogger(__name__)
 
 #: one warm-up at a time per process (a watcher's workers wait for it, then find it done)
 _LOCK = threading.Lock()
+
+
+class Segments(Protocol):
+    """What the warm-up needs of a segmenter (:class:`edgeseg.runtime.segmenter.SeriesSegmenter`): its name, its
+    planner and :meth:`segment`."""
+
+    name: str
+    planner: Planner | None
+
+    def segment(self, source: Any, *, out_parent: Path | None = None, cancel: threading.Event | None = None
+                ) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,7 @@ def _shape(array: Any) -> tuple[int, int, int]:
     return i, j, k
 
 
-def warm_up(segmenter: SeriesSegmenter, folder: Path, cancel: threading.Event | None = None,
+def warm_up(segmenter: Segments, folder: Path, cancel: threading.Event | None = None,
             force: bool = False) -> list[WarmUpRun]:
     """Segment the warm-up series (module docstring) with ``segmenter`` under ``folder`` unless its planner has
     runs of this bundle on this PC already (``force``: even then). Returns the runs (empty: nothing to do, or it
@@ -107,10 +116,8 @@ def warm_up(segmenter: SeriesSegmenter, folder: Path, cancel: threading.Event | 
                     log.info("warm-up series %d/%d done: kind=%s shape=%s seconds=%.2f", i, len(inputs), kind,
                              "x".join(map(str, shape)), seconds)
             except Exception as err:  # noqa: BLE001 - a failed warm-up never stops the watcher (a stop request does)
-                from edgeseg.runtime.segmenter import SeriesCancelled
-
-                if isinstance(err, SeriesCancelled):
-                    raise
+                if cancel is not None and cancel.is_set():
+                    raise  # the segmenter's SeriesCancelled, or whatever the stop interrupted
                 log.warning("warm-up failed, the first series is planned from the planner's guesses: error=%s%s",
                             err, "" if isinstance(err, EdgesegError) else f" ({type(err).__name__})")
                 return runs
