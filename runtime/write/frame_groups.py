@@ -23,14 +23,17 @@ length, a value over 4 GB) is saved by pydicom unchanged.
 
 The pixel data (bytes of even length) is handed to pydicom as a buffer, which it writes in chunks (4 MiB here, not
 its default 8 KiB), instead of as bytes, which it copies into an element buffer and copies again into the file:
-two copies of 518 MB at the peak of writing a 15820-frame SEG of 512x512 planes.
+two copies of 518 MB at the peak of writing a 15820-frame SEG of 512x512 planes. Where it is the last element (a
+SEG's), pydicom saves the rest and the pixel data is appended after it, its value copied by the kernel from the
+spool (``os.copy_file_range``; through a buffer where the kernel cannot).
 
 :class:`FrameSpool` keeps the frames out of memory while highdicom builds the object: highdicom encodes each frame
 into a list of bytes and joins the list into the pixel data (two copies of every frame at once: 2 x 655 MB, 1.3 GB
 of a TS-sized 20000-frame SEG's 2.6 GB peak). The spool's subclass of highdicom's class writes each frame, as
 highdicom's own ``_encode_pixels_native`` encodes it (a 1-bit frame of 0s and 1s packed by numpy alone, the same
 bytes without pydicom's checks and copies), to an unnamed temporary file in the output's folder and hands
-highdicom nothing to join; :meth:`FrameSpool.attach` then gives the object that file as its pixel data (padded to
+highdicom nothing to join (in 4 MiB batches, written by a thread of the spool's own while highdicom builds the next
+frames); :meth:`FrameSpool.attach` then gives the object that file as its pixel data (padded to
 even length with the byte highdicom pads with), which :func:`save_as` streams. The file's bytes are highdicom's
 (tested against highdicom's own object); the subclass also skips the lookup tables highdicom builds for reading
 frames back out of the object, which a SEG that is only saved never does. Where highdicom encodes frames another
