@@ -164,6 +164,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "roots": [str(incoming)], "bundle": str(bundle),
         "quiet_period_s": args.quiet_period_s, "state_dir": str(tmp / "state"), "log_dir": str(tmp / "logs"),
         "stop_grace_s": 10.0,
+        "warm_up": False,  # its state folder is temporary: measuring this PC for later series would be thrown away
         # the status page on a free loopback port, to look at while the demo runs
         "status_page.enabled": True, "status_page.bind_address": LOOPBACK, "status_page.port": 0,
     }

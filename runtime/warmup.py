@@ -19,14 +19,17 @@ removed afterwards. Once per bundle, device and threads: the latency table remem
 run series of the bundle skips it. The watcher runs it before its first series (``warm_up``, on by default).
 
 A warm-up that fails is a WARNING and the watcher goes on (its first series is then planned from the guesses); a
-stop request ends it (:class:`~edgeseg.runtime.segmenter.SeriesCancelled`).
+stop request ends it at the segmenter's next checkpoint. A watcher started with ``--once`` and ``edgeseg demo``
+(whose state folder is temporary) do not warm up.
 """
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,8 +41,10 @@ __all__ = ["Segments", "WarmUpRun", "warm_up", "warm_up_inputs"]
 
 log = logging.getLogger(__name__)
 
-#: one warm-up at a time per process (a watcher's workers wait for it, then find it done)
+#: one warm-up at a time per process (a watcher's workers wait for it, then find it done or tried)
 _LOCK = threading.Lock()
+#: the planners whose warm-up this process has tried (one that failed is not tried again by every worker)
+_TRIED: weakref.WeakSet[Planner] = weakref.WeakSet()
 
 
 class Segments(Protocol):
@@ -67,8 +72,6 @@ def warm_up_inputs(folder: Path) -> list[tuple[str, Path, tuple[int, int, int]]]
     """The warm-up series written under ``folder``: (kind, path, shape) of the shipped MRI as NIfTI and as a classic
     DICOM series of the same grid. :class:`~edgeseg.errors.BundleError` when this
     installation lacks the MRI."""
-    import shutil
-
     from edgeseg.demo import demo_mri_path
     from edgeseg.demo.dicom_series import write_dicom_series
     from edgeseg.runtime.read import read_series
@@ -91,34 +94,45 @@ def _shape(array: Any) -> tuple[int, int, int]:
 def warm_up(segmenter: Segments, folder: Path, cancel: threading.Event | None = None,
             force: bool = False) -> list[WarmUpRun]:
     """Segment the warm-up series (module docstring) with ``segmenter`` under ``folder`` unless its planner has
-    runs of this bundle on this PC already (``force``: even then). Returns the runs (empty: nothing to do, or it
-    failed: logged). Raises :class:`~edgeseg.runtime.segmenter.SeriesCancelled` when ``cancel`` is set."""
+    runs of this bundle on this PC already or this process tried it for that planner before (``force``: even then).
+    Returns the runs: empty when there was nothing to do, when it failed (a WARNING; it is not tried again in this
+    process) or when ``cancel`` was set (a stop request: it ends at the segmenter's next checkpoint, nothing is
+    raised). Never raises: a warm-up does not stop a watcher. What a killed process left under ``folder``
+    (``.edgeseg-warm-up-*``) is removed first."""
     planner = segmenter.planner
     if planner is None:  # no budget and no ceiling: nothing is planned, nothing to learn
         return []
     with _LOCK:
-        if planner.has_runs() and not force:
+        if not force and (planner in _TRIED or planner.has_runs()):
             return []
-        log.info("warm-up: measuring this PC with the shipped MRI before the first series (bundle=%s device=%s "
-                 "threads=%s); once per bundle", segmenter.name, planner.device, planner.threads or "auto")
+        _TRIED.add(planner)
         runs: list[WarmUpRun] = []
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".edgeseg-warm-up-", dir=folder) as tmp:
-            try:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob(".edgeseg-warm-up-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            if cancel is not None and cancel.is_set():
+                return runs
+            log.info("warm-up: measuring this PC with the shipped MRI before the first series (bundle=%s device=%s "
+                     "threads=%s); once per bundle", segmenter.name, planner.device, planner.threads or "auto")
+            with tempfile.TemporaryDirectory(prefix=".edgeseg-warm-up-", dir=folder,
+                                             ignore_cleanup_errors=True) as tmp:
                 inputs = warm_up_inputs(Path(tmp) / "inputs")
                 results = Path(tmp) / "results"
                 results.mkdir()
                 for i, (kind, path, shape) in enumerate(inputs, 1):
+                    if cancel is not None and cancel.is_set():
+                        return runs
                     t0 = time.monotonic()
                     result = segmenter.segment(path, out_parent=results, cancel=cancel)
                     seconds = time.monotonic() - t0
                     runs.append(WarmUpRun(kind, shape, seconds, dict(result.timings or {})))
                     log.info("warm-up series %d/%d done: kind=%s shape=%s seconds=%.2f", i, len(inputs), kind,
                              "x".join(map(str, shape)), seconds)
-            except Exception as err:  # noqa: BLE001 - a failed warm-up never stops the watcher (a stop request does)
-                if cancel is not None and cancel.is_set():
-                    raise  # the segmenter's SeriesCancelled, or whatever the stop interrupted
-                log.warning("warm-up failed, the first series is planned from the planner's guesses: error=%s%s",
-                            err, "" if isinstance(err, EdgesegError) else f" ({type(err).__name__})")
+        except Exception as err:  # noqa: BLE001 - a failed warm-up never stops the watcher
+            if cancel is not None and cancel.is_set():  # the segmenter's SeriesCancelled: a stop, not a failure
+                log.info("warm-up stopped by a stop request")
                 return runs
+            log.warning("warm-up failed, the first series is planned from the planner's guesses: error=%s%s",
+                        err, "" if isinstance(err, EdgesegError) else f" ({type(err).__name__})")
         return runs

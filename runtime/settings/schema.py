@@ -265,8 +265,9 @@ KEYS_TABLE: Final[tuple[Key, ...]] = (
             "the outputs set here, in a hidden folder in state_dir that it removes: the time-budget planner then "
             "predicts the first real series from this PC's measured costs instead of its guesses, and the engines "
             "are compiled before it arrives. A few seconds with the demo model; about as long as two small series "
-            "with a TotalSegmentator-sized one. Only where a series is planned (time_budget_s or time_ceiling_s). "
-            "false: the first series is planned from the guesses (docs/benchmarks.md)."),
+            "with a TotalSegmentator-sized one. Only where a series is planned (time_budget_s or time_ceiling_s), not "
+            "with --once nor in `edgeseg demo`. false: the first series is planned from the guesses "
+            "(docs/benchmarks.md)."),
     Key("limits.max_voxels", Kind.INT, _field_default(ReadLimits, "max_voxels"), "voxels a series may hold",
         minimum=1,
         doc="2^30 = 1024 x 1024 x 1024 voxels: beyond the largest MRI series in practice (clinical 3-D: 1-100 M "

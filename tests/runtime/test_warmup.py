@@ -14,7 +14,7 @@ from edgeseg.runtime import warmup
 from edgeseg.runtime.options import OutputOptions, SegmentOptions
 from edgeseg.runtime.plan import LatencyTable, bundle_identity
 from edgeseg.runtime.read import SeriesGeometry
-from edgeseg.runtime.segmenter import Segmenter, SeriesCancelled
+from edgeseg.runtime.segmenter import Segmenter
 
 pytest.importorskip("openvino")
 
@@ -57,13 +57,38 @@ def test_warm_up_without_a_planner_does_nothing(tmp_path: Path) -> None:
 
 
 def test_a_stop_request_ends_the_warm_up(tmp_path: Path) -> None:
+    """A stop request set while the first warm-up series runs ends it at the segmenter's next checkpoint: nothing
+    raised, nothing recorded, nothing left."""
     segmenter = _segmenter(tmp_path)
     stop = threading.Event()
-    stop.set()
-    with pytest.raises(SeriesCancelled):
-        segmenter.warm_up(tmp_path / "state", cancel=stop)
+    original = segmenter._segment
+
+    def stopped_during(*args: object, **kwargs: object) -> object:
+        stop.set()  # as a SIGTERM would, while the series runs
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    segmenter._segment = stopped_during  # type: ignore[method-assign]
+    assert segmenter.warm_up(tmp_path / "state", cancel=stop) == []
     assert list((tmp_path / "state").iterdir()) == []
     assert segmenter.planner is not None and not segmenter.planner.has_runs()
+
+
+def test_workers_warm_up_once_and_stale_folders_go(tmp_path: Path) -> None:
+    """Two watcher workers asking at once: one warms up, the other waits and finds it done. A warm-up folder a
+    killed process left behind is removed."""
+    stale = tmp_path / "state" / ".edgeseg-warm-up-killed"
+    (stale / "inputs").mkdir(parents=True)
+    (stale / "inputs" / "warm-up.nii.gz").write_bytes(b"left by kill -9")
+    segmenter = _segmenter(tmp_path)
+    got: list[int] = []
+    threads = [threading.Thread(target=lambda: got.append(len(segmenter.warm_up(tmp_path / "state"))))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(got) == [0, 2]
+    assert list((tmp_path / "state").iterdir()) == []
 
 
 def test_a_failed_warm_up_is_a_warning_and_nothing_more(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -91,5 +116,15 @@ def test_an_unexpected_error_in_the_warm_up_is_a_warning_too(tmp_path: Path, mon
     monkeypatch.setattr(segmenter, "_segment", broken)
     with caplog.at_level(logging.WARNING, logger=warmup.__name__):
         assert segmenter.warm_up(tmp_path / "state") == []
-    assert any("warm-up failed" in r.getMessage() and "(RuntimeError)" in r.getMessage() for r in caplog.records)
+        assert segmenter.warm_up(tmp_path / "state") == []  # tried once: not again by the next worker
+    failures = [r for r in caplog.records if "warm-up failed" in r.getMessage()]
+    assert len(failures) == 1 and "(RuntimeError)" in failures[0].getMessage()
     assert list((tmp_path / "state").iterdir()) == []
+
+
+def test_a_warm_up_that_cannot_make_its_folder_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "state").write_text("a file where the state folder should be")
+    segmenter = _segmenter(tmp_path)
+    with caplog.at_level(logging.WARNING, logger=warmup.__name__):
+        assert segmenter.warm_up(tmp_path / "state") == []
+    assert any("warm-up failed" in r.getMessage() for r in caplog.records)
