@@ -409,8 +409,10 @@ def _save_pixels_copied(dataset: Any, path: str | os.PathLike[str]) -> None:
     dataset's last element and of even length; else pydicom saves all of it."""
     pixels = dataset.get(_PIXEL_DATA)
     source = pixels.value if pixels is not None and pixels.is_buffered else None
-    if source is None or pixels.VR not in ("OB", "OW") or max(dataset.keys()) != _PIXEL_DATA:
-        dataset.save_as(os.fspath(path))
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if (source is None or pixels.VR not in ("OB", "OW") or pixels.is_undefined_length or syntax is None
+            or syntax.is_compressed or syntax.is_deflated or max(dataset.keys()) != _PIXEL_DATA):
+        dataset.save_as(os.fspath(path))  # encapsulated frames, a deflated stream: pydicom's own framing
         return
     start = source.tell()
     length = source.seek(0, os.SEEK_END) - start
@@ -423,11 +425,14 @@ def _save_pixels_copied(dataset: Any, path: str | os.PathLike[str]) -> None:
         dataset.save_as(os.fspath(path))
     finally:
         dataset[_PIXEL_DATA] = pixels
-    with open(path, "r+b") as out:
-        out.seek(0, os.SEEK_END)
-        out.write(_tag(_PIXEL_DATA) + pixels.VR.encode("ascii") + b"\0\0" + length.to_bytes(4, "little"))
-        out.flush()
-        _copy_bytes(source, start, length, out)
+    try:
+        with open(path, "r+b") as out:
+            out.seek(0, os.SEEK_END)
+            out.write(_tag(_PIXEL_DATA) + pixels.VR.encode("ascii") + b"\0\0" + length.to_bytes(4, "little"))
+            out.flush()
+            _copy_bytes(source, start, length, out)
+    finally:
+        source.seek(start)  # where it was, as pydicom leaves a buffer it wrote from
 
 
 def _copy_bytes(source: Any, start: int, length: int, out: Any) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -392,14 +393,21 @@ def test_the_pixels_appended_without_the_kernel_copy_are_the_same_bytes(kernel: 
 
         ds["PixelData"] = DataElement(0x7FE00010, "OB", fh)
         frame_groups.save_as(ds, tmp_path / "encoded.dcm")
+        assert fh.tell() == 0  # the buffer back where it was: a second save writes the same pixels
     assert calls  # the kernel was asked first
     assert (tmp_path / "encoded.dcm").read_bytes() == (tmp_path / "plain.dcm").read_bytes()
 
 
-def test_pixels_followed_by_another_element_are_saved_by_pydicom(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("what", ["an element after the pixels", "a deflated transfer syntax"])
+def test_pixels_not_last_or_not_native_are_saved_by_pydicom(what: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     ds = _multiframe()
-    ds.add_new(0xFFFCFFFC, "OB", b"\x00\x00")  # Data Set Trailing Padding, after the pixel data
+    if what == "an element after the pixels":
+        ds.add_new(0xFFFCFFFC, "OB", b"\x00\x00")  # Data Set Trailing Padding
+    else:
+        from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian  # appended bytes would be outside the stream
     calls = _plain_saves(monkeypatch)
     plain, encoded = _both_ways(ds, tmp_path)
     assert calls[:2] == [True, True] and encoded == plain  # the pixels saved by pydicom, from a buffer
@@ -430,4 +438,4 @@ def test_spooled_batches_keep_their_order_and_a_write_error_is_raised(tmp_path: 
             for frame in frames:
                 spool.write(frame)
             spool.flush()
-    assert list(tmp_path.iterdir()) == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("edgeseg-spool")]  # the writer ended
