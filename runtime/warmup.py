@@ -14,9 +14,10 @@ site's 1.19 mm series moved a 0.5 mm series' prediction +30 %; that split is lef
 The planner records the two runs as it records every series (its
 :class:`~edgeseg.runtime.plan.LatencyTable`), so the first real series is predicted from this PC's measured rates;
 the engines are compiled and the tile latencies measured on the way, which the first series would pay otherwise.
-Inputs and results live in a hidden folder of their own under ``folder`` (the watcher's state folder) and are
-removed afterwards. Once per bundle, device and threads: the latency table remembers the runs, and a PC that has
-run series of the bundle skips it. The watcher runs it before its first series (``warm_up``, on by default).
+The DICOM copy and the results live in a hidden folder of their own under ``folder`` (the watcher's state folder) and
+are removed afterwards; the shipped NIfTI is only read. Once per bundle, device and threads: the latency table
+remembers the runs, and a PC that has run series of the bundle skips it. The watcher runs it before its first series
+(``warm_up``, on by default).
 
 A warm-up that fails is a WARNING and the watcher goes on (its first series is then planned from the guesses); a
 stop request ends it at the segmenter's next checkpoint. A watcher started with ``--once`` and ``edgeseg demo``
@@ -69,26 +70,18 @@ class WarmUpRun:
 
 
 def warm_up_inputs(folder: Path) -> list[tuple[str, Path, tuple[int, int, int]]]:
-    """The warm-up series written under ``folder``: (kind, path, shape) of the shipped MRI as NIfTI and as a classic
-    DICOM series of the same grid. :class:`~edgeseg.errors.BundleError` when this
-    installation lacks the MRI."""
+    """The warm-up series: (kind, path, shape) of the shipped MRI itself (NIfTI, only read: the results go to a
+    folder of their own) and of a classic DICOM series of the same grid written under ``folder``.
+    :class:`~edgeseg.errors.BundleError` when this installation lacks the MRI."""
     from edgeseg.demo import demo_mri_path
     from edgeseg.demo.dicom_series import write_dicom_series
     from edgeseg.runtime.read import read_series
 
     mri = demo_mri_path()
-    folder.mkdir(parents=True, exist_ok=True)
-    nifti = folder / "warm-up.nii.gz"
-    shutil.copyfile(mri, nifti)
     volume = read_series(mri)
     dicom = folder / "warm-up-dicom"
     write_dicom_series(volume, dicom, series_description="edgeseg warm-up", patient_id="EDGESEG-WARM-UP")
-    return [("nifti", nifti, _shape(volume.array)), ("dicom", dicom, _shape(volume.array))]
-
-
-def _shape(array: Any) -> tuple[int, int, int]:
-    i, j, k = (int(n) for n in array.shape)
-    return i, j, k
+    return [("nifti", mri, volume.shape), ("dicom", dicom, volume.shape)]
 
 
 def warm_up(segmenter: Segments, folder: Path, cancel: threading.Event | None = None,
