@@ -59,8 +59,15 @@ def worker(args: argparse.Namespace) -> dict:
     labels, record = segmenter.segment_volume(volume)
     seconds = time.perf_counter() - t0
     nib.save(nib.Nifti1Image(labels.astype(np.uint8), volume.affine), args.out)
-    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(),
-            "precision": record["parts"][0]["precision"], "tiles": sum(p["tiles"] for p in record["parts"])}
+    result = {"seconds": seconds, "peak_rss_mb": peak_rss_mb(),
+              "precision": record["parts"][0]["precision"], "tiles": sum(p["tiles"] for p in record["parts"])}
+    if args.floor:  # after the timed call: the network alone, tile after tile, on the engines that just ran
+        from edgeseg.runtime.infer.engine import engine_tile_latency
+
+        tiles = {p["name"]: p["tiles"] for p in record["parts"]}
+        result["network_floor_s"] = sum(tiles[part.name] * engine_tile_latency(segmenter.engine(part), repeats=5)
+                                        for part in bundle.variant(record["variant"]).parts)
+    return result
 
 
 def prepare(work: Path) -> tuple[Path, Path]:
@@ -100,6 +107,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--precision", help=argparse.SUPPRESS)
     p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))

@@ -10,6 +10,12 @@ process, one after the other; seconds are the segmentation call after imports, m
 Random weights: the agreement columns say whether both sides computed the same thing from the same noise, not
 whether the masks are good.
 
+"network alone" is the part networks' own time on this CPU (each part's tiles times its median seconds per tile,
+timed after the run on the engines it used, nothing around them) and "x ceiling" TotalSegmentator's seconds over
+it: the most any edgeseg around these networks could reach here, where the network's INT8 convolutions set the
+pace (on a CPU with AMX they run several times faster than with AVX-512 VNNI alone; TotalSegmentator's float32
+does not).
+
     python benchmarks/totalseg_speed.py --work /tmp/edgeseg-bench \
         --bundle /tmp/edgeseg-bench/bundle-export-bench-20-fast [--variants 1.5mm,3mm] [--json out.json]
 """
@@ -72,17 +78,19 @@ def main() -> int:
         for precision in [q.strip() for q in args.precisions.split(",") if q.strip()]:
             out = args.work / f"ts_speed_{variant}_{precision}.nii.gz"
             result, _ = run_child([str(PARITY), "--worker", "--bundle", str(args.bundle), "--image", str(image),
-                                   "--out", str(out), "--precision", precision, "--variant", variant])
+                                   "--out", str(out), "--precision", precision, "--variant", variant, "--floor"])
             score = agreement(np.asarray(nib.load(out).dataobj), reference)
             row = {"variant": variant + (" (1 part)" if fast else " (2 parts)"), "precision": result["precision"],
                    "tiles": result["tiles"], "ts_s": ts["seconds"], "ts_mb": ts["peak_rss_mb"],
                    "edgeseg_s": result["seconds"], "edgeseg_mb": result["peak_rss_mb"],
-                   "speedup": ts["seconds"] / result["seconds"], "agreement": score["agreement"]}
+                   "speedup": ts["seconds"] / result["seconds"], "agreement": score["agreement"],
+                   "floor_s": result["network_floor_s"], "ceiling": ts["seconds"] / result["network_floor_s"]}
             rows.append(row)
             print(json.dumps(row), flush=True)
     print()
     print_table(rows, [("variant", "variant"), ("precision", "edgeseg precision"), ("tiles", "tiles"),
                        ("ts_s", "TotalSeg 2.18 s"), ("edgeseg_s", "edgeseg s"), ("speedup", "x faster"),
+                       ("floor_s", "network alone s"), ("ceiling", "x ceiling"),
                        ("ts_mb", "TotalSeg MB"), ("edgeseg_mb", "edgeseg MB"), ("agreement", "voxel agreement")])
     write_json(args.json, {"machine": machine(), "image": str(image), "bundle": str(args.bundle), "rows": rows})
     return 0
