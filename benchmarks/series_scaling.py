@@ -16,9 +16,10 @@ planner predicts it; 1e6 s unless ``--budget``), the compiled-model cache and th
 shared by the rows (the planner learns its per-stage rates from the rows before, as it would on this PC), and the
 default outputs (for DICOM: the DICOM-SEG and SR too). Printed per row: the manifest's seconds per stage (they add
 up to the wall time), the planner's prediction and its error, the share of the wall time outside network inference,
-each stage's ratio to the inference time, and the peak RSS. ``--warm-up``: the first row's set-up runs the
-watcher's warm-up (:mod:`edgeseg.runtime.warmup`), so that a fresh folder's rows are those of a watcher started on
-a PC that had run nothing.
+each stage's ratio to the inference time, and the peak RSS. ``--warm-up``: each row's set-up runs the watcher's
+warm-up (:mod:`edgeseg.runtime.warmup`), so that every row is the first series of a watcher started on this PC:
+where the table has no runs of the bundle (a fresh folder's first row) the shipped MRI as NIfTI and DICOM, else the
+NIfTI alone (the prime).
 """
 from __future__ import annotations
 
@@ -139,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                          "latencies), as a watcher does once per bundle: the row is then one series of a running "
                          "workstation, and the set-up is printed apart")
     ap.add_argument("--warm-up", action="store_true",
-                    help="before the first row, the watcher's warm-up (edgeseg.runtime.warmup: the shipped MRI "
-                         "segmented as NIfTI and as DICOM, recorded in the latency table) where the table has no "
-                         "runs of the bundle yet, as a watcher does at its start on a fresh PC; in the set-up time")
+                    help="before each row, the watcher's warm-up (edgeseg.runtime.warmup: the shipped MRI segmented "
+                         "as NIfTI and as DICOM where the table has no runs of the bundle yet, else as NIfTI alone; "
+                         "recorded in the latency table), as a watcher does at its start; in the set-up time")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.worker:

@@ -15,9 +15,16 @@ The planner records the two runs as it records every series (its
 :class:`~edgeseg.runtime.plan.LatencyTable`), so the first real series is predicted from this PC's measured rates;
 the engines are compiled and the tile latencies measured on the way, which the first series would pay otherwise.
 The DICOM copy and the results live in a hidden folder of their own under ``folder`` (the watcher's state folder) and
-are removed afterwards; the shipped NIfTI is only read. Once per bundle, device and threads: the latency table
-remembers the runs, and a PC that has run series of the bundle skips it. The watcher runs it before its first series
-(``warm_up``, on by default).
+are removed afterwards; the shipped NIfTI is only read. The watcher runs it before its first series (``warm_up``, on
+by default).
+
+On a PC whose latency table has runs of the bundle already (a restarted watcher) the rates are known, but the
+process's first series would still pay what a process pays once: the window's small aggregation kernels compiled
+on first use, thread pools started, modules imported (measured on the 2-core Zen 4 with the demo bundle: a
+117x91x20 series' first run 0.49-0.56 s in a new process against 0.42-0.44 s for the next one, 11-27 % more,
+which the planner, predicting from warm runs, does not foresee). The warm-up then **primes** the process with the
+shipped NIfTI alone (one series, recorded like any other): 0.38-0.45 s for the same first series after it. Once per
+planner and process.
 
 A warm-up that fails is a WARNING and the watcher goes on (its first series is then planned from the guesses); a
 stop request ends it at the segmenter's next checkpoint. A watcher started with ``--once`` and ``edgeseg demo``
@@ -69,9 +76,9 @@ class WarmUpRun:
     timings: dict[str, float]
 
 
-def warm_up_inputs(folder: Path) -> list[tuple[str, Path, tuple[int, int, int]]]:
+def warm_up_inputs(folder: Path, dicom: bool = True) -> list[tuple[str, Path, tuple[int, int, int]]]:
     """The warm-up series: (kind, path, shape) of the shipped MRI itself (NIfTI, only read: the results go to a
-    folder of their own) and of a classic DICOM series of the same grid written under ``folder``.
+    folder of their own) and, with ``dicom``, of a classic DICOM series of the same grid written under ``folder``.
     :class:`~edgeseg.errors.BundleError` when this installation lacks the MRI."""
     from edgeseg.demo import demo_mri_path
     from edgeseg.demo.dicom_series import write_dicom_series
@@ -79,26 +86,29 @@ def warm_up_inputs(folder: Path) -> list[tuple[str, Path, tuple[int, int, int]]]
 
     mri = demo_mri_path()
     volume = read_series(mri)
-    dicom = folder / "warm-up-dicom"
-    write_dicom_series(volume, dicom, series_description="edgeseg warm-up", patient_id="EDGESEG-WARM-UP")
-    return [("nifti", mri, volume.shape), ("dicom", dicom, volume.shape)]
+    if not dicom:
+        return [("nifti", mri, volume.shape)]
+    copy = folder / "warm-up-dicom"
+    write_dicom_series(volume, copy, series_description="edgeseg warm-up", patient_id="EDGESEG-WARM-UP")
+    return [("nifti", mri, volume.shape), ("dicom", copy, volume.shape)]
 
 
 def warm_up(segmenter: Segments, folder: Path, cancel: threading.Event | None = None,
             force: bool = False) -> list[WarmUpRun]:
-    """Segment the warm-up series (module docstring) with ``segmenter`` under ``folder`` unless its planner has
-    runs of this bundle on this PC already or this process tried it for that planner before (``force``: even then).
-    Returns the runs: empty when there was nothing to do, when it failed (a WARNING; it is not tried again in this
-    process) or when ``cancel`` was set (a stop request: it ends at the segmenter's next checkpoint, nothing is
-    raised). Never raises: a warm-up does not stop a watcher. What a killed process left under ``folder``
-    (``.edgeseg-warm-up-*``) is removed first."""
+    """Segment the warm-up series (module docstring) with ``segmenter`` under ``folder``: both when its planner has
+    no runs of this bundle on this PC (``force``: even when it has), else the NIfTI alone (the prime); not when this
+    process tried it for that planner before (``force``: even then). Returns the runs: empty when there was nothing
+    to do, when it failed (a WARNING; it is not tried again in this process) or when ``cancel`` was set (a stop
+    request: it ends at the segmenter's next checkpoint, nothing is raised). Never raises: a warm-up does not stop a
+    watcher. What a killed process left under ``folder`` (``.edgeseg-warm-up-*``) is removed first."""
     planner = segmenter.planner
     if planner is None:  # no budget and no ceiling: nothing is planned, nothing to learn
         return []
     with _LOCK:
-        if not force and (planner in _TRIED or planner.has_runs()):
+        if not force and planner in _TRIED:
             return []
         _TRIED.add(planner)
+        measure = force or not planner.has_runs()
         runs: list[WarmUpRun] = []
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -106,11 +116,16 @@ def warm_up(segmenter: Segments, folder: Path, cancel: threading.Event | None = 
                 shutil.rmtree(stale, ignore_errors=True)
             if cancel is not None and cancel.is_set():
                 return runs
-            log.info("warm-up: measuring this PC with the shipped MRI before the first series (bundle=%s device=%s "
-                     "threads=%s); once per bundle", segmenter.name, planner.device, planner.threads or "auto")
+            if measure:
+                log.info("warm-up: measuring this PC with the shipped MRI before the first series (bundle=%s "
+                         "device=%s threads=%s); once per bundle", segmenter.name, planner.device,
+                         planner.threads or "auto")
+            else:
+                log.info("warm-up: priming this process with the shipped MRI before the first series (bundle=%s: "
+                         "this PC's rates are known; what a process pays once is paid now)", segmenter.name)
             with tempfile.TemporaryDirectory(prefix=".edgeseg-warm-up-", dir=folder,
                                              ignore_cleanup_errors=True) as tmp:
-                inputs = warm_up_inputs(Path(tmp) / "inputs")
+                inputs = warm_up_inputs(Path(tmp) / "inputs", dicom=measure)
                 results = Path(tmp) / "results"
                 results.mkdir()
                 for i, (kind, path, shape) in enumerate(inputs, 1):
@@ -126,6 +141,7 @@ def warm_up(segmenter: Segments, folder: Path, cancel: threading.Event | None = 
             if cancel is not None and cancel.is_set():  # the segmenter's SeriesCancelled: a stop, not a failure
                 log.info("warm-up stopped by a stop request")
                 return runs
-            log.warning("warm-up failed, the first series is planned from the planner's guesses: error=%s%s",
-                        err, "" if isinstance(err, EdgesegError) else f" ({type(err).__name__})")
+            log.warning("warm-up failed, the first series is %s: error=%s%s",
+                        "planned from the planner's guesses" if measure else "not primed (it pays the process's "
+                        "one-off costs)", err, "" if isinstance(err, EdgesegError) else f" ({type(err).__name__})")
         return runs

@@ -257,17 +257,20 @@ KEYS_TABLE: Final[tuple[Key, ...]] = (
             "report. Either way it gets an error file and is not retried until its files change. Default 900 "
             "(15 min: a series that takes longer holds up every series queued behind it), or 3 x time_budget_s "
             "when that is larger. null: no ceiling. `run` has no ceiling unless given one."),
-    Key("warm_up", Kind.BOOL, True, "before the first series of a bundle on this PC, segment the MRI shipped with "
-        "edgeseg (as NIfTI and as DICOM, results dropped) so that the planner predicts from this PC's measured costs",
-        flag="--no-warm-up", commands=("watch",),
+    Key("warm_up", Kind.BOOL, True, "before the first series, segment the MRI shipped with edgeseg (results "
+        "dropped): as NIfTI and DICOM where this PC has run no series of the bundle, so that the planner predicts "
+        "from this PC's measured costs, else as NIfTI alone, so that the first series does not pay the process's "
+        "one-off costs", flag="--no-warm-up", commands=("watch",),
         doc="Before its first series, on a PC that has run no series of the bundle yet (with this device and "
             "threads), the watcher segments the MRI shipped with edgeseg twice, as NIfTI and as a DICOM series, with "
             "the outputs set here, in a hidden folder in state_dir that it removes: the time-budget planner then "
             "predicts the first real series from this PC's measured costs instead of its guesses, and the engines "
             "are compiled before it arrives. A few seconds with the demo model; about as long as two small series "
-            "with a TotalSegmentator-sized one. Only where a series is planned (time_budget_s or time_ceiling_s), not "
-            "with --once nor in `edgeseg demo`. false: the first series is planned from the guesses "
-            "(docs/benchmarks.md)."),
+            "with a TotalSegmentator-sized one. On a PC that has run the bundle before it segments the NIfTI alone "
+            "(one small series): what a new process pays once (kernels compiled on first use, thread pools, "
+            "imports) is then not the first real series' (11-27 % of a small series with the demo model). Only "
+            "where a series is planned (time_budget_s or time_ceiling_s), not with --once nor in `edgeseg demo`. "
+            "false: the first series is planned from the guesses and pays those costs (docs/benchmarks.md)."),
     Key("limits.max_voxels", Kind.INT, _field_default(ReadLimits, "max_voxels"), "voxels a series may hold",
         minimum=1,
         doc="2^30 = 1024 x 1024 x 1024 voxels: beyond the largest MRI series in practice (clinical 3-D: 1-100 M "

@@ -150,9 +150,9 @@ class Worker:
         self.once = once
 
     def loop(self) -> None:
-        """One worker thread: take a job, run it, report its outcome on ``finished``. First, when this PC has run no
-        series of the bundle, the warm-up (``warm_up``, not with ``once``; :mod:`edgeseg.runtime.warmup`: one worker
-        runs it, the others wait for it)."""
+        """One worker thread: take a job, run it, report its outcome on ``finished``. First the warm-up
+        (``warm_up``, not with ``once``; :mod:`edgeseg.runtime.warmup`: one worker runs it, the others wait for
+        it): the shipped MRI as NIfTI and DICOM when this PC has run no series of the bundle, else as NIfTI alone."""
         if self.config.warm_up and not self.once:  # a run of what is there now does not measure for later
             try:
                 self.segmenter.warm_up(self.config.state_dir, cancel=self.stop)

@@ -1,7 +1,9 @@
 """The warm-up (edgeseg.runtime.warmup): before the first series of a bundle on a PC, the shipped MRI is segmented
-as NIfTI and as DICOM so that the planner predicts the first real series from this PC's measured rates."""
+as NIfTI and as DICOM so that the planner predicts the first real series from this PC's measured rates; on a PC that
+has run the bundle, as NIfTI alone, so that a new process's one-off costs are not its first series'."""
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from pathlib import Path
@@ -45,8 +47,36 @@ def test_warm_up_measures_both_kinds_once_and_leaves_nothing(tmp_path: Path) -> 
         assert key in rates, key
     after = segmenter.plan(geometry, instances=72)
     assert after is not None and set(after.details["stages"]) >= {"read", "infer", "resample", "write"}
-    assert segmenter.warm_up(tmp_path / "state") == []  # once: the table remembers
+    assert segmenter.warm_up(tmp_path / "state") == []  # once per process and planner
     assert len(segmenter.warm_up(tmp_path / "state", force=True)) == 2
+
+
+def test_a_pc_with_runs_primes_the_process_with_the_nifti_alone(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A restarted watcher (a new segmenter over a latency table that has this PC's runs): one series, the shipped
+    NIfTI, recorded like any other, nothing left; once per process."""
+    assert len(_segmenter(tmp_path).warm_up(tmp_path / "state")) == 2
+    assert _read_samples(tmp_path) == {"read:mvoxel": 1, "read:instance+mvoxel": 1}
+
+    restarted = _segmenter(tmp_path)
+    assert restarted.planner is not None and restarted.planner.has_runs()
+    with caplog.at_level(logging.INFO, logger=warmup.__name__):
+        runs = restarted.warm_up(tmp_path / "state")
+
+    assert [(r.kind, r.shape) for r in runs] == [("nifti", (117, 91, 20))]
+    assert any("priming this process" in r.getMessage() for r in caplog.records)
+    assert not any("measuring this PC" in r.getMessage() for r in caplog.records)
+    assert list((tmp_path / "state").iterdir()) == []
+    assert restarted.warm_up(tmp_path / "state") == []  # once per process and planner
+    # the NIfTI run recorded beside the others; no DICOM copy was written (nor segmented)
+    assert _read_samples(tmp_path) == {"read:mvoxel": 2, "read:instance+mvoxel": 1}
+
+
+def _read_samples(tmp_path: Path) -> dict[str, int]:
+    """The latency table's kept runs of reading, per kind (NIfTI: read:mvoxel, DICOM: read:instance+mvoxel)."""
+    data = json.loads((tmp_path / "latency.json").read_text())
+    [entry] = data["overheads"].values()
+    return {k: len(v) for k, v in entry["stage_samples"].items() if k.startswith("read:")}
 
 
 def test_warm_up_without_a_planner_does_nothing(tmp_path: Path) -> None:
