@@ -64,7 +64,8 @@ def worker(args: argparse.Namespace) -> dict:
     if args.floor:  # after the timed call: the network alone, tile after tile, on the engines that just ran
         from edgeseg.runtime.infer.engine import engine_tile_latency
 
-        tiles = {p["name"]: p["tiles"] for p in record["parts"]}
+        # each tile runs once per mirroring where the part mirrors (nnU-Net's test-time augmentation)
+        tiles = {p["name"]: p["tiles"] * 2 ** len(p["mirroring"] or ()) for p in record["parts"]}
         result["network_floor_s"] = sum(tiles[part.name] * engine_tile_latency(segmenter.engine(part), repeats=5)
                                         for part in bundle.variant(record["variant"]).parts)
     return result

@@ -10,11 +10,11 @@ process, one after the other; seconds are the segmentation call after imports, m
 Random weights: the agreement columns say whether both sides computed the same thing from the same noise, not
 whether the masks are good.
 
-"network alone" is the part networks' own time on this CPU (each part's tiles times its median seconds per tile,
-timed after the run on the engines it used, nothing around them) and "x ceiling" TotalSegmentator's seconds over
-it: the most any edgeseg around these networks could reach here, where the network's INT8 convolutions set the
-pace (on a CPU with AMX they run several times faster than with AVX-512 VNNI alone; TotalSegmentator's float32
-does not).
+"network alone" is the part networks' own time on this CPU (each part's tiles, times its mirrorings where it
+mirrors, times its median seconds per tile, timed after the run on the engines it used, nothing around them) and
+"x ceiling" TotalSegmentator's seconds over it: the most any edgeseg around these networks could reach here. For
+the INT8 rows the network's INT8 convolutions set that pace (on a CPU with AMX they run several times faster than
+with AVX-512 VNNI alone; TotalSegmentator's float32 does not).
 
     python benchmarks/totalseg_speed.py --work /tmp/edgeseg-bench \
         --bundle /tmp/edgeseg-bench/bundle-export-bench-20-fast [--variants 1.5mm,3mm] [--json out.json]

@@ -122,15 +122,17 @@ class SeriesSegmenter(ABC):
         return plan
 
     def segment(self, source: Source, *, out_parent: Path | None = None, plan: Plan | None = None,
-                progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> SegmentResult:
+                progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+                record: bool = True) -> SegmentResult:
         """Segment one series and write its results atomically into ``<name>.edgeseg/`` beside it (or under
         ``out_parent``: one-shot mode, whose input may be read-only).
 
         ``plan``: the caller's plan (the watcher plans from headers before it records the run); None: planned here
         when there is a planner. A requested output that could not be written makes the result partial (its
-        ``status``), it does not raise. Raises :class:`~edgeseg.errors.EdgesegError` subclasses (bad input,
-        :class:`~edgeseg.errors.TimeCeilingError`, :class:`~edgeseg.errors.OutOfMemoryError` ...) and
-        :class:`SeriesCancelled`; never modifies the input.
+        ``status``), it does not raise. ``record``: False for a run the planner must not learn from (the warm-up's
+        prime, :mod:`edgeseg.runtime.warmup`: a process's first, cold run). Raises
+        :class:`~edgeseg.errors.EdgesegError` subclasses (bad input, :class:`~edgeseg.errors.TimeCeilingError`,
+        :class:`~edgeseg.errors.OutOfMemoryError` ...) and :class:`SeriesCancelled`; never modifies the input.
         """
         name = source_name(source)
         started = time.monotonic()
@@ -160,7 +162,7 @@ class SeriesSegmenter(ABC):
             log.warning("series over its time budget: series=%s seconds=%.1f budget_s=%g predicted_s=%s stages=%s",
                         name, seconds, budget, None if predicted is None else round(predicted, 1),
                         result.timings)
-        if plan is not None and self.planner is not None:
+        if record and plan is not None and self.planner is not None:
             stages = result.timings or {}
             read_write = (float(stages["read"]) + float(stages["write"])
                           if "read" in stages and "write" in stages else None)
@@ -168,8 +170,8 @@ class SeriesSegmenter(ABC):
         return result
 
     def warm_up(self, folder: Path, cancel: threading.Event | None = None, force: bool = False) -> list[WarmUpRun]:
-        """Measure this PC before the first series (:func:`edgeseg.runtime.warmup.warm_up`); a segmenter without the
-        real pipeline has nothing to measure."""
+        """Measure this PC, or prime this process, before the first series (:func:`edgeseg.runtime.warmup.warm_up`);
+        a segmenter without the real pipeline has nothing to measure or prime."""
         return []
 
     def _planning_input(self, source: Source, timings: Timings) -> tuple[Source, SeriesGeometry | None, int]:

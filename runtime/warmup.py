@@ -1,4 +1,5 @@
-"""Warm-up: measure this PC's costs around the network before the first real series of a bundle.
+"""Warm-up: measure this PC's costs around the network before the first real series of a bundle, or prime a
+restarted process.
 
 The planner (:mod:`edgeseg.runtime.plan`) predicts a series stage by stage from the runs on this PC. On a PC that
 has run nothing with a bundle it has only its guesses, set for a PC slower than most (a first series predicted
@@ -21,14 +22,17 @@ by default).
 On a PC whose latency table has runs of the bundle already (a restarted watcher) the rates are known, but the
 process's first series would still pay what a process pays once: the window's small aggregation kernels compiled
 on first use, thread pools started, modules imported (measured on the 2-core Zen 4 with the demo bundle: a
-117x91x20 series' first run 0.49-0.56 s in a new process against 0.42-0.44 s for the next one, 11-27 % more,
-which the planner, predicting from warm runs, does not foresee). The warm-up then **primes** the process with the
-shipped NIfTI alone (one series, recorded like any other): 0.38-0.45 s for the same first series after it. Once per
-planner and process.
+117x91x20 series' first run in a new process 0.49-0.56 s, the next run of it 0.42-0.44 s: 11-27 % more, which the
+planner, predicting from warm runs, does not foresee; a 320x260x72 series' first run was not measurably slower:
+the one-off costs are 0.05-0.12 s). The warm-up then **primes** the process with the shipped NIfTI alone (the
+same 117x91x20 series afterwards 0.38-0.45 s) where that costs little: the planner's prediction for it at most
+:data:`PRIME_MAX_S` (the demo bundle's 0.5 s; a TotalSegmentator-sized bundle's 16 s would buy under 2 % of its
+first series). The prime is not recorded in the latency table: it is the cold run, and one on every restart would
+pull the fitted rates towards it. Once per planner and process.
 
-A warm-up that fails is a WARNING and the watcher goes on (its first series is then planned from the guesses); a
-stop request ends it at the segmenter's next checkpoint. A watcher started with ``--once`` and ``edgeseg demo``
-(whose state folder is temporary) do not warm up.
+A warm-up that fails is a WARNING and the watcher goes on (its first series is then planned from the guesses, or
+not primed); a stop request ends it at the segmenter's next checkpoint. A watcher started with ``--once`` and
+``edgeseg demo`` (whose state folder is temporary) do not warm up.
 """
 from __future__ import annotations
 
@@ -45,10 +49,13 @@ from typing import Any, Protocol
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.plan import Planner
 
-__all__ = ["Segments", "WarmUpRun", "warm_up", "warm_up_inputs"]
+__all__ = ["PRIME_MAX_S", "Segments", "WarmUpRun", "warm_up", "warm_up_inputs"]
 
 log = logging.getLogger(__name__)
 
+#: the most seconds the planner may predict for the prime (the shipped NIfTI) for it to run: it saves a process's
+#: one-off costs, 0.05-0.12 s with the demo bundle (module docstring)
+PRIME_MAX_S = 2.0
 #: one warm-up at a time per process (a watcher's workers wait for it, then find it done or tried)
 _LOCK = threading.Lock()
 #: the planners whose warm-up this process has tried (one that failed is not tried again by every worker)
@@ -62,8 +69,8 @@ class Segments(Protocol):
     name: str
     planner: Planner | None
 
-    def segment(self, source: Any, *, out_parent: Path | None = None, cancel: threading.Event | None = None
-                ) -> Any: ...
+    def segment(self, source: Any, *, out_parent: Path | None = None, cancel: threading.Event | None = None,
+                record: bool = True) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -116,13 +123,21 @@ def warm_up(segmenter: Segments, folder: Path, cancel: threading.Event | None = 
                 shutil.rmtree(stale, ignore_errors=True)
             if cancel is not None and cancel.is_set():
                 return runs
+            if not measure:
+                predicted = _prime_cost(planner)
+                if predicted > PRIME_MAX_S:
+                    log.info("warm-up: not priming this process (bundle=%s): the shipped MRI is predicted %.1f s, "
+                             "more than the first series' one-off costs are worth (PRIME_MAX_S %.1f s)",
+                             segmenter.name, predicted, PRIME_MAX_S)
+                    return runs
             if measure:
                 log.info("warm-up: measuring this PC with the shipped MRI before the first series (bundle=%s "
                          "device=%s threads=%s); once per bundle", segmenter.name, planner.device,
                          planner.threads or "auto")
             else:
                 log.info("warm-up: priming this process with the shipped MRI before the first series (bundle=%s: "
-                         "this PC's rates are known; what a process pays once is paid now)", segmenter.name)
+                         "this PC's rates are known; what a process pays once is paid now; predicted %.1f s)",
+                         segmenter.name, predicted)
             with tempfile.TemporaryDirectory(prefix=".edgeseg-warm-up-", dir=folder,
                                              ignore_cleanup_errors=True) as tmp:
                 inputs = warm_up_inputs(Path(tmp) / "inputs", dicom=measure)
@@ -132,7 +147,7 @@ def warm_up(segmenter: Segments, folder: Path, cancel: threading.Event | None = 
                     if cancel is not None and cancel.is_set():
                         return runs
                     t0 = time.monotonic()
-                    result = segmenter.segment(path, out_parent=results, cancel=cancel)
+                    result = segmenter.segment(path, out_parent=results, cancel=cancel, record=measure)
                     seconds = time.monotonic() - t0
                     runs.append(WarmUpRun(kind, shape, seconds, dict(result.timings or {})))
                     log.info("warm-up series %d/%d done: kind=%s shape=%s seconds=%.2f", i, len(inputs), kind,
@@ -145,3 +160,17 @@ def warm_up(segmenter: Segments, folder: Path, cancel: threading.Event | None = 
                         "planned from the planner's guesses" if measure else "not primed (it pays the process's "
                         "one-off costs)", err, "" if isinstance(err, EdgesegError) else f" ({type(err).__name__})")
         return runs
+
+
+def _prime_cost(planner: Planner) -> float:
+    """The planner's seconds for the shipped NIfTI (the prime) from this PC's rates, less compiling the engines,
+    which the first series would pay otherwise."""
+    from edgeseg.demo import demo_mri_path
+    from edgeseg.runtime.read import SeriesGeometry, read_series
+
+    # an unbounded budget: the most accurate variant, predicted (no budget at all plans nothing)
+    plan = planner.plan(SeriesGeometry.from_volume(read_series(demo_mri_path())), float("inf"))
+    if plan.predicted_s is None:
+        return float("inf")
+    compile_s = float((plan.details.get("stages") or {}).get("compile", 0.0))
+    return float(plan.predicted_s) - compile_s

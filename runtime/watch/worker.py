@@ -153,11 +153,11 @@ class Worker:
         """One worker thread: take a job, run it, report its outcome on ``finished``. First the warm-up
         (``warm_up``, not with ``once``; :mod:`edgeseg.runtime.warmup`: one worker runs it, the others wait for
         it): the shipped MRI as NIfTI and DICOM when this PC has run no series of the bundle, else as NIfTI alone."""
-        if self.config.warm_up and not self.once:  # a run of what is there now does not measure for later
+        if self.config.warm_up and not self.once:  # a run of what is there now neither measures nor primes for later
             try:
                 self.segmenter.warm_up(self.config.state_dir, cancel=self.stop)
             except Exception:  # noqa: BLE001 - the warm-up logs its own failures; nothing of it stops the worker
-                log.warning("warm-up failed; the first series is planned from the planner's guesses", exc_info=True)
+                log.warning("warm-up failed; the worker goes on to its series", exc_info=True)
         while not self.stop.is_set():
             try:
                 job = self.jobs.get(timeout=0.2)

@@ -51,28 +51,65 @@ def test_warm_up_measures_both_kinds_once_and_leaves_nothing(tmp_path: Path) -> 
     assert len(segmenter.warm_up(tmp_path / "state", force=True)) == 2
 
 
-def test_a_pc_with_runs_primes_the_process_with_the_nifti_alone(tmp_path: Path,
+def test_a_pc_with_runs_primes_the_process_with_the_nifti_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     """A restarted watcher (a new segmenter over a latency table that has this PC's runs): one series, the shipped
-    NIfTI, recorded like any other, nothing left; once per process."""
+    NIfTI (no DICOM copy made), not recorded (the cold run would pull the rates), nothing left; once per process."""
     assert len(_segmenter(tmp_path).warm_up(tmp_path / "state")) == 2
-    assert _read_samples(tmp_path) == {"read:mvoxel": 1, "read:instance+mvoxel": 1}
+    recorded = _kept_runs(tmp_path)
+    assert recorded == {"read:mvoxel": 1, "read:instance+mvoxel": 1}
 
+    def no_copy(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the prime wrote a DICOM copy")
+
+    monkeypatch.setattr("edgeseg.demo.dicom_series.write_dicom_series", no_copy)
     restarted = _segmenter(tmp_path)
     assert restarted.planner is not None and restarted.planner.has_runs()
     with caplog.at_level(logging.INFO, logger=warmup.__name__):
         runs = restarted.warm_up(tmp_path / "state")
 
     assert [(r.kind, r.shape) for r in runs] == [("nifti", (117, 91, 20))]
+    assert runs[0].timings["infer"] > 0
     assert any("priming this process" in r.getMessage() for r in caplog.records)
-    assert not any("measuring this PC" in r.getMessage() for r in caplog.records)
+    assert not any("measuring this PC" in r.getMessage() or r.levelno >= logging.WARNING for r in caplog.records)
     assert list((tmp_path / "state").iterdir()) == []
+    assert _kept_runs(tmp_path) == recorded  # not recorded
     assert restarted.warm_up(tmp_path / "state") == []  # once per process and planner
-    # the NIfTI run recorded beside the others; no DICOM copy was written (nor segmented)
-    assert _read_samples(tmp_path) == {"read:mvoxel": 2, "read:instance+mvoxel": 1}
 
 
-def _read_samples(tmp_path: Path) -> dict[str, int]:
+def test_no_prime_where_it_would_cost_more_than_it_saves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A bundle whose prime the planner predicts above PRIME_MAX_S (a TotalSegmentator-sized one: ~16 s for a few
+    tenths of a second saved) is not primed."""
+    assert len(_segmenter(tmp_path).warm_up(tmp_path / "state")) == 2
+    monkeypatch.setattr(warmup, "PRIME_MAX_S", 0.0)
+    restarted = _segmenter(tmp_path)
+    calls: list[object] = []
+    monkeypatch.setattr(restarted, "_segment", lambda *a, **k: calls.append(a))
+    with caplog.at_level(logging.INFO, logger=warmup.__name__):
+        assert restarted.warm_up(tmp_path / "state") == []
+    assert calls == []
+    assert any("not priming this process" in r.getMessage() for r in caplog.records)
+    assert list((tmp_path / "state").iterdir()) == []
+
+
+def test_a_failed_prime_is_a_warning_that_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    assert len(_segmenter(tmp_path).warm_up(tmp_path / "state")) == 2
+    restarted = _segmenter(tmp_path)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Exception from src/inference/src/cpp/infer_request.cpp")
+
+    monkeypatch.setattr(restarted, "_segment", broken)
+    with caplog.at_level(logging.WARNING, logger=warmup.__name__):
+        assert restarted.warm_up(tmp_path / "state") == []
+    [failure] = [r for r in caplog.records if "warm-up failed" in r.getMessage()]
+    assert "not primed" in failure.getMessage() and "guesses" not in failure.getMessage()
+    assert list((tmp_path / "state").iterdir()) == []
+
+
+def _kept_runs(tmp_path: Path) -> dict[str, int]:
     """The latency table's kept runs of reading, per kind (NIfTI: read:mvoxel, DICOM: read:instance+mvoxel)."""
     data = json.loads((tmp_path / "latency.json").read_text())
     [entry] = data["overheads"].values()
