@@ -258,20 +258,20 @@ KEYS_TABLE: Final[tuple[Key, ...]] = (
             "(15 min: a series that takes longer holds up every series queued behind it), or 3 x time_budget_s "
             "when that is larger. null: no ceiling. `run` has no ceiling unless given one."),
     Key("warm_up", Kind.BOOL, True, "before the first series, segment the MRI shipped with edgeseg (results "
-        "dropped): as NIfTI and DICOM where this PC has run no series of the bundle, so that the planner predicts "
-        "from this PC's measured costs, else (where cheap) as NIfTI alone, so that the first series does not pay "
-        "the process's one-off costs", flag="--no-warm-up", commands=("watch",),
-        doc="Before its first series, on a PC that has run no series of the bundle yet (with this device and "
-            "threads), the watcher segments the MRI shipped with edgeseg twice, as NIfTI and as a DICOM series, with "
-            "the outputs set here, in a hidden folder in state_dir that it removes: the time-budget planner then "
-            "predicts the first real series from this PC's measured costs instead of its guesses, and the engines "
-            "are compiled before it arrives. A few seconds with the demo model; about as long as two small series "
-            "with a TotalSegmentator-sized one. On a PC that has run the bundle before, it segments the NIfTI alone "
-            "where the planner predicts that at most 2 s (the demo model: 0.5 s), not recorded: what a new process "
-            "pays once (kernels compiled on first use, thread pools, imports) is then not the first real series' "
-            "(0.05-0.12 s, 11-27 % of a small series with the demo model). Only "
-            "where a series is planned (time_budget_s or time_ceiling_s), not with --once nor in `edgeseg demo`. "
-            "false: the first series is planned from the guesses and pays those costs (docs/benchmarks.md)."),
+        "dropped): once unrecorded where cheap, so that the first series does not pay the process's one-off costs, "
+        "then, where this PC has run no series of the bundle, as NIfTI and DICOM, so that the planner predicts from "
+        "this PC's measured costs", flag="--no-warm-up", commands=("watch",),
+        doc="Before its first series the watcher segments the MRI shipped with edgeseg, with the outputs set here, "
+            "in a hidden folder in state_dir that it removes. First, where the planner predicts that at most 2 s "
+            "beyond compiling (the demo model: 0.45 s), it primes the process with the NIfTI, not recorded: what a "
+            "new process pays once (kernels compiled on first use, thread pools, imports: 0.05-0.12 s, 11-27 % of a "
+            "small series with the demo model) is then not the first real series'. Then, on a PC that has run no "
+            "series of the bundle yet (with this device and threads), it segments it as NIfTI and as a DICOM "
+            "series: the time-budget planner then predicts the first real series from this PC's measured costs "
+            "instead of its guesses, and the engines are compiled before it arrives. A few seconds with the demo "
+            "model; about as long as two small series with a TotalSegmentator-sized one (not primed). Only where a "
+            "series is planned (time_budget_s or time_ceiling_s), not with --once nor in `edgeseg demo`. false: "
+            "the first series is planned from the guesses and pays those costs (docs/benchmarks.md)."),
     Key("limits.max_voxels", Kind.INT, _field_default(ReadLimits, "max_voxels"), "voxels a series may hold",
         minimum=1,
         doc="2^30 = 1024 x 1024 x 1024 voxels: beyond the largest MRI series in practice (clinical 3-D: 1-100 M "

@@ -36,7 +36,10 @@ def test_warm_up_measures_both_kinds_once_and_leaves_nothing(tmp_path: Path) -> 
 
     runs = segmenter.warm_up(tmp_path / "state")
 
-    assert [(r.kind, r.shape) for r in runs] == [("nifti", (117, 91, 20)), ("dicom", (117, 91, 20))]
+    # the prime first (the process's cold run, not learnt from), then the two measured series
+    assert [(r.kind, r.shape, r.recorded) for r in runs] == [
+        ("nifti", (117, 91, 20), False), ("nifti", (117, 91, 20), True), ("dicom", (117, 91, 20), True)]
+    assert _kept_runs(tmp_path) == {"read:mvoxel": 1, "read:instance+mvoxel": 1}
     assert all(r.seconds > 0 and r.timings["infer"] > 0 for r in runs)
     assert list((tmp_path / "state").iterdir()) == []  # inputs and results removed
     assert segmenter.planner.has_runs()
@@ -48,14 +51,14 @@ def test_warm_up_measures_both_kinds_once_and_leaves_nothing(tmp_path: Path) -> 
     after = segmenter.plan(geometry, instances=72)
     assert after is not None and set(after.details["stages"]) >= {"read", "infer", "resample", "write"}
     assert segmenter.warm_up(tmp_path / "state") == []  # once per process and planner
-    assert len(segmenter.warm_up(tmp_path / "state", force=True)) == 2
+    assert len(segmenter.warm_up(tmp_path / "state", force=True)) == 3
 
 
 def test_a_pc_with_runs_primes_the_process_with_the_nifti_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     """A restarted watcher (a new segmenter over a latency table that has this PC's runs): one series, the shipped
     NIfTI (no DICOM copy made), not recorded (the cold run would pull the rates), nothing left; once per process."""
-    assert len(_segmenter(tmp_path).warm_up(tmp_path / "state")) == 2
+    assert len(_segmenter(tmp_path).warm_up(tmp_path / "state")) == 3
     recorded = _kept_runs(tmp_path)
     assert recorded == {"read:mvoxel": 1, "read:instance+mvoxel": 1}
 
@@ -68,7 +71,7 @@ def test_a_pc_with_runs_primes_the_process_with_the_nifti_alone(tmp_path: Path, 
     with caplog.at_level(logging.INFO, logger=warmup.__name__):
         runs = restarted.warm_up(tmp_path / "state")
 
-    assert [(r.kind, r.shape) for r in runs] == [("nifti", (117, 91, 20))]
+    assert [(r.kind, r.shape, r.recorded) for r in runs] == [("nifti", (117, 91, 20), False)]
     assert runs[0].timings["infer"] > 0
     assert any("priming this process" in r.getMessage() for r in caplog.records)
     assert not any("measuring this PC" in r.getMessage() or r.levelno >= logging.WARNING for r in caplog.records)
@@ -80,9 +83,11 @@ def test_a_pc_with_runs_primes_the_process_with_the_nifti_alone(tmp_path: Path, 
 def test_no_prime_where_it_would_cost_more_than_it_saves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     """A bundle whose prime the planner predicts above PRIME_MAX_S (a TotalSegmentator-sized one: ~16 s for a few
-    tenths of a second saved) is not primed."""
-    assert len(_segmenter(tmp_path).warm_up(tmp_path / "state")) == 2
+    tenths of a second saved) is not primed: a fresh PC measures with the two series alone, a restarted watcher
+    does nothing."""
     monkeypatch.setattr(warmup, "PRIME_MAX_S", 0.0)
+    runs = _segmenter(tmp_path).warm_up(tmp_path / "state")
+    assert [(r.kind, r.recorded) for r in runs] == [("nifti", True), ("dicom", True)]
     restarted = _segmenter(tmp_path)
     calls: list[object] = []
     monkeypatch.setattr(restarted, "_segment", lambda *a, **k: calls.append(a))
@@ -95,7 +100,7 @@ def test_no_prime_where_it_would_cost_more_than_it_saves(tmp_path: Path, monkeyp
 
 def test_a_failed_prime_is_a_warning_that_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   caplog: pytest.LogCaptureFixture) -> None:
-    assert len(_segmenter(tmp_path).warm_up(tmp_path / "state")) == 2
+    assert len(_segmenter(tmp_path).warm_up(tmp_path / "state")) == 3
     restarted = _segmenter(tmp_path)
 
     def broken(*args: object, **kwargs: object) -> None:
@@ -154,7 +159,7 @@ def test_workers_warm_up_once_and_stale_folders_go(tmp_path: Path) -> None:
         t.start()
     for t in threads:
         t.join(120)
-    assert sorted(got) == [0, 2]
+    assert sorted(got) == [0, 3]
     assert list((tmp_path / "state").iterdir()) == []
 
 
