@@ -18,8 +18,8 @@ default outputs (for DICOM: the DICOM-SEG and SR too). Printed per row: the mani
 up to the wall time), the planner's prediction and its error, the share of the wall time outside network inference,
 each stage's ratio to the inference time, and the peak RSS. ``--warm-up``: each row's set-up runs the watcher's
 warm-up (:mod:`edgeseg.runtime.warmup`), so that every row is the first series of a watcher started on this PC:
-where the table has no runs of the bundle (a fresh folder's first row) the shipped MRI as NIfTI and DICOM, else the
-NIfTI alone (the prime).
+the prime where it is cheap (the shipped NIfTI, not recorded), then, where the table has no runs of the bundle (a
+fresh folder's first row), the shipped MRI as NIfTI and DICOM.
 """
 from __future__ import annotations
 
@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                          "latencies), as a watcher does once per bundle: the row is then one series of a running "
                          "workstation, and the set-up is printed apart")
     ap.add_argument("--warm-up", action="store_true",
-                    help="before each row, the watcher's warm-up (edgeseg.runtime.warmup: the shipped MRI segmented "
-                         "as NIfTI and as DICOM where the table has no runs of the bundle yet, else as NIfTI alone; "
-                         "recorded in the latency table), as a watcher does at its start; in the set-up time")
+                    help="before each row, the watcher's warm-up (edgeseg.runtime.warmup: the shipped NIfTI once, not "
+                         "recorded, where cheap; then, where the table has no runs of the bundle yet, as NIfTI and as "
+                         "DICOM, recorded), as a watcher does at its start; in the set-up time")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.worker:
