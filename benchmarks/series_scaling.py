@@ -109,7 +109,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             # engine's working memory when it ends (runtime/segment.py), so a series never starts with another
             # part's activations held (compiled and warm here, they would stay held through the first part)
             segmenter.engine(part).release()
-    if args.warm_up:  # what a watcher does before its first series (warm_up: measure, or prime)
+    if args.warm_up:  # what a watcher does before its first series (warm_up: prime where cheap, measure where no runs)
         segmenter.warm_up(work / "warm-up")
     setup = time.monotonic() - t0
     with tempfile.TemporaryDirectory(prefix="edgeseg-scaling-") as out:

@@ -621,8 +621,9 @@ def predict(geometry: SeriesGeometry, variant: Variant, step: float | None, late
     """(predicted seconds or None, total network evaluations, per-part details) of one plan. ``instances``: DICOM
     files to read (0 for NIfTI/PAR, whose reading is per voxel). ``rates``: the stage rates learnt on this PC
     (:meth:`LatencyTable.stage_rates`): when they cover every stage the prediction is their sum
-    (``details["stages"]``), else the overhead model of the module docstring. ``compiled``: which parts the
-    segmenter has compiled already (None: all of them)."""
+    (``details["stages"]``), else the overhead model of the module docstring; either way ``details["compile_s"]``
+    is what it counts for compiling. ``compiled``: which parts the segmenter has compiled already (None: all of
+    them)."""
     per_mvoxel, fixed = overhead
     total_tiles = 0
     tile_seconds = 0.0
@@ -655,10 +656,12 @@ def predict(geometry: SeriesGeometry, variant: Variant, step: float | None, late
     stages = predict_stages(details, rates) if rates else None
     if stages is not None:
         details["stages"] = {k: round(v, 3) for k, v in stages.items()}
+        details["compile_s"] = stages.get("compile", 0.0)
         return sum(stages.values()), total_tiles, details
     dicom_result = DEFAULT_DICOM_RESULT_S if instances > 0 else 0.0
+    details["compile_s"] = DEFAULT_COMPILE_S * details["uncompiled_parts"]
     return (tile_seconds + per_mvoxel * voxels / 1e6 + per_instance * instances + dicom_result + fixed
-            + DEFAULT_COMPILE_S * details["uncompiled_parts"], total_tiles, details)
+            + details["compile_s"], total_tiles, details)
 
 
 def plan_series(
@@ -777,7 +780,7 @@ class Planner:
 
     def has_runs(self) -> bool:
         """Whether this PC has run a series of the bundle with this device and threads (:mod:`~edgeseg.runtime.
-        warmup` runs two when not)."""
+        warmup` measures with two recorded series when not)."""
         return self.table.has_runs(self.bundle_id, self.device, self.threads)
 
     def plan(self, geometry: SeriesGeometry | None, budget_s: float | None, instances: int = 0,

@@ -247,10 +247,10 @@ class Segmenter(SeriesSegmenter):
         return engine
 
     def warm_up(self, folder: Path, cancel: threading.Event | None = None, force: bool = False) -> list[WarmUpRun]:
-        """Segment the shipped MRI as NIfTI and as DICOM under ``folder`` (results dropped) when the planner has no
-        runs of this bundle on this PC (``force``: even then), so that the first series is predicted from measured
-        rates; else the NIfTI alone, so that the process's one-off costs are not the first series'
-        (:func:`edgeseg.runtime.warmup.warm_up`)."""
+        """Segment the shipped MRI under ``folder`` (results dropped): first as NIfTI, not recorded, where that is
+        cheap, so that the process's one-off costs are not the first series'; then, when the planner has no runs of
+        this bundle on this PC (``force``: even then), as NIfTI and as DICOM, recorded, so that the first series is
+        predicted from measured rates (:func:`edgeseg.runtime.warmup.warm_up`)."""
         return warm_up(self, folder, cancel, force)
 
     def segment_volume(self, volume: Volume, options: SegmentOptions | None = None,

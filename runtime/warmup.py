@@ -129,7 +129,7 @@ def warm_up(segmenter: Segments, folder: Path, cancel: threading.Event | None = 
             if cancel is not None and cancel.is_set():
                 return runs
             predicted = _prime_cost(planner)  # on a fresh PC: its guesses and the tile latencies measured now
-            prime = predicted <= PRIME_MAX_S
+            prime = predicted <= PRIME_MAX_S  # an estimate that failed is inf: no prime, the measuring goes on
             if not prime:
                 log.info("warm-up: not priming this process (bundle=%s): the shipped MRI is predicted %.1f s, more "
                          "than the first series' one-off costs are worth (PRIME_MAX_S %.1f s)", segmenter.name,
@@ -138,8 +138,8 @@ def warm_up(segmenter: Segments, folder: Path, cancel: threading.Event | None = 
                     return runs
             if measure:
                 log.info("warm-up: measuring this PC with the shipped MRI before the first series (bundle=%s "
-                         "device=%s threads=%s); once per bundle", segmenter.name, planner.device,
-                         planner.threads or "auto")
+                         "device=%s threads=%s; primed first: %s)", segmenter.name, planner.device,
+                         planner.threads or "auto", "yes" if prime else "no")
             else:
                 log.info("warm-up: priming this process with the shipped MRI before the first series (bundle=%s: "
                          "this PC's rates are known; what a process pays once is paid now; predicted %.1f s)",
@@ -173,13 +173,17 @@ def warm_up(segmenter: Segments, folder: Path, cancel: threading.Event | None = 
 def _prime_cost(planner: Planner) -> float:
     """The planner's seconds for the shipped NIfTI (the prime) from this PC's rates (on a fresh PC its guesses and
     the tile latencies), less compiling the engines and measuring their latencies, which the first series would
-    pay otherwise."""
+    pay otherwise; inf where it cannot be estimated (the prime is optional: it never stops the measuring)."""
     from edgeseg.demo import demo_mri_path
     from edgeseg.runtime.read import SeriesGeometry, read_series
 
-    # an unbounded budget: the most accurate variant, predicted (no budget at all plans nothing)
-    plan = planner.plan(SeriesGeometry.from_volume(read_series(demo_mri_path())), float("inf"))
+    try:
+        # an unbounded budget: the most accurate variant, predicted (no budget at all plans nothing)
+        plan = planner.plan(SeriesGeometry.from_volume(read_series(demo_mri_path())), float("inf"))
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        log.info("warm-up: the prime's cost was not estimated (%s: %s): no prime", type(err).__name__, err)
+        return float("inf")
     if plan.predicted_s is None:
         return float("inf")
-    compile_s = float((plan.details.get("stages") or {}).get("compile", 0.0))
-    return float(plan.predicted_s) - compile_s - float(plan.details.get("measuring_s") or 0.0)
+    return (float(plan.predicted_s) - float(plan.details.get("compile_s") or 0.0)
+            - float(plan.details.get("measuring_s") or 0.0))

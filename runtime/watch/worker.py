@@ -152,7 +152,8 @@ class Worker:
     def loop(self) -> None:
         """One worker thread: take a job, run it, report its outcome on ``finished``. First the warm-up
         (``warm_up``, not with ``once``; :mod:`edgeseg.runtime.warmup`: one worker runs it, the others wait for
-        it): the shipped MRI as NIfTI and DICOM when this PC has run no series of the bundle, else as NIfTI alone."""
+        it): the shipped MRI as NIfTI, not recorded, where cheap; then, when this PC has run no series of the bundle,
+        as NIfTI and DICOM, recorded."""
         if self.config.warm_up and not self.once:  # a run of what is there now neither measures nor primes for later
             try:
                 self.segmenter.warm_up(self.config.state_dir, cancel=self.stop)
