@@ -63,9 +63,10 @@ def worker(args: argparse.Namespace) -> dict:
               "precision": record["parts"][0]["precision"], "tiles": sum(p["tiles"] for p in record["parts"])}
     if args.floor:  # after the timed call: the network alone, tile after tile, on the engines that just ran
         from edgeseg.runtime.infer.engine import engine_tile_latency
+        from edgeseg.runtime.infer.sliding_window import mirror_combinations
 
         # each tile runs once per mirroring where the part mirrors (nnU-Net's test-time augmentation)
-        tiles = {p["name"]: p["tiles"] * 2 ** len(p["mirroring"] or ()) for p in record["parts"]}
+        tiles = {p["name"]: p["tiles"] * len(mirror_combinations(p["mirroring"])) for p in record["parts"]}
         result["network_floor_s"] = sum(tiles[part.name] * engine_tile_latency(segmenter.engine(part), repeats=5)
                                         for part in bundle.variant(record["variant"]).parts)
     return result

@@ -110,16 +110,31 @@ def test_a_failed_prime_is_a_warning_that_says_so(tmp_path: Path, monkeypatch: p
                                                   caplog: pytest.LogCaptureFixture) -> None:
     assert len(_segmenter(tmp_path).warm_up(tmp_path / "state")) == 3
     restarted = _segmenter(tmp_path)
-
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("Exception from src/inference/src/cpp/infer_request.cpp")
-
-    monkeypatch.setattr(restarted, "_segment", broken)
+    monkeypatch.setattr(restarted, "_segment", _broken_pipeline)
     with caplog.at_level(logging.WARNING, logger=warmup.__name__):
         assert restarted.warm_up(tmp_path / "state") == []
     [failure] = [r for r in caplog.records if "warm-up failed" in r.getMessage()]
     assert "not primed" in failure.getMessage() and "guesses" not in failure.getMessage()
     assert list((tmp_path / "state").iterdir()) == []
+
+
+def _stop_during(segmenter: Segmenter, stop: threading.Event, nth: int) -> list[int]:
+    """Make ``segmenter`` set ``stop`` while its ``nth`` series runs (as a SIGTERM would); returns its calls."""
+    original = segmenter._segment
+    calls: list[int] = []
+
+    def stopped_during(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == nth:
+            stop.set()
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    segmenter._segment = stopped_during  # type: ignore[method-assign]
+    return calls
+
+
+def _broken_pipeline(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("Exception from src/inference/src/cpp/infer_request.cpp")
 
 
 def _kept_runs(tmp_path: Path) -> dict[str, int]:
@@ -142,16 +157,7 @@ def test_a_stop_request_ends_the_warm_up(tmp_path: Path, during: int) -> None:
     segmenter's next checkpoint: nothing raised, nothing recorded, nothing left."""
     segmenter = _segmenter(tmp_path)
     stop = threading.Event()
-    original = segmenter._segment
-    calls: list[int] = []
-
-    def stopped_during(*args: object, **kwargs: object) -> object:
-        calls.append(1)
-        if len(calls) == during:
-            stop.set()  # as a SIGTERM would, while the series runs
-        return original(*args, **kwargs)  # type: ignore[arg-type]
-
-    segmenter._segment = stopped_during  # type: ignore[method-assign]
+    calls = _stop_during(segmenter, stop, during)
     runs = segmenter.warm_up(tmp_path / "state", cancel=stop)
     assert [r.recorded for r in runs] == [False] * (during - 1)  # the prime, where it ended before the stop
     assert len(calls) == during
@@ -167,13 +173,7 @@ def test_an_interrupted_warm_up_is_primed_and_measured_at_the_next_start(tmp_pat
     then measured."""
     stop = threading.Event()
     first = _segmenter(tmp_path)
-    original = first._segment
-
-    def stopped(*args: object, **kwargs: object) -> object:
-        stop.set()
-        return original(*args, **kwargs)  # type: ignore[arg-type]
-
-    first._segment = stopped  # type: ignore[method-assign]
+    _stop_during(first, stop, 1)
     assert first.warm_up(tmp_path / "state", cancel=stop) == []
     assert first.planner is not None and not first.planner.has_runs()
     restarted = _segmenter(tmp_path)
@@ -223,11 +223,7 @@ def test_an_unexpected_error_in_the_warm_up_is_a_warning_too(tmp_path: Path, mon
                                                              caplog: pytest.LogCaptureFixture) -> None:
     """Whatever fails inside the warm-up (here the pipeline itself), the watcher's worker goes on to its series."""
     segmenter = _segmenter(tmp_path)
-
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("Exception from src/inference/src/cpp/infer_request.cpp")
-
-    monkeypatch.setattr(segmenter, "_segment", broken)
+    monkeypatch.setattr(segmenter, "_segment", _broken_pipeline)
     with caplog.at_level(logging.WARNING, logger=warmup.__name__):
         assert segmenter.warm_up(tmp_path / "state") == []
         assert segmenter.warm_up(tmp_path / "state") == []  # tried once: not again by the next worker
